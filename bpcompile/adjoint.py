@@ -1,0 +1,123 @@
+"""Stage 3: reverse mode over the graph.
+
+For every node x on a path from a differentiated leaf to the loss, in reverse
+topological order,
+
+    x_bar = sum over consumers c of x of (c_bar . dc/dx)
+
+with dc/dx the local derivative (``ops.VJP``).  Each x_bar is computed once and
+reused by every path through x: the dynamic programming of the lectures.  The
+adjoints are new nodes of the same hash-consed graph, so shared subexpressions of
+the backward pass are one node too, and forward values the derivatives mention
+(``e`` in ``1 - e**2``) are the forward nodes themselves, never recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .graph import Graph, Lowered
+from .ops import VJP, Scatter, arg_symbol
+
+
+@dataclass
+class Adjoints:
+    """The result of the reverse pass."""
+
+    bar: dict                        # forward node -> its adjoint node
+    grads: dict                      # WRT name -> node holding exactly dL/d(name)
+    terms: dict = field(default_factory=dict)   # forward node -> [(consumer, rule, contribution)]
+    order: list = field(default_factory=list)   # forward nodes in the order their adjoints were made
+
+
+def relevant_nodes(G: Graph, loss: int, wrt) -> list:
+    """Nodes on some path from a WRT node to the loss, in descending id order."""
+    g = G.g
+    ancestors = {n for n in _ancestors(g, loss)} | {loss}
+    downstream = set()
+    for w in wrt:
+        downstream |= _descendants(g, w) | {w}
+    return sorted(ancestors & downstream, reverse=True)
+
+
+def _ancestors(g, n):
+    seen, stack = set(), [n]
+    while stack:           # iterative: deep chains must not hit a recursion limit
+        for p in g.predecessors(stack.pop()):
+            if p not in seen:
+                seen.add(p)
+                stack.append(p)
+    return seen
+
+
+def _descendants(g, n):
+    seen, stack = set(), [n]
+    while stack:
+        for s in g.successors(stack.pop()):
+            if s not in seen:
+                seen.add(s)
+                stack.append(s)
+    return seen
+
+
+def reverse(low: Lowered) -> Adjoints:
+    G = low.graph
+    wrt_nodes = list(low.wrt.values())
+    relevant = relevant_nodes(G, low.loss, wrt_nodes)
+    relevant_set = set(relevant)
+    pending: dict = {n: [] for n in relevant}
+    result = Adjoints(bar={}, grads={})
+    if low.loss in relevant_set:
+        pending[low.loss].append((None, "seed", G.const(1)))
+    for n in relevant:
+        terms = pending.pop(n)
+        result.terms[n] = terms
+        g = accumulate(G, n, [t[2] for t in terms])
+        if g is None:
+            continue
+        result.bar[n] = g
+        result.order.append(n)
+        node = G.node(n)
+        rule = VJP.get(node["op"])
+        if rule is None:
+            continue
+        for a in dict.fromkeys(node["args"]):
+            if a not in relevant_set:
+                continue
+            for pos in G.g.edges[a, n]["pos"]:
+                c = rule(G, n, pos, g)
+                if c is None:
+                    continue
+                if not isinstance(c, Scatter):
+                    c = fit(G, c, a)
+                pending[a].append((n, node["rule"], c))
+    for name, w in low.wrt.items():
+        result.grads[name] = result.bar.get(w)
+    return result
+
+
+def fit(G: Graph, c: int, target: int) -> int:
+    """Sum a contribution over the axes its target was broadcast along."""
+    nt = G.node(target)
+    return G.sum_to(c, nt["shape"], nt["batched"])
+
+
+def accumulate(G: Graph, n: int, contributions: list):
+    """The sum of a node's contributions: one elementwise sum, then any scatters."""
+    dense = [c for c in contributions if not isinstance(c, Scatter)]
+    scatters = [c for c in contributions if isinstance(c, Scatter)]
+    total = None
+    if len(dense) == 1:
+        total = dense[0]
+    elif dense:
+        expr = sp.Add(*[arg_symbol(i) for i in range(len(dense))])
+        total = G.map(expr, dense, rule="sum over consumers")
+    if scatters:
+        node = G.node(n)
+        base = G.materialize(total, n) if total is not None else G.zeros(node["shape"], node["batched"])
+        for s in scatters:
+            base = G.scatter_add(base, s.label, s.value)
+        total = base
+    return total

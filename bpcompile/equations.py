@@ -1,0 +1,246 @@
+"""The derivation as the lectures write it: forward equations and bar-notation adjoints.
+
+``x_bar`` is dL/dx.  Every adjoint is written as the sum over the consumers of x
+of (consumer's adjoint times local derivative), one term per path link, each with
+the rule that produced it::
+
+    a_bar = e_bar * (1 - e**2)        tanh
+    W_bar = d_bar x^T                 matmul (summed over the batch)
+    h1_bar = h3 term + h4 term        sum over consumers: paths meet here
+
+Used by the generated code's comments and docstring, and by ``bpcompile inspect``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.printing.str import StrPrinter
+
+from . import names
+from .adjoint import Adjoints
+from .graph import Lowered
+from .ops import OUT, Contraction, Scatter, arg_symbol, gemm_form, local_derivative
+
+LOSS = "L"            # the loss reduced over the batch
+EXAMPLE_LOSS = "L_n"  # the per-example loss
+
+
+class _Printer(StrPrinter):
+    """SymPy's str printer with our function names (relu, sigmoid, ...)."""
+
+    def _print_step(self, e):
+        return f"({self._print(e.args[0])} > 0)"
+
+    def _print_Add(self, expr, order=None):
+        return print_add(self, expr)
+
+    def _print_equal(self, e):
+        return f"({self._print(e.args[0])} == {self._print(e.args[1])})"
+
+
+def show(expr) -> str:
+    return _Printer({"order": "none"}).doprint(expr)
+
+
+@dataclass
+class Equation:
+    lhs: str
+    terms: list          # [(rhs text, rule)]
+    node: int            # the graph node the equation defines (adjoint or forward)
+
+    def text(self, width=0) -> str:
+        if len(self.terms) == 1:
+            rhs, rule = self.terms[0]
+            return f"{self.lhs} = {rhs}".ljust(width) + f"   # {rule}"
+        rhs = " + ".join(f"({r})" if " + " in r or " - " in r else r for r, _ in self.terms)
+        rules = ", ".join(rule for _, rule in self.terms)
+        return f"{self.lhs} = {rhs}".ljust(width) + f"   # sum over consumers ({rules})"
+
+
+class Namer:
+    """Display names of forward nodes: spec names, else their expression."""
+
+    def __init__(self, low: Lowered):
+        self.low = low
+        self.G = low.graph
+        self.cache: dict = {}
+
+    def name(self, n) -> str | None:
+        node = self.G.node(n)
+        if node["op"] in ("input", "param"):
+            return node["attrs"][0]
+        if node["names"]:
+            return node["names"][0]
+        if n == self.low.loss:
+            return LOSS
+        if n == self.low.example_loss:
+            return EXAMPLE_LOSS
+        if node["op"] == "batch_size":
+            return "N"
+        return None
+
+    def sym(self, n) -> sp.Expr:
+        """A SymPy expression that displays node n."""
+        if n in self.cache:
+            return self.cache[n]
+        nm = self.name(n)
+        node = self.G.node(n)
+        if nm is not None:
+            out = sp.Symbol(nm)
+        elif node["op"] == "const":
+            out = node["attrs"][0]
+        elif node["op"] == "map":
+            out = node["attrs"][0].xreplace({arg_symbol(i): self.sym(a) for i, a in enumerate(node["args"])})
+        else:
+            out = sp.Symbol(self.structural(n))
+        self.cache[n] = out
+        return out
+
+    def text(self, n) -> str:
+        return show(self.sym(n))
+
+    def atom(self, n) -> str:
+        t = self.text(n)
+        return t if is_atomic(t) else f"({t})"
+
+    def structural(self, n) -> str:
+        node = self.G.node(n)
+        op, args, attrs = node["op"], node["args"], node["attrs"]
+        a = [self.atom(x) for x in args]
+        if op == "contract":
+            return contraction_text(attrs[0], a[0], a[1])
+        if op == "reduce":
+            kind, axes, keepdims, _ = attrs
+            return f"{kind}({a[0]}" + (f", axis={axes[0] - len(self.G.node(args[0])['shape'])}"
+                                       if len(axes) < len(self.G.node(args[0])["shape"]) else "") + ")"
+        if op == "sum_to":
+            return f"sum_n({a[0]})" if not attrs[1] and self.G.node(args[0])["batched"] else f"sum({a[0]})"
+        if op == "take":
+            return f"{a[0]}[{a[1]}]"
+        if op == "onehot":
+            return f"onehot({a[0]})"
+        if op == "transpose":
+            return f"{a[0]}.T"
+        if op == "index":
+            return f"{a[0]}[{attrs[0]}]"
+        if op in ("reshape", "broadcast", "copy"):
+            return a[0]
+        return f"{op}({', '.join(a)})"
+
+
+def contraction_text(form: Contraction, a: str, b: str) -> str:
+    """A contraction as the lectures write it: ``W @ x``, ``d_bar x^T``, ``W^T @ d_bar``."""
+    g = gemm_form(form.a, form.b, form.out)
+    if g is None:
+        if form.out == "" and form.a == form.b:
+            return f"{a} . {b}"
+        return f"einsum('{form.subscripts}', {a}, {b})"
+    left, right = (a, b) if g.left == 0 else (b, a)
+    if g.outer:
+        return f"{left} {right}^T"
+    return f"{left}{'^T' if g.trans_left else ''} @ {right}{'^T' if g.trans_right else ''}"
+
+
+def print_add(printer, expr) -> str:
+    """Print a sum with its positive terms first: ``z - m`` rather than ``-m + z``."""
+    terms = list(expr.as_ordered_terms())
+    pos = [t for t in terms if not t.could_extract_minus_sign()]
+    neg = [t for t in terms if t.could_extract_minus_sign()]
+    out = ""
+    for t in pos + neg:
+        if t in neg:
+            s = printer.parenthesize(-t, 40) if (-t).is_Add else printer._print(-t)
+            out += f" - {s}" if out else f"-{s}"
+        else:
+            s = printer._print(t)
+            out += f" + {s}" if out else s
+    return out
+
+
+def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -> list:
+    """One equation per adjoint, in the order the reverse pass computes them."""
+    namer = namer or Namer(low)
+    G = low.graph
+    out = []
+    for x in adj.order:
+        terms = adj.terms[x]
+        lhs = bar_name(namer, x)
+        rendered = []
+        for consumer, rule, contribution in terms:
+            if consumer is None:
+                rendered.append(("1", "seed: dL/dL = 1"))
+                continue
+            rendered.append(term_text(G, namer, x, consumer, rule, contribution))
+        out.append(Equation(lhs, rendered, adj.bar[x]))
+    return out
+
+
+def bar_name(namer: Namer, x) -> str:
+    nm = namer.name(x)
+    if nm is None:
+        return f"({namer.text(x)})_bar"
+    return names.bar(nm)
+
+
+def is_atomic(text: str) -> bool:
+    """True for a name, a number, or one call/index like ``max(z)`` or ``z[label]``."""
+    if text.isidentifier() or text.replace(".", "").replace("/", "").isdigit():
+        return True
+    m = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*([(\[])(.*)([)\]])", text)
+    if not m:
+        return False
+    depth = 0
+    for ch in m.group(1) + m.group(2):
+        depth += ch in "([" 
+        depth -= ch in ")]"
+        if depth == 0:
+            return False
+    return True
+
+
+def term_text(G, namer, x, consumer, rule, contribution):
+    """consumer_bar times d consumer / d x, in the lectures' notation."""
+    node = G.node(consumer)
+    gbar = bar_name(namer, consumer)
+    op = node["op"]
+    batch_sum = " (summed over the batch)" if node["batched"] and not G.node(x)["batched"] else ""
+    if isinstance(contribution, Scatter):
+        return (f"{gbar} at [{namer.text(contribution.label)}] (zero elsewhere)", rule)
+    if op == "map":
+        expr = node["attrs"][0]
+        parts = []
+        for pos, a in enumerate(node["args"]):
+            if a != x:
+                continue
+            d = local_derivative(expr, pos)
+            subs = {arg_symbol(i): namer.sym(arg) for i, arg in enumerate(node["args"])}
+            subs[OUT] = namer.sym(consumer)
+            d = d.xreplace(subs)
+            g = sp.Symbol(gbar)
+            parts.append(show(g * d) if d != 1 else gbar)
+        return (" + ".join(parts) + batch_sum, rule)
+    if op == "contract":
+        form = node["attrs"][0]
+        a, b = node["args"]
+        pos = 0 if a == x else 1
+        other = namer.atom(b if pos == 0 else a)
+        adj_form = form.transposed_for(pos)
+        text = contraction_text(adj_form, gbar, other) if pos == 0 else contraction_text(adj_form, other, gbar)
+        return (text + batch_sum, "matmul" if form.out or len(form.a) > 1 else "dot")
+    if op == "reduce":
+        kind = node["attrs"][0]
+        if kind == "max":
+            return (f"{gbar} * ({namer.atom(x)} == {namer.atom(consumer)})", "max")
+        return (f"{gbar} (broadcast back over the summed axes)", "sum")
+    if op == "sum_to":
+        return (f"{gbar} (broadcast over the batch)", rule)
+    if op == "broadcast":
+        return (f"sum({gbar})", "broadcast")
+    if op == "transpose":
+        return (f"{gbar}.T", "transpose")
+    if op == "index":
+        return (f"{gbar} at [{node['attrs'][0]}] (zero elsewhere)", "index")
+    return (gbar, rule)

@@ -1,0 +1,474 @@
+"""Stage 2: lower a spec to a hash-consed computational graph (networkx.DiGraph).
+
+One node per operation, as in the lectures.  Node ids are integers in creation
+order, so the ids themselves are a topological order and every walk over the
+graph is deterministic.  Building a node that already exists (same op, same
+arguments, same attributes) returns the existing one: identical subexpressions
+are one node, in the forward pass and in the backward pass alike.
+
+Shapes are per example; each node also records whether it carries the batch
+axis (``batched``): inputs do, params do not, and an op is batched when any of
+its arguments is.  Reductions over the batch are explicit nodes (``sum_to``).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+import networkx as nx
+import sympy as sp
+
+from . import ops
+from .errors import SpecError
+from .ops import Contraction, arg_symbol
+from .spec import Expr, Spec
+
+
+class Graph:
+    """A networkx.DiGraph plus the hash-consing table and the node builders."""
+
+    def __init__(self):
+        self.g = nx.DiGraph()
+        self._ids: dict = {}
+
+    def node(self, i: int) -> dict:
+        return self.g.nodes[i]
+
+    def __len__(self):
+        return self.g.number_of_nodes()
+
+    def _add(self, op, args=(), attrs=(), *, shape=(), batched=False, dtype="float", rule=None) -> int:
+        key = (op, tuple(args), attrs)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        i = len(self._ids)
+        self._ids[key] = i
+        self.g.add_node(i, op=op, args=tuple(args), attrs=attrs, shape=tuple(shape),
+                        batched=batched, dtype=dtype, rule=rule or op, names=[])
+        for pos, a in enumerate(args):
+            if self.g.has_edge(a, i):
+                self.g.edges[a, i]["pos"] += (pos,)
+            else:
+                self.g.add_edge(a, i, pos=(pos,))
+        return i
+
+    # -- leaves --------------------------------------------------------------
+    def input(self, name, shape, dtype="float"):
+        return self._add("input", (), (name,), shape=shape, batched=True, dtype=dtype)
+
+    def param(self, name, shape):
+        return self._add("param", (), (name,), shape=shape, batched=False)
+
+    def const(self, value):
+        return self._add("const", (), (sp.sympify(value),))
+
+    def batch_size(self):
+        return self._add("batch_size")
+
+    # -- elementwise ---------------------------------------------------------
+    def map(self, expr, args, rule="map", describe=None) -> int:
+        """An elementwise node computing ``expr`` over ``args`` (symbols _0, _1, ...).
+
+        Constants are folded into the expression, arguments are deduplicated and
+        sorted, so ``a*b`` and ``b*a`` are the same node.
+        """
+        expr = sp.sympify(expr)
+        subs = {}
+        kept = []
+        for i, a in enumerate(args):
+            node = self.node(a)
+            if node["op"] == "const":
+                subs[arg_symbol(i)] = node["attrs"][0]
+            else:
+                kept.append((a, i))
+        expr = expr.xreplace(subs)
+        used = sorted({a for a, i in kept if arg_symbol(i) in expr.free_symbols})
+        renumber = {arg_symbol(i): arg_symbol(used.index(a)) for a, i in kept
+                    if arg_symbol(i) in expr.free_symbols}
+        expr = expr.xreplace(renumber)
+        if expr.is_Number:
+            return self.const(expr)
+        if expr.is_Symbol:
+            return used[int(expr.name[1:])]
+        shapes = [self.node(a)["shape"] for a in used]
+        describe = describe or (lambda: ", ".join(f"shape {list(s)}" for s in shapes))
+        shape = ops.broadcast_shapes(shapes, describe)
+        batched = any(self.node(a)["batched"] for a in used)
+        return self._add("map", used, (expr,), shape=shape, batched=batched, rule=rule)
+
+    # -- structural ----------------------------------------------------------
+    def contract(self, a, b, form: Contraction, out_batched=None) -> int:
+        na, nb = self.node(a), self.node(b)
+        if out_batched is None:
+            out_batched = na["batched"] or nb["batched"]
+        shape = ops.contraction_shape(form, na["shape"], nb["shape"])
+        return self._add("contract", (a, b), (form, out_batched), shape=shape, batched=out_batched)
+
+    def reduce(self, x, kind, axes, keepdims=False, nograd=False) -> int:
+        nx_ = self.node(x)
+        shape = ops.reduce_shape(nx_["shape"], axes, keepdims)
+        return self._add("reduce", (x,), (kind, tuple(axes), keepdims, nograd), shape=shape,
+                         batched=nx_["batched"], rule=kind)
+
+    def sum_to(self, x, shape, batched) -> int:
+        """Sum ``x`` down to a shape that broadcasts to ``shape`` (and to unbatched)."""
+        node = self.node(x)
+        xs = node["shape"]
+        lead = len(xs) - len(shape)
+        target = list(xs[lead:]) if lead >= 0 else list(xs)
+        if lead >= 0:
+            for k, d in enumerate(shape):
+                if d == 1 and target[k] != 1:
+                    target[k] = 1
+        target = tuple(target)
+        keep_batch = node["batched"] and batched
+        if target == xs and keep_batch == node["batched"]:
+            return x
+        return self._add("sum_to", (x,), (target, keep_batch), shape=target, batched=keep_batch,
+                         rule="sum")
+
+    def broadcast(self, x, shape, batched) -> int:
+        return self._add("broadcast", (x,), (tuple(shape), batched), shape=shape, batched=batched)
+
+    def materialize(self, g, like) -> int:
+        """``g`` at exactly the shape of node ``like`` (a broadcast when it is smaller)."""
+        ng, nl = self.node(g), self.node(like)
+        if ng["shape"] == nl["shape"] and ng["batched"] == nl["batched"]:
+            return g
+        return self.broadcast(g, nl["shape"], nl["batched"])
+
+    def reshape(self, x, shape) -> int:
+        node = self.node(x)
+        if node["shape"] == tuple(shape):
+            return x
+        return self._add("reshape", (x,), (tuple(shape),), shape=shape, batched=node["batched"])
+
+    def take(self, x, label) -> int:
+        node = self.node(x)
+        return self._add("take", (x, label), (), shape=node["shape"][:-1], batched=True)
+
+    def scatter_add(self, base, label, value) -> int:
+        node = self.node(base)
+        return self._add("scatter_add", (base, label, value), (), shape=node["shape"],
+                         batched=True, rule="take")
+
+    def zeros(self, shape, batched) -> int:
+        return self._add("zeros", (), (tuple(shape), batched), shape=shape, batched=batched)
+
+    def onehot(self, label, classes) -> int:
+        return self._add("onehot", (label,), (classes,), shape=(classes,), batched=True)
+
+    def transpose(self, x) -> int:
+        node = self.node(x)
+        if len(node["shape"]) < 2:
+            return x
+        return self._add("transpose", (x,), (), shape=node["shape"][::-1], batched=node["batched"])
+
+    def index(self, x, i) -> int:
+        node = self.node(x)
+        return self._add("index", (x,), (i,), shape=node["shape"][1:], batched=node["batched"])
+
+    def embed(self, g, shape, i) -> int:
+        return self._add("embed", (g,), (tuple(shape), i), shape=shape, batched=self.node(g)["batched"],
+                         rule="index")
+
+    def copy(self, x) -> int:
+        node = self.node(x)
+        return self._add("copy", (x,), (), shape=node["shape"], batched=node["batched"])
+
+
+@dataclass
+class Lowered:
+    """The forward graph of a spec and the nodes that matter."""
+
+    spec: Spec
+    graph: Graph
+    leaves: dict          # input/param name -> node
+    named: dict           # every spec name -> node
+    example_loss: int     # the per-example loss
+    loss: int             # the loss reduced over the batch
+    output: int           # what predict returns
+    wrt: dict             # name -> node, in WRT order
+
+
+# ---------------------------------------------------------------------------
+
+
+def lower(spec: Spec) -> Lowered:
+    """Build the forward graph of ``spec``; shapes are checked as nodes are made."""
+    return _Lowering(spec).run()
+
+
+def _fmt(shape):
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+class _Lowering:
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.G = Graph()
+        self.scope: dict = {}      # name -> node id
+        self.labels: dict = {}     # label node -> classes
+        self.softmax_of: dict = {}  # node of softmax(z) -> z (for the stable CE rule)
+        self.pending: set = set()  # graph names not defined yet
+
+    def run(self) -> Lowered:
+        G, spec = self.G, self.spec
+        for nm, d in spec.inputs.items():
+            node = G.input(nm, d.shape, "int" if d.is_label else "float")
+            if d.is_label:
+                self.labels[node] = d.classes
+            self.scope[nm] = node
+        for nm, d in spec.params.items():
+            self.scope[nm] = G.param(nm, d.shape)
+        leaves = dict(self.scope)
+        self.pending = {nm for nm, _ in spec.graph}
+        last = None
+        for nm, expr in spec.graph:
+            self.pending.discard(nm)
+            node = self.lower_expr(expr)
+            self.scope[nm] = node
+            G.node(node)["names"].append(nm)
+            last = node
+        example_loss = self.lower_expr(spec.loss)
+        if self.node(example_loss)["dtype"] == "int":
+            raise spec.error("the loss is an integer label, not a float", "loss")
+        shape = self.node(example_loss)["shape"]
+        if shape != ():
+            raise spec.error(f"the loss must be a per-example scalar, but it has shape {_fmt(shape)}; "
+                             "reduce it, e.g. with sum(...)", "loss")
+        total = G.sum_to(example_loss, (), False) if self.node(example_loss)["batched"] else example_loss
+        n = G.batch_size()
+        if spec.reduction == "mean":
+            total = G.map(arg_symbol(0) / arg_symbol(1), [total, n], rule="mean") \
+                if self.node(example_loss)["batched"] else total
+        elif not self.node(example_loss)["batched"]:
+            total = G.map(arg_symbol(0) * arg_symbol(1), [total, n], rule="sum")
+        if spec.output is not None:
+            output = self.scope[spec.output]
+        else:
+            output = last if last is not None else example_loss
+        wrt = {nm: self.scope[nm] for nm in spec.wrt}
+        return Lowered(spec, G, leaves, dict(self.scope), example_loss, total, output, wrt)
+
+    def node(self, i):
+        return self.G.node(i)
+
+    # -- expressions ---------------------------------------------------------
+    def lower_expr(self, expr: Expr) -> int:
+        self.expr = expr
+        try:
+            value = self.visit(expr.tree)
+        except SpecError as e:
+            raise e.located(file=self.spec.file, key=expr.key, line=expr.line) from None
+        if isinstance(value, sp.Basic):
+            return self.G.const(value)
+        return value
+
+    def err(self, message):
+        return SpecError(message)
+
+    def text(self, node):
+        return ast.get_source_segment(self.expr.text, node) or self.expr.text
+
+    def describe(self, *pairs):
+        parts = []
+        for tree, value in pairs:
+            if isinstance(value, sp.Basic):
+                continue
+            parts.append(f"{self.text(tree)} has shape {_fmt(self.node(value)['shape'])}")
+        return " and ".join(parts)
+
+    def float_operand(self, tree, value, what):
+        if not isinstance(value, sp.Basic) and self.node(value)["dtype"] == "int":
+            raise self.err(f"'{self.text(tree)}' is an integer class label and cannot be used in {what}; "
+                           "use it in onehot(), cross_entropy() or softmax_cross_entropy()")
+        return value
+
+    def visit(self, t):
+        if isinstance(t, ast.Constant):
+            return sp.Rational(repr(t.value)) if isinstance(t.value, float) else sp.Integer(t.value)
+        if isinstance(t, ast.Name):
+            return self.name(t.id)
+        if isinstance(t, ast.UnaryOp):
+            v = self.float_operand(t.operand, self.visit(t.operand), "arithmetic")
+            if isinstance(t.op, ast.UAdd):
+                return v
+            return -v if isinstance(v, sp.Basic) else self.G.map(-arg_symbol(0), [v], rule="neg")
+        if isinstance(t, ast.BinOp):
+            return self.binop(t)
+        if isinstance(t, ast.Attribute):
+            v = self.tensor(t.value, ".T")
+            return self.G.transpose(v)
+        if isinstance(t, ast.Subscript):
+            return self.subscript(t)
+        if isinstance(t, ast.Call):
+            return self.call(t)
+        raise self.err(f"unsupported expression {self.text(t)!r}")  # excluded by spec.check_expression
+
+    def name(self, nm):
+        if nm in self.scope:
+            return self.scope[nm]
+        if nm in self.pending:
+            raise self.err(f"'{nm}' is used before it is defined (graph nodes are evaluated in order; "
+                           "a node cannot depend on itself or on a later node)")
+        if nm in ops.FUNCTIONS:
+            raise self.err(f"'{nm}' is a function; call it, as in {nm}(x)")
+        known = ", ".join(sorted(self.scope)) or "none"
+        raise self.err(f"unknown name '{nm}' (known names: {known})")
+
+    def tensor(self, tree, what):
+        v = self.visit(tree)
+        if isinstance(v, sp.Basic):
+            v = self.G.const(v)
+        return self.float_operand(tree, v, what)
+
+    def binop(self, t):
+        left = self.float_operand(t.left, self.visit(t.left), "arithmetic")
+        right = self.float_operand(t.right, self.visit(t.right), "arithmetic")
+        if isinstance(t.op, ast.MatMult):
+            for side, v in ((t.left, left), (t.right, right)):
+                if isinstance(v, sp.Basic):
+                    raise self.err(f"'@' needs vectors or matrices, but {self.text(side)!r} is a number")
+            return self.matmul(left, right, lambda: self.describe((t.left, left), (t.right, right)))
+        fn, rule = ops.BINARY[type(t.op).__name__]
+        return self.elementwise(fn, [left, right], rule,
+                                lambda: self.describe((t.left, left), (t.right, right)))
+
+    def elementwise(self, fn, operands, rule, describe):
+        if all(isinstance(v, sp.Basic) for v in operands):
+            return fn(*operands)
+        args = [self.G.const(v) if isinstance(v, sp.Basic) else v for v in operands]
+        return self.G.map(fn(*[arg_symbol(i) for i in range(len(args))]), args, rule=rule,
+                          describe=describe)
+
+    def matmul(self, a, b, describe):
+        # fold transposes into the contraction (x.T @ y is one product)
+        sa, sb = self.node(a)["shape"], self.node(b)["shape"]
+        form, _ = ops.matmul_contraction(sa, sb, describe)
+        fa, fb = form.a, form.b
+        if self.node(a)["op"] == "transpose":
+            a, fa = self.node(a)["args"][0], fa[::-1]
+        if self.node(b)["op"] == "transpose":
+            b, fb = self.node(b)["args"][0], fb[::-1]
+        return self.G.contract(a, b, Contraction(fa, fb, form.out))
+
+    def subscript(self, t):
+        v = self.tensor(t.value, "indexing")
+        index = t.slice
+        i = -index.operand.value if isinstance(index, ast.UnaryOp) else index.value
+        shape = self.node(v)["shape"]
+        if not shape:
+            raise self.err(f"cannot index {self.text(t.value)!r}: it is a scalar")
+        if not -shape[0] <= i < shape[0]:
+            raise self.err(f"index {i} is out of range for {self.text(t.value)!r} of shape {_fmt(shape)}")
+        return self.G.index(v, i % shape[0])
+
+    # -- functions -----------------------------------------------------------
+    def call(self, t):
+        f = t.func.id
+        axis = None
+        for kw in t.keywords:
+            v = kw.value
+            axis = -v.operand.value if isinstance(v, ast.UnaryOp) else v.value
+        if axis is not None and f not in ("sum", "mean", "max"):
+            raise self.err(f"{f}() takes no axis= (it works on the last axis)")
+        arity = 2 if f in ("dot", "cross_entropy", "softmax_cross_entropy") else 1
+        if len(t.args) != arity:
+            raise self.err(f"{f}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(t.args)}")
+        if f == "onehot":
+            label = self.label_arg(t.args[0], f)
+            return self.G.onehot(label, self.labels[label])
+        if f in ("cross_entropy", "softmax_cross_entropy"):
+            x = self.tensor(t.args[0], f"{f}()")
+            label = self.label_arg(t.args[1], f)
+            return self.cross_entropy(f, x, label, t.args[0])
+        args = [self.tensor(a, f"{f}()") for a in t.args]
+        if f in ops.ELEMENTWISE:
+            return self.G.map(ops.ELEMENTWISE[f](arg_symbol(0)), args, rule=f)
+        x = args[0]
+        shape = self.node(x)["shape"]
+        if f in ("sum", "mean", "max"):
+            if axis is None:
+                axes = tuple(range(len(shape)))
+            else:
+                axes = (ops.normalize_axis(axis, len(shape),
+                                           lambda: f"{self.text(t.args[0])} of shape {_fmt(shape)}"),)
+            if not axes:
+                return x
+            out = self.G.reduce(x, "max" if f == "max" else "sum", axes)
+            if f == "mean":
+                count = 1
+                for a in axes:
+                    count *= shape[a]
+                out = self.G.map(arg_symbol(0) / count, [out], rule="mean")
+            return out
+        if f == "dot":
+            sa, sb = shape, self.node(args[1])["shape"]
+            if len(sa) != 1 or sa != sb:
+                raise self.err(f"dot() takes two vectors of one length: "
+                               f"{self.describe((t.args[0], args[0]), (t.args[1], args[1]))}")
+            return self.G.contract(args[0], args[1], Contraction("i", "i", ""))
+        if not shape:
+            raise self.err(f"{f}() needs a vector, but {self.text(t.args[0])!r} is a scalar")
+        if f == "softmax":
+            e, s = self.exp_sum(x)
+            out = self.G.map(arg_symbol(0) / arg_symbol(1), [e, s], rule="softmax")
+            self.softmax_of[out] = x
+            return out
+        if f == "log_softmax":
+            return self.G.map(arg_symbol(0) - self.lse_expr(x), [x, *self.lse_args(x)],
+                              rule="log_softmax")
+        if f == "logsumexp":
+            lse = self.G.map(self.lse_expr(x).xreplace({arg_symbol(1): arg_symbol(0),
+                                                         arg_symbol(2): arg_symbol(1)}),
+                             self.lse_args(x), rule="logsumexp")
+            return self.G.reshape(lse, shape[:-1])
+        raise self.err(f"unsupported function {f}")  # every name in ops.FUNCTIONS is handled above
+
+    def label_arg(self, tree, f):
+        v = self.visit(tree)
+        if isinstance(v, sp.Basic) or v not in self.labels:
+            raise self.err(f"{f}() needs an integer class label input (declared as {{classes: K}}), "
+                           f"got {self.text(tree)!r}")
+        return v
+
+    # Stable softmax family: subtract the row max (a constant for the derivative:
+    # the terms through it cancel exactly), exponentiate, sum.
+    def exp_sum(self, x):
+        last = len(self.node(x)["shape"]) - 1
+        m = self.G.reduce(x, "max", (last,), keepdims=True, nograd=True)
+        e = self.G.map(sp.exp(arg_symbol(0) - arg_symbol(1)), [x, m], rule="exp")
+        s = self.G.reduce(e, "sum", (last,), keepdims=True)
+        return e, s
+
+    def lse_args(self, x):
+        e, s = self.exp_sum(x)
+        m = self.node(e)["args"][1] if self.node(e)["args"][0] == x else self.node(e)["args"][0]
+        return [m, s]
+
+    @staticmethod
+    def lse_expr(_x):
+        # over symbols [x, m, s]: logsumexp = m + log(s)
+        return arg_symbol(1) + sp.log(arg_symbol(2))
+
+    def cross_entropy(self, f, x, label, tree):
+        shape = self.node(x)["shape"]
+        classes = self.labels[label]
+        if shape != (classes,):
+            raise self.err(f"{f}() needs a vector of {classes} class scores, but {self.text(tree)!r} "
+                           f"has shape {_fmt(shape)}")
+        if f == "cross_entropy" and x in self.softmax_of:
+            # -log softmax(z)[label] = logsumexp(z) - z[label]: the stable rule
+            # whose adjoint is y_hat - onehot(label)
+            f, x = "softmax_cross_entropy", self.softmax_of[x]
+        if f == "cross_entropy":
+            picked = self.G.take(x, label)
+            return self.G.map(-sp.log(arg_symbol(0)), [picked], rule="cross_entropy")
+        m, s = self.lse_args(x)
+        picked = self.G.take(x, label)
+        return self.G.map(arg_symbol(1) + sp.log(arg_symbol(2)) - arg_symbol(0),
+                          [picked, self.G.reshape(m, ()), self.G.reshape(s, ())],
+                          rule="softmax_cross_entropy")

@@ -1,0 +1,309 @@
+"""Stage 4: the target-neutral program: an ordered list of kernels.
+
+The graph nodes a function needs are scheduled in id order (a topological order),
+then fused: an elementwise node used by exactly one other elementwise node is
+inlined into it, so a chain like ``a_bar = f_bar * v * (1 - e**2)`` is one
+``map`` kernel, whose expression goes through ``sympy.cse``.  Every other node is
+one kernel: a contraction (a GEMM for the printers), a reduction, an index
+operation.  Nothing here knows NumPy or CUDA: values have per-example shapes and
+a batch flag, kernels name ops from ``ops.py``, and elementwise math stays SymPy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from . import names
+from .adjoint import Adjoints
+from .equations import EXAMPLE_LOSS, LOSS, Namer, adjoint_equations, show
+from .graph import Lowered
+from .ops import arg_symbol
+
+VIEW_OPS = ("reshape", "transpose", "index", "broadcast")
+
+
+@dataclass(eq=False)
+class Value:
+    name: str
+    shape: tuple        # per example
+    batched: bool       # carries the leading batch axis
+    dtype: str          # "float" or "int"
+    kind: str           # "input", "param", "batch_size", "const" or "temp"
+    literal: object = None   # the number, for kind == "const"
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape) + (1 if self.batched else 0)
+
+
+@dataclass(eq=False)
+class Kernel:
+    op: str                   # an op of ops.py / graph.Graph ("map", "contract", ...)
+    out: Value
+    args: tuple               # Values
+    attrs: tuple              # the node's attributes; for "map": (temps, expr)
+    notes: list = field(default_factory=list)  # comment lines (equations and rules)
+    phase: str = "forward"    # or "backward"
+    inplace: bool = False     # scatter_add: update args[0] in place (out is args[0])
+
+
+@dataclass
+class Program:
+    kernels: list
+    inputs: list          # Values of the inputs the program reads
+    params: list          # Values of the params the program reads
+    loss: Value | None
+    output: Value | None
+    grads: dict           # WRT name -> Value
+    values: dict          # node -> Value
+
+    @property
+    def uses_rows(self) -> bool:
+        return any(k.op in ("take", "scatter_add") for k in self.kernels)
+
+    def count(self, phase=None) -> int:
+        return sum(1 for k in self.kernels if phase is None or k.phase == phase)
+
+
+def build(low: Lowered, adj: Adjoints | None, *, loss=False, output=False, grads=False) -> Program:
+    """The program computing any of: the loss, predict's output, the gradients."""
+    return _Builder(low, adj).run(loss=loss, output=output, grads=grads)
+
+
+class _Builder:
+    def __init__(self, low: Lowered, adj: Adjoints | None):
+        self.low = low
+        self.adj = adj
+        self.G = low.graph
+        self.namer = Namer(low)
+        self.used_names: set = set()
+        self.temp_count = 0
+        self.values: dict = {}
+        self.backward_nodes: set = set()
+        if adj is not None:
+            self.backward_nodes = {n for n in self.G.g.nodes if n > self._last_forward()}
+
+    def _last_forward(self):
+        return max(max(self.low.named.values(), default=0), self.low.loss, self.low.output,
+                   self.low.example_loss)
+
+    # -- naming --------------------------------------------------------------
+    def fresh(self) -> str:
+        while True:
+            nm = names.temp(self.temp_count)
+            self.temp_count += 1
+            if nm not in self.used_names:
+                self.used_names.add(nm)
+                return nm
+
+    def claim(self, nm):
+        if nm and nm not in self.used_names:
+            self.used_names.add(nm)
+            return nm
+        return None
+
+    def value(self, n, preferred=None) -> Value:
+        if n in self.values:
+            return self.values[n]
+        node = self.G.node(n)
+        op = node["op"]
+        if op in ("input", "param"):
+            v = Value(node["attrs"][0], node["shape"], node["batched"], node["dtype"], op)
+            self.used_names.add(v.name)
+        elif op == "batch_size":
+            v = Value("N", (), False, "int", "batch_size")
+        elif op == "const":
+            v = Value(str(node["attrs"][0]), (), False, "float", "const", node["attrs"][0])
+        else:
+            nm = self.claim(preferred) or self.claim(self.display_name(n)) or self.fresh()
+            v = Value(nm, node["shape"], node["batched"], node["dtype"], "temp")
+        self.values[n] = v
+        return v
+
+    def display_name(self, n):
+        nm = self.namer.name(n)
+        if nm is not None:
+            return nm
+        for x, b in (self.adj.bar.items() if self.adj else ()):
+            if b == n:
+                xn = self.namer.name(x)
+                if xn is not None:
+                    return names.bar(xn)
+        return None
+
+    # -- scheduling ----------------------------------------------------------
+    def run(self, *, loss, output, grads) -> Program:
+        G = self.G
+        roots = []
+        if loss:
+            roots.append(self.low.loss)
+        if output:
+            roots.append(self.low.output)
+        grad_nodes = {}
+        if grads:
+            grad_nodes = self.gradient_nodes()
+            roots += list(grad_nodes.values())
+        needed = set(roots)
+        stack = list(roots)
+        while stack:
+            for p in G.g.predecessors(stack.pop()):
+                if p not in needed:
+                    needed.add(p)
+                    stack.append(p)
+        order = sorted(needed)
+        consumers = {n: [c for c in G.g.successors(n) if c in needed] for n in order}
+        root_set = set(roots)
+
+        def inlinable(n):
+            node = G.node(n)
+            if node["op"] != "map" or n in root_set:
+                return False
+            cs = consumers[n]
+            return len(cs) == 1 and G.node(cs[0])["op"] == "map"
+
+        inlined = {n for n in order if inlinable(n)}
+        # names first, in schedule order, so the spec's names win over temporaries
+        for n in [self.low.loss] if loss else []:
+            self.value(n, LOSS)
+        for name, n in grad_nodes.items():
+            if G.node(n)["op"] not in ("input", "param", "const"):
+                self.value(n, names.bar(name))
+        notes = self.notes(order, inlined)
+        kernels = []
+        for n in order:
+            node = G.node(n)
+            if node["op"] in ("input", "param", "const", "batch_size") or n in inlined:
+                continue
+            out = self.value(n)
+            phase = "backward" if n in self.backward_nodes else "forward"
+            if node["op"] == "map":
+                args, temps, expr = self.fuse(n, inlined)
+                k = Kernel("map", out, tuple(args), (temps, expr), phase=phase)
+            else:
+                k = Kernel(node["op"], out, tuple(self.value(a) for a in node["args"]),
+                           node["attrs"], phase=phase)
+            k.notes = notes.get(n, [])
+            kernels.append(k)
+        self.mark_inplace(kernels, consumers, root_set)
+        inputs = [self.values[n] for n in sorted(self.low.leaves.values())
+                  if n in needed and G.node(n)["op"] == "input"]
+        params = [self.values[n] for n in sorted(self.low.leaves.values())
+                  if n in needed and G.node(n)["op"] == "param"]
+        return Program(kernels, inputs, params,
+                       self.values.get(self.low.loss) if loss else None,
+                       self.value(self.low.output) if output else None,
+                       {name: self.value(n) for name, n in grad_nodes.items()},
+                       self.values)
+
+    def gradient_nodes(self) -> dict:
+        """For each WRT name, a node holding exactly its gradient, in a fresh array."""
+        G = self.G
+        out = {}
+        seen = set()
+        for name, w in self.low.wrt.items():
+            node = G.node(w)
+            g = self.adj.grads.get(name)
+            if g is None:
+                g = G.zeros(node["shape"], node["batched"])
+            elif G.node(g)["op"] == "const":
+                g = G.broadcast(g, node["shape"], node["batched"])
+            else:
+                g = G.materialize(g, w)
+                if G.node(g)["op"] in ("input", "param", *VIEW_OPS) or g in seen:
+                    g = G.copy(g)
+            seen.add(g)
+            out[name] = g
+        return out
+
+    def fuse(self, n, inlined):
+        """The fused expression of map node n over its non-inlined leaves, after CSE."""
+        G = self.G
+        leaves: list = []
+        leaf_sym: dict = {}
+
+        def expand(m):
+            node = G.node(m)
+            subs = {}
+            for i, a in enumerate(node["args"]):
+                if a in inlined:
+                    subs[arg_symbol(i)] = expand(a)
+                else:
+                    if a not in leaf_sym:
+                        v = self.value(a)
+                        leaf_sym[a] = sp.Symbol(v.name, real=True)
+                        leaves.append(v)
+                    subs[arg_symbol(i)] = leaf_sym[a]
+            return node["attrs"][0].xreplace(subs)
+
+        expr = expand(n)
+        replacements, (reduced,) = sp.cse([expr], symbols=sp.numbered_symbols("_cse"), order="none")
+        temps = []
+        rename = {}
+        for sym, sub in replacements:
+            new = sp.Symbol(self.fresh(), real=True)
+            rename[sym] = new
+            temps.append((new.name, sub.xreplace(rename)))
+        return leaves, temps, reduced.xreplace(rename)
+
+    def mark_inplace(self, kernels, consumers, roots):
+        """A scatter_add may update its base in place when nothing else reads the base."""
+        made_by = {k.out.name: k for k in kernels}
+        for k in kernels:
+            if k.op != "scatter_add":
+                continue
+            base = k.args[0]
+            producer = made_by.get(base.name)
+            node = next(n for n, v in self.values.items() if v is base)
+            if producer is not None and producer.op not in VIEW_OPS and base.kind == "temp" \
+                    and len(consumers.get(node, ())) == 1 and node not in roots:
+                k.inplace = True
+
+    # -- comments ------------------------------------------------------------
+    def notes(self, order, inlined) -> dict:
+        """Comment lines per kernel node: forward equations and adjoint equations."""
+        G = self.G
+        host: dict = {}
+
+        def kernel_of(n):
+            while n in inlined:
+                (n,) = [c for c in G.g.successors(n) if c in host or c in order_set]
+            return n
+
+        order_set = set(order)
+        notes: dict = {}
+        for n in order:
+            node = G.node(n)
+            if n in self.backward_nodes or node["op"] in ("input", "param", "const", "batch_size"):
+                continue
+            nm = self.namer.name(n)
+            if nm is None:
+                continue
+            rhs = self.forward_text(n)
+            notes.setdefault(kernel_of(n), []).append(f"{nm} = {rhs}")
+        if self.adj is not None:
+            for eq in adjoint_equations(self.low, self.adj, self.namer):
+                if eq.node in order_set and G.node(eq.node)["op"] not in ("input", "param", "const"):
+                    notes.setdefault(kernel_of(eq.node), []).append(eq.text())
+        return notes
+
+    def forward_text(self, n):
+        node = self.G.node(n)
+        expr_text = None
+        for nm, expr in self.low.spec.graph:
+            if self.low.named.get(nm) == n:
+                expr_text = expr.text
+                break
+        if n == self.low.example_loss:
+            expr_text = self.low.spec.loss.text
+        if n == self.low.loss:
+            expr_text = (f"mean over the batch of {EXAMPLE_LOSS}" if self.low.spec.reduction == "mean"
+                         else f"sum over the batch of {EXAMPLE_LOSS}")
+        if expr_text is None:
+            if node["op"] == "map":
+                expr_text = show(node["attrs"][0].xreplace(
+                    {arg_symbol(i): self.namer.sym(a) for i, a in enumerate(node["args"])}))
+            else:
+                expr_text = self.namer.structural(n)
+        return expr_text
