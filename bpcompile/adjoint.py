@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .graph import Graph, Lowered
-from .ops import VJP, Scatter, arg_symbol
+from .ops import VJP, Contraction, Scatter, arg_symbol
 
 
 @dataclass
@@ -101,7 +101,32 @@ def reverse(low: Lowered) -> Adjoints:
 def fit(G: Graph, c: int, target: int) -> int:
     """Sum a contribution over the axes its target was broadcast along."""
     nt = G.node(target)
+    product = _batch_product(G, c, nt)
+    if product is not None:
+        return product
     return G.sum_to(c, nt["shape"], nt["batched"])
+
+
+def _batch_product(G: Graph, c: int, nt: dict):
+    """``sum over the batch of p * q`` as one contraction (``v_bar = g_bar @ e``):
+    a GEMM instead of a temporary of the batch's size and a reduction."""
+    node = G.node(c)
+    if node["op"] != "map" or not node["batched"] or nt["batched"]:
+        return None
+    if node["attrs"][0] != arg_symbol(0) * arg_symbol(1) or len(node["args"]) != 2:
+        return None
+    p, q = node["args"]
+    shape, target = node["shape"], tuple(nt["shape"])
+    if len(target) > len(shape) or shape[len(shape) - len(target):] != target:
+        return None
+    labels = "ijklmopq"[:len(shape)]
+    subs = []
+    for a in (p, q):
+        na = G.node(a)
+        if not na["batched"] or shape[len(shape) - len(na["shape"]):] != na["shape"]:
+            return None
+        subs.append(labels[len(shape) - len(na["shape"]):])
+    return G.contract(p, q, Contraction(subs[0], subs[1], labels[len(shape) - len(target):]), False)
 
 
 def accumulate(G: Graph, n: int, contributions: list):
@@ -120,4 +145,9 @@ def accumulate(G: Graph, n: int, contributions: list):
         for s in scatters:
             base = G.scatter_add(base, s.label, s.value)
         total = base
+    if total is not None:
+        # an adjoint has its node's full shape; a smaller contribution (the
+        # adjoint of a sum, say) is broadcast back so that every later fit sums
+        # over the right number of copies
+        total = G.materialize(total, n)
     return total

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.precedence import PRECEDENCE
 
+from .equations import print_add
 from .ops import gemm_form
 from .program import Kernel, Program, Value
 
@@ -33,7 +35,7 @@ class ExprPrinter(NumPyPrinter):
 
     def _print_sigmoid(self, e):
         # 1/(1 + exp(-x)) written through tanh: exact, and no overflow for any x
-        return f"(0.5 + 0.5*np.tanh(0.5*{self.parenthesize(e.args[0], 0)}))"
+        return f"(0.5 + 0.5*np.tanh(0.5*{self.parenthesize(e.args[0], PRECEDENCE['Mul'])}))"
 
     def _print_relu(self, e):
         return f"np.maximum({self._print(e.args[0])}, 0)"

@@ -165,15 +165,23 @@ def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -
     namer = namer or Namer(low)
     G = low.graph
     out = []
+    # the batch reduction L = sum_n(L_n) [/ N] reads as one equation in the
+    # lectures' terms: L_n_bar = L_bar / N
+    total = G.node(low.loss)["args"][0] if G.node(low.loss)["op"] == "map" else low.loss
     for x in adj.order:
+        if x == total and x != low.loss and G.node(x)["op"] == "sum_to":
+            continue
         terms = adj.terms[x]
         lhs = bar_name(namer, x)
         rendered = []
         for consumer, rule, contribution in terms:
             if consumer is None:
                 rendered.append(("1", "seed: dL/dL = 1"))
-                continue
-            rendered.append(term_text(G, namer, x, consumer, rule, contribution))
+            elif consumer == total and x == low.example_loss:
+                rendered.append(("L_bar/N", "mean over the batch") if low.spec.reduction == "mean"
+                                else ("L_bar", "sum over the batch"))
+            else:
+                rendered.append(term_text(G, namer, x, consumer, rule, contribution))
         out.append(Equation(lhs, rendered, adj.bar[x]))
     return out
 

@@ -75,6 +75,9 @@ class Graph:
         sorted, so ``a*b`` and ``b*a`` are the same node.
         """
         expr = sp.sympify(expr)
+        args, widen = self._unbroadcast(expr, list(args))
+        if widen is not None:
+            return self.broadcast(self.map(expr, args, rule, describe), *widen)
         subs = {}
         kept = []
         for i, a in enumerate(args):
@@ -97,6 +100,26 @@ class Graph:
         shape = ops.broadcast_shapes(shapes, describe)
         batched = any(self.node(a)["batched"] for a in used)
         return self._add("map", used, (expr,), shape=shape, batched=batched, rule=rule)
+
+    def _unbroadcast(self, expr, args) -> list:
+        """Read broadcast arguments through to their sources: elementwise code
+        broadcasts for free.  Returns the new arguments, and the (shape, batched)
+        to broadcast the result to when the sources alone give a smaller one
+        (f(broadcast(x)) is broadcast(f(x)), computed on fewer elements)."""
+        def result(cands):
+            live = [a for i, a in enumerate(cands) if arg_symbol(i) in expr.free_symbols
+                    and self.node(a)["op"] != "const"]
+            try:
+                shape = ops.broadcast_shapes([self.node(a)["shape"] for a in live], lambda: "")
+            except SpecError:
+                return None
+            return shape, any(self.node(a)["batched"] for a in live)
+
+        full = result(args)
+        sources = [self.node(a)["args"][0] if self.node(a)["op"] == "broadcast" else a for a in args]
+        if sources == args:
+            return args, None
+        return sources, (None if result(sources) == full else full)
 
     # -- structural ----------------------------------------------------------
     def contract(self, a, b, form: Contraction, out_batched=None) -> int:

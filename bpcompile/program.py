@@ -259,6 +259,7 @@ class _Builder:
             if producer is not None and producer.op not in VIEW_OPS and base.kind == "temp" \
                     and len(consumers.get(node, ())) == 1 and node not in roots:
                 k.inplace = True
+                base.name = k.out.name
 
     # -- comments ------------------------------------------------------------
     def notes(self, order, inlined) -> dict:
@@ -283,9 +284,12 @@ class _Builder:
             rhs = self.forward_text(n)
             notes.setdefault(kernel_of(n), []).append(f"{nm} = {rhs}")
         if self.adj is not None:
+            waiting = []   # equations whose adjoint needs no kernel of its own
             for eq in adjoint_equations(self.low, self.adj, self.namer):
+                waiting.append(eq.text())
                 if eq.node in order_set and G.node(eq.node)["op"] not in ("input", "param", "const"):
-                    notes.setdefault(kernel_of(eq.node), []).append(eq.text())
+                    notes.setdefault(kernel_of(eq.node), []).extend(waiting)
+                    waiting = []
         return notes
 
     def forward_text(self, n):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import keyword
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,14 +173,11 @@ class _Checker:
         for key in REQUIRED_KEYS:
             if key not in d:
                 raise self.err(f"missing required key '{key}'", key)
-        if "graph" not in d and "layers" not in d and "params" not in d:
-            pass  # a loss over inputs alone is allowed (derivatives w.r.t. inputs)
-
         name = d["name"]
         if not isinstance(name, str) or not names.IDENTIFIER.match(name) or name.startswith("_"):
             raise self.err(f"name must be an identifier (letters, digits, _), got {name!r}", "name")
         if name in names.C_KEYWORDS or name in names.CUDA_KEYWORDS or \
-                __import__("keyword").iskeyword(name):
+                keyword.iskeyword(name):
             raise self.err(f"name '{name}' is a keyword of Python, C or CUDA", "name")
 
         self.declared: dict[str, str] = {}
@@ -319,7 +317,7 @@ class _Checker:
         else:
             floats = [nm for nm, d in inputs.items() if not d.is_label]
             if len(floats) != 1:
-                raise self.err("layers: more than one float input; start the list with {input: NAME}",
+                raise self.err("more than one float input; start the list with {input: NAME}",
                                "layers")
             source = floats[0]
         if len(inputs[source].shape) != 1:

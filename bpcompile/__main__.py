@@ -1,0 +1,7 @@
+"""``python -m bpcompile`` is the ``bpcompile`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
