@@ -236,6 +236,7 @@ class _Lowering:
         self.labels: dict = {}     # label node -> classes
         self.softmax_of: dict = {}  # node of softmax(z) -> z (for the stable CE rule)
         self.pending: set = set()  # graph names not defined yet
+        self.defining = None       # the graph name being lowered
 
     def run(self) -> Lowered:
         G, spec = self.G, self.spec
@@ -250,8 +251,9 @@ class _Lowering:
         self.pending = {nm for nm, _ in spec.graph}
         last = None
         for nm, expr in spec.graph:
-            self.pending.discard(nm)
+            self.defining = nm
             node = self.lower_expr(expr)
+            self.pending.discard(nm)
             self.scope[nm] = node
             G.node(node)["names"].append(nm)
             last = node
@@ -334,6 +336,8 @@ class _Lowering:
     def name(self, nm):
         if nm in self.scope:
             return self.scope[nm]
+        if nm == self.defining:
+            raise self.err(f"'{nm}' is used in its own definition: the graph must not have a cycle")
         if nm in self.pending:
             raise self.err(f"'{nm}' is used before it is defined (graph nodes are evaluated in order; "
                            "a node cannot depend on itself or on a later node)")

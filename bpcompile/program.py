@@ -66,6 +66,20 @@ class Program:
     def count(self, phase=None) -> int:
         return sum(1 for k in self.kernels if phase is None or k.phase == phase)
 
+    def op_count(self, phase=None) -> int:
+        """Tensor operations: each arithmetic operation of a fused elementwise block
+        (SymPy's count_ops, temporaries included), one for any other kernel."""
+        total = 0
+        for k in self.kernels:
+            if phase is not None and k.phase != phase:
+                continue
+            if k.op == "map":
+                temps, expr = k.attrs
+                total += sum(sp.count_ops(e) for _, e in temps) + sp.count_ops(expr)
+            else:
+                total += 1
+        return total
+
 
 def build(low: Lowered, adj: Adjoints | None, *, loss=False, output=False, grads=False) -> Program:
     """The program computing any of: the loss, predict's output, the gradients."""
