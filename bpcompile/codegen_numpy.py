@@ -323,6 +323,6 @@ def render(low, adj, programs, version: str) -> str:
         functions=functions,
         all_inputs=", ".join(nm if nm in vag_inputs else f"{nm}=None" for nm in all_inputs),
         pass_inputs=", ".join(f"{nm}={nm}" for nm in all_inputs),
-        sgd_params=[nm for nm in spec.wrt if nm in spec.params],
+        trained=tuple(nm for nm in spec.wrt if nm in spec.params),
     )
     return source

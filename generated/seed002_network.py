@@ -104,6 +104,7 @@ INPUT_SHAPES = {'x1': (), 'x2': (), 't': ()}
 LABEL_CLASSES = {}
 WRT = ('w11', 'w12', 'w21', 'w22', 'v11', 'v12', 'v22', 'u1', 'u2')
 REDUCTION = 'sum'
+TRAINED = ('w11', 'w12', 'w21', 'w22', 'v11', 'v12', 'v22', 'u1', 'u2')  # the params the update steps change (WRT's params)
 
 
 def init_params(seed=0):
@@ -272,13 +273,72 @@ def gradient(params, *, x1, x2, t):
 def sgd_step(params, lr, *, x1, x2, t):
     """One step of gradient descent, w <- w - lr * dL/dw, in place; returns L before the step."""
     value, grads = value_and_grad(params, x1=x1, x2=x2, t=t)
-    params['w11'] -= lr * grads['w11']
-    params['w12'] -= lr * grads['w12']
-    params['w21'] -= lr * grads['w21']
-    params['w22'] -= lr * grads['w22']
-    params['v11'] -= lr * grads['v11']
-    params['v12'] -= lr * grads['v12']
-    params['v22'] -= lr * grads['v22']
-    params['u1'] -= lr * grads['u1']
-    params['u2'] -= lr * grads['u2']
+    for k in TRAINED:
+        g = grads[k]
+        g *= lr
+        params[k] -= g
+    return value
+
+
+def momentum_step(params, state, lr, momentum=0.9, *, x1, x2, t):
+    """Gradient descent with momentum, in place; returns L before the step.
+
+        u <- momentum * u + dL/dw
+        w <- w - lr * u
+
+    ``state`` is a dict the caller owns (start with {}); it holds the velocities u,
+    allocated on the first step and updated in place after that.
+    """
+    value, grads = value_and_grad(params, x1=x1, x2=x2, t=t)
+    velocity = state.setdefault("u", {})
+    for k in TRAINED:
+        g = grads[k]
+        u = velocity.get(k)
+        if u is None:
+            u = velocity[k] = np.zeros_like(params[k])
+        u *= momentum
+        u += g
+        np.multiply(u, lr, out=g)
+        params[k] -= g
+    return value
+
+
+def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x1, x2, t):
+    """One step of Adam (Kingma and Ba, 2015), in place; returns L before the step.
+
+        t <- t + 1
+        m <- beta1 * m + (1 - beta1) * g          (g = dL/dw)
+        v <- beta2 * v + (1 - beta2) * g**2
+        w <- w - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - beta1**t),
+                                                    v_hat = v / (1 - beta2**t)
+
+    ``state`` is a dict the caller owns (start with {}); it holds t, m and v,
+    allocated on the first step and updated in place after that.
+    """
+    value, grads = value_and_grad(params, x1=x1, x2=x2, t=t)
+    if not state:
+        state.update(t=0, m={}, v={})
+        for k in TRAINED:
+            state["m"][k] = np.zeros_like(params[k])
+            state["v"][k] = np.zeros_like(params[k])
+    state["t"] += 1
+    c1 = 1 - beta1 ** state["t"]
+    c2 = 1 - beta2 ** state["t"]
+    for k in TRAINED:
+        g, m, v = grads[k], state["m"][k], state["v"][k]
+        # the moving averages, in place with no temporary: a*x + (1-a)*y = (a/(1-a)*x + y)*(1-a)
+        m *= beta1 / (1 - beta1)
+        m += g
+        m *= 1 - beta1
+        g *= g
+        v *= beta2 / (1 - beta2)
+        v += g
+        v *= 1 - beta2
+        # g, no longer needed, holds lr * m_hat / (sqrt(v_hat) + eps)
+        np.sqrt(v, out=g)
+        g *= c2 ** -0.5
+        g += eps
+        np.divide(m, g, out=g)
+        g *= lr / c1
+        params[k] -= g
     return value
