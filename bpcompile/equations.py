@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import networkx as nx
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
@@ -67,6 +68,7 @@ class Namer:
         self.low = low
         self.G = low.graph
         self.cache: dict = {}
+        self.bar_alias: dict = {}   # anonymous node -> the name of the adjoint it shares
 
     def name(self, n) -> str | None:
         node = self.G.node(n)
@@ -160,33 +162,87 @@ def print_add(printer, expr) -> str:
     return out
 
 
+# How a reader sees the adjoint of a softmax-family function's argument z, given
+# the function's value y and its adjoint y_bar (the rules the lowering implements
+# over several nodes, with the row max subtracted for stability).
+MACRO_RULES = {
+    "softmax": ("{y}*({g} - sum({g}*{y}))", "softmax"),
+    "log_softmax": ("{g} - softmax({z})*sum({g})", "log_softmax"),
+    "logsumexp": ("{g}*softmax({z})", "logsumexp"),
+    "softmax_cross_entropy": ("{g}*(softmax({z}) - onehot({label}))",
+                              "softmax + cross-entropy: y_hat - onehot(label)"),
+}
+
+
 def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -> list:
-    """One equation per adjoint, in the order the reverse pass computes them."""
+    """One equation per adjoint, in the order the reverse pass computes them.
+
+    Read as the lectures write them: the nodes inside a softmax-family function
+    are one rule, an anonymous node whose adjoint is a named one's (``W @ x`` in
+    ``z = W @ x + b``) takes that name, and the batch reduction is ``L_bar / N``.
+    """
     namer = namer or Namer(low)
     G = low.graph
     out = []
-    # the batch reduction L = sum_n(L_n) [/ N] reads as one equation in the
-    # lectures' terms: L_n_bar = L_bar / N
+    # the batch reduction L = sum_n(L_n) [/ N] reads as one equation: L_n_bar = L_bar / N
     total = G.node(low.loss)["args"][0] if G.node(low.loss)["op"] == "map" else low.loss
+    hidden, collapsed = _macro_interiors(G, adj)
+    alias = namer.bar_alias
+    named_bar = {}
     for x in adj.order:
-        if x == total and x != low.loss and G.node(x)["op"] == "sum_to":
+        if namer.name(x) is not None:
+            named_bar.setdefault(adj.bar[x], bar_name(namer, x))
+        elif adj.bar[x] in named_bar and x not in collapsed:
+            alias[x] = named_bar[adj.bar[x]]
+    for x in adj.order:
+        if (x == total and x != low.loss and G.node(x)["op"] == "sum_to") or x in hidden or x in alias:
             continue
         terms = adj.terms[x]
         lhs = bar_name(namer, x)
         rendered = []
+        macro_done = set()
         for consumer, rule, contribution in terms:
             if consumer is None:
                 rendered.append(("1", "seed: dL/dL = 1"))
             elif consumer == total and x == low.example_loss:
                 rendered.append(("L_bar/N", "mean over the batch") if low.spec.reduction == "mean"
                                 else ("L_bar", "sum over the batch"))
+            elif (x, consumer) in collapsed.get(x, {}):
+                m = collapsed[x][(x, consumer)]
+                if m in macro_done:
+                    continue
+                macro_done.add(m)
+                kind, z, label = G.macros[m]
+                template, why = MACRO_RULES[kind]
+                rendered.append((template.format(y=namer.atom(m), g=bar_name(namer, m), z=namer.text(z),
+                                                 label=namer.text(label) if label is not None else ""),
+                                 why))
             else:
                 rendered.append(term_text(G, namer, x, consumer, rule, contribution))
         out.append(Equation(lhs, rendered, adj.bar[x]))
     return out
 
 
+def _macro_interiors(G, adj):
+    """The nodes inside each softmax-family function on the loss path, to be shown
+    as the function's one rule; a function whose interior is also read from
+    outside it is shown node by node."""
+    hidden, collapsed = set(), {}
+    for m, (kind, z, label) in G.macros.items():
+        if m not in adj.bar or z not in adj.bar:
+            continue
+        interior = (nx.ancestors(G.g, m) & nx.descendants(G.g, z)) - {z}
+        inside = interior | {m}
+        if any(c not in inside and c in adj.bar for n in interior for c in G.g.successors(n)):
+            continue
+        hidden |= {n for n in interior if n in adj.bar}
+        collapsed.setdefault(z, {}).update({(z, c): m for c in G.g.successors(z) if c in inside})
+    return hidden, collapsed
+
+
 def bar_name(namer: Namer, x) -> str:
+    if x in namer.bar_alias:
+        return namer.bar_alias[x]
     nm = namer.name(x)
     if nm is None:
         return f"({namer.text(x)})_bar"

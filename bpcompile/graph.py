@@ -31,6 +31,9 @@ class Graph:
     def __init__(self):
         self.g = nx.DiGraph()
         self._ids: dict = {}
+        # out node -> (function, input node, label node or None) for the stable
+        # softmax family, lowered into several nodes but one rule to a reader
+        self.macros: dict = {}
 
     def node(self, i: int) -> dict:
         return self.g.nodes[i]
@@ -444,15 +447,20 @@ class _Lowering:
             e, s = self.exp_sum(x)
             out = self.G.map(arg_symbol(0) / arg_symbol(1), [e, s], rule="softmax")
             self.softmax_of[out] = x
+            self.G.macros[out] = ("softmax", x, None)
             return out
         if f == "log_softmax":
-            return self.G.map(arg_symbol(0) - self.lse_expr(x), [x, *self.lse_args(x)],
-                              rule="log_softmax")
+            out = self.G.map(arg_symbol(0) - self.lse_expr(x), [x, *self.lse_args(x)],
+                             rule="log_softmax")
+            self.G.macros[out] = ("log_softmax", x, None)
+            return out
         if f == "logsumexp":
             lse = self.G.map(self.lse_expr(x).xreplace({arg_symbol(1): arg_symbol(0),
                                                          arg_symbol(2): arg_symbol(1)}),
                              self.lse_args(x), rule="logsumexp")
-            return self.G.reshape(lse, shape[:-1])
+            out = self.G.reshape(lse, shape[:-1])
+            self.G.macros[out] = ("logsumexp", x, None)
+            return out
         raise self.err(f"unsupported function {f}")  # every name in ops.FUNCTIONS is handled above
 
     def label_arg(self, tree, f):
@@ -496,6 +504,8 @@ class _Lowering:
             return self.G.map(-sp.log(arg_symbol(0)), [picked], rule="cross_entropy")
         m, s = self.lse_args(x)
         picked = self.G.take(x, label)
-        return self.G.map(arg_symbol(1) + sp.log(arg_symbol(2)) - arg_symbol(0),
-                          [picked, self.G.reshape(m, ()), self.G.reshape(s, ())],
-                          rule="softmax_cross_entropy")
+        out = self.G.map(arg_symbol(1) + sp.log(arg_symbol(2)) - arg_symbol(0),
+                         [picked, self.G.reshape(m, ()), self.G.reshape(s, ())],
+                         rule="softmax_cross_entropy")
+        self.G.macros[out] = ("softmax_cross_entropy", x, label)
+        return out

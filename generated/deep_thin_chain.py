@@ -60,24 +60,20 @@ the sum over the consumers of its node of consumer_bar * local derivative):
     (y - y_hat)_bar = ((y - y_hat)**2)_bar*(2*y - 2*y_hat)   # pow
     y_hat_bar = -(y - y_hat)_bar                             # sub
     a4_bar = y_hat*y_hat_bar*(1 - y_hat)                     # sigmoid
-    (h3*w4)_bar = a4_bar                                     # add
-    h3_bar = (h3*w4)_bar*w4                                  # mul
+    h3_bar = a4_bar*w4                                       # mul
     a3_bar = h3*h3_bar*(1 - h3)                              # sigmoid
-    (h2*w3)_bar = a3_bar                                     # add
-    h2_bar = (h2*w3)_bar*w3                                  # mul
+    h2_bar = a3_bar*w3                                       # mul
     a2_bar = h2*h2_bar*(1 - h2)                              # sigmoid
-    (h1*w2)_bar = a2_bar                                     # add
-    h1_bar = (h1*w2)_bar*w2                                  # mul
+    h1_bar = a2_bar*w2                                       # mul
     a1_bar = h1*h1_bar*(1 - h1)                              # sigmoid
-    (w1*x)_bar = a1_bar                                      # add
     b4_bar = a4_bar (summed over the batch)                  # add
     b3_bar = a3_bar (summed over the batch)                  # add
     b2_bar = a2_bar (summed over the batch)                  # add
     b1_bar = a1_bar (summed over the batch)                  # add
-    w4_bar = (h3*w4)_bar*h3 (summed over the batch)          # mul
-    w3_bar = (h2*w3)_bar*h2 (summed over the batch)          # mul
-    w2_bar = (h1*w2)_bar*h1 (summed over the batch)          # mul
-    w1_bar = (w1*x)_bar*x (summed over the batch)            # mul
+    w4_bar = a4_bar*h3 (summed over the batch)               # mul
+    w3_bar = a3_bar*h2 (summed over the batch)               # mul
+    w2_bar = a2_bar*h1 (summed over the batch)               # mul
+    w1_bar = a1_bar*x (summed over the batch)                # mul
 """
 
 import numpy as np
@@ -198,35 +194,31 @@ def value_and_grad(params, *, x, y):
     # (y - y_hat)_bar = ((y - y_hat)**2)_bar*(2*y - 2*y_hat)   # pow
     # y_hat_bar = -(y - y_hat)_bar   # sub
     # a4_bar = y_hat*y_hat_bar*(1 - y_hat)   # sigmoid
-    # (h3*w4)_bar = a4_bar   # add
     a4_bar = -t0*y_hat*(1 - y_hat)/N
     # b4_bar = a4_bar (summed over the batch)   # add
     b4_bar = a4_bar.sum(axis=0)
-    # w4_bar = (h3*w4)_bar*h3 (summed over the batch)   # mul
+    # w4_bar = a4_bar*h3 (summed over the batch)   # mul
     w4_bar = h3 @ a4_bar
-    # h3_bar = (h3*w4)_bar*w4   # mul
+    # h3_bar = a4_bar*w4   # mul
     # a3_bar = h3*h3_bar*(1 - h3)   # sigmoid
-    # (h2*w3)_bar = a3_bar   # add
     a3_bar = a4_bar*h3*w4*(1 - h3)
     # b3_bar = a3_bar (summed over the batch)   # add
     b3_bar = a3_bar.sum(axis=0)
-    # w3_bar = (h2*w3)_bar*h2 (summed over the batch)   # mul
+    # w3_bar = a3_bar*h2 (summed over the batch)   # mul
     w3_bar = h2 @ a3_bar
-    # h2_bar = (h2*w3)_bar*w3   # mul
+    # h2_bar = a3_bar*w3   # mul
     # a2_bar = h2*h2_bar*(1 - h2)   # sigmoid
-    # (h1*w2)_bar = a2_bar   # add
     a2_bar = a3_bar*h2*w3*(1 - h2)
     # b2_bar = a2_bar (summed over the batch)   # add
     b2_bar = a2_bar.sum(axis=0)
-    # w2_bar = (h1*w2)_bar*h1 (summed over the batch)   # mul
+    # w2_bar = a2_bar*h1 (summed over the batch)   # mul
     w2_bar = h1 @ a2_bar
-    # h1_bar = (h1*w2)_bar*w2   # mul
+    # h1_bar = a2_bar*w2   # mul
     # a1_bar = h1*h1_bar*(1 - h1)   # sigmoid
-    # (w1*x)_bar = a1_bar   # add
     a1_bar = a2_bar*h1*w2*(1 - h1)
     # b1_bar = a1_bar (summed over the batch)   # add
     b1_bar = a1_bar.sum(axis=0)
-    # w1_bar = (w1*x)_bar*x (summed over the batch)   # mul
+    # w1_bar = a1_bar*x (summed over the batch)   # mul
     w1_bar = x @ a1_bar
     return float(L), {'w1': w1_bar, 'w2': w2_bar, 'w3': w3_bar, 'w4': w4_bar, 'b1': b1_bar, 'b2': b2_bar, 'b3': b3_bar, 'b4': b4_bar}
 

@@ -36,23 +36,15 @@ Forward equations:
 Adjoint equations, in the order the backward pass computes them (each adjoint is
 the sum over the consumers of its node of consumer_bar * local derivative):
 
-    L_bar = 1                                                      # seed: dL/dL = 1
-    L_n_bar = L_bar/N                                              # mean over the batch
-    (sum(exp(z2 - max(z2))))_bar = L_n_bar/sum(exp(z2 - max(z2)))   # softmax_cross_entropy
-    (max(z2))_bar = L_n_bar                                        # softmax_cross_entropy
-    (z2[label])_bar = -L_n_bar                                     # softmax_cross_entropy
-    (sum(exp(z2 - max(z2))))_bar = (sum(exp(z2 - max(z2))))_bar    # reshape
-    (exp(z2 - max(z2)))_bar = (sum(exp(z2 - max(z2))))_bar (broadcast back over the summed axes)   # sum
-    (max(z2))_bar = (max(z2))_bar + (-(exp(z2 - max(z2)))_bar*exp(z2 - max(z2)))   # sum over consumers (reshape, exp)
-    z2_bar = (z2[label])_bar at [label] (zero elsewhere) + ((exp(z2 - max(z2)))_bar*exp(z2 - max(z2)))   # sum over consumers (take, exp)
-    (W2 @ h1)_bar = z2_bar                                         # add
-    h1_bar = W2^T @ (W2 @ h1)_bar                                  # matmul
-    z1_bar = h1_bar*(1 - h1**2)                                    # tanh
-    (W1 @ x)_bar = z1_bar                                          # add
-    b2_bar = z2_bar (summed over the batch)                        # add
-    W2_bar = (W2 @ h1)_bar h1^T (summed over the batch)            # matmul
-    b1_bar = z1_bar (summed over the batch)                        # add
-    W1_bar = (W1 @ x)_bar x^T (summed over the batch)              # matmul
+    L_bar = 1                                        # seed: dL/dL = 1
+    L_n_bar = L_bar/N                                # mean over the batch
+    z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+    h1_bar = W2^T @ z2_bar                           # matmul
+    z1_bar = h1_bar*(1 - h1**2)                      # tanh
+    b2_bar = z2_bar (summed over the batch)          # add
+    W2_bar = z2_bar h1^T (summed over the batch)     # matmul
+    b1_bar = z1_bar (summed over the batch)          # add
+    W1_bar = z1_bar x^T (summed over the batch)      # matmul
 """
 
 import numpy as np
@@ -163,33 +155,25 @@ def value_and_grad(params, *, x, label):
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     t9 = 1/N
     t10 = -t9
-    # (max(z2))_bar = L_n_bar   # softmax_cross_entropy
-    # (z2[label])_bar = -L_n_bar   # softmax_cross_entropy
     t11 = np.broadcast_to(t10, (N,))
-    # L_bar = 1   # seed: dL/dL = 1
-    # L_n_bar = L_bar/N   # mean over the batch
-    # (sum(exp(z2 - max(z2))))_bar = L_n_bar/sum(exp(z2 - max(z2)))   # softmax_cross_entropy
     t12 = t9/t7
-    # (sum(exp(z2 - max(z2))))_bar = (sum(exp(z2 - max(z2))))_bar   # reshape
     t13 = t12[:, None]
     z2_bar = t13*t3
-    # (exp(z2 - max(z2)))_bar = (sum(exp(z2 - max(z2))))_bar (broadcast back over the summed axes)   # sum
-    # (max(z2))_bar = (max(z2))_bar + (-(exp(z2 - max(z2)))_bar*exp(z2 - max(z2)))   # sum over consumers (reshape, exp)
-    # z2_bar = (z2[label])_bar at [label] (zero elsewhere) + ((exp(z2 - max(z2)))_bar*exp(z2 - max(z2)))   # sum over consumers (take, exp)
-    # (W2 @ h1)_bar = z2_bar   # add
+    # L_bar = 1   # seed: dL/dL = 1
+    # L_n_bar = L_bar/N   # mean over the batch
+    # z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
     z2_bar[rows, label] += t11
     # b2_bar = z2_bar (summed over the batch)   # add
     b2_bar = z2_bar.sum(axis=0)
-    # W2_bar = (W2 @ h1)_bar h1^T (summed over the batch)   # matmul
+    # W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     W2_bar = z2_bar.T @ h1
-    # h1_bar = W2^T @ (W2 @ h1)_bar   # matmul
+    # h1_bar = W2^T @ z2_bar   # matmul
     h1_bar = z2_bar @ W2
     # z1_bar = h1_bar*(1 - h1**2)   # tanh
-    # (W1 @ x)_bar = z1_bar   # add
     z1_bar = h1_bar*(1 - h1**2)
     # b1_bar = z1_bar (summed over the batch)   # add
     b1_bar = z1_bar.sum(axis=0)
-    # W1_bar = (W1 @ x)_bar x^T (summed over the batch)   # matmul
+    # W1_bar = z1_bar x^T (summed over the batch)   # matmul
     W1_bar = z1_bar.T @ x
     return float(L), {'W1': W1_bar, 'b1': b1_bar, 'W2': W2_bar, 'b2': b2_bar}
 

@@ -40,19 +40,16 @@ the sum over the consumers of its node of consumer_bar * local derivative):
     ((z3 - y)**2)_bar = (sum(((z3 - y)**2)))_bar (broadcast back over the summed axes)   # sum
     (z3 - y)_bar = ((z3 - y)**2)_bar*(2*z3 - 2*y)                  # pow
     z3_bar = (z3 - y)_bar                                          # sub
-    (W3 @ h2)_bar = z3_bar                                         # add
-    h2_bar = W3^T @ (W3 @ h2)_bar                                  # matmul
+    h2_bar = W3^T @ z3_bar                                         # matmul
     z2_bar = h2*h2_bar*(1 - h2)                                    # sigmoid
-    (W2 @ h1)_bar = z2_bar                                         # add
-    h1_bar = W2^T @ (W2 @ h1)_bar                                  # matmul
+    h1_bar = W2^T @ z2_bar                                         # matmul
     z1_bar = h1_bar*(z1 > 0)                                       # relu
-    (W1 @ x)_bar = z1_bar                                          # add
     b3_bar = z3_bar (summed over the batch)                        # add
-    W3_bar = (W3 @ h2)_bar h2^T (summed over the batch)            # matmul
+    W3_bar = z3_bar h2^T (summed over the batch)                   # matmul
     b2_bar = z2_bar (summed over the batch)                        # add
-    W2_bar = (W2 @ h1)_bar h1^T (summed over the batch)            # matmul
+    W2_bar = z2_bar h1^T (summed over the batch)                   # matmul
     b1_bar = z1_bar (summed over the batch)                        # add
-    W1_bar = (W1 @ x)_bar x^T (summed over the batch)              # matmul
+    W1_bar = z1_bar x^T (summed over the batch)                    # matmul
 """
 
 import numpy as np
@@ -174,29 +171,26 @@ def value_and_grad(params, *, x, y):
     # ((z3 - y)**2)_bar = (sum(((z3 - y)**2)))_bar (broadcast back over the summed axes)   # sum
     # (z3 - y)_bar = ((z3 - y)**2)_bar*(2*z3 - 2*y)   # pow
     # z3_bar = (z3 - y)_bar   # sub
-    # (W3 @ h2)_bar = z3_bar   # add
     z3_bar = 2*t3*t8[:, None]
     # b3_bar = z3_bar (summed over the batch)   # add
     b3_bar = z3_bar.sum(axis=0)
-    # W3_bar = (W3 @ h2)_bar h2^T (summed over the batch)   # matmul
+    # W3_bar = z3_bar h2^T (summed over the batch)   # matmul
     W3_bar = z3_bar.T @ h2
-    # h2_bar = W3^T @ (W3 @ h2)_bar   # matmul
+    # h2_bar = W3^T @ z3_bar   # matmul
     h2_bar = z3_bar @ W3
     # z2_bar = h2*h2_bar*(1 - h2)   # sigmoid
-    # (W2 @ h1)_bar = z2_bar   # add
     z2_bar = h2*h2_bar*(1 - h2)
     # b2_bar = z2_bar (summed over the batch)   # add
     b2_bar = z2_bar.sum(axis=0)
-    # W2_bar = (W2 @ h1)_bar h1^T (summed over the batch)   # matmul
+    # W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     W2_bar = z2_bar.T @ h1
-    # h1_bar = W2^T @ (W2 @ h1)_bar   # matmul
+    # h1_bar = W2^T @ z2_bar   # matmul
     h1_bar = z2_bar @ W2
     # z1_bar = h1_bar*(z1 > 0)   # relu
-    # (W1 @ x)_bar = z1_bar   # add
     z1_bar = h1_bar*(z1 > 0)
     # b1_bar = z1_bar (summed over the batch)   # add
     b1_bar = z1_bar.sum(axis=0)
-    # W1_bar = (W1 @ x)_bar x^T (summed over the batch)   # matmul
+    # W1_bar = z1_bar x^T (summed over the batch)   # matmul
     W1_bar = z1_bar.T @ x
     return float(L), {'W1': W1_bar, 'b1': b1_bar, 'W2': W2_bar, 'b2': b2_bar, 'W3': W3_bar, 'b3': b3_bar}
 

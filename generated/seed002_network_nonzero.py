@@ -59,37 +59,29 @@ Forward equations:
 Adjoint equations, in the order the backward pass computes them (each adjoint is
 the sum over the consumers of its node of consumer_bar * local derivative):
 
-    L_bar = 1                                           # seed: dL/dL = 1
-    L_n_bar = L_bar                                     # sum over the batch
-    ((o - t)**2)_bar = L_n_bar/2                        # div
-    (o - t)_bar = ((o - t)**2)_bar*(2*o - 2*t)          # pow
-    o_bar = (o - t)_bar                                 # sub
-    zo_bar = o_bar*cos(zo)                              # sin
-    (h4*u2)_bar = zo_bar                                # add
-    (h3*u1)_bar = zo_bar                                # add
-    h4_bar = (h4*u2)_bar*u2                             # mul
-    z4_bar = h4*h4_bar                                  # exp
-    (h2*v22)_bar = z4_bar                               # add
-    (v12*z1)_bar = z4_bar                               # add
-    h3_bar = (h3*u1)_bar*u1                             # mul
-    z3_bar = 2*h3_bar                                   # mul
-    h2_bar = (h2*v22)_bar*v22                           # mul
-    (z2**2)_bar = h2_bar/2                              # div
-    z2_bar = 2*(z2**2)_bar*z2                           # pow
-    (w22*x2)_bar = z2_bar                               # add
-    (w12*x1)_bar = z2_bar                               # add
-    z1_bar = (v12*z1)_bar*v12 + v11*z3_bar              # sum over consumers (mul, mul)
-    (w21*x2)_bar = z1_bar                               # add
-    (w11*x1)_bar = z1_bar                               # add
-    u2_bar = (h4*u2)_bar*h4 (summed over the batch)     # mul
-    u1_bar = (h3*u1)_bar*h3 (summed over the batch)     # mul
-    v22_bar = (h2*v22)_bar*h2 (summed over the batch)   # mul
-    v12_bar = (v12*z1)_bar*z1 (summed over the batch)   # mul
-    v11_bar = z1*z3_bar (summed over the batch)         # mul
-    w22_bar = (w22*x2)_bar*x2 (summed over the batch)   # mul
-    w21_bar = (w21*x2)_bar*x2 (summed over the batch)   # mul
-    w12_bar = (w12*x1)_bar*x1 (summed over the batch)   # mul
-    w11_bar = (w11*x1)_bar*x1 (summed over the batch)   # mul
+    L_bar = 1                                     # seed: dL/dL = 1
+    L_n_bar = L_bar                               # sum over the batch
+    ((o - t)**2)_bar = L_n_bar/2                  # div
+    (o - t)_bar = ((o - t)**2)_bar*(2*o - 2*t)    # pow
+    o_bar = (o - t)_bar                           # sub
+    zo_bar = o_bar*cos(zo)                        # sin
+    h4_bar = u2*zo_bar                            # mul
+    z4_bar = h4*h4_bar                            # exp
+    h3_bar = u1*zo_bar                            # mul
+    z3_bar = 2*h3_bar                             # mul
+    h2_bar = v22*z4_bar                           # mul
+    (z2**2)_bar = h2_bar/2                        # div
+    z2_bar = 2*(z2**2)_bar*z2                     # pow
+    z1_bar = v12*z4_bar + v11*z3_bar              # sum over consumers (mul, mul)
+    u2_bar = h4*zo_bar (summed over the batch)    # mul
+    u1_bar = h3*zo_bar (summed over the batch)    # mul
+    v22_bar = h2*z4_bar (summed over the batch)   # mul
+    v12_bar = z1*z4_bar (summed over the batch)   # mul
+    v11_bar = z1*z3_bar (summed over the batch)   # mul
+    w22_bar = x2*z2_bar (summed over the batch)   # mul
+    w21_bar = x2*z1_bar (summed over the batch)   # mul
+    w12_bar = x1*z2_bar (summed over the batch)   # mul
+    w11_bar = x1*z1_bar (summed over the batch)   # mul
 """
 
 import numpy as np
@@ -220,44 +212,36 @@ def value_and_grad(params, *, x1, x2, t):
     L = L_n.sum(axis=0)
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # zo_bar = o_bar*cos(zo)   # sin
-    # (h4*u2)_bar = zo_bar   # add
-    # (h3*u1)_bar = zo_bar   # add
     zo_bar = o_bar*np.cos(zo)
-    # u2_bar = (h4*u2)_bar*h4 (summed over the batch)   # mul
+    # u2_bar = h4*zo_bar (summed over the batch)   # mul
     u2_bar = h4 @ zo_bar
-    # u1_bar = (h3*u1)_bar*h3 (summed over the batch)   # mul
+    # u1_bar = h3*zo_bar (summed over the batch)   # mul
     u1_bar = h3 @ zo_bar
-    # h4_bar = (h4*u2)_bar*u2   # mul
+    # h4_bar = u2*zo_bar   # mul
     # z4_bar = h4*h4_bar   # exp
-    # (h2*v22)_bar = z4_bar   # add
-    # (v12*z1)_bar = z4_bar   # add
     z4_bar = h4*u2*zo_bar
-    # v22_bar = (h2*v22)_bar*h2 (summed over the batch)   # mul
+    # v22_bar = h2*z4_bar (summed over the batch)   # mul
     v22_bar = h2 @ z4_bar
-    # v12_bar = (v12*z1)_bar*z1 (summed over the batch)   # mul
+    # v12_bar = z1*z4_bar (summed over the batch)   # mul
     v12_bar = z1 @ z4_bar
-    # h3_bar = (h3*u1)_bar*u1   # mul
+    # h3_bar = u1*zo_bar   # mul
     # z3_bar = 2*h3_bar   # mul
     z3_bar = 2*u1*zo_bar
     # v11_bar = z1*z3_bar (summed over the batch)   # mul
     v11_bar = z1 @ z3_bar
-    # h2_bar = (h2*v22)_bar*v22   # mul
+    # h2_bar = v22*z4_bar   # mul
     # (z2**2)_bar = h2_bar/2   # div
     # z2_bar = 2*(z2**2)_bar*z2   # pow
-    # (w22*x2)_bar = z2_bar   # add
-    # (w12*x1)_bar = z2_bar   # add
     z2_bar = v22*z2*z4_bar
-    # w22_bar = (w22*x2)_bar*x2 (summed over the batch)   # mul
+    # w22_bar = x2*z2_bar (summed over the batch)   # mul
     w22_bar = x2 @ z2_bar
-    # w12_bar = (w12*x1)_bar*x1 (summed over the batch)   # mul
+    # w12_bar = x1*z2_bar (summed over the batch)   # mul
     w12_bar = x1 @ z2_bar
-    # z1_bar = (v12*z1)_bar*v12 + v11*z3_bar   # sum over consumers (mul, mul)
-    # (w21*x2)_bar = z1_bar   # add
-    # (w11*x1)_bar = z1_bar   # add
+    # z1_bar = v12*z4_bar + v11*z3_bar   # sum over consumers (mul, mul)
     z1_bar = v11*z3_bar + v12*z4_bar
-    # w21_bar = (w21*x2)_bar*x2 (summed over the batch)   # mul
+    # w21_bar = x2*z1_bar (summed over the batch)   # mul
     w21_bar = x2 @ z1_bar
-    # w11_bar = (w11*x1)_bar*x1 (summed over the batch)   # mul
+    # w11_bar = x1*z1_bar (summed over the batch)   # mul
     w11_bar = x1 @ z1_bar
     return float(L), {'w11': w11_bar, 'w12': w12_bar, 'w21': w21_bar, 'w22': w22_bar, 'v11': v11_bar, 'v12': v12_bar, 'v22': v22_bar, 'u1': u1_bar, 'u2': u2_bar}
 

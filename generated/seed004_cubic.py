@@ -35,10 +35,8 @@ the sum over the consumers of its node of consumer_bar * local derivative):
     L_bar = 1              # seed: dL/dL = 1
     z_bar = L_bar          # sum over the batch
     u_bar = 3*z_bar*u**2   # pow
-    (4*y)_bar = u_bar      # add
-    (3*x)_bar = u_bar      # add
-    y_bar = 4*(4*y)_bar    # mul
-    x_bar = 3*(3*x)_bar    # mul
+    y_bar = 4*u_bar        # mul
+    x_bar = 3*u_bar        # mul
 """
 
 import numpy as np
@@ -97,12 +95,10 @@ def value_and_grad(params, *, x, y):
     # L_bar = 1   # seed: dL/dL = 1
     # z_bar = L_bar   # sum over the batch
     # u_bar = 3*z_bar*u**2   # pow
-    # (4*y)_bar = u_bar   # add
-    # (3*x)_bar = u_bar   # add
     u_bar = 3*u**2
-    # y_bar = 4*(4*y)_bar   # mul
+    # y_bar = 4*u_bar   # mul
     y_bar = 4*u_bar
-    # x_bar = 3*(3*x)_bar   # mul
+    # x_bar = 3*u_bar   # mul
     x_bar = 3*u_bar
     return float(L), {'x': x_bar, 'y': y_bar}
 

@@ -29,10 +29,9 @@ Forward equations:
 Adjoint equations, in the order the backward pass computes them (each adjoint is
 the sum over the consumers of its node of consumer_bar * local derivative):
 
-    L_bar = 1             # seed: dL/dL = 1
-    y_bar = L_bar         # sum over the batch
-    (2*x)_bar = y_bar     # add
-    x_bar = 2*(2*x)_bar   # mul
+    L_bar = 1         # seed: dL/dL = 1
+    y_bar = L_bar     # sum over the batch
+    x_bar = 2*y_bar   # mul
 """
 
 import numpy as np
@@ -84,8 +83,7 @@ def value_and_grad(params, *, x):
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # y_bar = L_bar   # sum over the batch
-    # (2*x)_bar = y_bar   # add
-    # x_bar = 2*(2*x)_bar   # mul
+    # x_bar = 2*y_bar   # mul
     t0 = np.full((N,), 2, DTYPE)
     # forward pass
     x_bar = np.array(t0, DTYPE)

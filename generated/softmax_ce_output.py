@@ -35,19 +35,12 @@ Forward equations:
 Adjoint equations, in the order the backward pass computes them (each adjoint is
 the sum over the consumers of its node of consumer_bar * local derivative):
 
-    L_bar = 1                                                      # seed: dL/dL = 1
-    L_n_bar = L_bar/N                                              # mean over the batch
-    (sum(exp(a - max(a))))_bar = L_n_bar/sum(exp(a - max(a)))      # softmax_cross_entropy
-    (max(a))_bar = L_n_bar                                         # softmax_cross_entropy
-    (a[label])_bar = -L_n_bar                                      # softmax_cross_entropy
-    (sum(exp(a - max(a))))_bar = (sum(exp(a - max(a))))_bar        # reshape
-    (exp(a - max(a)))_bar = (sum(exp(a - max(a))))_bar (broadcast back over the summed axes)   # sum
-    (max(a))_bar = (max(a))_bar + (-(exp(a - max(a)))_bar*exp(a - max(a)))   # sum over consumers (reshape, exp)
-    a_bar = (a[label])_bar at [label] (zero elsewhere) + ((exp(a - max(a)))_bar*exp(a - max(a)))   # sum over consumers (take, exp)
-    (W @ h)_bar = a_bar                                            # add
-    b_bar = a_bar (summed over the batch)                          # add
-    W_bar = (W @ h)_bar h^T (summed over the batch)                # matmul
-    h_bar = W^T @ (W @ h)_bar                                      # matmul
+    L_bar = 1                                      # seed: dL/dL = 1
+    L_n_bar = L_bar/N                              # mean over the batch
+    a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+    b_bar = a_bar (summed over the batch)          # add
+    W_bar = a_bar h^T (summed over the batch)      # matmul
+    h_bar = W^T @ a_bar                            # matmul
 """
 
 import numpy as np
@@ -138,26 +131,19 @@ def value_and_grad(params, *, h, label):
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     t8 = 1/N
     t9 = -t8
-    # (max(a))_bar = L_n_bar   # softmax_cross_entropy
-    # (a[label])_bar = -L_n_bar   # softmax_cross_entropy
     t10 = np.broadcast_to(t9, (N,))
-    # L_bar = 1   # seed: dL/dL = 1
-    # L_n_bar = L_bar/N   # mean over the batch
-    # (sum(exp(a - max(a))))_bar = L_n_bar/sum(exp(a - max(a)))   # softmax_cross_entropy
     t11 = t8/t6
-    # (sum(exp(a - max(a))))_bar = (sum(exp(a - max(a))))_bar   # reshape
     t12 = t11[:, None]
     a_bar = t12*t2
-    # (exp(a - max(a)))_bar = (sum(exp(a - max(a))))_bar (broadcast back over the summed axes)   # sum
-    # (max(a))_bar = (max(a))_bar + (-(exp(a - max(a)))_bar*exp(a - max(a)))   # sum over consumers (reshape, exp)
-    # a_bar = (a[label])_bar at [label] (zero elsewhere) + ((exp(a - max(a)))_bar*exp(a - max(a)))   # sum over consumers (take, exp)
-    # (W @ h)_bar = a_bar   # add
+    # L_bar = 1   # seed: dL/dL = 1
+    # L_n_bar = L_bar/N   # mean over the batch
+    # a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
     a_bar[rows, label] += t10
     # b_bar = a_bar (summed over the batch)   # add
     b_bar = a_bar.sum(axis=0)
-    # W_bar = (W @ h)_bar h^T (summed over the batch)   # matmul
+    # W_bar = a_bar h^T (summed over the batch)   # matmul
     W_bar = a_bar.T @ h
-    # h_bar = W^T @ (W @ h)_bar   # matmul
+    # h_bar = W^T @ a_bar   # matmul
     h_bar = a_bar @ W
     return float(L), {'W': W_bar, 'b': b_bar, 'h': h_bar}
 
