@@ -271,7 +271,7 @@ def render(low, adj, programs, version: str) -> str:
     """The generated module's source."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    from .equations import EXAMPLE_LOSS, LOSS, Namer, adjoint_equations
+    from .equations import Namer, adjoint_equations, forward_equations
     spec = low.spec
     printer = NumpyPrinter(spec.dtype)
     namer = Namer(low)
@@ -290,12 +290,7 @@ def render(low, adj, programs, version: str) -> str:
                        f"float({vag.loss.name}), {grads}"),
     ]
     vag_inputs = {v.name for v in vag.inputs}
-    forward = []
-    for nm, expr in spec.graph:
-        node = low.named[nm]
-        forward.append((f"{nm} = {expr.text}", low.graph.node(node)["shape"]))
-    forward.append((f"{EXAMPLE_LOSS} = {spec.loss.text}", ()))
-    forward.append((f"{LOSS} = {spec.reduction} over the batch of {EXAMPLE_LOSS}", ()))
+    forward = [(f"{lhs} = {rhs}", shape) for lhs, rhs, shape in forward_equations(low)]
     width = max(len(t) for t, _ in forward)
     forward_lines = [f"{t.ljust(width)}   shape {list(s)}" for t, s in forward]
     eqs = adjoint_equations(low, adj, namer)

@@ -162,6 +162,15 @@ def print_add(printer, expr) -> str:
     return out
 
 
+def forward_equations(low: Lowered) -> list:
+    """The forward program, one computation per line: [(lhs, rhs, per-example shape)]."""
+    spec = low.spec
+    out = [(nm, expr.text, low.graph.node(low.named[nm])["shape"]) for nm, expr in spec.graph]
+    out.append((EXAMPLE_LOSS, spec.loss.text, ()))
+    out.append((LOSS, f"{spec.reduction} over the batch of {EXAMPLE_LOSS}", ()))
+    return out
+
+
 # How a reader sees the adjoint of a softmax-family function's argument z, given
 # the function's value y and its adjoint y_bar (the rules the lowering implements
 # over several nodes, with the row max subtracted for stability).
