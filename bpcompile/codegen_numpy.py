@@ -8,12 +8,14 @@ a subclass of SymPy's NumPy printer; contractions become ``@`` with transposes
 
 from __future__ import annotations
 
+import re
+
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.precedence import PRECEDENCE
 
 from .equations import print_add
-from .ops import gemm_form
+from .ops import gemm_form, sigmoid
 from .program import Kernel, Program, Value
 
 
@@ -71,6 +73,84 @@ class ExprPrinter(NumPyPrinter):
         return f"{self.parenthesize(base, 100)}**{self.parenthesize(exp, 100)}"
 
 
+# One elementwise step applied to the result in place; {o} is the result, {r} the
+# other operand.
+INPLACE = {
+    "add": "{o} += {r}",
+    "rsub": "np.subtract({r}, {o}, out={o})",
+    "mul": "{o} *= {r}",
+    "div": "{o} /= {r}",
+    "neg": "np.negative({o}, out={o})",
+    "square": "np.square({o}, out={o})",
+    "reciprocal": "np.reciprocal({o}, out={o})",
+    "sqrt": "np.sqrt({o}, out={o})",
+    "pow": "{o} **= {r}",
+    "tanh": "np.tanh({o}, out={o})",
+    "exp": "np.exp({o}, out={o})",
+    "log": "np.log({o}, out={o})",
+    "sin": "np.sin({o}, out={o})",
+    "cos": "np.cos({o}, out={o})",
+    "Abs": "np.abs({o}, out={o})",
+    "relu": "np.maximum({o}, 0, out={o})",
+    "softplus": "np.logaddexp(0, {o}, out={o})",
+    "step": "np.greater({o}, 0, out={o})",
+}
+# sigmoid(x) = 0.5 + 0.5*tanh(0.5*x), step by step
+SIGMOID_STEPS = [("mul", sp.Rational(1, 2)), ("tanh", None), ("mul", sp.Rational(1, 2)), ("add", sp.Rational(1, 2))]
+
+
+def inplace_steps(expr, name: str):
+    """``expr`` as a sequence of in-place steps on the one leaf called ``name``
+    (which appears once): [(op, other operand)], innermost first.  None when some
+    node on the way has no in-place form."""
+    steps = []
+    node = expr
+    while not (isinstance(node, sp.Symbol) and node.name == name):
+        holder = [a for a in node.args if any(isinstance(s, sp.Symbol) and s.name == name
+                                                  for s in sp.preorder_traversal(a))]
+        if len(holder) != 1:
+            return None
+        inner = holder[0]
+        others = [a for a in node.args if a is not inner]
+        if node.is_Add:
+            rest = sp.Add(*others)
+            if inner.is_Mul and inner.args[0] == -1:
+                steps.append(("rsub", rest))
+                inner = -inner
+            else:
+                steps.append(("add", rest))
+        elif node.is_Mul:
+            num, den = sp.fraction(sp.Mul(*others))
+            if den != 1:
+                steps.append(("div", den))
+            if num == -1:
+                steps.append(("neg", None))
+            elif num != 1:
+                steps.append(("mul", num))
+        elif node.is_Pow:
+            if inner is not node.base:
+                return None
+            e = node.exp
+            if e == 2:
+                steps.append(("square", None))
+            elif e == -1:
+                steps.append(("reciprocal", None))
+            elif e == sp.Rational(1, 2):
+                steps.append(("sqrt", None))
+            elif e.is_Number:
+                steps.append(("pow", e))
+            else:
+                return None
+        elif isinstance(node, sigmoid):
+            steps.extend(reversed(SIGMOID_STEPS))
+        elif node.func.__name__ in INPLACE and len(node.args) == 1:
+            steps.append((node.func.__name__, None))
+        else:
+            return None
+        node = inner
+    return steps[::-1]
+
+
 def batched_shape(v: Value) -> str:
     dims = (["N"] if v.batched else []) + [str(d) for d in v.shape]
     if len(dims) == 1:
@@ -98,7 +178,13 @@ class NumpyPrinter:
         leaf_text = {a.name: aligned(a, k.out.rank) for a in k.args}
         printer = ExprPrinter(leaf_text)
         lines = [f"{name} = {printer.doprint(e)}" for name, e in temps]
-        lines.append(f"{out} = {printer.doprint(expr)}")
+        steps = inplace_steps(expr, k.reuse.name) if k.reuse is not None else None
+        if steps is None:
+            lines.append(f"{out} = {printer.doprint(expr)}")
+            return lines
+        lines.append(f"{out} = {k.reuse.name}  # in place: {k.reuse.name} is not read again")
+        for op, operand in steps:
+            lines.append(INPLACE[op].format(o=out, r=printer.doprint(operand) if operand is not None else ""))
         return lines
 
     def _contract(self, k, out, args):
@@ -128,6 +214,9 @@ class NumpyPrinter:
         axes += [off + i for i in range(lead)]
         keep = [off + lead + i for i, d in enumerate(target) if d == 1 and x.shape[lead + i] != 1]
         axes += keep
+        if axes == [0] and x.batched and x.rank == 2:
+            # a sum over the batch of a matrix is a GEMV with a ones vector: BLAS speed
+            return [f"{out} = ones @ {args[0]}"]
         axis = str(axes[0]) if len(axes) == 1 else str(tuple(axes))
         line = f"{out} = {args[0]}.sum(axis={axis})"
         if keep:
@@ -256,12 +345,13 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
     prologue = [f"{p.name} = params[{p.name!r}]" for p in program.params]
     for v in program.inputs:
         prologue.append(f"{v.name} = np.asarray({v.name}{', DTYPE' if v.dtype == 'float' else ''})")
-    import re
-    if re.search(r"\bN\b", body) or re.search(r"\brows\b", body):
+    if re.search(r"\b(N|rows|ones)\b", body):
         first = program.inputs[0].name if program.inputs else None
         prologue.append(f"N = {first}.shape[0]" if first else "N = 1")
     if re.search(r"\brows\b", body):
         prologue.append("rows = np.arange(N)")
+    if re.search(r"\bones\b", body):
+        prologue.append("ones = np.ones(N, DTYPE)")
     signature = ", ".join(nm if nm in used_inputs else f"{nm}=None" for nm in all_inputs)
     return {"name": name, "signature": signature, "doc": doc, "prologue": prologue,
             "blocks": blocks, "returns": returns}

@@ -176,7 +176,11 @@ class Graph:
         return self._add("take", (x, label), (), shape=node["shape"][:-1], batched=True)
 
     def scatter_add(self, base, label, value) -> int:
+        """``base`` plus ``value[n]`` at ``[n, label[n]]``; a value broadcast over the
+        batch is read as its source (the same number for every example)."""
         node = self.node(base)
+        if self.node(value)["op"] == "broadcast":
+            value = self.node(value)["args"][0]
         return self._add("scatter_add", (base, label, value), (), shape=node["shape"],
                          batched=True, rule="take")
 

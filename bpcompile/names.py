@@ -29,10 +29,11 @@ def temp(k: int) -> str:
 
 # Names the generated modules (NumPy, CUDA loader) define or use themselves.
 GENERATED_NAMES = frozenset("""
-    np N rows params lr seed rng inputs grads state loss_value value
-    NAME DTYPE PARAM_SHAPES INPUT_SHAPES WRT OUTPUT REDUCTION
+    np N rows ones params lr seed rng inputs grads state loss_value value
+    momentum beta1 beta2 eps
+    NAME DTYPE PARAM_SHAPES INPUT_SHAPES LABEL_CLASSES WRT OUTPUT REDUCTION TRAINED
     init_params predict loss value_and_grad gradient sgd_step momentum_step adam_step
-    L L_bar
+    L L_n L_bar
 """.split())
 
 C_KEYWORDS = frozenset("""

@@ -49,10 +49,11 @@ class step(sp.Function):
 
 
 class relu(sp.Function):
-    """max(x, 0); derivative step(x)."""
+    """max(x, 0); derivative step(x), written step(relu(x)) so that the rule reads
+    the forward output (relu(z) > 0 exactly when z > 0) and z need not stay alive."""
 
     def fdiff(self, argindex=1):
-        return step(self.args[0])
+        return step(self)
 
 
 class equal(sp.Function):

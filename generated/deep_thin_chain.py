@@ -194,28 +194,33 @@ def value_and_grad(params, *, x, y):
     # (y - y_hat)_bar = ((y - y_hat)**2)_bar*(2*y - 2*y_hat)   # pow
     # y_hat_bar = -(y - y_hat)_bar   # sub
     # a4_bar = y_hat*y_hat_bar*(1 - y_hat)   # sigmoid
-    a4_bar = -t0*y_hat*(1 - y_hat)/N
+    a4_bar = t0  # in place: t0 is not read again
+    a4_bar *= -y_hat*(1 - y_hat)
+    a4_bar /= N
     # b4_bar = a4_bar (summed over the batch)   # add
     b4_bar = a4_bar.sum(axis=0)
     # w4_bar = a4_bar*h3 (summed over the batch)   # mul
     w4_bar = h3 @ a4_bar
     # h3_bar = a4_bar*w4   # mul
     # a3_bar = h3*h3_bar*(1 - h3)   # sigmoid
-    a3_bar = a4_bar*h3*w4*(1 - h3)
+    a3_bar = a4_bar  # in place: a4_bar is not read again
+    a3_bar *= h3*w4*(1 - h3)
     # b3_bar = a3_bar (summed over the batch)   # add
     b3_bar = a3_bar.sum(axis=0)
     # w3_bar = a3_bar*h2 (summed over the batch)   # mul
     w3_bar = h2 @ a3_bar
     # h2_bar = a3_bar*w3   # mul
     # a2_bar = h2*h2_bar*(1 - h2)   # sigmoid
-    a2_bar = a3_bar*h2*w3*(1 - h2)
+    a2_bar = a3_bar  # in place: a3_bar is not read again
+    a2_bar *= h2*w3*(1 - h2)
     # b2_bar = a2_bar (summed over the batch)   # add
     b2_bar = a2_bar.sum(axis=0)
     # w2_bar = a2_bar*h1 (summed over the batch)   # mul
     w2_bar = h1 @ a2_bar
     # h1_bar = a2_bar*w2   # mul
     # a1_bar = h1*h1_bar*(1 - h1)   # sigmoid
-    a1_bar = a2_bar*h1*w2*(1 - h1)
+    a1_bar = a2_bar  # in place: a2_bar is not read again
+    a1_bar *= h1*w2*(1 - h1)
     # b1_bar = a1_bar (summed over the batch)   # add
     b1_bar = a1_bar.sum(axis=0)
     # w1_bar = a1_bar*x (summed over the batch)   # mul

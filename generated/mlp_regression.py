@@ -43,7 +43,7 @@ the sum over the consumers of its node of consumer_bar * local derivative):
     h2_bar = W3^T @ z3_bar                                         # matmul
     z2_bar = h2*h2_bar*(1 - h2)                                    # sigmoid
     h1_bar = W2^T @ z2_bar                                         # matmul
-    z1_bar = h1_bar*(z1 > 0)                                       # relu
+    z1_bar = h1_bar*(h1 > 0)                                       # relu
     b3_bar = z3_bar (summed over the batch)                        # add
     W3_bar = z3_bar h2^T (summed over the batch)                   # matmul
     b2_bar = z2_bar (summed over the batch)                        # add
@@ -90,14 +90,22 @@ def predict(params, *, x, y=None):
     t0 = x @ W1.T
     # z1 = W1 @ x + b1
     # h1 = relu(z1)
-    h1 = np.maximum(b1 + t0, 0)
+    h1 = t0  # in place: t0 is not read again
+    h1 += b1
+    np.maximum(h1, 0, out=h1)
     t1 = h1 @ W2.T
     # z2 = W2 @ h1 + b2
     # h2 = sigmoid(z2)
-    h2 = (0.5 + 0.5*np.tanh(0.5*(b2 + t1)))
+    h2 = t1  # in place: t1 is not read again
+    h2 += b2
+    h2 *= 1/2
+    np.tanh(h2, out=h2)
+    h2 *= 1/2
+    h2 += 1/2
     t2 = h2 @ W3.T
     # z3 = W3 @ h2 + b3
-    z3 = b3 + t2
+    z3 = t2  # in place: t2 is not read again
+    z3 += b3
     return z3
 
 def loss(params, *, x, y):
@@ -115,17 +123,27 @@ def loss(params, *, x, y):
     t0 = x @ W1.T
     # z1 = W1 @ x + b1
     # h1 = relu(z1)
-    h1 = np.maximum(b1 + t0, 0)
+    h1 = t0  # in place: t0 is not read again
+    h1 += b1
+    np.maximum(h1, 0, out=h1)
     t1 = h1 @ W2.T
     # z2 = W2 @ h1 + b2
     # h2 = sigmoid(z2)
-    h2 = (0.5 + 0.5*np.tanh(0.5*(b2 + t1)))
+    h2 = t1  # in place: t1 is not read again
+    h2 += b2
+    h2 *= 1/2
+    np.tanh(h2, out=h2)
+    h2 *= 1/2
+    h2 += 1/2
     t2 = h2 @ W3.T
     # z3 = W3 @ h2 + b3
-    t3 = (b3 + t2 - y)**2
+    t3 = t2  # in place: t2 is not read again
+    t3 += b3 - y
+    np.square(t3, out=t3)
     t4 = t3.sum(axis=1)
     # L_n = sum((z3 - y)**2) / 2
-    L_n = (1/2)*t4
+    L_n = t4  # in place: t4 is not read again
+    L_n /= 2
     t5 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
     L = t5/N
@@ -142,23 +160,32 @@ def value_and_grad(params, *, x, y):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
+    ones = np.ones(N, DTYPE)
     # forward pass
     t0 = x @ W1.T
     # z1 = W1 @ x + b1
-    z1 = b1 + t0
     # h1 = relu(z1)
-    h1 = np.maximum(z1, 0)
+    h1 = t0  # in place: t0 is not read again
+    h1 += b1
+    np.maximum(h1, 0, out=h1)
     t1 = h1 @ W2.T
     # z2 = W2 @ h1 + b2
     # h2 = sigmoid(z2)
-    h2 = (0.5 + 0.5*np.tanh(0.5*(b2 + t1)))
+    h2 = t1  # in place: t1 is not read again
+    h2 += b2
+    h2 *= 1/2
+    np.tanh(h2, out=h2)
+    h2 *= 1/2
+    h2 += 1/2
     t2 = h2 @ W3.T
     # z3 = W3 @ h2 + b3
-    t3 = b3 + t2 - y
+    t3 = t2  # in place: t2 is not read again
+    t3 += b3 - y
     t4 = t3**2
     t5 = t4.sum(axis=1)
     # L_n = sum((z3 - y)**2) / 2
-    L_n = (1/2)*t5
+    L_n = t5  # in place: t5 is not read again
+    L_n /= 2
     t6 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
     L = t6/N
@@ -171,25 +198,29 @@ def value_and_grad(params, *, x, y):
     # ((z3 - y)**2)_bar = (sum(((z3 - y)**2)))_bar (broadcast back over the summed axes)   # sum
     # (z3 - y)_bar = ((z3 - y)**2)_bar*(2*z3 - 2*y)   # pow
     # z3_bar = (z3 - y)_bar   # sub
-    z3_bar = 2*t3*t8[:, None]
+    z3_bar = t3  # in place: t3 is not read again
+    z3_bar *= 2*t8[:, None]
     # b3_bar = z3_bar (summed over the batch)   # add
-    b3_bar = z3_bar.sum(axis=0)
+    b3_bar = ones @ z3_bar
     # W3_bar = z3_bar h2^T (summed over the batch)   # matmul
     W3_bar = z3_bar.T @ h2
     # h2_bar = W3^T @ z3_bar   # matmul
     h2_bar = z3_bar @ W3
     # z2_bar = h2*h2_bar*(1 - h2)   # sigmoid
-    z2_bar = h2*h2_bar*(1 - h2)
+    z2_bar = h2_bar  # in place: h2_bar is not read again
+    z2_bar *= h2*(1 - h2)
     # b2_bar = z2_bar (summed over the batch)   # add
-    b2_bar = z2_bar.sum(axis=0)
+    b2_bar = ones @ z2_bar
     # W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     W2_bar = z2_bar.T @ h1
     # h1_bar = W2^T @ z2_bar   # matmul
     h1_bar = z2_bar @ W2
-    # z1_bar = h1_bar*(z1 > 0)   # relu
-    z1_bar = h1_bar*(z1 > 0)
+    # z1_bar = h1_bar*(h1 > 0)   # relu
+    z1_bar = h1  # in place: h1 is not read again
+    np.greater(z1_bar, 0, out=z1_bar)
+    z1_bar *= h1_bar
     # b1_bar = z1_bar (summed over the batch)   # add
-    b1_bar = z1_bar.sum(axis=0)
+    b1_bar = ones @ z1_bar
     # W1_bar = z1_bar x^T (summed over the batch)   # matmul
     W1_bar = z1_bar.T @ x
     return float(L), {'W1': W1_bar, 'b1': b1_bar, 'W2': W2_bar, 'b2': b2_bar, 'W3': W3_bar, 'b3': b3_bar}

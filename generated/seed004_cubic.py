@@ -95,11 +95,14 @@ def value_and_grad(params, *, x, y):
     # L_bar = 1   # seed: dL/dL = 1
     # z_bar = L_bar   # sum over the batch
     # u_bar = 3*z_bar*u**2   # pow
-    u_bar = 3*u**2
+    u_bar = u  # in place: u is not read again
+    np.square(u_bar, out=u_bar)
+    u_bar *= 3
     # y_bar = 4*u_bar   # mul
     y_bar = 4*u_bar
     # x_bar = 3*u_bar   # mul
-    x_bar = 3*u_bar
+    x_bar = u_bar  # in place: u_bar is not read again
+    x_bar *= 3
     return float(L), {'x': x_bar, 'y': y_bar}
 
 

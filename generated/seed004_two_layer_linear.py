@@ -93,7 +93,9 @@ def loss(params, *, x, y):
     # y_hat = w2 @ h
     y_hat = w2 @ h.T
     # L_n = (y - y_hat)**2
-    L_n = (y - y_hat)**2
+    L_n = y_hat  # in place: y_hat is not read again
+    np.subtract(y, L_n, out=L_n)
+    np.square(L_n, out=L_n)
     # L = sum over the batch of L_n
     L = L_n.sum(axis=0)
     return float(L)
@@ -109,7 +111,8 @@ def value_and_grad(params, *, x, y):
     h = x @ W1.T
     # y_hat = w2 @ h
     y_hat = w2 @ h.T
-    t0 = y - y_hat
+    t0 = y_hat  # in place: y_hat is not read again
+    np.subtract(y, t0, out=t0)
     # L_n = (y - y_hat)**2
     L_n = t0**2
     # L = sum over the batch of L_n
@@ -119,7 +122,8 @@ def value_and_grad(params, *, x, y):
     # L_n_bar = L_bar   # sum over the batch
     # (y - y_hat)_bar = L_n_bar*(2*y - 2*y_hat)   # pow
     # y_hat_bar = -(y - y_hat)_bar   # sub
-    y_hat_bar = -2*t0
+    y_hat_bar = t0  # in place: t0 is not read again
+    y_hat_bar *= -2
     # w2_bar = einsum(',i->i', y_hat_bar, h) (summed over the batch)   # dot
     w2_bar = y_hat_bar @ h
     # h_bar = einsum('i,->i', w2, y_hat_bar)   # dot

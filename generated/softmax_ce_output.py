@@ -72,12 +72,16 @@ def predict(params, *, h, label=None):
     # forward pass
     t0 = h @ W.T
     # a = W @ h + b
-    a = b + t0
+    a = t0  # in place: t0 is not read again
+    a += b
     t1 = a.max(axis=1, keepdims=True)
-    t2 = np.exp(a - t1)
+    t2 = a  # in place: a is not read again
+    t2 += -t1
+    np.exp(t2, out=t2)
     t3 = t2.sum(axis=1, keepdims=True)
     # y_hat = softmax(a)
-    y_hat = t2/t3
+    y_hat = t2  # in place: t2 is not read again
+    y_hat /= t3
     return y_hat
 
 def loss(params, *, h, label):
@@ -91,7 +95,8 @@ def loss(params, *, h, label):
     # forward pass
     t0 = h @ W.T
     # a = W @ h + b
-    a = b + t0
+    a = t0  # in place: t0 is not read again
+    a += b
     t1 = a.max(axis=1, keepdims=True)
     t2 = np.exp(a - t1)
     t3 = t2.sum(axis=1, keepdims=True)
@@ -99,7 +104,8 @@ def loss(params, *, h, label):
     t5 = t1[:, 0]
     t6 = t3[:, 0]
     # L_n = cross_entropy(y_hat, label)
-    L_n = t5 + np.log(t6) - t4
+    L_n = t4  # in place: t4 is not read again
+    np.subtract(t5 + np.log(t6), L_n, out=L_n)
     t7 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
     L = t7/N
@@ -113,10 +119,12 @@ def value_and_grad(params, *, h, label):
     label = np.asarray(label)
     N = h.shape[0]
     rows = np.arange(N)
+    ones = np.ones(N, DTYPE)
     # forward pass
     t0 = h @ W.T
     # a = W @ h + b
-    a = b + t0
+    a = t0  # in place: t0 is not read again
+    a += b
     t1 = a.max(axis=1, keepdims=True)
     t2 = np.exp(a - t1)
     t3 = t2.sum(axis=1, keepdims=True)
@@ -124,23 +132,24 @@ def value_and_grad(params, *, h, label):
     t5 = t1[:, 0]
     t6 = t3[:, 0]
     # L_n = cross_entropy(y_hat, label)
-    L_n = t5 + np.log(t6) - t4
+    L_n = t4  # in place: t4 is not read again
+    np.subtract(t5 + np.log(t6), L_n, out=L_n)
     t7 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
     L = t7/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     t8 = 1/N
     t9 = -t8
-    t10 = np.broadcast_to(t9, (N,))
-    t11 = t8/t6
-    t12 = t11[:, None]
-    a_bar = t12*t2
+    t10 = t8/t6
+    t11 = t10[:, None]
+    a_bar = t2  # in place: t2 is not read again
+    a_bar *= t11
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
     # a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
-    a_bar[rows, label] += t10
+    a_bar[rows, label] += t9
     # b_bar = a_bar (summed over the batch)   # add
-    b_bar = a_bar.sum(axis=0)
+    b_bar = ones @ a_bar
     # W_bar = a_bar h^T (summed over the batch)   # matmul
     W_bar = a_bar.T @ h
     # h_bar = W^T @ a_bar   # matmul

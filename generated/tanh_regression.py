@@ -89,7 +89,10 @@ def predict(params, *, x, y=None):
     # a = d + b
     # e = tanh(a)
     # f = v * e
-    f = v*np.tanh(b + d)
+    f = d  # in place: d is not read again
+    f += b
+    np.tanh(f, out=f)
+    f *= v
     # g = sum(f)
     g = f.sum(axis=1)
     return g
@@ -108,11 +111,16 @@ def loss(params, *, x, y):
     # a = d + b
     # e = tanh(a)
     # f = v * e
-    f = v*np.tanh(b + d)
+    f = d  # in place: d is not read again
+    f += b
+    np.tanh(f, out=f)
+    f *= v
     # g = sum(f)
     g = f.sum(axis=1)
     # L_n = (y - g)**2
-    L_n = (y - g)**2
+    L_n = g  # in place: g is not read again
+    np.subtract(y, L_n, out=L_n)
+    np.square(L_n, out=L_n)
     t0 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
     L = t0/N
@@ -126,17 +134,21 @@ def value_and_grad(params, *, x, y):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
+    ones = np.ones(N, DTYPE)
     # forward pass
     # d = W @ x
     d = x @ W.T
     # a = d + b
     # e = tanh(a)
-    e = np.tanh(b + d)
+    e = d  # in place: d is not read again
+    e += b
+    np.tanh(e, out=e)
     # f = v * e
     f = e*v
     # g = sum(f)
     g = f.sum(axis=1)
-    t0 = y - g
+    t0 = g  # in place: g is not read again
+    np.subtract(y, t0, out=t0)
     # L_n = (y - g)**2
     L_n = t0**2
     t1 = L_n.sum(axis=0)
@@ -147,16 +159,21 @@ def value_and_grad(params, *, x, y):
     # L_n_bar = L_bar/N   # mean over the batch
     # (y - g)_bar = L_n_bar*(2*y - 2*g)   # pow
     # g_bar = -(y - g)_bar   # sub
-    g_bar = -2*t0/N
+    g_bar = t0  # in place: t0 is not read again
+    g_bar *= -2
+    g_bar /= N
     # v_bar = e*f_bar (summed over the batch)   # mul
     v_bar = e.T @ g_bar
     # f_bar = g_bar (broadcast back over the summed axes)   # sum
     # e_bar = f_bar*v   # mul
     # a_bar = e_bar*(1 - e**2)   # tanh
     # d_bar = a_bar   # add
-    a_bar = g_bar[:, None]*v*(1 - e**2)
+    a_bar = e  # in place: e is not read again
+    np.square(a_bar, out=a_bar)
+    np.subtract(1, a_bar, out=a_bar)
+    a_bar *= g_bar[:, None]*v
     # b_bar = a_bar (summed over the batch)   # add
-    b_bar = a_bar.sum(axis=0)
+    b_bar = ones @ a_bar
     # W_bar = d_bar x^T (summed over the batch)   # matmul
     W_bar = a_bar.T @ x
     return float(L), {'W': W_bar, 'b': b_bar, 'v': v_bar}
