@@ -1,0 +1,57 @@
+"""Smoke tests for the benchmark scripts: they run (--quick) and print their rows.
+
+No timing is asserted: only the exit code and the shape of the output.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+NUM = r"[0-9]+(?:\.[0-9]+)?"
+
+
+def run_script(name, *args, timeout=300):
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("spec", ["digits_mlp_bench.yaml", "mnist_mlp_bench.yaml"])
+def test_bench_specs_compile(spec):
+    import bpcompile
+    module = bpcompile.compile(BENCH / "specs" / spec).load()
+    assert set(module.WRT) >= {"W1", "b1", "W2", "b2"}
+    assert module.REDUCTION == "mean"
+
+
+def test_bench_numpy_quick():
+    out = run_script("bench_numpy.py", "--quick", "--threads", "1")
+    assert "# machine:" in out
+    for net, batch in (("digits", 32), ("digits", 256), ("mnist", 128)):
+        row = rf"^{net}\s+{batch}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s"
+        assert re.search(row, out, re.M), f"no row for {net} batch {batch}:\n{out}"
+    assert "loss and gradients match hand-written" in out
+    assert re.search(rf"^overall: geomean ratio min {NUM}, median {NUM}", out, re.M), out
+
+
+def test_bench_compile_width_quick():
+    out = run_script("bench_compile_width.py", "--quick")
+    for depth in (1, 3):
+        for width in (4, 64, 4096):
+            row = rf"^\s*{depth}\s+{width}\s+\d+\s+\d+\s+\d+\s+{NUM}\s+{NUM}\s+{NUM}\s*$"
+            assert re.search(row, out, re.M), f"no row for depth {depth} width {width}:\n{out}"
+    assert re.search(rf"^overall: worst width ratio {NUM}", out, re.M), out
+
+
+@pytest.mark.slow
+def test_line_alternatives_quick():
+    out = run_script("line_alternatives.py", "--quick", "--threads", "1")
+    assert "## Part 1, digits" in out and "## Part 2, mnist N=128" in out
