@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import resource
 import statistics
 import sys
 import timeit

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import networkx as nx
-import sympy as sp
 
 from .compiler import Compiled, write_atomic
 from .equations import Namer, contraction_text, show

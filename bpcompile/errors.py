@@ -32,4 +32,4 @@ class SpecError(Exception):
             where += f":{self.line}"
         if self.key:
             where += f": {self.key}"
-        return f"{where}: {self.message}"
+        return f"{where}: {' '.join(self.message.splitlines())}"

@@ -172,7 +172,10 @@ class Graph:
         return self._add("reshape", (x,), (tuple(shape),), shape=shape, batched=node["batched"])
 
     def take(self, x, label) -> int:
+        """``x[n, label[n]]``; an ``x`` without the batch axis is broadcast over it."""
         node = self.node(x)
+        if not node["batched"]:
+            x = self.broadcast(x, node["shape"], True)
         return self._add("take", (x, label), (), shape=node["shape"][:-1], batched=True)
 
     def scatter_add(self, base, label, value) -> int:

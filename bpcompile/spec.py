@@ -109,10 +109,11 @@ def _read_yaml(text: str, file: str):
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
-        problem = (e.problem or e.context or "syntax error").strip()
+        problem = " ".join((e.problem or e.context or "syntax error").split())
         raise SpecError(f"YAML syntax error: {problem}", line=line, file=file) from None
     except yaml.YAMLError as e:
-        raise SpecError(f"YAML error: {e}", file=file) from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpecError(f"YAML error: {first}", file=file) from None
     return data, lines
 
 
