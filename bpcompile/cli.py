@@ -1,6 +1,9 @@
 """Stage 6: the command line.
 
     bpcompile compile SPEC... [--target numpy] [-o DIR]
+    bpcompile inspect SPEC [--format text|latex|json]
+    bpcompile graph SPEC -o FILE.{dot,svg,png}
+    bpcompile verify SPEC [--module FILE]
 
 Exit codes: 0 success, 1 verification failed, 2 bad spec or usage.  A bad spec
 is reported on one line (file, line, key, problem) with no traceback, and
@@ -16,6 +19,7 @@ from pathlib import Path
 from .compiler import TARGETS, compile
 from .errors import SpecError
 from .spec import load_spec
+from .verify import verify
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -60,6 +64,51 @@ def cmd_compile(args) -> int:
     return EXIT_OK
 
 
+def cmd_inspect(args) -> int:
+    from . import explain
+    try:
+        compiled = _compile_spec(args.spec, "numpy")
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(explain.render(compiled, args.format))
+    return EXIT_OK
+
+
+def cmd_graph(args) -> int:
+    from . import draw
+    if Path(args.output).suffix not in draw.FORMATS:
+        print(f"error: {args.output}: the picture is written as {', '.join(draw.FORMATS)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        compiled = _compile_spec(args.spec, "numpy")
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        path = draw.write(compiled, args.output)
+    except ImportError:
+        print(f"error: {args.output}: drawing .svg/.png needs matplotlib (pip install matplotlib); "
+              ".dot needs nothing", file=sys.stderr)
+        return EXIT_USAGE
+    P = draw.picture_graph(compiled)
+    print(f"{args.spec}: {P.number_of_nodes()} nodes, {P.number_of_edges()} edges -> {path}")
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    try:
+        report = verify(load_spec(args.spec), module=args.module)
+    except SpecError as e:
+        print(f"error: {e.located(file=args.spec)}", file=sys.stderr)
+        return EXIT_USAGE
+    except RecursionError:
+        print(f"error: {args.spec}: the spec nests expressions too deeply", file=sys.stderr)
+        return EXIT_USAGE
+    print(report.table())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors on one line and exit code 2."""
 
@@ -79,6 +128,22 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--target", choices=TARGETS, default="numpy", help="what to generate (default numpy)")
     c.add_argument("-o", "--output", default=".", metavar="DIR", help="output directory (default .)")
     c.set_defaults(run=cmd_compile)
+
+    i = sub.add_parser("inspect", help="show the forward and adjoint programs, shared work, op counts")
+    i.add_argument("spec", metavar="SPEC", help="model spec file (.yaml, .json)")
+    i.add_argument("--format", choices=("text", "latex", "json"), default="text")
+    i.set_defaults(run=cmd_inspect)
+
+    g = sub.add_parser("graph", help="draw the computational graph and the adjoint flow")
+    g.add_argument("spec", metavar="SPEC", help="model spec file (.yaml, .json)")
+    g.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.dot, FILE.svg or FILE.png")
+    g.set_defaults(run=cmd_graph)
+
+    v = sub.add_parser("verify", help="check a gradient against SymPy and finite differences")
+    v.add_argument("spec", metavar="SPEC", help="model spec file (.yaml, .json)")
+    v.add_argument("--module", metavar="FILE",
+                   help="a generated module to check (default: the spec compiled afresh)")
+    v.set_defaults(run=cmd_verify)
     return p
 
 
