@@ -77,6 +77,7 @@ class ExprPrinter(NumPyPrinter):
 # other operand.
 INPLACE = {
     "add": "{o} += {r}",
+    "subtract": "{o} -= {r}",
     "rsub": "np.subtract({r}, {o}, out={o})",
     "mul": "{o} *= {r}",
     "div": "{o} /= {r}",
@@ -184,6 +185,8 @@ class NumpyPrinter:
             return lines
         lines.append(f"{out} = {k.reuse.name}  # in place: {k.reuse.name} is not read again")
         for op, operand in steps:
+            if op == "add" and operand.could_extract_minus_sign():
+                op, operand = "subtract", -operand
             lines.append(INPLACE[op].format(o=out, r=printer.doprint(operand) if operand is not None else ""))
         return lines
 

@@ -319,6 +319,9 @@ class _Builder:
 
         order_set = set(order)
         notes: dict = {}
+        kernels = [n for n in order if n not in inlined
+                   and G.node(n)["op"] not in ("input", "param", "const", "batch_size")]
+        start = 0   # nodes made for a spec line have ids after the previous line's
         for n in order:
             node = G.node(n)
             if n in self.backward_nodes or node["op"] in ("input", "param", "const", "batch_size"):
@@ -327,14 +330,22 @@ class _Builder:
             if nm is None:
                 continue
             rhs = self.forward_text(n)
-            notes.setdefault(kernel_of(n), []).append(f"{nm} = {rhs}")
+            # the comment goes above the first kernel computing part of this line
+            home = kernel_of(n)
+            home = next((k for k in kernels if start <= k <= home), home)
+            notes.setdefault(home, []).append(f"{nm} = {rhs}")
+            start = n + 1
         if self.adj is not None:
             waiting = []   # equations whose adjoint needs no kernel of its own
+            start = min(self.backward_nodes, default=0)
             for eq in adjoint_equations(self.low, self.adj, self.namer):
                 waiting.append(eq.text())
                 if eq.node in order_set and G.node(eq.node)["op"] not in ("input", "param", "const"):
-                    notes.setdefault(kernel_of(eq.node), []).extend(waiting)
+                    owner = kernel_of(eq.node)
+                    home = next((k for k in kernels if start <= k <= owner), owner)
+                    notes.setdefault(home, []).extend(waiting)
                     waiting = []
+                    start = max(start, owner + 1)
         return notes
 
     def forward_text(self, n):

@@ -103,6 +103,7 @@ def init_params(seed=0):
     return params
 
 
+
 def predict(params, *, x, y=None):
     """The output node y_hat, for a batch."""
     w1 = params['w1']
@@ -125,6 +126,7 @@ def predict(params, *, x, y=None):
     # y_hat = sigmoid(a4)
     y_hat = (0.5 + 0.5*np.tanh(0.5*(b4 + w4*(0.5 + 0.5*np.tanh(0.5*(b3 + w3*(0.5 + 0.5*np.tanh(0.5*(b2 + w2*(0.5 + 0.5*np.tanh(0.5*(b1 + w1*x))))))))))))
     return y_hat
+
 
 def loss(params, *, x, y):
     """L: the mean over the batch of the per-example loss."""
@@ -150,10 +152,11 @@ def loss(params, *, x, y):
     # y_hat = sigmoid(a4)
     # L_n = (y - y_hat)**2 / 2
     L_n = (1/2)*(y - (0.5 + 0.5*np.tanh(0.5*(b4 + w4*(0.5 + 0.5*np.tanh(0.5*(b3 + w3*(0.5 + 0.5*np.tanh(0.5*(b2 + w2*(0.5 + 0.5*np.tanh(0.5*(b1 + w1*x)))))))))))))**2
-    t0 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t0 = L_n.sum(axis=0)
     L = t0/N
     return float(L)
+
 
 def value_and_grad(params, *, x, y):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
@@ -181,11 +184,11 @@ def value_and_grad(params, *, x, y):
     # a4 = w4 * h3 + b4
     # y_hat = sigmoid(a4)
     y_hat = (0.5 + 0.5*np.tanh(0.5*(b4 + h3*w4)))
-    t0 = y - y_hat
     # L_n = (y - y_hat)**2 / 2
+    t0 = y - y_hat
     L_n = (1/2)*t0**2
-    t1 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t1 = L_n.sum(axis=0)
     L = t1/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
@@ -197,27 +200,27 @@ def value_and_grad(params, *, x, y):
     a4_bar = t0  # in place: t0 is not read again
     a4_bar *= -y_hat*(1 - y_hat)
     a4_bar /= N
+    # h3_bar = a4_bar*w4   # mul
     # b4_bar = a4_bar (summed over the batch)   # add
     b4_bar = a4_bar.sum(axis=0)
     # w4_bar = a4_bar*h3 (summed over the batch)   # mul
     w4_bar = h3 @ a4_bar
-    # h3_bar = a4_bar*w4   # mul
     # a3_bar = h3*h3_bar*(1 - h3)   # sigmoid
     a3_bar = a4_bar  # in place: a4_bar is not read again
     a3_bar *= h3*w4*(1 - h3)
+    # h2_bar = a3_bar*w3   # mul
     # b3_bar = a3_bar (summed over the batch)   # add
     b3_bar = a3_bar.sum(axis=0)
     # w3_bar = a3_bar*h2 (summed over the batch)   # mul
     w3_bar = h2 @ a3_bar
-    # h2_bar = a3_bar*w3   # mul
     # a2_bar = h2*h2_bar*(1 - h2)   # sigmoid
     a2_bar = a3_bar  # in place: a3_bar is not read again
     a2_bar *= h2*w3*(1 - h2)
+    # h1_bar = a2_bar*w2   # mul
     # b2_bar = a2_bar (summed over the batch)   # add
     b2_bar = a2_bar.sum(axis=0)
     # w2_bar = a2_bar*h1 (summed over the batch)   # mul
     w2_bar = h1 @ a2_bar
-    # h1_bar = a2_bar*w2   # mul
     # a1_bar = h1*h1_bar*(1 - h1)   # sigmoid
     a1_bar = a2_bar  # in place: a2_bar is not read again
     a1_bar *= h1*w2*(1 - h1)

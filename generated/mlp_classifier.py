@@ -70,6 +70,7 @@ def init_params(seed=0):
     return params
 
 
+
 def predict(params, *, x, label=None):
     """The output node y_hat, for a batch."""
     W1 = params['W1']
@@ -78,25 +79,26 @@ def predict(params, *, x, label=None):
     b2 = params['b2']
     x = np.asarray(x, DTYPE)
     # forward pass
-    t0 = x @ W1.T
     # z1 = W1 @ x + b1
+    t0 = x @ W1.T
     # h1 = tanh(z1)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.tanh(h1, out=h1)
-    t1 = h1 @ W2.T
     # z2 = W2 @ h1 + b2
+    t1 = h1 @ W2.T
     z2 = t1  # in place: t1 is not read again
     z2 += b2
+    # y_hat = softmax(z2)
     t2 = z2.max(axis=1, keepdims=True)
     t3 = z2  # in place: z2 is not read again
-    t3 += -t2
+    t3 -= t2
     np.exp(t3, out=t3)
     t4 = t3.sum(axis=1, keepdims=True)
-    # y_hat = softmax(z2)
     y_hat = t3  # in place: t3 is not read again
     y_hat /= t4
     return y_hat
+
 
 def loss(params, *, x, label):
     """L: the mean over the batch of the per-example loss."""
@@ -109,29 +111,30 @@ def loss(params, *, x, label):
     N = x.shape[0]
     rows = np.arange(N)
     # forward pass
-    t0 = x @ W1.T
     # z1 = W1 @ x + b1
+    t0 = x @ W1.T
     # h1 = tanh(z1)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.tanh(h1, out=h1)
-    t1 = h1 @ W2.T
     # z2 = W2 @ h1 + b2
+    t1 = h1 @ W2.T
     z2 = t1  # in place: t1 is not read again
     z2 += b2
+    # L_n = cross_entropy(y_hat, label)
     t2 = z2.max(axis=1, keepdims=True)
     t3 = np.exp(z2 - t2)
     t4 = t3.sum(axis=1, keepdims=True)
     t5 = z2[rows, label]
     t6 = t2[:, 0]
     t7 = t4[:, 0]
-    # L_n = cross_entropy(y_hat, label)
     L_n = t5  # in place: t5 is not read again
     np.subtract(t6 + np.log(t7), L_n, out=L_n)
-    t8 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t8 = L_n.sum(axis=0)
     L = t8/N
     return float(L)
+
 
 def value_and_grad(params, *, x, label):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
@@ -145,44 +148,44 @@ def value_and_grad(params, *, x, label):
     rows = np.arange(N)
     ones = np.ones(N, DTYPE)
     # forward pass
-    t0 = x @ W1.T
     # z1 = W1 @ x + b1
+    t0 = x @ W1.T
     # h1 = tanh(z1)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.tanh(h1, out=h1)
-    t1 = h1 @ W2.T
     # z2 = W2 @ h1 + b2
+    t1 = h1 @ W2.T
     z2 = t1  # in place: t1 is not read again
     z2 += b2
+    # L_n = cross_entropy(y_hat, label)
     t2 = z2.max(axis=1, keepdims=True)
     t3 = np.exp(z2 - t2)
     t4 = t3.sum(axis=1, keepdims=True)
     t5 = z2[rows, label]
     t6 = t2[:, 0]
     t7 = t4[:, 0]
-    # L_n = cross_entropy(y_hat, label)
     L_n = t5  # in place: t5 is not read again
     np.subtract(t6 + np.log(t7), L_n, out=L_n)
-    t8 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t8 = L_n.sum(axis=0)
     L = t8/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
+    # L_bar = 1   # seed: dL/dL = 1
+    # L_n_bar = L_bar/N   # mean over the batch
+    # z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
     t9 = 1/N
     t10 = -t9
     t11 = t9/t7
     t12 = t11[:, None]
     z2_bar = t3  # in place: t3 is not read again
     z2_bar *= t12
-    # L_bar = 1   # seed: dL/dL = 1
-    # L_n_bar = L_bar/N   # mean over the batch
-    # z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
     z2_bar[rows, label] += t10
+    # h1_bar = W2^T @ z2_bar   # matmul
     # b2_bar = z2_bar (summed over the batch)   # add
     b2_bar = ones @ z2_bar
     # W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     W2_bar = z2_bar.T @ h1
-    # h1_bar = W2^T @ z2_bar   # matmul
     h1_bar = z2_bar @ W2
     # z1_bar = h1_bar*(1 - h1**2)   # tanh
     z1_bar = h1  # in place: h1 is not read again

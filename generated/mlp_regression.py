@@ -77,6 +77,7 @@ def init_params(seed=0):
     return params
 
 
+
 def predict(params, *, x, y=None):
     """The output node z3, for a batch."""
     W1 = params['W1']
@@ -87,14 +88,14 @@ def predict(params, *, x, y=None):
     b3 = params['b3']
     x = np.asarray(x, DTYPE)
     # forward pass
-    t0 = x @ W1.T
     # z1 = W1 @ x + b1
+    t0 = x @ W1.T
     # h1 = relu(z1)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.maximum(h1, 0, out=h1)
-    t1 = h1 @ W2.T
     # z2 = W2 @ h1 + b2
+    t1 = h1 @ W2.T
     # h2 = sigmoid(z2)
     h2 = t1  # in place: t1 is not read again
     h2 += b2
@@ -102,11 +103,12 @@ def predict(params, *, x, y=None):
     np.tanh(h2, out=h2)
     h2 *= 1/2
     h2 += 1/2
-    t2 = h2 @ W3.T
     # z3 = W3 @ h2 + b3
+    t2 = h2 @ W3.T
     z3 = t2  # in place: t2 is not read again
     z3 += b3
     return z3
+
 
 def loss(params, *, x, y):
     """L: the mean over the batch of the per-example loss."""
@@ -120,14 +122,14 @@ def loss(params, *, x, y):
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
     # forward pass
-    t0 = x @ W1.T
     # z1 = W1 @ x + b1
+    t0 = x @ W1.T
     # h1 = relu(z1)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.maximum(h1, 0, out=h1)
-    t1 = h1 @ W2.T
     # z2 = W2 @ h1 + b2
+    t1 = h1 @ W2.T
     # h2 = sigmoid(z2)
     h2 = t1  # in place: t1 is not read again
     h2 += b2
@@ -135,19 +137,20 @@ def loss(params, *, x, y):
     np.tanh(h2, out=h2)
     h2 *= 1/2
     h2 += 1/2
-    t2 = h2 @ W3.T
     # z3 = W3 @ h2 + b3
+    t2 = h2 @ W3.T
+    # L_n = sum((z3 - y)**2) / 2
     t3 = t2  # in place: t2 is not read again
     t3 += b3 - y
     np.square(t3, out=t3)
     t4 = t3.sum(axis=1)
-    # L_n = sum((z3 - y)**2) / 2
     L_n = t4  # in place: t4 is not read again
     L_n /= 2
-    t5 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t5 = L_n.sum(axis=0)
     L = t5/N
     return float(L)
+
 
 def value_and_grad(params, *, x, y):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
@@ -162,14 +165,14 @@ def value_and_grad(params, *, x, y):
     N = x.shape[0]
     ones = np.ones(N, DTYPE)
     # forward pass
-    t0 = x @ W1.T
     # z1 = W1 @ x + b1
+    t0 = x @ W1.T
     # h1 = relu(z1)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.maximum(h1, 0, out=h1)
-    t1 = h1 @ W2.T
     # z2 = W2 @ h1 + b2
+    t1 = h1 @ W2.T
     # h2 = sigmoid(z2)
     h2 = t1  # in place: t1 is not read again
     h2 += b2
@@ -177,43 +180,43 @@ def value_and_grad(params, *, x, y):
     np.tanh(h2, out=h2)
     h2 *= 1/2
     h2 += 1/2
-    t2 = h2 @ W3.T
     # z3 = W3 @ h2 + b3
+    t2 = h2 @ W3.T
+    # L_n = sum((z3 - y)**2) / 2
     t3 = t2  # in place: t2 is not read again
     t3 += b3 - y
     t4 = t3**2
     t5 = t4.sum(axis=1)
-    # L_n = sum((z3 - y)**2) / 2
     L_n = t5  # in place: t5 is not read again
     L_n /= 2
-    t6 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t6 = L_n.sum(axis=0)
     L = t6/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
-    t7 = (1/2)/N
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
     # (sum(((z3 - y)**2)))_bar = L_n_bar/2   # div
+    t7 = (1/2)/N
     t8 = np.broadcast_to(t7, (N,))
     # ((z3 - y)**2)_bar = (sum(((z3 - y)**2)))_bar (broadcast back over the summed axes)   # sum
     # (z3 - y)_bar = ((z3 - y)**2)_bar*(2*z3 - 2*y)   # pow
     # z3_bar = (z3 - y)_bar   # sub
     z3_bar = t3  # in place: t3 is not read again
     z3_bar *= 2*t8[:, None]
+    # h2_bar = W3^T @ z3_bar   # matmul
     # b3_bar = z3_bar (summed over the batch)   # add
     b3_bar = ones @ z3_bar
     # W3_bar = z3_bar h2^T (summed over the batch)   # matmul
     W3_bar = z3_bar.T @ h2
-    # h2_bar = W3^T @ z3_bar   # matmul
     h2_bar = z3_bar @ W3
     # z2_bar = h2*h2_bar*(1 - h2)   # sigmoid
     z2_bar = h2_bar  # in place: h2_bar is not read again
     z2_bar *= h2*(1 - h2)
+    # h1_bar = W2^T @ z2_bar   # matmul
     # b2_bar = z2_bar (summed over the batch)   # add
     b2_bar = ones @ z2_bar
     # W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     W2_bar = z2_bar.T @ h1
-    # h1_bar = W2^T @ z2_bar   # matmul
     h1_bar = z2_bar @ W2
     # z1_bar = h1_bar*(h1 > 0)   # relu
     z1_bar = h1  # in place: h1 is not read again

@@ -112,6 +112,7 @@ def init_params(seed=0):
     return params
 
 
+
 def predict(params, *, x1, x2, t=None):
     """The output node o, for a batch."""
     w11 = params['w11']
@@ -138,6 +139,7 @@ def predict(params, *, x1, x2, t=None):
     # o = sin(zo)
     o = np.sin(2*u1*v11*z1 + u2*np.exp(v12*z1 + (1/2)*v22*(w12*x1 + w22*x2)**2))
     return o
+
 
 def loss(params, *, x1, x2, t):
     """L: the sum over the batch of the per-example loss."""
@@ -170,6 +172,7 @@ def loss(params, *, x1, x2, t):
     L = L_n.sum(axis=0)
     return float(L)
 
+
 def value_and_grad(params, *, x1, x2, t):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
     w11 = params['w11']
@@ -200,13 +203,13 @@ def value_and_grad(params, *, x1, x2, t):
     # zo = u1 * h3 + u2 * h4
     zo = h3*u1 + h4*u2
     # o = sin(zo)
+    # L_n = (o - t)**2 / 2
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar   # sum over the batch
     # ((o - t)**2)_bar = L_n_bar/2   # div
     # (o - t)_bar = ((o - t)**2)_bar*(2*o - 2*t)   # pow
     # o_bar = (o - t)_bar   # sub
     o_bar = np.sin(zo) - t
-    # L_n = (o - t)**2 / 2
     L_n = (1/2)*o_bar**2
     # L = sum over the batch of L_n
     L = L_n.sum(axis=0)
@@ -215,34 +218,34 @@ def value_and_grad(params, *, x1, x2, t):
     zo_bar = zo  # in place: zo is not read again
     np.cos(zo_bar, out=zo_bar)
     zo_bar *= o_bar
+    # h4_bar = u2*zo_bar   # mul
     # u2_bar = h4*zo_bar (summed over the batch)   # mul
     u2_bar = h4 @ zo_bar
     # u1_bar = h3*zo_bar (summed over the batch)   # mul
     u1_bar = h3 @ zo_bar
-    # h4_bar = u2*zo_bar   # mul
     # z4_bar = h4*h4_bar   # exp
     z4_bar = h4  # in place: h4 is not read again
     z4_bar *= u2*zo_bar
+    # h3_bar = u1*zo_bar   # mul
     # v22_bar = h2*z4_bar (summed over the batch)   # mul
     v22_bar = h2 @ z4_bar
     # v12_bar = z1*z4_bar (summed over the batch)   # mul
     v12_bar = z1 @ z4_bar
-    # h3_bar = u1*zo_bar   # mul
     # z3_bar = 2*h3_bar   # mul
     z3_bar = zo_bar  # in place: zo_bar is not read again
     z3_bar *= 2*u1
+    # h2_bar = v22*z4_bar   # mul
     # v11_bar = z1*z3_bar (summed over the batch)   # mul
     v11_bar = z1 @ z3_bar
-    # h2_bar = v22*z4_bar   # mul
     # (z2**2)_bar = h2_bar/2   # div
     # z2_bar = 2*(z2**2)_bar*z2   # pow
     z2_bar = z2  # in place: z2 is not read again
     z2_bar *= v22*z4_bar
+    # z1_bar = v12*z4_bar + v11*z3_bar   # sum over consumers (mul, mul)
     # w22_bar = x2*z2_bar (summed over the batch)   # mul
     w22_bar = x2 @ z2_bar
     # w12_bar = x1*z2_bar (summed over the batch)   # mul
     w12_bar = x1 @ z2_bar
-    # z1_bar = v12*z4_bar + v11*z3_bar   # sum over consumers (mul, mul)
     z1_bar = z4_bar  # in place: z4_bar is not read again
     z1_bar *= v12
     z1_bar += v11*z3_bar

@@ -58,6 +58,7 @@ def init_params(seed=0):
     return params
 
 
+
 def predict(params, *, x, y):
     """The output node z, for a batch."""
     x = np.asarray(x, DTYPE)
@@ -67,6 +68,7 @@ def predict(params, *, x, y):
     # z = z
     z = (3*x + 4*y)**3
     return z
+
 
 def loss(params, *, x, y):
     """L: the sum over the batch of the per-example loss."""
@@ -79,6 +81,7 @@ def loss(params, *, x, y):
     # L = sum over the batch of L_n
     L = z.sum(axis=0)
     return float(L)
+
 
 def value_and_grad(params, *, x, y):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""

@@ -53,6 +53,7 @@ def init_params(seed=0):
     return params
 
 
+
 def predict(params, *, x):
     """The output node y, for a batch."""
     x = np.asarray(x, DTYPE)
@@ -60,6 +61,7 @@ def predict(params, *, x):
     # y = y
     y = 2*x + 4
     return y
+
 
 def loss(params, *, x):
     """L: the sum over the batch of the per-example loss."""
@@ -70,6 +72,7 @@ def loss(params, *, x):
     # L = sum over the batch of L_n
     L = y.sum(axis=0)
     return float(L)
+
 
 def value_and_grad(params, *, x):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""

@@ -69,6 +69,7 @@ def init_params(seed=0):
     return params
 
 
+
 def predict(params, *, x, y=None):
     """The output node y_hat, for a batch."""
     W1 = params['W1']
@@ -80,6 +81,7 @@ def predict(params, *, x, y=None):
     # y_hat = w2 @ h
     y_hat = w2 @ h.T
     return y_hat
+
 
 def loss(params, *, x, y):
     """L: the sum over the batch of the per-example loss."""
@@ -100,6 +102,7 @@ def loss(params, *, x, y):
     L = L_n.sum(axis=0)
     return float(L)
 
+
 def value_and_grad(params, *, x, y):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
     W1 = params['W1']
@@ -111,9 +114,9 @@ def value_and_grad(params, *, x, y):
     h = x @ W1.T
     # y_hat = w2 @ h
     y_hat = w2 @ h.T
+    # L_n = (y - y_hat)**2
     t0 = y_hat  # in place: y_hat is not read again
     np.subtract(y, t0, out=t0)
-    # L_n = (y - y_hat)**2
     L_n = t0**2
     # L = sum over the batch of L_n
     L = L_n.sum(axis=0)
@@ -124,9 +127,9 @@ def value_and_grad(params, *, x, y):
     # y_hat_bar = -(y - y_hat)_bar   # sub
     y_hat_bar = t0  # in place: t0 is not read again
     y_hat_bar *= -2
+    # h_bar = einsum('i,->i', w2, y_hat_bar)   # dot
     # w2_bar = einsum(',i->i', y_hat_bar, h) (summed over the batch)   # dot
     w2_bar = y_hat_bar @ h
-    # h_bar = einsum('i,->i', w2, y_hat_bar)   # dot
     h_bar = np.outer(y_hat_bar, w2)
     # W1_bar = h_bar x^T (summed over the batch)   # matmul
     W1_bar = h_bar.T @ x

@@ -64,25 +64,27 @@ def init_params(seed=0):
     return params
 
 
+
 def predict(params, *, h, label=None):
     """The output node y_hat, for a batch."""
     W = params['W']
     b = params['b']
     h = np.asarray(h, DTYPE)
     # forward pass
-    t0 = h @ W.T
     # a = W @ h + b
+    t0 = h @ W.T
     a = t0  # in place: t0 is not read again
     a += b
+    # y_hat = softmax(a)
     t1 = a.max(axis=1, keepdims=True)
     t2 = a  # in place: a is not read again
-    t2 += -t1
+    t2 -= t1
     np.exp(t2, out=t2)
     t3 = t2.sum(axis=1, keepdims=True)
-    # y_hat = softmax(a)
     y_hat = t2  # in place: t2 is not read again
     y_hat /= t3
     return y_hat
+
 
 def loss(params, *, h, label):
     """L: the mean over the batch of the per-example loss."""
@@ -93,23 +95,24 @@ def loss(params, *, h, label):
     N = h.shape[0]
     rows = np.arange(N)
     # forward pass
-    t0 = h @ W.T
     # a = W @ h + b
+    t0 = h @ W.T
     a = t0  # in place: t0 is not read again
     a += b
+    # L_n = cross_entropy(y_hat, label)
     t1 = a.max(axis=1, keepdims=True)
     t2 = np.exp(a - t1)
     t3 = t2.sum(axis=1, keepdims=True)
     t4 = a[rows, label]
     t5 = t1[:, 0]
     t6 = t3[:, 0]
-    # L_n = cross_entropy(y_hat, label)
     L_n = t4  # in place: t4 is not read again
     np.subtract(t5 + np.log(t6), L_n, out=L_n)
-    t7 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t7 = L_n.sum(axis=0)
     L = t7/N
     return float(L)
+
 
 def value_and_grad(params, *, h, label):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
@@ -121,32 +124,32 @@ def value_and_grad(params, *, h, label):
     rows = np.arange(N)
     ones = np.ones(N, DTYPE)
     # forward pass
-    t0 = h @ W.T
     # a = W @ h + b
+    t0 = h @ W.T
     a = t0  # in place: t0 is not read again
     a += b
+    # L_n = cross_entropy(y_hat, label)
     t1 = a.max(axis=1, keepdims=True)
     t2 = np.exp(a - t1)
     t3 = t2.sum(axis=1, keepdims=True)
     t4 = a[rows, label]
     t5 = t1[:, 0]
     t6 = t3[:, 0]
-    # L_n = cross_entropy(y_hat, label)
     L_n = t4  # in place: t4 is not read again
     np.subtract(t5 + np.log(t6), L_n, out=L_n)
-    t7 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t7 = L_n.sum(axis=0)
     L = t7/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
+    # L_bar = 1   # seed: dL/dL = 1
+    # L_n_bar = L_bar/N   # mean over the batch
+    # a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
     t8 = 1/N
     t9 = -t8
     t10 = t8/t6
     t11 = t10[:, None]
     a_bar = t2  # in place: t2 is not read again
     a_bar *= t11
-    # L_bar = 1   # seed: dL/dL = 1
-    # L_n_bar = L_bar/N   # mean over the batch
-    # a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
     a_bar[rows, label] += t9
     # b_bar = a_bar (summed over the batch)   # add
     b_bar = ones @ a_bar

@@ -77,6 +77,7 @@ def init_params(seed=0):
     return params
 
 
+
 def predict(params, *, x, y=None):
     """The output node g, for a batch."""
     W = params['W']
@@ -96,6 +97,7 @@ def predict(params, *, x, y=None):
     # g = sum(f)
     g = f.sum(axis=1)
     return g
+
 
 def loss(params, *, x, y):
     """L: the mean over the batch of the per-example loss."""
@@ -121,10 +123,11 @@ def loss(params, *, x, y):
     L_n = g  # in place: g is not read again
     np.subtract(y, L_n, out=L_n)
     np.square(L_n, out=L_n)
-    t0 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t0 = L_n.sum(axis=0)
     L = t0/N
     return float(L)
+
 
 def value_and_grad(params, *, x, y):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
@@ -147,12 +150,12 @@ def value_and_grad(params, *, x, y):
     f = e*v
     # g = sum(f)
     g = f.sum(axis=1)
+    # L_n = (y - g)**2
     t0 = g  # in place: g is not read again
     np.subtract(y, t0, out=t0)
-    # L_n = (y - g)**2
     L_n = t0**2
-    t1 = L_n.sum(axis=0)
     # L = mean over the batch of L_n
+    t1 = L_n.sum(axis=0)
     L = t1/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
@@ -162,10 +165,10 @@ def value_and_grad(params, *, x, y):
     g_bar = t0  # in place: t0 is not read again
     g_bar *= -2
     g_bar /= N
-    # v_bar = e*f_bar (summed over the batch)   # mul
-    v_bar = e.T @ g_bar
     # f_bar = g_bar (broadcast back over the summed axes)   # sum
     # e_bar = f_bar*v   # mul
+    # v_bar = e*f_bar (summed over the batch)   # mul
+    v_bar = e.T @ g_bar
     # a_bar = e_bar*(1 - e**2)   # tanh
     # d_bar = a_bar   # add
     a_bar = e  # in place: e is not read again
