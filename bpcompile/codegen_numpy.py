@@ -349,8 +349,13 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
     for v in program.inputs:
         prologue.append(f"{v.name} = np.asarray({v.name}{', DTYPE' if v.dtype == 'float' else ''})")
     if re.search(r"\b(N|rows|ones)\b", body):
-        first = program.inputs[0].name if program.inputs else None
-        prologue.append(f"N = {first}.shape[0]" if first else "N = 1")
+        # the batch size comes from an input, read for its shape if for nothing else
+        first = program.inputs[0].name if program.inputs else (all_inputs[0] if all_inputs else None)
+        if first is not None and first not in used_inputs:
+            used_inputs.add(first)
+            prologue.append(f"N = np.shape({first})[0]")
+        else:
+            prologue.append(f"N = {first}.shape[0]" if first else "N = 1")
     if re.search(r"\brows\b", body):
         prologue.append("rows = np.arange(N)")
     if re.search(r"\bones\b", body):

@@ -95,7 +95,13 @@ class Graph:
                     if arg_symbol(i) in expr.free_symbols}
         expr = expr.xreplace(renumber)
         if expr.is_Number:
-            return self.const(expr)
+            # x - x is 0, but a 0 of x's shape: the result keeps the arguments' shape
+            live = [a for a, _ in kept]
+            shape = ops.broadcast_shapes([self.node(a)["shape"] for a in live], lambda: "")
+            batched = any(self.node(a)["batched"] for a in live)
+            if shape == () and not batched:
+                return self.const(expr)
+            return self.broadcast(self.const(expr), shape, batched)
         if expr.is_Symbol:
             return used[int(expr.name[1:])]
         shapes = [self.node(a)["shape"] for a in used]

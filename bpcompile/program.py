@@ -221,7 +221,7 @@ class _Builder:
             if node["op"] in ("input", "param", "const", "batch_size") or n in inlined:
                 continue
             out = self.value(n)
-            phase = "backward" if n in self.backward_nodes else "forward"
+            phase = "backward" if self.adj is not None and n > self._last_forward() else "forward"
             if node["op"] == "map":
                 args, temps, expr = self.fuse(n, inlined)
                 k = Kernel("map", out, tuple(args), (temps, expr), phase=phase)
