@@ -29,6 +29,8 @@ import functools
 import importlib.util
 import math
 import os
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -46,6 +48,7 @@ N_SYMPY, N_FD = 2, 3    # batch sizes of the two checks
 POINTS = 3              # random points at which the expansion's derivative is compared
 SYMBOLIC_LIMIT = 100    # the most entries (symbols) an expansion may have
 SAMPLE = 20             # entries per name checked by finite differences
+STACK_BYTES, RECURSION_LIMIT = 512 << 20, 50_000   # for SymPy on deep expressions
 STEP = 1e-4             # finite-difference step, relative to max(1, |entry|)
 # check -> (relative tolerance, floor of the denominator relative to the scale)
 TOLERANCE = {"value": (1e-9, 1e-3), "sympy": (1e-9, 1e-3), "fd": (1e-6, 1e-3)}
@@ -108,7 +111,8 @@ def verify(spec, module=None, *, seed: int = 0) -> Report:
     notes = []
     if real.DTYPE != np.float64:
         notes.append(f"the module's DTYPE is {np.dtype(real.DTYPE).name}; it is evaluated in float64")
-    with _float64(real), _float64(small):
+    # np.errstate: points outside a log's or sqrt's domain are found by their NaNs
+    with _float64(real), _float64(small), np.errstate(all="ignore"):
         rows = _guarded("sympy", spec, lambda: _sympy_rows(small_spec, small, rng, notes))
         rows += _guarded("fd", spec, lambda: _fd_rows(spec, real, rng, notes))
     order = {nm: i for i, nm in enumerate(("L",) + spec.wrt)}
@@ -125,10 +129,12 @@ class _ModuleFailure(Exception):
 
 
 def _guarded(check, spec, run) -> list:
+    """The rows of one check; failed rows for every name when the module fails it."""
     try:
         return run()
     except _ModuleFailure as e:
-        return [Row(nm, (), check, math.nan, math.nan, False, str(e)) for nm in spec.wrt]
+        shapes = {nm: d.shape for nm, d in {**spec.params, **spec.inputs}.items()}
+        return [Row(nm, shapes[nm], check, math.nan, math.nan, False, str(e)) for nm in spec.wrt]
 
 
 def _call(fn, point, spec):
@@ -142,12 +148,14 @@ def _call(fn, point, spec):
 
 
 def _value_and_grad(module, point, spec):
-    out = _call(module.value_and_grad, point, spec)
     try:
-        value, grads = out
-        grads = {nm: np.asarray(grads[nm], np.float64) for nm in spec.wrt}
-    except (TypeError, ValueError, KeyError) as e:
-        raise _ModuleFailure(f"value_and_grad returned no gradient for {e}") from None
+        value, grads = _call(module.value_and_grad, point, spec)
+        missing = [nm for nm in spec.wrt if nm not in grads]
+    except (TypeError, ValueError):
+        raise _ModuleFailure("value_and_grad did not return (value, {name: gradient})") from None
+    if missing:
+        raise _ModuleFailure(f"value_and_grad returned no gradient for {', '.join(missing)}")
+    grads = {nm: np.asarray(grads[nm], np.float64) for nm in spec.wrt}
     for nm, g in grads.items():
         if g.shape != point[nm].shape:
             raise _ModuleFailure(f"the gradient of {nm} has shape {list(g.shape)}, "
@@ -160,7 +168,7 @@ def _load_module(path) -> ModuleType:
     path = Path(path)
     if not path.is_file():
         raise SpecError("no such module file", file=str(path))
-    name = f"bpcompile_verified_{abs(hash(str(path.resolve())))}"
+    name = f"bpcompile_verified_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     try:
@@ -301,13 +309,17 @@ def _sympy_rows(spec, module, rng, notes) -> list:
     sizes = ", ".join(f"{nm} [{', '.join(map(str, s))}]" for nm, s in shapes.items())
     count = sum(math.prod(s) for s in shapes.values())
     if count > SYMBOLIC_LIMIT:
-        notes.append(f"sympy: skipped: at the module's sizes ({sizes}) the loss has {count} entries, "
-                     f"more than {SYMBOLIC_LIMIT} to expand; finite differences check it")
+        notes.append(f"sympy: skipped: {count} entries at N={n} ({sizes}), more than {SYMBOLIC_LIMIT} "
+                     "to expand; finite differences check them")
         return []
     notes.append(f"sympy: the loss expanded at N={n}, {sizes}, every entry a symbol; "
                  f"{POINTS} random points")
     labels = {nm: rng.integers(0, d.classes, n) for nm, d in spec.inputs.items() if d.is_label}
-    evaluate = _expansion(spec, shapes, labels, n)
+    try:
+        evaluate = _deep(lambda: _expansion(spec, shapes, labels, n))
+    except RecursionError:
+        notes[-1] = "sympy: skipped: the expansion nests too deeply for SymPy; finite differences check it"
+        return []
     errors = {nm: [] for nm in ("L", *spec.wrt)}
     for _ in range(POINTS):
         point = _point(spec, module, rng, n, labels)
@@ -319,6 +331,31 @@ def _sympy_rows(spec, module, rng, notes) -> list:
             errors[nm].append(_compare(grads[nm], ref[nm], scale, "sympy"))
     rows = [_row("L", (), "value", errors["L"])]
     return rows + [_row(nm, shapes[nm], "sympy", errors[nm]) for nm in spec.wrt]
+
+
+def _deep(fn):
+    """``fn()`` in a thread with a large stack and recursion limit: SymPy recurses
+    once or more per level of an expression, and a deep network nests deeply."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            result["error"] = e
+
+    old_stack, old_limit = threading.stack_size(STACK_BYTES), sys.getrecursionlimit()
+    sys.setrecursionlimit(RECURSION_LIMIT)
+    try:
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(old_stack)
+        sys.setrecursionlimit(old_limit)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _expansion(spec, shapes, labels, n):
@@ -348,11 +385,12 @@ def _expansion(spec, shapes, labels, n):
     return evaluate
 
 
+@dataclass(frozen=True)
 class _Label:
-    """An integer class label of one example (and its number of classes)."""
+    """An integer class label of one example, and its number of classes."""
 
-    def __init__(self, value: int, classes: int):
-        self.value, self.classes = value, classes
+    value: int
+    classes: int
 
 
 def _obj(x) -> np.ndarray:
@@ -387,7 +425,7 @@ def _logsumexp(z, keepdims=False):
     return _elementwise(sp.log)(_sum(_elementwise(sp.exp)(z), -1, keepdims))
 
 
-ELEMENTWISE = {
+_ELEMENTWISE = {
     "tanh": sp.tanh,
     "sigmoid": lambda x: 1 / (1 + sp.exp(-x)),
     "relu": lambda x: sp.Max(x, 0),
@@ -401,8 +439,8 @@ ELEMENTWISE = {
     "square": lambda x: x**2,
 }
 
-FUNCTIONS = {
-    **{nm: _elementwise(fn) for nm, fn in ELEMENTWISE.items()},
+_FUNCTIONS = {
+    **{nm: _elementwise(fn) for nm, fn in _ELEMENTWISE.items()},
     "sum": _sum,
     "mean": lambda x, axis=None: _sum(x, axis) / sp.Integer(x.size if axis is None else x.shape[axis]),
     "max": _max,
@@ -415,7 +453,7 @@ FUNCTIONS = {
     "softmax_cross_entropy": lambda z, lab: _logsumexp(z) - z[lab.value],
 }
 
-BINARY = {
+_BINARY = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
     ast.Mult: lambda a, b: a * b,
@@ -458,7 +496,7 @@ class _Expander:
             v = self.eval(t.operand, env)
             return _obj(-v) if isinstance(t.op, ast.USub) else v
         if isinstance(t, ast.BinOp):
-            return _obj(BINARY[type(t.op)](self.eval(t.left, env), self.eval(t.right, env)))
+            return _obj(_BINARY[type(t.op)](self.eval(t.left, env), self.eval(t.right, env)))
         if isinstance(t, ast.Attribute):   # .T, the only attribute of the language
             return self.eval(t.value, env).T
         if isinstance(t, ast.Subscript):   # v[i], one integer constant
@@ -471,7 +509,7 @@ class _Expander:
             for kw in t.keywords:   # axis=k, the only keyword of the language
                 v = kw.value
                 kwargs["axis"] = -v.operand.value if isinstance(v, ast.UnaryOp) else v.value
-            return FUNCTIONS[t.func.id](*args, **kwargs)
+            return _FUNCTIONS[t.func.id](*args, **kwargs)
         raise TypeError(f"unexpected {type(t).__name__} in a checked spec")
 
 
@@ -491,8 +529,8 @@ def _fd_rows(spec, module, rng, notes) -> list:
         x = point[nm]
         picked = _sample(rng, x.size)
         directions = [np.eye(1, x.size, i).reshape(x.shape) for i in picked]
-        d = rng.standard_normal(x.shape)
-        directions.append(d / np.linalg.norm(d))
+        # random signs: every entry weighs 1/sqrt(size), so none can hide
+        directions.append(rng.choice([-1.0, 1.0], x.shape) / math.sqrt(x.size))
         got = [float(np.sum(grads[nm] * d)) for d in directions]
         step = STEP * max(1.0, float(np.max(np.abs(x), initial=0)))
         ref = [_directional(module, point, spec, nm, d, step) for d in directions]
