@@ -161,7 +161,16 @@ class Graph:
         return self._add("sum_to", (x,), (target, keep_batch), shape=target, batched=keep_batch,
                          rule="sum")
 
+    def full(self, c, shape, batched) -> int:
+        """A fresh array of the constant node ``c`` (even of shape ())."""
+        return self._add("broadcast", (c,), (tuple(shape), batched), shape=shape, batched=batched)
+
     def broadcast(self, x, shape, batched) -> int:
+        node = self.node(x)
+        if node["shape"] == tuple(shape) and node["batched"] == batched:
+            return x
+        if node["op"] == "broadcast":
+            x = node["args"][0]
         return self._add("broadcast", (x,), (tuple(shape), batched), shape=shape, batched=batched)
 
     def materialize(self, g, like) -> int:
@@ -342,6 +351,9 @@ class _Lowering:
             return self.binop(t)
         if isinstance(t, ast.Attribute):
             v = self.tensor(t.value, ".T")
+            if len(self.node(v)["shape"]) > 2:
+                raise self.err(f"'.T' transposes a vector or a matrix, but {self.text(t.value)!r} has shape "
+                               f"{_fmt(self.node(v)['shape'])}")
             return self.G.transpose(v)
         if isinstance(t, ast.Subscript):
             return self.subscript(t)

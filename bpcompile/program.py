@@ -21,6 +21,7 @@ from .equations import EXAMPLE_LOSS, LOSS, Namer, adjoint_equations, show
 from .graph import Lowered
 from .ops import arg_symbol
 
+MAX_FUSED = 24   # most operations one fused elementwise kernel takes in
 VIEW_OPS = ("reshape", "transpose", "index", "broadcast")
 
 
@@ -207,7 +208,17 @@ class _Builder:
             cs = consumers[n]
             return len(cs) == 1 and G.node(cs[0])["op"] == "map"
 
-        inlined = {n for n in order if inlinable(n)}
+        # fuse single-consumer elementwise chains, but no longer than MAX_FUSED
+        # operations: a deep chain of scalars stays a sequence of readable lines
+        # (and SymPy never sees one huge nested expression)
+        inlined, fused = set(), {}
+        for n in order:
+            if G.node(n)["op"] != "map":
+                continue
+            fused[n] = sp.count_ops(G.node(n)["attrs"][0]) + sum(fused.get(a, 0) for a in G.node(n)["args"]
+                                                                  if a in inlined)
+            if inlinable(n) and fused[n] < MAX_FUSED:
+                inlined.add(n)
         # names first, in schedule order, so the spec's names win over temporaries
         for n in [self.low.loss] if loss else []:
             self.value(n, LOSS)
@@ -253,10 +264,13 @@ class _Builder:
             if g is None:
                 g = G.zeros(node["shape"], node["batched"])
             elif G.node(g)["op"] == "const":
-                g = G.broadcast(g, node["shape"], node["batched"])
+                g = G.full(g, node["shape"], node["batched"])
             else:
                 g = G.materialize(g, w)
-                if G.node(g)["op"] in ("input", "param", *VIEW_OPS) or g in seen:
+                source = G.node(g)["args"][0] if G.node(g)["op"] == "broadcast" else None
+                if source is not None and G.node(source)["op"] == "const":
+                    g = G.full(source, node["shape"], node["batched"])   # np.full: fresh
+                elif G.node(g)["op"] in ("input", "param", *VIEW_OPS) or g in seen:
                     g = G.copy(g)
             seen.add(g)
             out[name] = g
@@ -355,7 +369,7 @@ class _Builder:
             if self.low.named.get(nm) == n:
                 expr_text = expr.text
                 break
-        if n == self.low.example_loss:
+        if n == self.low.example_loss and expr_text is None:
             expr_text = self.low.spec.loss.text
         if n == self.low.loss:
             expr_text = (f"mean over the batch of {EXAMPLE_LOSS}" if self.low.spec.reduction == "mean"

@@ -196,13 +196,11 @@ def value_and_grad(params, *, x, y):
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
     # (sum(((z3 - y)**2)))_bar = L_n_bar/2   # div
-    t7 = (1/2)/N
-    t8 = np.broadcast_to(t7, (N,))
     # ((z3 - y)**2)_bar = (sum(((z3 - y)**2)))_bar (broadcast back over the summed axes)   # sum
     # (z3 - y)_bar = ((z3 - y)**2)_bar*(2*z3 - 2*y)   # pow
     # z3_bar = (z3 - y)_bar   # sub
     z3_bar = t3  # in place: t3 is not read again
-    z3_bar *= 2*t8[:, None]
+    z3_bar /= N
     # h2_bar = W3^T @ z3_bar   # matmul
     # b3_bar = z3_bar (summed over the batch)   # add
     b3_bar = ones @ z3_bar

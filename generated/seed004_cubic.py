@@ -65,7 +65,7 @@ def predict(params, *, x, y):
     y = np.asarray(y, DTYPE)
     # forward pass
     # u = 3 * x + 4 * y
-    # z = z
+    # z = u**3
     z = (3*x + 4*y)**3
     return z
 
@@ -76,7 +76,7 @@ def loss(params, *, x, y):
     y = np.asarray(y, DTYPE)
     # forward pass
     # u = 3 * x + 4 * y
-    # z = z
+    # z = u**3
     z = (3*x + 4*y)**3
     # L = sum over the batch of L_n
     L = z.sum(axis=0)
@@ -90,7 +90,7 @@ def value_and_grad(params, *, x, y):
     # forward pass
     # u = 3 * x + 4 * y
     u = 3*x + 4*y
-    # z = z
+    # z = u**3
     z = u**3
     # L = sum over the batch of L_n
     L = z.sum(axis=0)

@@ -58,7 +58,7 @@ def predict(params, *, x):
     """The output node y, for a batch."""
     x = np.asarray(x, DTYPE)
     # forward pass
-    # y = y
+    # y = 2 * x + 4
     y = 2*x + 4
     return y
 
@@ -67,7 +67,7 @@ def loss(params, *, x):
     """L: the sum over the batch of the per-example loss."""
     x = np.asarray(x, DTYPE)
     # forward pass
-    # y = y
+    # y = 2 * x + 4
     y = 2*x + 4
     # L = sum over the batch of L_n
     L = y.sum(axis=0)
@@ -79,7 +79,7 @@ def value_and_grad(params, *, x):
     x = np.asarray(x, DTYPE)
     N = x.shape[0]
     # forward pass
-    # y = y
+    # y = 2 * x + 4
     y = 2*x + 4
     # L = sum over the batch of L_n
     L = y.sum(axis=0)
@@ -87,9 +87,7 @@ def value_and_grad(params, *, x):
     # L_bar = 1   # seed: dL/dL = 1
     # y_bar = L_bar   # sum over the batch
     # x_bar = 2*y_bar   # mul
-    t0 = np.full((N,), 2, DTYPE)
-    # forward pass
-    x_bar = np.array(t0, DTYPE)
+    x_bar = np.full((N,), 2, DTYPE)
     return float(L), {'x': x_bar}
 
 
