@@ -11,7 +11,7 @@ from pathlib import Path
 from . import adjoint, graph, program
 from .spec import Spec, load_spec, parse_spec
 
-TARGETS = ("numpy",)
+TARGETS = ("numpy", "cuda")
 
 
 @dataclass
@@ -24,10 +24,11 @@ class Compiled:
     lowered: graph.Lowered = field(repr=False)
     adjoints: adjoint.Adjoints = field(repr=False)
     programs: dict = field(repr=False)
+    files: dict = field(default_factory=dict, repr=False)  # every file write() writes (name -> text)
 
     @property
     def filename(self) -> str:
-        return f"{self.spec.name}.py"
+        return f"{self.spec.name}.cu" if self.target == "cuda" else f"{self.spec.name}.py"
 
     def stats(self) -> dict:
         G = self.lowered.graph
@@ -39,17 +40,19 @@ class Compiled:
                 "forward_kernels": vag.count("forward"), "backward_kernels": vag.count("backward")}
 
     def write(self, directory) -> Path:
-        """Write the module into ``directory`` atomically; returns its path."""
+        """Write the module (each of ``files``) into ``directory`` atomically; returns its path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / self.filename
-        write_atomic(path, self.source)
-        return path
+        for name, text in (self.files or {self.filename: self.source}).items():
+            write_atomic(directory / name, text)
+        return directory / self.filename
 
     def load(self):
         """Import the generated module (written to a private temporary directory)."""
         directory = Path(tempfile.mkdtemp(prefix="bpcompile_"))
         path = self.write(directory)
+        if self.target == "cuda":
+            path = directory / f"{self.spec.name}_cuda.py"   # the loader
         name = f"bpcompile_generated_{self.spec.name}_{directory.name}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -88,5 +91,9 @@ def compile(spec, target: str = "numpy") -> Compiled:  # noqa: A001 - the docume
         "loss": program.build(low, None, loss=True),
         "value_and_grad": program.build(low, adj, loss=True, grads=True),
     }
+    if target == "cuda":
+        from . import codegen_cuda
+        files = codegen_cuda.render(low, adj, programs, __version__)
+        return Compiled(spec, target, files[f"{spec.name}.cu"], low, adj, programs, files)
     source = codegen_numpy.render(low, adj, programs, __version__)
     return Compiled(spec, target, source, low, adj, programs)
