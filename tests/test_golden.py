@@ -13,10 +13,11 @@ import bpcompile
 from conftest import EXAMPLES, ROOT
 
 
-def compile_cli(out, hash_seed):
+def compile_cli(out, hash_seed, target="numpy"):
     env = dict(os.environ, PYTHONHASHSEED=str(hash_seed))
     specs = [str(p.relative_to(ROOT)) for p in EXAMPLES]
-    r = subprocess.run([sys.executable, "-m", "bpcompile", "compile", *specs, "-o", str(out)],
+    r = subprocess.run([sys.executable, "-m", "bpcompile", "compile", *specs, "--target", target,
+                        "-o", str(out)],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return r
@@ -30,6 +31,16 @@ def test_generated_files_are_current(tmp_path):
         fresh = (tmp_path / f"{name}.py").read_bytes()
         golden = (ROOT / "generated" / f"{name}.py").read_bytes()
         assert fresh == golden, f"generated/{name}.py is stale: run the README's first command"
+
+
+def test_generated_cuda_files_are_current(tmp_path):
+    compile_cli(tmp_path, 0, "cuda")
+    written = sorted(f.name for f in tmp_path.iterdir())
+    assert written == sorted(f.name for f in (ROOT / "generated" / "cuda").iterdir())
+    for name in written:
+        assert (tmp_path / name).read_bytes() == (ROOT / "generated" / "cuda" / name).read_bytes(), (
+            f"generated/cuda/{name} is stale: run bpcompile compile examples/*.yaml --target cuda "
+            "-o generated/cuda")
 
 
 def test_compiling_is_byte_identical_across_processes(tmp_path):
