@@ -469,7 +469,7 @@ class _Lowering:
         if not shape:
             raise self.err(f"{f}() needs a vector, but {self.text(t.args[0])!r} is a scalar")
         if f == "softmax":
-            e, s = self.exp_sum(x)
+            _, e, s = self.exp_sum(x)
             out = self.G.map(arg_symbol(0) / arg_symbol(1), [e, s], rule="softmax")
             self.softmax_of[out] = x
             self.G.macros[out] = ("softmax", x, None)
@@ -498,15 +498,15 @@ class _Lowering:
     # Stable softmax family: subtract the row max (a constant for the derivative:
     # the terms through it cancel exactly), exponentiate, sum.
     def exp_sum(self, x):
+        """(m, e, s): the row max (no gradient), exp(x - m), and its row sum."""
         last = len(self.node(x)["shape"]) - 1
         m = self.G.reduce(x, "max", (last,), keepdims=True, nograd=True)
         e = self.G.map(sp.exp(arg_symbol(0) - arg_symbol(1)), [x, m], rule="exp")
         s = self.G.reduce(e, "sum", (last,), keepdims=True)
-        return e, s
+        return m, e, s
 
     def lse_args(self, x):
-        e, s = self.exp_sum(x)
-        m = self.node(e)["args"][1] if self.node(e)["args"][0] == x else self.node(e)["args"][0]
+        m, _, s = self.exp_sum(x)
         return [m, s]
 
     @staticmethod

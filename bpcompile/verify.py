@@ -483,7 +483,7 @@ class _Expander:
             env.update({nm: leaves[nm] for nm in self.spec.params})
             for nm, expr in self.spec.graph:
                 env[nm] = self.eval(expr.tree, env)
-            per_example.append(self.eval(self.spec.loss.tree, env)[()])
+            per_example.append(_obj(self.eval(self.spec.loss.tree, env))[()])
         total = sp.Add(*per_example)
         return total / n if self.spec.reduction == "mean" else total
 

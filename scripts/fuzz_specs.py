@@ -13,6 +13,7 @@ import argparse
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -61,7 +62,8 @@ def main() -> int:
             print(f"{name}: passed ({time.perf_counter() - start:.0f} s)")
         except Exception as e:  # noqa: BLE001 - report and go on
             failures.append((name, e))
-            print(f"{name}: FAILED after {time.perf_counter() - start:.0f} s:\n{e}")
+            print(f"{name}: FAILED after {time.perf_counter() - start:.0f} s:")
+            traceback.print_exception(e, file=sys.stdout)
     print(f"cases run: {counts['good']} well-formed, {counts['bad']} malformed "
           f"({counts['bad_compiled']} mutations that left the spec valid); failures: {len(failures)}")
     return 1 if failures else 0
