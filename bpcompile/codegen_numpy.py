@@ -15,7 +15,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.precedence import PRECEDENCE
 
 from .equations import print_add
-from .ops import gemm_form, sigmoid
+from .ops import broadcast_shapes, gemm_form, sigmoid
 from .program import Kernel, Program, Value
 
 
@@ -180,6 +180,13 @@ class NumpyPrinter:
         printer = ExprPrinter(leaf_text)
         lines = [f"{name} = {printer.doprint(e)}" for name, e in temps]
         steps = inplace_steps(expr, k.reuse.name) if k.reuse is not None else None
+        present = {sym.name for e in [expr, *(e for _, e in temps)] for sym in e.free_symbols}
+        read = [a for a in k.args if a.name in present]
+        if (broadcast_shapes([a.shape for a in read], str), any(a.batched for a in read)) \
+                != (k.out.shape, k.out.batched):
+            # the arguments that set the shape cancelled out (x - (x + s) is -s)
+            return lines + [f"{out} = np.empty({batched_shape(k.out)}, DTYPE)",
+                            f"{out}[...] = {printer.doprint(expr)}"]
         if steps is None:
             lines.append(f"{out} = {printer.doprint(expr)}")
             return lines

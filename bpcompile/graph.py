@@ -94,21 +94,21 @@ class Graph:
         renumber = {arg_symbol(i): arg_symbol(used.index(a)) for a, i in kept
                     if arg_symbol(i) in expr.free_symbols}
         expr = expr.xreplace(renumber)
-        if expr.is_Number:
-            # x - x is 0, but a 0 of x's shape: the result keeps the arguments' shape
-            live = [a for a, _ in kept]
-            shape = ops.broadcast_shapes([self.node(a)["shape"] for a in live], lambda: "")
-            batched = any(self.node(a)["batched"] for a in live)
-            if shape == () and not batched:
-                return self.const(expr)
-            return self.broadcast(self.const(expr), shape, batched)
-        if expr.is_Symbol:
-            return used[int(expr.name[1:])]
-        shapes = [self.node(a)["shape"] for a in used]
+        # the result has the broadcast shape of every argument, also of those that
+        # cancel out (x - x is a 0 of x's shape, x - (x + s) is -s at x's shape)
+        shapes = [self.node(a)["shape"] for a, _ in kept]
         describe = describe or (lambda: ", ".join(f"shape {list(s)}" for s in shapes))
-        shape = ops.broadcast_shapes(shapes, describe)
-        batched = any(self.node(a)["batched"] for a in used)
-        return self._add("map", used, (expr,), shape=shape, batched=batched, rule=rule)
+        full = ops.broadcast_shapes(shapes, describe)
+        full_batched = any(self.node(a)["batched"] for a, _ in kept)
+        if expr.is_Number:
+            result = self.const(expr)
+        elif expr.is_Symbol:
+            result = used[int(expr.name[1:])]
+        else:
+            shape = ops.broadcast_shapes([self.node(a)["shape"] for a in used], describe)
+            batched = any(self.node(a)["batched"] for a in used)
+            result = self._add("map", used, (expr,), shape=shape, batched=batched, rule=rule)
+        return self.broadcast(result, full, full_batched)
 
     def _unbroadcast(self, expr, args) -> list:
         """Read broadcast arguments through to their sources: elementwise code

@@ -243,9 +243,9 @@ class _Builder:
             kernels.append(k)
         self.mark_inplace(kernels, consumers, root_set)
         mark_reuse(kernels, {self.values[r].name for r in root_set if r in self.values})
-        inputs = [self.values[n] for n in sorted(self.low.leaves.values())
+        inputs = [self.value(n) for n in sorted(self.low.leaves.values())
                   if n in needed and G.node(n)["op"] == "input"]
-        params = [self.values[n] for n in sorted(self.low.leaves.values())
+        params = [self.value(n) for n in sorted(self.low.leaves.values())
                   if n in needed and G.node(n)["op"] == "param"]
         return Program(kernels, inputs, params,
                        self.values.get(self.low.loss) if loss else None,
