@@ -5,6 +5,7 @@ No timing is asserted: only the exit code and the shape of the output.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -55,3 +56,23 @@ def test_bench_compile_width_quick():
 def test_line_alternatives_quick():
     out = run_script("line_alternatives.py", "--quick", "--threads", "1")
     assert "## Part 1, digits" in out and "## Part 2, mnist N=128" in out
+
+
+def test_bench_cuda_quick():
+    """Every spec compiles to CUDA; then a table on a GPU machine, else one 'skipped: <reason>' line."""
+    out = run_script("bench_cuda.py", "--quick", timeout=900)
+    for spec in ("digits_mlp_bench_f32", "mnist_mlp_bench_f32", "deep_chain_bench_f32", "wide_mlp_bench_f32"):
+        assert re.search(rf"^# compiled {spec}\.yaml -> {spec}\.cu: \d+ kernels", out, re.M), out
+    skipped = re.findall(r"^skipped: (.+)$", out, re.M)
+    if not all(importlib.util.find_spec(m) for m in ("torch", "cupy")):
+        assert len(skipped) == 1 and len(skipped[0]) > 10, f"no clear skip reason:\n{out}"
+    if skipped:
+        assert "torch/gen" not in out, out   # no table
+        return
+    assert re.search(r"^# GPU: \S", out, re.M), out
+    for net, batch in (("digits", 32), ("digits", 256), ("mnist", 128), ("deep", 64), ("wide", 256)):
+        row = rf"^{net}\s+{batch}\s+{NUM}\s+{NUM}\s+{NUM}\s+(?:{NUM}|-)\s+(?:{NUM}\s+{NUM}|-\s+-)\s+\S+$"
+        assert re.search(row, out, re.M), f"no row for {net} batch {batch}:\n{out}"
+    assert "loss and gradients match torch" in out
+    assert re.search(rf"^small networks: worst torch/generated {NUM}", out, re.M), out
+    assert re.search(rf"^wide network: generated/GEMMs {NUM}", out, re.M), out
