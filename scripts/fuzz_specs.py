@@ -1,15 +1,20 @@
 """Many more property-based cases than the test suite runs.
 
-    python scripts/fuzz_specs.py [--good 300] [--bad 1000]
+    python scripts/fuzz_specs.py [--good 300] [--bad 1000] [--cuda 40]
 
 Random well-formed specs must compile and pass ``bpcompile.verify``; malformed
-ones must get exit code 2 and one clear line.  Prints how many cases ran and every
+ones must get exit code 2 and one clear line.  With ``--cuda N``, N more random
+specs are compiled for CUDA, built for the host with the emulation header, and
+compared with the NumPy module (needs g++).  Prints how many cases ran and every
 failure found (hypothesis shrinks each to a small example).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -22,16 +27,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import bpcompile  # noqa: E402
+from conftest import random_point, rel_error  # noqa: E402
 from spec_strategies import malformed, specs, to_yaml  # noqa: E402
 from test_properties import run_cli  # noqa: E402
+
+
+def emulated_cuda(compiled):
+    """The CUDA loader of ``compiled``, with the emulation header beside the .cu."""
+    directory = Path(tempfile.mkdtemp(prefix="bpcompile_fuzz_"))
+    compiled.write(directory)
+    shutil.copy(Path(bpcompile.__file__).parent / "templates" / "cuda_emulation.h", directory)
+    path = directory / f"{compiled.spec.name}_cuda.py"
+    spec = importlib.util.spec_from_file_location(f"fuzz_{directory.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--good", type=int, default=300, help="well-formed cases (default 300)")
     ap.add_argument("--bad", type=int, default=1000, help="malformed cases (default 1000)")
+    ap.add_argument("--cuda", type=int, default=0, help="specs also checked as emulated CUDA (default 0)")
     args = ap.parse_args()
-    counts = {"good": 0, "bad": 0, "bad_compiled": 0}
+    counts = {"good": 0, "bad": 0, "bad_compiled": 0, "cuda": 0}
     common = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
     failures = []
 
@@ -55,7 +74,25 @@ def main() -> int:
                 return
             assert code == 2 and len(err.strip().splitlines()) == 1, (label, text, err)
 
-    for name, test in (("well-formed", good), ("malformed", bad)):
+    @settings(max_examples=max(1, args.cuda), **common)
+    @given(specs())
+    def cuda(spec):
+        counts["cuda"] += 1
+        numpy_module = bpcompile.compile(spec).load()
+        cuda_module = emulated_cuda(bpcompile.compile(spec, target="cuda"))
+        params, inputs = random_point(numpy_module, n=5, seed=counts["cuda"])
+        want_value, want = numpy_module.value_and_grad(params, **inputs)
+        got_value, got = cuda_module.value_and_grad(params, **inputs)
+        assert abs(got_value - want_value) <= 1e-12 * max(1.0, abs(want_value)), to_yaml(spec)
+        for k in want:
+            assert rel_error(got[k], want[k]) <= 1e-11, (k, to_yaml(spec))
+
+    tests = [("well-formed", good), ("malformed", bad)]
+    if args.cuda:
+        os.environ.setdefault("BPCOMPILE_CUDA_EMULATE", "1")
+        os.environ.setdefault("BPCOMPILE_CXXFLAGS", "-DBP_MAX_GRID=2")
+        tests.append(("emulated CUDA", cuda))
+    for name, test in tests:
         start = time.perf_counter()
         try:
             test()
@@ -65,7 +102,8 @@ def main() -> int:
             print(f"{name}: FAILED after {time.perf_counter() - start:.0f} s:")
             traceback.print_exception(e, file=sys.stdout)
     print(f"cases run: {counts['good']} well-formed, {counts['bad']} malformed "
-          f"({counts['bad_compiled']} mutations that left the spec valid); failures: {len(failures)}")
+          f"({counts['bad_compiled']} mutations that left the spec valid), {counts['cuda']} emulated CUDA; "
+          f"failures: {len(failures)}")
     return 1 if failures else 0
 
 
