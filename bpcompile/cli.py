@@ -13,6 +13,7 @@ nothing is written: every spec is compiled before any file is.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -153,6 +154,18 @@ def main(argv=None) -> int:
         return args.run(args)
     except BrokenPipeError:
         return EXIT_OK
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - a bug of ours: one line, unless asked for the traceback
+        if os.environ.get("BPCOMPILE_TRACEBACK"):
+            raise
+        detail = " ".join(str(e).split())
+        print(f"error: internal compiler error ({type(e).__name__}: {detail}); this is a bug in bpcompile, "
+              "please report it with the spec (BPCOMPILE_TRACEBACK=1 shows where)", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as e:
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,6 +14,7 @@ its arguments is.  Reductions over the batch are explicit nodes (``sum_to``).
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass
 
 import networkx as nx
@@ -90,6 +91,9 @@ class Graph:
             else:
                 kept.append((a, i))
         expr = expr.xreplace(subs)
+        if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+            raise SpecError("part of the expression is infinite or undefined for every input "
+                            "(a division by zero, or log or a negative power of 0)")
         used = sorted({a for a, i in kept if arg_symbol(i) in expr.free_symbols})
         renumber = {arg_symbol(i): arg_symbol(used.index(a)) for a, i in kept
                     if arg_symbol(i) in expr.free_symbols}
@@ -339,6 +343,8 @@ class _Lowering:
 
     def visit(self, t):
         if isinstance(t, ast.Constant):
+            if isinstance(t.value, float) and not math.isfinite(t.value):
+                raise self.err(f"the constant {self.text(t)} is not a finite number")
             return sp.Rational(repr(t.value)) if isinstance(t.value, float) else sp.Integer(t.value)
         if isinstance(t, ast.Name):
             return self.name(t.id)

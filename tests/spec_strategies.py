@@ -90,6 +90,8 @@ MUTATIONS = [
     ("wrt label", lambda t: t.replace("wrt: [", "wrt: [y_label, ", 1).replace("inputs:\n", "inputs:\n  y_label: {classes: 2}\n", 1)),
     ("duplicate key", lambda t: t.replace("params:\n", "params:\n  s: []\n", 1)),
     ("empty", lambda t: ""),
+    ("division by zero", lambda t: t.replace("loss: ", "loss: y / (x[0] - x[0]) + ", 1)),
+    ("infinite constant", lambda t: t.replace("loss: ", "loss: 1e999 * y + ", 1)),
 ]
 
 

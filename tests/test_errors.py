@@ -60,6 +60,9 @@ CASES = {
     "index out of range": (GOOD.replace("v @ h", "h[5]"), ["graph.g", "5"]),
     "label used as float": (GOOD.replace("v @ h", "v @ h + c"), ["graph.g", "'c'", "label"]),
     "output unknown": (GOOD + "output: zz\n", ["output", "zz"]),
+    "infinite constant": (GOOD.replace("v @ h", "v @ h + 1e999"), ["graph.g", "finite"]),
+    "division by zero": (GOOD.replace("v @ h", "v @ h / 0"), ["graph.g", "division by zero"]),
+    "log of zero": (GOOD.replace("v @ h", "v @ h + log(0)"), ["graph.g", "undefined"]),
     "bad layers": ("name: m\ninputs: {x: [3], y: []}\nlayers: [{dense: 0}]\nloss: sum(z1)\n",
                    ["layers"]),
 }
