@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import networkx as nx
 import sympy as sp
 
 from .graph import Graph, Lowered
@@ -33,33 +34,11 @@ class Adjoints:
 
 
 def relevant_nodes(G: Graph, loss: int, wrt) -> list:
-    """Nodes on some path from a WRT node to the loss, in descending id order."""
-    g = G.g
-    ancestors = {n for n in _ancestors(g, loss)} | {loss}
-    downstream = set()
-    for w in wrt:
-        downstream |= _descendants(g, w) | {w}
-    return sorted(ancestors & downstream, reverse=True)
-
-
-def _ancestors(g, n):
-    seen, stack = set(), [n]
-    while stack:           # iterative: deep chains must not hit a recursion limit
-        for p in g.predecessors(stack.pop()):
-            if p not in seen:
-                seen.add(p)
-                stack.append(p)
-    return seen
-
-
-def _descendants(g, n):
-    seen, stack = set(), [n]
-    while stack:
-        for s in g.successors(stack.pop()):
-            if s not in seen:
-                seen.add(s)
-                stack.append(s)
-    return seen
+    """Nodes on some path from a WRT node to the loss, in descending id order
+    (networkx walks iteratively: deep chains meet no recursion limit)."""
+    upstream = nx.ancestors(G.g, loss) | {loss}
+    downstream = set().union(*(nx.descendants(G.g, w) | {w} for w in wrt))
+    return sorted(upstream & downstream, reverse=True)
 
 
 def reverse(low: Lowered) -> Adjoints:

@@ -13,6 +13,7 @@ nothing is written: every spec is compiled before any file is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -25,13 +26,20 @@ from .verify import verify
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _compile_spec(path: str, target: str):
+@contextlib.contextmanager
+def _about(path: str):
+    """Errors from reading or compiling the spec at ``path`` name that file."""
     try:
-        return compile(load_spec(path), target=target)
+        yield
     except SpecError as e:
         raise e.located(file=path) from None
     except RecursionError:
         raise SpecError("the spec nests expressions too deeply", file=path) from None
+
+
+def _compile_spec(path: str, target: str):
+    with _about(path):
+        return compile(load_spec(path), target=target)
 
 
 def cmd_compile(args) -> int:
@@ -67,11 +75,7 @@ def cmd_compile(args) -> int:
 
 def cmd_inspect(args) -> int:
     from . import explain
-    try:
-        compiled = _compile_spec(args.spec, "numpy")
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    compiled = _compile_spec(args.spec, "numpy")
     sys.stdout.write(explain.render(compiled, args.format))
     return EXIT_OK
 
@@ -81,31 +85,20 @@ def cmd_graph(args) -> int:
     if Path(args.output).suffix not in draw.FORMATS:
         print(f"error: {args.output}: the picture is written as {', '.join(draw.FORMATS)}", file=sys.stderr)
         return EXIT_USAGE
+    compiled = _compile_spec(args.spec, "numpy")
     try:
-        compiled = _compile_spec(args.spec, "numpy")
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        path = draw.write(compiled, args.output)
+        path, picture = draw.write(compiled, args.output)
     except ImportError:
         print(f"error: {args.output}: drawing .svg/.png needs matplotlib (pip install matplotlib); "
               ".dot needs nothing", file=sys.stderr)
         return EXIT_USAGE
-    P = draw.picture_graph(compiled)
-    print(f"{args.spec}: {P.number_of_nodes()} nodes, {P.number_of_edges()} edges -> {path}")
+    print(f"{args.spec}: {picture.number_of_nodes()} nodes, {picture.number_of_edges()} edges -> {path}")
     return EXIT_OK
 
 
 def cmd_verify(args) -> int:
-    try:
+    with _about(args.spec):
         report = verify(load_spec(args.spec), module=args.module)
-    except SpecError as e:
-        print(f"error: {e.located(file=args.spec)}", file=sys.stderr)
-        return EXIT_USAGE
-    except RecursionError:
-        print(f"error: {args.spec}: the spec nests expressions too deeply", file=sys.stderr)
-        return EXIT_USAGE
     print(report.table())
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -43,8 +43,6 @@ MAX_GRID = 4096    # blocks of a grid-stride launch at most
 C_GLOBALS = frozenset(["tanh", "tanhf", "exp", "expf", "log", "logf", "log1p", "log1pf", "sin", "sinf", "cos", "cosf", "sqrt", "sqrtf", "fabs", "fabsf", "fmax", "fmaxf", "fmin", "fminf", "pow", "powf", "INFINITY", "NAN", "real", "ws", "loss_out", "kernels", "free", "calloc", "malloc", "memcpy", "memset", "std", "dim3", "LAUNCH", "CHECK_CUDA", "CHECK_CUBLAS"])
 C_PREFIXES = ("cuda", "cublas", "CUBLAS", "CUDA", "bp_", "BP_")
 
-MATH = ("tanh", "exp", "log", "log1p", "sin", "cos", "sqrt", "fabs", "fmax", "pow")
-
 
 # ---------------------------------------------------------------------------
 # Elementwise math
@@ -734,7 +732,7 @@ def render(low, adj, programs, version: str) -> dict:
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     from .codegen_numpy import init_line
-    from .equations import Namer, adjoint_equations, forward_equations
+    from .equations import docstring_lines
     spec = low.spec
     mod = CudaModule(low, programs)
     functions = {}
@@ -757,13 +755,7 @@ def render(low, adj, programs, version: str) -> dict:
         if fp.storage:
             structs.append("struct { real " + ", ".join(f"*{mod.cname(n)}" for n in fp.storage) + f"; }} {fn};")
 
-    namer = Namer(low)
-    forward = [(f"{lhs} = {rhs}", shape) for lhs, rhs, shape in forward_equations(low)]
-    width = max(len(t) for t, _ in forward)
-    forward_lines = [f"{t.ljust(width)}   shape {list(s)}" for t, s in forward]
-    eqs = adjoint_equations(low, adj, namer)
-    ewidth = max((len(f"{e.lhs} = " + " + ".join(r for r, _ in e.terms)) for e in eqs), default=0)
-    adjoint_lines = [e.text(min(ewidth, 60)) for e in eqs]
+    forward_lines, adjoint_lines = docstring_lines(low, adj)
     env = Environment(loader=PackageLoader("bpcompile", "templates"), undefined=StrictUndefined,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=False)
     env.filters["pyrepr"] = repr

@@ -376,7 +376,7 @@ def render(low, adj, programs, version: str) -> str:
     """The generated module's source."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    from .equations import Namer, adjoint_equations, forward_equations
+    from .equations import Namer, docstring_lines
     spec = low.spec
     printer = NumpyPrinter(spec.dtype)
     namer = Namer(low)
@@ -395,12 +395,7 @@ def render(low, adj, programs, version: str) -> str:
                        f"float({vag.loss.name}), {grads}"),
     ]
     vag_inputs = {v.name for v in vag.inputs}
-    forward = [(f"{lhs} = {rhs}", shape) for lhs, rhs, shape in forward_equations(low)]
-    width = max(len(t) for t, _ in forward)
-    forward_lines = [f"{t.ljust(width)}   shape {list(s)}" for t, s in forward]
-    eqs = adjoint_equations(low, adj, namer)
-    ewidth = max((len(f"{e.lhs} = " + " + ".join(r for r, _ in e.terms)) for e in eqs), default=0)
-    adjoint_lines = [e.text(min(ewidth, 60)) for e in eqs]
+    forward_lines, adjoint_lines = docstring_lines(low, adj, namer)
 
     env = Environment(loader=PackageLoader("bpcompile", "templates"), undefined=StrictUndefined,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=False)

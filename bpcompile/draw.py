@@ -82,15 +82,13 @@ def _local_derivative(G, namer, n, pos) -> str:
     return "1"
 
 
-def to_dot(compiled: Compiled) -> str:
-    P = picture_graph(compiled)
-    fill = {k: v for k, v in COLORS.items()}
-    lines = [f'digraph "{compiled.spec.name}" {{', "  rankdir=LR;",
+def to_dot(name: str, P: nx.DiGraph) -> str:
+    lines = [f'digraph "{name}" {{', "  rankdir=LR;",
              '  node [fontname="Helvetica", style=filled];', '  edge [fontname="Helvetica", fontsize=10];']
     for n, d in P.nodes(data=True):
         shape = "box" if d["kind"] in ("input", "param") else "ellipse"
         label = d["label"].replace('"', '\\"').replace("\n", "\\n") + f"\\n[{d['shape']}]"
-        lines.append(f'  n{n} [label="{label}", shape={shape}, fillcolor="{fill[d["kind"]]}"];')
+        lines.append(f'  n{n} [label="{label}", shape={shape}, fillcolor="{COLORS[d["kind"]]}"];')
     for a, b in P.edges:
         lines.append(f"  n{a} -> n{b};")
     for a, b, d in P.edges(data=True):
@@ -114,12 +112,11 @@ def layers(P: nx.DiGraph) -> dict:
     return layer
 
 
-def draw(compiled: Compiled, path: Path) -> None:
+def draw(name: str, P: nx.DiGraph, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    P = picture_graph(compiled)
     layer = layers(P)
     for n in P.nodes:
         P.nodes[n]["layer"] = layer[n]
@@ -142,7 +139,7 @@ def draw(compiled: Compiled, path: Path) -> None:
                                  bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
     nx.draw_networkx_nodes(P, pos, ax=ax, node_color=colors, node_size=2600, edgecolors="#555555")
     nx.draw_networkx_labels(P, pos, labels=labels, ax=ax, font_size=8)
-    ax.set_title(f"{compiled.spec.name}: forward (black) and adjoint flow (red, dashed, "
+    ax.set_title(f"{name}: forward (black) and adjoint flow (red, dashed, "
                  "labelled with the local derivative)", fontsize=10)
     ax.axis("off")
     ax.margins(0.08)
@@ -157,13 +154,15 @@ def draw(compiled: Compiled, path: Path) -> None:
             tmp.unlink()
 
 
-def write(compiled: Compiled, path) -> Path:
+def write(compiled: Compiled, path) -> tuple:
+    """Draw the graph of ``compiled`` into ``path``; returns (path, the picture's graph)."""
     path = Path(path)
     if path.suffix not in FORMATS:
         raise ValueError(f"{path}: the picture is written as {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    P = picture_graph(compiled)
     if path.suffix == ".dot":
-        write_atomic(path, to_dot(compiled))
+        write_atomic(path, to_dot(compiled.spec.name, P))
     else:
-        draw(compiled, path)
-    return path
+        draw(compiled.spec.name, P, path)
+    return path, P

@@ -52,13 +52,21 @@ class Equation:
     terms: list          # [(rhs text, rule)]
     node: int            # the graph node the equation defines (adjoint or forward)
 
-    def text(self, width=0) -> str:
+    @property
+    def rhs(self) -> str:
+        """The sum over consumers; a term that is itself a sum is parenthesised."""
         if len(self.terms) == 1:
-            rhs, rule = self.terms[0]
-            return f"{self.lhs} = {rhs}".ljust(width) + f"   # {rule}"
-        rhs = " + ".join(f"({r})" if " + " in r or " - " in r else r for r, _ in self.terms)
-        rules = ", ".join(rule for _, rule in self.terms)
-        return f"{self.lhs} = {rhs}".ljust(width) + f"   # sum over consumers ({rules})"
+            return self.terms[0][0]
+        return " + ".join(f"({r})" if " + " in r or " - " in r else r for r, _ in self.terms)
+
+    @property
+    def rule(self) -> str:
+        if len(self.terms) == 1:
+            return self.terms[0][1]
+        return f"sum over consumers ({', '.join(rule for _, rule in self.terms)})"
+
+    def text(self, width=0) -> str:
+        return f"{self.lhs} = {self.rhs}".ljust(width) + f"   # {self.rule}"
 
 
 class Namer:
@@ -169,6 +177,17 @@ def forward_equations(low: Lowered) -> list:
     out.append((EXAMPLE_LOSS, spec.loss.text, ()))
     out.append((LOSS, f"{spec.reduction} over the batch of {EXAMPLE_LOSS}", ()))
     return out
+
+
+def docstring_lines(low: Lowered, adj: Adjoints, namer: Namer | None = None) -> tuple:
+    """The forward and adjoint equations as the generated files' headers print them:
+    aligned columns, forward lines with their shapes, adjoint lines with their rules."""
+    forward = [(f"{lhs} = {rhs}", shape) for lhs, rhs, shape in forward_equations(low)]
+    width = max(len(t) for t, _ in forward)
+    forward_lines = [f"{t.ljust(width)}   shape {list(s)}" for t, s in forward]
+    eqs = adjoint_equations(low, adj, namer or Namer(low))
+    width = min(60, max((len(f"{e.lhs} = {e.rhs}") for e in eqs), default=0))
+    return forward_lines, [e.text(width) for e in eqs]
 
 
 # How a reader sees the adjoint of a softmax-family function's argument z, given

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import sympy as sp
 
 from .compiler import Compiled
-from .equations import Namer, adjoint_equations, forward_equations, show
+from .equations import Equation, Namer, adjoint_equations, forward_equations, show
 
 NAIVE_MAX_ENTRIES = 400   # differentiated entries beyond which the expansion is skipped
 
@@ -165,15 +165,9 @@ def as_text(d: Derivation) -> str:
     for f in d.forward:
         lines.append(f"    {(f['lhs'] + ' = ' + f['rhs']).ljust(width)}   shape {f['shape']}")
     lines += ["", "Adjoint program, in the order it runs (x_bar = dL/dx; a sum is one term per consumer):", ""]
-    rows = []
-    for a in d.adjoint:
-        rhs = " + ".join(t["rhs"] if len(a["terms"]) == 1 or not re.search(r" [+-] ", t["rhs"])
-                         else f"({t['rhs']})" for t in a["terms"])
-        rule = a["terms"][0]["rule"] if len(a["terms"]) == 1 else \
-            "sum over consumers: " + ", ".join(t["rule"] for t in a["terms"])
-        rows.append((f"{a['lhs']} = {rhs}", rule))
-    width = min(60, max((len(r) for r, _ in rows), default=0))
-    lines += [f"    {r.ljust(width)}   # {rule}" for r, rule in rows]
+    equations = [Equation(a["lhs"], [(t["rhs"], t["rule"]) for t in a["terms"]], None) for a in d.adjoint]
+    width = min(60, max((len(f"{e.lhs} = {e.rhs}") for e in equations), default=0))
+    lines += [f"    {e.text(width)}" for e in equations]
     lines += ["", "Shared subexpressions (computed once, read by several lines):", ""]
     if d.shared:
         width = max(len(f"{s['name']} = {s['expr']}") for s in d.shared)

@@ -263,7 +263,6 @@ class _Lowering:
         self.G = Graph()
         self.scope: dict = {}      # name -> node id
         self.labels: dict = {}     # label node -> classes
-        self.softmax_of: dict = {}  # node of softmax(z) -> z (for the stable CE rule)
         self.pending: set = set()  # graph names not defined yet
         self.defining = None       # the graph name being lowered
 
@@ -477,7 +476,6 @@ class _Lowering:
         if f == "softmax":
             _, e, s = self.exp_sum(x)
             out = self.G.map(arg_symbol(0) / arg_symbol(1), [e, s], rule="softmax")
-            self.softmax_of[out] = x
             self.G.macros[out] = ("softmax", x, None)
             return out
         if f == "log_softmax":
@@ -526,10 +524,10 @@ class _Lowering:
         if shape != (classes,):
             raise self.err(f"{f}() needs a vector of {classes} class scores, but {self.text(tree)!r} "
                            f"has shape {_fmt(shape)}")
-        if f == "cross_entropy" and x in self.softmax_of:
+        if f == "cross_entropy" and self.G.macros.get(x, ("",))[0] == "softmax":
             # -log softmax(z)[label] = logsumexp(z) - z[label]: the stable rule
             # whose adjoint is y_hat - onehot(label)
-            f, x = "softmax_cross_entropy", self.softmax_of[x]
+            f, x = "softmax_cross_entropy", self.G.macros[x][1]
         if f == "cross_entropy":
             picked = self.G.take(x, label)
             return self.G.map(-sp.log(arg_symbol(0)), [picked], rule="cross_entropy")

@@ -54,8 +54,8 @@ CUDA_KEYWORDS = frozenset("""
 """.split())
 
 
-def reserved_reason(name: str, function_names=()) -> str | None:
-    """Why ``name`` cannot name an input, param or graph node (None if it can)."""
+def keyword_reason(name: str) -> str | None:
+    """Why ``name`` cannot be an identifier of the generated Python, C and CUDA."""
     if not IDENTIFIER.match(name):
         return "is not an identifier"
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
@@ -64,6 +64,14 @@ def reserved_reason(name: str, function_names=()) -> str | None:
         return "is a C/C++ keyword"
     if name in CUDA_KEYWORDS:
         return "is a CUDA keyword"
+    return None
+
+
+def reserved_reason(name: str, function_names=()) -> str | None:
+    """Why ``name`` cannot name an input, param or graph node (None if it can)."""
+    reason = keyword_reason(name)
+    if reason:
+        return reason
     if name in GENERATED_NAMES:
         return "collides with a name the generated code uses"
     if name.endswith(BAR_SUFFIX):

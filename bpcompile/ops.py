@@ -105,7 +105,6 @@ def arg_symbol(i: int) -> sp.Symbol:
 
 
 OUT = sp.Symbol("_out", real=True)
-GRAD = sp.Symbol("_g", real=True)
 
 
 def local_derivative(expr: sp.Expr, i: int) -> sp.Expr:
@@ -244,11 +243,12 @@ def _vjp_reduce(G, n, pos, g):
     x = node["args"][0]
     m = n
     if not keepdims and node["shape"] != ():
-        # put the reduced axes back as 1s so g and n broadcast against x
+        # put the reduced axes back as 1s so g (and n, for max) broadcast against x
         kept = reduce_shape(G.node(x)["shape"], axes, True)
         if G.node(g)["shape"] != ():
             g = G.reshape(G.materialize(g, n), kept)
-        m = G.reshape(n, kept)
+        if kind == "max":
+            m = G.reshape(n, kept)
     if kind == "sum":
         return g
     # max: the adjoint flows to the entries equal to the maximum
@@ -319,10 +319,6 @@ VJP = {
     "embed": _vjp_embed,
     "copy": _vjp_copy,
 }
-
-# Ops with no differentiable argument.
-LEAVES = ("input", "param", "const", "batch_size", "onehot", "zeros")
-
 
 @dataclass(frozen=True)
 class GemmForm:

@@ -62,10 +62,6 @@ class Program:
     grads: dict           # WRT name -> Value
     values: dict          # node -> Value
 
-    @property
-    def uses_rows(self) -> bool:
-        return any(k.op in ("take", "scatter_add") for k in self.kernels)
-
     def count(self, phase=None) -> int:
         return sum(1 for k in self.kernels if phase is None or k.phase == phase)
 
@@ -85,9 +81,11 @@ class Program:
 
 
 def mark_reuse(kernels, roots) -> None:
-    """Let an elementwise kernel compute in the memory of an argument that nothing
-    reads after it: a temporary of the program's own, of the result's shape, not
-    aliased by a view, not returned.  Fewer live arrays, no allocation."""
+    """Let a kernel compute in the memory of an argument that nothing reads after
+    it: a temporary of the program's own, of the result's shape, not aliased by a
+    view, not returned.  Fewer live arrays, no allocation.  An elementwise kernel
+    records the argument in ``reuse``; a scatter_add updates its base in place
+    (``inplace``, and the base takes the result's name)."""
     last_read, viewed = {}, set()
     for i, k in enumerate(kernels):
         for a in k.args:
@@ -95,7 +93,15 @@ def mark_reuse(kernels, roots) -> None:
             if k.op in VIEW_OPS:
                 viewed.add(a.name)
     owned = {k.out.name for k in kernels if k.op not in VIEW_OPS}
+
+    def dead_after(a, i):
+        return (a.kind == "temp" and a.name in owned and a.name not in viewed and a.name not in roots
+                and last_read[a.name] == i)
+
     for i, k in enumerate(kernels):
+        if k.op == "scatter_add" and dead_after(k.args[0], i):
+            k.inplace = True
+            k.args[0].name = k.out.name
         if k.op != "map" or k.out.rank == 0:
             continue
         temps, expr = k.attrs
@@ -105,8 +111,7 @@ def mark_reuse(kernels, roots) -> None:
                 counts[sym.name] = counts.get(sym.name, 0) + 1
         in_temps = {s.name for _, e in temps for s in e.free_symbols}
         for a in k.args:
-            if (a.kind == "temp" and a.name in owned and a.name not in viewed and a.name not in roots
-                    and last_read[a.name] == i and a.shape == k.out.shape and a.batched == k.out.batched
+            if (dead_after(a, i) and a.shape == k.out.shape and a.batched == k.out.batched
                     and a.dtype == "float" and counts.get(a.name) == 1 and a.name not in in_temps):
                 k.reuse = a
                 break
@@ -126,13 +131,12 @@ class _Builder:
         self.used_names: set = set()
         self.temp_count = 0
         self.values: dict = {}
-        self.backward_nodes: set = set()
-        if adj is not None:
-            self.backward_nodes = {n for n in self.G.g.nodes if n > self._last_forward()}
+        # node ids follow creation: the reverse pass made every node after the forward graph
+        last_forward = max(max(low.named.values(), default=0), low.loss, low.output, low.example_loss)
+        self.first_backward = last_forward + 1 if adj is not None else None
 
-    def _last_forward(self):
-        return max(max(self.low.named.values(), default=0), self.low.loss, self.low.output,
-                   self.low.example_loss)
+    def is_backward(self, n) -> bool:
+        return self.first_backward is not None and n >= self.first_backward
 
     # -- naming --------------------------------------------------------------
     def fresh(self) -> str:
@@ -232,7 +236,7 @@ class _Builder:
             if node["op"] in ("input", "param", "const", "batch_size") or n in inlined:
                 continue
             out = self.value(n)
-            phase = "backward" if self.adj is not None and n > self._last_forward() else "forward"
+            phase = "backward" if self.is_backward(n) else "forward"
             if node["op"] == "map":
                 args, temps, expr = self.fuse(n, inlined)
                 k = Kernel("map", out, tuple(args), (temps, expr), phase=phase)
@@ -241,7 +245,6 @@ class _Builder:
                            node["attrs"], phase=phase)
             k.notes = notes.get(n, [])
             kernels.append(k)
-        self.mark_inplace(kernels, consumers, root_set)
         mark_reuse(kernels, {self.values[r].name for r in root_set if r in self.values})
         inputs = [self.value(n) for n in sorted(self.low.leaves.values())
                   if n in needed and G.node(n)["op"] == "input"]
@@ -263,14 +266,13 @@ class _Builder:
             g = self.adj.grads.get(name)
             if g is None:
                 g = G.zeros(node["shape"], node["batched"])
-            elif G.node(g)["op"] == "const":
-                g = G.full(g, node["shape"], node["batched"])
             else:
                 g = G.materialize(g, w)
-                source = G.node(g)["args"][0] if G.node(g)["op"] == "broadcast" else None
-                if source is not None and G.node(source)["op"] == "const":
-                    g = G.full(source, node["shape"], node["batched"])   # np.full: fresh
-                elif G.node(g)["op"] in ("input", "param", *VIEW_OPS) or g in seen:
+                op = G.node(g)["op"]
+                constant = g if op == "const" else G.node(g)["args"][0] if op == "broadcast" else None
+                if constant is not None and G.node(constant)["op"] == "const":
+                    g = G.full(constant, node["shape"], node["batched"])   # np.full: a fresh array
+                elif op in ("input", "param", *VIEW_OPS) or g in seen:
                     g = G.copy(g)
             seen.add(g)
             out[name] = g
@@ -306,20 +308,6 @@ class _Builder:
             temps.append((new.name, sub.xreplace(rename)))
         return leaves, temps, reduced.xreplace(rename)
 
-    def mark_inplace(self, kernels, consumers, roots):
-        """A scatter_add may update its base in place when nothing else reads the base."""
-        made_by = {k.out.name: k for k in kernels}
-        for k in kernels:
-            if k.op != "scatter_add":
-                continue
-            base = k.args[0]
-            producer = made_by.get(base.name)
-            node = next(n for n, v in self.values.items() if v is base)
-            if producer is not None and producer.op not in VIEW_OPS and base.kind == "temp" \
-                    and len(consumers.get(node, ())) == 1 and node not in roots:
-                k.inplace = True
-                base.name = k.out.name
-
     # -- comments ------------------------------------------------------------
     def notes(self, order, inlined) -> dict:
         """Comment lines per kernel node: forward equations and adjoint equations."""
@@ -338,7 +326,7 @@ class _Builder:
         start = 0   # nodes made for a spec line have ids after the previous line's
         for n in order:
             node = G.node(n)
-            if n in self.backward_nodes or node["op"] in ("input", "param", "const", "batch_size"):
+            if self.is_backward(n) or node["op"] in ("input", "param", "const", "batch_size"):
                 continue
             nm = self.namer.name(n)
             if nm is None:
@@ -351,7 +339,7 @@ class _Builder:
             start = n + 1
         if self.adj is not None:
             waiting = []   # equations whose adjoint needs no kernel of its own
-            start = min(self.backward_nodes, default=0)
+            start = self.first_backward
             for eq in adjoint_equations(self.low, self.adj, self.namer):
                 waiting.append(eq.text())
                 if eq.node in order_set and G.node(eq.node)["op"] not in ("input", "param", "const"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import keyword
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,9 +176,9 @@ class _Checker:
         name = d["name"]
         if not isinstance(name, str) or not names.IDENTIFIER.match(name) or name.startswith("_"):
             raise self.err(f"name must be an identifier (letters, digits, _), got {name!r}", "name")
-        if name in names.C_KEYWORDS or name in names.CUDA_KEYWORDS or \
-                keyword.iskeyword(name):
-            raise self.err(f"name '{name}' is a keyword of Python, C or CUDA", "name")
+        reason = names.keyword_reason(name)
+        if reason:
+            raise self.err(f"name '{name}' {reason}", "name")
 
         self.declared: dict[str, str] = {}
         inputs = self.inputs(d["inputs"])
@@ -271,7 +270,6 @@ class _Checker:
                 init = ("glorot",) if len(shape) >= 2 else ("zeros",)
             self.declare(nm, "param", key)
             out[nm] = ParamDecl(nm, shape, init)
-        self.param_decls = out
         return out
 
     def init(self, value, key):
