@@ -87,20 +87,22 @@ def _kernel_text(k) -> str:
 
 def naive_counts(compiled: Compiled) -> dict:
     """Ops of every differentiated entry's derivative written out as one expanded
-    SymPy expression (no sharing), at a small instance of the spec."""
+    SymPy expression (no sharing), at a small instance of the spec, beside the
+    scalar ops of the compiled gradient at the same instance."""
+    from .verify import small_instance
+    small = small_instance(compiled.spec, compiled)
     try:
-        loss, wrt_symbols, sizes = expand_small(compiled.spec)
+        loss, wrt_symbols, sizes = expand_example(small.spec)
     except Exception as e:  # noqa: BLE001 - the count is informative, never fatal
         return {"naive_ops": None, "naive_note": f"expansion failed: {e}"}
     symbols = [s for syms in wrt_symbols.values() for s in syms]
     if len(symbols) > NAIVE_MAX_ENTRIES:
         return {"naive_ops": None, "naive_note": f"{len(symbols)} entries: too many to expand"}
     ops = sum(sp.count_ops(sp.diff(loss, s)) for s in symbols)
-    from .compiler import compile as compile_spec
-    small = compile_spec(_small_spec(compiled.spec)).programs["value_and_grad"]
+    program = small.programs["value_and_grad"]
     return {"naive_ops": int(ops), "naive_entries": len(symbols), "naive_sizes": sizes,
-            "gradient_scalar_ops_small": scalar_op_count(small, "backward"),
-            "forward_scalar_ops_small": scalar_op_count(small, "forward")}
+            "gradient_scalar_ops_small": scalar_op_count(program, "backward"),
+            "forward_scalar_ops_small": scalar_op_count(program, "forward")}
 
 
 def scalar_op_count(program, phase) -> int:
@@ -127,34 +129,25 @@ def scalar_op_count(program, phase) -> int:
     return int(total)
 
 
-def _small_spec(spec):
-    import yaml
-
-    from .spec import parse_spec
-    from .verify import _shrink
-    return parse_spec(_shrink(yaml.safe_load(spec.text)), file=spec.file)
-
-
-def expand_small(spec):
-    """The loss of one example at the small instance of the spec, as one SymPy
-    expression over a symbol per entry of every param and float input.
+def expand_example(spec):
+    """The loss of one example of ``spec`` as one SymPy expression over a symbol
+    per entry of every param and float input.
 
     Returns (loss, {wrt name: [symbols]}, {leaf name: shape})."""
     import numpy as np
 
     from .verify import _Expander
-    small = _small_spec(spec)
-    shapes = {nm: d.shape for nm, d in small.params.items()}
-    shapes.update({nm: (1, *d.shape) for nm, d in small.inputs.items() if not d.is_label})
+    shapes = {nm: d.shape for nm, d in spec.params.items()}
+    shapes.update({nm: (1, *d.shape) for nm, d in spec.inputs.items() if not d.is_label})
     leaves, symbols = {}, {}
     for nm, shape in shapes.items():
         entries = [sp.Symbol(f"{nm}{i}", real=True) for i in range(int(np.prod(shape, dtype=int)))]
         leaves[nm] = np.array(entries, dtype=object).reshape(shape)
         symbols[nm] = entries
-    labels = {nm: np.zeros(1, dtype=int) for nm, d in small.inputs.items() if d.is_label}
-    loss = sp.sympify(_Expander(small).loss(leaves, labels, 1))
-    sizes = {nm: list(s[1:]) if nm in small.inputs else list(s) for nm, s in shapes.items()}
-    return loss, {nm: symbols[nm] for nm in small.wrt}, sizes
+    labels = {nm: np.zeros(1, dtype=int) for nm, d in spec.inputs.items() if d.is_label}
+    loss = sp.sympify(_Expander(spec).loss(leaves, labels, 1))
+    sizes = {nm: list(s[1:]) if nm in spec.inputs else list(s) for nm, s in shapes.items()}
+    return loss, {nm: symbols[nm] for nm in spec.wrt}, sizes
 
 
 # -- printing -----------------------------------------------------------------

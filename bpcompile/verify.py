@@ -102,7 +102,8 @@ def verify(spec, module=None, *, seed: int = 0) -> Report:
     spec = compiled.spec
     if module is None:
         real = compiled.load()
-        small_spec, small = _small_instance(spec, real)
+        shrunk = small_instance(spec, compiled)
+        small_spec, small = (spec, real) if shrunk is compiled else (shrunk.spec, shrunk.load())
     else:
         real = _load_module(module) if isinstance(module, (str, os.PathLike)) else module
         _check_matches(spec, real)
@@ -210,18 +211,18 @@ def _float64(module):
         module.DTYPE = saved
 
 
-def _small_instance(spec: Spec, module):
-    """The spec with every dimension shrunk to at most SMALL, compiled; or the
-    spec itself when it is already small or the shrunk one does not compile."""
+def small_instance(spec: Spec, compiled=None):
+    """The spec with every dimension shrunk to at most SMALL, compiled; or the spec
+    itself (``compiled``, when given) when it is already small or the shrunk one
+    does not compile."""
     data = yaml.safe_load(spec.text)
     small = _shrink(data)
-    if small == data:
-        return spec, module
-    try:
-        compiled = compile(parse_spec(small, file=spec.file))
-    except SpecError:
-        return spec, module
-    return compiled.spec, compiled.load()
+    if small != data:
+        try:
+            return compile(parse_spec(small, file=spec.file))
+        except SpecError:
+            pass
+    return compiled if compiled is not None else compile(spec)
 
 
 def _shrink(data: dict) -> dict:
