@@ -52,12 +52,6 @@ def test_bench_compile_width_quick():
     assert re.search(rf"^overall: worst width ratio {NUM}", out, re.M), out
 
 
-@pytest.mark.slow
-def test_line_alternatives_quick():
-    out = run_script("line_alternatives.py", "--quick", "--threads", "1")
-    assert "## Part 1, digits" in out and "## Part 2, mnist N=128" in out
-
-
 def test_bench_cuda_quick():
     """Every spec compiles to CUDA; then a table on a GPU machine, else one 'skipped: <reason>' line."""
     out = run_script("bench_cuda.py", "--quick", timeout=900)
