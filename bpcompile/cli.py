@@ -20,10 +20,30 @@ from pathlib import Path
 
 from .compiler import TARGETS, compile
 from .errors import SpecError
+from .escape import terminal
 from .spec import load_spec
 from .verify import verify
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def say(text: str) -> None:
+    """Print to stdout.  Everything the command line prints goes through here or
+    ``complain``: spec text is data, so nothing in it reaches the terminal raw."""
+    sys.stdout.write(terminal(text, multiline=True))
+    if not text.endswith("\n"):
+        sys.stdout.write("\n")
+
+
+def complain(text: str) -> None:
+    """One line on stderr: ``error: ...``."""
+    print(f"error: {terminal(text)}", file=sys.stderr)
+
+
+def _os_error(e: OSError) -> str:
+    where = e.filename if e.filename is not None else ""
+    what = e.strerror or str(e)
+    return f"{where}: {what}" if where else what
 
 
 @contextlib.contextmanager
@@ -49,57 +69,65 @@ def cmd_compile(args) -> int:
         try:
             compiled.append((path, _compile_spec(path, args.target)))
         except SpecError as e:
-            print(f"error: {e}", file=sys.stderr)
+            complain(str(e))
             failed = True
     if failed:
         return EXIT_USAGE
     names = {}
     for path, c in compiled:
         if c.filename in names:
-            print(f"error: {path}: name: '{c.spec.name}' is also the name of {names[c.filename]}; "
-                  "both would write the same file", file=sys.stderr)
+            complain(f"{path}: name: '{c.spec.name}' is also the name of {names[c.filename]}; "
+                     "both would write the same file")
             return EXIT_USAGE
         names[c.filename] = path
     out = Path(args.output)
     if out.exists() and not out.is_dir():
-        print(f"error: {out}: not a directory", file=sys.stderr)
+        complain(f"{out}: -o names a file, not a directory")
+        return EXIT_USAGE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        complain(f"{out}: cannot create the output directory ({e.strerror or e})")
+        return EXIT_USAGE
+    if not os.access(out, os.W_OK | os.X_OK):
+        complain(f"{out}: the output directory is not writable")
         return EXIT_USAGE
     for path, c in compiled:
         written = c.write(out)
         st = c.stats()
-        print(f"{path}: {st['nodes']} nodes, {st['adjoints']} adjoints, "
-              f"{st['shared']} shared subexpressions, {st['kernels']} kernels "
-              f"({st['forward_kernels']} forward, {st['backward_kernels']} backward) -> {written}")
+        say(f"{path}: {st['nodes']} nodes, {st['adjoints']} adjoints, "
+            f"{st['shared']} shared subexpressions, {st['kernels']} kernels "
+            f"({st['forward_kernels']} forward, {st['backward_kernels']} backward) -> {written}")
     return EXIT_OK
 
 
 def cmd_inspect(args) -> int:
     from . import explain
     compiled = _compile_spec(args.spec, "numpy")
-    sys.stdout.write(explain.render(compiled, args.format))
+    say(explain.render(compiled, args.format))
     return EXIT_OK
 
 
 def cmd_graph(args) -> int:
     from . import draw
     if Path(args.output).suffix not in draw.FORMATS:
-        print(f"error: {args.output}: the picture is written as {', '.join(draw.FORMATS)}", file=sys.stderr)
+        complain(f"{args.output}: the picture is written as {', '.join(draw.FORMATS)}")
         return EXIT_USAGE
     compiled = _compile_spec(args.spec, "numpy")
     try:
         path, picture = draw.write(compiled, args.output)
     except ImportError:
-        print(f"error: {args.output}: drawing .svg/.png needs matplotlib (pip install matplotlib); "
-              ".dot needs nothing", file=sys.stderr)
+        complain(f"{args.output}: drawing .svg/.png needs matplotlib (pip install matplotlib); "
+                 ".dot needs nothing")
         return EXIT_USAGE
-    print(f"{args.spec}: {picture.number_of_nodes()} nodes, {picture.number_of_edges()} edges -> {path}")
+    say(f"{args.spec}: {picture.number_of_nodes()} nodes, {picture.number_of_edges()} edges -> {path}")
     return EXIT_OK
 
 
 def cmd_verify(args) -> int:
     with _about(args.spec):
         report = verify(load_spec(args.spec), module=args.module)
-    print(report.table())
+    say(report.table())
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -107,7 +135,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors on one line and exit code 2."""
 
     def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {terminal(message)} (see {self.prog} --help)\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -148,19 +176,24 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
+        complain(str(e))
         return EXIT_USAGE
     except (KeyboardInterrupt, SystemExit):
         raise
+    except MemoryError:
+        complain("out of memory: the spec describes more than this machine can compile "
+                 "(see SECURITY.md for the limits)")
+        return EXIT_USAGE
+    except OSError as e:
+        # a file we were told to read or write: the user's to fix (an unwritable -o, a full disk)
+        complain(_os_error(e))
+        return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - a bug of ours: one line, unless asked for the traceback
         if os.environ.get("BPCOMPILE_TRACEBACK"):
             raise
         detail = " ".join(str(e).split())
-        print(f"error: internal compiler error ({type(e).__name__}: {detail}); this is a bug in bpcompile, "
-              "please report it with the spec (BPCOMPILE_TRACEBACK=1 shows where)", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        complain(f"internal compiler error ({type(e).__name__}: {detail}); this is a bug in bpcompile, "
+                 "please report it with the spec (BPCOMPILE_TRACEBACK=1 shows where)")
         return EXIT_USAGE
 
 

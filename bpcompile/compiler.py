@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,32 +42,64 @@ class Compiled:
                 "forward_kernels": vag.count("forward"), "backward_kernels": vag.count("backward")}
 
     def write(self, directory) -> Path:
-        """Write the module (each of ``files``) into ``directory`` atomically; returns its path."""
+        """Write the module (each of ``files``) into ``directory``; returns its path.
+
+        Each file is written under a temporary name and renamed into place, so a
+        reader sees the old file or the new one, never half of one; Python files
+        (the importable entry points, such as the CUDA loader that checks the hash
+        of the .cu it expects) are renamed last.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name, text in (self.files or {self.filename: self.source}).items():
-            write_atomic(directory / name, text)
+        files = self.files or {self.filename: self.source}
+        for name in sorted(files, key=lambda nm: (nm.endswith(".py"), nm)):
+            write_atomic(directory / name, files[name])
         return directory / self.filename
 
     def load(self):
-        """Import the generated module (written to a private temporary directory)."""
+        """Import the generated module, written to a private temporary directory.
+
+        The directory goes away when the module is garbage-collected (at exit at
+        the latest); a NumPy module needs nothing on disk once imported, so its
+        directory is removed at once.
+        """
         directory = Path(tempfile.mkdtemp(prefix="bpcompile_"))
-        path = self.write(directory)
-        if self.target == "cuda":
-            path = directory / f"{self.spec.name}_cuda.py"   # the loader
-        name = f"bpcompile_generated_{self.spec.name}_{directory.name}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            path = self.write(directory)
+            if self.target == "cuda":
+                path = directory / f"{self.spec.name}_cuda.py"   # the loader
+            name = f"bpcompile_generated_{self.spec.name}_{directory.name}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        if self.target == "numpy":
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            weakref.finalize(module, shutil.rmtree, str(directory), True)
         return module
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()   # what open() would give a new file: 0644 under the usual umask
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path``, then rename: never half-written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)   # mkstemp makes 0600; a generated file is an ordinary file
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .escape import terminal
+
 
 class SpecError(Exception):
     """A problem in a model spec.
@@ -32,4 +34,5 @@ class SpecError(Exception):
             where += f":{self.line}"
         if self.key:
             where += f": {self.key}"
-        return f"{where}: {' '.join(self.message.splitlines())}"
+        # one line, and nothing in it that a terminal would act on (spec text is data)
+        return terminal(f"{where}: {' '.join(self.message.splitlines())}")
