@@ -8,13 +8,16 @@ a subclass of SymPy's NumPy printer; contractions become ``@`` with transposes
 
 from __future__ import annotations
 
+import math
 import re
+import shlex
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.precedence import PRECEDENCE
 
 from .equations import print_add
+from .escape import py_comment, py_docstring, py_str
 from .ops import broadcast_shapes, gemm_form, sigmoid
 from .program import Kernel, Program, Value
 
@@ -302,8 +305,56 @@ def contraction(sa: str, sb: str, so: str, a: str, b: str) -> str:
 # The whole module
 
 
+class Code(str):
+    """Text that is Python source by construction: printed from validated names,
+    numbers and the generator's own words, or escaped by the filters below.
+
+    The module template accepts nothing else: every ``{{ field }}`` must be Code
+    (or a number), so a field of spec text (the spec, its file name, an expression
+    as written) cannot reach the module without going through escape.py.
+    """
+
+
+def _only_code(value):
+    """Jinja2 ``finalize``: refuse a plain string that no escaping filter has seen."""
+    if isinstance(value, Code) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"numpy_module.py.j2: a field of type {type(value).__name__} ({str(value)[:60]!r}) "
+                    "reached the module unescaped; pass it through | docstring, | comment or "
+                    "| literal, or build it as Code")
+
+
+def literal(value) -> Code:
+    """A Python literal for ``value``: strings through ``py_str``; ints, finite floats,
+    None and booleans by repr; tuples, lists and dicts of those."""
+    if isinstance(value, str):
+        return Code(py_str(value))
+    if value is None or isinstance(value, (bool, int)):
+        return Code(repr(value))
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"no finite Python literal for {value!r}")
+        return Code(repr(value))
+    if isinstance(value, tuple):
+        items = [literal(v) for v in value]
+        return Code("(" + items[0] + ",)" if len(items) == 1 else "(" + ", ".join(items) + ")")
+    if isinstance(value, list):
+        return Code("[" + ", ".join(literal(v) for v in value) + "]")
+    if isinstance(value, dict):
+        return Code("{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}")
+    raise TypeError(f"no Python literal for a {type(value).__name__}")
+
+
+def docstring_filter(text) -> Code:
+    return Code(py_docstring(text))
+
+
+def comment_filter(text) -> Code:
+    return Code(py_comment(text))
+
+
 def _shape_text(shape) -> str:
-    return f"({shape[0]},)" if len(shape) == 1 else "(" + ", ".join(str(d) for d in shape) + ")"
+    return literal(tuple(shape))
 
 
 def _fans(shape):
@@ -318,26 +369,36 @@ def _fans(shape):
 
 def init_line(p) -> str:
     """One line creating param ``p`` per its init rule."""
-    import math
     shape = _shape_text(p.shape)
     kind = p.init[0]
-    target = f"params[{p.name!r}]"
+    target = f"params[{py_str(p.name)}]"
     if kind == "zeros":
         return f"{target} = np.zeros({shape}, DTYPE)"
     if kind == "ones":
         return f"{target} = np.ones({shape}, DTYPE)"
     if kind == "constant":
-        return f"{target} = np.full({shape}, {p.init[1]!r}, DTYPE)"
+        return f"{target} = np.full({shape}, {literal(float(p.init[1]))}, DTYPE)"
     if kind == "normal":
-        return f"{target} = rng.normal(0.0, {p.init[1]!r}, {shape}).astype(DTYPE)"
+        return f"{target} = rng.normal(0.0, {literal(float(p.init[1]))}, {shape}).astype(DTYPE)"
     if kind == "uniform":
-        return f"{target} = rng.uniform(-{p.init[1]!r}, {p.init[1]!r}, {shape}).astype(DTYPE)"
+        limit = literal(float(p.init[1]))
+        return f"{target} = rng.uniform(-{limit}, {limit}, {shape}).astype(DTYPE)"
     fan_in, fan_out = _fans(p.shape)
     if kind == "glorot":
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         return f"{target} = rng.uniform(-{limit!r}, {limit!r}, {shape}).astype(DTYPE)  # glorot"
     std = math.sqrt(2.0 / fan_in)
     return f"{target} = rng.normal(0.0, {std!r}, {shape}).astype(DTYPE)  # he"
+
+
+def _inputs_dict(names) -> str:
+    """``{'x': x, 'label': label}``: what a function passes to ``_check``."""
+    return "{" + ", ".join(f"{py_str(nm)}: {nm}" for nm in names) + "}"
+
+
+def _signature(*parts) -> str:
+    """``params, *, x, label=None, check=True``: the parts that are not empty."""
+    return ", ".join(p for p in parts if p)
 
 
 def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, doc, returns):
@@ -349,10 +410,12 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
             phase = k.phase
             header = "forward pass" if phase == "forward" else \
                 "backward pass: adjoints in reverse topological order (x_bar = dL/dx)"
-        blocks.append({"header": header, "notes": k.notes, "lines": printer.kernel(k)})
+        blocks.append({"header": Code(header) if header else None,
+                       "notes": list(k.notes),
+                       "lines": [Code(line) for line in printer.kernel(k)]})
     body = "\n".join(line for b in blocks for line in b["lines"]) + "\n" + returns
     used_inputs = {v.name for v in program.inputs}
-    prologue = [f"{p.name} = params[{p.name!r}]" for p in program.params]
+    prologue = [f"{p.name} = params[{py_str(p.name)}]" for p in program.params]
     for v in program.inputs:
         prologue.append(f"{v.name} = np.asarray({v.name}{', DTYPE' if v.dtype == 'float' else ''})")
     if re.search(r"\b(N|rows|ones)\b", body):
@@ -367,22 +430,79 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
         prologue.append("rows = np.arange(N)")
     if re.search(r"\bones\b", body):
         prologue.append("ones = np.ones(N, DTYPE)")
-    signature = ", ".join(nm if nm in used_inputs else f"{nm}=None" for nm in all_inputs)
-    return {"name": name, "signature": signature, "doc": doc, "prologue": prologue,
-            "blocks": blocks, "returns": returns}
+    inputs = ", ".join(nm if nm in used_inputs else f"{nm}=None" for nm in all_inputs)
+    return {"name": Code(name), "signature": Code(_signature("params", "*", inputs, "check=True")),
+            "check": Code(f"_check({py_str(name)}, params, {_inputs_dict(all_inputs)})"),
+            "doc": doc, "prologue": [Code(line) for line in prologue],
+            "blocks": blocks, "returns": Code(returns)}
+
+
+def module_docstring(spec, version, forward_lines, adjoint_lines) -> str:
+    """The generated module's docstring as its ``__doc__`` reads: plain text, which
+    the template escapes once (``| docstring``).  Spec text appears verbatim, each
+    line indented by four spaces."""
+
+    def indented(lines):
+        return ["    " + line if line else "" for line in lines]
+
+    return "\n".join([
+        f"{spec.name}: gradient module generated by bpcompile {version} from {spec.file}.",
+        "",
+        "Do not edit by hand: recompile with",
+        f"    bpcompile compile {shlex.quote(spec.file)}",
+        "",
+        "The spec:",
+        "",
+        *indented(spec.text.strip("\n").split("\n")),
+        "",
+        "Notation (as in the lectures): x_bar is dL/dx, the derivative of the loss L with",
+        "respect to x.  Inputs carry a leading batch axis of size N; L is the "
+        f"{spec.reduction}",
+        "over the batch of the per-example loss L_n.",
+        "",
+        "Forward equations:",
+        "",
+        *indented(forward_lines),
+        "",
+        "Adjoint equations, in the order the backward pass computes them (each adjoint is",
+        "the sum over the consumers of its node of consumer_bar * local derivative):",
+        "",
+        *indented(adjoint_lines),
+        "",
+        "Every function that takes inputs checks its arguments first: params holds each",
+        "name of PARAM_SHAPES as a floating array of exactly that shape; each input has a",
+        "leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of",
+        "a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A",
+        "mismatch raises ValueError naming the argument, the expected and the given.",
+        "check=False skips the checks (for hot loops; the optimizer steps check once).",
+        "",
+    ])
+
+
+def environment():
+    """The Jinja2 environment of the module template: every field must be Code,
+    and the filters ``literal``, ``docstring`` and ``comment`` make Code of values
+    and of text through escape.py."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("bpcompile", "templates"), undefined=StrictUndefined,
+                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=False,
+                      autoescape=False, finalize=_only_code)
+    env.filters["literal"] = literal
+    env.filters["docstring"] = docstring_filter
+    env.filters["comment"] = comment_filter
+    return env
 
 
 def render(low, adj, programs, version: str) -> str:
     """The generated module's source."""
-    from jinja2 import Environment, PackageLoader, StrictUndefined
-
     from .equations import Namer, docstring_lines
     spec = low.spec
     printer = NumpyPrinter(spec.dtype)
     namer = Namer(low)
     all_inputs = list(spec.inputs)
     pred, lossp, vag = programs["predict"], programs["loss"], programs["value_and_grad"]
-    grads = "{" + ", ".join(f"{nm!r}: {v.name}" for nm, v in vag.grads.items()) + "}"
+    grads = "{" + ", ".join(f"{py_str(nm)}: {v.name}" for nm, v in vag.grads.items()) + "}"
     functions = [
         function_parts("predict", pred, printer, all_inputs,
                        f"The output node {namer.name(low.output) or 'of the graph'}, for a batch.",
@@ -397,27 +517,31 @@ def render(low, adj, programs, version: str) -> str:
     vag_inputs = {v.name for v in vag.inputs}
     forward_lines, adjoint_lines = docstring_lines(low, adj, namer)
 
-    env = Environment(loader=PackageLoader("bpcompile", "templates"), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=False)
-    env.filters["pyrepr"] = repr
-    text = spec.text.strip("\n").replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    if not text.endswith("\n"):
-        text += "\n"
+    env = environment()
     classes = {nm: d.classes for nm, d in spec.inputs.items() if d.is_label}
+    init_lines = [init_line(p) for p in spec.params.values()]
+    step_inputs = ", ".join(nm if nm in vag_inputs else f"{nm}=None" for nm in all_inputs)
     source = env.get_template("numpy_module.py.j2").render(
-        name=spec.name, version=version, spec_file=spec.file, spec_text=text,
-        reduction=spec.reduction,
-        forward_equations=forward_lines, adjoint_equations=adjoint_lines,
-        dtype=spec.dtype,
-        param_shapes="{" + ", ".join(f"{p!r}: {d.shape!r}" for p, d in spec.params.items()) + "}",
-        input_shapes="{" + ", ".join(f"{i!r}: {d.shape!r}" for i, d in spec.inputs.items()) + "}",
-        label_classes="{" + ", ".join(f"{k!r}: {v}" for k, v in classes.items()) + "}",
-        wrt=repr(tuple(spec.wrt)),
+        docstring=module_docstring(spec, version, forward_lines, adjoint_lines),
+        name=spec.name, dtype=Code(np_dtype(spec.dtype)), reduction=spec.reduction,
+        param_shapes=literal({p: tuple(d.shape) for p, d in spec.params.items()}),
+        input_shapes=literal({i: tuple(d.shape) for i, d in spec.inputs.items()}),
+        label_classes=literal(classes),
+        wrt=literal(tuple(spec.wrt)),
+        trained=literal(tuple(nm for nm in spec.wrt if nm in spec.params)),
         init_summary=", ".join(f"{p.name} {p.init[0]}" for p in spec.params.values()) or "none",
-        init_lines=[init_line(p) for p in spec.params.values()],
+        init_lines=[Code(line) for line in init_lines],
+        uses_rng=any(re.search(r"\brng\b", line) for line in init_lines),
         functions=functions,
-        all_inputs=", ".join(nm if nm in vag_inputs else f"{nm}=None" for nm in all_inputs),
-        pass_inputs=", ".join(f"{nm}={nm}" for nm in all_inputs),
-        trained=tuple(nm for nm in spec.wrt if nm in spec.params),
+        step_signature=Code(_signature("*", step_inputs, "check=True")),
+        check_inputs=Code(_inputs_dict(all_inputs)),
+        pass_inputs=Code(_signature(*(f"{nm}={nm}" for nm in all_inputs), "check=False")),
     )
     return source
+
+
+def np_dtype(dtype: str) -> str:
+    """``float64`` -> ``float64`` (checked: the module writes ``np.<dtype>``)."""
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return dtype
