@@ -25,12 +25,16 @@ The .cu builds with nvcc, or with a host C++20 compiler and
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 
+import numpy as np
 import sympy as sp
 from sympy.codegen.ast import float32, real
 from sympy.printing.c import C99CodePrinter
 
+from . import escape
 from .equations import print_add
 from .ops import gemm_form
 from .program import Kernel, Program, Value
@@ -48,20 +52,86 @@ C_PREFIXES = ("cuda", "cublas", "CUBLAS", "CUDA", "bp_", "BP_")
 # Elementwise math
 
 
+def real_literal(value, dtype: str) -> str:
+    """``value`` (a Python or SymPy number) as a floating literal of ``dtype``.
+
+    Every number in device arithmetic is printed here: ``3.0`` / ``3.0f``, never
+    the integer ``3`` (an integer argument makes ``sqrt(3)`` the constexpr host
+    overload, which nvcc refuses in device code; an integer of 2**63 or more is no
+    C integer at all).  The value is the one NumPy computes with: the nearest
+    double, then, for float32, the nearest float (``INFINITY`` past the range).
+    """
+    try:
+        v = float(value)
+    except OverflowError:   # an integer or rational beyond the double range
+        v = math.inf if value > 0 else -math.inf
+    if dtype == "float32" and math.isfinite(v):
+        v = float(np.float32(v)) if abs(v) <= FLT_MAX else math.copysign(math.inf, v)
+    if math.isnan(v):
+        return "NAN"
+    if math.isinf(v):
+        return "INFINITY" if v > 0 else "(-INFINITY)"
+    text = str(np.float32(v)) if dtype == "float32" else repr(v)
+    if "e" not in text and "." not in text:
+        text += ".0"
+    if dtype == "float32":
+        text += "f"
+    return text if v >= 0 or text.startswith("-") else "-" + text
+
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def line_comment(text: str) -> str:
+    """A ``//`` comment of ``text`` (any text: escaped to one line, no splice)."""
+    return "// " + escape.c_comment(text)
+
+
 class CudaExprPrinter(C99CodePrinter):
-    """SymPy -> CUDA C++ for ``real`` (double, or float with the f-suffixed functions)."""
+    """SymPy -> CUDA C++ for ``real`` (double, or float with the f-suffixed functions).
+
+    Numbers are floating literals of the dtype (``real_literal``), constants such as
+    pi and e their values: device code holds no integer in arithmetic, no macro."""
 
     def __init__(self, dtype: str, leaf_text: dict):
         settings = {"type_aliases": {real: float32}} if dtype == "float32" else {}
         super().__init__(settings)
+        self.dtype = dtype
         self.f32 = dtype == "float32"
         self.leaf_text = leaf_text
 
     def fn(self, name: str) -> str:
         return name + "f" if self.f32 else name
 
-    def lit(self, x: float) -> str:
-        return f"{x!r}F" if self.f32 else repr(x)
+    def lit(self, x) -> str:
+        return real_literal(x, self.dtype)
+
+    def _print_Integer(self, e):
+        return self.lit(int(e))
+
+    def _print_Rational(self, e):
+        # p/q as it reads, when both are exact in the dtype; else its value
+        exact = 2 ** (24 if self.f32 else 53)
+        if abs(e.p) <= exact and e.q <= exact:
+            return f"{self.lit(e.p)}/{self.lit(e.q)}"
+        return self.lit(e)
+
+    def _print_Float(self, e):
+        return self.lit(e)
+
+    def _print_NumberSymbol(self, e):   # pi, E, EulerGamma, ...
+        return self.lit(e.evalf(30))
+
+    _print_Pi = _print_Exp1 = _print_NumberSymbol
+
+    def _print_Infinity(self, e):
+        return "INFINITY"
+
+    def _print_NegativeInfinity(self, e):
+        return "(-INFINITY)"
+
+    def _print_NaN(self, e):
+        return "NAN"
 
     def _print_Symbol(self, e):
         return self.leaf_text.get(e.name, e.name)
@@ -76,11 +146,12 @@ class CudaExprPrinter(C99CodePrinter):
         if exp.is_Integer and 0 < exp <= 4:
             return "(" + "*".join([b] * int(exp)) + ")" if exp > 1 else b
         if exp.is_Integer and -4 <= exp < 0:
-            return f"(1/{b})" if exp == -1 else "(1/(" + "*".join([b] * int(-exp)) + "))"
+            one = self.lit(1)
+            return f"({one}/{b})" if exp == -1 else f"({one}/(" + "*".join([b] * int(-exp)) + "))"
         if exp == sp.Rational(1, 2):
             return f"{self.fn('sqrt')}({self._print(base)})"
         if exp == -sp.Rational(1, 2):
-            return f"(1/{self.fn('sqrt')}({self._print(base)}))"
+            return f"({self.lit(1)}/{self.fn('sqrt')}({self._print(base)}))"
         return f"{self.fn('pow')}({self._print(base)}, {self._print(sp.Float(exp) if exp.is_Rational else exp)})"
 
     def _print_sigmoid(self, e):
@@ -93,7 +164,7 @@ class CudaExprPrinter(C99CodePrinter):
         return f"{self.fn('fmax')}({self._print(e.args[0])}, {self.lit(0.0)})"
 
     def _print_step(self, e):
-        return f"(real)({self._print(e.args[0])} > 0)"
+        return f"(real)({self._print(e.args[0])} > {self.lit(0)})"
 
     def _print_softplus(self, e):
         # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow
@@ -206,7 +277,7 @@ class KernelTable:
         head = f"static __global__ void {name}(" + ", ".join(params) + ")"
         if len(head) > 100:
             head = f"static __global__ void {name}(\n    " + ",\n    ".join(params) + ")"
-        text = "\n".join([f"// {c}" for c in comment] + [head, "{"] + [f"    {line}" if line else "" for line in body] + ["}"])
+        text = "\n".join([line_comment(c) for c in comment] + [head, "{"] + [f"    {line}" if line else "" for line in body] + ["}"])
         self.defs.append(text)
         return name
 
@@ -446,10 +517,10 @@ class FunctionPrinter:
         shapeL = rows(K, M) if g.trans_left else rows(M, K)
         shapeR = rows(Nn, K) if g.trans_right else rows(K, Nn)
         per = " per example" if batch else ""
-        self.lines.append(f"// GEMM{per}: {self.c(k.out)} [{M} x {Nn}] = {self.c(L)}{tl} @ {self.c(R)}{tr}, "
-                          f"{self.c(L)} [{shapeL}], {self.c(R)} [{shapeR}], row-major;")
-        self.lines.append(f"// cuBLAS is column-major: it computes {self.c(k.out)}^T = "
-                          f"{self.c(R)}{'' if tr else '^T'} @ {self.c(L)}{'' if tl else '^T'}")
+        self.lines.append(line_comment(f"GEMM{per}: {self.c(k.out)} [{M} x {Nn}] = {self.c(L)}{tl} @ {self.c(R)}{tr}, "
+                                       f"{self.c(L)} [{shapeL}], {self.c(R)} [{shapeR}], row-major;"))
+        self.lines.append(line_comment(f"cuBLAS is column-major: it computes {self.c(k.out)}^T = "
+                                       f"{self.c(R)}{'' if tr else '^T'} @ {self.c(L)}{'' if tl else '^T'}"))
         if batch:
             strides = [size_of(v.shape) for v in (R, L, k.out)]
             self.lines.append(
@@ -477,7 +548,7 @@ class FunctionPrinter:
     def _reshape(self, k: Kernel):
         x = k.args[0]
         self.alias[k.out.name] = x.name
-        self.lines.append(f"// {self.c(k.out)} is {self.c(x)} reshaped to {shape_text(k.out)}: the same memory")
+        self.lines.append(line_comment(f"{self.c(k.out)} is {self.c(x)} reshaped to {shape_text(k.out)}: the same memory"))
 
     def _take(self, k: Kernel):
         x, label = k.args
@@ -668,7 +739,7 @@ def _function(mod: CudaModule, fn: str, program: Program):
             fp.lines.append("")
             fp.lines.append("// forward pass" if phase == "forward" else
                             "// backward pass: adjoints in reverse topological order (x_bar = dL/dx)")
-        fp.lines += [f"// {n}" for n in k.notes]
+        fp.lines += [line_comment(n) for n in k.notes]
         fp.kernel(k)
     tail = []
     if fn == "predict":
@@ -683,7 +754,7 @@ def _function(mod: CudaModule, fn: str, program: Program):
     else:
         v = program.loss
         tail.append("")
-        tail.append(f"// {fp.c(v)} to the host (this waits for the kernels above)")
+        tail.append(line_comment(f"{fp.c(v)} to the host (this waits for the kernels above)"))
         if v.kind == "const":
             tail.append(f"*loss_out = (double){fp.c(v)};")
         else:
@@ -719,7 +790,7 @@ def _function(mod: CudaModule, fn: str, program: Program):
     sig = []
     for i, (s, cm) in enumerate(zip(sig_items, sig_comments)):
         sep = "," if i < len(sig_items) - 1 else ")"
-        sig.append(f"    {(s + sep).ljust(width)}  // {cm}")
+        sig.append(f"    {(s + sep).ljust(width)}  {line_comment(cm)}")
     lines = [f'extern "C" int {mod.name}_{fn}('] + sig + ["{"]
     lines += [f"    {x}" for x in checks + pre + decls]
     lines += [f"    {x}" if x else "" for x in body]
@@ -727,13 +798,97 @@ def _function(mod: CudaModule, fn: str, program: Program):
     return "\n".join(lines), fp
 
 
-def render(low, adj, programs, version: str) -> dict:
-    """{filename: text}: the .cu source and the Python loader."""
-    from jinja2 import Environment, PackageLoader, StrictUndefined
+# ---------------------------------------------------------------------------
+# Templates: every field escaped by construction
 
+
+class Code(str):
+    """Text that goes into a generated file as it is: made by this printer from
+    validated identifiers and numbers, or spec text already escaped for its place
+    (``line_comment``, the template filters).  The template environment refuses to
+    print anything else, so a field without an escaping filter fails at render time,
+    on every spec, not on the hostile one."""
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z", re.ASCII)
+_TOKEN = re.compile(r"[A-Za-z0-9_.+\-]+\Z", re.ASCII)
+
+
+def ident(name: str) -> Code:
+    """``name``, checked to be an ASCII identifier (a spec name, a C type, a dtype)."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValueError(f"not an identifier: {name!r}")
+    return Code(name)
+
+
+def token(text: str) -> Code:
+    """``text``, checked to be letters, digits and ``_.+-`` only (a version)."""
+    if not isinstance(text, str) or not _TOKEN.match(text):
+        raise ValueError(f"not a plain token: {text!r}")
+    return Code(text)
+
+
+def _finalize(value):
+    if isinstance(value, Code) or type(value) in (int, bool):
+        return value
+    raise TypeError(f"a template field ({type(value).__name__} {str(value)[:60]!r}) is printed without "
+                    "an escaping filter (c_comment, c_str, py_docstring, py_comment, py_str)")
+
+
+def environment():
+    """The Jinja2 environment of the CUDA target's templates.
+
+    Filters, one per place spec text can stand: ``c_comment`` (after ``//``),
+    ``c_str`` (a C string literal), ``py_docstring`` (inside a docstring),
+    ``py_comment`` (after ``#``), ``py_str`` (a Python string literal).  Whatever
+    else a template prints must be ``Code`` or an int: ``_finalize`` refuses a bare
+    string.
+    """
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+    env = Environment(loader=PackageLoader("bpcompile", "templates"), undefined=StrictUndefined,
+                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=False,
+                      finalize=_finalize, autoescape=False)
+    for fn in (escape.c_comment, escape.c_str, escape.py_docstring, escape.py_comment, escape.py_str):
+        env.filters[fn.__name__] = lambda text, fn=fn: Code(fn(str(text)))
+    return env
+
+
+# Preprocessor lines the .cu may hold: those of cuda_module.cu.j2, none with spec text.
+_DIRECTIVE = re.compile(r"#(?:include <[a-z_0-9]+\.h>|ifn?def [A-Z_]+|endif|else|"
+                        r"define [A-Z_]+(?:\([A-Za-z_, .]*\))?(?: .*)?)\Z")
+
+
+def check_c_source(text: str, what: str) -> None:
+    """Assert what escaping guarantees of a generated C/CUDA file: printable ASCII
+    and newlines only (no carriage return, no trigraph), every preprocessor line one
+    of the template's, and a line ends in a backslash only inside a ``#define``
+    (so no comment splices the next line).  Raises AssertionError: a bug here, not
+    in the spec."""
+    bad = next((ch for ch in text if not (" " <= ch <= "~" or ch == "\n")), None)
+    if bad is not None:
+        raise AssertionError(f"{what}: character {bad!r} in generated C")
+    if "??" in text:
+        raise AssertionError(f"{what}: '??' (a trigraph) in generated C")
+    continued = False
+    for no, line in enumerate(text.split("\n"), 1):
+        stripped = line.strip()
+        if stripped.startswith("#") and not continued and not _DIRECTIVE.match(stripped):
+            raise AssertionError(f"{what}:{no}: unexpected preprocessor line {line!r}")
+        if line.endswith("\\") and not (continued or stripped.startswith("#define ")):
+            raise AssertionError(f"{what}:{no}: a line spliced into the next {line!r}")
+        continued = line.endswith("\\")
+
+
+def render(low, adj, programs, version: str) -> dict:
+    """{filename: text}: the .cu source and the Python loader.
+
+    The loader carries the sha256 of the .cu it goes with and refuses to build any
+    other (a pair torn apart, half of it from another compile, would run wrong)."""
     from .codegen_numpy import init_line
     from .equations import docstring_lines
     spec = low.spec
+    if spec.dtype not in ("float32", "float64") or spec.reduction not in ("mean", "sum"):
+        raise ValueError(f"CUDA target: dtype {spec.dtype!r}, reduction {spec.reduction!r}")
     mod = CudaModule(low, programs)
     functions = {}
     printers = {}
@@ -745,7 +900,7 @@ def render(low, adj, programs, version: str) -> dict:
         fp = printers[fn]
         if not fp.storage:
             continue
-        layout.append(f"off = 0;  // {fn}")
+        layout.append(f"off = 0;  {line_comment(fn)}")
         for nm, size in fp.storage.items():
             layout.append(f"ws->{fn}.{mod.cname(nm)} = bp_carve(base, &off, {size});")
         layout.append("if (off > top) top = off;")
@@ -756,52 +911,52 @@ def render(low, adj, programs, version: str) -> dict:
             structs.append("struct { real " + ", ".join(f"*{mod.cname(n)}" for n in fp.storage) + f"; }} {fn};")
 
     forward_lines, adjoint_lines = docstring_lines(low, adj)
-    env = Environment(loader=PackageLoader("bpcompile", "templates"), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=False)
-    env.filters["pyrepr"] = repr
+    env = environment()
     spec_text = spec.text.strip("\n")
     vag = programs["value_and_grad"]
     pred = programs["predict"]
     classes = {nm: d.classes for nm, d in spec.inputs.items() if d.is_label}
-    params, inputs = _signature_parts(mod)
     used = "\n".join(mod.kernels.defs) + "\n".join(functions.values())
     helpers = {"grid": "bp_grid(" in used, "blocks": "bp_blocks(" in used, "max": "bp_max(" in used,
                "fill": "kernels::bp_fill" in used}
+    name = ident(spec.name)
+    code = lambda lines: [Code(x) for x in lines]   # noqa: E731 - printed by this module
     cu = env.get_template("cuda_module.cu.j2").render(
         helpers=helpers,
-        name=spec.name, version=version, spec_file=spec.file, spec_lines=spec_text.splitlines(),
-        reduction=spec.reduction, forward_equations=forward_lines, adjoint_equations=adjoint_lines,
-        real="float" if spec.dtype == "float32" else "double", dtype=spec.dtype,
-        uses_blas=uses_blas, kernels=mod.kernels.defs, structs=structs, layout=layout,
-        functions=[functions[f] for f in ("predict", "loss", "value_and_grad")],
+        name=name, version=token(version), spec_file=spec.file or "", spec_lines=spec_text.splitlines(),
+        reduction=ident(spec.reduction), forward_equations=forward_lines, adjoint_equations=adjoint_lines,
+        real=ident("float" if spec.dtype == "float32" else "double"), dtype=ident(spec.dtype),
+        uses_blas=uses_blas, kernels=code(mod.kernels.defs), structs=code(structs), layout=code(layout),
+        functions=code(functions[f] for f in ("predict", "loss", "value_and_grad")),
         block=BLOCK, max_grid=MAX_GRID,
-        params=[d for d, _ in params], inputs=[d for d, _ in inputs],
-        grads=[(nm, v) for nm, v in vag.grads.items()], cname=mod.cname, shape_text=shape_text,
-        output=pred.output,
     )
+    check_c_source(cu, f"{spec.name}.cu")
     out = pred.output
+    for nm in list(spec.inputs) + list(spec.params) + list(spec.wrt):
+        ident(nm)
 
     def signature(p):
         used = {v.name for v in p.inputs}
-        return ", ".join(nm if nm in used else f"{nm}=None" for nm in spec.inputs)
+        return Code(", ".join(nm if nm in used else f"{nm}=None" for nm in spec.inputs))
 
     loader = env.get_template("cuda_loader.py.j2").render(
-        name=spec.name, version=version, spec_file=spec.file, dtype=spec.dtype,
-        uses_blas=uses_blas, reduction=spec.reduction,
-        param_shapes="{" + ", ".join(f"{p!r}: {d.shape!r}" for p, d in spec.params.items()) + "}",
-        input_shapes="{" + ", ".join(f"{i!r}: {d.shape!r}" for i, d in spec.inputs.items()) + "}",
-        label_classes="{" + ", ".join(f"{k!r}: {v}" for k, v in classes.items()) + "}",
-        wrt=repr(tuple(spec.wrt)),
-        grad_shapes="{" + ", ".join(f"{nm!r}: ({v.batched!r}, {tuple(v.shape)!r})"
-                                    for nm, v in vag.grads.items()) + "}",
-        output_shape=f"({out.batched!r}, {tuple(out.shape)!r})",
+        name=name, version=token(version), spec_file=spec.file or "", dtype=ident(spec.dtype),
+        uses_blas=uses_blas, reduction=ident(spec.reduction),
+        source_sha256=Code(hashlib.sha256(cu.encode("utf-8")).hexdigest()),
+        param_shapes=Code("{" + ", ".join(f"{p!r}: {d.shape!r}" for p, d in spec.params.items()) + "}"),
+        input_shapes=Code("{" + ", ".join(f"{i!r}: {d.shape!r}" for i, d in spec.inputs.items()) + "}"),
+        label_classes=Code("{" + ", ".join(f"{k!r}: {int(v)}" for k, v in classes.items()) + "}"),
+        wrt=Code(repr(tuple(spec.wrt))),
+        grad_shapes=Code("{" + ", ".join(f"{nm!r}: ({v.batched!r}, {tuple(v.shape)!r})"
+                                         for nm, v in vag.grads.items()) + "}"),
+        output_shape=Code(f"({out.batched!r}, {tuple(out.shape)!r})"),
         init_summary=", ".join(f"{p.name} {p.init[0]}" for p in spec.params.values()) or "none",
-        init_lines=[init_line(p) for p in spec.params.values()],
+        init_lines=code(init_line(p) for p in spec.params.values()),
         all_inputs=signature(vag),
         predict_signature=signature(pred),
         loss_signature=signature(programs["loss"]),
-        pass_dict=", ".join(f"{nm!r}: {nm}" for nm in spec.inputs),
-        pass_inputs=", ".join(f"{nm}={nm}" for nm in spec.inputs),
-        trained=tuple(nm for nm in spec.wrt if nm in spec.params),
+        pass_dict=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
+        pass_inputs=Code(", ".join(f"{nm}={nm}" for nm in spec.inputs)),
+        trained=Code(repr(tuple(nm for nm in spec.wrt if nm in spec.params))),
     )
     return {f"{spec.name}.cu": cu, f"{spec.name}_cuda.py": loader}

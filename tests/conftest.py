@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +64,101 @@ def rel_error(a, b):
 @pytest.fixture(scope="session")
 def compiled_examples():
     return {p.stem: bpcompile.compile(bpcompile.load_spec(p)) for p in EXAMPLES}
+
+
+# ---------------------------------------------------------------------------
+# nvcc and cuBLAS's headers, for compiling every generated .cu
+
+NVCC = shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
+CUBLAS_CACHE = Path(os.environ.get("BPCOMPILE_TEST_CACHE") or Path.home() / ".cache" / "bpcompile") / "cublas-include"
+
+
+def _nvcc_major():
+    r = subprocess.run([NVCC, "--version"], capture_output=True, text=True)
+    m = re.search(r"release (\d+)\.", r.stdout)
+    return int(m.group(1)) if m else None
+
+
+def _known_cublas_include():
+    """A directory holding cublas_v2.h that is already here: -I of BPCOMPILE_NVCC_FLAGS,
+    the toolkit's include/, an installed nvidia-cublas wheel."""
+    dirs = [f[2:] for f in shlex.split(os.environ.get("BPCOMPILE_NVCC_FLAGS", "")) if f.startswith("-I")]
+    dirs.append(str(Path(os.path.realpath(NVCC)).parent.parent / "include"))
+    try:
+        import nvidia
+        dirs += [str(p.parent) for root in nvidia.__path__ for p in Path(root).glob("*/include/cublas_v2.h")]
+    except ImportError:
+        pass
+    return next((Path(d) for d in dirs if (Path(d) / "cublas_v2.h").exists()), None)
+
+
+def download_cublas_headers(cache: Path = CUBLAS_CACHE, timeout: float = 600):
+    """The include directory of cuBLAS's headers from PyPI's wheel for this nvcc's CUDA
+    major version (nvidia-cublas for 13, nvidia-cublas-cu12 for 12), downloaded once with
+    pip into ``cache`` (only the headers are kept: the wheel is some 450 MB).  Returns
+    (directory or None, why not)."""
+    major = _nvcc_major()
+    if major is None:
+        return None, "cannot read nvcc's CUDA version"
+    package = f"nvidia-cublas>={major},<{major + 1}" if major >= 13 else f"nvidia-cublas-cu{major}"
+    target = cache / f"cuda{major}"
+    if (target / "cublas_v2.h").exists():
+        return target, ""
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+        try:
+            r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+                                "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", tmp, package],
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, f"pip download {package} timed out"
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if r.returncode != 0 or not wheels:
+            return None, f"pip download {package} failed: {(r.stderr or r.stdout).strip()[-300:]}"
+        staged = Path(tmp) / "include"
+        staged.mkdir()
+        with zipfile.ZipFile(wheels[0]) as z:
+            for info in z.infolist():
+                p = info.filename
+                if "/include/" in p and p.endswith(".h") and ".." not in p.split("/"):
+                    (staged / Path(p).name).write_bytes(z.read(info))
+        if not (staged / "cublas_v2.h").exists():
+            return None, f"{wheels[0].name} holds no cublas_v2.h"
+        try:
+            os.replace(staged, target)      # atomic: another session may be doing the same
+        except OSError:
+            if not (target / "cublas_v2.h").exists():
+                raise
+    return target, ""
+
+
+@pytest.fixture(scope="session")
+def cublas_include():
+    """["-I<dir>"] for cuBLAS's headers: found here, or fetched from PyPI (cached in
+    ~/.cache/bpcompile).  Skips only without nvcc or when the download fails."""
+    if NVCC is None:
+        pytest.skip("nvcc is not installed")
+    found = _known_cublas_include()
+    if found is None:
+        found, why = download_cublas_headers()
+        if found is None:
+            pytest.skip(f"no cuBLAS headers: {why}")
+    return [f"-I{found}"]
+
+
+def nvcc_compile_all(sources, include, archs=("90",), jobs=None):
+    """{source: (returncode, output)}: nvcc -Werror all-warnings -c on each .cu, in parallel
+    (each to an object beside it)."""
+    gencode = []
+    for a in archs:
+        gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+
+    def run(src):
+        cmd = [NVCC, *gencode, "-Werror", "all-warnings", "-c", str(src), "-o", str(Path(src).with_suffix(".o")),
+               *include]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return r.returncode, " ".join(cmd) + "\n" + r.stdout + r.stderr
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
+        futures = {src: pool.submit(run, src) for src in sources}
+        return {src: f.result() for src, f in futures.items()}

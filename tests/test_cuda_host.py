@@ -10,7 +10,8 @@
 * The emulation itself is checked: a block reduction needs its barriers, a
   divergent barrier is caught, gemm checks its arguments.
 * nvcc compiles every .cu with -Werror all-warnings (sm_90 and the default arch)
-  when nvcc (and, for GEMMs, cuBLAS's headers) are present.
+  when nvcc is present; cuBLAS's headers come from the toolkit or, where it has
+  none, from PyPI's nvidia-cublas wheel (conftest.cublas_include, cached).
 * Tests marked gpu run the loader on a real GPU; skipped where there is none.
 """
 
@@ -21,7 +22,6 @@ import concurrent.futures
 import ctypes
 import importlib.util
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -29,14 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT, random_point, rel_error
+from conftest import EXAMPLES, NVCC, ROOT, nvcc_compile_all, random_point, rel_error
 
 import bpcompile
 from bpcompile.ops import gemm_form
 
 EMULATION_H = Path(bpcompile.__file__).resolve().parent / "templates" / "cuda_emulation.h"
 CXX = os.environ.get("CXX") or shutil.which("g++")
-NVCC = shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
 HAS_GPU = shutil.which("nvidia-smi") is not None
 
 # Specs that reach the kernels the examples do not: a batched GEMM, einsum
@@ -46,7 +45,9 @@ HAS_GPU = shutil.which("nvidia-smi") is not None
 # non-softmax, a scatter_add that cannot update in place, a gradient that is a
 # copy of a broadcast, float32 with sum
 # reduction, an unbatched output, and most elementwise functions; and names that
-# C, CUDA or the generated code use (printed as v_<name>).
+# the host code's locals use, or that start with the module's name (printed as
+# v_<name>); the names C, CUDA and the generated code reserve are refused by the
+# spec reader (names.py).
 EXTRA_SPECS = {
     "cov_matrix": """
 name: cov_matrix
@@ -104,19 +105,19 @@ wrt: [V, a, x]
     "cov_names": """
 name: m
 inputs:
-  real: [3]
-  fmax: []
+  offset: [3]
+  top: []
 params:
-  kernels: [3, 3]
-  cudaMalloc: [3]
-  bp_grid: []
+  base: [3, 3]
+  status: [3]
+  e: []
 graph:
-  ws: kernels @ real + cudaMalloc
-  LAUNCH: tanh(ws) * bp_grid
-  INFINITY: sum(LAUNCH)
-  m_workspace: INFINITY * fmax
-  log1pf: exp(m_workspace)
-loss: (log1pf - fmax)**2
+  s: base @ offset + status
+  out: tanh(s) * e
+  blocks: sum(out)
+  m_workspace: blocks * top
+  m_loss: exp(m_workspace)
+loss: (m_loss - top)**2
 """,
     "cov_scatter": """
 name: cov_scatter
@@ -432,22 +433,6 @@ def test_emulation_is_faithful(tmp_path):
 # nvcc
 
 
-def _cublas_include():
-    """-I flags for cuBLAS's headers, if they are anywhere we know of (else None)."""
-    flags = shlex.split(os.environ.get("BPCOMPILE_NVCC_FLAGS", ""))
-    dirs = [f[2:] for f in flags if f.startswith("-I")]
-    dirs.append(str(Path(os.path.realpath(NVCC)).parent.parent / "include"))
-    try:
-        import nvidia
-        dirs += [str(p.parent) for root in nvidia.__path__ for p in Path(root).glob("*/include/cublas_v2.h")]
-    except ImportError:
-        pass
-    for d in dirs:
-        if (Path(d) / "cublas_v2.h").exists():
-            return [f"-I{d}"]
-    return None
-
-
 def _default_arch():
     """The architecture nvcc compiles for when given none: the oldest it supports."""
     r = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True)
@@ -456,38 +441,19 @@ def _default_arch():
 
 
 @pytest.fixture(scope="session")
-def nvcc_results(cuda_dir):
+def nvcc_results(cuda_dir, cublas_include):
     """{spec: (returncode, output)}: nvcc -Werror all-warnings -c for sm_90 and for the
-    default architecture (one nvcc run per spec, two -gencode), in parallel."""
-    if NVCC is None:
-        pytest.skip("nvcc is not installed")
-    inc = _cublas_include()
+    default architecture (one nvcc run per spec), in parallel, cuBLAS's headers from
+    the cublas_include fixture (fetched from PyPI when the toolkit lacks them)."""
     default = _default_arch()
-    archs = ["-gencode", "arch=compute_90,code=sm_90"]
-    if default and default != "90":
-        archs += ["-gencode", f"arch=compute_{default},code=[sm_{default},compute_{default}]"]
-    jobs = {}
-    for key in SPECS:
-        name = load_spec(key).name
-        src = cuda_dir / f"{name}.cu"
-        if "#include <cublas_v2.h>" in src.read_text() and inc is None:
-            continue
-        jobs[key] = [NVCC, *archs, "-Werror", "all-warnings", "-c", str(src), "-o",
-                     str(cuda_dir / f"{name}.o")] + (inc or [])
-
-    def run(cmd):
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        return r.returncode, " ".join(cmd) + "\n" + r.stdout + r.stderr
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        futures = {k: pool.submit(run, cmd) for k, cmd in jobs.items()}
-        return {k: f.result() for k, f in futures.items()}
+    archs = ("90",) + ((default,) if default and default != "90" else ())
+    sources = {key: cuda_dir / f"{load_spec(key).name}.cu" for key in SPECS}
+    results = nvcc_compile_all(list(sources.values()), cublas_include, archs=archs)
+    return {key: results[src] for key, src in sources.items()}
 
 
 @pytest.mark.parametrize("key", list(SPECS))
 def test_nvcc_compiles_without_warnings(key, nvcc_results):
-    if key not in nvcc_results:
-        pytest.skip("cuBLAS headers not found (set BPCOMPILE_NVCC_FLAGS=-I<dir of cublas_v2.h>)")
     rc, out = nvcc_results[key]
     assert rc == 0, out
     assert "warning" not in out.lower().split("\n", 1)[1], out
