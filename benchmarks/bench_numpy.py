@@ -8,7 +8,14 @@ are first checked to agree (loss and every gradient, allclose), then timed with
 interleaved rounds (generated, hand, hand, generated, ...) so that drift in the
 machine's speed hits both alike.  Each round times ``number`` calls; the table
 reports the min and the median over rounds of the per-call time, and the ratio
-generated/hand of each.  Nothing here asserts on timings.
+generated/hand of each.  The generated side runs as users call it, with the
+argument checks on (``check=True``, the default).
+
+A second table shows what those checks cost: ``value_and_grad`` with
+``check=True`` against ``check=False`` on the same configs, timed the same way
+(blocks of back-to-back calls, the order of the two rotated every round); the
+ratio is checked/unchecked and the difference the checks' cost per call.
+Nothing here asserts on timings.
 """
 
 from __future__ import annotations
@@ -155,6 +162,21 @@ def time_interleaved(fns, rounds, target_s):
     return [(t, f / (rounds * number)) for t, f in zip(times, faults)]
 
 
+def print_check_costs(rows):
+    """The table of what the argument checks cost: value_and_grad, check=True / check=False."""
+    print()
+    print("# the argument checks: value_and_grad with check=True (default) against check=False")
+    header = (f"{'checks':<7} {'network':<8} {'batch':>5} {'on min us':>10} {'off min us':>10} {'ratio min':>9}"
+              f" {'on med us':>10} {'off med us':>10} {'ratio med':>9} {'cost us':>8}")
+    print(header)
+    print("-" * len(header))
+    for net, n, on, off in rows:
+        omin, fmin = min(on), min(off)
+        omed, fmed = statistics.median(on), statistics.median(off)
+        print(f"{'checks':<7} {net:<8} {n:>5} {omin * 1e6:>10.1f} {fmin * 1e6:>10.1f} {omin / fmin:>9.3f}"
+              f" {omed * 1e6:>10.1f} {fmed * 1e6:>10.1f} {omed / fmed:>9.3f} {(omed - fmed) * 1e6:>8.2f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: few short rounds")
@@ -179,6 +201,7 @@ def main(argv=None):
     print(header)
     print("-" * len(header))
     ratios_min, ratios_med = [], []
+    check_rows = []
     for net in args.network or NETWORKS:
         spec_file, hand, batches = NETWORKS[net]
         t0 = time.perf_counter()
@@ -198,7 +221,11 @@ def main(argv=None):
             ratios_med.append(gmed / hmed)
             print(f"{net:<8} {N:>5} {gmin * 1e6:>11.1f} {hmin * 1e6:>11.1f} {gmin / hmin:>9.3f}"
                   f" {gmed * 1e6:>11.1f} {hmed * 1e6:>11.1f} {gmed / hmed:>9.3f} {fg:>5.0f}/{fh:<5.0f}")
+            unchecked_call = lambda: vag(params, **inputs, check=False)  # noqa: E731
+            (tc, _), (tu, _) = time_interleaved([gen_call, unchecked_call], rounds, target_s)
+            check_rows.append((net, N, tc, tu))
         print(f"# {net}: compiled in {compile_s:.2f} s; loss and gradients match hand-written (allclose)")
+    print_check_costs(check_rows)
     gm_min = float(np.exp(np.mean(np.log(ratios_min))))
     gm_med = float(np.exp(np.mean(np.log(ratios_med))))
     worst = max(ratios_med)
