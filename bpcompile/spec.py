@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import ast
 import difflib
+import io
+import math
 import re
+import reprlib
+import tokenize
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from . import names
+from . import limits, names
 from .errors import SpecError
+from .escape import char_name, forbidden_char
 from .ops import FUNCTIONS
 
 TOP_KEYS = ("name", "inputs", "params", "layers", "graph", "loss", "output", "wrt",
@@ -76,35 +82,212 @@ class Spec:
 
 
 # ---------------------------------------------------------------------------
-# YAML with line numbers and duplicate-key detection
+# Quoting spec values in messages: one line, and short whatever the value is
 
 
-def _walk_lines(node, path, lines, file):
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            sub = f"{path}.{key}" if path else key
-            if key in seen:
-                raise SpecError(f"duplicate key '{key}'", key=sub,
-                                line=key_node.start_mark.line + 1, file=file)
-            seen.add(key)
-            lines[sub] = key_node.start_mark.line + 1
-            _walk_lines(value_node, sub, lines, file)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            sub = f"{path}[{i}]"
-            lines[sub] = item.start_mark.line + 1
-            _walk_lines(item, sub, lines, file)
+class _ShortRepr(reprlib.Repr):
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxtuple, self.maxset = 3, 6, 6, 6, 6
+        self.maxstring, self.maxother, self.maxlong = 80, 80, 40
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 128:   # decimal conversion of a huge int is slow, or refused
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_short = _ShortRepr()
+
+
+def show(value) -> str:
+    """``value`` quoted for a one-line message: ``repr`` (so escapes, never a newline), bounded."""
+    try:
+        return _short.repr(value)
+    except Exception:   # a value whose repr fails (a dict spec may hold anything)
+        return f"<a {type(value).__name__}>"
+
+
+def _limit(name: str, what: str) -> str:
+    return f"{what} exceeds the limit {name} = {getattr(limits, name)}"
+
+
+# ---------------------------------------------------------------------------
+# Characters: no control, format or separator characters anywhere in a spec
+
+
+def _forbidden_message(ch: str, how: str = "") -> str:
+    return (f"the spec contains {char_name(ch)}{how}; control, format and separator "
+            "characters are not allowed in a spec (only newline and tab)")
+
+
+def _check_text(text: str, file: str) -> str:
+    """The spec text with CRLF line ends made LF, after refusing anything a spec may not hold."""
+    text = text.replace("\r\n", "\n")
+    found = forbidden_char(text)
+    if found:
+        i, ch = found
+        line = text.count("\n", 0, i) + 1
+        column = i - (text.rfind("\n", 0, i) + 1) + 1
+        raise SpecError(_forbidden_message(ch, f" at column {column}"), line=line, file=file)
+    return text
+
+
+def _check_string(value: str, key, line, file):
+    found = forbidden_char(value)
+    if found:
+        raise SpecError(_forbidden_message(found[1], " (in a string)"), key=key or None, line=line,
+                        file=file)
+
+
+def _check_data(data, file: str):
+    """Check a spec given as Python data: every string key and value, bounded work."""
+    seen = set()
+    stack = [(data, "", 0)]
+    count = 0
+    while stack:
+        value, path, depth = stack.pop()
+        count += 1
+        if count > limits.MAX_YAML_NODES:
+            raise SpecError(_limit("MAX_YAML_NODES", "the spec's number of values"), file=file)
+        if depth > limits.MAX_YAML_DEPTH:
+            raise SpecError(_limit("MAX_YAML_DEPTH", "the spec's nesting"), key=path or None, file=file)
+        if isinstance(value, str):
+            _check_string(value, path, None, file)
+        elif isinstance(value, (dict, list, tuple)):
+            if id(value) in seen:
+                raise SpecError("the spec holds the same list or dict twice (or inside itself)",
+                                key=path or None, file=file)
+            seen.add(id(value))
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    if isinstance(k, str):
+                        _check_string(k, path, None, file)
+                    sub = f"{path}.{k}" if path else str(k)
+                    stack.append((v, sub, depth + 1))
+            else:
+                for i, v in enumerate(value):
+                    stack.append((v, f"{path}[{i}]", depth + 1))
+
+
+# ---------------------------------------------------------------------------
+# YAML: composed once, with bounded work; line numbers and duplicate keys
+
+
+try:   # libyaml's event parser when PyYAML has it (several times faster); composed in Python
+    from yaml._yaml import CParser as _EventParser
+except ImportError:   # pragma: no cover - PyYAML built without libyaml
+    _EventParser = None
+
+if _EventParser is not None:
+    class _SafeLoader(yaml.composer.Composer, _EventParser, yaml.constructor.SafeConstructor,
+                      yaml.resolver.Resolver):
+        """``yaml.CSafeLoader``, but composing with PyYAML's (overridable) Python composer."""
+
+        def __init__(self, stream):
+            _EventParser.__init__(self, stream)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            yaml.composer.Composer.__init__(self)
+else:   # pragma: no cover
+    _SafeLoader = yaml.SafeLoader
+
+
+class _SpecLoader(_SafeLoader):
+    """PyYAML's safe loader, counting while it composes.
+
+    ``expanded`` counts the nodes the document would have with every alias
+    expanded (an alias adds the size of the subtree it names), so an alias bomb
+    is refused after composing a few lines, long before anything is expanded.
+    """
+
+    def __init__(self, text, file):
+        super().__init__(text)
+        self.file = file
+        self.aliases = 0
+        self.expanded = 0
+        self.depth = 0
+        self.sizes = {}   # id(node) -> its expanded size, once composed
+
+    def _refuse(self, name, what, event):
+        line = event.start_mark.line + 1 if event is not None and event.start_mark else None
+        raise SpecError(_limit(name, what), line=line, file=self.file)
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > limits.MAX_YAML_ALIASES:
+                self._refuse("MAX_YAML_ALIASES", "the number of YAML aliases (*name)", event)
+            node = super().compose_node(parent, index)
+            size = self.sizes.get(id(node))
+            if size is None:
+                raise SpecError(f"the YAML alias *{event.anchor} refers to a node that contains it",
+                                line=event.start_mark.line + 1, file=self.file)
+            self.expanded += size
+            if self.expanded > limits.MAX_YAML_NODES:
+                self._refuse("MAX_YAML_NODES", "the number of YAML nodes (aliases expanded)", event)
+            return node
+        self.depth += 1
+        if self.depth > limits.MAX_YAML_DEPTH:
+            self._refuse("MAX_YAML_DEPTH", "the nesting of YAML lists and mappings", event)
+        before = self.expanded
+        self.expanded += 1
+        if self.expanded > limits.MAX_YAML_NODES:
+            self._refuse("MAX_YAML_NODES", "the number of YAML nodes (aliases expanded)", event)
+        node = super().compose_node(parent, index)
+        self.sizes[id(node)] = self.expanded - before
+        self.depth -= 1
+        return node
+
+
+def _walk_lines(root, lines, file):
+    """Line numbers of every key, duplicate keys, and the characters of every string.
+
+    Each node is visited once: a subtree reached again through an alias is not
+    walked again (its keys keep the line numbers of the anchored copy's path).
+    """
+    seen = set()
+    stack = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            _check_string(node.value, path, node.start_mark.line + 1, file)
+        elif isinstance(node, yaml.MappingNode):
+            keys = set()
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    key = key_node.value
+                    _check_string(key, path, key_node.start_mark.line + 1, file)
+                else:
+                    key = f"<a {key_node.id}>"
+                sub = f"{path}.{key}" if path else key
+                if key in keys:
+                    raise SpecError(f"duplicate key {show(key)}", key=sub,
+                                    line=key_node.start_mark.line + 1, file=file)
+                keys.add(key)
+                lines.setdefault(sub, key_node.start_mark.line + 1)
+                stack.append((value_node, sub))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                sub = f"{path}[{i}]"
+                lines.setdefault(sub, item.start_mark.line + 1)
+                stack.append((item, sub))
 
 
 def _read_yaml(text: str, file: str):
+    """Parse YAML (or JSON) once: compose with counting, walk for lines, construct."""
+    loader = _SpecLoader(text, file)
+    lines: dict = {}
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        lines: dict = {}
-        if root is not None:
-            _walk_lines(root, "", lines, file)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is None:
+            return None, lines
+        _walk_lines(root, lines, file)
+        data = loader.construct_document(root)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -113,18 +296,41 @@ def _read_yaml(text: str, file: str):
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(f"YAML error: {first}", file=file) from None
+    except ValueError as e:   # an integer with more digits than Python converts
+        first = " ".join(str(e).split())[:200]
+        raise SpecError(f"YAML error: a value cannot be read: {first}", file=file) from None
+    except RecursionError:
+        raise SpecError(_limit("MAX_YAML_DEPTH", "the nesting of YAML lists and mappings"),
+                        file=file) from None
+    finally:
+        loader.dispose()
     return data, lines
+
+
+def _size_error(size: int, file: str) -> SpecError:
+    return SpecError(_limit("MAX_SPEC_BYTES", f"the spec's size ({size} bytes or more)"), file=file)
 
 
 def load_spec(path) -> Spec:
     """Read and check a spec file (YAML or JSON)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.is_file() and path.stat().st_size > limits.MAX_SPEC_BYTES:
+            raise _size_error(path.stat().st_size, str(path))
+        with open(path, "rb") as f:
+            raw = f.read(limits.MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError("no such file", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"cannot read the file: {e}", file=str(path)) from None
+    except OSError as e:
+        raise SpecError(f"cannot read the file: {e.strerror or type(e).__name__}", file=str(path)) from None
+    if len(raw) > limits.MAX_SPEC_BYTES:
+        raise _size_error(len(raw), str(path))
+    try:
+        text = raw.decode("utf-8-sig")   # a byte-order mark at the start is allowed, and dropped
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SpecError(f"the file is not UTF-8 text (byte 0x{raw[e.start]:02x})", line=line,
+                        file=str(path)) from None
     return parse_spec(text, file=str(path))
 
 
@@ -133,13 +339,24 @@ def parse_spec(source, file: str = "<spec>") -> Spec:
     if isinstance(source, Spec):
         return source
     if isinstance(source, str):
+        if len(source) > limits.MAX_SPEC_BYTES or len(source.encode("utf-8", "surrogatepass")) > \
+                limits.MAX_SPEC_BYTES:
+            raise _size_error(len(source), file)
         if not source.strip():
             raise SpecError("the spec is empty", file=file)
-        data, lines = _read_yaml(source, file)
-        text = source
+        text = _check_text(source, file)
+        data, lines = _read_yaml(text, file)
     elif isinstance(source, dict):
+        _check_data(source, file)
+        _check_entries(source, file, {})
         data, lines = source, {}
-        text = yaml.safe_dump(source, sort_keys=False, default_flow_style=None)
+        try:
+            text = yaml.safe_dump(source, sort_keys=False, default_flow_style=None)
+        except (yaml.YAMLError, ValueError, RecursionError) as e:
+            raise SpecError(f"the spec holds a value that is not YAML data: {show(str(e))}",
+                            file=file) from None
+        if len(text) > limits.MAX_SPEC_BYTES:
+            raise _size_error(len(text), file)
     else:
         raise SpecError(f"a spec is YAML text or a dict, not {type(source).__name__}", file=file)
     if data is None:
@@ -151,6 +368,18 @@ def parse_spec(source, file: str = "<spec>") -> Spec:
 
 
 # ---------------------------------------------------------------------------
+
+
+def _check_entries(data, file, lines):
+    """The number of inputs, params, graph entries and layers, within MAX_SPEC_ENTRIES."""
+    total = 0
+    for key in ("inputs", "params", "graph", "layers"):
+        section = data.get(key)
+        if isinstance(section, (dict, list)):
+            total += len(section)
+            if total > limits.MAX_SPEC_ENTRIES:
+                raise SpecError(_limit("MAX_SPEC_ENTRIES", "the number of inputs, params, graph entries "
+                                       "and layers"), key=key, line=lines.get(key), file=file)
 
 
 class _Checker:
@@ -167,18 +396,21 @@ class _Checker:
         d = self.data
         for key in d:
             if key not in TOP_KEYS:
-                hint = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
+                hint = difflib.get_close_matches(str(key), TOP_KEYS, n=1) if isinstance(key, str) else []
                 extra = f"; did you mean '{hint[0]}'?" if hint else f" (known keys: {', '.join(TOP_KEYS)})"
-                raise self.err(f"unknown key '{key}'{extra}", str(key))
+                raise self.err(f"unknown key {show(key)}{extra}", show(key) if not isinstance(key, str) else key)
         for key in REQUIRED_KEYS:
             if key not in d:
                 raise self.err(f"missing required key '{key}'", key)
         name = d["name"]
-        if not isinstance(name, str) or not names.IDENTIFIER.match(name) or name.startswith("_"):
-            raise self.err(f"name must be an identifier (letters, digits, _), got {name!r}", "name")
+        if not isinstance(name, str):
+            raise self.err(f"name must be an identifier (letters, digits, _), got {show(name)}", "name")
         reason = names.keyword_reason(name)
         if reason:
-            raise self.err(f"name '{name}' {reason}", "name")
+            raise self.err(f"the name {show(name)} {reason}", "name")
+        if name.startswith("_"):
+            raise self.err(f"the name {show(name)} starts with '_'", "name")
+        _check_entries(d, self.file, self.lines)
 
         self.declared: dict[str, str] = {}
         inputs = self.inputs(d["inputs"])
@@ -191,30 +423,38 @@ class _Checker:
 
         output = d.get("output")
         if output is not None:
-            if not isinstance(output, str) or output not in self.declared:
+            self.reference(output, "output")
+            if output not in self.declared:
                 raise self.err(f"output '{output}' is not a graph node, input or param", "output")
             if self.declared[output] == "label":
                 raise self.err(f"output '{output}' is an integer label", "output")
 
         wrt = self.wrt(d.get("wrt"), inputs, params)
         reduction = d.get("reduction", "mean")
-        if reduction not in REDUCTIONS:
-            raise self.err(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}",
+        if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+            raise self.err(f"reduction must be one of {', '.join(REDUCTIONS)}, got {show(reduction)}",
                            "reduction")
         dtype = d.get("dtype", "float64")
-        if dtype not in DTYPES:
-            raise self.err(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", "dtype")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise self.err(f"dtype must be one of {', '.join(DTYPES)}, got {show(dtype)}", "dtype")
         return Spec(name=name, inputs=inputs, params=params, graph=graph, loss=loss,
                     output=output, wrt=wrt, reduction=reduction, dtype=dtype,
                     file=self.file, text=self.text, lines=self.lines)
 
     # -- names ---------------------------------------------------------------
+    def reference(self, name, key):
+        """A name the spec refers to (output, wrt, layers input): a string, ASCII, an identifier."""
+        if not isinstance(name, str):
+            raise self.err(f"expected a name, got {show(name)}", key)
+        if not name.isascii() or not names.IDENTIFIER.match(name):
+            raise self.err(f"{show(name)} is not a name (ASCII letters, digits and _)", key)
+
     def declare(self, name, kind, key):
         if not isinstance(name, str):
-            raise self.err(f"{name!r} is not a valid name", key)
+            raise self.err(f"{show(name)} is not a valid name", key)
         reason = names.reserved_reason(name, FUNCTIONS)
         if reason:
-            raise self.err(f"the name '{name}' {reason}", key)
+            raise self.err(f"the name {show(name)} {reason}", key)
         if name in self.declared:
             raise self.err(f"'{name}' is already defined as {'an' if self.declared[name] == 'input' else 'a'} "
                            f"{self.declared[name]}", key)
@@ -224,11 +464,20 @@ class _Checker:
     def shape(self, value, key):
         if not isinstance(value, list) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-            raise self.err(f"a shape is a list of positive integers like [3] or [] (a scalar), got {value!r}",
+            raise self.err(f"a shape is a list of positive integers like [3] or [] (a scalar), got {show(value)}",
                            key)
         if len(value) > 4:
             raise self.err("shapes have at most 4 axes", key)
+        self.elements(value, key)
         return tuple(value)
+
+    def elements(self, shape, key):
+        n = 1
+        for v in shape:
+            n *= v
+            if n > limits.MAX_SHAPE_ELEMENTS:
+                raise self.err(_limit("MAX_SHAPE_ELEMENTS", "the number of elements of a shape"), key)
+        return n
 
     def inputs(self, section):
         if not isinstance(section, dict) or not section:
@@ -241,7 +490,9 @@ class _Checker:
                     raise self.err("an input is a shape list or {classes: K}", key)
                 k = v["classes"]
                 if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-                    raise self.err(f"classes must be an integer >= 2, got {k!r}", key)
+                    raise self.err(f"classes must be an integer >= 2, got {show(k)}", key)
+                if k > limits.MAX_CLASSES:
+                    raise self.err(_limit("MAX_CLASSES", "the number of classes"), key)
                 self.declare(nm, "label", key)
                 out[nm] = InputDecl(nm, (), k)
             else:
@@ -273,11 +524,13 @@ class _Checker:
         return out
 
     def init(self, value, key):
-        text = str(value).strip()
-        m = re.fullmatch(r"([a-z]+)\s*(?:\(\s*([-+0-9.eE]+)\s*\))?", text)
+        usage = "use one of zeros, ones, constant(c), normal(std), uniform(limit), glorot, he"
+        if not isinstance(value, str):
+            raise self.err(f"init is a string such as glorot or normal(0.1), got {show(value)}; {usage}", key)
+        text = value.strip()
+        m = re.fullmatch(r"([a-z]+)[ \t]*(?:\([ \t]*([-+0-9.eE]+)[ \t]*\))?", text)
         if not m or m.group(1) not in INITS:
-            raise self.err(f"unknown init {text!r}; use one of zeros, ones, constant(c), normal(std), "
-                           "uniform(limit), glorot, he", key)
+            raise self.err(f"unknown init {show(text)}; {usage}", key)
         kind, arg = m.group(1), m.group(2)
         if INITS[kind] == 1:
             if arg is None:
@@ -285,7 +538,11 @@ class _Checker:
             try:
                 number = float(arg)
             except ValueError:
-                raise self.err(f"init {kind}: {arg!r} is not a number", key) from None
+                raise self.err(f"init {kind}: {show(arg)} is not a number", key) from None
+            if not math.isfinite(number):
+                raise self.err(f"init {kind}: {show(arg)} is not finite (a float is at most about 1.8e308)", key)
+            if abs(number) > limits.MAX_INIT_MAGNITUDE:
+                raise self.err(_limit("MAX_INIT_MAGNITUDE", f"init {kind}: the size of {show(arg)}"), key)
             if kind in ("normal", "uniform") and number < 0:
                 raise self.err(f"init {kind} needs a non-negative number", key)
             return (kind, number)
@@ -311,6 +568,7 @@ class _Checker:
         source = None
         if isinstance(items[0], dict) and set(items[0]) == {"input"}:
             source = items.pop(0)["input"]
+            self.reference(source, "layers[0]")
             if source not in inputs or inputs[source].is_label:
                 raise self.err(f"layers input '{source}' is not a float input", "layers[0]")
         else:
@@ -331,10 +589,11 @@ class _Checker:
                 raise self.err("a layer is {dense: UNITS, activation: NAME}", key)
             units = item["dense"]
             if not isinstance(units, int) or isinstance(units, bool) or units < 1:
-                raise self.err(f"dense needs a positive number of units, got {units!r}", key)
+                raise self.err(f"dense needs a positive number of units, got {show(units)}", key)
+            self.elements((units, width), key)
             act = item.get("activation", "linear")
-            if act not in ACTIVATIONS:
-                raise self.err(f"unknown activation {act!r}; use one of {', '.join(ACTIVATIONS)}", key)
+            if not isinstance(act, str) or act not in ACTIVATIONS:
+                raise self.err(f"unknown activation {show(act)}; use one of {', '.join(ACTIVATIONS)}", key)
             W, b, z = f"W{i}", f"b{i}", f"z{i}"
             winit = self.init(item["init"], f"{key}.init") if "init" in item else ("glorot",)
             for nm, shape, init in ((W, (units, width), winit), (b, (units,), ("zeros",))):
@@ -361,6 +620,7 @@ class _Checker:
         if not isinstance(value, list) or not value:
             raise self.err("wrt is a list of param or input names", "wrt")
         for nm in value:
+            self.reference(nm, "wrt")
             if nm in params:
                 continue
             if nm in inputs:
@@ -375,17 +635,154 @@ class _Checker:
 
     # -- expressions ---------------------------------------------------------
     def expr(self, text, key) -> Expr:
+        err = lambda m: self.err(m, key)   # noqa: E731
         if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-            raise self.err(f"expected an expression, got {text!r}", key)
-        text = str(text).strip()
+            raise err(f"expected an expression, got {show(text)}")
+        if not isinstance(text, str):
+            problem = number_problem(text)
+            if problem:
+                raise err(problem)
+            text = repr(text)
+        if len(text) > limits.MAX_EXPRESSION_CHARS:
+            raise err(_limit("MAX_EXPRESSION_CHARS", f"the expression's length ({len(text)} characters)"))
+        found = forbidden_char(text)
+        if found:
+            raise err(_forbidden_message(found[1], " (in an expression)"))
+        text = one_line(text, err)
         if not text:
-            raise self.err("empty expression", key)
+            raise err("empty expression")
         try:
-            tree = ast.parse(text, mode="eval")
+            with warnings.catch_warnings():   # no "SyntaxWarning: invalid decimal literal" on stderr
+                warnings.simplefilter("ignore")
+                tree = ast.parse(text, mode="eval")
         except SyntaxError as e:
-            raise self.err(f"syntax error in {text!r} at column {e.offset or 0}: {e.msg}", key) from None
-        check_expression(tree.body, text, lambda m: self.err(m, key))
+            if "too many nested parentheses" in str(e.msg):
+                raise err(_limit("MAX_EXPRESSION_DEPTH", "the expression's nesting")) from None
+            raise err(f"syntax error in {show(text)} at column {e.offset or 0}: {show(str(e.msg))[1:-1]}") \
+                from None
+        except (RecursionError, MemoryError):   # the parser's own stack: far too deep
+            raise err(_limit("MAX_EXPRESSION_DEPTH", "the expression's nesting")) from None
+        depth = tree_depth(tree.body)
+        if depth > limits.MAX_EXPRESSION_DEPTH:
+            raise err(_limit("MAX_EXPRESSION_DEPTH", f"the expression's nesting ({depth})"))
+        check_expression(tree.body, text, err)
         return Expr(text, tree.body, key, self.lines.get(key))
+
+
+# ---------------------------------------------------------------------------
+# Expression text as data: one line, no comments, bounded
+
+_OPENING, _CLOSING = "([{", ")]}"
+_SKIPPED = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+            tokenize.ENDMARKER)
+INT_LIMIT = 2**63
+
+
+def _too_large(shown: str) -> str:
+    return (f"the integer {shown} is too large: integer constants must be below 2**63 "
+            "(write a float such as 1e19 if a large value is meant)")
+
+
+def number_problem(value, shown: str | None = None) -> str | None:
+    """Why a number of the spec cannot be used (None if it can); ``shown``: the number as written."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if abs(value) >= INT_LIMIT:
+            return _too_large(f"of {value.bit_length()} bits" if value.bit_length() > 128 else _short_number(str(value)))
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"the number {shown or show(value)} is not finite (a float is at most about 1.8e308)"
+    return None
+
+
+def _short_number(s: str) -> str:
+    return s if len(s) <= 24 else f"{s[:10]}...{s[-4:]} ({len(s)} characters)"
+
+
+def _number_token(s: str) -> str | None:
+    """Why the number literal ``s`` cannot be used (None if it can, or if Python refuses it)."""
+    t = s.replace("_", "").lower()
+    if t.endswith("j"):
+        return f"complex numbers are not allowed: {show(s)}"
+    if t.startswith(("0x", "0o", "0b")) or not any(c in t for c in ".e"):
+        if len(t) > 80:   # far beyond 2**63 whatever the base; never converted
+            return _too_large(_short_number(s))
+        try:
+            value = int(t, 0)
+        except ValueError:
+            return None   # Python's own syntax error follows
+        return _too_large(_short_number(s)) if value >= INT_LIMIT else None
+    try:
+        return number_problem(float(t), _short_number(s))
+    except (ValueError, OverflowError):
+        return None
+
+
+def one_line(text: str, err) -> str:
+    """The expression rebuilt from its tokens: one line, no comments, the user's spacing.
+
+    Comments, line breaks and backslash continuations go; tokens on one line keep
+    the spacing between them; a line break between tokens becomes one space, or
+    nothing next to a bracket or before a comma.  Bracket nesting, numbers and
+    non-ASCII characters are checked on the way (before ``ast.parse`` sees them).
+    """
+    out = []
+    prev = None
+    depth = 0
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text.strip()).readline))
+    except (tokenize.TokenError, SyntaxError) as e:
+        message = e.args[0] if e.args else "syntax error"
+        if "multi-line" in str(message):
+            message = "unbalanced brackets"
+        raise err(f"syntax error in {show(text.strip())}: {show(str(message))[1:-1]}") from None
+    rows = text.strip().split("\n")
+    ended = False
+    for tok in tokens:
+        if tok.type == tokenize.NEWLINE:
+            ended = True
+        if tok.type in _SKIPPED:
+            continue
+        if ended:
+            raise err(f"an expression is one line (wrap a long one in parentheses), in {show(text.strip())}")
+        if not tok.string.isascii():
+            ch = next(c for c in tok.string if not c.isascii())
+            raise err(f"{char_name(ch)} in an expression: names and operators are ASCII")
+        if tok.type == tokenize.STRING:
+            raise err(f"strings are not allowed in an expression: {show(tok.string)}")
+        if tok.type == tokenize.NUMBER:
+            problem = _number_token(tok.string)
+            if problem:
+                raise err(problem)
+        if tok.type == tokenize.OP and tok.string in _OPENING:
+            depth += 1
+            if depth > limits.MAX_EXPRESSION_DEPTH:
+                raise err(_limit("MAX_EXPRESSION_DEPTH", "the expression's nesting of brackets"))
+        elif tok.type == tokenize.OP and tok.string in _CLOSING:
+            depth -= 1
+        if prev is not None:
+            if prev.end[0] == tok.start[0]:
+                gap = rows[tok.start[0] - 1][prev.end[1]:tok.start[1]]
+                out.append(" " * len(gap) if gap.strip() == "" else " ")
+            elif not (prev.string in _OPENING or tok.string in _CLOSING or tok.string == ","):
+                out.append(" ")
+        out.append(tok.string)
+        prev = tok
+    return "".join(out)
+
+
+def tree_depth(node) -> int:
+    """The nesting depth of an expression's syntax tree, measured without recursion."""
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        for child in ast.iter_child_nodes(n):
+            if not isinstance(child, (ast.expr_context, ast.operator, ast.unaryop)):
+                stack.append((child, d + 1))
+    return deepest
 
 
 # The whitelist.  Anything not listed is refused.
@@ -400,24 +797,27 @@ def check_expression(node, text, err):
 
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-            raise err(f"only numbers are allowed as constants, got {node.value!r}")
+            raise err(f"only numbers are allowed as constants, got {show(node.value)}")
+        problem = number_problem(node.value)
+        if problem:
+            raise err(problem)
         return
     if isinstance(node, ast.Name):
         return
     if isinstance(node, ast.BinOp):
         if not isinstance(node.op, _BINOPS):
-            raise err(f"operator not allowed in {seg()!r} (allowed: + - * / ** @)")
+            raise err(f"operator not allowed in {show(seg())} (allowed: + - * / ** @)")
         check_expression(node.left, text, err)
         check_expression(node.right, text, err)
         return
     if isinstance(node, ast.UnaryOp):
         if not isinstance(node.op, _UNARY):
-            raise err(f"operator not allowed in {seg()!r}")
+            raise err(f"operator not allowed in {show(seg())}")
         check_expression(node.operand, text, err)
         return
     if isinstance(node, ast.Attribute):
         if node.attr != "T":
-            raise err(f"attribute '.{node.attr}' not allowed in {seg()!r}; only .T (transpose) is")
+            raise err(f"attribute '.{node.attr}' not allowed in {show(seg())}; only .T (transpose) is")
         check_expression(node.value, text, err)
         return
     if isinstance(node, ast.Subscript):
@@ -429,27 +829,27 @@ def check_expression(node, text, err):
             ok = isinstance(index, ast.Constant) and isinstance(index.value, int) and \
                 not isinstance(index.value, bool)
         if not ok:
-            raise err(f"indexing must use one integer constant, as in v[0]: {seg()!r}")
+            raise err(f"indexing must use one integer constant, as in v[0]: {show(seg())}")
         check_expression(node.value, text, err)
         return
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name):
-            raise err(f"only the functions of the spec language can be called: {seg()!r}")
+            raise err(f"only the functions of the spec language can be called: {show(seg())}")
         if node.func.id not in FUNCTIONS:
             hint = difflib.get_close_matches(node.func.id, FUNCTIONS, n=1)
             extra = f"; did you mean '{hint[0]}'?" if hint else ""
             raise err(f"unknown function '{node.func.id}'{extra}")
         for a in node.args:
             if isinstance(a, ast.Starred):
-                raise err(f"*args not allowed in {seg()!r}")
+                raise err(f"*args not allowed in {show(seg())}")
             check_expression(a, text, err)
         for kw in node.keywords:
             if kw.arg != "axis":
-                raise err(f"only the keyword axis= is allowed, in {seg()!r}")
+                raise err(f"only the keyword axis= is allowed, in {show(seg())}")
             v = kw.value
             neg = isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.USub)
             c = v.operand if neg else v
             if not (isinstance(c, ast.Constant) and isinstance(c.value, int) and not isinstance(c.value, bool)):
-                raise err(f"axis must be an integer constant, in {seg()!r}")
+                raise err(f"axis must be an integer constant, in {show(seg())}")
         return
-    raise err(f"{type(node).__name__} is not allowed in an expression: {seg()!r}")
+    raise err(f"{type(node).__name__} is not allowed in an expression: {show(seg())}")
