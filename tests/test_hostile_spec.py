@@ -94,6 +94,22 @@ def test_a_dict_spec_is_checked_in_every_key_and_value():
     refused(d, "graph.g", "U+2029")
 
 
+def test_a_dict_spec_may_share_objects_but_not_contain_itself_or_explode():
+    layer = {"dense": 2, "activation": "tanh"}
+    d = {"name": "m", "inputs": {"x": [2]}, "layers": [layer] * 3, "loss": "sum(h3)", "wrt": ["W1"]}
+    assert len(bpcompile.parse_spec(d).graph) == 6
+    cyclic = yaml.safe_load(GOOD)
+    cyclic["description"] = [1]
+    cyclic["description"].append(cyclic["description"])
+    refused(cyclic, "MAX_YAML_DEPTH")
+    bomb = ["x"] * 10
+    for _ in range(8):
+        bomb = [bomb] * 10
+    start = time.perf_counter()
+    refused({**yaml.safe_load(GOOD), "description": bomb}, "MAX_YAML_NODES")
+    assert time.perf_counter() - start < 5
+
+
 def test_a_byte_order_mark_at_the_start_of_a_file_is_allowed(tmp_path):
     path = tmp_path / "bom.yaml"
     path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
