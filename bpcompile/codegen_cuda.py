@@ -936,8 +936,9 @@ def render(low, adj, programs, version: str) -> dict:
         ident(nm)
 
     def signature(p):
+        """``*, x, label=None, check=True``: as the NumPy module's functions."""
         used = {v.name for v in p.inputs}
-        return Code(", ".join(nm if nm in used else f"{nm}=None" for nm in spec.inputs))
+        return Code(", ".join(["*", *(nm if nm in used else f"{nm}=None" for nm in spec.inputs), "check=True"]))
 
     loader = env.get_template("cuda_loader.py.j2").render(
         name=name, version=token(version), spec_file=spec.file or "", dtype=ident(spec.dtype),
@@ -956,7 +957,7 @@ def render(low, adj, programs, version: str) -> dict:
         predict_signature=signature(pred),
         loss_signature=signature(programs["loss"]),
         pass_dict=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
-        pass_inputs=Code(", ".join(f"{nm}={nm}" for nm in spec.inputs)),
+        pass_inputs=Code(", ".join([*(f"{nm}={nm}" for nm in spec.inputs), "check=False"])),
         trained=Code(repr(tuple(nm for nm in spec.wrt if nm in spec.params))),
     )
     return {f"{spec.name}.cu": cu, f"{spec.name}_cuda.py": loader}

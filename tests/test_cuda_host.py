@@ -274,13 +274,61 @@ def test_loader_checks_its_arguments(emulated):
         cuda.loss(params, x=inputs["x"], label=np.array([0, 1, 2, 9]))
     with pytest.raises(ValueError, match="shape"):
         cuda.loss(params, x=inputs["x"][:, :3], label=inputs["label"])
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="params has no"):
         cuda.loss({}, **inputs)
     # many batch sizes: workspaces are kept for the last few only, results stay right
     for n in range(1, 8):
         p, i = random_point(ref, n=n, seed=n)
         assert abs(cuda.loss(p, **i) - ref.loss(p, **i)) < 1e-12 * abs(ref.loss(p, **i))
     assert len(cuda._workspaces) <= cuda.KEEP_WORKSPACES
+
+
+BAD_ARGUMENTS = {
+    "label -1": lambda p, i: (p, dict(i, label=np.array([0, 1, 2, -1]))),
+    "label too large": lambda p, i: (p, dict(i, label=np.array([0, 1, 2, 10]))),
+    "float labels": lambda p, i: (p, dict(i, label=i["label"].astype(float))),
+    "param (1,) for (H,)": lambda p, i: ({**p, "b1": p["b1"][:1]}, i),
+    "param missing": lambda p, i: ({k: v for k, v in p.items() if k != "W1"}, i),
+    "param of ints": lambda p, i: ({**p, "b1": np.zeros(p["b1"].shape, int)}, i),
+    "input shape": lambda p, i: (p, dict(i, x=i["x"][:, :-1])),
+    "batch sizes differ": lambda p, i: (p, dict(i, label=i["label"][:-1])),
+    "input of strings": lambda p, i: (p, dict(i, x=np.full(i["x"].shape, "a"))),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
+def test_loader_checks_as_the_numpy_module(case, emulated):
+    """The same ValueError as the NumPy module's, from every entry point."""
+    ref, cuda = emulated["mlp_classifier"]
+    params, inputs = BAD_ARGUMENTS[case](*random_point(ref, n=4, seed=0))
+    calls = {
+        "predict": lambda m: m.predict(params, **inputs),
+        "loss": lambda m: m.loss(params, **inputs),
+        "value_and_grad": lambda m: m.value_and_grad(params, **inputs),
+        "gradient": lambda m: m.gradient(params, **inputs),
+        "sgd_step": lambda m: m.sgd_step(dict(params), 0.1, **inputs),
+        "momentum_step": lambda m: m.momentum_step(dict(params), {}, 0.1, **inputs),
+        "adam_step": lambda m: m.adam_step(dict(params), {}, **inputs),
+    }
+    for fn, call in calls.items():
+        with pytest.raises(ValueError) as want:
+            call(ref)
+        with pytest.raises(ValueError) as got:
+            call(cuda)
+        assert str(got.value) == str(want.value), fn
+
+
+def test_loader_check_false(emulated):
+    ref, cuda = emulated["mlp_classifier"]
+    params, inputs = random_point(ref, n=4, seed=0)
+    assert cuda.loss(params, **inputs, check=False) == pytest.approx(ref.loss(params, **inputs), rel=1e-12)
+    # unchecked, a label out of range reads as NaN on the GPU (no memory is read out of bounds) ...
+    assert np.isnan(cuda.loss(params, x=inputs["x"], label=np.array([0, 1, 2, 9]), check=False))
+    # ... and the shapes the kernels index by are checked still
+    with pytest.raises(ValueError, match="shape"):
+        cuda.loss({**params, "b1": params["b1"][:1]}, **inputs, check=False)
+    with pytest.raises(ValueError, match="shape"):
+        cuda.loss(params, x=inputs["x"][:, :3], label=inputs["label"], check=False)
 
 
 def test_c_api_error_codes(emulated, cuda_dir):
