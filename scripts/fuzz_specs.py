@@ -1,12 +1,22 @@
 """Many more property-based cases than the test suite runs.
 
     python scripts/fuzz_specs.py [--good 300] [--bad 1000] [--cuda 40]
+    python scripts/fuzz_specs.py --hostile 10000 [--seed 0] [--workers 2] [--repros DIR]
 
 Random well-formed specs must compile and pass ``bpcompile.verify``; malformed
 ones must get exit code 2 and one clear line.  With ``--cuda N``, N more random
 specs are compiled for CUDA, built for the host with the emulation header, and
 compared with the NumPy module (needs g++).  Prints how many cases ran and every
 failure found (hypothesis shrinks each to a small example).
+
+``--hostile N`` runs the hostile-input fuzz of issue 10 instead (tests/hostile_specs.py):
+N hostile specs (the issue's attacks first, then a deterministic stream for
+``--seed``) through compile (numpy and cuda), inspect (text, latex, json), graph
+and (a sample) verify, in-process in forked workers with a memory limit and a
+timeout per command, each generated module imported in a fresh subprocess.
+Prints "N cases, F failures" and the failure classes, each with its smallest
+cases; ``--repros DIR`` writes those cases there.  Exit 1 if any failed.  The full
+run (10,000 cases) takes about 45 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ from hypothesis import HealthCheck, given, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+# one BLAS thread per worker (set before numpy is imported): workers run in parallel
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
 
 import numpy as np  # noqa: E402
 
@@ -51,7 +64,21 @@ def main() -> int:
     ap.add_argument("--good", type=int, default=300, help="well-formed cases (default 300)")
     ap.add_argument("--bad", type=int, default=1000, help="malformed cases (default 1000)")
     ap.add_argument("--cuda", type=int, default=0, help="specs also checked as emulated CUDA (default 0)")
+    ap.add_argument("--hostile", type=int, default=0, metavar="N",
+                    help="run N hostile-input cases (issue 10) instead of the property tests")
+    ap.add_argument("--seed", type=int, default=0, help="the hostile stream (default 0)")
+    ap.add_argument("--start", type=int, default=0, help="first hostile case index (default 0)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="worker processes")
+    ap.add_argument("--timeout", type=float, default=20.0, help="seconds per command (default 20)")
+    ap.add_argument("--memory-gib", type=float, default=2.0, help="memory limit per worker (default 2 GiB)")
+    ap.add_argument("--verify-every", type=int, default=10, help="verify every k-th case that compiles")
+    ap.add_argument("--gxx-every", type=int, default=5, help="g++ -fsyntax-only every k-th .cu")
+    ap.add_argument("--no-cuda", action="store_true", help="skip the CUDA target")
+    ap.add_argument("--repros", metavar="DIR", help="write the smallest cases of each failure class here")
+    ap.add_argument("--cases", metavar="I,J,...", help="run only these hostile case indices")
     args = ap.parse_args()
+    if args.hostile or args.cases:
+        return hostile(args)
     counts = {"good": 0, "bad": 0, "bad_compiled": 0, "cuda": 0}
     common = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
     failures = []
@@ -109,6 +136,20 @@ def main() -> int:
           f"({counts['bad_compiled']} mutations that left the spec valid), {counts['cuda']} emulated CUDA; "
           f"failures: {len(failures)}")
     return 1 if failures else 0
+
+
+def hostile(args) -> int:
+    import hostile_specs
+    opts = hostile_specs.Options(timeout=args.timeout, memory=int(args.memory_gib * (1 << 30)),
+                                 verify_every=args.verify_every, gxx_every=args.gxx_every, cuda=not args.no_cuda)
+    indices = ([int(i) for i in args.cases.split(",")] if args.cases
+               else list(range(args.start, args.start + args.hostile)))
+    print(f"hostile fuzz: {len(indices)} cases of seed {args.seed}, {args.workers} workers, "
+          f"{args.timeout:g} s and {args.memory_gib:g} GiB per command", flush=True)
+    summary = hostile_specs.run_cases(indices, seed=args.seed, opts=opts, workers=args.workers,
+                                      log=lambda m: print(m, flush=True))
+    print(hostile_specs.report(summary, seed=args.seed, repro_dir=args.repros))
+    return 1 if summary.failing_cases else 0
 
 
 if __name__ == "__main__":
