@@ -1475,7 +1475,8 @@ def run_cases(indices, seed=0, opts: Options | None = None, workers=None, log=No
 
 def report(summary: Summary, seed=0, examples=3, repro_dir=None):
     """The summary as text: "N cases, F failures" and each failure class with its smallest cases."""
-    lines = [f"{summary.n} cases, {len(summary.failing_cases)} failures "
+    done = len(summary.results)
+    lines = [f"{done}{'' if done == summary.n else f' (of {summary.n})'} cases, {len(summary.failing_cases)} failures "
              f"({len(summary.failures)} findings in {len(summary.classes())} classes), {summary.seconds:.0f} s",
              "  compile exit codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.outcomes().items()))]
     groups = [(cls, items, "") for cls, items in summary.classes().items()]
