@@ -16,24 +16,48 @@
 
 Relative errors are taken against ``max(|reference|, |module|, floor * scale)``,
 with ``scale`` the size of the loss and of the largest gradient entry: tiny
-entries are compared absolutely, at the precision the loss allows.  A float32
-module is evaluated in float64 (its ``DTYPE`` is switched for the duration).
+entries are compared absolutely, at the precision the loss allows.
+
+**The module under test runs in a child process**, never in the verifier's: the
+generated module (written to a private temporary directory) or the file given
+with ``--module`` is imported by a small driver (``_DRIVER``) run with
+``sys.executable``, with no stdin, its stdout discarded, in a process group of
+its own.  The verifier chooses every point, writes them as ``.npy`` data, and
+reads the results back as data (JSON and ``.npy``, never pickle); it decides
+ok or not from those numbers alone.  The child is given TIMEOUT seconds in all
+(over the two or three batches of calls a check needs); a child that runs out
+of time (killed, with its process group), crashes, exits before answering, or
+answers with malformed data fails the check on one line of the report.  An
+exception raised while importing a file given with ``--module`` is a usage
+error (the file is unusable).  Everything is removed afterwards.  (A module
+object given to the Python API has been imported by its caller already: the
+same driver evaluates it in the caller's process, with no timeout.)
+
+**A float32 module** is checked twice: in float64 (its ``DTYPE`` switched in the
+child for each call) with the tolerances above, which checks the formulas; and
+as a user runs it, params and inputs cast to float32, against float64
+references computed independently (the SymPy expansion's values and
+derivatives at the small sizes; at the real sizes, the float64 finite
+differences of the checks above), with float32 tolerances (the ``/f32`` checks).
+Every point is rounded to float32 first, so both runs see the same numbers.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import copy
 import functools
-import importlib.util
+import json
 import math
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import sympy as sp
@@ -41,6 +65,7 @@ import yaml
 
 from .compiler import compile
 from .errors import SpecError
+from .escape import terminal
 from .spec import Spec, parse_spec
 
 SMALL = 3               # dimensions are shrunk to at most this for the expansion
@@ -50,8 +75,19 @@ SYMBOLIC_LIMIT = 100    # the most entries (symbols) an expansion may have
 SAMPLE = 20             # entries per name checked by finite differences
 STACK_BYTES, RECURSION_LIMIT = 512 << 20, 50_000   # for SymPy on deep expressions
 STEP = 1e-4             # finite-difference step, relative to max(1, |entry|)
-# check -> (relative tolerance, floor of the denominator relative to the scale)
-TOLERANCE = {"value": (1e-9, 1e-3), "sympy": (1e-9, 1e-3), "fd": (1e-6, 1e-3)}
+TIMEOUT = 60.0          # seconds the module under test is given, in all, to answer
+# check -> (relative tolerance, floor of the denominator relative to the scale).
+# The /f32 checks compare a float32 module run in float32 with float64 references:
+# float32 carries 7 digits (eps 1.2e-7), a gradient loses one or two of them to
+# rounding in sums and products, so 1e-4 leaves a margin of ~10 over what the
+# examples show while catching a float32 defect (an overflow, a catastrophic
+# cancellation: errors of 1e-3 and more); the floor is 1e-2 of the scale because
+# an entry near zero carries the absolute rounding error of the larger terms it
+# was summed from (~1e-7 of the scale).
+TOLERANCE = {"value": (1e-9, 1e-3), "sympy": (1e-9, 1e-3), "fd": (1e-6, 1e-3),
+             "value/f32": (1e-4, 1e-2), "sympy/f32": (1e-4, 1e-2), "fd/f32": (1e-4, 1e-2)}
+# the order of the rows of one name
+CHECKS = ("run", "value", "value/f32", "sympy", "sympy/f32", "fd", "fd/f32")
 
 
 @dataclass(frozen=True)
@@ -60,7 +96,8 @@ class Row:
 
     name: str
     shape: tuple     # the shape checked (the instance's; inputs carry the batch axis)
-    check: str       # "value" (the loss itself), "sympy" or "fd"
+    check: str       # "value" (the loss itself), "sympy", "fd"; for a float32 module also
+                     # "value/f32", "sympy/f32", "fd/f32"; "run" when the module's process failed
     max_abs: float
     max_rel: float
     ok: bool
@@ -81,10 +118,10 @@ class Report:
         head = ("name", "shape", "check", "max abs err", "max rel err", "result")
         body = [(r.name, "[" + ", ".join(map(str, r.shape)) + "]", r.check,
                  f"{r.max_abs:.2e}", f"{r.max_rel:.2e}",
-                 ("ok" if r.ok else "FAIL") + (f"  {r.note}" if r.note else ""))
+                 ("ok" if r.ok else "FAIL") + (f"  {terminal(r.note)}" if r.note else ""))
                 for r in self.rows]
         widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head) - 1)]
-        lines = [f"verify {self.name}", *(f"  {n}" for n in self.notes)]
+        lines = [f"verify {self.name}", *(f"  {terminal(n)}" for n in self.notes)]
         for line in [head, *body]:
             lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1])
         failed = sorted({f"{r.name} ({r.check})" for r in self.rows if not r.ok})
@@ -95,91 +132,223 @@ class Report:
     __str__ = table
 
 
-def verify(spec, module=None, *, seed: int = 0) -> Report:
-    """Check the gradient of ``module`` (a generated module or the path of one;
-    by default the spec compiled afresh) for ``spec`` (a path, Spec, dict or YAML)."""
+def verify(spec, module=None, *, seed: int = 0, timeout: float = TIMEOUT) -> Report:
+    """Check the gradient of ``module`` (the path of a generated module; by
+    default the spec compiled afresh) for ``spec`` (a path, Spec, dict or YAML).
+    The module runs in a child process given ``timeout`` seconds in all; nothing
+    the verifier creates is left behind.  A module object (imported by the
+    caller already) is evaluated in this process, by the same driver."""
     compiled = compile(spec)
     spec = compiled.spec
-    if module is None:
-        real = compiled.load()
-        shrunk = small_instance(spec, compiled)
-        small_spec, small = (spec, real) if shrunk is compiled else (shrunk.spec, shrunk.load())
-    else:
-        real = _load_module(module) if isinstance(module, (str, os.PathLike)) else module
-        _check_matches(spec, real)
-        small_spec, small = spec, real
     rng = np.random.default_rng(seed)
     notes = []
-    if real.DTYPE != np.float64:
-        notes.append(f"the module's DTYPE is {np.dtype(real.DTYPE).name}; it is evaluated in float64")
-    # np.errstate: points outside a log's or sqrt's domain are found by their NaNs
-    with _float64(real), _float64(small), np.errstate(all="ignore"):
-        rows = _guarded("sympy", spec, lambda: _sympy_rows(small_spec, small, rng, notes))
-        rows += _guarded("fd", spec, lambda: _fd_rows(spec, real, rng, notes))
-    order = {nm: i for i, nm in enumerate(("L",) + spec.wrt)}
-    rows.sort(key=lambda r: order[r.name])   # group by name; sympy before fd
+    with tempfile.TemporaryDirectory(prefix="bpcompile_verify_") as work:
+        work = Path(work)
+        if module is None:
+            files = {"real": _write_module(work / "real", compiled)}
+            shrunk = small_instance(spec, compiled)
+            small_spec = spec
+            if shrunk is not compiled:
+                files["small"] = _write_module(work / "small", shrunk)
+                small_spec = shrunk.spec
+            given = loaded = None
+        elif isinstance(module, (str, os.PathLike)):
+            given = Path(module)
+            if not given.is_file():
+                raise SpecError("no such module file", file=str(given))
+            files, small_spec, loaded = {"real": given.resolve()}, spec, None
+        else:   # a module object, imported already: evaluated where it is
+            given = Path(str(getattr(module, "__file__", None) or getattr(module, "__name__", "module")))
+            files, small_spec, loaded = {"real": given}, spec, {"real": module}
+        child = _Child(work, files, spec, timeout, loaded)
+        try:
+            # np.errstate: points outside a log's or sqrt's domain are found by their NaNs
+            with np.errstate(all="ignore"):
+                rows = _Checks(spec, small_spec, child, rng, notes, given).run()
+        except _ChildFailure as e:
+            rows = [Row("module", (), "run", math.nan, math.nan, False, str(e))]
+    names = {nm: i for i, nm in enumerate(("module", "L") + spec.wrt)}
+    rows.sort(key=lambda r: (names[r.name], CHECKS.index(r.check)))
     return Report(spec.name, rows, notes)
 
 
 # ---------------------------------------------------------------------------
-# The module under test
+# The module under test, in a child process
 
 
 class _ModuleFailure(Exception):
     """The module under test raised, or returned something of the wrong form."""
 
 
-def _guarded(check, spec, run) -> list:
-    """The rows of one check; failed rows for every name when the module fails it."""
+class _ChildFailure(Exception):
+    """The module's process timed out, crashed, exited early or answered garbage."""
+
+
+def _write_module(directory: Path, compiled) -> Path:
+    directory.mkdir()
+    path = directory / compiled.filename
+    path.write_text(compiled.source, encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call of the module under test: ``fn(params, **inputs)`` at ``point``
+    (moved by ``t * direction`` along ``name`` when ``move = (name, direction, t)``),
+    with DTYPE switched to float64 for the call when ``float64``."""
+
+    module: str        # "real" or "small"
+    fn: str            # "loss" or "value_and_grad"
+    point: dict
+    float64: bool = True
+    move: tuple | None = None
+
+
+@dataclass(frozen=True)
+class _Result:
+    value: float | None = None
+    grads: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+class _Child:
+    """Runs batches of calls of the module(s) under test in a child process
+    (one process per batch; files in ``work``, which the verifier owns).
+    With ``loaded`` (key -> module object: a module the caller has imported
+    already), the same driver runs in this process instead, with no timeout."""
+
+    def __init__(self, work: Path, files: dict, spec: Spec, timeout: float, loaded=None):
+        self.work, self.files, self.spec, self.loaded = work, files, spec, loaded
+        self.timeout = self.left = float(timeout)
+        self.imports = None     # module key -> {"error": ..., "constants": {...}}, from the first batch
+
+    def evaluate(self, calls: list) -> list:
+        spec = self.spec
+        arrays, ids, encoded = {}, {}, []
+
+        def key(prefix, obj):
+            if id(obj) not in ids:
+                ids[id(obj)] = f"{prefix}{len(ids)}"
+                if isinstance(obj, dict):
+                    arrays.update({f"{ids[id(obj)]}.{nm}": v for nm, v in obj.items()})
+                else:
+                    arrays[ids[id(obj)]] = obj
+            return ids[id(obj)]
+
+        for c in calls:
+            move = None if c.move is None else [c.move[0], key("d", c.move[1]), float(c.move[2])]
+            encoded.append({"module": c.module, "fn": c.fn, "point": key("p", c.point),
+                            "float64": c.float64, "move": move})
+        job = {"modules": {k: str(p) for k, p in self.files.items()},
+               "params": list(spec.params), "inputs": list(spec.inputs), "wrt": list(spec.wrt),
+               "calls": encoded}
+        for name in ("out.json", "out.npz"):
+            (self.work / name).unlink(missing_ok=True)
+        np.savez(self.work / "in.npz", **arrays)
+        (self.work / "job.json").write_text(json.dumps(job), encoding="utf-8")
+        self._run()
+        try:
+            out = json.loads((self.work / "out.json").read_text(encoding="utf-8"))
+            with np.load(self.work / "out.npz", allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+            imports, answers = out["imports"], out["calls"]
+            if self.imports is None:
+                self.imports = imports
+            if len(answers) != len(calls):
+                raise ValueError("not one answer per call")
+            return [self._result(k, c, a, data) for k, (c, a) in enumerate(zip(calls, answers))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise _ChildFailure(f"the module's process answered with malformed results "
+                                f"({type(e).__name__})") from None
+
+    def _result(self, k, call, answer, data) -> _Result:
+        if answer["error"] is not None:
+            return _Result(error=str(answer["error"]))
+        value = data[f"c{k}"]
+        if value.dtype != np.float64 or value.shape != ():
+            raise ValueError("a value is not a float64 scalar")
+        grads = {}
+        for nm in self.spec.wrt:
+            if f"c{k}.{nm}" in data:
+                grads[nm] = data[f"c{k}.{nm}"]
+                if grads[nm].dtype != np.float64:
+                    raise ValueError("a gradient is not float64")
+        return _Result(float(value), grads)
+
+    def _run(self) -> None:
+        """Run the driver on the job in ``work``, within what is left of the time."""
+        if self.loaded is not None:
+            _driver()["main"](str(self.work), self.loaded)
+            return
+        if self.left <= 0:
+            raise _ChildFailure(self._timed_out())
+        started = time.monotonic()
+        with open(self.work / "stderr.txt", "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-B", "-c", _DRIVER + _DRIVER_MAIN, str(self.work)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                    cwd=self.work, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=self.left)
+            except subprocess.TimeoutExpired:
+                rc = None
+            finally:
+                if proc.poll() is None:      # timed out, or the verifier was interrupted
+                    _kill(proc)
+        self.left -= time.monotonic() - started
+        if rc is None:
+            raise _ChildFailure(self._timed_out())
+        if rc != 0 or not (self.work / "out.json").is_file():
+            if rc < 0:
+                try:
+                    how = f"was killed by {signal.Signals(-rc).name}"
+                except ValueError:
+                    how = f"was killed by signal {-rc}"
+            else:
+                how = f"exited with code {rc}"
+            last = self._last_stderr_line()
+            raise _ChildFailure(f"the module's process {how} before it answered"
+                                + (f" (stderr: {last})" if last else ""))
+
+    def _timed_out(self) -> str:
+        return (f"the module's process did not answer within {self.timeout:g} s "
+                "(TIMEOUT, for all its calls) and was killed")
+
+    def _last_stderr_line(self) -> str:
+        try:
+            with open(self.work / "stderr.txt", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                tail = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+        return terminal(lines[-1][:300]) if lines else ""
+
+    def check_imports(self, given: Path | None) -> None:
+        """Every module imported, and (given with --module) was generated from the spec."""
+        for key, found in self.imports.items():
+            if found["error"] is None:
+                continue
+            if given is not None:
+                raise SpecError(f"cannot import the module: {found['error']}", file=str(given))
+            raise _ChildFailure(f"the generated module cannot be imported: {found['error']}")
+        if given is not None:
+            _check_matches(self.spec, self.imports["real"]["constants"], given)
+
+
+def _kill(proc) -> None:
+    """Kill the child and everything it started (its process group), and reap it."""
     try:
-        return run()
-    except _ModuleFailure as e:
-        shapes = {nm: d.shape for nm, d in {**spec.params, **spec.inputs}.items()}
-        return [Row(nm, shapes[nm], check, math.nan, math.nan, False, str(e)) for nm in spec.wrt]
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
-def _call(fn, point, spec):
-    """``fn(params, **inputs)`` on copies of the point (an edited module may write to them)."""
-    params = {nm: point[nm].copy() for nm in spec.params}
-    inputs = {nm: point[nm].copy() for nm in spec.inputs}
-    try:
-        return fn(params, **inputs)
-    except Exception as e:  # noqa: BLE001 - any error of the module under test is a failure
-        raise _ModuleFailure(f"{fn.__name__} raised {type(e).__name__}: {e}") from None
-
-
-def _value_and_grad(module, point, spec):
-    try:
-        value, grads = _call(module.value_and_grad, point, spec)
-        missing = [nm for nm in spec.wrt if nm not in grads]
-    except (TypeError, ValueError):
-        raise _ModuleFailure("value_and_grad did not return (value, {name: gradient})") from None
-    if missing:
-        raise _ModuleFailure(f"value_and_grad returned no gradient for {', '.join(missing)}")
-    grads = {nm: np.asarray(grads[nm], np.float64) for nm in spec.wrt}
-    for nm, g in grads.items():
-        if g.shape != point[nm].shape:
-            raise _ModuleFailure(f"the gradient of {nm} has shape {list(g.shape)}, "
-                                 f"not {list(point[nm].shape)}")
-    return float(value), grads
-
-
-def _load_module(path) -> ModuleType:
-    """Import a generated .py file from its path (a private copy of it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError("no such module file", file=str(path))
-    name = f"bpcompile_verified_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        raise SpecError(f"cannot import the module: {type(e).__name__}: {e}", file=str(path)) from None
-    return module
-
-
-def _check_matches(spec: Spec, module) -> None:
+def _check_matches(spec: Spec, constants: dict, where) -> None:
     """A module given for a spec must have been generated from it (same names and sizes)."""
     expected = {
         "PARAM_SHAPES": {nm: d.shape for nm, d in spec.params.items()},
@@ -187,28 +356,468 @@ def _check_matches(spec: Spec, module) -> None:
         "LABEL_CLASSES": {nm: d.classes for nm, d in spec.inputs.items() if d.is_label},
         "WRT": spec.wrt,
         "REDUCTION": spec.reduction,
+        "DTYPE": spec.dtype,
     }
-    where = str(getattr(module, "__file__", None) or getattr(module, "__name__", "<module>"))
     for key, want in expected.items():
-        have = getattr(module, key, None)
+        have = constants.get(key)
         if isinstance(have, dict):
-            have = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in have.items()}
+            have = {k: tuple(v) if isinstance(v, list) else v for k, v in have.items()}
         elif isinstance(have, list):
             have = tuple(have)
         if have != want:
             raise SpecError(f"the module does not match the spec {spec.file}: {key} is {have!r} "
-                            f"in the module, {want!r} in the spec", file=where)
+                            f"in the module, {want!r} in the spec", file=str(where))
 
 
-@contextlib.contextmanager
-def _float64(module):
-    """Evaluate ``module`` in float64: generated code converts through its DTYPE."""
-    saved = module.DTYPE
-    module.DTYPE = np.float64
+# The driver: run as ``python -B -c _DRIVER WORK`` in the child.  It imports numpy
+# and the module(s) under test, makes the calls of WORK/job.json on the arrays of
+# WORK/in.npz, and writes WORK/out.json and WORK/out.npz (renamed into place at
+# the end: a child that dies half-way leaves no answer).  No pickle either way.
+_DRIVER = r'''
+import importlib.util, json, os, sys
+import numpy as np
+
+CONSTANTS = ("PARAM_SHAPES", "INPUT_SHAPES", "LABEL_CLASSES", "WRT", "REDUCTION", "DTYPE")
+
+
+def describe(e):
     try:
-        yield
+        text = f"{type(e).__name__}: {e}"
+    except Exception:
+        text = type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def plain(x, depth=0):
+    """A JSON form of a module constant (whatever the module made of it)."""
+    if depth > 4:
+        return "..."
+    if isinstance(x, dict):
+        return {str(k): plain(v, depth + 1) for k, v in list(x.items())[:1000]}
+    if isinstance(x, (list, tuple)):
+        return [plain(v, depth + 1) for v in list(x)[:1000]]
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return repr(float(x))
+    try:
+        return np.dtype(x).name
+    except Exception:
+        return "<" + type(x).__name__ + ">"
+
+
+def main(work, loaded=None):
+    """The calls of WORK/job.json, on the modules it names (or on ``loaded``,
+    key -> module object, when run in the verifier's process)."""
+    with open(os.path.join(work, "job.json"), encoding="utf-8") as f:
+        job = json.load(f)
+    with np.load(os.path.join(work, "in.npz"), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    modules, imports = {}, {}
+    for key, path in job["modules"].items():
+        try:
+            if loaded is not None:
+                module = loaded[key]
+            else:
+                spec = importlib.util.spec_from_file_location("bpcompile_verified_" + key, path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+        except Exception as e:
+            imports[key] = {"error": describe(e)}
+            continue
+        modules[key] = module
+        constants = {}
+        for name in CONSTANTS:
+            try:
+                constants[name] = plain(getattr(module, name, None))
+            except Exception:
+                constants[name] = None
+        imports[key] = {"error": None, "constants": constants}
+    out, answers = {}, []
+    for k, call in enumerate(job["calls"]):
+        answers.append({"error": run(k, call, job, arrays, modules, out)})
+    tmp = os.path.join(work, "out.tmp.npz")
+    np.savez(tmp, **out)
+    os.replace(tmp, os.path.join(work, "out.npz"))
+    tmp = os.path.join(work, "out.tmp.json")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"imports": imports, "calls": answers}, f)
+    os.replace(tmp, os.path.join(work, "out.json"))
+
+
+def run(k, call, job, arrays, modules, out):
+    """Make one call; its results go into ``out``; returns an error message or None."""
+    module = modules.get(call["module"])
+    if module is None:
+        return "the module could not be imported"
+    point = {nm: arrays[call["point"] + "." + nm].copy() for nm in job["params"] + job["inputs"]}
+    if call["move"] is not None:
+        name, direction, t = call["move"]
+        point[name] = point[name] + t * arrays[direction]
+    params = {nm: point[nm] for nm in job["params"]}
+    inputs = {nm: point[nm] for nm in job["inputs"]}
+    fn = call["fn"]
+    switch = call["float64"] and hasattr(module, "DTYPE")
+    saved = getattr(module, "DTYPE", None)
+    try:
+        if switch:
+            module.DTYPE = np.float64
+        result = getattr(module, fn)(params, **inputs)
+    except Exception as e:
+        return fn + " raised " + describe(e)
     finally:
-        module.DTYPE = saved
+        if switch:
+            module.DTYPE = saved
+    try:
+        grads = {}
+        if fn == "value_and_grad":
+            result, grads = result
+            missing = [nm for nm in job["wrt"] if nm not in grads]
+            if missing:
+                return "value_and_grad returned no gradient for " + ", ".join(missing)
+            grads = {nm: np.asarray(grads[nm], dtype=np.float64) for nm in job["wrt"]}
+        value = np.asarray(result, dtype=np.float64)
+        if value.size != 1:
+            return fn + " returned " + str(value.size) + " values, not one"
+    except Exception:
+        if fn == "value_and_grad":
+            return "value_and_grad did not return (value, {name: gradient})"
+        return "loss did not return a number"
+    out["c" + str(k)] = value.reshape(())
+    out.update({"c" + str(k) + "." + nm: g for nm, g in grads.items()})
+    return None
+'''
+_DRIVER_MAIN = "\nmain(sys.argv[1])\n"
+
+
+@functools.cache
+def _driver():
+    """The driver's functions, for a module object evaluated in this process.
+    (``_DRIVER`` is this file's own constant: no user text is executed here.)"""
+    namespace = {"__name__": "bpcompile_verify_driver"}
+    exec(_DRIVER, namespace)  # noqa: S102 - our own code, see above
+    return namespace
+
+
+# ---------------------------------------------------------------------------
+# Random points
+
+
+def _shapes(spec: Spec, n: int) -> dict:
+    """The float leaves (params, float inputs with the batch axis) and their shapes."""
+    shapes = {nm: d.shape for nm, d in spec.params.items()}
+    shapes.update({nm: (n, *d.shape) for nm, d in spec.inputs.items() if not d.is_label})
+    return shapes
+
+
+def _labels(spec: Spec, rng, n: int) -> dict:
+    return {nm: rng.integers(0, d.classes, n) for nm, d in spec.inputs.items() if d.is_label}
+
+
+def _candidates(spec, rng, n, labels, float32) -> list:
+    """Two random points (values for every param and input): signed values, and
+    positive ones for where the loss is not finite at the first (log or sqrt of
+    a negative).  Rounded to float32 for a float32 module, so that its float64
+    and its float32 run see the same numbers."""
+    pair = []
+    for positive in (False, True):
+        point = {nm: rng.uniform(0.25, 1.25, s) if positive else rng.standard_normal(s)
+                 for nm, s in _shapes(spec, n).items()}
+        if float32:
+            point = {nm: v.astype(np.float32).astype(np.float64) for nm, v in point.items()}
+        point.update(labels)
+        pair.append(point)
+    return pair
+
+
+def _pick(pair, results) -> dict:
+    """The first candidate at which the loss is finite (else the last one)."""
+    for point, result in zip(pair, results):
+        if _loss(result) is not None and np.isfinite(result.value):
+            return point
+    return pair[-1]
+
+
+def _as_float32(spec, point) -> dict:
+    """The point as a user of a float32 module passes it: float arrays in float32."""
+    return {nm: v.astype(np.float32) if nm in spec.params or not spec.inputs[nm].is_label else v
+            for nm, v in point.items()}
+
+
+def _sample(rng, size: int) -> np.ndarray:
+    """Up to SAMPLE flat indices, in order."""
+    return np.arange(size) if size <= SAMPLE else np.sort(rng.choice(size, SAMPLE, replace=False))
+
+
+def _compare(got, ref, scale, check):
+    """Absolute and relative errors; the relative ones against a floored magnitude."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    err = np.abs(got - ref)
+    floor = TOLERANCE[check][1] * scale
+    return err, err / np.maximum(np.maximum(np.abs(got), np.abs(ref)), floor)
+
+
+def _row(name, shape, check, errors) -> Row:
+    """The row for the (abs, rel) error arrays gathered for one name and check."""
+    err = np.concatenate([np.ravel(a) for a, _ in errors])
+    rel = np.concatenate([np.ravel(r) for _, r in errors])
+    max_rel = float(np.max(rel))
+    return Row(name, tuple(shape), check, float(np.max(err)), max_rel,
+               bool(max_rel <= TOLERANCE[check][0]))
+
+
+def _scale(value, grads) -> float:
+    return max(1.0, abs(value), *(float(np.max(np.abs(g), initial=0)) for g in grads.values()))
+
+
+# ---------------------------------------------------------------------------
+# The results of the module under test
+
+
+def _loss(result: _Result) -> float:
+    if result.error is not None:
+        raise _ModuleFailure(result.error)
+    return result.value
+
+
+def _value_and_grad(result: _Result, point: dict, wrt) -> tuple:
+    value = _loss(result)
+    missing = [nm for nm in wrt if nm not in result.grads]
+    if missing:
+        raise _ModuleFailure(f"value_and_grad returned no gradient for {', '.join(missing)}")
+    for nm in wrt:
+        g = result.grads[nm]
+        if g.shape != point[nm].shape:
+            raise _ModuleFailure(f"the gradient of {nm} has shape {list(g.shape)}, "
+                                 f"not {list(point[nm].shape)}")
+    return value, result.grads
+
+
+# the fourth-order central stencil: multiple of the step -> weight (over 12 h)
+_STENCIL = {-2: 1.0, -1: -8.0, 1: 8.0, 2: -1.0}
+
+
+@dataclass
+class _Sympy:
+    """The expansion check of the small instance: its points and references."""
+
+    shapes: dict
+    evaluate: object            # point -> (loss, {name: gradient}), the expansion's
+    pairs: list                 # candidate points, two per point
+    points: list = None         # the chosen points
+    calls: list = None          # per point: the indices of (vag, loss[, vag32, loss32])
+    failure: str = None         # why the points could not be chosen
+    refs: dict = field(default_factory=dict)
+
+    def reference(self, k):
+        if k not in self.refs:
+            self.refs[k] = self.evaluate(self.points[k])
+        return self.refs[k]
+
+
+class _Checks:
+    """The checks of one module, in two or three batches of calls to its process:
+    1. import, and the loss at each candidate point;
+    2. value_and_grad and loss at the chosen points, the finite-difference stencils;
+    3. (when a difference fails) the stencils again with a step 100 times smaller,
+       as a step across a kink (relu, abs, max) spoils a difference."""
+
+    def __init__(self, spec, small_spec, child, rng, notes, given):
+        self.spec, self.small_spec, self.child = spec, small_spec, child
+        self.rng, self.notes, self.given = rng, notes, given
+        self.small = "small" if "small" in child.files else "real"
+        self.f32 = spec.dtype == "float32"
+        self.entries = []       # (name, shape, check, (abs errors, rel errors))
+        self.failed = []        # rows of the checks the module failed to run
+
+    def run(self) -> list:
+        spec, rng = self.spec, self.rng
+        if self.f32:
+            self.notes.append("the module's DTYPE is float32: it is run in float64 (DTYPE switched) "
+                              "and, as a user runs it, in float32 (params and inputs cast to float32) "
+                              "against float64 references (the /f32 checks)")
+        sym = self._plan_sympy()
+        fd_pair = _candidates(spec, rng, N_FD, _labels(spec, rng, N_FD), self.f32)
+
+        # batch 1
+        calls = [_Call(self.small, "loss", p) for pair in (sym.pairs if sym else ()) for p in pair]
+        calls += [_Call("real", "loss", p) for p in fd_pair]
+        results = self.child.evaluate(calls)
+        self.child.check_imports(self.given)
+
+        # batch 2
+        calls = []
+        if sym:
+            try:
+                sym.points = [_pick(pair, results[2 * k:2 * k + 2]) for k, pair in enumerate(sym.pairs)]
+            except _ModuleFailure as e:
+                sym.failure = str(e)
+            else:
+                sym.calls = [self._at(calls, self.small, p) for p in sym.points]
+        try:
+            fd_point, fd_failure = _pick(fd_pair, results[-2:]), None
+        except _ModuleFailure as e:
+            fd_point, fd_failure = None, str(e)
+        if fd_point is not None:
+            fd_calls = self._at(calls, "real", fd_point, loss=False)
+            plan = self._fd_plan(fd_point)
+            stencils = {nm: [self._stencil(calls, fd_point, nm, d, h) for d in dirs]
+                        for nm, (dirs, h) in plan.items()}
+        self.notes.append(f"fd: fourth-order central differences of loss() at N={N_FD} and the spec's "
+                          f"sizes, up to {SAMPLE} entries per name and one random direction through "
+                          "all of them")
+        results = self.child.evaluate(calls)
+
+        if sym:
+            for f32 in (False, True)[:1 + self.f32]:
+                check = "sympy/f32" if f32 else "sympy"
+                if sym.failure:
+                    self._fail(check, sym.failure)
+                else:
+                    self._guarded(check, lambda: self._sympy_entries(sym, results, f32))
+
+        # batch 3, and the finite-difference rows
+        if fd_point is None:
+            for check in ("fd", "fd/f32")[:1 + self.f32]:
+                self._fail(check, fd_failure)
+            return self._rows()
+        try:
+            value, grads = _value_and_grad(results[fd_calls[0]], fd_point, spec.wrt)
+            fd = {nm: self._differences(results, stencils[nm], plan[nm][1]) for nm in spec.wrt}
+        except _ModuleFailure as e:
+            for check in ("fd", "fd/f32")[:1 + self.f32]:
+                self._fail(check, str(e))
+            return self._rows()
+        scale = _scale(value, grads)
+        got = {nm: np.array([np.sum(grads[nm] * d) for d in plan[nm][0]]) for nm in spec.wrt}
+        retry, calls = {}, []
+        for nm in spec.wrt:
+            _, rel = _compare(got[nm], fd[nm], scale, "fd")
+            for j in np.flatnonzero(~(rel <= TOLERANCE["fd"][0])):
+                retry[nm, j] = self._stencil(calls, fd_point, nm, plan[nm][0][j], plan[nm][1] / 100)
+        if calls:
+            results3 = self.child.evaluate(calls)
+            for (nm, j), indices in retry.items():
+                try:
+                    again = self._differences(results3, [indices], plan[nm][1] / 100)[0]
+                except _ModuleFailure:
+                    continue
+                _, r0 = _compare(got[nm][j], fd[nm][j], scale, "fd")
+                _, r1 = _compare(got[nm][j], again, scale, "fd")
+                if r1 < r0:
+                    fd[nm][j] = again
+        for nm in spec.wrt:
+            self.entries.append((nm, fd_point[nm].shape, "fd", _compare(got[nm], fd[nm], scale, "fd")))
+        if self.f32:
+            self._guarded("fd/f32", lambda: self._fd32_entries(results, fd_calls, fd_point, value,
+                                                               grads, plan, fd))
+        return self._rows()
+
+    # -- the parts
+
+    def _plan_sympy(self):
+        spec, n, rng = self.small_spec, N_SYMPY, self.rng
+        shapes = _shapes(spec, n)
+        sizes = ", ".join(f"{nm} [{', '.join(map(str, s))}]" for nm, s in shapes.items())
+        count = sum(math.prod(s) for s in shapes.values())
+        if count > SYMBOLIC_LIMIT:
+            self.notes.append(f"sympy: skipped: {count} entries at N={n} ({sizes}), more than "
+                              f"{SYMBOLIC_LIMIT} to expand; finite differences check them")
+            return None
+        self.notes.append(f"sympy: the loss expanded at N={n}, {sizes}, every entry a symbol; "
+                          f"{POINTS} random points")
+        labels = _labels(spec, rng, n)
+        try:
+            evaluate = _deep(lambda: _expansion(spec, shapes, labels, n))
+        except RecursionError:
+            self.notes[-1] = ("sympy: skipped: the expansion nests too deeply for SymPy; "
+                              "finite differences check it")
+            return None
+        pairs = [_candidates(spec, rng, n, labels, self.f32) for _ in range(POINTS)]
+        return _Sympy(shapes, evaluate, pairs)
+
+    def _at(self, calls, module, point, loss=True) -> list:
+        """Add value_and_grad (and loss) at ``point``, in float64 and, for a float32
+        module, in float32; returns their indices in ``calls``."""
+        runs = [(point, True)] + ([(_as_float32(self.spec, point), False)] if self.f32 else [])
+        start = len(calls)
+        for p, float64 in runs:
+            calls.append(_Call(module, "value_and_grad", p, float64))
+            if loss:
+                calls.append(_Call(module, "loss", p, float64))
+        return list(range(start, len(calls)))
+
+    def _sympy_entries(self, sym, results, f32) -> list:
+        wrt, out = self.spec.wrt, []
+        check_value, check = ("value/f32", "sympy/f32") if f32 else ("value", "sympy")
+        for k, point in enumerate(sym.points):
+            i = sym.calls[k][2 if f32 else 0]
+            value, grads = _value_and_grad(results[i], point, wrt)
+            loss = _loss(results[i + 1])
+            ref_value, ref = sym.reference(k)
+            scale = _scale(ref_value, ref if f32 else grads)
+            out.append(("L", (), check_value, _compare([value, loss], ref_value, scale, check_value)))
+            out += [(nm, sym.shapes[nm], check, _compare(grads[nm], ref[nm], scale, check)) for nm in wrt]
+        return out
+
+    def _fd_plan(self, point) -> dict:
+        """Per name: the directions (a sample of entries, and one random direction
+        through all of them: random signs, so that no entry can hide) and the step."""
+        plan = {}
+        for nm in self.spec.wrt:
+            x = point[nm]
+            directions = [np.eye(1, x.size, i).reshape(x.shape) for i in _sample(self.rng, x.size)]
+            directions.append(self.rng.choice([-1.0, 1.0], x.shape) / math.sqrt(x.size))
+            plan[nm] = directions, STEP * max(1.0, float(np.max(np.abs(x), initial=0)))
+        return plan
+
+    def _stencil(self, calls, point, name, direction, h) -> list:
+        """Add the loss at point + k h direction for the stencil's k; returns their indices."""
+        start = len(calls)
+        calls += [_Call("real", "loss", point, True, (name, direction, k * h)) for k in _STENCIL]
+        return list(range(start, len(calls)))
+
+    @staticmethod
+    def _differences(results, stencils, h) -> np.ndarray:
+        """d/dt loss(point + t direction) at t = 0, for each direction's stencil."""
+        weights = _STENCIL.values()
+        return np.array([sum(w * _loss(results[i]) for w, i in zip(weights, indices)) / (12 * h)
+                         for indices in stencils])
+
+    def _fd32_entries(self, results, indices, point, value64, grads64, plan, fd) -> list:
+        """The float32 run against the float64 ones: its loss against the module's
+        float64 loss, its gradient along each direction against the differences."""
+        value, grads = _value_and_grad(results[indices[1]], point, self.spec.wrt)
+        scale = _scale(value64, grads64)
+        out = [("L", (), "value/f32", _compare(value, value64, scale, "value/f32"))]
+        for nm in self.spec.wrt:
+            got = [np.sum(grads[nm] * d) for d in plan[nm][0]]
+            out.append((nm, point[nm].shape, "fd/f32", _compare(got, fd[nm], scale, "fd/f32")))
+        return out
+
+    def _guarded(self, check, run) -> None:
+        try:
+            self.entries += run()
+        except _ModuleFailure as e:
+            self._fail(check, str(e))
+
+    def _fail(self, check, note) -> None:
+        shapes = {nm: d.shape for nm, d in {**self.spec.params, **self.spec.inputs}.items()}
+        self.failed += [Row(nm, shapes[nm], check, math.nan, math.nan, False, note)
+                        for nm in self.spec.wrt]
+
+    def _rows(self) -> list:
+        grouped = {}
+        for name, shape, check, errors in self.entries:
+            grouped.setdefault((name, check), (shape, []))[1].append(errors)
+        return [_row(nm, shape, check, errors) for (nm, check), (shape, errors) in grouped.items()] \
+            + self.failed
+
+
+# ---------------------------------------------------------------------------
+# The small instance
 
 
 def small_instance(spec: Spec, compiled=None):
@@ -250,88 +859,7 @@ def _shrink(data: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Random points
-
-
-def _shapes(spec: Spec, n: int) -> dict:
-    """The float leaves (params, float inputs with the batch axis) and their shapes."""
-    shapes = {nm: d.shape for nm, d in spec.params.items()}
-    shapes.update({nm: (n, *d.shape) for nm, d in spec.inputs.items() if not d.is_label})
-    return shapes
-
-
-def _point(spec, module, rng, n, labels=None) -> dict:
-    """Random values for every param and input.  Signed values first; where the
-    loss is not finite there (log or sqrt of a negative), positive ones."""
-    if labels is None:
-        labels = {nm: rng.integers(0, d.classes, n) for nm, d in spec.inputs.items() if d.is_label}
-    for positive in (False, True):
-        point = {nm: rng.uniform(0.25, 1.25, s) if positive else rng.standard_normal(s)
-                 for nm, s in _shapes(spec, n).items()}
-        point.update(labels)
-        if np.isfinite(_call(module.loss, point, spec)):
-            break
-    return point
-
-
-def _sample(rng, size: int) -> np.ndarray:
-    """Up to SAMPLE flat indices, in order."""
-    return np.arange(size) if size <= SAMPLE else np.sort(rng.choice(size, SAMPLE, replace=False))
-
-
-def _compare(got, ref, scale, check):
-    """Absolute and relative errors; the relative ones against a floored magnitude."""
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    err = np.abs(got - ref)
-    floor = TOLERANCE[check][1] * scale
-    return err, err / np.maximum(np.maximum(np.abs(got), np.abs(ref)), floor)
-
-
-def _row(name, shape, check, errors) -> Row:
-    """The row for the (abs, rel) error arrays gathered for one name and check."""
-    err = np.concatenate([np.ravel(a) for a, _ in errors])
-    rel = np.concatenate([np.ravel(r) for _, r in errors])
-    max_rel = float(np.max(rel))
-    return Row(name, tuple(shape), check, float(np.max(err)), max_rel,
-               bool(max_rel <= TOLERANCE[check][0]))
-
-
-def _scale(value, grads) -> float:
-    return max(1.0, abs(value), *(float(np.max(np.abs(g), initial=0)) for g in grads.values()))
-
-
-# ---------------------------------------------------------------------------
-# Check 1: the derivative of the full SymPy expansion
-
-
-def _sympy_rows(spec, module, rng, notes) -> list:
-    n = N_SYMPY
-    shapes = _shapes(spec, n)
-    sizes = ", ".join(f"{nm} [{', '.join(map(str, s))}]" for nm, s in shapes.items())
-    count = sum(math.prod(s) for s in shapes.values())
-    if count > SYMBOLIC_LIMIT:
-        notes.append(f"sympy: skipped: {count} entries at N={n} ({sizes}), more than {SYMBOLIC_LIMIT} "
-                     "to expand; finite differences check them")
-        return []
-    notes.append(f"sympy: the loss expanded at N={n}, {sizes}, every entry a symbol; "
-                 f"{POINTS} random points")
-    labels = {nm: rng.integers(0, d.classes, n) for nm, d in spec.inputs.items() if d.is_label}
-    try:
-        evaluate = _deep(lambda: _expansion(spec, shapes, labels, n))
-    except RecursionError:
-        notes[-1] = "sympy: skipped: the expansion nests too deeply for SymPy; finite differences check it"
-        return []
-    errors = {nm: [] for nm in ("L", *spec.wrt)}
-    for _ in range(POINTS):
-        point = _point(spec, module, rng, n, labels)
-        value, grads = _value_and_grad(module, point, spec)
-        ref_value, ref = evaluate(point)
-        scale = _scale(ref_value, grads)
-        errors["L"].append(_compare([value, _call(module.loss, point, spec)], ref_value, scale, "value"))
-        for nm in spec.wrt:
-            errors[nm].append(_compare(grads[nm], ref[nm], scale, "sympy"))
-    rows = [_row("L", (), "value", errors["L"])]
-    return rows + [_row(nm, shapes[nm], "sympy", errors[nm]) for nm in spec.wrt]
+# Check 1's reference: the derivative of the full SymPy expansion
 
 
 def _deep(fn):
@@ -514,43 +1042,3 @@ class _Expander:
         raise TypeError(f"unexpected {type(t).__name__} in a checked spec")
 
 
-# ---------------------------------------------------------------------------
-# Check 2: central finite differences at the real sizes
-
-
-def _fd_rows(spec, module, rng, notes) -> list:
-    n = N_FD
-    point = _point(spec, module, rng, n)
-    value, grads = _value_and_grad(module, point, spec)
-    scale = _scale(value, grads)
-    notes.append(f"fd: fourth-order central differences of loss() at N={n} and the spec's sizes, "
-                 f"up to {SAMPLE} entries per name and one random direction through all of them")
-    rows = []
-    for nm in spec.wrt:
-        x = point[nm]
-        picked = _sample(rng, x.size)
-        directions = [np.eye(1, x.size, i).reshape(x.shape) for i in picked]
-        # random signs: every entry weighs 1/sqrt(size), so none can hide
-        directions.append(rng.choice([-1.0, 1.0], x.shape) / math.sqrt(x.size))
-        got = [float(np.sum(grads[nm] * d)) for d in directions]
-        step = STEP * max(1.0, float(np.max(np.abs(x), initial=0)))
-        ref = [_directional(module, point, spec, nm, d, step) for d in directions]
-        err, rel = _compare(got, ref, scale, "fd")
-        # a step across a kink (relu, abs, max) spoils a difference: retry those smaller
-        for k in np.flatnonzero(~(rel <= TOLERANCE["fd"][0])):
-            again = _directional(module, point, spec, nm, directions[k], step / 100)
-            e, r = _compare(got[k], again, scale, "fd")
-            if r < rel[k]:
-                err[k], rel[k] = e, r
-        rows.append(_row(nm, x.shape, "fd", [(err, rel)]))
-    return rows
-
-
-def _directional(module, point, spec, name, direction, h) -> float:
-    """d/dt loss(point + t * direction) at t = 0, by the stencil (-2, -1, 1, 2)."""
-    f = {}
-    for k in (-2, -1, 1, 2):
-        moved = dict(point)
-        moved[name] = point[name] + k * h * direction
-        f[k] = float(_call(module.loss, moved, spec))
-    return (f[-2] - 8 * f[-1] + 8 * f[1] - f[2]) / (12 * h)

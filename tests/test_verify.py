@@ -63,8 +63,9 @@ def test_every_example_verifies(path):
     assert report.ok, report.table()
     rows = by_name(report)
     spec = bpcompile.load_spec(path)
+    checks = {"sympy", "fd"} | ({"sympy/f32", "fd/f32"} if spec.dtype == "float32" else set())
     for name in spec.wrt:
-        assert set(rows[name]) == {"sympy", "fd"}, name
+        assert set(rows[name]) == checks, name
     assert rows["L"]["value"].ok
 
 
@@ -228,14 +229,19 @@ def test_api_takes_any_form_of_spec_and_module():
         assert 0 <= row.max_abs < 1e-12 and 0 <= row.max_rel < 1e-9
 
 
-def test_float32_module_is_checked_in_float64_and_left_as_it_was(tmp_path):
+def test_float32_module_is_checked_in_float64_and_in_float32_and_left_as_it_was(tmp_path):
     data = yaml.safe_load(TANH.read_text())
     data["dtype"] = "float32"
     module = bpcompile.compile(data).load()
     report = bpcompile.verify(data, module=module)
     assert report.ok, report.table()
     assert any("float32" in n for n in report.notes)
-    assert max(r.max_rel for r in report.rows) < 1e-9   # float64 precision
+    rows = by_name(report)
+    for name in ("W", "b", "v"):
+        assert set(rows[name]) == {"sympy", "sympy/f32", "fd", "fd/f32"}
+        assert rows[name]["sympy"].max_rel < 1e-9      # the float64 run: float64 precision
+        assert 1e-9 < rows[name]["sympy/f32"].max_rel < 1e-4   # the float32 run: float32's
+    assert rows["L"]["value"].max_rel < 1e-9 and 1e-9 < rows["L"]["value/f32"].max_rel < 1e-4
     assert module.DTYPE is np.float32
 
 
