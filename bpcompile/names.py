@@ -182,7 +182,7 @@ def _c_collision(name: str) -> str | None:
     if name in C_KEYWORDS:
         return "a C/C++ keyword"
     if name in C_MACROS or name.startswith(C_MACRO_PREFIXES):
-        return "a standard C macro"
+        return "a C macro (predefined, or of the standard headers)"
     if name in C_LIBRARY:
         return "a C library name"
     if name in C_GENERATED or name.startswith(C_GENERATED_PREFIXES):
@@ -196,8 +196,7 @@ def _cuda_collision(name: str) -> str | None:
     if name in CUDA_BUILTINS or CUDA_VECTOR_TYPE.match(name):
         return "a CUDA built-in name"
     if name.startswith(CUDA_PREFIXES):
-        return "reserved for the CUDA runtime and cuBLAS (prefixes " + \
-            ", ".join(p for p in CUDA_PREFIXES) + ")"
+        return "a prefix of the CUDA runtime's and cuBLAS's names (" + ", ".join(CUDA_PREFIXES) + ")"
     return _c_collision(name)
 
 
