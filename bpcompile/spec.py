@@ -116,6 +116,14 @@ def _limit(name: str, what: str) -> str:
 # Characters: no control, format or separator characters anywhere in a spec
 
 
+_PLAIN = re.compile(r"[\t\n\x20-\x7e]*\Z")   # printable ASCII, newline, tab: nothing to refuse
+
+
+def _forbidden(text: str):
+    """``escape.forbidden_char``, with a fast path for plain ASCII text."""
+    return None if _PLAIN.match(text) else forbidden_char(text)
+
+
 def _forbidden_message(ch: str, how: str = "") -> str:
     return (f"the spec contains {char_name(ch)}{how}; control, format and separator "
             "characters are not allowed in a spec (only newline and tab)")
@@ -124,7 +132,7 @@ def _forbidden_message(ch: str, how: str = "") -> str:
 def _check_text(text: str, file: str) -> str:
     """The spec text with CRLF line ends made LF, after refusing anything a spec may not hold."""
     text = text.replace("\r\n", "\n")
-    found = forbidden_char(text)
+    found = _forbidden(text)
     if found:
         i, ch = found
         line = text.count("\n", 0, i) + 1
@@ -134,7 +142,7 @@ def _check_text(text: str, file: str) -> str:
 
 
 def _check_string(value: str, key, line, file):
-    found = forbidden_char(value)
+    found = _forbidden(value)
     if found:
         raise SpecError(_forbidden_message(found[1], " (in a string)"), key=key or None, line=line,
                         file=file)
@@ -642,7 +650,7 @@ class _Checker:
             text = repr(text)
         if len(text) > limits.MAX_EXPRESSION_CHARS:
             raise err(_limit("MAX_EXPRESSION_CHARS", f"the expression's length ({len(text)} characters)"))
-        found = forbidden_char(text)
+        found = _forbidden(text)
         if found:
             raise err(_forbidden_message(found[1], " (in an expression)"))
         text = one_line(text, err)
