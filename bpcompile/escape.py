@@ -74,16 +74,20 @@ def py_str(text: str) -> str:
 def py_docstring(text: str) -> str:
     """``text`` for the inside of a ``\"\"\"...\"\"\"`` docstring (not raw).
 
-    Backslashes and every double quote are escaped (so no ``\"\"\"`` can form,
-    not even with the closing quotes), and anything unprintable or non-ASCII is
+    Backslashes are escaped, and so is every double quote that stands before
+    another or at the end (so no ``\"\"\"`` can form, not even with the closing
+    quotes; a lone quote stays readable), and anything unprintable or non-ASCII is
     written as an escape sequence; newlines and tabs stay as they are.  The
     docstring's value at run time is exactly ``text``.
     """
     out = []
-    for ch in str(text):
+    text = str(text)
+    for i, ch in enumerate(text):
         if ch == "\\":
             out.append("\\\\")
-        elif ch == '"':
+        elif ch == '"' and text[i + 1:i + 2] in ('"', ""):
+            # a quote followed by a quote, or last (before the closing quotes): escaped,
+            # so no three unescaped quotes can ever stand together
             out.append('\\"')
         elif ch in ("\n", "\t") or (" " <= ch <= "~"):
             out.append(ch)
