@@ -34,11 +34,21 @@ class Adjoints:
 
 
 def relevant_nodes(G: Graph, loss: int, wrt) -> list:
-    """Nodes on some path from a WRT node to the loss, in descending id order
-    (networkx walks iteratively: deep chains meet no recursion limit)."""
-    upstream = nx.ancestors(G.g, loss) | {loss}
-    downstream = set().union(*(nx.descendants(G.g, w) | {w} for w in wrt))
-    return sorted(upstream & downstream, reverse=True)
+    """Nodes on some path from a WRT node to the loss, in descending id order.
+
+    Two walks in all, each linear in the graph: back from the loss, and forward
+    from every WRT node at once (inside what the loss depends on).  Both are
+    iterative: deep chains meet no recursion limit."""
+    upstream = nx.ancestors(G.g, loss)
+    upstream.add(loss)
+    seen = {w for w in wrt if w in upstream}
+    stack = list(seen)
+    while stack:
+        for c in G.g.successors(stack.pop()):
+            if c in upstream and c not in seen:
+                seen.add(c)
+                stack.append(c)
+    return sorted(seen, reverse=True)
 
 
 def reverse(low: Lowered) -> Adjoints:

@@ -20,18 +20,208 @@ from dataclasses import dataclass
 import networkx as nx
 import sympy as sp
 
-from . import ops
+from . import limits, ops
 from .errors import SpecError
 from .ops import Contraction, arg_symbol
 from .spec import Expr, Spec
+
+# ---------------------------------------------------------------------------
+# Bounded constant folding.
+#
+# Every constant of the IR is a small integer (|v| < 2**31), a rational with a
+# small numerator and denominator, or a finite Float representable in the spec's
+# dtype: printers may print any of them as a literal of that type.  Folding
+# never computes a number it cannot bound first: a power of numbers is estimated
+# through logarithms before it is evaluated (``9**9**9`` is an error, at once),
+# and every constant subexpression that is not exact and small (``exp(3)``,
+# ``sqrt(2)``, ``2**70``) becomes a Float, checked to be real and finite.
+
+SMALL_INT = 2**31
+DTYPE_MAX = {"float64": 1.7976931348623157e308, "float32": 3.4028234663852886e38}
+# below half the smallest subnormal a value rounds to 0 in the dtype
+DTYPE_ZERO = {"float64": 2.4703282292062328e-324, "float32": 7.006492321624085e-46}
+EXACT_BITS = 4096       # an exact power is computed only when its result has at most these bits
+
+
+def _show(e) -> str:
+    text = sp.sstr(e)
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
+class FoldError(SpecError):
+    """A constant that is not a finite real number of the dtype; ``reason`` says why
+    (the lowering puts it after the spec's own text of the constant)."""
+
+    def __init__(self, constant, reason: str):
+        super().__init__(f"the constant {_show(constant)} {reason}")
+        self.reason = reason
+
+
+class Folder:
+    """Constant folding for one dtype: bounded in time, and every result a finite real."""
+
+    def __init__(self, dtype: str = "float64"):
+        self.dtype = dtype
+        self.max = DTYPE_MAX[dtype]
+        self.zero = DTYPE_ZERO[dtype]
+
+    def overflow(self, e) -> SpecError:
+        return FoldError(e, f"is not a finite number in {self.dtype} "
+                            f"(it overflows: the largest is about {self.max:.3g})")
+
+    def number(self, v, exact=False) -> sp.Expr:
+        """A constant expression (no free symbols) as an IR constant, or a SpecError.
+
+        ``exact``: while the lowering folds numbers among themselves, integers and
+        rationals stay exact up to the dtype's range ((-1)**(10**18 + 1) is -1);
+        they become Floats only where they enter the graph."""
+        if v.is_Integer and abs(v.p) < SMALL_INT:
+            return v
+        if v.is_Rational:
+            if abs(v.p) < SMALL_INT and v.q < SMALL_INT:
+                return v
+            if exact and abs(v.p).bit_length() <= 1100 and v.q.bit_length() <= 1100 \
+                    and abs(v) <= self.max:
+                return v
+            bits = abs(v.p).bit_length() - v.q.bit_length()
+            if bits > 1030:
+                raise self.overflow(v)
+            value = float(v) if bits > -1100 else 0.0
+        else:
+            if v.has(sp.nan, sp.zoo, sp.oo, -sp.oo):
+                raise FoldError(v, "is infinite or undefined (a division by zero, "
+                                   "or log or a negative power of 0)")
+            if v.is_Float:
+                value = float(v)
+            else:
+                approx = v.evalf(30)
+                if not approx.is_Number:
+                    re_, im = approx.as_real_imag()
+                    if im != 0 and not (im.is_Number and abs(float(im)) <= 1e-25 * max(1.0, abs(float(re_)))):
+                        raise FoldError(v, "is not a real number")
+                    approx = re_.evalf(30)
+                    if not approx.is_Number:
+                        raise FoldError(v, "is not a real number")
+                value = float(approx)
+        if not math.isfinite(value) or abs(value) > self.max:
+            raise self.overflow(v)
+        if abs(value) < self.zero:
+            return sp.S.Zero
+        return sp.Float(value)
+
+    def power(self, b, e, exact=False) -> sp.Expr:
+        """``b**e`` for numbers, estimated through logarithms before it is computed."""
+        if e.is_Float and float(e).is_integer():
+            e = sp.Integer(int(float(e)))   # every float above 2**53 is an (even) integer
+        if b == 0:
+            if e > 0:
+                return sp.S.Zero
+            if e == 0:
+                return sp.S.One
+            raise FoldError(sp.Pow(b, e, evaluate=False),
+                            "is not a finite number (a division by zero, or a negative power of 0)")
+        if e == 0 or b == 1:
+            return sp.S.One
+        if b < 0 and not e.is_Integer:
+            raise FoldError(sp.Pow(b, e, evaluate=False),
+                            "is not a real number (a negative number to a fractional power)")
+        if b == -1:
+            return sp.S.One if e % 2 == 0 else sp.S.NegativeOne
+        if b.is_Rational:
+            log2b = math.log2(abs(b.p)) - math.log2(b.q)
+        else:
+            log2b = math.log2(abs(float(b)))
+        magnitude = float(e) * log2b
+        if magnitude > 1100:
+            raise self.overflow(sp.Pow(b, e, evaluate=False))
+        if magnitude < -1200:
+            return sp.S.Zero
+        if b.is_Rational and e.is_Rational and e.q <= 64 and \
+                abs(e.p) * max(abs(b.p).bit_length(), b.q.bit_length()) <= EXACT_BITS:
+            return self.number(b**e, exact)
+        return self.number(sp.Float(b, 30)**sp.Float(e, 30), exact)
+
+    def fold(self, expr, subs=None, exact=False):
+        """``expr`` with ``subs`` substituted, folded bottom-up: every constant
+        subexpression is an IR constant (``number``), every power of numbers is
+        bounded (``power``) before SymPy may evaluate it."""
+        return self._fold(expr, subs or {}, exact)
+
+    def _fold(self, e, subs, exact):
+        if e in subs:
+            return subs[e]
+        if e.is_Symbol:
+            return e
+        if e.is_Number or isinstance(e, sp.NumberSymbol):
+            return self.number(e, exact)
+        if not e.args:
+            if e.free_symbols:
+                return e
+            return self.number(e, exact)
+        args = [self._fold(a, subs, exact) for a in e.args]
+        if isinstance(e, sp.Pow) and args[0].is_Number and args[1].is_Number:
+            return self.power(*args, exact=exact)
+        if all(a is b for a, b in zip(args, e.args)):
+            r = e
+        else:
+            r = e.func(*args)
+        if not r.free_symbols:
+            try:
+                return self.number(r, exact)
+            except FoldError as error:
+                # name the constant as written (log(0)), not as SymPy evaluated it (zoo)
+                try:
+                    shown = e.func(*args, evaluate=False)
+                except TypeError:
+                    raise error from None
+                raise FoldError(shown, error.reason) from None
+        if r.is_Add or r.is_Mul:
+            # numbers combined by SymPy (1e200*1e200*x) are checked again
+            numbers = [a for a in r.args if a.is_Number]
+            fixed = [self.number(a) for a in numbers]
+            if any(a is not b for a, b in zip(numbers, fixed)):
+                r = r.xreplace(dict(zip(numbers, fixed)))
+        return r
+
+
+def check_defined(expr, display=None) -> None:
+    """A SpecError when part of an elementwise expression is infinite, undefined or
+    complex for every input: log of something negative or zero (``log(-exp(x))``),
+    a square root of something negative (``sqrt(-1 - x**2)``), a negative number
+    to a varying power, or a non-real constant."""
+    if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+        raise SpecError("part of the expression is infinite or undefined for every input "
+                        "(a division by zero, or log or a negative power of 0)")
+    if expr.has(sp.I):
+        raise SpecError("part of the expression is not a real number")
+    def show(e):
+        return _show(e.xreplace(display or {}))
+
+    for sub in sp.preorder_traversal(expr):
+        if isinstance(sub, sp.log):
+            u = sub.args[0]
+            if u.is_extended_nonpositive:
+                raise SpecError(f"{show(sub)} is undefined for every input: its argument is never positive")
+        elif isinstance(sub, sp.Pow):
+            b, e = sub.args
+            if e.is_Number and not e.is_Integer and b.is_extended_negative:
+                raise SpecError(f"{show(sub)} is not a real number for any input: "
+                                "its base is always negative")
+            if b.is_Number and b < 0 and not e.is_Number:
+                raise SpecError(f"{show(sub)} is not a real number for non-integer exponents and "
+                                "has no real derivative; use a positive base")
 
 
 class Graph:
     """A networkx.DiGraph plus the hash-consing table and the node builders."""
 
-    def __init__(self):
+    def __init__(self, dtype: str = "float64"):
         self.g = nx.DiGraph()
         self._ids: dict = {}
+        self.folder = Folder(dtype)
+        # the spec key whose lowering (or whose adjoint) is being built; each node
+        # records the key that made it, so that late errors can name it
+        self.key = None
         # out node -> (function, input node, label node or None) for the stable
         # softmax family, lowered into several nodes but one rule to a reader
         self.macros: dict = {}
@@ -48,9 +238,12 @@ class Graph:
         if found is not None:
             return found
         i = len(self._ids)
+        if i >= limits.MAX_GRAPH_NODES:
+            raise SpecError(f"the graph (forward and adjoint) has more than {limits.MAX_GRAPH_NODES:,} "
+                            "nodes (limits.MAX_GRAPH_NODES)")
         self._ids[key] = i
         self.g.add_node(i, op=op, args=tuple(args), attrs=attrs, shape=tuple(shape),
-                        batched=batched, dtype=dtype, rule=rule or op, names=[])
+                        batched=batched, dtype=dtype, rule=rule or op, names=[], key=self.key)
         for pos, a in enumerate(args):
             if self.g.has_edge(a, i):
                 self.g.edges[a, i]["pos"] += (pos,)
@@ -66,7 +259,7 @@ class Graph:
         return self._add("param", (), (name,), shape=shape, batched=False)
 
     def const(self, value):
-        return self._add("const", (), (sp.sympify(value),))
+        return self._add("const", (), (self.folder.fold(sp.sympify(value)),))
 
     def batch_size(self):
         return self._add("batch_size")
@@ -90,10 +283,13 @@ class Graph:
                 subs[arg_symbol(i)] = node["attrs"][0]
             else:
                 kept.append((a, i))
-        expr = expr.xreplace(subs)
-        if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
-            raise SpecError("part of the expression is infinite or undefined for every input "
-                            "(a division by zero, or log or a negative power of 0)")
+        expr = self.folder.fold(expr, subs)
+        check_defined(expr, {arg_symbol(i): sp.Symbol(self.label(a)) for i, a in enumerate(args)})
+        if any(isinstance(e, sp.log) or (e.is_Pow and not e.exp.is_Integer)
+               for e in sp.preorder_traversal(expr)):
+            # log(-exp(x)) is two nodes: look through the arguments' own expressions
+            composed, leaves = self.compose(expr, args, depth=3)
+            check_defined(composed, {s: sp.Symbol(self.label(a)) for s, a in leaves.items()})
         used = sorted({a for a, i in kept if arg_symbol(i) in expr.free_symbols})
         renumber = {arg_symbol(i): arg_symbol(used.index(a)) for a, i in kept
                     if arg_symbol(i) in expr.free_symbols}
@@ -113,6 +309,33 @@ class Graph:
             batched = any(self.node(a)["batched"] for a in used)
             result = self._add("map", used, (expr,), shape=shape, batched=batched, rule=rule)
         return self.broadcast(result, full, full_batched)
+
+    def label(self, n) -> str:
+        """A name for node ``n`` in messages: its spec name, or ``(...)``."""
+        node = self.node(n)
+        if node["op"] in ("input", "param"):
+            return node["attrs"][0]
+        return node["names"][0] if node["names"] else "(...)"
+
+    def compose(self, expr, args, depth=2):
+        """``expr`` (over arg symbols of ``args``) with the arguments that are map
+        nodes replaced by their own expressions, ``depth`` levels deep.  Returns the
+        expression over one symbol per leaf node, and {symbol: leaf node}."""
+        leaves: dict = {}
+
+        def walk(e, nodes, level):
+            subs = {}
+            for i, a in enumerate(nodes):
+                node = self.node(a)
+                if level > 0 and node["op"] == "map" and sp.count_ops(node["attrs"][0]) <= 16:
+                    subs[arg_symbol(i)] = walk(node["attrs"][0], node["args"], level - 1)
+                else:
+                    sym = sp.Symbol(f"_n{a}", real=True)
+                    leaves[sym] = a
+                    subs[arg_symbol(i)] = sym
+            return e.xreplace(subs)
+
+        return walk(expr, list(args), depth), leaves
 
     def _unbroadcast(self, expr, args) -> list:
         """Read broadcast arguments through to their sources: elementwise code
@@ -145,6 +368,16 @@ class Graph:
     def reduce(self, x, kind, axes, keepdims=False, nograd=False) -> int:
         nx_ = self.node(x)
         shape = ops.reduce_shape(nx_["shape"], axes, keepdims)
+        source = nx_["args"][0] if nx_["op"] == "broadcast" else x
+        if self.node(source)["op"] == "const":
+            # the max or sum of copies of one number is a number
+            c = self.node(source)["attrs"][0]
+            if kind == "sum":
+                count = 1
+                for a in axes:
+                    count *= nx_["shape"][a]
+                c = self.folder.fold(c * count)
+            return self.broadcast(self.const(c), shape, nx_["batched"])
         return self._add("reduce", (x,), (kind, tuple(axes), keepdims, nograd), shape=shape,
                          batched=nx_["batched"], rule=kind)
 
@@ -244,6 +477,18 @@ class Lowered:
     output: int           # what predict returns
     wrt: dict             # name -> node, in WRT order
 
+    def locate(self, error: SpecError, node=None) -> SpecError:
+        """``error`` located at the spec key (and line) whose lowering, or whose
+        adjoint, made ``node`` (default: the key being built now)."""
+        key = self.graph.node(node)["key"] if node is not None else self.graph.key
+        key = key or self.graph.key
+        line = None
+        for _, expr in [*self.spec.graph, ("", self.spec.loss)]:
+            if expr.key == key:
+                line = expr.line
+                break
+        return error.located(file=self.spec.file, key=key, line=line)
+
 
 # ---------------------------------------------------------------------------
 
@@ -260,7 +505,7 @@ def _fmt(shape):
 class _Lowering:
     def __init__(self, spec: Spec):
         self.spec = spec
-        self.G = Graph()
+        self.G = Graph(spec.dtype)
         self.scope: dict = {}      # name -> node id
         self.labels: dict = {}     # label node -> classes
         self.pending: set = set()  # graph names not defined yet
@@ -312,12 +557,13 @@ class _Lowering:
     # -- expressions ---------------------------------------------------------
     def lower_expr(self, expr: Expr) -> int:
         self.expr = expr
+        self.G.key = expr.key
         try:
             value = self.visit(expr.tree)
+            if isinstance(value, sp.Basic):
+                value = self.G.const(value)
         except SpecError as e:
             raise e.located(file=self.spec.file, key=expr.key, line=expr.line) from None
-        if isinstance(value, sp.Basic):
-            return self.G.const(value)
         return value
 
     def err(self, message):
@@ -344,7 +590,8 @@ class _Lowering:
         if isinstance(t, ast.Constant):
             if isinstance(t.value, float) and not math.isfinite(t.value):
                 raise self.err(f"the constant {self.text(t)} is not a finite number")
-            return sp.Rational(repr(t.value)) if isinstance(t.value, float) else sp.Integer(t.value)
+            value = sp.Rational(repr(t.value)) if isinstance(t.value, float) else sp.Integer(t.value)
+            return self.constant(t, lambda: self.G.folder.number(value, exact=True))
         if isinstance(t, ast.Name):
             return self.name(t.id)
         if isinstance(t, ast.UnaryOp):
@@ -395,11 +642,23 @@ class _Lowering:
             return self.matmul(left, right, lambda: self.describe((t.left, left), (t.right, right)))
         fn, rule = ops.BINARY[type(t.op).__name__]
         return self.elementwise(fn, [left, right], rule,
-                                lambda: self.describe((t.left, left), (t.right, right)))
+                                lambda: self.describe((t.left, left), (t.right, right)), tree=t)
 
-    def elementwise(self, fn, operands, rule, describe):
+    def constant(self, tree, fold):
+        """The folded constant ``fold()``, or a SpecError quoting the spec's text."""
+        try:
+            return fold()
+        except FoldError as e:
+            text = self.text(tree) if tree is not None else ""
+            if len(text) > 48:
+                text = text[:45] + "..."
+            raise self.err(f"the constant {text} {e.reason}") from None
+
+    def elementwise(self, fn, operands, rule, describe, tree=None):
         if all(isinstance(v, sp.Basic) for v in operands):
-            return fn(*operands)
+            symbols = [arg_symbol(i) for i in range(len(operands))]
+            return self.constant(tree, lambda: self.G.folder.fold(fn(*symbols), dict(zip(symbols, operands)),
+                                                                  exact=True))
         args = [self.G.const(v) if isinstance(v, sp.Basic) else v for v in operands]
         return self.G.map(fn(*[arg_symbol(i) for i in range(len(args))]), args, rule=rule,
                           describe=describe)
@@ -446,6 +705,10 @@ class _Lowering:
             label = self.label_arg(t.args[1], f)
             return self.cross_entropy(f, x, label, t.args[0])
         args = [self.tensor(a, f"{f}()") for a in t.args]
+        if f == "log":
+            stable = self.stable_log(args[0])
+            if stable is not None:
+                return stable
         if f in ops.ELEMENTWISE:
             return self.G.map(ops.ELEMENTWISE[f](arg_symbol(0)), args, rule=f)
         x = args[0]
@@ -479,10 +742,7 @@ class _Lowering:
             self.G.macros[out] = ("softmax", x, None)
             return out
         if f == "log_softmax":
-            out = self.G.map(arg_symbol(0) - self.lse_expr(x), [x, *self.lse_args(x)],
-                             rule="log_softmax")
-            self.G.macros[out] = ("log_softmax", x, None)
-            return out
+            return self.log_softmax(x)
         if f == "logsumexp":
             lse = self.G.map(self.lse_expr(x).xreplace({arg_symbol(1): arg_symbol(0),
                                                          arg_symbol(2): arg_symbol(1)}),
@@ -491,6 +751,27 @@ class _Lowering:
             self.G.macros[out] = ("logsumexp", x, None)
             return out
         raise self.err(f"unsupported function {f}")  # every name in ops.FUNCTIONS is handled above
+
+    def log_softmax(self, x):
+        out = self.G.map(arg_symbol(0) - self.lse_expr(x), [x, *self.lse_args(x)], rule="log_softmax")
+        self.G.macros[out] = ("log_softmax", x, None)
+        return out
+
+    def stable_log(self, x):
+        """log(x) through a stable rule when x is one of the patterns that lose
+        precision or overflow (``ops.stable_log``; log(softmax(z)) is
+        log_softmax(z)); None otherwise."""
+        if self.G.macros.get(x, ("",))[0] == "softmax":
+            return self.log_softmax(self.G.macros[x][1])
+        if self.node(x)["op"] != "map":
+            return None
+        composed, leaves = self.G.compose(arg_symbol(0), [x], depth=2)
+        rewritten = ops.stable_log(composed)
+        if rewritten is None:
+            return None
+        used = sorted((s for s in rewritten.free_symbols), key=lambda s: leaves[s])
+        expr = rewritten.xreplace({s: arg_symbol(i) for i, s in enumerate(used)})
+        return self.G.map(expr, [leaves[s] for s in used], rule="stable log")
 
     def label_arg(self, tree, f):
         v = self.visit(tree)

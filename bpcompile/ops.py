@@ -16,6 +16,7 @@ each printer that prints it).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sympy as sp
@@ -26,8 +27,19 @@ from .errors import SpecError
 # SymPy functions that SymPy does not have, each with its derivative.
 
 
+# Each ``eval`` folds the function of a number to a number (or to an expression
+# of numbers SymPy evaluates): constant folding never leaves ``relu(0)`` for a
+# printer to compute in integers.
+
+
 class sigmoid(sp.Function):
     """1 / (1 + exp(-x)); derivative s * (1 - s)."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return 1 / (1 + sp.exp(-x)) if x >= 0 else sp.exp(x) / (1 + sp.exp(x))
+        return None
 
     def fdiff(self, argindex=1):
         s = sigmoid(self.args[0])
@@ -37,12 +49,24 @@ class sigmoid(sp.Function):
 class softplus(sp.Function):
     """log(1 + exp(x)); derivative sigmoid(x)."""
 
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return x + sp.log(1 + sp.exp(-x)) if x >= 0 else sp.log(1 + sp.exp(x))
+        return None
+
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
 
 
 class step(sp.Function):
     """1 where x > 0, else 0 (the derivative of relu; its own is taken as 0)."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sp.S.One if x > 0 else sp.S.Zero
+        return None
 
     def fdiff(self, argindex=1):
         return sp.S.Zero
@@ -52,12 +76,24 @@ class relu(sp.Function):
     """max(x, 0); derivative step(x), written step(relu(x)) so that the rule reads
     the forward output (relu(z) > 0 exactly when z > 0) and z need not stay alive."""
 
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return x if x > 0 else sp.S.Zero
+        return None
+
     def fdiff(self, argindex=1):
         return step(self)
 
 
 class equal(sp.Function):
     """1 where a == b, else 0 (routes the adjoint of max to the maximum)."""
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_Number and b.is_Number:
+            return sp.S.One if a == b else sp.S.Zero
+        return None
 
     def fdiff(self, argindex=1):
         return sp.S.Zero
@@ -99,6 +135,29 @@ STRUCTURAL_FUNCTIONS = (
 FUNCTIONS = tuple(ELEMENTWISE) + STRUCTURAL_FUNCTIONS
 
 
+def stable_log(u: sp.Expr):
+    """``log(u)`` in a form that neither overflows nor loses the small values, for
+    the common patterns; None when ``u`` is none of them.
+
+    log(sigmoid(x)) = -softplus(-x), log(1 - sigmoid(x)) = -softplus(x),
+    log(1 + exp(x)) = softplus(x), log(1/u) = -log(u) for those.  (A sigmoid is
+    1 in floating point for x above about 37, so log(1 - sigmoid(x)) would be
+    log(0); and it rounds small values away, so log(sigmoid(-40)) would be too.)
+    """
+    if isinstance(u, sigmoid):
+        return -softplus(-u.args[0])
+    if u.is_Pow and u.exp == -1:
+        inner = stable_log(u.base)
+        return -inner if inner is not None else None
+    if u.is_Add and len(u.args) == 2 and sp.S.One in u.args:
+        (rest,) = [a for a in u.args if a != sp.S.One]
+        if isinstance(-rest, sigmoid):
+            return -softplus((-rest).args[0])
+        if isinstance(rest, sp.exp):
+            return softplus(rest.args[0])
+    return None
+
+
 def arg_symbol(i: int) -> sp.Symbol:
     """The symbol for argument ``i`` of a map node's expression."""
     return sp.Symbol(f"_{i}", real=True)
@@ -107,6 +166,7 @@ def arg_symbol(i: int) -> sp.Symbol:
 OUT = sp.Symbol("_out", real=True)
 
 
+@functools.lru_cache(maxsize=4096)
 def local_derivative(expr: sp.Expr, i: int) -> sp.Expr:
     """d expr / d arg_i, rewritten in terms of the output (``OUT``) where it occurs.
 
@@ -211,16 +271,20 @@ class Scatter:
     classes: int
 
 
+@functools.lru_cache(maxsize=4096)
+def _map_contribution(expr: sp.Expr, pos: int, nargs: int) -> sp.Expr:
+    """g * d expr / d arg_pos, over the symbols [g, args..., out] (the same for
+    every layer of a deep stack: derived once)."""
+    d = local_derivative(expr, pos)
+    subs = {arg_symbol(i): arg_symbol(i + 1) for i in range(nargs)}
+    subs[OUT] = arg_symbol(nargs + 1)
+    return arg_symbol(0) * d.xreplace(subs)
+
+
 def _vjp_map(G, n, pos, g):
     node = G.node(n)
-    expr = node["attrs"][0]
-    d = local_derivative(expr, pos)
     args = list(node["args"])
-    # g * d, over the symbols [g, args..., out]
-    subs = {arg_symbol(i): arg_symbol(i + 1) for i in range(len(args))}
-    subs[OUT] = arg_symbol(len(args) + 1)
-    contribution = arg_symbol(0) * d.xreplace(subs)
-    return G.map(contribution, [g, *args, n])
+    return G.map(_map_contribution(node["attrs"][0], pos, len(args)), [g, *args, n])
 
 
 def _vjp_contract(G, n, pos, g):
@@ -251,8 +315,14 @@ def _vjp_reduce(G, n, pos, g):
             m = G.reshape(n, kept)
     if kind == "sum":
         return g
-    # max: the adjoint flows to the entries equal to the maximum
-    return G.map(arg_symbol(0) * equal(arg_symbol(1), arg_symbol(2)), [g, x, m])
+    # max: the adjoint flows to the entries equal to the maximum, split equally
+    # between tied entries (as PyTorch's amax): g * mask / count(mask)
+    mask = G.map(equal(arg_symbol(0), arg_symbol(1)), [x, m], rule="max")
+    # the copy makes the mask an array of the dtype in every target (a comparison
+    # alone is a boolean array in NumPy, and its sum an integer one)
+    mask = G.copy(mask)
+    count = G.reduce(mask, "sum", axes, keepdims=True, nograd=True)
+    return G.map(arg_symbol(0) * arg_symbol(1) / arg_symbol(2), [g, mask, count], rule="max")
 
 
 def _vjp_sum_to(G, n, pos, g):

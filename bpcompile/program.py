@@ -11,6 +11,7 @@ a batch flag, kernels name ops from ``ops.py``, and elementwise math stays SymPy
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -18,6 +19,7 @@ import sympy as sp
 from . import names
 from .adjoint import Adjoints
 from .equations import EXAMPLE_LOSS, LOSS, Namer, adjoint_equations, show
+from .errors import SpecError
 from .graph import Lowered
 from .ops import arg_symbol
 
@@ -134,9 +136,21 @@ class _Builder:
         # node ids follow creation: the reverse pass made every node after the forward graph
         last_forward = max(max(low.named.values(), default=0), low.loss, low.output, low.example_loss)
         self.first_backward = last_forward + 1 if adj is not None else None
+        self.forward_roots: set = set()
+        # adjoint node -> the forward nodes it is the adjoint of, in the reverse pass's order
+        self.bar_of: dict = {}
+        for x, b in (adj.bar.items() if adj else ()):
+            self.bar_of.setdefault(b, []).append(x)
+        # node -> the spec text of the line it is named by
+        self.line_text: dict = {}
+        for nm, expr in reversed(low.spec.graph):
+            n = low.named.get(nm)
+            if n is not None:
+                self.line_text[n] = expr.text
 
     def is_backward(self, n) -> bool:
-        return self.first_backward is not None and n >= self.first_backward
+        return self.first_backward is not None and n >= self.first_backward \
+            and n not in self.forward_roots
 
     # -- naming --------------------------------------------------------------
     def fresh(self) -> str:
@@ -175,21 +189,21 @@ class _Builder:
         nm = self.namer.name(n)
         if nm is not None:
             return nm
-        for x, b in (self.adj.bar.items() if self.adj else ()):
-            if b == n:
-                xn = self.namer.name(x)
-                if xn is not None:
-                    return names.bar(xn)
+        for x in self.bar_of.get(n, ()):
+            xn = self.namer.name(x)
+            if xn is not None:
+                return names.bar(xn)
         return None
 
     # -- scheduling ----------------------------------------------------------
     def run(self, *, loss, output, grads) -> Program:
         G = self.G
         roots = []
+        loss_node, output_node = self.array_root(self.low.loss), self.array_root(self.low.output)
         if loss:
-            roots.append(self.low.loss)
+            roots.append(loss_node)
         if output:
-            roots.append(self.low.output)
+            roots.append(output_node)
         grad_nodes = {}
         if grads:
             grad_nodes = self.gradient_nodes()
@@ -224,7 +238,7 @@ class _Builder:
             if inlinable(n) and fused[n] < MAX_FUSED:
                 inlined.add(n)
         # names first, in schedule order, so the spec's names win over temporaries
-        for n in [self.low.loss] if loss else []:
+        for n in [loss_node] if loss else []:
             self.value(n, LOSS)
         for name, n in grad_nodes.items():
             if G.node(n)["op"] not in ("input", "param", "const"):
@@ -251,10 +265,19 @@ class _Builder:
         params = [self.value(n) for n in sorted(self.low.leaves.values())
                   if n in needed and G.node(n)["op"] == "param"]
         return Program(kernels, inputs, params,
-                       self.values.get(self.low.loss) if loss else None,
-                       self.value(self.low.output) if output else None,
+                       self.values.get(loss_node) if loss else None,
+                       self.value(output_node) if output else None,
                        {name: self.value(n) for name, n in grad_nodes.items()},
                        self.values)
+
+    def array_root(self, n):
+        """A constant the program returns is made an array of the dtype (np.full),
+        never returned as the bare number."""
+        if self.G.node(n)["op"] != "const":
+            return n
+        full = self.G.full(n, (), False)
+        self.forward_roots.add(full)
+        return full
 
     def gradient_nodes(self) -> dict:
         """For each WRT name, a node holding exactly its gradient, in a fresh array."""
@@ -298,7 +321,11 @@ class _Builder:
                     subs[arg_symbol(i)] = leaf_sym[a]
             return node["attrs"][0].xreplace(subs)
 
-        expr = expand(n)
+        try:
+            # numbers of the fused nodes combine (x*1e200*1e200): fold them again
+            expr = self.low.graph.folder.fold(expand(n))
+        except SpecError as e:
+            raise self.low.locate(e, n) from None
         replacements, (reduced,) = sp.cse([expr], symbols=sp.numbered_symbols("_cse"), order="none")
         temps = []
         rename = {}
@@ -323,6 +350,12 @@ class _Builder:
         notes: dict = {}
         kernels = [n for n in order if n not in inlined
                    and G.node(n)["op"] not in ("input", "param", "const", "batch_size")]
+
+        def first_kernel(lo, hi):
+            """The first kernel node in [lo, hi], else hi (kernels is sorted)."""
+            i = bisect.bisect_left(kernels, lo)
+            return kernels[i] if i < len(kernels) and kernels[i] <= hi else hi
+
         start = 0   # nodes made for a spec line have ids after the previous line's
         for n in order:
             node = G.node(n)
@@ -333,8 +366,7 @@ class _Builder:
                 continue
             rhs = self.forward_text(n)
             # the comment goes above the first kernel computing part of this line
-            home = kernel_of(n)
-            home = next((k for k in kernels if start <= k <= home), home)
+            home = first_kernel(start, kernel_of(n))
             notes.setdefault(home, []).append(f"{nm} = {rhs}")
             start = n + 1
         if self.adj is not None:
@@ -344,7 +376,7 @@ class _Builder:
                 waiting.append(eq.text())
                 if eq.node in order_set and G.node(eq.node)["op"] not in ("input", "param", "const"):
                     owner = kernel_of(eq.node)
-                    home = next((k for k in kernels if start <= k <= owner), owner)
+                    home = first_kernel(start, owner)
                     notes.setdefault(home, []).extend(waiting)
                     waiting = []
                     start = max(start, owner + 1)
@@ -352,11 +384,7 @@ class _Builder:
 
     def forward_text(self, n):
         node = self.G.node(n)
-        expr_text = None
-        for nm, expr in self.low.spec.graph:
-            if self.low.named.get(nm) == n:
-                expr_text = expr.text
-                break
+        expr_text = self.line_text.get(n)
         if n == self.low.example_loss and expr_text is None:
             expr_text = self.low.spec.loss.text
         if n == self.low.loss:
