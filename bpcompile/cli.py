@@ -22,7 +22,7 @@ from .compiler import TARGETS, compile
 from .errors import SpecError
 from .escape import terminal
 from .spec import load_spec
-from .verify import verify
+from .verify import TIMEOUT, verify
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -161,10 +161,18 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.dot, FILE.svg or FILE.png")
     g.set_defaults(run=cmd_graph)
 
-    v = sub.add_parser("verify", help="check a gradient against SymPy and finite differences")
+    v = sub.add_parser("verify", help="check a gradient against SymPy and finite differences",
+                       description="Compare the gradient of the generated module (or of --module FILE) with "
+                       "the derivative of the full SymPy expansion of the loss at small sizes and with central "
+                       "finite differences; a float32 module is checked in float64 and in float32. "
+                       "Exit 1 on a mismatch.")
     v.add_argument("spec", metavar="SPEC", help="model spec file (.yaml, .json)")
     v.add_argument("--module", metavar="FILE",
-                   help="a generated module to check (default: the spec compiled afresh)")
+                   help="a generated .py module to check (e.g. one someone edited) instead of the spec "
+                        "compiled afresh; like the fresh one, it runs in a separate Python process with "
+                        f"no stdin and a {TIMEOUT:g} s limit, and only the numbers it returns are judged: "
+                        "a module that hangs, crashes or exits fails the check (exit 1); one that cannot "
+                        "be imported or does not match SPEC is a usage error (exit 2)")
     v.set_defaults(run=cmd_verify)
     return p
 
