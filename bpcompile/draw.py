@@ -14,6 +14,7 @@ import networkx as nx
 
 from .compiler import Compiled, write_atomic
 from .equations import Namer, contraction_text, show
+from .escape import dot_str
 from .ops import OUT, arg_symbol, local_derivative
 
 FORMATS = (".dot", ".svg", ".png")
@@ -82,20 +83,25 @@ def _local_derivative(G, namer, n, pos) -> str:
     return "1"
 
 
+def _dot_label(*lines: str) -> str:
+    """A DOT label of several lines: each line quoted by escape.dot_str, joined by
+    DOT's own line break ``\\n`` inside one pair of quotes."""
+    return '"' + "\\n".join(dot_str(line)[1:-1] for line in lines) + '"'
+
+
 def to_dot(name: str, P: nx.DiGraph) -> str:
-    lines = [f'digraph "{name}" {{', "  rankdir=LR;",
+    lines = [f"digraph {dot_str(name)} {{", "  rankdir=LR;",
              '  node [fontname="Helvetica", style=filled];', '  edge [fontname="Helvetica", fontsize=10];']
     for n, d in P.nodes(data=True):
         shape = "box" if d["kind"] in ("input", "param") else "ellipse"
-        label = d["label"].replace('"', '\\"').replace("\n", "\\n") + f"\\n[{d['shape']}]"
-        lines.append(f'  n{n} [label="{label}", shape={shape}, fillcolor="{COLORS[d["kind"]]}"];')
+        label = _dot_label(*d["label"].split("\n"), f"[{d['shape']}]")
+        lines.append(f'  n{int(n)} [label={label}, shape={shape}, fillcolor={dot_str(COLORS[d["kind"]])}];')
     for a, b in P.edges:
-        lines.append(f"  n{a} -> n{b};")
+        lines.append(f"  n{int(a)} -> n{int(b)};")
     for a, b, d in P.edges(data=True):
         if d["adjoint"]:
-            label = d["derivative"].replace('"', '\\"')
-            lines.append(f'  n{b} -> n{a} [color=red, fontcolor=red, style=dashed, constraint=false, '
-                         f'label="{label}"];')
+            lines.append(f"  n{int(b)} -> n{int(a)} [color=red, fontcolor=red, style=dashed, constraint=false, "
+                         f"label={dot_str(d['derivative'])}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -69,14 +69,31 @@ class Equation:
         return f"{self.lhs} = {self.rhs}".ljust(width) + f"   # {self.rule}"
 
 
+# An anonymous value is written inline (``(W @ x)_bar``, ``tanh(b + d)``) while
+# its text is at most this many characters; a longer one is a named sub-result
+# (``u1``, defined on a line of its own), so every line stays short and printing
+# the equations costs time linear in the graph, however deep the nesting.
+INLINE_LIMIT = 32
+SUBRESULT_PREFIX = "u"
+
+
 class Namer:
-    """Display names of forward nodes: spec names, else their expression."""
+    """Display names of forward nodes: spec names, else their expression, else
+    (an expression longer than INLINE_LIMIT) a sub-result name ``u1, u2, ...``."""
 
     def __init__(self, low: Lowered):
         self.low = low
         self.G = low.graph
         self.cache: dict = {}
         self.bar_alias: dict = {}   # anonymous node -> the name of the adjoint it shares
+        self.subresults: dict = {}  # node -> its sub-result name
+        self.definitions: dict = {}  # node -> the text its sub-result name stands for
+        self._prepared = False
+        self._counter = 0
+        spec = low.spec
+        self._taken = {*spec.inputs, *spec.params, *(nm for nm, _ in spec.graph), *low.named,
+                       LOSS, EXAMPLE_LOSS, "N"}
+        self._last_forward = max([low.loss, low.example_loss, low.output, *low.named.values()])
 
     def name(self, n) -> str | None:
         node = self.G.node(n)
@@ -90,24 +107,78 @@ class Namer:
             return EXAMPLE_LOSS
         if node["op"] == "batch_size":
             return "N"
+        if n <= self._last_forward:
+            self._prepare()
+            return self.subresults.get(n)
         return None
 
     def sym(self, n) -> sp.Expr:
         """A SymPy expression that displays node n."""
-        if n in self.cache:
-            return self.cache[n]
-        nm = self.name(n)
+        if n not in self.cache:
+            self._prepare()
+            if n not in self.cache:
+                self._compute(n)
+        return self.cache[n]
+
+    def _prepare(self):
+        """Display every forward node once, in id order (args before their users), so
+        the sub-results are numbered in the order the forward pass computes them."""
+        if self._prepared:
+            return
+        self._prepared = True
+        for n in range(self._last_forward + 1):
+            if n in self.G.g and n not in self.cache:
+                self._display(n)
+
+    def _compute(self, n):
+        """Display n and the anonymous nodes it is written in terms of (no recursion:
+        a deep chain meets no recursion limit)."""
+        need, stack = set(), [n]
+        while stack:
+            m = stack.pop()
+            if m in need or m in self.cache:
+                continue
+            need.add(m)
+            if self._fixed_name(m) is None:
+                stack.extend(self.G.node(m)["args"])
+        for m in sorted(need):
+            self._display(m)
+
+    def _fixed_name(self, n):
+        node = self.G.node(n)
+        if node["op"] in ("input", "param") or node["names"] or node["op"] == "batch_size" \
+                or n in (self.low.loss, self.low.example_loss):
+            return self.name(n)
+        return None
+
+    def _display(self, n):
+        nm = self._fixed_name(n)
         node = self.G.node(n)
         if nm is not None:
-            out = sp.Symbol(nm)
+            out = sp.Symbol(nm, real=True)
         elif node["op"] == "const":
             out = node["attrs"][0]
-        elif node["op"] == "map":
-            out = node["attrs"][0].xreplace({arg_symbol(i): self.sym(a) for i, a in enumerate(node["args"])})
         else:
-            out = sp.Symbol(self.structural(n))
+            if node["op"] == "map":
+                out = node["attrs"][0].xreplace({arg_symbol(i): self.cache[a]
+                                                 for i, a in enumerate(node["args"])})
+                text = show(out)
+            else:
+                text = self.structural(n)
+                out = sp.Symbol(text, real=True)
+            if len(text) > INLINE_LIMIT and n <= self._last_forward:
+                name = self._fresh()
+                self.subresults[n] = name
+                self.definitions[n] = text
+                out = sp.Symbol(name, real=True)
         self.cache[n] = out
-        return out
+
+    def _fresh(self) -> str:
+        while True:
+            self._counter += 1
+            name = f"{SUBRESULT_PREFIX}{self._counter}"
+            if name not in self._taken and names.bar(name) not in self._taken:
+                return name
 
     def text(self, n) -> str:
         return show(self.sym(n))
@@ -170,11 +241,29 @@ def print_add(printer, expr) -> str:
     return out
 
 
-def forward_equations(low: Lowered) -> list:
-    """The forward program, one computation per line: [(lhs, rhs, per-example shape)]."""
+def forward_equations(low: Lowered, namer: Namer | None = None) -> list:
+    """The forward program, one computation per line: [(lhs, rhs, per-example shape)].
+
+    The spec's lines, each preceded by the sub-results (``u1 = ...``) that the
+    equations name inside it, when a ``namer`` is given."""
     spec = low.spec
-    out = [(nm, expr.text, low.graph.node(low.named[nm])["shape"]) for nm, expr in spec.graph]
-    out.append((EXAMPLE_LOSS, spec.loss.text, ()))
+    G = low.graph
+    lines = [(low.named[nm], nm, expr.text) for nm, expr in spec.graph]
+    lines.append((low.example_loss, EXAMPLE_LOSS, spec.loss.text))
+    subs = []
+    if namer is not None:
+        namer.sym(low.loss)   # names every sub-result of the forward graph
+        subs = sorted(namer.subresults.items())
+    out, k = [], 0
+    for node, lhs, rhs in lines:
+        # a sub-result is made before the first spec line whose node comes after it
+        while k < len(subs) and subs[k][0] < node:
+            n, sub = subs[k]
+            out.append((sub, namer.definitions[n], G.node(n)["shape"]))
+            k += 1
+        out.append((lhs, rhs, G.node(node)["shape"]))
+    for n, sub in subs[k:]:
+        out.append((sub, namer.definitions[n], G.node(n)["shape"]))
     out.append((LOSS, f"{spec.reduction} over the batch of {EXAMPLE_LOSS}", ()))
     return out
 
@@ -182,10 +271,11 @@ def forward_equations(low: Lowered) -> list:
 def docstring_lines(low: Lowered, adj: Adjoints, namer: Namer | None = None) -> tuple:
     """The forward and adjoint equations as the generated files' headers print them:
     aligned columns, forward lines with their shapes, adjoint lines with their rules."""
-    forward = [(f"{lhs} = {rhs}", shape) for lhs, rhs, shape in forward_equations(low)]
+    namer = namer or Namer(low)
+    forward = [(f"{lhs} = {rhs}", shape) for lhs, rhs, shape in forward_equations(low, namer)]
     width = max(len(t) for t, _ in forward)
     forward_lines = [f"{t.ljust(width)}   shape {list(s)}" for t, s in forward]
-    eqs = adjoint_equations(low, adj, namer or Namer(low))
+    eqs = adjoint_equations(low, adj, namer)
     width = min(60, max((len(f"{e.lhs} = {e.rhs}") for e in eqs), default=0))
     return forward_lines, [e.text(width) for e in eqs]
 
@@ -311,7 +401,7 @@ def term_text(G, namer, x, consumer, rule, contribution):
             subs = {arg_symbol(i): namer.sym(arg) for i, arg in enumerate(node["args"])}
             subs[OUT] = namer.sym(consumer)
             d = d.xreplace(subs)
-            g = sp.Symbol(gbar)
+            g = sp.Symbol(gbar, real=True)
             parts.append(show(g * d) if d != 1 else gbar)
         return (" + ".join(parts) + batch_sum, rule)
     if op == "contract":

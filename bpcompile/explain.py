@@ -19,8 +19,13 @@ import sympy as sp
 
 from .compiler import Compiled
 from .equations import Equation, Namer, adjoint_equations, forward_equations, show
+from .escape import latex_text, terminal
 
-NAIVE_MAX_ENTRIES = 400   # differentiated entries beyond which the expansion is skipped
+from .limits import MAX_NAIVE_EXPANSION_OPS, MAX_NAIVE_SYMPY_DEPTH, MAX_NAIVE_SYMPY_OPS, NAIVE_COUNT_DIGITS
+
+NAIVE_MAX_ENTRIES = 400   # differentiated entries beyond which SymPy does not differentiate
+NAIVE_COUNT_CAP = 10**NAIVE_COUNT_DIGITS
+MAX_LATEX_CHARS = 20_000  # of one equation's text set as LaTeX; the rest is elided, said so
 
 
 @dataclass
@@ -38,7 +43,7 @@ class Derivation:
 def derive(compiled: Compiled, naive: bool = True) -> Derivation:
     low, adj = compiled.lowered, compiled.adjoints
     namer = Namer(low)
-    forward = [{"lhs": lhs, "rhs": rhs, "shape": list(shape)} for lhs, rhs, shape in forward_equations(low)]
+    forward = [{"lhs": lhs, "rhs": rhs, "shape": list(shape)} for lhs, rhs, shape in forward_equations(low, namer)]
     adjoint = [{"lhs": eq.lhs, "terms": [{"rhs": r, "rule": rule} for r, rule in eq.terms]}
                for eq in adjoint_equations(low, adj, namer)]
     program = compiled.programs["value_and_grad"]
@@ -87,22 +92,145 @@ def _kernel_text(k) -> str:
 
 def naive_counts(compiled: Compiled) -> dict:
     """Ops of every differentiated entry's derivative written out as one expanded
-    SymPy expression (no sharing), at a small instance of the spec, beside the
-    scalar ops of the compiled gradient at the same instance."""
+    expression (no sharing), at a small instance of the spec, beside the scalar
+    ops of the compiled gradient at the same instance.
+
+    Counted by dynamic programming over the expression DAG (``naive_derivative_ops``:
+    linear in its nodes, exact in big integers up to NAIVE_COUNT_CAP); where that
+    count is small (at most MAX_NAIVE_SYMPY_OPS), SymPy differentiates for real
+    and its ``count_ops`` is the number reported.  The expansion itself is skipped,
+    with a note, when the small instance has more than MAX_NAIVE_EXPANSION_OPS
+    scalar operations."""
     from .verify import small_instance
     small = small_instance(compiled.spec, compiled)
-    try:
-        loss, wrt_symbols, sizes = expand_example(small.spec)
-    except Exception as e:  # noqa: BLE001 - the count is informative, never fatal
-        return {"naive_ops": None, "naive_note": f"expansion failed: {e}"}
-    symbols = [s for syms in wrt_symbols.values() for s in syms]
-    if len(symbols) > NAIVE_MAX_ENTRIES:
-        return {"naive_ops": None, "naive_note": f"{len(symbols)} entries: too many to expand"}
-    ops = sum(sp.count_ops(sp.diff(loss, s)) for s in symbols)
     program = small.programs["value_and_grad"]
-    return {"naive_ops": int(ops), "naive_entries": len(symbols), "naive_sizes": sizes,
-            "gradient_scalar_ops_small": scalar_op_count(program, "backward"),
-            "forward_scalar_ops_small": scalar_op_count(program, "forward")}
+    scalar = {"gradient_scalar_ops_small": scalar_op_count(program, "backward"),
+              "forward_scalar_ops_small": scalar_op_count(program, "forward")}
+    forward = scalar["forward_scalar_ops_small"]
+    if forward > MAX_NAIVE_EXPANSION_OPS:
+        return {"naive_ops": None, **scalar,
+                "naive_note": f"the small instance has {forward} forward scalar operations, over the limit "
+                              f"MAX_NAIVE_EXPANSION_OPS = {MAX_NAIVE_EXPANSION_OPS}: not expanded"}
+    try:
+        # written out as the spec says, with no simplification (SymPy's automatic
+        # evaluation asks questions of deep expressions that take exponential time)
+        with sp.evaluate(False):
+            written, wrt_symbols, sizes = expand_example(small.spec)
+        symbols = [s for syms in wrt_symbols.values() for s in syms]
+        ops, depth = naive_derivative_ops(written, symbols)
+        method = "dag"
+        if ops <= MAX_NAIVE_SYMPY_OPS and depth <= MAX_NAIVE_SYMPY_DEPTH and len(symbols) <= NAIVE_MAX_ENTRIES:
+            # small enough for SymPy to differentiate for real
+            loss, wrt_symbols, _ = expand_example(small.spec)
+            symbols = [s for syms in wrt_symbols.values() for s in syms]
+            ops, method = sum(sp.count_ops(sp.diff(loss, s)) for s in symbols), "sympy"
+    except Exception as e:  # noqa: BLE001 - the count is informative, never fatal
+        return {"naive_ops": None, **scalar, "naive_note": f"expansion failed: {type(e).__name__}"}
+    out = {"naive_ops": int(ops), "naive_entries": len(symbols), "naive_sizes": sizes,
+           "naive_method": method, **scalar}
+    if ops >= NAIVE_COUNT_CAP:   # saturated: a lower bound, not the count
+        out["naive_exact"] = False
+        out["naive_note"] = f"more than 10^{NAIVE_COUNT_DIGITS} operations (NAIVE_COUNT_DIGITS)"
+    return out
+
+
+# d f(x_0, ..., x_k) / d x_i for a SymPy function class: (ops of the derivative,
+# how many times each argument occurs in it), so that the size of f'(a_0, ...)
+# is ops + sum(occurrences_j * size(a_j)) without building it.
+_TEMPLATES: dict = {}
+
+
+def _derivative_template(func, nargs: int, i: int) -> tuple:
+    key = (func, nargs, i)
+    if key not in _TEMPLATES:
+        xs = [sp.Dummy(f"x{j}", real=True) for j in range(nargs)]
+        try:
+            d = sp.diff(func(*xs), xs[i])
+            if d.has(sp.Derivative, sp.Subs):
+                raise ValueError("no closed form")
+            occurrences = [0] * nargs
+            where = {x: j for j, x in enumerate(xs)}
+            for node in sp.preorder_traversal(d):
+                if node in where:
+                    occurrences[where[node]] += 1
+            _TEMPLATES[key] = (int(sp.count_ops(d)), tuple(occurrences))
+        except Exception:  # noqa: BLE001 - any function: f'(a) taken as big as f(a)
+            _TEMPLATES[key] = (1, (1,) * nargs)
+    return _TEMPLATES[key]
+
+
+def naive_derivative_ops(expr, symbols) -> tuple:
+    """(ops, depth): the ops of d expr / d s written out by the chain rule as one
+    expression tree with no sharing, summed over ``symbols`` s, and the depth of
+    ``expr``'s DAG.
+
+    Dynamic programming over the DAG of ``expr`` (SymPy shares equal
+    subexpressions): per node, the size S of its own expanded tree, the set of
+    symbols it depends on (a bitset), and A, the sum over those symbols of the
+    size of its derivative's tree, from its arguments' S, sets and A alone -- so
+    time is linear in the DAG however large the trees are.  The rules: a sum's
+    derivative is the sum of its arguments' (``d(u+v) = du + dv``), a product's
+    one term per factor (``d(uv) = du v + u dv``), ``d f(u) = f'(u) du`` with
+    f' as SymPy writes it, ``d u**c = c*u**(c-1) du``; a term whose argument
+    does not depend on s is left out, as is a factor ``ds/ds = 1``.  Counts are
+    exact big integers, saturated at NAIVE_COUNT_CAP so that arithmetic stays cheap.
+    """
+    cap = NAIVE_COUNT_CAP
+    bit = {s: 1 << k for k, s in enumerate(symbols)}
+    memo: dict = {}     # node -> (S, bits, A, depth)
+    stack = [(expr, False)]
+    while stack:
+        e, ready = stack.pop()
+        if e in memo:
+            continue
+        args = e.args
+        if not ready and args:
+            stack.append((e, True))
+            stack.extend((a, False) for a in args if a not in memo)
+            continue
+        if not args:
+            memo[e] = (0, bit.get(e, 0), 0, 0)
+            continue
+        sub = [memo[a] for a in args]
+        sizes = [m[0] for m in sub]
+        total = sum(sizes)
+        n = len(args)
+        size = total + (n - 1 if (e.is_Add or e.is_Mul) else 1)
+        bits = 0
+        for m in sub:
+            bits |= m[1]
+        depth = 1 + max(m[3] for m in sub)
+        deps = [m[1].bit_count() for m in sub]
+        count = bits.bit_count()
+        # a factor ds/ds = 1 is not written: one op fewer, for each symbol argument
+        ones = [1 if a in bit else 0 for a in args]
+        joins = sum(deps) - count     # '+' between the terms of one symbol's derivative
+        if not bits:
+            a_total = 0
+        elif e.is_Add:
+            a_total = sum(m[2] for m in sub) + joins
+        elif e.is_Mul:
+            a_total = joins + sum(m[2] + c * (total - s + n - 1) - o
+                                  for m, c, s, o in zip(sub, deps, sizes, ones))
+        elif e.is_Pow and not sub[1][1]:
+            # d b**c = c*b**(c - 1)*db
+            b, c = sub[0], sub[1]
+            a_total = deps[0] * (b[0] + c[0] + 3) + b[2] - ones[0]
+        elif e.is_Pow:
+            # d b**x = b**x*(log(b)*dx + x*db/b)
+            b, x = sub
+            a_total = (deps[1] * (size + b[0] + 3) + x[2] - ones[1]
+                       + deps[0] * (size + x[0] + b[0] + 4) + b[2] - ones[0] + joins)
+        else:
+            a_total = joins
+            for i, (m, c, o) in enumerate(zip(sub, deps, ones)):
+                if c:
+                    ops, occurrences = _derivative_template(e.func, n, i)
+                    fprime = ops + sum(k * s for k, s in zip(occurrences, sizes))
+                    a_total += c * (fprime + 1) + m[2] - o
+        memo[e] = (min(size, cap), bits, min(a_total, cap), depth)
+    _, _, ops, depth = memo[expr]
+    return ops, depth
 
 
 def scalar_op_count(program, phase) -> int:
@@ -175,22 +303,47 @@ def as_text(d: Derivation) -> str:
               f"    gradient  {c['gradient_ops']:>8}   ({c['gradient_kernels']} kernels)",
               f"    gradient / forward = {c['ratio']}"]
     if c.get("naive_ops") is not None:
-        sizes = ", ".join(f"{k} {v}" for k, v in c["naive_sizes"].items())
+        shown = list(c["naive_sizes"].items())
+        sizes = ", ".join(f"{k} {v}" for k, v in shown[:12]) + (f", ... ({len(shown) - 12} more)"
+                                                                   if len(shown) > 12 else "")
+        ratio = c["naive_ops"] / max(1, c["gradient_scalar_ops_small"])
+        how = ("no sharing" if c.get("naive_method") == "sympy" else
+               "no sharing; counted over the expression DAG, too big for SymPy to write out")
         lines += ["", f"  At a small instance ({sizes}), one example, in scalar operations:",
                   f"    forward                     {c['forward_scalar_ops_small']:>8}",
                   f"    gradient (reverse mode)     {c['gradient_scalar_ops_small']:>8}",
-                  f"    naive expanded derivative   {c['naive_ops']:>8}   "
-                  f"({c['naive_entries']} derivatives written out, no sharing: "
-                  f"{c['naive_ops'] / max(1, c['gradient_scalar_ops_small']):.1f}x the reverse-mode gradient)"]
+                  f"    naive expanded derivative   {_big(c['naive_ops']):>8}   "
+                  f"({c['naive_entries']} derivatives written out, {how}: "
+                  f"{'more than ' if c.get('naive_exact') is False else ''}{_ratio(ratio)} "
+                  "the reverse-mode gradient)"]
     elif "naive_note" in c:
         lines.append(f"    naive expanded derivative: not computed ({c['naive_note']})")
-    return "\n".join(lines) + "\n"
+    # each entry is one line: spec text in it (an expression as written) cannot
+    # start another line or reach the terminal as a control character
+    return "\n".join(terminal(line) for line in lines) + "\n"
+
+
+def _big(n: int) -> str:
+    """A count for the text output: exact below 10^15, else its order of magnitude."""
+    if n >= NAIVE_COUNT_CAP:
+        return f"more than 10^{NAIVE_COUNT_DIGITS}"
+    if n < 10**15:
+        return str(n)
+    digits = str(n)
+    return f"{digits[0]}.{digits[1:3]}e{len(digits) - 1}"
+
+
+def _ratio(r: float) -> str:
+    return f"{r:.1f}x" if r < 1e6 else f"{r:.2e}x"
 
 
 _GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "sigma", "tau", "phi"}
 
 
 def _latex_name(name: str) -> str:
+    """A name (an identifier, with ``_bar`` for an adjoint) in the lectures' notation."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return "\\text{" + latex_text(name) + "}"
     base, bar = (name[:-4], True) if name.endswith("_bar") else (name, False)
     m = re.fullmatch(r"([A-Za-z]+)_?(\w*)", base)
     if m:
@@ -201,15 +354,54 @@ def _latex_name(name: str) -> str:
         text = head + (f"_{{{sub}}}" if sub else "")
     else:
         text = base
-    return f"\\bar{{{text}}}" if bar else text
+    return _raw_underscores(f"\\bar{{{text}}}" if bar else text)
+
+
+def _raw_underscores(latex: str) -> str:
+    r"""An underscore that is not one of ours (``x_{...}``, ``\_``) is text: ``\_``."""
+    return re.sub(r"(?<!\\)_(?!\{)", r"\\_", latex)
+
+
+# Characters an equation's text may show as they are in math mode; every other
+# character (from spec text: ``\``, ``$``, ``%``, ``{``, ``}``, ``#``, ``&``, ``~``,
+# quotes, anything non-ASCII) is set as text through escape.latex_text, so that no
+# spec text can run a LaTeX command or leave math mode.
+_LATEX_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_ +-*/()[],.=<>:@'")
+_HOLE = 0xF0000   # a private-use code point per unsafe character while the text is rewritten
+_HOLES = re.compile("[\U000F0000-\U000FFFFD]+")
+
+
+def _overline_bars(text: str) -> str:
+    """``(y - g)_bar`` as ``\\overline{(y - g)}``, at any depth of brackets (one pass)."""
+    opened, match = [], {}
+    for k, ch in enumerate(text):
+        if ch == "(":
+            opened.append(k)
+        elif ch == ")" and opened:
+            match[k] = opened.pop()
+    out, i = [], 0
+    for m in re.finditer(r"\)_bar\b", text):
+        j = match.get(m.start())
+        if j is None or j < i:    # no matching bracket: left as it is
+            continue
+        out.append(text[i:j] + "\\overline{" + text[j:m.start() + 1] + "}")
+        i = m.end()
+    return "".join(out) + text[i:]
 
 
 def latex_expr(text: str) -> str:
-    """An equation's text (Python-like, bar notation) as LaTeX."""
-    out = text
+    """An equation's text (Python-like, bar notation) as LaTeX math."""
+    held = []
+
+    def hold(ch):
+        held.append(ch)
+        return chr(_HOLE + len(held) - 1)
+
+    out = "".join(ch if ch in _LATEX_SAFE or (ch == "^" and text[i + 1:i + 2] == "T") else hold(ch)
+                  for i, ch in enumerate(text[:MAX_LATEX_CHARS]))
     out = re.sub(r"^(mean|sum) over the batch of (\w+)$",
-                 lambda m: ("\\frac{1}{N}" if m.group(1) == "mean" else "") + "\\sum_n " + m.group(2), out)
-    out = re.sub(r"\(([^()]*(?:\([^()]*\)[^()]*)*)\)_bar", r"\\overline{(\1)}", out)
+                 lambda m: ("\\frac{1}{N}" if m.group(1) == "mean" else "") + "\\sum_{n} " + m.group(2), out)
+    out = _overline_bars(out)
     out = re.sub(r"\(summed over the batch\)", r"\\quad\\text{(summed over the batch)}", out)
     out = re.sub(r"\(broadcast back over the summed axes\)", r"\\quad\\text{(broadcast)}", out)
     out = re.sub(r"\bat \[([^\]]*)\] \(zero elsewhere\)", r"\\,e_{\1}", out)
@@ -224,14 +416,19 @@ def latex_expr(text: str) -> str:
                  lambda m: _latex_name(m.group(1)) if not m.group(1).startswith(("text", "quad"))
                  else m.group(1), out)
     out = out.replace(" @ ", " ").replace("*", " \\cdot ").replace("==", "=")
+    out = _raw_underscores(out)
+    out = _HOLES.sub(lambda m: "\\text{" + latex_text("".join(held[ord(c) - _HOLE] for c in m.group())) + "}",
+                     out)
+    if len(text) > MAX_LATEX_CHARS:
+        out += "\\text{" + latex_text(f" ... ({len(text) - MAX_LATEX_CHARS} more characters)") + "}"
     return out
 
 
 def as_latex(d: Derivation) -> str:
-    lines = [f"% {d.name}: generated by bpcompile inspect --format latex", "% forward program",
+    lines = [f"% {latex_text(d.name)}: generated by bpcompile inspect --format latex", "% forward program",
              "\\begin{align*}"]
     for f in d.forward:
-        dims = r" \times ".join(map(str, f["shape"]))
+        dims = r" \times ".join(str(int(k)) for k in f["shape"])
         space = f"\\mathbb{{R}}^{{{dims}}}" if dims else "\\mathbb{R}"
         lines.append(f"  {_latex_name(f['lhs'])} &= {latex_expr(f['rhs'])} && \\in {space} \\\\")
     lines += ["\\end{align*}", "% adjoint program, in the order it runs", "\\begin{align*}"]
@@ -239,13 +436,9 @@ def as_latex(d: Derivation) -> str:
         rhs = " + ".join(latex_expr(t["rhs"]) for t in a["terms"])
         rules = ", ".join(t["rule"] for t in a["terms"])
         lines.append(f"  {latex_expr(a['lhs'])} "
-                     f"&= {rhs} && \\text{{{_latex_escape(rules)}}} \\\\")
+                     f"&= {rhs} && \\text{{{latex_text(rules)}}} \\\\")
     lines.append("\\end{align*}")
     return "\n".join(lines) + "\n"
-
-
-def _latex_escape(text: str) -> str:
-    return re.sub(r"([_&%#$])", r"\\\1", text)
 
 
 def render(compiled: Compiled, fmt: str = "text") -> str:

@@ -18,3 +18,7 @@ MAX_GRAPH_NODES = 1_000_000          # nodes of the lowered graph, forward and a
 MAX_SHAPE_ELEMENTS = 2**31 - 1       # elements of one per-example tensor (int32 indexing in CUDA)
 MAX_CLASSES = 2**31 - 1              # classes of a label input
 MAX_INIT_MAGNITUDE = 1e30            # |c| in the inits constant(c), normal(std), uniform(limit)
+MAX_NAIVE_EXPANSION_OPS = 50_000     # inspect: scalar ops of the small instance expanded for the naive count
+MAX_NAIVE_SYMPY_OPS = 20_000         # inspect: naive count beyond which SymPy does not differentiate (DP counts)
+MAX_NAIVE_SYMPY_DEPTH = 100          # inspect: depth of the expanded loss beyond which SymPy does not differentiate
+NAIVE_COUNT_DIGITS = 100             # inspect: the naive count is exact below 10**this, else "more than"
