@@ -72,6 +72,7 @@ SMALL = 3               # dimensions are shrunk to at most this for the expansio
 N_SYMPY, N_FD = 2, 3    # batch sizes of the two checks
 POINTS = 3              # random points at which the expansion's derivative is compared
 SYMBOLIC_LIMIT = 100    # the most entries (symbols) an expansion may have
+SYMPY_SECONDS = 30.0    # the time budget of the SymPy expansion (it grows with the loss's nesting)
 SAMPLE = 20             # entries per name checked by finite differences
 STACK_BYTES, RECURSION_LIMIT = 512 << 20, 50_000   # for SymPy on deep expressions
 STEP = 1e-4             # finite-difference step, relative to max(1, |entry|)
@@ -730,10 +731,14 @@ class _Checks:
                           f"{POINTS} random points")
         labels = _labels(spec, rng, n)
         try:
-            evaluate = _deep(lambda: _expansion(spec, shapes, labels, n))
+            evaluate = _deep(lambda: _expansion(spec, shapes, labels, n), SYMPY_SECONDS)
         except RecursionError:
             self.notes[-1] = ("sympy: skipped: the expansion nests too deeply for SymPy; "
                               "finite differences check it")
+            return None
+        except _OverBudget:
+            self.notes[-1] = (f"sympy: skipped: expanding and differentiating the loss took more than "
+                              f"{SYMPY_SECONDS:g} s; finite differences check it")
             return None
         pairs = [_candidates(spec, rng, n, labels, self.f32) for _ in range(POINTS)]
         return _Sympy(shapes, evaluate, pairs)
@@ -862,9 +867,14 @@ def _shrink(data: dict) -> dict:
 # Check 1's reference: the derivative of the full SymPy expansion
 
 
-def _deep(fn):
+class _OverBudget(Exception):
+    """The SymPy expansion took longer than its time budget."""
+
+
+def _deep(fn, seconds=None):
     """``fn()`` in a thread with a large stack and recursion limit: SymPy recurses
-    once or more per level of an expression, and a deep network nests deeply."""
+    once or more per level of an expression, and a deep network nests deeply.
+    Raises _OverBudget when ``fn`` has not returned within ``seconds``."""
     result = {}
 
     def run():
@@ -876,12 +886,16 @@ def _deep(fn):
     old_stack, old_limit = threading.stack_size(STACK_BYTES), sys.getrecursionlimit()
     sys.setrecursionlimit(RECURSION_LIMIT)
     try:
-        worker = threading.Thread(target=run)
+        # a daemon: SymPy cannot be interrupted, so past the budget the thread is left
+        # to finish (or to end with the process) and the check is skipped
+        worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        worker.join()
+        worker.join(seconds)
     finally:
         threading.stack_size(old_stack)
         sys.setrecursionlimit(old_limit)
+    if worker.is_alive():
+        raise _OverBudget(seconds)
     if "error" in result:
         raise result["error"]
     return result["value"]

@@ -264,3 +264,27 @@ def test_spec_that_does_not_shrink_is_expanded_at_its_own_sizes():
     text = "name: pick\ninputs: {x: [5]}\nparams: {v: [5]}\nloss: tanh(v * x)[4]\n"
     rows = by_name(bpcompile.verify(text))
     assert rows["v"]["sympy"].shape == (5,) and rows["v"]["sympy"].ok
+
+
+def test_sympy_expansion_has_a_time_budget(monkeypatch):
+    """A loss SymPy is slow to differentiate (deep nesting) skips the SymPy check
+    with a note once over budget; finite differences still decide."""
+    v = sys.modules["bpcompile.verify"]
+    inner = "f"
+    for _ in range(30):
+        inner = f"tanh({inner})"
+    spec = bpcompile.parse_spec(f"""
+name: deep_tanh
+inputs: {{x: [3], y: []}}
+params: {{W: [3, 3], v: [3]}}
+graph:
+  f: v * (W @ x)
+  g: sum({inner})
+loss: (y - g)**2
+""")
+    monkeypatch.setattr(v, "SYMPY_SECONDS", 0.001)
+    report = v.verify(spec)
+    assert report.ok
+    assert any("took more than" in note for note in report.notes), report.notes
+    checks = {r.check for r in report.rows}
+    assert "fd" in checks and "sympy" not in checks
