@@ -47,6 +47,13 @@ the sum over the consumers of its node of consumer_bar * local derivative):
     W2_bar = z2_bar h1^T (summed over the batch)     # matmul
     b1_bar = z1_bar (summed over the batch)          # add
     W1_bar = z1_bar x^T (summed over the batch)      # matmul
+
+Every function that takes inputs checks its arguments first: params holds each
+name of PARAM_SHAPES as a floating array of exactly that shape; each input has a
+leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
+a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
+mismatch raises ValueError naming the argument, the expected and the given.
+check=False skips the checks (for hot loops; the optimizer steps check once).
 """
 
 import numpy as np
@@ -60,6 +67,79 @@ WRT = ('W1', 'b1', 'W2', 'b2')
 REDUCTION = 'mean'
 TRAINED = ('W1', 'b1', 'W2', 'b2')  # the params the update steps change (WRT's params)
 
+# ---------------------------------------------------------------------------
+# Argument checks: on by default; check=False skips them (for hot loops)
+
+_UNSIGNED = {np.dtype(c): np.dtype(c.upper()) for c in "bhilq"}   # int8 -> uint8, ... (native order)
+
+
+def _batched(shape):
+    """A per-example shape with the batch axis in front, as messages print it: '(N, 3)'."""
+    return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
+
+
+def _check(where, params, inputs):
+    """Raise ValueError, naming the argument, the expected and the given, unless
+
+    - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
+      shape and of a floating dtype;
+    - each input given (not None) has a leading batch axis and then its
+      INPUT_SHAPES shape, and all of them the same batch size;
+    - float inputs have a real numeric dtype (bool, integer or floating);
+    - labels (LABEL_CLASSES) have an integer dtype and values in [0, classes).
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"{where}: params is a {type(params).__name__}; expected a dict of arrays")
+    for name, shape in PARAM_SHAPES.items():
+        p = params.get(name)
+        if p is None:
+            raise ValueError(f"{where}: params has no {name!r}; expected an array of shape {shape}")
+        try:
+            given, kind = p.shape, p.dtype.kind
+        except AttributeError:
+            raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
+                             f"expected an array of shape {shape}") from None
+        if given != shape:
+            raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
+        if kind != "f":
+            raise ValueError(f"{where}: params[{name!r}] has dtype {p.dtype}; "
+                             f"expected a floating dtype ({np.dtype(DTYPE).name})")
+    n = first = None
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        try:
+            given, kind = value.shape, value.dtype.kind
+        except AttributeError:   # a list, a number: read as NumPy will read it
+            try:
+                value = np.asarray(value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: {name} is not an array ({e})") from None
+            given, kind = value.shape, value.dtype.kind
+        shape = INPUT_SHAPES[name]
+        if len(given) != len(shape) + 1 or given[1:] != shape:
+            raise ValueError(f"{where}: {name} has shape {given}; expected {_batched(shape)}")
+        if n is None:
+            n, first = given[0], name
+        elif given[0] != n:
+            raise ValueError(f"{where}: {name} has batch size {given[0]}; "
+                             f"expected {n}, the batch size of {first}")
+        classes = LABEL_CLASSES.get(name)
+        if classes is None:
+            if kind not in ("b", "i", "u", "f"):
+                raise ValueError(f"{where}: {name} has dtype {value.dtype}; expected a real numeric dtype "
+                                 f"(it is read as {np.dtype(DTYPE).name})")
+        elif kind not in ("i", "u"):
+            raise ValueError(f"{where}: {name} has dtype {value.dtype}; "
+                             f"expected an integer dtype (class labels in [0, {classes}))")
+        elif value.size:
+            # viewed as unsigned, a negative label is larger than any class: one pass finds both
+            unsigned = _UNSIGNED.get(value.dtype)
+            top = (value if unsigned is None else value.view(unsigned)).max()
+            if top >= classes or (unsigned is None and kind == "i" and value.min() < 0):
+                raise ValueError(f"{where}: {name} has values in [{value.min()}, {value.max()}]; "
+                                 f"expected class labels in [0, {classes})")
+
 
 def init_params(seed=0):
     """Fresh parameters: W1 glorot, b1 zeros, W2 glorot, b2 zeros."""
@@ -72,9 +152,10 @@ def init_params(seed=0):
     return params
 
 
-
-def predict(params, *, x, label=None):
+def predict(params, *, x, label=None, check=True):
     """The output node y_hat, for a batch."""
+    if check:
+        _check('predict', params, {'x': x, 'label': label})
     W1 = params['W1']
     b1 = params['b1']
     W2 = params['W2']
@@ -102,8 +183,10 @@ def predict(params, *, x, label=None):
     return y_hat
 
 
-def loss(params, *, x, label):
+def loss(params, *, x, label, check=True):
     """L: the mean over the batch of the per-example loss."""
+    if check:
+        _check('loss', params, {'x': x, 'label': label})
     W1 = params['W1']
     b1 = params['b1']
     W2 = params['W2']
@@ -138,8 +221,10 @@ def loss(params, *, x, label):
     return float(L)
 
 
-def value_and_grad(params, *, x, label):
+def value_and_grad(params, *, x, label, check=True):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
+    if check:
+        _check('value_and_grad', params, {'x': x, 'label': label})
     W1 = params['W1']
     b1 = params['b1']
     W2 = params['W2']
@@ -201,14 +286,18 @@ def value_and_grad(params, *, x, label):
     return float(L), {'W1': W1_bar, 'b1': b1_bar, 'W2': W2_bar, 'b2': b2_bar}
 
 
-def gradient(params, *, x, label):
+def gradient(params, *, x, label, check=True):
     """dL/d(name) for every name in WRT."""
-    return value_and_grad(params, x=x, label=label)[1]
+    if check:
+        _check('gradient', params, {'x': x, 'label': label})
+    return value_and_grad(params, x=x, label=label, check=False)[1]
 
 
-def sgd_step(params, lr, *, x, label):
+def sgd_step(params, lr, *, x, label, check=True):
     """One step of gradient descent, w <- w - lr * dL/dw, in place; returns L before the step."""
-    value, grads = value_and_grad(params, x=x, label=label)
+    if check:
+        _check('sgd_step', params, {'x': x, 'label': label})
+    value, grads = value_and_grad(params, x=x, label=label, check=False)
     for k in TRAINED:
         g = grads[k]
         g *= lr
@@ -216,7 +305,7 @@ def sgd_step(params, lr, *, x, label):
     return value
 
 
-def momentum_step(params, state, lr, momentum=0.9, *, x, label):
+def momentum_step(params, state, lr, momentum=0.9, *, x, label, check=True):
     """Gradient descent with momentum, in place; returns L before the step.
 
         u <- momentum * u + dL/dw
@@ -225,7 +314,9 @@ def momentum_step(params, state, lr, momentum=0.9, *, x, label):
     ``state`` is a dict the caller owns (start with {}); it holds the velocities u,
     allocated on the first step and updated in place after that.
     """
-    value, grads = value_and_grad(params, x=x, label=label)
+    if check:
+        _check('momentum_step', params, {'x': x, 'label': label})
+    value, grads = value_and_grad(params, x=x, label=label, check=False)
     velocity = state.setdefault("u", {})
     for k in TRAINED:
         g = grads[k]
@@ -239,7 +330,7 @@ def momentum_step(params, state, lr, momentum=0.9, *, x, label):
     return value
 
 
-def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, label):
+def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, label, check=True):
     """One step of Adam (Kingma and Ba, 2015), in place; returns L before the step.
 
         t <- t + 1
@@ -251,7 +342,9 @@ def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, la
     ``state`` is a dict the caller owns (start with {}); it holds t, m and v,
     allocated on the first step and updated in place after that.
     """
-    value, grads = value_and_grad(params, x=x, label=label)
+    if check:
+        _check('adam_step', params, {'x': x, 'label': label})
+    value, grads = value_and_grad(params, x=x, label=label, check=False)
     if not state:
         state.update(t=0, m={}, v={})
         for k in TRAINED:

@@ -82,6 +82,13 @@ the sum over the consumers of its node of consumer_bar * local derivative):
     w21_bar = x2*z1_bar (summed over the batch)   # mul
     w12_bar = x1*z2_bar (summed over the batch)   # mul
     w11_bar = x1*z1_bar (summed over the batch)   # mul
+
+Every function that takes inputs checks its arguments first: params holds each
+name of PARAM_SHAPES as a floating array of exactly that shape; each input has a
+leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
+a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
+mismatch raises ValueError naming the argument, the expected and the given.
+check=False skips the checks (for hot loops; the optimizer steps check once).
 """
 
 import numpy as np
@@ -95,10 +102,82 @@ WRT = ('w11', 'w12', 'w21', 'w22', 'v11', 'v12', 'v22', 'u1', 'u2')
 REDUCTION = 'sum'
 TRAINED = ('w11', 'w12', 'w21', 'w22', 'v11', 'v12', 'v22', 'u1', 'u2')  # the params the update steps change (WRT's params)
 
+# ---------------------------------------------------------------------------
+# Argument checks: on by default; check=False skips them (for hot loops)
+
+_UNSIGNED = {np.dtype(c): np.dtype(c.upper()) for c in "bhilq"}   # int8 -> uint8, ... (native order)
+
+
+def _batched(shape):
+    """A per-example shape with the batch axis in front, as messages print it: '(N, 3)'."""
+    return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
+
+
+def _check(where, params, inputs):
+    """Raise ValueError, naming the argument, the expected and the given, unless
+
+    - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
+      shape and of a floating dtype;
+    - each input given (not None) has a leading batch axis and then its
+      INPUT_SHAPES shape, and all of them the same batch size;
+    - float inputs have a real numeric dtype (bool, integer or floating);
+    - labels (LABEL_CLASSES) have an integer dtype and values in [0, classes).
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"{where}: params is a {type(params).__name__}; expected a dict of arrays")
+    for name, shape in PARAM_SHAPES.items():
+        p = params.get(name)
+        if p is None:
+            raise ValueError(f"{where}: params has no {name!r}; expected an array of shape {shape}")
+        try:
+            given, kind = p.shape, p.dtype.kind
+        except AttributeError:
+            raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
+                             f"expected an array of shape {shape}") from None
+        if given != shape:
+            raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
+        if kind != "f":
+            raise ValueError(f"{where}: params[{name!r}] has dtype {p.dtype}; "
+                             f"expected a floating dtype ({np.dtype(DTYPE).name})")
+    n = first = None
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        try:
+            given, kind = value.shape, value.dtype.kind
+        except AttributeError:   # a list, a number: read as NumPy will read it
+            try:
+                value = np.asarray(value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: {name} is not an array ({e})") from None
+            given, kind = value.shape, value.dtype.kind
+        shape = INPUT_SHAPES[name]
+        if len(given) != len(shape) + 1 or given[1:] != shape:
+            raise ValueError(f"{where}: {name} has shape {given}; expected {_batched(shape)}")
+        if n is None:
+            n, first = given[0], name
+        elif given[0] != n:
+            raise ValueError(f"{where}: {name} has batch size {given[0]}; "
+                             f"expected {n}, the batch size of {first}")
+        classes = LABEL_CLASSES.get(name)
+        if classes is None:
+            if kind not in ("b", "i", "u", "f"):
+                raise ValueError(f"{where}: {name} has dtype {value.dtype}; expected a real numeric dtype "
+                                 f"(it is read as {np.dtype(DTYPE).name})")
+        elif kind not in ("i", "u"):
+            raise ValueError(f"{where}: {name} has dtype {value.dtype}; "
+                             f"expected an integer dtype (class labels in [0, {classes}))")
+        elif value.size:
+            # viewed as unsigned, a negative label is larger than any class: one pass finds both
+            unsigned = _UNSIGNED.get(value.dtype)
+            top = (value if unsigned is None else value.view(unsigned)).max()
+            if top >= classes or (unsigned is None and kind == "i" and value.min() < 0):
+                raise ValueError(f"{where}: {name} has values in [{value.min()}, {value.max()}]; "
+                                 f"expected class labels in [0, {classes})")
+
 
 def init_params(seed=0):
     """Fresh parameters: w11 constant, w12 constant, w21 constant, w22 constant, v11 constant, v12 constant, v22 constant, u1 constant, u2 constant."""
-    rng = np.random.default_rng(seed)
     params = {}
     params['w11'] = np.full((), 0.5, DTYPE)
     params['w12'] = np.full((), -0.3, DTYPE)
@@ -112,9 +191,10 @@ def init_params(seed=0):
     return params
 
 
-
-def predict(params, *, x1, x2, t=None):
+def predict(params, *, x1, x2, t=None, check=True):
     """The output node o, for a batch."""
+    if check:
+        _check('predict', params, {'x1': x1, 'x2': x2, 't': t})
     w11 = params['w11']
     w12 = params['w12']
     w21 = params['w21']
@@ -141,8 +221,10 @@ def predict(params, *, x1, x2, t=None):
     return o
 
 
-def loss(params, *, x1, x2, t):
+def loss(params, *, x1, x2, t, check=True):
     """L: the sum over the batch of the per-example loss."""
+    if check:
+        _check('loss', params, {'x1': x1, 'x2': x2, 't': t})
     w11 = params['w11']
     w12 = params['w12']
     w21 = params['w21']
@@ -173,8 +255,10 @@ def loss(params, *, x1, x2, t):
     return float(L)
 
 
-def value_and_grad(params, *, x1, x2, t):
+def value_and_grad(params, *, x1, x2, t, check=True):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
+    if check:
+        _check('value_and_grad', params, {'x1': x1, 'x2': x2, 't': t})
     w11 = params['w11']
     w12 = params['w12']
     w21 = params['w21']
@@ -256,14 +340,18 @@ def value_and_grad(params, *, x1, x2, t):
     return float(L), {'w11': w11_bar, 'w12': w12_bar, 'w21': w21_bar, 'w22': w22_bar, 'v11': v11_bar, 'v12': v12_bar, 'v22': v22_bar, 'u1': u1_bar, 'u2': u2_bar}
 
 
-def gradient(params, *, x1, x2, t):
+def gradient(params, *, x1, x2, t, check=True):
     """dL/d(name) for every name in WRT."""
-    return value_and_grad(params, x1=x1, x2=x2, t=t)[1]
+    if check:
+        _check('gradient', params, {'x1': x1, 'x2': x2, 't': t})
+    return value_and_grad(params, x1=x1, x2=x2, t=t, check=False)[1]
 
 
-def sgd_step(params, lr, *, x1, x2, t):
+def sgd_step(params, lr, *, x1, x2, t, check=True):
     """One step of gradient descent, w <- w - lr * dL/dw, in place; returns L before the step."""
-    value, grads = value_and_grad(params, x1=x1, x2=x2, t=t)
+    if check:
+        _check('sgd_step', params, {'x1': x1, 'x2': x2, 't': t})
+    value, grads = value_and_grad(params, x1=x1, x2=x2, t=t, check=False)
     for k in TRAINED:
         g = grads[k]
         g *= lr
@@ -271,7 +359,7 @@ def sgd_step(params, lr, *, x1, x2, t):
     return value
 
 
-def momentum_step(params, state, lr, momentum=0.9, *, x1, x2, t):
+def momentum_step(params, state, lr, momentum=0.9, *, x1, x2, t, check=True):
     """Gradient descent with momentum, in place; returns L before the step.
 
         u <- momentum * u + dL/dw
@@ -280,7 +368,9 @@ def momentum_step(params, state, lr, momentum=0.9, *, x1, x2, t):
     ``state`` is a dict the caller owns (start with {}); it holds the velocities u,
     allocated on the first step and updated in place after that.
     """
-    value, grads = value_and_grad(params, x1=x1, x2=x2, t=t)
+    if check:
+        _check('momentum_step', params, {'x1': x1, 'x2': x2, 't': t})
+    value, grads = value_and_grad(params, x1=x1, x2=x2, t=t, check=False)
     velocity = state.setdefault("u", {})
     for k in TRAINED:
         g = grads[k]
@@ -294,7 +384,7 @@ def momentum_step(params, state, lr, momentum=0.9, *, x1, x2, t):
     return value
 
 
-def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x1, x2, t):
+def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x1, x2, t, check=True):
     """One step of Adam (Kingma and Ba, 2015), in place; returns L before the step.
 
         t <- t + 1
@@ -306,7 +396,9 @@ def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x1, x
     ``state`` is a dict the caller owns (start with {}); it holds t, m and v,
     allocated on the first step and updated in place after that.
     """
-    value, grads = value_and_grad(params, x1=x1, x2=x2, t=t)
+    if check:
+        _check('adam_step', params, {'x1': x1, 'x2': x2, 't': t})
+    value, grads = value_and_grad(params, x1=x1, x2=x2, t=t, check=False)
     if not state:
         state.update(t=0, m={}, v={})
         for k in TRAINED:

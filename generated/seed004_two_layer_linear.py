@@ -46,6 +46,13 @@ the sum over the consumers of its node of consumer_bar * local derivative):
     w2_bar = einsum(',i->i', y_hat_bar, h) (summed over the batch)   # dot
     W1_bar = h_bar x^T (summed over the batch)                     # matmul
     x_bar = W1^T @ h_bar                                           # matmul
+
+Every function that takes inputs checks its arguments first: params holds each
+name of PARAM_SHAPES as a floating array of exactly that shape; each input has a
+leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
+a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
+mismatch raises ValueError naming the argument, the expected and the given.
+check=False skips the checks (for hot loops; the optimizer steps check once).
 """
 
 import numpy as np
@@ -59,6 +66,79 @@ WRT = ('x', 'W1', 'w2')
 REDUCTION = 'sum'
 TRAINED = ('W1', 'w2')  # the params the update steps change (WRT's params)
 
+# ---------------------------------------------------------------------------
+# Argument checks: on by default; check=False skips them (for hot loops)
+
+_UNSIGNED = {np.dtype(c): np.dtype(c.upper()) for c in "bhilq"}   # int8 -> uint8, ... (native order)
+
+
+def _batched(shape):
+    """A per-example shape with the batch axis in front, as messages print it: '(N, 3)'."""
+    return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
+
+
+def _check(where, params, inputs):
+    """Raise ValueError, naming the argument, the expected and the given, unless
+
+    - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
+      shape and of a floating dtype;
+    - each input given (not None) has a leading batch axis and then its
+      INPUT_SHAPES shape, and all of them the same batch size;
+    - float inputs have a real numeric dtype (bool, integer or floating);
+    - labels (LABEL_CLASSES) have an integer dtype and values in [0, classes).
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"{where}: params is a {type(params).__name__}; expected a dict of arrays")
+    for name, shape in PARAM_SHAPES.items():
+        p = params.get(name)
+        if p is None:
+            raise ValueError(f"{where}: params has no {name!r}; expected an array of shape {shape}")
+        try:
+            given, kind = p.shape, p.dtype.kind
+        except AttributeError:
+            raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
+                             f"expected an array of shape {shape}") from None
+        if given != shape:
+            raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
+        if kind != "f":
+            raise ValueError(f"{where}: params[{name!r}] has dtype {p.dtype}; "
+                             f"expected a floating dtype ({np.dtype(DTYPE).name})")
+    n = first = None
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        try:
+            given, kind = value.shape, value.dtype.kind
+        except AttributeError:   # a list, a number: read as NumPy will read it
+            try:
+                value = np.asarray(value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: {name} is not an array ({e})") from None
+            given, kind = value.shape, value.dtype.kind
+        shape = INPUT_SHAPES[name]
+        if len(given) != len(shape) + 1 or given[1:] != shape:
+            raise ValueError(f"{where}: {name} has shape {given}; expected {_batched(shape)}")
+        if n is None:
+            n, first = given[0], name
+        elif given[0] != n:
+            raise ValueError(f"{where}: {name} has batch size {given[0]}; "
+                             f"expected {n}, the batch size of {first}")
+        classes = LABEL_CLASSES.get(name)
+        if classes is None:
+            if kind not in ("b", "i", "u", "f"):
+                raise ValueError(f"{where}: {name} has dtype {value.dtype}; expected a real numeric dtype "
+                                 f"(it is read as {np.dtype(DTYPE).name})")
+        elif kind not in ("i", "u"):
+            raise ValueError(f"{where}: {name} has dtype {value.dtype}; "
+                             f"expected an integer dtype (class labels in [0, {classes}))")
+        elif value.size:
+            # viewed as unsigned, a negative label is larger than any class: one pass finds both
+            unsigned = _UNSIGNED.get(value.dtype)
+            top = (value if unsigned is None else value.view(unsigned)).max()
+            if top >= classes or (unsigned is None and kind == "i" and value.min() < 0):
+                raise ValueError(f"{where}: {name} has values in [{value.min()}, {value.max()}]; "
+                                 f"expected class labels in [0, {classes})")
+
 
 def init_params(seed=0):
     """Fresh parameters: W1 glorot, w2 normal."""
@@ -69,9 +149,10 @@ def init_params(seed=0):
     return params
 
 
-
-def predict(params, *, x, y=None):
+def predict(params, *, x, y=None, check=True):
     """The output node y_hat, for a batch."""
+    if check:
+        _check('predict', params, {'x': x, 'y': y})
     W1 = params['W1']
     w2 = params['w2']
     x = np.asarray(x, DTYPE)
@@ -83,8 +164,10 @@ def predict(params, *, x, y=None):
     return y_hat
 
 
-def loss(params, *, x, y):
+def loss(params, *, x, y, check=True):
     """L: the sum over the batch of the per-example loss."""
+    if check:
+        _check('loss', params, {'x': x, 'y': y})
     W1 = params['W1']
     w2 = params['w2']
     x = np.asarray(x, DTYPE)
@@ -103,8 +186,10 @@ def loss(params, *, x, y):
     return float(L)
 
 
-def value_and_grad(params, *, x, y):
+def value_and_grad(params, *, x, y, check=True):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
+    if check:
+        _check('value_and_grad', params, {'x': x, 'y': y})
     W1 = params['W1']
     w2 = params['w2']
     x = np.asarray(x, DTYPE)
@@ -138,14 +223,18 @@ def value_and_grad(params, *, x, y):
     return float(L), {'x': x_bar, 'W1': W1_bar, 'w2': w2_bar}
 
 
-def gradient(params, *, x, y):
+def gradient(params, *, x, y, check=True):
     """dL/d(name) for every name in WRT."""
-    return value_and_grad(params, x=x, y=y)[1]
+    if check:
+        _check('gradient', params, {'x': x, 'y': y})
+    return value_and_grad(params, x=x, y=y, check=False)[1]
 
 
-def sgd_step(params, lr, *, x, y):
+def sgd_step(params, lr, *, x, y, check=True):
     """One step of gradient descent, w <- w - lr * dL/dw, in place; returns L before the step."""
-    value, grads = value_and_grad(params, x=x, y=y)
+    if check:
+        _check('sgd_step', params, {'x': x, 'y': y})
+    value, grads = value_and_grad(params, x=x, y=y, check=False)
     for k in TRAINED:
         g = grads[k]
         g *= lr
@@ -153,7 +242,7 @@ def sgd_step(params, lr, *, x, y):
     return value
 
 
-def momentum_step(params, state, lr, momentum=0.9, *, x, y):
+def momentum_step(params, state, lr, momentum=0.9, *, x, y, check=True):
     """Gradient descent with momentum, in place; returns L before the step.
 
         u <- momentum * u + dL/dw
@@ -162,7 +251,9 @@ def momentum_step(params, state, lr, momentum=0.9, *, x, y):
     ``state`` is a dict the caller owns (start with {}); it holds the velocities u,
     allocated on the first step and updated in place after that.
     """
-    value, grads = value_and_grad(params, x=x, y=y)
+    if check:
+        _check('momentum_step', params, {'x': x, 'y': y})
+    value, grads = value_and_grad(params, x=x, y=y, check=False)
     velocity = state.setdefault("u", {})
     for k in TRAINED:
         g = grads[k]
@@ -176,7 +267,7 @@ def momentum_step(params, state, lr, momentum=0.9, *, x, y):
     return value
 
 
-def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, y):
+def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, y, check=True):
     """One step of Adam (Kingma and Ba, 2015), in place; returns L before the step.
 
         t <- t + 1
@@ -188,7 +279,9 @@ def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, y)
     ``state`` is a dict the caller owns (start with {}); it holds t, m and v,
     allocated on the first step and updated in place after that.
     """
-    value, grads = value_and_grad(params, x=x, y=y)
+    if check:
+        _check('adam_step', params, {'x': x, 'y': y})
+    value, grads = value_and_grad(params, x=x, y=y, check=False)
     if not state:
         state.update(t=0, m={}, v={})
         for k in TRAINED:

@@ -339,7 +339,7 @@ static __global__ void L_2(
     }
 }
 
-// a4_bar = -t0*y_hat*(1 - y_hat)/N  (elementwise over [N])
+// a4_bar = -t0*y_hat*(1.0 - y_hat)/N  (elementwise over [N])
 static __global__ void a4_bar(
     real* __restrict__ a4_bar,
     const real* __restrict__ y_hat,
@@ -349,7 +349,7 @@ static __global__ void a4_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        a4_bar[_i] = -t0[_i]*y_hat[_i]*(1 - y_hat[_i])/N;
+        a4_bar[_i] = -t0[_i]*y_hat[_i]*(1.0 - y_hat[_i])/N;
     }
 }
 
@@ -377,7 +377,7 @@ static __global__ void b4_bar(
     }
 }
 
-// a3_bar = a4_bar*h3*w4*(1 - h3)  (elementwise over [N])
+// a3_bar = a4_bar*h3*w4*(1.0 - h3)  (elementwise over [N])
 static __global__ void a3_bar(
     real* __restrict__ a3_bar,
     const real* __restrict__ h3,
@@ -387,7 +387,7 @@ static __global__ void a3_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        a3_bar[_i] = a4_bar[_i]*h3[_i]*w4[0]*(1 - h3[_i]);
+        a3_bar[_i] = a4_bar[_i]*h3[_i]*w4[0]*(1.0 - h3[_i]);
     }
 }
 
@@ -415,7 +415,7 @@ static __global__ void b3_bar(
     }
 }
 
-// a2_bar = a3_bar*h2*w3*(1 - h2)  (elementwise over [N])
+// a2_bar = a3_bar*h2*w3*(1.0 - h2)  (elementwise over [N])
 static __global__ void a2_bar(
     real* __restrict__ a2_bar,
     const real* __restrict__ h2,
@@ -425,7 +425,7 @@ static __global__ void a2_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        a2_bar[_i] = a3_bar[_i]*h2[_i]*w3[0]*(1 - h2[_i]);
+        a2_bar[_i] = a3_bar[_i]*h2[_i]*w3[0]*(1.0 - h2[_i]);
     }
 }
 
@@ -453,7 +453,7 @@ static __global__ void b2_bar(
     }
 }
 
-// a1_bar = a2_bar*h1*w2*(1 - h1)  (elementwise over [N])
+// a1_bar = a2_bar*h1*w2*(1.0 - h1)  (elementwise over [N])
 static __global__ void a1_bar(
     real* __restrict__ a1_bar,
     const real* __restrict__ h1,
@@ -463,7 +463,7 @@ static __global__ void a1_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        a1_bar[_i] = a2_bar[_i]*h1[_i]*w2[0]*(1 - h1[_i]);
+        a1_bar[_i] = a2_bar[_i]*h1[_i]*w2[0]*(1.0 - h1[_i]);
     }
 }
 

@@ -11,6 +11,12 @@ exposes the NumPy module's functions over it:
     value_and_grad(params, **inputs), gradient(params, **inputs),
     sgd_step(params, lr, **inputs), momentum_step(...), adam_step(...)
 
+Every function that takes inputs checks its arguments first, as the NumPy
+module's do (params holds each param at its shape, inputs have their shapes and a
+common batch size, labels are integers in range: ValueError naming the argument,
+the expected and the given); check=False skips that for hot loops (the shapes the
+kernels index by are checked still).
+
 Arrays may be NumPy arrays (copied to the GPU and back) or, when CuPy is
 installed, CuPy arrays (used in place; results are CuPy arrays then).  Labels are
 passed to the GPU as int32.  A workspace per batch size holds the temporaries;
@@ -49,12 +55,87 @@ TRAINED = ('W1', 'b1', 'W2', 'b2')  # the params the update steps change (WRT's 
 GRAD_SHAPES = {'W1': (False, (64, 64)), 'b1': (False, (64,)), 'W2': (False, (10, 64)), 'b2': (False, (10,))}  # name -> (batched, per-example shape)
 OUTPUT_SHAPE = (True, (10,))  # predict's output: (batched, per-example shape)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".cu")
+SOURCE_SHA256 = "722c8c613bf2cde0cfda3841300b98bee51538a35ff8e96c4116a09d7158975b"  # the .cu this loader was generated with
 USES_CUBLAS = True
 KEEP_WORKSPACES = 4
 
+# ---------------------------------------------------------------------------
+# Argument checks: on by default; check=False skips them (for hot loops)
+
+_UNSIGNED = {np.dtype(c): np.dtype(c.upper()) for c in "bhilq"}   # int8 -> uint8, ... (native order)
+
+
+def _batched(shape):
+    """A per-example shape with the batch axis in front, as messages print it: '(N, 3)'."""
+    return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
+
+
+def _check(where, params, inputs):
+    """Raise ValueError, naming the argument, the expected and the given, unless
+
+    - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
+      shape and of a floating dtype;
+    - each input given (not None) has a leading batch axis and then its
+      INPUT_SHAPES shape, and all of them the same batch size;
+    - float inputs have a real numeric dtype (bool, integer or floating);
+    - labels (LABEL_CLASSES) have an integer dtype and values in [0, classes).
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"{where}: params is a {type(params).__name__}; expected a dict of arrays")
+    for name, shape in PARAM_SHAPES.items():
+        p = params.get(name)
+        if p is None:
+            raise ValueError(f"{where}: params has no {name!r}; expected an array of shape {shape}")
+        try:
+            given, kind = p.shape, p.dtype.kind
+        except AttributeError:
+            raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
+                             f"expected an array of shape {shape}") from None
+        if given != shape:
+            raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
+        if kind != "f":
+            raise ValueError(f"{where}: params[{name!r}] has dtype {p.dtype}; "
+                             f"expected a floating dtype ({np.dtype(DTYPE).name})")
+    n = first = None
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        try:
+            given, kind = value.shape, value.dtype.kind
+        except AttributeError:   # a list, a number: read as NumPy will read it
+            try:
+                value = np.asarray(value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: {name} is not an array ({e})") from None
+            given, kind = value.shape, value.dtype.kind
+        shape = INPUT_SHAPES[name]
+        if len(given) != len(shape) + 1 or given[1:] != shape:
+            raise ValueError(f"{where}: {name} has shape {given}; expected {_batched(shape)}")
+        if n is None:
+            n, first = given[0], name
+        elif given[0] != n:
+            raise ValueError(f"{where}: {name} has batch size {given[0]}; "
+                             f"expected {n}, the batch size of {first}")
+        classes = LABEL_CLASSES.get(name)
+        if classes is None:
+            if kind not in ("b", "i", "u", "f"):
+                raise ValueError(f"{where}: {name} has dtype {value.dtype}; expected a real numeric dtype "
+                                 f"(it is read as {np.dtype(DTYPE).name})")
+        elif kind not in ("i", "u"):
+            raise ValueError(f"{where}: {name} has dtype {value.dtype}; "
+                             f"expected an integer dtype (class labels in [0, {classes}))")
+        elif value.size:
+            # viewed as unsigned, a negative label is larger than any class: one pass finds both
+            unsigned = _UNSIGNED.get(value.dtype)
+            top = (value if unsigned is None else value.view(unsigned)).max()
+            if top >= classes or (unsigned is None and kind == "i" and value.min() < 0):
+                raise ValueError(f"{where}: {name} has values in [{value.min()}, {value.max()}]; "
+                                 f"expected class labels in [0, {classes})")
+
 
 class CudaModuleError(RuntimeError):
-    """The CUDA module could not be built or run (no nvcc, no GPU, a CUDA error)."""
+    """The CUDA module could not be built or run (no nvcc, no GPU, a CUDA error,
+    a .cu that is not the one this loader was generated with)."""
 
 
 def init_params(seed=0):
@@ -117,7 +198,7 @@ def _cublas_flags(nvcc):
     return []
 
 
-def _build_command(out):
+def _build_command(out, source):
     if _emulated():
         header = SOURCE.with_name("cuda_emulation.h")
         if not header.exists():
@@ -125,19 +206,33 @@ def _build_command(out):
                                   "as bpcompile/templates/cuda_emulation.h)")
         cxx = os.environ.get("CXX", "g++")
         return [cxx, "-std=c++20", "-O1", "-x", "c++", "-include", str(header), "-shared", "-fPIC",
-                "-o", str(out), str(SOURCE)] + shlex.split(os.environ.get("BPCOMPILE_CXXFLAGS", ""))
+                "-o", str(out), str(source)] + shlex.split(os.environ.get("BPCOMPILE_CXXFLAGS", ""))
     nvcc = _find_nvcc()
     arch = os.environ.get("BPCOMPILE_NVCC_ARCH", "native")
-    cmd = [nvcc, "-O3", "-shared", "-Xcompiler", "-fPIC", f"-arch={arch}", "-o", str(out), str(SOURCE)]
+    cmd = [nvcc, "-O3", "-shared", "-Xcompiler", "-fPIC", f"-arch={arch}", "-o", str(out), str(source)]
     cmd += shlex.split(os.environ.get("BPCOMPILE_NVCC_FLAGS", ""))
     if USES_CUBLAS:
         cmd += _cublas_flags(nvcc) + ["-lcublas"]
     return cmd
 
 
-def _library_path():
-    source = SOURCE.read_bytes()
-    probe = _build_command(Path("OUT"))
+def _source():
+    """The bytes of the .cu, checked against SOURCE_SHA256: a loader never builds a
+    .cu it was not generated with (an edited one, or half of another compile)."""
+    try:
+        source = SOURCE.read_bytes()
+    except OSError as e:
+        raise CudaModuleError(f"{NAME}: cannot read {SOURCE}: {e.strerror or e}") from None
+    digest = hashlib.sha256(source).hexdigest()
+    if digest != SOURCE_SHA256:
+        raise CudaModuleError(f"{NAME}: {SOURCE} is not the source this loader was generated with "
+                              f"(sha256 {digest[:16]}..., expected {SOURCE_SHA256[:16]}...); "
+                              "recompile the spec to write the .cu and its loader together")
+    return source
+
+
+def _library_path(source):
+    probe = _build_command(Path("OUT"), Path("SRC"))
     key = hashlib.sha256(source + "\0".join(probe).encode()).hexdigest()[:16]
     name = f"{NAME}-{'emulated-' if _emulated() else ''}{key}.so"
     for cache in (SOURCE.parent / "__bpcache__", Path.home() / ".cache" / "bpcompile"):
@@ -150,11 +245,15 @@ def _library_path():
     raise CudaModuleError(f"{NAME}: no writable directory for the built library")
 
 
-def _build(path):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _build(path, source):
+    """Build the checked bytes ``source`` (a private copy: the file beside the loader
+    may change while the compiler runs) into the library ``path``."""
+    tmpdir = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        cmd = _build_command(Path(tmp))
+        src = Path(tmpdir) / SOURCE.name
+        src.write_bytes(source)
+        out = Path(tmpdir) / "lib.so"
+        cmd = _build_command(out, src)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             hint = ""
@@ -163,10 +262,9 @@ def _build(path):
                         "nvidia-cublas, or give its -I and -L in BPCOMPILE_NVCC_FLAGS")
             raise CudaModuleError(f"{NAME}: building {SOURCE.name} failed:\n{' '.join(cmd)}\n"
                                   f"{r.stderr.strip()}{hint}")
-        os.replace(tmp, path)
+        os.replace(out, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _load():
@@ -174,9 +272,10 @@ def _load():
     with _lock:
         if _lib is not None:
             return _lib
-        path = _library_path()
+        source = _source()
+        path = _library_path(source)
         if not path.exists():
-            _build(path)
+            _build(path, source)
         lib = ctypes.CDLL(str(path))
         P, I, D, S = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t
         n_params, n_inputs = len(PARAM_SHAPES), len(INPUT_SHAPES)
@@ -198,7 +297,7 @@ def _load():
         return lib
 
 
-def _check(status, what):
+def _check_status(status, what):
     if status == 0:
         return
     message = _fn("error_string")(status).decode()
@@ -223,7 +322,7 @@ class _Workspace:
     def __init__(self, N):
         self.N = N
         self.ptr = ctypes.c_void_p()
-        _check(_fn("workspace_create")(N, ctypes.byref(self.ptr)), f"creating a workspace for N = {N}")
+        _check_status(_fn("workspace_create")(N, ctypes.byref(self.ptr)), f"creating a workspace for N = {N}")
         self.stage = None
         self.slots = {}
 
@@ -244,7 +343,7 @@ class _Workspace:
                 offsets[k] = off
                 off += (n + 255) // 256 * 256
             ptr = ctypes.c_void_p()
-            _check(_fn("device_malloc")(max(off, 1), ctypes.byref(ptr)), "allocating staging buffers")
+            _check_status(_fn("device_malloc")(max(off, 1), ctypes.byref(ptr)), "allocating staging buffers")
             self.stage = ptr
             self.slots = {k: ptr.value + o for k, o in offsets.items()}
         return self.slots
@@ -297,25 +396,21 @@ def _batch_size(inputs):
     return 1
 
 
-def _checked_input(k, v, N, xp):
-    dtype = np.int32 if k in LABEL_CLASSES else DTYPE
-    if k in LABEL_CLASSES:
-        a = xp.asarray(v)
-        if a.dtype.kind not in "iu":
-            raise TypeError(f"{NAME}: {k} must be integer class labels, got dtype {a.dtype}")
-        if a.size and (int(a.min()) < 0 or int(a.max()) >= LABEL_CLASSES[k]):
-            raise ValueError(f"{NAME}: {k} must hold labels in [0, {LABEL_CLASSES[k]})")
-    a = xp.asarray(v, dtype=dtype, order="C")
+def _device_input(k, v, N, xp):
+    """Input ``k`` as a C-ordered array of the kernels' dtype (int32 labels).  Its
+    shape is checked whatever ``check`` says: the kernels index it as (N, *shape)."""
+    a = xp.asarray(v, dtype=np.int32 if k in LABEL_CLASSES else DTYPE, order="C")
     want = (N, *INPUT_SHAPES[k])
     if a.shape != want:
-        raise ValueError(f"{NAME}: {k} has shape {a.shape}, expected {want}")
+        raise ValueError(f"{NAME}: {k} has shape {a.shape}; expected {want}")
     return a
 
 
-def _checked_param(k, v, xp):
+def _device_param(k, v, xp):
+    """Param ``k`` as a C-ordered array of DTYPE, its shape checked (as _device_input)."""
     a = xp.asarray(v, dtype=DTYPE, order="C")
     if a.shape != tuple(PARAM_SHAPES[k]):
-        raise ValueError(f"{NAME}: param {k} has shape {a.shape}, expected {tuple(PARAM_SHAPES[k])}")
+        raise ValueError(f"{NAME}: params[{k!r}] has shape {a.shape}; expected {tuple(PARAM_SHAPES[k])}")
     return a
 
 
@@ -323,7 +418,7 @@ def _call(fn, params, inputs):
     """Run one of predict / loss / value_and_grad; returns (loss or None, output, grads)."""
     missing = [k for k in PARAM_SHAPES if k not in params]
     if missing:
-        raise KeyError(f"{NAME}: params lacks {', '.join(missing)}")
+        raise ValueError(f"{NAME}: params has no {', '.join(map(repr, missing))}")
     xp = _cupy_of(list(params.values()) + list(inputs.values()))
     N = _batch_size(inputs)
     loss = ctypes.c_double(float("nan"))
@@ -335,26 +430,26 @@ def _call(fn, params, inputs):
             slots = ws.staging()
             copy = _fn("memcpy")
             for k in PARAM_SHAPES:
-                a = _checked_param(k, params[k], np)
-                _check(copy(slots["p:" + k], a.ctypes.data, a.nbytes, 1), f"copying {k} to the GPU")
+                a = _device_param(k, params[k], np)
+                _check_status(copy(slots["p:" + k], a.ctypes.data, a.nbytes, 1), f"copying {k} to the GPU")
                 args.append(slots["p:" + k])
             for k in INPUT_SHAPES:
                 if inputs.get(k) is None:
                     args.append(None)
                     continue
-                a = _checked_input(k, inputs[k], N, np)
-                _check(copy(slots["i:" + k], a.ctypes.data, a.nbytes, 1), f"copying {k} to the GPU")
+                a = _device_input(k, inputs[k], N, np)
+                _check_status(copy(slots["i:" + k], a.ctypes.data, a.nbytes, 1), f"copying {k} to the GPU")
                 args.append(slots["i:" + k])
         else:
             for k in PARAM_SHAPES:
-                a = _checked_param(k, params[k], xp)
+                a = _device_param(k, params[k], xp)
                 keep.append(a)
                 args.append(a.data.ptr)
             for k in INPUT_SHAPES:
                 if inputs.get(k) is None:
                     args.append(None)
                     continue
-                a = _checked_input(k, inputs[k], N, xp)
+                a = _device_input(k, inputs[k], N, xp)
                 keep.append(a)
                 args.append(a.data.ptr)
         results = {}
@@ -375,40 +470,50 @@ def _call(fn, params, inputs):
         if fn == "value_and_grad":
             for k in WRT:
                 args.append(result("g:" + k, *GRAD_SHAPES[k]))
-        _check(_fn(fn)(*args), fn)
+        _check_status(_fn(fn)(*args), fn)
         out = {}
         for key, (a, src) in results.items():
             if src is not None and a.nbytes:
-                _check(_fn("memcpy")(a.ctypes.data, src, a.nbytes, 2), "copying results from the GPU")
+                _check_status(_fn("memcpy")(a.ctypes.data, src, a.nbytes, 2), "copying results from the GPU")
             out[key] = a
         del keep
     return loss.value, out.get("out"), {k: out["g:" + k] for k in WRT} if fn == "value_and_grad" else None
 
 
-def predict(params, *, x, label=None):
+def predict(params, *, x, label=None, check=True):
     """The output node, for a batch."""
+    if check:
+        _check("predict", params, {'x': x, 'label': label})
     return _call("predict", params, {'x': x, 'label': label})[1]
 
 
-def loss(params, *, x, label):
+def loss(params, *, x, label, check=True):
     """L: the mean over the batch of the per-example loss."""
+    if check:
+        _check("loss", params, {'x': x, 'label': label})
     return _call("loss", params, {'x': x, 'label': label})[0]
 
 
-def value_and_grad(params, *, x, label):
+def value_and_grad(params, *, x, label, check=True):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode, on the GPU."""
+    if check:
+        _check("value_and_grad", params, {'x': x, 'label': label})
     value, _, grads = _call("value_and_grad", params, {'x': x, 'label': label})
     return value, grads
 
 
-def gradient(params, *, x, label):
+def gradient(params, *, x, label, check=True):
     """dL/d(name) for every name in WRT."""
-    return value_and_grad(params, x=x, label=label)[1]
+    if check:
+        _check("gradient", params, {'x': x, 'label': label})
+    return value_and_grad(params, x=x, label=label, check=False)[1]
 
 
-def sgd_step(params, lr, *, x, label):
+def sgd_step(params, lr, *, x, label, check=True):
     """One step of gradient descent, w <- w - lr * dL/dw, in place; returns L before the step."""
-    value, grads = value_and_grad(params, x=x, label=label)
+    if check:
+        _check("sgd_step", params, {'x': x, 'label': label})
+    value, grads = value_and_grad(params, x=x, label=label, check=False)
     for k in TRAINED:
         g = grads[k]
         g *= lr
@@ -416,9 +521,11 @@ def sgd_step(params, lr, *, x, label):
     return value
 
 
-def momentum_step(params, state, lr, momentum=0.9, *, x, label):
+def momentum_step(params, state, lr, momentum=0.9, *, x, label, check=True):
     """Gradient descent with momentum, in place; returns L before the step (as the NumPy module's)."""
-    value, grads = value_and_grad(params, x=x, label=label)
+    if check:
+        _check("momentum_step", params, {'x': x, 'label': label})
+    value, grads = value_and_grad(params, x=x, label=label, check=False)
     velocity = state.setdefault("u", {})
     for k in TRAINED:
         g = grads[k]
@@ -432,9 +539,11 @@ def momentum_step(params, state, lr, momentum=0.9, *, x, label):
     return value
 
 
-def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, label):
+def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, label, check=True):
     """One step of Adam, in place; returns L before the step (as the NumPy module's)."""
-    value, grads = value_and_grad(params, x=x, label=label)
+    if check:
+        _check("adam_step", params, {'x': x, 'label': label})
+    value, grads = value_and_grad(params, x=x, label=label, check=False)
     if not state:
         state.update(t=0, m={}, v={})
         for k in TRAINED:

@@ -352,7 +352,7 @@ static __global__ void b2_bar(
     }
 }
 
-// z1_bar = h1_bar*(1 - (h1*h1))  (elementwise over [N, 16])
+// z1_bar = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 16])
 static __global__ void z1_bar(
     real* __restrict__ z1_bar,
     const real* __restrict__ h1,
@@ -361,7 +361,7 @@ static __global__ void z1_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        z1_bar[_i] = h1_bar[_i]*(1 - (h1[_i]*h1[_i]));
+        z1_bar[_i] = h1_bar[_i]*(1.0 - (h1[_i]*h1[_i]));
     }
 }
 
@@ -717,7 +717,7 @@ extern "C" int mlp_classifier_value_and_grad(
     // L_bar = 1   # seed: dL/dL = 1
     // L_n_bar = L_bar/N   # mean over the batch
     // z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
-    const real t9 = (1/(real)N);
+    const real t9 = (1.0/(real)N);
     const real t10 = -t9;
     LAUNCH(kernels::t11, bp_grid((long long)N), 256, 0, t11, t7, t9, (long long)N);
     // t12 is t11 reshaped to [N, 1]: the same memory

@@ -375,7 +375,7 @@ static __global__ void b3_bar(
     }
 }
 
-// z2_bar = h2*h2_bar*(1 - h2)  (elementwise over [N, 16])
+// z2_bar = h2*h2_bar*(1.0 - h2)  (elementwise over [N, 16])
 static __global__ void z2_bar(
     real* __restrict__ z2_bar,
     const real* __restrict__ h2,
@@ -384,7 +384,7 @@ static __global__ void z2_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        z2_bar[_i] = h2[_i]*h2_bar[_i]*(1 - h2[_i]);
+        z2_bar[_i] = h2[_i]*h2_bar[_i]*(1.0 - h2[_i]);
     }
 }
 
@@ -412,7 +412,7 @@ static __global__ void b2_bar(
     }
 }
 
-// z1_bar = h1_bar*(real)(h1 > 0)  (elementwise over [N, 16])
+// z1_bar = h1_bar*(real)(h1 > 0.0)  (elementwise over [N, 16])
 static __global__ void z1_bar(
     real* __restrict__ z1_bar,
     const real* __restrict__ h1,
@@ -421,7 +421,7 @@ static __global__ void z1_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        z1_bar[_i] = h1_bar[_i]*(real)(h1[_i] > 0);
+        z1_bar[_i] = h1_bar[_i]*(real)(h1[_i] > 0.0);
     }
 }
 

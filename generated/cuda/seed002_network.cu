@@ -189,7 +189,7 @@ static __global__ void o(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        o[_i] = sin(2*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i]))));
+        o[_i] = sin(2.0*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i]))));
     }
 }
 
@@ -211,7 +211,7 @@ static __global__ void L_n(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        L_n[_i] = (1.0/2.0)*((sin(2*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i])))) - t[_i])*(sin(2*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i])))) - t[_i]));
+        L_n[_i] = (1.0/2.0)*((sin(2.0*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i])))) - t[_i])*(sin(2.0*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i])))) - t[_i]));
     }
 }
 
@@ -263,7 +263,7 @@ static __global__ void h2(real* __restrict__ h2, const real* __restrict__ z2, lo
     }
 }
 
-// h3 = 2*v11*z1  (elementwise over [N])
+// h3 = 2.0*v11*z1  (elementwise over [N])
 static __global__ void h3(
     real* __restrict__ h3,
     const real* __restrict__ v11,
@@ -272,7 +272,7 @@ static __global__ void h3(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        h3[_i] = 2*v11[0]*z1[_i];
+        h3[_i] = 2.0*v11[0]*z1[_i];
     }
 }
 
@@ -355,7 +355,7 @@ static __global__ void z4_bar(
     }
 }
 
-// z3_bar = 2*u1*zo_bar  (elementwise over [N])
+// z3_bar = 2.0*u1*zo_bar  (elementwise over [N])
 static __global__ void z3_bar(
     real* __restrict__ z3_bar,
     const real* __restrict__ u1,
@@ -364,7 +364,7 @@ static __global__ void z3_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        z3_bar[_i] = 2*u1[0]*zo_bar[_i];
+        z3_bar[_i] = 2.0*u1[0]*zo_bar[_i];
     }
 }
 

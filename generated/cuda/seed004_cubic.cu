@@ -106,7 +106,7 @@ static inline unsigned bp_blocks(long long n)
 
 namespace kernels {
 
-// z = ((3*x + 4*y)*(3*x + 4*y)*(3*x + 4*y))  (elementwise over [N])
+// z = ((3.0*x + 4.0*y)*(3.0*x + 4.0*y)*(3.0*x + 4.0*y))  (elementwise over [N])
 static __global__ void z(
     real* __restrict__ z,
     const real* __restrict__ x,
@@ -115,7 +115,7 @@ static __global__ void z(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        z[_i] = ((3*x[_i] + 4*y[_i])*(3*x[_i] + 4*y[_i])*(3*x[_i] + 4*y[_i]));
+        z[_i] = ((3.0*x[_i] + 4.0*y[_i])*(3.0*x[_i] + 4.0*y[_i])*(3.0*x[_i] + 4.0*y[_i]));
     }
 }
 
@@ -143,7 +143,7 @@ static __global__ void L(
     }
 }
 
-// u = 3*x + 4*y  (elementwise over [N])
+// u = 3.0*x + 4.0*y  (elementwise over [N])
 static __global__ void u(
     real* __restrict__ u,
     const real* __restrict__ x,
@@ -152,7 +152,7 @@ static __global__ void u(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        u[_i] = 3*x[_i] + 4*y[_i];
+        u[_i] = 3.0*x[_i] + 4.0*y[_i];
     }
 }
 
@@ -165,30 +165,30 @@ static __global__ void z_2(real* __restrict__ z, const real* __restrict__ u, lon
     }
 }
 
-// u_bar = 3*(u*u)  (elementwise over [N])
+// u_bar = 3.0*(u*u)  (elementwise over [N])
 static __global__ void u_bar(real* __restrict__ u_bar, const real* __restrict__ u, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        u_bar[_i] = 3*(u[_i]*u[_i]);
+        u_bar[_i] = 3.0*(u[_i]*u[_i]);
     }
 }
 
-// y_bar = 4*u_bar  (elementwise over [N])
+// y_bar = 4.0*u_bar  (elementwise over [N])
 static __global__ void y_bar(real* __restrict__ y_bar, const real* __restrict__ u_bar, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        y_bar[_i] = 4*u_bar[_i];
+        y_bar[_i] = 4.0*u_bar[_i];
     }
 }
 
-// x_bar = 3*u_bar  (elementwise over [N])
+// x_bar = 3.0*u_bar  (elementwise over [N])
 static __global__ void x_bar(real* __restrict__ x_bar, const real* __restrict__ u_bar, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        x_bar[_i] = 3*u_bar[_i];
+        x_bar[_i] = 3.0*u_bar[_i];
     }
 }
 

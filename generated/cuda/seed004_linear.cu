@@ -109,12 +109,12 @@ static __global__ void bp_fill(real* __restrict__ out, real value, long long _n)
         out[_i] = value;
 }
 
-// y = 2*x + 4  (elementwise over [N])
+// y = 2.0*x + 4.0  (elementwise over [N])
 static __global__ void y(real* __restrict__ y, const real* __restrict__ x, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        y[_i] = 2*x[_i] + 4;
+        y[_i] = 2.0*x[_i] + 4.0;
     }
 }
 
@@ -307,7 +307,7 @@ extern "C" int seed004_linear_value_and_grad(
     // L_bar = 1   # seed: dL/dL = 1
     // y_bar = L_bar   # sum over the batch
     // x_bar = 2*y_bar   # mul
-    LAUNCH(kernels::bp_fill, bp_grid((long long)N), 256, 0, x_bar, (real)2, (long long)N);
+    LAUNCH(kernels::bp_fill, bp_grid((long long)N), 256, 0, x_bar, (real)2.0, (long long)N);
 
     // L to the host (this waits for the kernels above)
     real _loss;

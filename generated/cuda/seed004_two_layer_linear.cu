@@ -177,7 +177,7 @@ static __global__ void L_n_2(real* __restrict__ L_n, const real* __restrict__ t0
     }
 }
 
-// y_hat_bar = -2*t0  (elementwise over [N])
+// y_hat_bar = -2.0*t0  (elementwise over [N])
 static __global__ void y_hat_bar(
     real* __restrict__ y_hat_bar,
     const real* __restrict__ t0,
@@ -185,7 +185,7 @@ static __global__ void y_hat_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        y_hat_bar[_i] = -2*t0[_i];
+        y_hat_bar[_i] = -2.0*t0[_i];
     }
 }
 

@@ -622,7 +622,7 @@ extern "C" int softmax_ce_output_value_and_grad(
     // L_bar = 1   # seed: dL/dL = 1
     // L_n_bar = L_bar/N   # mean over the batch
     // a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
-    const real t8 = (1/(real)N);
+    const real t8 = (1.0/(real)N);
     const real t9 = -t8;
     LAUNCH(kernels::t10, bp_grid((long long)N), 256, 0, t10, t6, t8, (long long)N);
     // t11 is t10 reshaped to [N, 1]: the same memory

@@ -298,7 +298,7 @@ static __global__ void L_2(
     }
 }
 
-// g_bar = -2*t0/N  (elementwise over [N])
+// g_bar = -2.0*t0/N  (elementwise over [N])
 static __global__ void g_bar(
     real* __restrict__ g_bar,
     const real* __restrict__ t0,
@@ -307,11 +307,11 @@ static __global__ void g_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        g_bar[_i] = -2*t0[_i]/N;
+        g_bar[_i] = -2.0*t0[_i]/N;
     }
 }
 
-// a_bar = g_bar*v*(1 - (e*e))  (elementwise over [N, 3])
+// a_bar = g_bar*v*(1.0 - (e*e))  (elementwise over [N, 3])
 static __global__ void a_bar(
     real* __restrict__ a_bar,
     const real* __restrict__ e,
@@ -321,7 +321,7 @@ static __global__ void a_bar(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        a_bar[_i] = g_bar[_i / 3]*v[_i % 3]*(1 - (e[_i]*e[_i]));
+        a_bar[_i] = g_bar[_i / 3]*v[_i % 3]*(1.0 - (e[_i]*e[_i]));
     }
 }
 
