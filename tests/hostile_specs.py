@@ -1005,6 +1005,8 @@ def call_cli(argv, timeout):
 @dataclass
 class Options:
     timeout: float = 20.0          # seconds per command
+    verify_timeout: float = 150.0  # seconds for verify: its own bounds are a 30 s SymPy budget
+                                   # and 60 s for the module's calls, plus compiling twice
     memory: int = 2 << 30          # RLIMIT_AS of a worker (bytes)
     verify_every: int = 10         # verify every k-th case that compiles (and every curated one)
     gxx_every: int = 5             # g++ -fsyntax-only on every k-th .cu (and every suspicious one)
@@ -1092,7 +1094,7 @@ def run_case(case: Case, opts: Options, progress=lambda cmd: None):
             outs["graph"].mkdir(exist_ok=True)
         before = _snapshot(T)
         progress(cmd)
-        code, out, err, problem, secs = call_cli(argv, opts.timeout)
+        code, out, err, problem, secs = call_cli(argv, opts.verify_timeout if cmd == "verify" else opts.timeout)
         res["times"][cmd] = round(secs, 3)
         codes[cmd] = code
         after = _snapshot(T)
@@ -1423,7 +1425,8 @@ def run_cases(indices, seed=0, opts: Options | None = None, workers=None, log=No
                         dead = True
                     else:
                         if kind == "progress":
-                            s[5], s[3] = msg, now + opts.timeout + 15 + (60 if msg == "g++" else 0)
+                            limit = opts.verify_timeout if msg == "verify" else opts.timeout
+                            s[5], s[3] = msg, now + limit + 15 + (60 if msg == "g++" else 0)
                             continue
                         task = s[2]
                         s[2] = None
