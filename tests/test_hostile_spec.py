@@ -279,7 +279,7 @@ def test_an_alias_bomb_is_refused_in_well_under_a_second():
     refused(alias_bomb() + GOOD, "MAX_YAML_NODES")
     # fewer aliases than the alias limit, still exponential: the node count stops it
     assert 9 * 10 < limits.MAX_YAML_ALIASES
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5   # a hang guard: milliseconds here, minutes when expanded
 
 
 def test_many_aliases_are_refused():
@@ -293,7 +293,7 @@ def test_a_merge_key_bomb_is_refused_quickly():
         lines.append(f"m{i}: &m{i} {{<<: [" + ", ".join([f"*m{i - 1}"] * 10) + "]}")
     start = time.perf_counter()
     refused("\n".join(lines) + "\n" + GOOD, "MAX_YAML")
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5   # a hang guard: milliseconds here, minutes when expanded
 
 
 def test_a_recursive_alias_is_refused():
@@ -341,7 +341,8 @@ def test_a_directory_is_a_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("expr, limit", [
     ("(" * 4000 + "h" + ")" * 4000, "MAX_EXPRESSION_DEPTH"),
-    ("(" * 65 + "h" + ")" * 65, "MAX_EXPRESSION_DEPTH"),
+    ("(" * (limits.MAX_EXPRESSION_DEPTH + 1) + "h" + ")" * (limits.MAX_EXPRESSION_DEPTH + 1),
+     "MAX_EXPRESSION_DEPTH"),
     ("-" * 9000 + "h", "MAX_EXPRESSION_DEPTH"),
     ("h" + "**h" * 3000, "MAX_EXPRESSION_DEPTH"),
     ("sum(h" + "+h" * 4900 + ")", "MAX_EXPRESSION_DEPTH"),
@@ -354,7 +355,7 @@ def test_a_directory_is_a_one_line_error(tmp_path):
 def test_deep_and_long_expressions_hit_a_named_limit(expr, limit):
     start = time.perf_counter()
     refused(with_expr(expr), "graph.g", limit, str(getattr(limits, limit)))
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 10.0   # a hang guard: each takes milliseconds
 
 
 def test_thirteen_nested_tanh_pass_the_front_end():
