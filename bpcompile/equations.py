@@ -4,9 +4,16 @@
 of (consumer's adjoint times local derivative), one term per path link, each with
 the rule that produced it::
 
-    a_bar = e_bar * (1 - e**2)        tanh
+    a_bar = e_bar*(1 - e**2)          tanh
     W_bar = d_bar x^T                 matmul (summed over the batch)
     h1_bar = h3 term + h4 term        sum over consumers: paths meet here
+
+Every value is a SymPy expression: a structural operation (a contraction, a
+reduction, an index) is a display node below with its own ``_sympystr`` /
+``_latex`` printing and a precedence, so SymPy's printers place the brackets
+(``-(W @ x)**2``, never ``-W @ x**2``).  An adjoint is named after its node
+(``z2_bar``); a node the spec leaves unnamed gets a short name (``q1``) that the
+forward program defines on a line of its own (the legend).
 
 Used by the generated code's comments and docstring, and by ``bpcompile inspect``.
 """
@@ -14,20 +21,166 @@ Used by the generated code's comments and docstring, and by ``bpcompile inspect`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 import sympy as sp
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
 from . import names
 from .adjoint import Adjoints
+from .escape import latex_text
 from .graph import Lowered
 from .ops import OUT, Contraction, Scatter, arg_symbol, gemm_form, local_derivative
 
 LOSS = "L"            # the loss reduced over the batch
 EXAMPLE_LOSS = "L_n"  # the per-example loss
 
+# A matrix product binds less tightly than ``*`` (so ``2*(W @ x)*h``, never the
+# ``2*W @ x*h`` that reads as a product of W) and more than ``+``.
+PREC_MATMUL = PRECEDENCE["Mul"] - 1
+PREC_POSTFIX = PRECEDENCE["Func"]
+
+
+# -- display nodes: structural operations as SymPy expressions ------------------
+
+class _Display(sp.Function):
+    """A structural operation shown in an equation (printing only, never evaluated)."""
+
+    is_commutative = True
+
+    @classmethod
+    def eval(cls, *args):
+        return None
+
+    def _eval_derivative(self, s):   # never differentiated: the adjoint pass did that
+        raise TypeError("a display node is not differentiated")
+
+    def _latex(self, p, exp=None):
+        body = self._tex(p)
+        if exp is None:
+            return body
+        if self.precedence < PRECEDENCE["Func"]:
+            body = f"\\left({body}\\right)"
+        return f"{body}^{{{exp}}}"
+
+
+class MatMul(_Display):
+    """``a @ b``; ``sep`` ' ' for the lectures' outer product ``d_bar x^T``."""
+
+    nargs = 2
+    precedence = PREC_MATMUL
+    sep = " @ "
+    latex_sep = " "
+
+    def _sympystr(self, p):
+        a, b = self.args
+        return _operand(p, a) + self.sep + _operand(p, b)
+
+    def _tex(self, p):
+        a, b = self.args
+        return _operand(p, a) + self.latex_sep + _operand(p, b)
+
+
+class Outer(MatMul):
+    sep = " "
+
+
+class T(_Display):
+    """The transpose ``a^T``."""
+
+    nargs = 1
+    precedence = PRECEDENCE["Pow"]
+
+    def _sympystr(self, p):
+        return p.parenthesize(self.args[0], PREC_POSTFIX, strict=True) + "^T"
+
+    def _tex(self, p):
+        return p.parenthesize(self.args[0], PREC_POSTFIX, strict=True) + "^{\\top}"
+
+
+class Index(_Display):
+    """``a[i]``: an index by a constant or by a label."""
+
+    nargs = 2
+    precedence = PRECEDENCE["Func"]
+
+    def _sympystr(self, p):
+        return p.parenthesize(self.args[0], PREC_POSTFIX, strict=True) + f"[{p._print(self.args[1])}]"
+
+    def _tex(self, p):
+        return p.parenthesize(self.args[0], PREC_POSTFIX, strict=True) + f"_{{[{p._print(self.args[1])}]}}"
+
+
+class Call(_Display):
+    """``name(args...)``: a named function of the spec language (sum, max, softmax, ...).
+
+    The first argument is the function's name as a Symbol; an argument ``Kw``
+    prints as ``key=value``."""
+
+    precedence = PRECEDENCE["Func"]
+
+    def _sympystr(self, p):
+        name, *args = self.args
+        return f"{name.name}({', '.join(p._print(a) for a in args)})"
+
+    def _tex(self, p):
+        name, *args = self.args
+        word = name.name.replace("_", "\\_")
+        return f"\\operatorname{{{word}}}({', '.join(p._print(a) for a in args)})"
+
+
+class Kw(_Display):
+    """``key=value`` inside a Call."""
+
+    nargs = 2
+
+    def _sympystr(self, p):
+        return f"{self.args[0].name}={p._print(self.args[1])}"
+
+    def _tex(self, p):
+        return f"\\text{{{latex_text(self.args[0].name)}}}={p._print(self.args[1])}"
+
+
+class Einsum(_Display):
+    """A contraction that is no matrix product, in index notation:
+    ``sum_j a[i,j]*b[j]`` (the indices summed over under ``sum``)."""
+
+    nargs = 3
+    precedence = PREC_MATMUL
+
+    def _parts(self):
+        a, b, subs = self.args
+        sa, rest = subs.name.split(",")
+        sb, so = rest.split("->")
+        summed = "".join(dict.fromkeys(c for c in sa + sb if c not in so))
+        return a, b, sa, sb, summed
+
+    def _sympystr(self, p):
+        a, b, sa, sb, summed = self._parts()
+        ia = p.parenthesize(a, PREC_POSTFIX, strict=True) + (f"[{','.join(sa)}]" if sa else "")
+        ib = p.parenthesize(b, PREC_POSTFIX, strict=True) + (f"[{','.join(sb)}]" if sb else "")
+        return (f"sum_{summed} " if summed else "") + f"{ia}*{ib}"
+
+    def _tex(self, p):
+        a, b, sa, sb, summed = self._parts()
+        ia = p.parenthesize(a, PREC_POSTFIX, strict=True) + (f"_{{{sa}}}" if sa else "")
+        ib = p.parenthesize(b, PREC_POSTFIX, strict=True) + (f"_{{{sb}}}" if sb else "")
+        return (f"\\sum_{{{summed}}} " if summed else "") + f"{ia} {ib}"
+
+
+def _operand(p, e) -> str:
+    """An operand of ``@``: bracketed unless it is a name, a call, a power or a transpose."""
+    return p.parenthesize(e, PRECEDENCE["Pow"], strict=True)
+
+
+def call(name: str, *args) -> sp.Expr:
+    return Call(sp.Symbol(name), *args)
+
+
+# -- printers --------------------------------------------------------------------
 
 class _Printer(StrPrinter):
     """SymPy's str printer with our function names (relu, sigmoid, ...)."""
@@ -46,40 +199,209 @@ def show(expr) -> str:
     return _Printer({"order": "none"}).doprint(expr)
 
 
+_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "sigma", "tau", "phi"}
+
+
+def latex_name(name: str) -> str:
+    r"""A name in the lectures' notation: ``z2`` as ``z_{2}``, ``z2_bar`` as
+    ``\overline{z_{2}}``, ``y_hat`` as ``\hat{y}``; any other text set as text."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+        return "\\text{" + latex_text(name) + "}"
+    if name.endswith("_bar") and len(name) > 4:
+        return "\\overline{" + latex_name(name[:-4]) + "}"
+    if name.endswith("_hat") and len(name) > 4:
+        return "\\hat{" + latex_name(name[:-4]) + "}"
+    m = re.fullmatch(r"([A-Za-z]+)([0-9]+)|([A-Za-z][A-Za-z0-9]*?)_([A-Za-z0-9_]+)", name)
+    if m is None:
+        return "\\" + name if name in _GREEK else name
+    head, sub = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    head = "\\" + head if head in _GREEK else head
+    return head + "_{" + sub.replace("_", "\\_") + "}"
+
+
+class _LatexPrinter(LatexPrinter):
+    """SymPy's LaTeX printer with the lectures' names and our functions."""
+
+    def __init__(self):
+        super().__init__({"mul_symbol": "dot"})
+
+    def _print_Symbol(self, e, style="plain"):
+        return latex_name(e.name)
+
+    def _print_Function(self, e, exp=None):
+        if isinstance(e, _Display):
+            return e._latex(self, exp)
+        word = type(e).__name__
+        if word in ("tanh", "exp", "log", "sin", "cos", "sqrt", "Abs", "Max", "Min"):
+            return super()._print_Function(e, exp)
+        text = f"\\operatorname{{{word.replace('_', chr(92) + '_')}}}" \
+            f"\\left({', '.join(self._print(a) for a in e.args)}\\right)"
+        return f"{text}^{{{exp}}}" if exp is not None else text
+
+    def _print_Add(self, expr, order=None):
+        """Positive terms first, as the text: ``y - g``, never ``- g + y``."""
+        terms = list(expr.as_ordered_terms())
+        out = ""
+        for t in [t for t in terms if not t.could_extract_minus_sign()] + \
+                [t for t in terms if t.could_extract_minus_sign()]:
+            if t.could_extract_minus_sign():
+                s = self._print(-t)
+                s = f"\\left({s}\\right)" if (-t).is_Add else s
+                out += f" - {s}" if out else f"- {s}"
+            else:
+                out += f" + {self._print(t)}" if out else self._print(t)
+        return out
+
+    def _print_step(self, e, exp=None):
+        return f"[{self._print(e.args[0])} > 0]"
+
+    def _print_equal(self, e, exp=None):
+        return f"[{self._print(e.args[0])} = {self._print(e.args[1])}]"
+
+
+def latex(expr) -> str:
+    return _LatexPrinter().doprint(expr)
+
+
+# -- equations -------------------------------------------------------------------
+
+@dataclass
+class Term:
+    """One consumer's contribution: an expression, a note said in words
+    (``(summed over the batch)``), and the rule that produced it."""
+
+    expr: object          # a SymPy expression
+    rule: str
+    note: str = ""
+
+    @property
+    def text(self) -> str:
+        return show(self.expr) + (f" {self.note}" if self.note else "")
+
+
 @dataclass
 class Equation:
     lhs: str
     terms: list          # [(rhs text, rule)]
     node: int            # the graph node the equation defines (adjoint or forward)
+    exprs: list = field(default_factory=list)   # [Term], when made from the graph
 
     @property
     def rhs(self) -> str:
-        """The sum over consumers; a term that is itself a sum is parenthesised."""
+        """The sum over consumers: ``a + b``, ``a - b`` (a negated term), a term that
+        is itself a sum in brackets."""
         if len(self.terms) == 1:
             return self.terms[0][0]
-        return " + ".join(f"({r})" if " + " in r or " - " in r else r for r, _ in self.terms)
+        out = ""
+        for k, (r, _) in enumerate(self.terms):
+            term = self.exprs[k] if k < len(self.exprs) else None
+            if term is not None and not term.note and term.expr.could_extract_minus_sign():
+                r, sign = show(-term.expr), " - "
+                r = f"({r})" if (-term.expr).is_Add else r
+            else:
+                sign = " + "
+                r = f"({r})" if re.search(r" [-+] ", r) and not r.startswith("(") else r
+            out += (sign if out else sign.strip() if sign == " - " else "") + r
+        return out
 
     @property
     def rule(self) -> str:
         if len(self.terms) == 1:
             return self.terms[0][1]
-        return f"sum over consumers ({', '.join(rule for _, rule in self.terms)})"
+        rules = [rule for _, rule in self.terms]
+        listed = ", ".join(rules)
+        if len(listed) > 60:      # many consumers: each rule once, with its count
+            count = {r: rules.count(r) for r in rules}
+            listed = ", ".join(f"{r} x{k}" if k > 1 else r for r, k in count.items())
+        return f"sum over consumers ({listed})"
 
     def text(self, width=0) -> str:
         return f"{self.lhs} = {self.rhs}".ljust(width) + f"   # {self.rule}"
 
+    def lines(self, width=0, columns=100) -> list:
+        """``text`` wrapped at ``columns``: the sum broken between its terms (a
+        long term at its top-level operators), continuations under the ``=``, the
+        rule on a line of its own when it does not fit."""
+        return wrap_equation(f"{self.lhs} = ", self.rhs, f"# {self.rule}", width, columns)
 
-# An anonymous value is written inline (``(W @ x)_bar``, ``tanh(b + d)``) while
-# its text is at most this many characters; a longer one is a named sub-result
+    def latex(self) -> str:
+        """The right-hand side as LaTeX, from the expressions (spec text escaped)."""
+        if not self.exprs:
+            return "\\text{" + latex_text(self.rhs) + "}"
+        out = ""
+        for k, t in enumerate(self.exprs):
+            e = t.expr
+            sign = " + "
+            if k and not t.note and e.could_extract_minus_sign():
+                e, sign = -e, " - "
+            body = latex(e)
+            if len(self.exprs) > 1 and e.is_Add:
+                body = f"\\left({body}\\right)"
+            if t.note:
+                body += " \\quad\\text{" + latex_text(t.note) + "}"
+            out += (sign if k else "") + body
+        return out
+
+
+def wrap_equation(head: str, rhs: str, comment: str, width=0, columns=100) -> list:
+    for pad in (width, 0):     # aligned with the other lines, else just fitting
+        one = f"{head}{rhs}".ljust(pad) + f"   {comment}"
+        if len(one) <= columns:
+            return [one]
+    indent = " " * min(len(head), columns // 3)
+    pieces = wrap_text(head + rhs, columns, indent)
+    if len(pieces[-1]) + 3 + len(comment) <= columns:
+        pieces[-1] += f"   {comment}"
+    else:
+        pieces += wrap_text(indent + comment, columns, indent + "  ")
+    return pieces
+
+
+def wrap_text(text: str, columns: int, indent: str) -> list:
+    """``text`` broken before its shallowest operators (`` + ``, `` - ``, then
+    `` @ ``, ``*`` and ``, ``) so each line fits ``columns`` where it can."""
+    depth, spots = 0, []
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == " " and text[i + 1:i + 3] in ("+ ", "- ", "@ "):
+            spots.append((depth, 0, i))
+        elif ch == "," and text[i + 1:i + 2] == " ":
+            spots.append((depth, 1, i + 1))
+        elif ch == "*" and text[i + 1:i + 2] != "*" and text[i - 1:i] != "*":
+            spots.append((depth, 1, i + 1))
+    lines, start, limit = [], 0, columns
+    while len(text) - start > limit:
+        fits = [s for s in spots if start < s[2] <= start + limit]
+        if not fits:
+            break
+        best = min(fits, key=lambda s: (s[0], s[1], -s[2]))
+        lines.append(text[start:best[2]].rstrip())
+        start = best[2] + (1 if text[best[2]:best[2] + 1] == " " else 0)
+        limit = columns - len(indent)
+    lines.append(text[start:])
+    return [lines[0]] + [indent + ln for ln in lines[1:]]
+
+
+# An anonymous value is written inline (``W @ x``, ``tanh(b + d)``) while its
+# text is at most this many characters; a longer one is a named sub-result
 # (``u1``, defined on a line of its own), so every line stays short and printing
 # the equations costs time linear in the graph, however deep the nesting.
 INLINE_LIMIT = 32
 SUBRESULT_PREFIX = "u"
+# The name of an anonymous value whose adjoint the equations show (``q1_bar``),
+# defined by a line of the forward program (``q1 = z3 - y``).
+LEGEND_PREFIX = "q"
 
 
 class Namer:
     """Display names of forward nodes: spec names, else their expression, else
-    (an expression longer than INLINE_LIMIT) a sub-result name ``u1, u2, ...``."""
+    (an expression longer than INLINE_LIMIT) a sub-result name ``u1, u2, ...``.
+
+    ``adjoint_names`` adds the legend: a name ``q1, q2, ...`` for each anonymous
+    node whose adjoint an equation defines (``q1_bar``)."""
 
     def __init__(self, low: Lowered):
         self.low = low
@@ -87,7 +409,9 @@ class Namer:
         self.cache: dict = {}
         self.bar_alias: dict = {}   # anonymous node -> the name of the adjoint it shares
         self.subresults: dict = {}  # node -> its sub-result name
-        self.definitions: dict = {}  # node -> the text its sub-result name stands for
+        self.definitions: dict = {}  # node -> the text its sub-result or legend name stands for
+        self.legend: dict = {}      # anonymous node -> its legend name (for its adjoint)
+        self._legend_done = False
         self._prepared = False
         self._counter = 0
         spec = low.spec
@@ -162,67 +486,107 @@ class Namer:
             if node["op"] == "map":
                 out = node["attrs"][0].xreplace({arg_symbol(i): self.cache[a]
                                                  for i, a in enumerate(node["args"])})
-                text = show(out)
             else:
-                text = self.structural(n)
-                out = sp.Symbol(text, real=True)
+                out = self.structural_expr(n)
+            text = show(out)
             if len(text) > INLINE_LIMIT and n <= self._last_forward:
-                name = self._fresh()
+                name = self._fresh(SUBRESULT_PREFIX)
                 self.subresults[n] = name
                 self.definitions[n] = text
                 out = sp.Symbol(name, real=True)
         self.cache[n] = out
 
-    def _fresh(self) -> str:
+    def _fresh(self, prefix) -> str:
         while True:
-            self._counter += 1
-            name = f"{SUBRESULT_PREFIX}{self._counter}"
+            if prefix == SUBRESULT_PREFIX:
+                self._counter += 1
+                k = self._counter
+            else:
+                self._legend_counter = getattr(self, "_legend_counter", 0) + 1
+                k = self._legend_counter
+            name = f"{prefix}{k}"
             if name not in self._taken and names.bar(name) not in self._taken:
                 return name
+
+    def adjoint_names(self, nodes) -> None:
+        """Give each anonymous forward node in ``nodes`` (those whose adjoint an
+        equation defines) a legend name, in forward order; once per Namer."""
+        if self._legend_done:
+            return
+        self._legend_done = True
+        self._prepare()
+        for n in sorted(nodes):
+            if n <= self._last_forward and self.name(n) is None and n not in self.bar_alias:
+                self.legend[n] = self._fresh(LEGEND_PREFIX)
+                self.definitions[n] = self.text(n)
 
     def text(self, n) -> str:
         return show(self.sym(n))
 
-    def atom(self, n) -> str:
-        t = self.text(n)
-        return t if is_atomic(t) else f"({t})"
+    def definition(self, n) -> sp.Expr:
+        """The expression computing node n from its arguments' displays (for a named
+        node, what stands right of its ``=``)."""
+        node = self.G.node(n)
+        if node["op"] in ("input", "param", "const", "batch_size"):
+            return self.sym(n)
+        if node["op"] == "map":
+            return node["attrs"][0].xreplace({arg_symbol(i): self.sym(a) for i, a in enumerate(node["args"])})
+        return self.structural_expr(n)
 
-    def structural(self, n) -> str:
+    def atom(self, n) -> str:
+        """The text of n, bracketed unless it is a name, a number or a call."""
+        e = self.sym(n)
+        t = show(e)
+        return t if precedence(e) >= PRECEDENCE["Func"] or is_atomic(t) else f"({t})"
+
+    def structural_expr(self, n) -> sp.Expr:
         node = self.G.node(n)
         op, args, attrs = node["op"], node["args"], node["attrs"]
-        a = [self.atom(x) for x in args]
+        a = [self.cache[x] if x in self.cache else self.sym(x) for x in args]
         if op == "contract":
-            return contraction_text(attrs[0], a[0], a[1])
+            return contraction_expr(attrs[0], a[0], a[1])
         if op == "reduce":
             kind, axes, keepdims, _ = attrs
-            return f"{kind}({a[0]}" + (f", axis={axes[0] - len(self.G.node(args[0])['shape'])}"
-                                       if len(axes) < len(self.G.node(args[0])["shape"]) else "") + ")"
+            rank = len(self.G.node(args[0])["shape"])
+            if len(axes) < rank:
+                return call(kind, a[0], Kw(sp.Symbol("axis"), sp.Integer(axes[0] - rank)))
+            return call(kind, a[0])
         if op == "sum_to":
-            return f"sum_n({a[0]})" if not attrs[1] and self.G.node(args[0])["batched"] else f"sum({a[0]})"
+            return call("sum_n" if not attrs[1] and self.G.node(args[0])["batched"] else "sum", a[0])
         if op == "take":
-            return f"{a[0]}[{a[1]}]"
-        if op == "onehot":
-            return f"onehot({a[0]})"
-        if op == "transpose":
-            return f"{a[0]}.T"
+            return Index(a[0], a[1])
         if op == "index":
-            return f"{a[0]}[{attrs[0]}]"
+            return Index(a[0], sp.sympify(attrs[0]) if isinstance(attrs[0], int) else sp.Symbol(str(attrs[0])))
+        if op == "transpose":
+            return T(a[0])
         if op in ("reshape", "broadcast", "copy"):
             return a[0]
-        return f"{op}({', '.join(a)})"
+        return call(op, *a)
+
+    def structural(self, n) -> str:
+        return show(self.structural_expr(n))
+
+
+def contraction_expr(form: Contraction, a, b) -> sp.Expr:
+    """A contraction as the lectures write it: ``W @ x``, ``d_bar x^T``, ``W^T @ d_bar``;
+    a scaling ``a*b``; ``dot(a, b)``; else index notation ``sum_j a[i,j]*b[j]``."""
+    g = gemm_form(form.a, form.b, form.out)
+    if g is None:
+        if form.out == "" and form.a == form.b and len(form.a) == 1:
+            return call("dot", a, b)
+        if "" in (form.a, form.b) and set(form.a + form.b) == set(form.out) \
+                or form.a == form.b == form.out:
+            return a * b
+        return Einsum(a, b, sp.Symbol(form.subscripts))
+    left, right = (a, b) if g.left == 0 else (b, a)
+    if g.outer:
+        return Outer(left, T(right))
+    return MatMul(T(left) if g.trans_left else left, T(right) if g.trans_right else right)
 
 
 def contraction_text(form: Contraction, a: str, b: str) -> str:
-    """A contraction as the lectures write it: ``W @ x``, ``d_bar x^T``, ``W^T @ d_bar``."""
-    g = gemm_form(form.a, form.b, form.out)
-    if g is None:
-        if form.out == "" and form.a == form.b:
-            return f"{a} . {b}"
-        return f"einsum('{form.subscripts}', {a}, {b})"
-    left, right = (a, b) if g.left == 0 else (b, a)
-    if g.outer:
-        return f"{left} {right}^T"
-    return f"{left}{'^T' if g.trans_left else ''} @ {right}{'^T' if g.trans_right else ''}"
+    """``contraction_expr`` for operands given as text (bracketed already where needed)."""
+    return show(contraction_expr(form, sp.Symbol(a), sp.Symbol(b)))
 
 
 def print_add(printer, expr) -> str:
@@ -244,8 +608,8 @@ def print_add(printer, expr) -> str:
 def forward_equations(low: Lowered, namer: Namer | None = None) -> list:
     """The forward program, one computation per line: [(lhs, rhs, per-example shape)].
 
-    The spec's lines, each preceded by the sub-results (``u1 = ...``) that the
-    equations name inside it, when a ``namer`` is given."""
+    The spec's lines, each preceded by the sub-results (``u1 = ...``) and legend
+    names (``q1 = ...``) that the equations use inside it, when a ``namer`` is given."""
     spec = low.spec
     G = low.graph
     lines = [(low.named[nm], nm, expr.text) for nm, expr in spec.graph]
@@ -253,7 +617,7 @@ def forward_equations(low: Lowered, namer: Namer | None = None) -> list:
     subs = []
     if namer is not None:
         namer.sym(low.loss)   # names every sub-result of the forward graph
-        subs = sorted(namer.subresults.items())
+        subs = sorted({**namer.subresults, **namer.legend}.items())
     out, k = [], 0
     for node, lhs, rhs in lines:
         # a sub-result is made before the first spec line whose node comes after it
@@ -270,26 +634,36 @@ def forward_equations(low: Lowered, namer: Namer | None = None) -> list:
 
 def docstring_lines(low: Lowered, adj: Adjoints, namer: Namer | None = None) -> tuple:
     """The forward and adjoint equations as the generated files' headers print them:
-    aligned columns, forward lines with their shapes, adjoint lines with their rules."""
+    aligned columns, forward lines with their shapes, adjoint lines with their rules,
+    each wrapped at 100 columns."""
     namer = namer or Namer(low)
+    eqs = adjoint_equations(low, adj, namer)     # first: it names the legend
     forward = [(f"{lhs} = {rhs}", shape) for lhs, rhs, shape in forward_equations(low, namer)]
-    width = max(len(t) for t, _ in forward)
-    forward_lines = [f"{t.ljust(width)}   shape {list(s)}" for t, s in forward]
-    eqs = adjoint_equations(low, adj, namer)
+    width = min(60, max(len(t) for t, _ in forward))
+    forward_lines = [ln for t, s in forward
+                     for ln in wrap_equation("", t, f"shape {list(s)}", width, DOC_COLUMNS)]
     width = min(60, max((len(f"{e.lhs} = {e.rhs}") for e in eqs), default=0))
-    return forward_lines, [e.text(width) for e in eqs]
+    return forward_lines, [ln for e in eqs for ln in e.lines(width, DOC_COLUMNS)]
+
+
+DOC_COLUMNS = 92    # a docstring line is indented by 4 and stays within 100 columns
 
 
 # How a reader sees the adjoint of a softmax-family function's argument z, given
-# the function's value y and its adjoint y_bar (the rules the lowering implements
-# over several nodes, with the row max subtracted for stability).
-MACRO_RULES = {
-    "softmax": ("{y}*({g} - sum({g}*{y}))", "softmax"),
-    "log_softmax": ("{g} - softmax({z})*sum({g})", "log_softmax"),
-    "logsumexp": ("{g}*softmax({z})", "logsumexp"),
-    "softmax_cross_entropy": ("{g}*(softmax({z}) - onehot({label}))",
-                              "softmax + cross-entropy: y_hat - onehot(label)"),
-}
+# the function's value y and its adjoint g = y_bar (the rules the lowering
+# implements over several nodes, with the row max subtracted for stability).
+def _macro_rule(kind, y, g, z, label):
+    if kind == "softmax":
+        return y * (g - call("sum", g * y)), "softmax"
+    if kind == "log_softmax":
+        return g - call("softmax", z) * call("sum", g), "log_softmax"
+    if kind == "logsumexp":
+        return g * call("softmax", z), "logsumexp"
+    return (g * (call("softmax", z) - call("onehot", label)),
+            "softmax + cross-entropy: y_hat - onehot")
+
+
+MACRO_RULES = ("softmax", "log_softmax", "logsumexp", "softmax_cross_entropy")
 
 
 def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -> list:
@@ -297,7 +671,8 @@ def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -
 
     Read as the lectures write them: the nodes inside a softmax-family function
     are one rule, an anonymous node whose adjoint is a named one's (``W @ x`` in
-    ``z = W @ x + b``) takes that name, and the batch reduction is ``L_bar / N``.
+    ``z = W @ x + b``) takes that name, the batch reduction is ``L_bar / N``, and
+    every other anonymous node's adjoint is named by the legend (``q1_bar``).
     """
     namer = namer or Namer(low)
     G = low.graph
@@ -312,33 +687,38 @@ def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -
             named_bar.setdefault(adj.bar[x], bar_name(namer, x))
         elif adj.bar[x] in named_bar and x not in collapsed:
             alias[x] = named_bar[adj.bar[x]]
-    for x in adj.order:
-        if (x == total and x != low.loss and G.node(x)["op"] == "sum_to") or x in hidden or x in alias:
-            continue
-        terms = adj.terms[x]
+    shown = [x for x in adj.order
+             if not ((x == total and x != low.loss and G.node(x)["op"] == "sum_to") or x in hidden
+                     or x in alias)]
+    namer.adjoint_names(shown)
+    for x in shown:
         lhs = bar_name(namer, x)
         rendered = []
         macro_done = set()
-        for consumer, rule, contribution in terms:
+        for consumer, rule, contribution in adj.terms[x]:
             if consumer is None:
-                rendered.append(("1", "seed: dL/dL = 1"))
+                rendered.append(Term(sp.Integer(1), "seed: dL/dL = 1"))
             elif consumer == total and x == low.example_loss:
-                rendered.append(("L_bar/N", "mean over the batch") if low.spec.reduction == "mean"
-                                else ("L_bar", "sum over the batch"))
+                mean = low.spec.reduction == "mean"
+                rendered.append(Term(_bar(LOSS) / sp.Symbol("N", positive=True) if mean else _bar(LOSS),
+                                     "mean over the batch" if mean else "sum over the batch"))
             elif (x, consumer) in collapsed.get(x, {}):
                 m = collapsed[x][(x, consumer)]
                 if m in macro_done:
                     continue
                 macro_done.add(m)
                 kind, z, label = G.macros[m]
-                template, why = MACRO_RULES[kind]
-                rendered.append((template.format(y=namer.atom(m), g=bar_name(namer, m), z=namer.text(z),
-                                                 label=namer.text(label) if label is not None else ""),
-                                 why))
+                expr, why = _macro_rule(kind, namer.sym(m), sp.Symbol(bar_name(namer, m), real=True),
+                                        namer.sym(z), namer.sym(label) if label is not None else None)
+                rendered.append(Term(expr, why))
             else:
-                rendered.append(term_text(G, namer, x, consumer, rule, contribution))
-        out.append(Equation(lhs, rendered, adj.bar[x]))
+                rendered.append(term_expr(G, namer, x, consumer, rule, contribution))
+        out.append(Equation(lhs, [(t.text, t.rule) for t in rendered], adj.bar[x], rendered))
     return out
+
+
+def _bar(name: str) -> sp.Symbol:
+    return sp.Symbol(names.bar(name), real=True)
 
 
 def _macro_interiors(G, adj):
@@ -359,9 +739,11 @@ def _macro_interiors(G, adj):
 
 
 def bar_name(namer: Namer, x) -> str:
+    """``z2_bar``: the adjoint of x named after x (its spec name, its sub-result or
+    legend name); an anonymous node not in the legend as ``(expression)_bar``."""
     if x in namer.bar_alias:
         return namer.bar_alias[x]
-    nm = namer.name(x)
+    nm = namer.name(x) or namer.legend.get(x)
     if nm is None:
         return f"({namer.text(x)})_bar"
     return names.bar(nm)
@@ -376,7 +758,7 @@ def is_atomic(text: str) -> bool:
         return False
     depth = 0
     for ch in m.group(1) + m.group(2):
-        depth += ch in "([" 
+        depth += ch in "(["
         depth -= ch in ")]"
         if depth == 0:
             return False
@@ -384,45 +766,65 @@ def is_atomic(text: str) -> bool:
 
 
 def term_text(G, namer, x, consumer, rule, contribution):
+    """consumer_bar times d consumer / d x, as (text, rule)."""
+    t = term_expr(G, namer, x, consumer, rule, contribution)
+    return t.text, t.rule
+
+
+def term_expr(G, namer, x, consumer, rule, contribution) -> Term:
     """consumer_bar times d consumer / d x, in the lectures' notation."""
     node = G.node(consumer)
-    gbar = bar_name(namer, consumer)
+    gname = bar_name(namer, consumer)
+    g = sp.Symbol(gname, real=True)
     op = node["op"]
-    batch_sum = " (summed over the batch)" if node["batched"] and not G.node(x)["batched"] else ""
+    batch_sum = "(summed over the batch)" if node["batched"] and not G.node(x)["batched"] else ""
     if isinstance(contribution, Scatter):
-        return (f"{gbar} at [{namer.text(contribution.label)}] (zero elsewhere)", rule)
+        return Term(g, rule, f"at [{namer.text(contribution.label)}] (zero elsewhere)")
     if op == "map":
         expr = node["attrs"][0]
-        parts = []
+        total = sp.Integer(0)
         for pos, a in enumerate(node["args"]):
             if a != x:
                 continue
             d = local_derivative(expr, pos)
             subs = {arg_symbol(i): namer.sym(arg) for i, arg in enumerate(node["args"])}
             subs[OUT] = namer.sym(consumer)
-            d = d.xreplace(subs)
-            g = sp.Symbol(gbar, real=True)
-            parts.append(show(g * d) if d != 1 else gbar)
-        return (" + ".join(parts) + batch_sum, rule)
+            with sp.evaluate(False):    # 2*(y - g) as the chain rule gives it, not 2*y - 2*g
+                d = d.xreplace(subs)
+            total += g * d
+        return Term(total, rule, batch_sum)
     if op == "contract":
         form = node["attrs"][0]
         a, b = node["args"]
         pos = 0 if a == x else 1
-        other = namer.atom(b if pos == 0 else a)
+        other = namer.sym(b if pos == 0 else a)
         adj_form = form.transposed_for(pos)
-        text = contraction_text(adj_form, gbar, other) if pos == 0 else contraction_text(adj_form, other, gbar)
-        return (text + batch_sum, "matmul" if form.out or len(form.a) > 1 else "dot")
+        e = contraction_expr(adj_form, g, other) if pos == 0 else contraction_expr(adj_form, other, g)
+        return Term(e, "matmul" if form.out or len(form.a) > 1 else "dot", batch_sum)
     if op == "reduce":
         kind = node["attrs"][0]
         if kind == "max":
-            return (f"{gbar} * ({namer.atom(x)} == {namer.atom(consumer)})", "max")
-        return (f"{gbar} (broadcast back over the summed axes)", "sum")
+            return Term(g * _Equal(namer.sym(x), namer.sym(consumer)), "max")
+        return Term(g, "sum", "(broadcast back over the summed axes)")
     if op == "sum_to":
-        return (f"{gbar} (broadcast over the batch)", rule)
+        return Term(g, rule, "(broadcast over the batch)")
     if op == "broadcast":
-        return (f"sum({gbar})", "broadcast")
+        return Term(call("sum", g), "broadcast")
     if op == "transpose":
-        return (f"{gbar}.T", "transpose")
+        return Term(T(g), "transpose")
     if op == "index":
-        return (f"{gbar} at [{node['attrs'][0]}] (zero elsewhere)", "index")
-    return (gbar, rule)
+        return Term(g, "index", f"at [{node['attrs'][0]}] (zero elsewhere)")
+    return Term(g, rule)
+
+
+class _Equal(_Display):
+    """``(a == b)``: 1 where a equals b (the argmax mask of max)."""
+
+    nargs = 2
+    precedence = PRECEDENCE["Atom"]
+
+    def _sympystr(self, p):
+        return f"({p._print(self.args[0])} == {p._print(self.args[1])})"
+
+    def _tex(self, p):
+        return f"[{p._print(self.args[0])} = {p._print(self.args[1])}]"

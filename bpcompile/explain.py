@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 import sympy as sp
 
 from .compiler import Compiled
-from .equations import Equation, Namer, adjoint_equations, forward_equations, show
+from .equations import (EXAMPLE_LOSS, LOSS, Call, Equation, Namer, adjoint_equations, contraction_expr,
+                        forward_equations, latex, latex_name, show, wrap_equation)
 from .escape import latex_text, terminal
 
 from .limits import MAX_NAIVE_EXPANSION_OPS, MAX_NAIVE_SYMPY_DEPTH, MAX_NAIVE_SYMPY_OPS, NAIVE_COUNT_DIGITS
@@ -43,9 +44,18 @@ class Derivation:
 def derive(compiled: Compiled, naive: bool = True) -> Derivation:
     low, adj = compiled.lowered, compiled.adjoints
     namer = Namer(low)
-    forward = [{"lhs": lhs, "rhs": rhs, "shape": list(shape)} for lhs, rhs, shape in forward_equations(low, namer)]
-    adjoint = [{"lhs": eq.lhs, "terms": [{"rhs": r, "rule": rule} for r, rule in eq.terms]}
-               for eq in adjoint_equations(low, adj, namer)]
+    equations = adjoint_equations(low, adj, namer)    # first: it names the legend (q1, ...)
+    nodes = {**{nm: n for nm, n in low.named.items()}, EXAMPLE_LOSS: low.example_loss,
+             **{nm: n for n, nm in {**namer.subresults, **namer.legend}.items()}}
+    forward = []
+    for lhs, rhs, shape in forward_equations(low, namer):
+        if lhs == LOSS:
+            tex = ("\\frac{1}{N}" if low.spec.reduction == "mean" else "") + "\\sum_{n} L_{n}"
+        else:
+            tex = latex(namer.definition(nodes[lhs]))
+        forward.append({"lhs": lhs, "rhs": rhs, "shape": list(shape), "latex": tex})
+    adjoint = [{"lhs": eq.lhs, "rhs": eq.rhs, "terms": [{"rhs": r, "rule": rule} for r, rule in eq.terms],
+                "latex": eq.latex()} for eq in equations]
     program = compiled.programs["value_and_grad"]
     counts = {
         "forward_ops": program.op_count("forward"),
@@ -85,8 +95,23 @@ def shared_subexpressions(program) -> list:
 
 
 def _kernel_text(k) -> str:
+    """A kernel as math over the names of its arguments: ``W1 @ x``, ``max(z2)``."""
+    args = [sp.Symbol(a.name) for a in k.args]
     if k.op == "map":
         return show(k.attrs[1])
+    if k.op == "contract" and len(args) == 2:
+        return show(contraction_expr(k.attrs[0], *args))
+    if k.op == "reduce" and args:
+        axes = k.attrs[1] if len(k.attrs) > 1 else ()
+        whole = len(axes) >= len(k.args[0].shape)
+        return show(Call(sp.Symbol(str(k.attrs[0])), args[0])) + ("" if whole else f" over axes {list(axes)}")
+    if k.op == "sum_to" and args:
+        return f"sum over the batch of {args[0]}" if k.args[0].batched and not k.out.batched \
+            else f"sum({args[0]}) to shape {list(k.out.shape)}"
+    if k.op in ("reshape", "broadcast", "copy") and args:
+        return f"{args[0]} as shape {list(k.out.shape)}"
+    if k.op == "transpose" and args:
+        return f"{args[0]}^T"
     return f"{k.op}({', '.join(a.name for a in k.args)})"
 
 
@@ -281,20 +306,25 @@ def expand_example(spec):
 # -- printing -----------------------------------------------------------------
 
 def as_text(d: Derivation) -> str:
-    lines = [f"{d.name}", "", "Forward program (per example; shapes without the batch axis):", ""]
-    width = max(len(f"{f['lhs']} = {f['rhs']}") for f in d.forward)
+    legend = any(re.fullmatch(r"q\d+", f["lhs"]) for f in d.forward)
+    lines = [f"{d.name}", "", "Forward program (per example; shapes without the batch axis"
+             + (";" if legend else "):")]
+    lines += [f"{LEGEND_NOTE}):", ""] if legend else [""]
+    width = min(60, max(len(f"{f['lhs']} = {f['rhs']}") for f in d.forward))
     for f in d.forward:
-        lines.append(f"    {(f['lhs'] + ' = ' + f['rhs']).ljust(width)}   shape {f['shape']}")
+        lines += _indented(wrap_equation("", f"{f['lhs']} = {f['rhs']}", f"shape {f['shape']}", width, COLUMNS - 4))
     lines += ["", "Adjoint program, in the order it runs (x_bar = dL/dx; a sum is one term per consumer):", ""]
-    equations = [Equation(a["lhs"], [(t["rhs"], t["rule"]) for t in a["terms"]], None) for a in d.adjoint]
-    width = min(60, max((len(f"{e.lhs} = {e.rhs}") for e in equations), default=0))
-    lines += [f"    {e.text(width)}" for e in equations]
+    rows = [(a["lhs"], a.get("rhs") or Equation(a["lhs"], [(t["rhs"], t["rule"]) for t in a["terms"]], None).rhs,
+             Equation(a["lhs"], [(t["rhs"], t["rule"]) for t in a["terms"]], None).rule) for a in d.adjoint]
+    width = min(60, max((len(f"{lhs} = {rhs}") for lhs, rhs, _ in rows), default=0))
+    for lhs, rhs, rule in rows:
+        lines += _indented(wrap_equation(f"{lhs} = ", rhs, f"# {rule}", width, COLUMNS - 4))
     lines += ["", "Shared subexpressions (computed once, read by several lines):", ""]
     if d.shared:
-        width = max(len(f"{s['name']} = {s['expr']}") for s in d.shared)
+        width = min(40, max(len(f"{s['name']} = {s['expr']}") for s in d.shared))
         for s in d.shared:
-            lines.append(f"    {(s['name'] + ' = ' + s['expr']).ljust(width)}   "
-                         f"{s['kind']}, used by {', '.join(s['used_by'])}")
+            lines += _indented(wrap_equation(f"{s['name']} = ", s["expr"],
+                                             f"{s['kind']}, used by {', '.join(s['used_by'])}", width, COLUMNS - 4))
     else:
         lines.append("    none")
     c = d.counts
@@ -309,11 +339,12 @@ def as_text(d: Derivation) -> str:
         ratio = c["naive_ops"] / max(1, c["gradient_scalar_ops_small"])
         how = ("no sharing" if c.get("naive_method") == "sympy" else
                "no sharing; counted over the expression DAG, too big for SymPy to write out")
-        lines += ["", f"  At a small instance ({sizes}), one example, in scalar operations:",
+        lines += ["", f"  At a small instance ({sizes}),", "  one example, in scalar operations:",
                   f"    forward                     {c['forward_scalar_ops_small']:>8}",
                   f"    gradient (reverse mode)     {c['gradient_scalar_ops_small']:>8}",
                   f"    naive expanded derivative   {_big(c['naive_ops']):>8}   "
-                  f"({c['naive_entries']} derivatives written out, {how}: "
+                  f"({c['naive_entries']} derivatives written out,",
+                  f"{'':44}{how}: "
                   f"{'more than ' if c.get('naive_exact') is False else ''}{_ratio(ratio)} "
                   "the reverse-mode gradient)"]
     elif "naive_note" in c:
@@ -321,6 +352,14 @@ def as_text(d: Derivation) -> str:
     # each entry is one line: spec text in it (an expression as written) cannot
     # start another line or reach the terminal as a control character
     return "\n".join(terminal(line) for line in lines) + "\n"
+
+
+COLUMNS = 100   # the text output wraps at this width
+LEGEND_NOTE = "q1, q2, ...: the values the spec leaves unnamed whose adjoints are shown"
+
+
+def _indented(lines) -> list:
+    return [f"    {ln}" for ln in lines]
 
 
 def _big(n: int) -> str:
@@ -337,91 +376,16 @@ def _ratio(r: float) -> str:
     return f"{r:.1f}x" if r < 1e6 else f"{r:.2e}x"
 
 
-_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "sigma", "tau", "phi"}
-
-
-def _latex_name(name: str) -> str:
-    """A name (an identifier, with ``_bar`` for an adjoint) in the lectures' notation."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        return "\\text{" + latex_text(name) + "}"
-    base, bar = (name[:-4], True) if name.endswith("_bar") else (name, False)
-    m = re.fullmatch(r"([A-Za-z]+)_?(\w*)", base)
-    if m:
-        head, sub = m.groups()
-        head = "\\" + head if head in _GREEK else head
-        if head == "y_hat" or base.endswith("_hat"):
-            head, sub = "\\hat{" + base[:-4] + "}", ""
-        text = head + (f"_{{{sub}}}" if sub else "")
-    else:
-        text = base
-    return _raw_underscores(f"\\bar{{{text}}}" if bar else text)
-
-
-def _raw_underscores(latex: str) -> str:
-    r"""An underscore that is not one of ours (``x_{...}``, ``\_``) is text: ``\_``."""
-    return re.sub(r"(?<!\\)_(?!\{)", r"\\_", latex)
-
-
-# Characters an equation's text may show as they are in math mode; every other
-# character (from spec text: ``\``, ``$``, ``%``, ``{``, ``}``, ``#``, ``&``, ``~``,
-# quotes, anything non-ASCII) is set as text through escape.latex_text, so that no
-# spec text can run a LaTeX command or leave math mode.
-_LATEX_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_ +-*/()[],.=<>:@'")
-_HOLE = 0xF0000   # a private-use code point per unsafe character while the text is rewritten
-_HOLES = re.compile("[\U000F0000-\U000FFFFD]+")
-
-
-def _overline_bars(text: str) -> str:
-    """``(y - g)_bar`` as ``\\overline{(y - g)}``, at any depth of brackets (one pass)."""
-    opened, match = [], {}
-    for k, ch in enumerate(text):
-        if ch == "(":
-            opened.append(k)
-        elif ch == ")" and opened:
-            match[k] = opened.pop()
-    out, i = [], 0
-    for m in re.finditer(r"\)_bar\b", text):
-        j = match.get(m.start())
-        if j is None or j < i:    # no matching bracket: left as it is
-            continue
-        out.append(text[i:j] + "\\overline{" + text[j:m.start() + 1] + "}")
-        i = m.end()
-    return "".join(out) + text[i:]
-
-
-def latex_expr(text: str) -> str:
-    """An equation's text (Python-like, bar notation) as LaTeX math."""
-    held = []
-
-    def hold(ch):
-        held.append(ch)
-        return chr(_HOLE + len(held) - 1)
-
-    out = "".join(ch if ch in _LATEX_SAFE or (ch == "^" and text[i + 1:i + 2] == "T") else hold(ch)
-                  for i, ch in enumerate(text[:MAX_LATEX_CHARS]))
-    out = re.sub(r"^(mean|sum) over the batch of (\w+)$",
-                 lambda m: ("\\frac{1}{N}" if m.group(1) == "mean" else "") + "\\sum_{n} " + m.group(2), out)
-    out = _overline_bars(out)
-    out = re.sub(r"\(summed over the batch\)", r"\\quad\\text{(summed over the batch)}", out)
-    out = re.sub(r"\(broadcast back over the summed axes\)", r"\\quad\\text{(broadcast)}", out)
-    out = re.sub(r"\bat \[([^\]]*)\] \(zero elsewhere\)", r"\\,e_{\1}", out)
-    out = re.sub(r"\b([A-Za-z]\w*)\^T\b", lambda m: _latex_name(m.group(1)) + "^{\\top}", out)
-    out = re.sub(r"\*\*(\d+)", r"^{\1}", out)
-    out = re.sub(r"\b(tanh|exp|log|sin|cos|max)\(", r"\\\1(", out)
-    out = re.sub(r"\b(sqrt)\(([^()]*)\)", r"\\sqrt{\2}", out)
-    out = re.sub(r"\b(softmax_cross_entropy|cross_entropy|log_softmax|logsumexp|softmax|sigmoid|relu"
-                 r"|softplus|onehot|sum|mean|sign|dot)\(",
-                 lambda m: "\\operatorname{" + m.group(1).replace("_", "\\_") + "}(", out)
-    out = re.sub(r"(?<![\\\w{])([A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*)\b",
-                 lambda m: _latex_name(m.group(1)) if not m.group(1).startswith(("text", "quad"))
-                 else m.group(1), out)
-    out = out.replace(" @ ", " ").replace("*", " \\cdot ").replace("==", "=")
-    out = _raw_underscores(out)
-    out = _HOLES.sub(lambda m: "\\text{" + latex_text("".join(held[ord(c) - _HOLE] for c in m.group())) + "}",
-                     out)
-    if len(text) > MAX_LATEX_CHARS:
-        out += "\\text{" + latex_text(f" ... ({len(text) - MAX_LATEX_CHARS} more characters)") + "}"
-    return out
+def _latex_rhs(entry: dict) -> str:
+    """An equation's right-hand side as LaTeX: printed from its SymPy expression by
+    ``derive``; an entry without one (text only) is set as escaped text."""
+    tex = entry.get("latex")
+    if tex is None:
+        tex = "\\text{" + latex_text(entry.get("rhs") or " + ".join(t["rhs"] for t in entry.get("terms", ()))) + "}"
+    if len(tex) > MAX_LATEX_CHARS:
+        tex = "\\text{" + latex_text(f"(an equation of {len(tex)} characters of LaTeX, over "
+                                      f"MAX_LATEX_CHARS = {MAX_LATEX_CHARS}: see the text output)") + "}"
+    return tex
 
 
 def as_latex(d: Derivation) -> str:
@@ -430,13 +394,13 @@ def as_latex(d: Derivation) -> str:
     for f in d.forward:
         dims = r" \times ".join(str(int(k)) for k in f["shape"])
         space = f"\\mathbb{{R}}^{{{dims}}}" if dims else "\\mathbb{R}"
-        lines.append(f"  {_latex_name(f['lhs'])} &= {latex_expr(f['rhs'])} && \\in {space} \\\\")
+        lines.append(f"  {latex_name(f['lhs'])} &= {_latex_rhs(f)} && \\in {space} \\\\")
     lines += ["\\end{align*}", "% adjoint program, in the order it runs", "\\begin{align*}"]
     for a in d.adjoint:
-        rhs = " + ".join(latex_expr(t["rhs"]) for t in a["terms"])
         rules = ", ".join(t["rule"] for t in a["terms"])
-        lines.append(f"  {latex_expr(a['lhs'])} "
-                     f"&= {rhs} && \\text{{{latex_text(rules)}}} \\\\")
+        lhs = a["lhs"]
+        lhs = latex_name(lhs) if re.fullmatch(r"[A-Za-z]\w*", lhs) else "\\text{" + latex_text(lhs) + "}"
+        lines.append(f"  {lhs} &= {_latex_rhs(a)} && \\text{{{latex_text(rules)}}} \\\\")
     lines.append("\\end{align*}")
     return "\n".join(lines) + "\n"
 

@@ -227,6 +227,7 @@ LATEX_WORDS = {
     "textquotedbl", "bar", "overline", "operatorname", "frac", "sum", "mathbb", "in", "times", "cdot",
     "quad", "top", "hat", "sqrt", "tanh", "exp", "log", "sin", "cos", "max", "begin", "end",
     "alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "sigma", "tau", "phi",
+    "left", "right",
 }
 
 
@@ -274,11 +275,15 @@ def test_latex_passes_no_spec_text_raw(payload):
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_text_output_has_no_control_characters_and_no_extra_lines(payload):
+def test_text_output_has_no_control_characters_and_no_extra_lines(payload, monkeypatch):
+    monkeypatch.setattr(explain, "COLUMNS", 10**6)    # no wrapping: one entry, one line
     clean = explain.as_text(hostile_derivation("name"))
     text = explain.as_text(hostile_derivation(payload))
     assert len(text.splitlines()) == len(clean.splitlines())
     assert all(ch == "\n" or (ch.isprintable() and ch not in "\u202e\x1b") for ch in text)
+    monkeypatch.undo()
+    wrapped = explain.as_text(hostile_derivation(payload * 40))    # wrapped at explain.COLUMNS
+    assert all(ch == "\n" or (ch.isprintable() and ch not in "\u202e\x1b") for ch in wrapped)
 
 
 def dot_statements(dot: str) -> list:
@@ -366,8 +371,14 @@ def test_latex_of_every_example_is_well_formed():
         check_latex(explain.as_latex(explain.derive(bpcompile.compile(str(path)), naive=False)))
 
 
-def test_latex_overline_at_any_depth_of_brackets():
-    assert explain.latex_expr("(sum(((z3 - y)**2)))_bar") == \
-        r"\overline{(\operatorname{sum}(((z_{3} - y)^{2})))}"
-    assert explain.latex_expr("((a)_bar") == r"(\overline{(a)}"
-    assert math.isfinite(len(explain.latex_expr(")_bar" * 5000)))
+def test_latex_bars_the_symbol_and_sets_other_text_as_text():
+    # before: \overline{(\operatorname{sum}(((z_{3} - y)^{2})))}, a regex over the text
+    from bpcompile.equations import latex_name
+    assert latex_name("z2_bar") == r"\overline{z_{2}}" and latex_name("L_n_bar") == r"\overline{L_{n}}"
+    assert latex_name("y_hat") == r"\hat{y}" and latex_name("alpha_bar") == r"\overline{\alpha}"
+    assert latex_name("(sum(x))_bar") == r"\text{(sum(x))\_bar}"
+    d = hostile_derivation("x")
+    d.adjoint[0]["latex"] = "x" * (explain.MAX_LATEX_CHARS + 1)
+    doc = explain.as_latex(d)
+    check_latex(doc)
+    assert r"MAX\_LATEX\_CHARS" in doc and "x" * 1000 not in doc
