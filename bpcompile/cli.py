@@ -115,12 +115,11 @@ def cmd_graph(args) -> int:
         return EXIT_USAGE
     compiled = _compile_spec(args.spec, "numpy")
     try:
-        path, picture = draw.write(compiled, args.output)
-    except ImportError:
-        complain(f"{args.output}: drawing .svg/.png needs matplotlib (pip install matplotlib); "
-                 ".dot needs nothing")
+        path, _, counts = draw.write(compiled, args.output)
+    except draw.MissingMatplotlib as e:
+        complain(f"{args.output}: {e}")
         return EXIT_USAGE
-    say(f"{args.spec}: {picture.number_of_nodes()} nodes, {picture.number_of_edges()} edges -> {path}")
+    say(f"{args.spec}: {draw.summary(counts)} -> {path}")
     return EXIT_OK
 
 
@@ -156,7 +155,9 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--format", choices=("text", "latex", "json"), default="text")
     i.set_defaults(run=cmd_inspect)
 
-    g = sub.add_parser("graph", help="draw the computational graph and the adjoint flow")
+    g = sub.add_parser("graph", help="draw the computational graph and the adjoint flow",
+                       description="Draw the computational graph: forward edges and the adjoint flow. "
+                       ".dot needs nothing; .svg and .png need matplotlib (pip install \"bpcompile[graph]\").")
     g.add_argument("spec", metavar="SPEC", help="model spec file (.yaml, .json)")
     g.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.dot, FILE.svg or FILE.png")
     g.set_defaults(run=cmd_graph)
