@@ -297,6 +297,9 @@ def _read_yaml(text: str, file: str):
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
         problem = " ".join((e.problem or e.context or "syntax error").split())
+        if "nesting depth" in problem:   # PyYAML >= 6.0.4 has a nesting limit of its own
+            raise SpecError(_limit("MAX_YAML_DEPTH", "the nesting of YAML lists and mappings"),
+                            line=line, file=file) from None
         raise SpecError(f"YAML syntax error: {problem}", line=line, file=file) from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
