@@ -8,13 +8,13 @@ SECURITY.md lists them for users.
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024     # the spec file, as read
 MAX_YAML_ALIASES = 100               # uses of YAML aliases (*name); a bomb needs many
-MAX_YAML_NODES = 1_000_000           # YAML nodes after composing (scalars, lists, maps), aliases expanded
+MAX_YAML_NODES = 200_000             # YAML nodes after composing (scalars, lists, maps), aliases expanded
 MAX_YAML_DEPTH = 100                 # nesting of YAML lists and mappings
 MAX_NAME_LENGTH = 64                 # characters in a name (inputs, params, nodes, the spec)
 MAX_EXPRESSION_CHARS = 10_000        # characters in one expression
 MAX_EXPRESSION_DEPTH = 150           # nesting of one expression's syntax tree (a flat sum of n terms nests n deep)
 MAX_SPEC_ENTRIES = 100_000           # entries of inputs, params and graph, plus layers
-MAX_GRAPH_NODES = 1_000_000          # nodes of the lowered graph, forward and adjoint
+MAX_GRAPH_NODES = 300_000            # nodes of the lowered graph, forward and adjoint (a 10,000-layer chain has 90,000)
 MAX_SHAPE_ELEMENTS = 2**31 - 1       # elements of one per-example tensor (int32 indexing in CUDA)
 MAX_CLASSES = 2**31 - 1              # classes of a label input
 MAX_INIT_MAGNITUDE = 1e30            # |c| in the inits constant(c), normal(std), uniform(limit)

@@ -691,6 +691,9 @@ class _Checks:
             for check in ("fd", "fd/f32")[:1 + self.f32]:
                 self._fail(check, str(e))
             return self._rows()
+        if not (np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads.values())):
+            self.notes.append("fd: the loss or a gradient is not finite (inf or nan) at the checked point: "
+                              "the spec's numbers overflow there, so finite differences cannot check it")
         scale = _scale(value, grads)
         got = {nm: np.array([np.sum(grads[nm] * d) for d in plan[nm][0]]) for nm in spec.wrt}
         retry, calls = {}, []

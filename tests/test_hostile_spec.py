@@ -373,7 +373,7 @@ def test_long_chains_within_the_limits_pass_quickly():
     text = f"name: deep\ninputs: {{n0: [2], y: []}}\nparams: {{w: [2]}}\ngraph:\n{graph}loss: (w @ n10000 - y)**2\n"
     spec = bpcompile.parse_spec(text)
     assert len(spec.graph) == 10_000
-    assert time.perf_counter() - start < 20
+    assert time.perf_counter() - start < 60   # a hang guard (about 3 s on a quiet machine)
 
 
 def test_too_many_entries_are_refused_before_they_are_checked():
