@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import keyword
 import re
+import sys
 
 BAR_SUFFIX = "_bar"
 TEMP_PREFIX = "t"
@@ -239,6 +240,28 @@ def keyword_reason(name: str) -> str | None:
     if not IDENTIFIER.match(name):
         return "is not an identifier (ASCII letters, digits and _, not starting with a digit)"
     return length_reason(name) or _collision_reason(name)
+
+
+# Modules a generated file must not shadow when it is imported from its directory
+# (``name: pickle`` would write pickle.py, and every ``import pickle`` beside it,
+# numpy's own included, would import the generated module instead).
+COMMON_PACKAGES = frozenset("""
+    numpy scipy sympy networkx jinja2 yaml torch jax jaxlib cupy tensorflow pandas
+    sklearn matplotlib pytest conftest setuptools pip pkg_resources bpcompile
+    hypothesis dask distributed numba cython Cython tqdm IPython sitecustomize
+    usercustomize
+""".split())
+
+
+def module_name_reason(name: str) -> str | None:
+    """Why ``name`` cannot be the name of a generated module (None if it can)."""
+    reason = keyword_reason(name)
+    if reason:
+        return reason
+    if name in sys.stdlib_module_names or name in COMMON_PACKAGES:
+        return (f"is a Python module's name: the generated {name}.py would shadow that module "
+                "for every import made in its directory")
+    return None
 
 
 def reserved_reason(name: str, function_names=()) -> str | None:

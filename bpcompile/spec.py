@@ -413,7 +413,7 @@ class _Checker:
         name = d["name"]
         if not isinstance(name, str):
             raise self.err(f"name must be an identifier (letters, digits, _), got {show(name)}", "name")
-        reason = names.keyword_reason(name)
+        reason = names.module_name_reason(name)
         if reason:
             raise self.err(f"the name {show(name)} {reason}", "name")
         if name.startswith("_"):

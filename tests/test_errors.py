@@ -57,6 +57,8 @@ CASES = {
     "bad reduction": (GOOD + "reduction: max\n", ["reduction", "max"]),
     "not a mapping": ("- 1\n- 2\n", ["mapping"]),
     "bad name": (GOOD.replace("name: m", "name: 3m"), ["name"]),
+    "module name": (GOOD.replace("name: m", "name: pickle"), ["name", "pickle", "shadow"]),
+    "package name": (GOOD.replace("name: m", "name: torch"), ["name", "torch", "shadow"]),
     "index out of range": (GOOD.replace("v @ h", "h[5]"), ["graph.g", "5"]),
     "label used as float": (GOOD.replace("v @ h", "v @ h + c"), ["graph.g", "'c'", "label"]),
     "output unknown": (GOOD + "output: zz\n", ["output", "zz"]),
