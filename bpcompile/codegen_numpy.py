@@ -8,14 +8,18 @@ a subclass of SymPy's NumPy printer; contractions become ``@`` with transposes
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import shlex
+from dataclasses import dataclass
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.str import StrPrinter
 
+from . import names
 from .equations import print_add
 from .escape import py_comment, py_docstring, py_str
 from .ops import broadcast_shapes, gemm_form, sigmoid
@@ -74,6 +78,41 @@ class ExprPrinter(NumPyPrinter):
         if exp.is_Integer and exp < 0:
             return f"1/{self.parenthesize(base, 100)}**{-exp}"
         return f"{self.parenthesize(base, 100)}**{self.parenthesize(exp, 100)}"
+
+
+class FormulaPrinter(StrPrinter):
+    """SymPy -> the math a fused kernel computes, for a comment: ``tanh(t0 + b1)``,
+    with each leaf written as the code names it."""
+
+    def __init__(self, leaf_text: dict):
+        super().__init__({"order": "none"})
+        self.leaf_text = leaf_text
+
+    def _print_Symbol(self, e):
+        return self.leaf_text.get(e.name, e.name)
+
+    def _print_step(self, e):
+        return f"({self._print(e.args[0])} > 0)"
+
+    def _print_equal(self, e):
+        return f"({self._print(e.args[0])} == {self._print(e.args[1])})"
+
+    def _print_Add(self, expr, order=None):
+        return print_add(self, expr)
+
+
+FORMULA_WIDTH = 100   # a fused formula longer than this keeps its CSE temporaries' names
+
+
+def fused_formula(temps, expr, leaf_text) -> str:
+    """The formula of a fused kernel, its CSE temporaries substituted back while
+    the text stays within FORMULA_WIDTH."""
+    printer = FormulaPrinter(leaf_text)
+    full = expr
+    for name, e in reversed(temps):
+        full = full.xreplace({sp.Symbol(name, real=True): e})
+    text = printer.doprint(full)
+    return text if len(text) <= FORMULA_WIDTH else printer.doprint(expr)
 
 
 # One elementwise step applied to the result in place; {o} is the result, {r} the
@@ -162,24 +201,53 @@ def batched_shape(v: Value) -> str:
     return "(" + ", ".join(dims) + ")"
 
 
-def aligned(v: Value, rank: int) -> str:
-    """``v`` indexed so it broadcasts against a batched value of the given rank."""
+def aligned(v: Value, rank: int, text: str | None = None) -> str:
+    """``v`` (read as ``text``, an atom; by default its name) indexed so it
+    broadcasts against a batched value of the given rank."""
+    text = v.name if text is None else text
     if v.batched and v.rank < rank:
-        return f"{v.name}[:, " + ", ".join(["None"] * (rank - v.rank)) + "]"
-    return v.name
+        return f"{text}[:, " + ", ".join(["None"] * (rank - v.rank)) + "]"
+    return text
+
+
+@dataclass
+class Folded:
+    """A temporary written into the one line that reads it: its expression as an
+    atom (parenthesised unless a name, call, subscript or attribute), and for a
+    map whose value is a negation, the expression of its negative."""
+    text: str
+    negated: str | None = None
+
+
+def atomic(text: str) -> str:
+    """``text`` (a Python expression), parenthesised unless it is already an atom."""
+    node = ast.parse(text, mode="eval").body
+    if isinstance(node, (ast.Name, ast.Attribute, ast.Call, ast.Subscript)) or (
+            isinstance(node, ast.Constant) and not str(node.value).startswith("-")):
+        return text
+    return f"({text})"
 
 
 class NumpyPrinter:
     def __init__(self, dtype: str):
         self.dtype = dtype
+        self.folded: dict = {}   # temporary name -> Folded, for the function being printed
+
+    def ref(self, v: Value) -> str:
+        """How a line reads value ``v``: its name, or its folded expression."""
+        f = self.folded.get(v.name)
+        return f.text if f is not None else v.name
+
+    def aligned(self, v: Value, rank: int) -> str:
+        return aligned(v, rank, self.ref(v))
 
     def kernel(self, k: Kernel) -> list:
-        return getattr(self, "_" + k.op)(k, k.out.name, [a.name for a in k.args])
+        return getattr(self, "_" + k.op)(k, k.out.name, [self.ref(a) for a in k.args])
 
     # -- kernels -------------------------------------------------------------
     def _map(self, k, out, args):
         temps, expr = k.attrs
-        leaf_text = {a.name: aligned(a, k.out.rank) for a in k.args}
+        leaf_text = {a.name: self.aligned(a, k.out.rank) for a in k.args}
         printer = ExprPrinter(leaf_text)
         lines = [f"{name} = {printer.doprint(e)}" for name, e in temps]
         steps = inplace_steps(expr, k.reuse.name) if k.reuse is not None else None
@@ -193,6 +261,11 @@ class NumpyPrinter:
         if steps is None:
             lines.append(f"{out} = {printer.doprint(expr)}")
             return lines
+        formula = f"{out} = {fused_formula(temps, expr, {a.name: self.ref(a) for a in k.args})}"
+        plain = len(steps) == 1 and INPLACE[steps[0][0]].startswith("{o} ")   # out += b says it all
+        if not plain and not any(note == formula or note.startswith(formula + "   #") for note in k.notes):
+            # the steps below compute this; the equation above does not already say it
+            lines.append("# " + py_comment(f"fused, in place: {formula}"))
         lines.append(f"{out} = {k.reuse.name}  # in place: {k.reuse.name} is not read again")
         for op, operand in steps:
             if op == "add" and operand.could_extract_minus_sign():
@@ -240,7 +313,7 @@ class NumpyPrinter:
         x = k.args[0]
         if x.kind == "const":
             return [f"{out} = np.full({batched_shape(k.out)}, {ExprPrinter({}).doprint(x.literal)}, DTYPE)"]
-        return [f"{out} = np.broadcast_to({aligned(x, k.out.rank)}, {batched_shape(k.out)})"]
+        return [f"{out} = np.broadcast_to({self.aligned(x, k.out.rank)}, {batched_shape(k.out)})"]
 
     def _reshape(self, k, out, args):
         x = k.args[0]
@@ -259,7 +332,11 @@ class NumpyPrinter:
     def _scatter_add(self, k, out, args):
         base, label, value = args
         lines = [] if k.inplace else [f"{out} = np.array({base})"]
-        lines.append(f"{out}[rows, {label}] += {aligned(k.args[2], 1)}")
+        f = self.folded.get(k.args[2].name)
+        if f is not None and f.negated is not None:
+            lines.append(f"{out}[rows, {label}] -= {aligned(k.args[2], 1, f.negated)}")
+        else:
+            lines.append(f"{out}[rows, {label}] += {self.aligned(k.args[2], 1)}")
         return lines
 
     def _zeros(self, k, out, args):
@@ -284,6 +361,24 @@ class NumpyPrinter:
         pre = ":, " if k.out.batched else ""
         return [f"{out} = np.zeros({batched_shape(k.out)}, DTYPE)",
                 f"{out}[{pre}{i}] = {args[0]}"]
+
+    def fold(self, k: Kernel) -> Folded | None:
+        """``k``'s value as an expression for the line that reads it, or None when
+        ``k`` is not one plain assignment ``out = expr``."""
+        lines = self.kernel(k)
+        head = f"{k.out.name} = "
+        if len(lines) != 1 or not lines[0].startswith(head) or "#" in lines[0]:
+            return None
+        text = atomic(lines[0][len(head):])
+        if len(text) > FOLD_WIDTH:
+            return None
+        negated = None
+        if k.op == "map" and not k.attrs[0] and k.reuse is None:
+            expr = k.attrs[1]
+            if expr.could_extract_minus_sign():
+                leaf_text = {a.name: self.aligned(a, k.out.rank) for a in k.args}
+                negated = atomic(ExprPrinter(leaf_text).doprint(-expr))
+        return Folded(text, negated)
 
     def _copy(self, k, out, args):
         return [f"{out} = np.array({args[0]}, DTYPE)"]
@@ -401,31 +496,115 @@ def _signature(*parts) -> str:
     return ", ".join(p for p in parts if p)
 
 
+# Kernels whose value can be written into the line that reads it (a temporary read
+# once): elementwise maps, views and reductions; a GEMM keeps a line of its own.
+FOLDABLE = ("map", "reshape", "index", "transpose", "reduce", "sum_to")
+FOLD_WIDTH = 40   # the longest expression folded into another line
+
+
+def reads(k: Kernel) -> dict:
+    """How many times the printed lines of ``k`` read each value, by name."""
+    counts: dict = {}
+    if k.op == "map":
+        temps, expr = k.attrs
+        for e in [expr, *(e for _, e in temps)]:
+            for sym in sp.preorder_traversal(e):
+                if isinstance(sym, sp.Symbol):
+                    counts[sym.name] = counts.get(sym.name, 0) + 1
+        if k.reuse is not None:
+            counts[k.reuse.name] = counts.get(k.reuse.name, 0) + 1
+        return counts
+    for i, a in enumerate(k.args):
+        if k.op == "scatter_add" and i == 0 and k.inplace:
+            continue
+        counts[a.name] = counts.get(a.name, 0) + 1
+    return counts
+
+
+def writes_in_place(k: Kernel) -> set:
+    """The arrays whose memory ``k`` overwrites."""
+    out = {k.reuse.name} if k.reuse is not None else set()
+    if k.op == "scatter_add" and k.inplace:
+        out.add(k.out.name)
+    return out
+
+
+def fold_plan(kernels, returns: str) -> dict:
+    """Kernel index -> index of the kernel whose line takes in its value: each
+    temporary (``t7``) of a foldable kernel that exactly one later line reads,
+    once, in the same phase, into memory that no kernel on the way overwrites.
+    The same operations run, in the same number of NumPy calls; a line fewer."""
+    uses: dict = {}      # name -> [(kernel index, count)]
+    written: dict = {}   # name -> how many kernels write it
+    for i, k in enumerate(kernels):
+        written[k.out.name] = written.get(k.out.name, 0) + 1
+        for nm, c in reads(k).items():
+            uses.setdefault(nm, []).append((i, c))
+    returned = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", returns))
+    plan: dict = {}
+    read_by: dict = {}   # kernel index -> names its (folded) text reads
+    for i, k in enumerate(kernels):
+        read_by[i] = {a.name for a in k.args}
+        for j, c in plan.items():
+            if c == i:
+                read_by[i] |= read_by[j]
+        nm = k.out.name
+        if (k.op not in FOLDABLE or not names.TEMP_NAME.match(nm) or nm in returned
+                or written[nm] != 1 or len(uses.get(nm, ())) != 1 or uses[nm][0][1] != 1):
+            continue
+        c = uses[nm][0][0]
+        consumer = kernels[c]
+        if c <= i or consumer.phase != k.phase or (consumer.reuse is not None and consumer.reuse.name == nm) \
+                or (consumer.op == "scatter_add" and consumer.inplace and consumer.args[0].name == nm):
+            continue
+        if any(writes_in_place(kernels[j]) & read_by[i] for j in range(i + 1, c + 1)):
+            continue
+        if k.op == "map" and k.reuse is not None and writes_in_place(k):
+            continue
+        plan[i] = c
+    return plan
+
+
 def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, doc, returns):
     blocks = []
     phase = None
-    for k in program.kernels:
+    kernels = program.kernels
+    plan = fold_plan(kernels, returns)
+    printer.folded = {}
+    moved: dict = {}   # kernel index -> notes of the folded kernels it takes in
+    for i, k in enumerate(kernels):
+        notes = moved.pop(i, []) + list(k.notes)
+        if i in plan:
+            f = printer.fold(k)
+            if f is not None:
+                printer.folded[k.out.name] = f
+                moved.setdefault(plan[i], []).extend(notes)
+                continue
         header = None
         if k.phase != phase:
             phase = k.phase
             header = "forward pass" if phase == "forward" else \
                 "backward pass: adjoints in reverse topological order (x_bar = dL/dx)"
         blocks.append({"header": Code(header) if header else None,
-                       "notes": list(k.notes),
+                       "notes": notes,
                        "lines": [Code(line) for line in printer.kernel(k)]})
+    printer.folded = {}
     body = "\n".join(line for b in blocks for line in b["lines"]) + "\n" + returns
     used_inputs = {v.name for v in program.inputs}
     prologue = [f"{p.name} = params[{py_str(p.name)}]" for p in program.params]
     for v in program.inputs:
         prologue.append(f"{v.name} = np.asarray({v.name}{', DTYPE' if v.dtype == 'float' else ''})")
     if re.search(r"\b(N|rows|ones)\b", body):
-        # the batch size comes from an input, read for its shape if for nothing else
-        first = program.inputs[0].name if program.inputs else (all_inputs[0] if all_inputs else None)
-        if first is not None and first not in used_inputs:
-            used_inputs.add(first)
-            prologue.append(f"N = np.shape({first})[0]")
+        if program.inputs:
+            prologue.append(f"N = {program.inputs[0].name}.shape[0]")
         else:
-            prologue.append(f"N = {first}.shape[0]" if first else "N = 1")
+            # nothing read has a batch axis: the batch size is that of the inputs given
+            given = "(" + ", ".join(all_inputs) + ("," if len(all_inputs) == 1 else "") + ")"
+            missing = (f"{name}: no input given to take the batch size N from; "
+                       f"pass at least one of {', '.join(all_inputs)}")
+            prologue += [f"N = next((np.shape(a)[0] for a in {given} if a is not None), None)",
+                         "if N is None:",
+                         f"    raise ValueError({py_str(missing)})"]
     if re.search(r"\brows\b", body):
         prologue.append("rows = np.arange(N)")
     if re.search(r"\bones\b", body):
@@ -435,6 +614,16 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
             "check": Code(f"_check({py_str(name)}, params, {_inputs_dict(all_inputs)})"),
             "doc": doc, "prologue": [Code(line) for line in prologue],
             "blocks": blocks, "returns": Code(returns)}
+
+
+def predict_returns(out: Value) -> str:
+    """What predict returns: the output, with the batch axis in front; an output
+    that reads no input (a function of the params alone) is the same for every
+    example, repeated N times in a fresh array."""
+    if out.batched:
+        return out.name
+    dims = ", ".join(["N", *(str(d) for d in out.shape)])
+    return f"np.full(({dims}{',' if not out.shape else ''}), {out.name}, DTYPE)"
 
 
 def module_docstring(spec, version, forward_lines, adjoint_lines) -> str:
@@ -506,7 +695,7 @@ def render(low, adj, programs, version: str) -> str:
     functions = [
         function_parts("predict", pred, printer, all_inputs,
                        f"The output node {namer.name(low.output) or 'of the graph'}, for a batch.",
-                       pred.output.name),
+                       predict_returns(pred.output)),
         function_parts("loss", lossp, printer, all_inputs,
                        f"L: the {spec.reduction} over the batch of the per-example loss.",
                        f"float({lossp.loss.name})"),

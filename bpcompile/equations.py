@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import networkx as nx
+import networkx as nx  # noqa: F401
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE, precedence
@@ -721,6 +721,27 @@ def _bar(name: str) -> sp.Symbol:
     return sp.Symbol(names.bar(name), real=True)
 
 
+def _between(g, z, m) -> set:
+    """The nodes on paths from z to m, both excluded (and m's ancestors that z
+    reaches).  Node ids grow in creation order and every edge points from an older
+    node to a newer one, so the search never leaves the ids between z and m: its
+    cost is the function's own size, not the graph's (nx.ancestors walked the whole
+    graph behind every softmax: quadratic in a chain of them)."""
+    behind, stack = set(), [m]
+    while stack:
+        for p in g.predecessors(stack.pop()):
+            if p > z and p not in behind:
+                behind.add(p)
+                stack.append(p)
+    inside, stack = set(), [z]
+    while stack:
+        for s in g.successors(stack.pop()):
+            if s in behind and s not in inside:
+                inside.add(s)
+                stack.append(s)
+    return inside
+
+
 def _macro_interiors(G, adj):
     """The nodes inside each softmax-family function on the loss path, to be shown
     as the function's one rule; a function whose interior is also read from
@@ -729,7 +750,7 @@ def _macro_interiors(G, adj):
     for m, (kind, z, label) in G.macros.items():
         if m not in adj.bar or z not in adj.bar:
             continue
-        interior = (nx.ancestors(G.g, m) & nx.descendants(G.g, z)) - {z}
+        interior = _between(G.g, z, m)
         inside = interior | {m}
         if any(c not in inside and c in adj.bar for n in interior for c in G.g.successors(n)):
             continue

@@ -370,17 +370,47 @@ class _Builder:
             notes.setdefault(home, []).append(f"{nm} = {rhs}")
             start = n + 1
         if self.adj is not None:
-            waiting = []   # equations whose adjoint needs no kernel of its own
-            start = self.first_backward
-            for eq in adjoint_equations(self.low, self.adj, self.namer):
-                waiting.append(eq.text())
-                if eq.node in order_set and G.node(eq.node)["op"] not in ("input", "param", "const"):
-                    owner = kernel_of(eq.node)
-                    home = first_kernel(start, owner)
-                    notes.setdefault(home, []).extend(waiting)
-                    waiting = []
-                    start = max(start, owner + 1)
+            self.adjoint_notes(notes, order_set, kernel_of)
         return notes
+
+    def adjoint_notes(self, notes, order_set, kernel_of):
+        """Each adjoint equation goes above the kernels computing its node: the
+        kernel that writes the node and the backward kernels feeding it that no
+        earlier equation took (its helpers: a reciprocal, a reshape), the first of
+        them in program order.  An equation whose node needs no kernel of its own
+        (``L_bar = 1``) waits for the next one that does; one whose node an
+        earlier equation took joins that equation's notes."""
+        G = self.G
+        leaf_ops = ("input", "param", "const", "batch_size")
+        taken: dict = {}   # kernel node -> home of the equation that took it
+        waiting: list = []
+        last_home = None
+        for eq in adjoint_equations(self.low, self.adj, self.namer):
+            waiting.append(eq.text())
+            if eq.node not in order_set or G.node(eq.node)["op"] in leaf_ops:
+                continue
+            owner = kernel_of(eq.node)
+            if owner in taken:
+                home = taken[owner]
+            else:
+                part, stack, seen = [owner], [owner], {owner}
+                while stack:
+                    for p in G.g.predecessors(stack.pop()):
+                        if (p in seen or p not in order_set or p in taken or not self.is_backward(p)
+                                or G.node(p)["op"] in leaf_ops):
+                            continue
+                        seen.add(p)
+                        part.append(p)
+                        stack.append(p)
+                # inlined nodes are part of a kernel, not kernels: the home is a kernel
+                home = min(kernel_of(p) for p in part)
+                for p in part:
+                    taken.setdefault(kernel_of(p), home)
+            notes.setdefault(home, []).extend(waiting)
+            waiting = []
+            last_home = home
+        if waiting and last_home is not None:
+            notes[last_home].extend(waiting)
 
     def forward_text(self, n):
         node = self.G.node(n)

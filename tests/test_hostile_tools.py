@@ -382,3 +382,37 @@ def test_latex_bars_the_symbol_and_sets_other_text_as_text():
     doc = explain.as_latex(d)
     check_latex(doc)
     assert r"MAX\_LATEX\_CHARS" in doc and "x" * 1000 not in doc
+
+
+def _softmax_chain(n):
+    lines = ["name: sm", "inputs: {x: [3], y: []}", "params: {w: [3]}", "graph:", "  a0: w * x"]
+    lines += [f"  a{i}: softmax(a{i - 1}) * x" for i in range(1, n)]
+    return "\n".join(lines + [f"  s: sum(a{n - 1})", "loss: (y - s)**2"]) + "\n"
+
+
+def test_softmax_interiors_are_found_in_work_linear_in_the_graph():
+    """A chain of softmaxes: each function's interior is found by a search bounded by
+    the function itself (nx.ancestors walked the whole graph behind each: quadratic)."""
+    import networkx as nx
+
+    from bpcompile import equations
+
+    def visits(n):
+        compiled = bpcompile.compile(_softmax_chain(n))
+        G, count = compiled.lowered.graph, [0]
+
+        class Counting(nx.DiGraph):
+            def predecessors(self, v):
+                count[0] += 1
+                return super().predecessors(v)
+
+            def successors(self, v):
+                count[0] += 1
+                return super().successors(v)
+        g = Counting(G.g)
+        for m, (kind, z, label) in G.macros.items():
+            got = equations._between(g, z, m)
+            assert got == (nx.ancestors(G.g, m) & nx.descendants(G.g, z)) - {z}
+        return count[0]
+    small, big = visits(10), visits(40)
+    assert big < 5 * small, (small, big)    # 4x the chain: linear is 4x, quadratic 16x
