@@ -95,7 +95,8 @@ def cmd_compile(args) -> int:
     for path, c in compiled:
         written = c.write(out)
         st = c.stats()
-        say(f"{path}: {st['nodes']} nodes, {st['adjoints']} adjoints, "
+        say(f"{path}: {st['nodes']} graph nodes ({st['forward_nodes']} forward, {st['reverse_nodes']} added by "
+            f"reverse mode), {st['adjoints']} adjoints, "
             f"{st['shared']} shared subexpressions, {st['kernels']} kernels "
             f"({st['forward_kernels']} forward, {st['backward_kernels']} backward) -> {written}")
     return EXIT_OK

@@ -37,7 +37,8 @@ class Compiled:
         vag = self.programs["value_and_grad"]
         shared = sum(1 for n in G.g.nodes if len(list(G.g.successors(n))) > 1
                      and G.node(n)["op"] not in ("input", "param", "const", "batch_size"))
-        return {"nodes": len(G), "adjoints": len(self.adjoints.bar),
+        return {"nodes": len(G), "forward_nodes": self.lowered.forward_nodes,
+                "reverse_nodes": len(G) - self.lowered.forward_nodes, "adjoints": len(self.adjoints.bar),
                 "shared": shared, "kernels": len(vag.kernels),
                 "forward_kernels": vag.count("forward"), "backward_kernels": vag.count("backward")}
 

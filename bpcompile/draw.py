@@ -27,7 +27,6 @@ from pathlib import Path
 
 import networkx as nx
 
-from . import graph as graph_module
 from .compiler import Compiled, write_atomic
 from .equations import Namer, contraction_text, show
 from .escape import dot_str
@@ -115,7 +114,7 @@ def node_counts(compiled: Compiled, P: nx.DiGraph | None = None) -> dict:
     if P is None:
         P = picture_graph(compiled)
     total = len(compiled.lowered.graph)
-    forward = len(graph_module.lower(compiled.spec).graph)   # deterministic: the same ids, hash-consed
+    forward = compiled.lowered.forward_nodes
     adjoint_edges = sum(1 for _, _, d in P.edges(data=True) if d["adjoint"])
     return {"nodes": total, "forward": forward, "reverse": total - forward, "drawn": P.number_of_nodes(),
             "forward_edges": P.number_of_edges(), "adjoint_edges": adjoint_edges}

@@ -476,6 +476,7 @@ class Lowered:
     loss: int             # the loss reduced over the batch
     output: int           # what predict returns
     wrt: dict             # name -> node, in WRT order
+    forward_nodes: int = 0   # how many nodes lowering made (the reverse pass adds the rest)
 
     def locate(self, error: SpecError, node=None) -> SpecError:
         """``error`` located at the spec key (and line) whose lowering, or whose
@@ -549,7 +550,7 @@ class _Lowering:
         else:
             output = last if last is not None else example_loss
         wrt = {nm: self.scope[nm] for nm in spec.wrt}
-        return Lowered(spec, G, leaves, dict(self.scope), example_loss, total, output, wrt)
+        return Lowered(spec, G, leaves, dict(self.scope), example_loss, total, output, wrt, len(G))
 
     def node(self, i):
         return self.G.node(i)

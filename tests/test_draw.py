@@ -48,7 +48,7 @@ def test_graph_counts_the_nodes_compile_counts(tmp_path, capsys, name):
     spec = ROOT / "examples" / f"{name}.yaml"
     rc, out, _ = run(capsys, "compile", spec, "-o", tmp_path)
     assert rc == 0
-    compiled_nodes = int(re.search(r": (\d+) nodes,", out).group(1))
+    compiled_nodes = int(re.search(r": (\d+) graph nodes \(\d+ forward, \d+ added by reverse mode\),", out).group(1))
     rc, out, _ = run(capsys, "graph", spec, "-o", tmp_path / "g.dot")
     assert rc == 0
     m = re.search(r": (\d+) graph nodes \((\d+) forward, (\d+) added by reverse mode\), as compile counts; "
