@@ -111,6 +111,20 @@ C_MACROS = _words("""
     complex imaginary
 """)
 
+
+
+def _toolchain_macros() -> frozenset:
+    """The macros the real toolchains define after the generated code's includes
+    (reserved_c_macros.txt: nvcc over the .cu's, gcc over the C target's; PATH_MAX,
+    CLOCK_REALTIME, INT_WIDTH, isascii(c), ...), taken from nvcc and gcc once and
+    checked in; tests/test_hostile_spec.py regenerates it and checks it is covered."""
+    from importlib.resources import files
+    text = files(__package__).joinpath("reserved_c_macros.txt").read_text(encoding="ascii")
+    return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+C_MACROS |= _toolchain_macros()
+
 # Prefixes of macro families (M_PI, M_PIl, FP_NAN, FLT_MAX, REG_RIP, HUGE_VAL_F64...).
 C_MACRO_PREFIXES = ("M_", "FP_", "FLT_", "DBL_", "LDBL_", "REG_", "HUGE_VAL", "SNAN",
                     "__")

@@ -15,6 +15,10 @@
 * Numbers: every literal in device arithmetic is a floating literal of the dtype
   (``sqrt(3)`` made nvcc fail; an integer of 2**63 or more made the gradient 0).
 * The loader refuses a .cu that is not the one it was generated with.
+* The loader builds and loads libraries only in a private cache, under the
+  SHA-256 of all the build reads: a library planted beside the .cu (the old
+  ``__bpcache__``) or under another name is never loaded, and a cache others can
+  write to is refused.
 """
 
 from __future__ import annotations
@@ -78,6 +82,14 @@ graph:
   p: softmax(z)
 loss: cross_entropy(p, label) + sum(z * z) / 10
 """
+
+
+@pytest.fixture(autouse=True)
+def _private_build_cache(tmp_path_factory, monkeypatch):
+    """The loaders of these tests build into one private cache of the session."""
+    cache = tmp_path_factory.getbasetemp() / "bpcompile-cuda-cache"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(cache))
 
 
 def import_file(path: Path, name: str):
@@ -380,3 +392,143 @@ def test_loader_refuses_a_cu_it_was_not_generated_with(tmp_path, monkeypatch):
     cu.unlink()
     with pytest.raises(mod.CudaModuleError, match="cannot read"):
         mod.loss(mod.init_params(), x=np.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------------------
+# The build cache: private, keyed by everything the build reads
+
+EVIL_SO = """
+#include <fcntl.h>
+#include <unistd.h>
+__attribute__((constructor)) static void planted(void) {
+    int fd = open("MARKER_PATH", O_CREAT | O_WRONLY, 0644);
+    if (fd >= 0) close(fd);
+}
+"""
+
+
+def _planted_library(tmp_path: Path, marker: Path) -> Path:
+    """A shared library whose constructor creates ``marker`` when it is loaded."""
+    src = tmp_path / "evil.c"
+    src.write_text(EVIL_SO.replace("MARKER_PATH", str(marker)))
+    lib = tmp_path / "evil.so"
+    subprocess.run([CXX, "-x", "c", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    return lib
+
+
+def _write_sqrt3(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = bpcompile.parse_spec(NUMBER_SPECS["sqrt3"], file="sqrt3.yaml")
+    bpcompile.compile(spec, target="cuda").write(directory)
+    shutil.copy(EMULATION_H, directory / "cuda_emulation.h")
+    return directory / "sqrt3_cuda.py"
+
+
+def _old_cache_key(src_dir: Path) -> str:
+    """The key the loader used to look up in __bpcache__ beside the .cu: computable by
+    anyone holding the .cu."""
+    source = (src_dir / "sqrt3.cu").read_bytes()
+    header = (src_dir / "cuda_emulation.h").resolve()
+    probe = [os.environ.get("CXX", "g++"), "-std=c++20", "-O1", "-x", "c++", "-include", str(header),
+             "-shared", "-fPIC", "-o", "OUT", "SRC"] + os.environ.get("BPCOMPILE_CXXFLAGS", "").split()
+    return hashlib.sha256(source + "\0".join(probe).encode()).hexdigest()[:16]
+
+
+def test_loader_never_loads_a_planted_library(tmp_path, monkeypatch):
+    if CXX is None:
+        pytest.skip("no host C++ compiler (g++)")
+    marker = tmp_path / "PWNED_marker"
+    evil = _planted_library(tmp_path, marker)
+    src_dir = tmp_path / "zoo"
+    loader = _write_sqrt3(src_dir)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(cache))
+    monkeypatch.setenv("BPCOMPILE_CUDA_EMULATE", "1")
+    monkeypatch.delenv("BPCOMPILE_CXXFLAGS", raising=False)
+    # the old place beside the source, under the old key (and an unemulated name)
+    old = src_dir / "__bpcache__"
+    old.mkdir()
+    key = _old_cache_key(src_dir)
+    for name in (f"sqrt3-emulated-{key}.so", f"sqrt3-{key}.so"):
+        shutil.copy(evil, old / name)
+    # the new place under names that are not the key of this build
+    cache.mkdir(mode=0o700)
+    for name in (f"sqrt3-emulated-{key}.so", f"sqrt3-emulated-{'0' * 64}.so", f"sqrt3-{'0' * 64}.so"):
+        shutil.copy(evil, cache / name)
+    planted = set(cache.iterdir())
+    cuda = import_file(loader, "bp_test_planted_library")
+    ref = bpcompile.compile(bpcompile.parse_spec(NUMBER_SPECS["sqrt3"])).load()
+    params, inputs = random_point(ref, n=3, seed=1)
+    assert cuda.loss(params, **inputs) == pytest.approx(ref.loss(params, **inputs), rel=1e-12)
+    assert not marker.exists(), "a planted library was loaded"
+    built = [p for p in cache.iterdir() if p not in planted]
+    assert len(built) == 1 and re.fullmatch(r"sqrt3-emulated-[0-9a-f]{64}\.so", built[0].name), built
+    assert (cache.stat().st_mode & 0o777) == 0o700
+
+
+def test_emulation_header_is_part_of_the_key(tmp_path, monkeypatch):
+    """The force-included header is read, hashed and built from a private copy: a
+    header changed beside the .cu gets a library of its own."""
+    if CXX is None:
+        pytest.skip("no host C++ compiler (g++)")
+    loader = _write_sqrt3(tmp_path / "src")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(cache))
+    monkeypatch.setenv("BPCOMPILE_CUDA_EMULATE", "1")
+    x = np.ones((2, 3))
+    first = import_file(loader, "bp_test_header_key_1")
+    value = first.loss(first.init_params(), x=x)
+    assert len(list(cache.glob("*.so"))) == 1
+    header = tmp_path / "src" / "cuda_emulation.h"
+    header.write_text(header.read_text() + "\nstatic const int bp_header_changed = 1;\n")
+    second = import_file(loader, "bp_test_header_key_2")
+    assert second.loss(second.init_params(), x=x) == value
+    assert len(list(cache.glob("*.so"))) == 2
+    # the same files again: the cached library, nothing built
+    third = import_file(loader, "bp_test_header_key_3")
+    third.loss(third.init_params(), x=x)
+    assert len(list(cache.glob("*.so"))) == 2 and not list(cache.glob(".*"))
+
+
+def test_default_cache_is_private_and_nothing_is_written_beside_the_source(tmp_path, monkeypatch):
+    if CXX is None:
+        pytest.skip("no host C++ compiler (g++)")
+    loader = _write_sqrt3(tmp_path / "src")
+    before = sorted(p.name for p in (tmp_path / "src").iterdir())
+    monkeypatch.delenv("BPCOMPILE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("BPCOMPILE_CUDA_EMULATE", "1")
+    cuda = import_file(loader, "bp_test_default_cache")
+    cuda.loss(cuda.init_params(), x=np.ones((2, 3)))
+    cache = tmp_path / "xdg" / "bpcompile" / "cuda"
+    assert len(list(cache.glob("sqrt3-emulated-*.so"))) == 1
+    assert (cache.stat().st_mode & 0o777) == 0o700
+    assert sorted(p.name for p in (tmp_path / "src").iterdir() if p.name != "__pycache__") == before
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o722], ids=lambda m: f"{m:o}")
+def test_cache_that_others_can_write_is_refused(tmp_path, monkeypatch, mode):
+    loader = _write_sqrt3(tmp_path / "src")
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    cache.chmod(mode)
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(cache))
+    monkeypatch.setenv("BPCOMPILE_CUDA_EMULATE", "1")
+    cuda = import_file(loader, f"bp_test_shared_cache_{mode:o}")
+    with pytest.raises(cuda.CudaModuleError, match=re.escape(f"refusing the build cache {cache}: it is group- "
+                                                             f"or world-writable (mode {mode:04o})")):
+        cuda.loss(cuda.init_params(), x=np.ones((2, 3)))
+    assert not list(cache.iterdir())
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="chown needs root")
+def test_cache_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    loader = _write_sqrt3(tmp_path / "src")
+    cache = tmp_path / "theirs"
+    cache.mkdir(mode=0o700)
+    os.chown(cache, 65534, 65534)
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(cache))
+    monkeypatch.setenv("BPCOMPILE_CUDA_EMULATE", "1")
+    cuda = import_file(loader, "bp_test_foreign_cache")
+    with pytest.raises(cuda.CudaModuleError, match="it is owned by uid 65534, not by you"):
+        cuda.loss(cuda.init_params(), x=np.ones((2, 3)))

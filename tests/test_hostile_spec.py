@@ -256,6 +256,79 @@ def test_every_macro_of_the_headers_of_the_emulation_build_is_reserved(tmp_path)
     assert free == []
 
 
+# The headers whose macros bpcompile/reserved_c_macros.txt lists: what the .cu includes
+# (templates/cuda_module.cu.j2) under nvcc, what the C target will include under gcc.
+CU_HEADERS = ("cuda_runtime.h", "cublas_v2.h", "math.h", "stddef.h", "stdlib.h")
+C_HEADERS = ("math.h", "stdlib.h", "stdint.h", "string.h", "stddef.h")
+
+
+def _defined(cmd, tmp_path, suffix, headers):
+    """The macro names ``cmd`` (a preprocessor run with -dM) defines after ``headers``."""
+    src = tmp_path / f"macros{suffix}"
+    src.write_text("".join(f"#include <{h}>\n" for h in headers))
+    out = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return {line.split()[1].split("(")[0] for line in out.stdout.splitlines() if line.startswith("#define ")}
+
+
+def toolchain_macros(tmp_path, cublas_dir=None):
+    """The macros of the real toolchains, as reserved_c_macros.txt lists them (names
+    starting with '_' left out: those are refused anyway).  To regenerate the file:
+    python -c "import sys, tempfile, pathlib; sys.path[:0] = ['tests']; from test_hostile_spec import *;
+    print(*sorted(toolchain_macros(pathlib.Path(tempfile.mkdtemp()), CUBLAS_DIR)), sep='\\n')"
+    Returns (names, the tools that were missing)."""
+    found, missing = set(), []
+    nvcc = shutil.which("nvcc")
+    if nvcc and cublas_dir:
+        found |= _defined([nvcc, "-E", "-Xcompiler", "-dM", f"-I{cublas_dir}"], tmp_path, ".cu", CU_HEADERS)
+    else:
+        missing.append("nvcc with cuBLAS headers")
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc:
+        found |= _defined([gcc, "-dM", "-E", "-x", "c"], tmp_path, ".c", C_HEADERS)
+    else:
+        missing.append("gcc")
+    return {m for m in found if names.IDENTIFIER.match(m) and not m.startswith("_")}, missing
+
+
+def test_checked_in_macro_list_is_loaded_and_refused():
+    text = (ROOT / "bpcompile" / "reserved_c_macros.txt").read_text()
+    listed = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert listed == sorted(set(listed)) and len(listed) > 500
+    for m in ("PATH_MAX", "NAME_MAX", "CLOCK_REALTIME", "CLOCKS_PER_SEC", "TIME_UTC", "INT_WIDTH",
+              "ADJ_OFFSET", "MOD_CLKA", "STA_PLL", "isascii", "toascii", "isalnum_l", "assert_perror"):
+        assert m in listed, m
+    free = [m for m in listed if not names.reserved_reason(m)]
+    assert free == []
+    assert "C macro" in names.reserved_reason("PATH_MAX")
+
+
+def test_a_toolchain_macro_name_is_refused_at_parse_time():
+    """The report's repro: nvcc failed on the .cu while compile exited 0."""
+    spec = GOOD.replace("  v: [2]", "  v: [2]\n  PATH_MAX: [3]").replace("tanh(W @ x)", "tanh(W @ x) + sum(PATH_MAX)")
+    refused(spec, "params.PATH_MAX", "C macro", "CUDA")
+    refused(GOOD.replace("  h: tanh(W @ x)", "  isascii: tanh(W @ x)").replace("v @ h", "v @ isascii"),
+            "graph.isascii", "C macro")
+
+
+def test_every_macro_of_the_real_toolchains_is_reserved(tmp_path, request):
+    """Regenerates the list with nvcc (over the .cu's includes) and gcc (over the C
+    target's): every macro they define is refused, so a module never breaks on one."""
+    cublas_dir = None
+    if shutil.which("nvcc"):
+        try:
+            cublas_dir = request.getfixturevalue("cublas_include")[0][2:]
+        except pytest.skip.Exception:
+            cublas_dir = None
+    macros, missing = toolchain_macros(tmp_path, cublas_dir)
+    if not macros:
+        pytest.skip("no toolchain: " + ", ".join(missing))
+    free = sorted(m for m in macros if not names.reserved_reason(m))
+    assert free == [], f"{len(free)} toolchain macros are not reserved (regenerate bpcompile/reserved_c_macros.txt)"
+    if missing:
+        pytest.skip("checked without " + ", ".join(missing))
+
+
 def test_long_names_are_refused_with_the_limit():
     long_name = "w" * (limits.MAX_NAME_LENGTH + 1)
     refused(GOOD.replace("  v: [2]", f"  {long_name}: [2]"), "MAX_NAME_LENGTH", str(limits.MAX_NAME_LENGTH))

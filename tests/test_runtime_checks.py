@@ -290,3 +290,48 @@ def test_module_docstring_documents_check_false(m):
 
 def test_output_is_byte_deterministic():
     assert bpcompile.compile(SPEC).source == bpcompile.compile(SPEC).source
+
+
+# -- ndarray subclasses: their operators mean something else ----------------------
+
+def test_matrix_param_is_refused(m):
+    """np.matrix passed the shape check, then ``w * x`` was a matrix product."""
+    p, inputs = good(m)
+    for where in sorted(CALLS):
+        raises(m, where, dict(p, W=np.asmatrix(p["W"])), inputs,
+               "params['W'] is a numpy.matrix; expected a numpy.ndarray")
+
+
+def test_masked_array_param_and_input_are_refused(m):
+    params, inputs = good(m)
+    masked = np.ma.masked_array(params["b"], mask=[True, False, False, False])
+    raises(m, "loss", dict(params, b=masked), inputs,
+           "params['b'] is a numpy.ma.MaskedArray; expected a numpy.ndarray")
+    raises(m, "value_and_grad", params, dict(inputs, x=np.ma.masked_invalid(inputs["x"])),
+           "x is a numpy.ma.MaskedArray; expected a numpy.ndarray")
+    raises(m, "predict", params, dict(inputs, x=np.asmatrix(inputs["x"])),
+           "x is a numpy.matrix; expected a numpy.ndarray")
+    # check=False skips this as every other check
+    m.loss(params, **inputs, check=False)
+
+
+def test_subclass_check_keeps_plain_arrays_lists_memmaps_and_array_likes(tmp_path):
+    """The CUDA loader's copy of the checks (the same include) takes CuPy arrays, which
+    are no ndarray subclass: anything with .shape and .dtype that is not one passes."""
+    env = Environment(loader=PackageLoader("bpcompile", "templates"), keep_trailing_newline=True,
+                      trim_blocks=True)
+    namespace = {"np": np, "DTYPE": np.float64, "PARAM_SHAPES": {"W": (2, 3)},
+                 "INPUT_SHAPES": {"x": (3,)}, "LABEL_CLASSES": {}}
+    exec(compile(env.get_template("checks.py.j2").render(), "checks.py", "exec"), namespace)
+    check = namespace["_check"]
+
+    class DeviceArray:   # what the checks read of a cupy.ndarray
+        def __init__(self, a):
+            self.shape, self.dtype = a.shape, a.dtype
+
+    mm = np.memmap(tmp_path / "x.dat", dtype=np.float64, mode="w+", shape=(4, 3))
+    for W, x in [(np.zeros((2, 3)), np.zeros((4, 3))), (np.zeros((2, 3)), [[1, 2, 3]]),
+                 (DeviceArray(np.zeros((2, 3))), DeviceArray(np.zeros((4, 3)))), (np.zeros((2, 3)), mm)]:
+        check("f", {"W": W}, {"x": x})
+    with pytest.raises(ValueError, match=re.escape("f: params['W'] is a numpy.matrix; expected a numpy.ndarray")):
+        check("f", {"W": np.asmatrix(np.zeros((2, 3)))}, {"x": np.zeros((4, 3))})
