@@ -12,7 +12,24 @@
 * **Finite differences.**  At the spec's real sizes, the fourth-order central
   stencil on ``module.loss``, for a sample of entries of each differentiated name
   and for one random direction through all of them (so that one wrong entry
-  anywhere moves the directional derivative); relative tolerance 1e-6.
+  anywhere moves the directional derivative); relative tolerance 1e-6.  A sampled
+  entry is sent to the child as its flat index, so the plan costs memory in
+  proportion to SAMPLE plus a few full-size arrays (the point, the random
+  direction, the gradient).  An instance with more than FD_ELEMENTS entries
+  (params, and float inputs at N_FD) is not evaluated: the spec is checked with
+  every dimension capped at the largest D that fits (a note says so), and a
+  module given with ``--module`` (which cannot be resized) is refused with one
+  line (exit 2).
+* **The spec, for a module given with --module** (``spec`` rows).  Finite
+  differences of a module's own loss() check it against itself only, so a given
+  module is also compared with the spec at the finite-difference point: its
+  loss() and value_and_grad's value against the loss computed by ``_Evaluator``
+  (``_Expander``'s interpreter over float64 NumPy arrays at the real sizes, about
+  one forward pass: no derivative rule, nothing of the compiler), and its gradient
+  along each name's random direction against fourth-order differences of that
+  loss; relative tolerance 1e-6.  This runs whether or not the SymPy check does
+  (past SYMBOLIC_LIMIT it is skipped), so a module returning 2 L and 2 grads
+  fails.  The default path (the spec compiled afresh) has no ``spec`` rows.
 
 Relative errors are taken against ``max(|reference|, |module|, floor * scale)``,
 with ``scale`` the size of the loss and of the largest gradient entry: tiny
@@ -74,6 +91,7 @@ POINTS = 3              # random points at which the expansion's derivative is c
 SYMBOLIC_LIMIT = 100    # the most entries (symbols) an expansion may have
 SYMPY_SECONDS = 30.0    # the time budget of the SymPy expansion (it grows with the loss's nesting)
 SAMPLE = 20             # entries per name checked by finite differences
+FD_ELEMENTS = 50_000_000   # the most entries (params, and inputs at N_FD) the checks evaluate
 STACK_BYTES, RECURSION_LIMIT = 512 << 20, 50_000   # for SymPy on deep expressions
 STEP = 1e-4             # finite-difference step, relative to max(1, |entry|)
 TIMEOUT = 60.0          # seconds the module under test is given, in all, to answer
@@ -85,10 +103,10 @@ TIMEOUT = 60.0          # seconds the module under test is given, in all, to ans
 # cancellation: errors of 1e-3 and more); the floor is 1e-2 of the scale because
 # an entry near zero carries the absolute rounding error of the larger terms it
 # was summed from (~1e-7 of the scale).
-TOLERANCE = {"value": (1e-9, 1e-3), "sympy": (1e-9, 1e-3), "fd": (1e-6, 1e-3),
+TOLERANCE = {"value": (1e-9, 1e-3), "sympy": (1e-9, 1e-3), "fd": (1e-6, 1e-3), "spec": (1e-6, 1e-3),
              "value/f32": (1e-4, 1e-2), "sympy/f32": (1e-4, 1e-2), "fd/f32": (1e-4, 1e-2)}
 # the order of the rows of one name
-CHECKS = ("run", "value", "value/f32", "sympy", "sympy/f32", "fd", "fd/f32")
+CHECKS = ("run", "value", "value/f32", "sympy", "sympy/f32", "fd", "fd/f32", "spec")
 
 
 @dataclass(frozen=True)
@@ -143,6 +161,18 @@ def verify(spec, module=None, *, seed: int = 0, timeout: float = TIMEOUT) -> Rep
     spec = compiled.spec
     rng = np.random.default_rng(seed)
     notes = []
+    count = _elements(spec)
+    if count > FD_ELEMENTS:
+        if module is not None:
+            where = module if isinstance(module, (str, os.PathLike)) else spec.file
+            raise SpecError(f"the spec has {count:,} entries at N={N_FD}, more than verify evaluates "
+                            f"(FD_ELEMENTS, {FD_ELEMENTS:,}); a module cannot be resized: verify the "
+                            "spec alone, which checks a smaller instance of it", file=str(where))
+        compiled, cap = _fitting(spec)
+        notes.append(f"the spec has {count:,} entries at N={N_FD}, more than verify evaluates "
+                     f"(FD_ELEMENTS, {FD_ELEMENTS:,}): every dimension is capped at {cap} "
+                     f"({_elements(compiled.spec):,} entries) and that instance is checked")
+        spec = compiled.spec
     with tempfile.TemporaryDirectory(prefix="bpcompile_verify_") as work:
         work = Path(work)
         if module is None:
@@ -195,8 +225,9 @@ def _write_module(directory: Path, compiled) -> Path:
 @dataclass(frozen=True)
 class _Call:
     """One call of the module under test: ``fn(params, **inputs)`` at ``point``
-    (moved by ``t * direction`` along ``name`` when ``move = (name, direction, t)``),
-    with DTYPE switched to float64 for the call when ``float64``."""
+    (moved by ``t * direction`` along ``name`` when ``move = (name, direction, t)``;
+    a direction that is an int is the unit vector of that flat index, sent as the
+    index), with DTYPE switched to float64 for the call when ``float64``."""
 
     module: str        # "real" or "small"
     fn: str            # "loss" or "value_and_grad"
@@ -237,7 +268,11 @@ class _Child:
             return ids[id(obj)]
 
         for c in calls:
-            move = None if c.move is None else [c.move[0], key("d", c.move[1]), float(c.move[2])]
+            move = None
+            if c.move is not None:
+                name, direction, t = c.move
+                move = ([name, None, int(direction), float(t)] if _is_entry(direction)
+                        else [name, key("d", direction), None, float(t)])
             encoded.append({"module": c.module, "fn": c.fn, "point": key("p", c.point),
                             "float64": c.float64, "move": move})
         job = {"modules": {k: str(p) for k, p in self.files.items()},
@@ -455,8 +490,11 @@ def run(k, call, job, arrays, modules, out):
         return "the module could not be imported"
     point = {nm: arrays[call["point"] + "." + nm].copy() for nm in job["params"] + job["inputs"]}
     if call["move"] is not None:
-        name, direction, t = call["move"]
-        point[name] = point[name] + t * arrays[direction]
+        name, direction, entry, t = call["move"]
+        if direction is None:    # along one entry (its flat index): point is a copy already
+            point[name].reshape(-1)[entry] += t
+        else:
+            point[name] = point[name] + t * arrays[direction]
     params = {nm: point[nm] for nm in job["params"]}
     inputs = {nm: point[nm] for nm in job["inputs"]}
     fn = call["fn"]
@@ -547,6 +585,61 @@ def _as_float32(spec, point) -> dict:
             for nm, v in point.items()}
 
 
+def _is_entry(direction) -> bool:
+    """A direction given as a flat index (the unit vector of that entry)."""
+    return isinstance(direction, (int, np.integer))
+
+
+def _along(g, direction) -> float:
+    """The derivative along ``direction`` given the gradient ``g``."""
+    if _is_entry(direction):
+        return float(g.reshape(-1)[direction])
+    return float(np.dot(g.reshape(-1), direction.reshape(-1)))
+
+
+def _moved(point, name, direction, t) -> dict:
+    """``point`` with ``name`` moved by ``t * direction`` (a copy of that one array)."""
+    moved = dict(point)
+    if _is_entry(direction):
+        moved[name] = point[name].copy()
+        moved[name].reshape(-1)[direction] += t
+    else:
+        moved[name] = point[name] + t * direction
+    return moved
+
+
+def _elements(spec: Spec) -> int:
+    """The entries one evaluation at N_FD reads: every param, every float input."""
+    return (sum(math.prod(d.shape) for d in spec.params.values())
+            + N_FD * sum(math.prod(d.shape) for d in spec.inputs.values() if not d.is_label))
+
+
+def _fitting(spec: Spec):
+    """The spec with every dimension capped at the largest D (equal ones kept
+    equal, as in ``_shrink``) that leaves at most FD_ELEMENTS entries, compiled."""
+    data = yaml.safe_load(spec.text)
+
+    def parsed(cap):
+        try:
+            small = parse_spec(_shrink(data, cap), file=spec.file)
+        except SpecError:
+            return None
+        return small if _elements(small) <= FD_ELEMENTS else None
+
+    dims = [d for v in (*spec.params.values(), *spec.inputs.values())
+            for d in (v.shape if not getattr(v, "is_label", False) else ())]
+    lo, hi = 1, max(dims, default=1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if parsed(mid) is not None else (lo, mid - 1)
+    small = parsed(lo)
+    if small is None:
+        raise SpecError(f"the spec has {_elements(spec):,} entries at N={N_FD}, more than verify "
+                        f"evaluates (FD_ELEMENTS, {FD_ELEMENTS:,}), and no smaller instance of it "
+                        "is a valid spec", file=spec.file)
+    return compile(small), lo
+
+
 def _sample(rng, size: int) -> np.ndarray:
     """Up to SAMPLE flat indices, in order."""
     return np.arange(size) if size <= SAMPLE else np.sort(rng.choice(size, SAMPLE, replace=False))
@@ -570,7 +663,9 @@ def _row(name, shape, check, errors) -> Row:
 
 
 def _scale(value, grads) -> float:
-    return max(1.0, abs(value), *(float(np.max(np.abs(g), initial=0)) for g in grads.values()))
+    # the largest magnitude without a full-size temporary
+    return max(1.0, abs(value), *(float(max(np.max(g, initial=0), -np.min(g, initial=0)))
+                                  for g in grads.values()))
 
 
 # ---------------------------------------------------------------------------
@@ -659,8 +754,10 @@ class _Checks:
                 sym.calls = [self._at(calls, self.small, p) for p in sym.points]
         try:
             fd_point, fd_failure = _pick(fd_pair, results[-2:]), None
+            fd_loss = next(r for p, r in zip(fd_pair, results[-2:]) if p is fd_point)
         except _ModuleFailure as e:
             fd_point, fd_failure = None, str(e)
+        del fd_pair     # the candidate not chosen is freed
         if fd_point is not None:
             fd_calls = self._at(calls, "real", fd_point, loss=False)
             plan = self._fd_plan(fd_point)
@@ -669,6 +766,11 @@ class _Checks:
         self.notes.append(f"fd: fourth-order central differences of loss() at N={N_FD} and the spec's "
                           f"sizes, up to {SAMPLE} entries per name and one random direction through "
                           "all of them")
+        if self.given is not None:
+            self.notes.append("spec: the module against the spec at the fd point: its loss() and "
+                              "value_and_grad's value against the spec's loss evaluated by verify's own "
+                              "interpreter in float64, and its gradient along the random direction "
+                              "against fourth-order differences of that loss")
         results = self.child.evaluate(calls)
 
         if sym:
@@ -695,7 +797,7 @@ class _Checks:
             self.notes.append("fd: the loss or a gradient is not finite (inf or nan) at the checked point: "
                               "the spec's numbers overflow there, so finite differences cannot check it")
         scale = _scale(value, grads)
-        got = {nm: np.array([np.sum(grads[nm] * d) for d in plan[nm][0]]) for nm in spec.wrt}
+        got = {nm: np.array([_along(grads[nm], d) for d in plan[nm][0]]) for nm in spec.wrt}
         retry, calls = {}, []
         for nm in spec.wrt:
             _, rel = _compare(got[nm], fd[nm], scale, "fd")
@@ -714,6 +816,8 @@ class _Checks:
                     fd[nm][j] = again
         for nm in spec.wrt:
             self.entries.append((nm, fd_point[nm].shape, "fd", _compare(got[nm], fd[nm], scale, "fd")))
+        if self.given is not None:
+            self._guarded("spec", lambda: self._spec_entries(fd_point, fd_loss, value, grads, plan, scale))
         if self.f32:
             self._guarded("fd/f32", lambda: self._fd32_entries(results, fd_calls, fd_point, value,
                                                                grads, plan, fd))
@@ -776,8 +880,11 @@ class _Checks:
         plan = {}
         for nm in self.spec.wrt:
             x = point[nm]
-            directions = [np.eye(1, x.size, i).reshape(x.shape) for i in _sample(self.rng, x.size)]
-            directions.append(self.rng.choice([-1.0, 1.0], x.shape) / math.sqrt(x.size))
+            directions = [int(i) for i in _sample(self.rng, x.size)]   # unit vectors, as indices
+            random = self.rng.integers(0, 2, x.shape, dtype=np.int8).astype(np.float64)
+            random *= 2 / math.sqrt(x.size)     # random signs, in place: one full-size array
+            random -= 1 / math.sqrt(x.size)
+            directions.append(random)
             plan[nm] = directions, STEP * max(1.0, float(np.max(np.abs(x), initial=0)))
         return plan
 
@@ -801,8 +908,30 @@ class _Checks:
         scale = _scale(value64, grads64)
         out = [("L", (), "value/f32", _compare(value, value64, scale, "value/f32"))]
         for nm in self.spec.wrt:
-            got = [np.sum(grads[nm] * d) for d in plan[nm][0]]
+            got = [_along(grads[nm], d) for d in plan[nm][0]]
             out.append((nm, point[nm].shape, "fd/f32", _compare(got, fd[nm], scale, "fd/f32")))
+        return out
+
+    def _spec_entries(self, point, first, value, grads, plan, scale) -> list:
+        """A module given for the spec, against the spec: its loss (both functions)
+        against ``_Evaluator``'s, and its gradient along each name's random direction
+        against the fourth-order difference of ``_Evaluator``'s loss (again with a
+        step 100 times smaller when that disagrees: a kink)."""
+        reference = _Evaluator(self.spec)
+        out = [("L", (), "spec", _compare([value, _loss(first)], reference.loss(point), scale, "spec"))]
+        for nm in self.spec.wrt:
+            (*_, direction), h = plan[nm]
+            got = _along(grads[nm], direction)
+            errors = None
+            for step in (h, h / 100):
+                diff = sum(w * reference.loss(_moved(point, nm, direction, k * step))
+                           for k, w in _STENCIL.items()) / (12 * step)
+                found = _compare(got, diff, scale, "spec")
+                if errors is None or found[1] < errors[1]:
+                    errors = found
+                if errors[1] <= TOLERANCE["spec"][0]:
+                    break
+            out.append((nm, point[nm].shape, "spec", errors))
         return out
 
     def _guarded(self, check, run) -> None:
@@ -842,19 +971,19 @@ def small_instance(spec: Spec, compiled=None):
     return compiled if compiled is not None else compile(spec)
 
 
-def _shrink(data: dict) -> dict:
-    """Shrink every dimension d to min(d, SMALL): equal dimensions stay equal, so
-    shapes that matched (or broadcast) still do.  Class counts and the units of
-    ``layers:`` are dimensions too."""
+def _shrink(data: dict, cap: int = SMALL) -> dict:
+    """Shrink every dimension d to min(d, cap): equal dimensions stay equal, so
+    shapes that matched (or broadcast) still do.  Class counts (at least 2) and
+    the units of ``layers:`` are dimensions too."""
     def dims(shape):
-        return [min(d, SMALL) for d in shape]
+        return [min(d, cap) for d in shape]
 
     out = copy.deepcopy(data)
     for nm, v in out["inputs"].items():
         if isinstance(v, list):
             out["inputs"][nm] = dims(v)
         else:
-            v["classes"] = min(v["classes"], SMALL)
+            v["classes"] = min(v["classes"], max(cap, 2))
     for nm, v in (out.get("params") or {}).items():
         if isinstance(v, list):
             out["params"][nm] = dims(v)
@@ -862,7 +991,7 @@ def _shrink(data: dict) -> dict:
             v["shape"] = dims(v["shape"])
     for layer in out.get("layers") or ():
         if "dense" in layer:
-            layer["dense"] = min(layer["dense"], SMALL)
+            layer["dense"] = min(layer["dense"], cap)
     return out
 
 
@@ -1016,46 +1145,122 @@ class _Expander:
     per-example shapes), so that it shares no code and no rule with the compiler.
     """
 
+    functions, binary, wrap = _FUNCTIONS, _BINARY, staticmethod(_obj)
+
     def __init__(self, spec: Spec):
         self.spec = spec
+
+    @staticmethod
+    def constant(value):
+        return _obj(sp.Rational(repr(value)) if isinstance(value, float) else sp.Integer(value))
+
+    @staticmethod
+    def total(per_example):
+        return sp.Add(*per_example)
 
     def loss(self, leaves: dict, labels: dict, n: int):
         """The batch loss as one SymPy expression."""
         per_example = []
         for k in range(n):
-            env = {nm: _obj(leaves[nm][k]) for nm, d in self.spec.inputs.items() if not d.is_label}
+            env = {nm: self.wrap(leaves[nm][k]) for nm, d in self.spec.inputs.items() if not d.is_label}
             env.update({nm: _Label(int(labels[nm][k]), d.classes)
                         for nm, d in self.spec.inputs.items() if d.is_label})
             env.update({nm: leaves[nm] for nm in self.spec.params})
             for nm, expr in self.spec.graph:
                 env[nm] = self.eval(expr.tree, env)
-            per_example.append(_obj(self.eval(self.spec.loss.tree, env))[()])
-        total = sp.Add(*per_example)
+            per_example.append(self.wrap(self.eval(self.spec.loss.tree, env))[()])
+        total = self.total(per_example)
         return total / n if self.spec.reduction == "mean" else total
 
     def eval(self, t, env):
         if isinstance(t, ast.Constant):
-            return _obj(sp.Rational(repr(t.value)) if isinstance(t.value, float) else sp.Integer(t.value))
+            return self.constant(t.value)
         if isinstance(t, ast.Name):
             return env[t.id]
         if isinstance(t, ast.UnaryOp):
             v = self.eval(t.operand, env)
-            return _obj(-v) if isinstance(t.op, ast.USub) else v
+            return self.wrap(-v) if isinstance(t.op, ast.USub) else v
         if isinstance(t, ast.BinOp):
-            return _obj(_BINARY[type(t.op)](self.eval(t.left, env), self.eval(t.right, env)))
+            return self.wrap(self.binary[type(t.op)](self.eval(t.left, env), self.eval(t.right, env)))
         if isinstance(t, ast.Attribute):   # .T, the only attribute of the language
             return self.eval(t.value, env).T
         if isinstance(t, ast.Subscript):   # v[i], one integer constant
             i = t.slice
             index = -i.operand.value if isinstance(i, ast.UnaryOp) else i.value
-            return _obj(self.eval(t.value, env)[index])
+            return self.wrap(self.eval(t.value, env)[index])
         if isinstance(t, ast.Call):
             args = [self.eval(a, env) for a in t.args]
             kwargs = {}
             for kw in t.keywords:   # axis=k, the only keyword of the language
                 v = kw.value
                 kwargs["axis"] = -v.operand.value if isinstance(v, ast.UnaryOp) else v.value
-            return _FUNCTIONS[t.func.id](*args, **kwargs)
+            return self.functions[t.func.id](*args, **kwargs)
         raise TypeError(f"unexpected {type(t).__name__} in a checked spec")
+
+
+# The same definitions over float64 NumPy arrays, for ``_Evaluator``: written from
+# the language's definition (the max subtracted in softmax and logsumexp is part
+# of evaluating them in floating point), sharing nothing with the compiler.
+def _nlogsumexp(z, keepdims=False):
+    m = np.max(z, axis=-1, keepdims=True)
+    out = m + np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True))
+    return out if keepdims else out[..., 0]
+
+
+def _nsoftmax(z):
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+_NUMERIC = {
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "relu": lambda x: np.maximum(x, 0.0),
+    "exp": np.exp,
+    "log": np.log,
+    "sin": np.sin,
+    "cos": np.cos,
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+    "softplus": lambda x: np.logaddexp(0.0, x),
+    "square": np.square,
+    "sum": lambda x, axis=None: np.sum(x, axis=axis),
+    "mean": lambda x, axis=None: np.mean(x, axis=axis),
+    "max": lambda x, axis=None: np.max(x, axis=axis),
+    "softmax": _nsoftmax,
+    "log_softmax": lambda z: z - _nlogsumexp(z, True),
+    "logsumexp": _nlogsumexp,
+    "onehot": lambda lab: (np.arange(lab.classes) == lab.value).astype(np.float64),
+    "dot": lambda a, b: np.sum(a * b),
+    "cross_entropy": lambda p, lab: -np.log(p[lab.value]),
+    "softmax_cross_entropy": lambda z, lab: _nlogsumexp(z) - z[lab.value],
+}
+
+
+def _float(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+class _Evaluator(_Expander):
+    """``_Expander``'s interpreter over float64 NumPy arrays: the loss's value at a
+    point of the real sizes (no derivative of any kind), for the ``spec`` check of
+    a module given with ``--module``.  It costs about one forward pass."""
+
+    functions, binary, wrap = _NUMERIC, {**_BINARY, ast.MatMult: np.matmul}, staticmethod(_float)
+
+    @staticmethod
+    def constant(value):
+        return np.float64(value)
+
+    @staticmethod
+    def total(per_example):
+        return float(np.sum(per_example))
+
+    def loss(self, point: dict) -> float:
+        """The batch loss at ``point`` (params, inputs with the batch axis, labels)."""
+        inputs = self.spec.inputs
+        n = len(point[next(iter(inputs))])
+        labels = {nm: point[nm] for nm, d in inputs.items() if d.is_label}
+        return float(super().loss(point, labels, n))
 
 

@@ -134,9 +134,9 @@ def test_sign_flipped_in_one_rule_fails(tmp_path):
     path = edited_module(tmp_path, negate_assignment("W_bar"))
     r = run_cli("verify", TANH, "--module", path)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert r.stdout.splitlines()[-1].startswith("FAILED: W (fd), W (sympy)")
+    assert r.stdout.splitlines()[-1].startswith("FAILED: W (fd), W (spec), W (sympy)")
     rows = by_name(bpcompile.verify(TANH, module=path))
-    assert not rows["W"]["sympy"].ok and not rows["W"]["fd"].ok
+    assert not rows["W"]["sympy"].ok and not rows["W"]["fd"].ok and not rows["W"]["spec"].ok
     assert all(r.ok for name in ("b", "v", "L") for r in rows[name].values())
 
 
@@ -161,7 +161,7 @@ def test_entry_off_in_a_large_module_fails(tmp_path):
     path = edited_module(tmp_path, before_return("W1_bar[37, 5] += 1e-3"), spec)
     report = bpcompile.verify(spec, module=path)
     assert not report.ok
-    assert [(r.name, r.check) for r in report.rows if not r.ok] == [("W1", "fd")]
+    assert [(r.name, r.check) for r in report.rows if not r.ok] == [("W1", "fd"), ("W1", "spec")]
     assert any(n.startswith("sympy: skipped") for n in report.notes)
 
 
@@ -178,6 +178,95 @@ def test_missing_gradient_fails(tmp_path):
     report = bpcompile.verify(TANH, module=path)
     assert not report.ok
     assert all("no gradient" in r.note for r in report.rows)
+
+
+def scaled_module(tmp_path, spec, value, grads):
+    """The spec's generated module with loss and value_and_grad wrapped so that
+    they return ``value`` * L and ``grads`` * each gradient (consistent with each
+    other when both are 2: finite differences of its own loss() cannot see it)."""
+    source = bpcompile.compile(spec).source + f"""
+
+_loss0, _vag0 = loss, value_and_grad
+
+
+def loss(params, **kw):
+    return {value} * _loss0(params, **kw)
+
+
+def value_and_grad(params, **kw):
+    v, g = _vag0(params, **kw)
+    return {value} * v, {{k: {grads} * a for k, a in g.items()}}
+"""
+    path = tmp_path / "scaled.py"
+    path.write_text(source)
+    return path
+
+
+@pytest.mark.parametrize("example", ["mlp_classifier", "digits_mlp"])
+@pytest.mark.parametrize("scale", [(2, 2), (1, 2), (1, 1)], ids=["loss-and-grads", "grads", "unedited"])
+def test_module_is_compared_with_the_spec_when_sympy_is_skipped(tmp_path, example, scale):
+    """Past SYMBOLIC_LIMIT the SymPy check is skipped; the module's loss and
+    gradient are still compared with the spec (the ``spec`` rows), so a module
+    whose loss and gradient are both doubled fails."""
+    spec = ROOT / "examples" / f"{example}.yaml"
+    report = bpcompile.verify(spec, module=scaled_module(tmp_path, spec, *scale))
+    assert any("sympy: skipped" in n for n in report.notes), report.notes
+    rows = by_name(report)
+    assert {"spec", "fd"} <= set(rows["W1"]) and "spec" in rows["L"]
+    if scale == (1, 1):
+        assert report.ok, report.table()
+    else:
+        assert not report.ok
+        assert not rows["W1"]["spec"].ok and not rows["W2"]["spec"].ok
+        assert rows["L"]["spec"].ok == (scale[0] == 1)
+
+
+def test_doubled_module_fails_on_the_command_line(tmp_path):
+    spec = ROOT / "examples" / "mlp_classifier.yaml"
+    r = run_cli("verify", spec, "--module", scaled_module(tmp_path, spec, 2, 2))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"^L\s+\[\]\s+spec\s+\S+\s+\S+\s+FAIL$", r.stdout, re.MULTILINE), r.stdout
+    assert r.stdout.splitlines()[-1].startswith("FAILED: ")
+
+
+def test_default_path_has_no_spec_rows():
+    assert "spec" not in {r.check for r in bpcompile.verify(TANH).rows}
+
+
+# ---------------------------------------------------------------------------
+# Large instances: memory in proportion to the sample, and a cap on the work
+
+
+def test_fd_directions_are_indices_and_one_random_array(monkeypatch):
+    """The sampled directions are sent as flat indices: per name, one full-size
+    array (the random direction) whatever SAMPLE is."""
+    v = sys.modules["bpcompile.verify"]
+    seen = []
+    evaluate = v._Child.evaluate
+
+    def spy(self, calls):
+        seen.extend(c.move[1] for c in calls if c.move is not None)
+        return evaluate(self, calls)
+
+    monkeypatch.setattr(v._Child, "evaluate", spy)
+    report = v.verify("name: wide\ninputs: {x: [5000]}\nparams: {w: [5000]}\nloss: sum(tanh(w * x))\n")
+    assert report.ok, report.table()
+    arrays = {id(d) for d in seen if isinstance(d, np.ndarray)}
+    assert len(arrays) == 1                          # one random direction (w)
+    assert sum(isinstance(d, int) for d in seen) >= v.SAMPLE * 4
+
+
+def test_instance_over_the_work_cap_is_checked_shrunk(monkeypatch, tmp_path):
+    v = sys.modules["bpcompile.verify"]
+    monkeypatch.setattr(v, "FD_ELEMENTS", 1000)
+    text = "name: big\ninputs: {x: [4000]}\nparams: {w: [4000]}\nloss: sum(w * x * x)\n"
+    report = v.verify(text)
+    assert report.ok, report.table()
+    assert any("FD_ELEMENTS" in n and "capped at 250" in n for n in report.notes), report.notes
+    assert by_name(report)["w"]["fd"].shape == (250,)
+    path = bpcompile.compile(text).write(tmp_path)
+    with pytest.raises(bpcompile.SpecError, match="FD_ELEMENTS"):
+        v.verify(text, module=path)
 
 
 # ---------------------------------------------------------------------------
@@ -238,7 +327,7 @@ def test_float32_module_is_checked_in_float64_and_in_float32_and_left_as_it_was(
     assert any("float32" in n for n in report.notes)
     rows = by_name(report)
     for name in ("W", "b", "v"):
-        assert set(rows[name]) == {"sympy", "sympy/f32", "fd", "fd/f32"}
+        assert set(rows[name]) == {"sympy", "sympy/f32", "fd", "fd/f32", "spec"}
         assert rows[name]["sympy"].max_rel < 1e-9      # the float64 run: float64 precision
         assert 1e-9 < rows[name]["sympy/f32"].max_rel < 1e-4   # the float32 run: float32's
     assert rows["L"]["value"].max_rel < 1e-9 and 1e-9 < rows["L"]["value/f32"].max_rel < 1e-4
