@@ -88,13 +88,18 @@ def mark_reuse(kernels, roots) -> None:
     view, not returned.  Fewer live arrays, no allocation.  An elementwise kernel
     records the argument in ``reuse``; a scatter_add updates its base in place
     (``inplace``, and the base takes the result's name)."""
+    def aliases(k):
+        # a view, or an elementwise kernel that is one of its arguments unchanged
+        # (exp(log(w)) is w): the printer writes ``a = w``, so a is w's memory
+        return k.op in VIEW_OPS or (k.op == "map" and not k.attrs[0] and isinstance(k.attrs[1], sp.Symbol))
+
     last_read, viewed = {}, set()
     for i, k in enumerate(kernels):
         for a in k.args:
             last_read[a.name] = i
-            if k.op in VIEW_OPS:
+            if aliases(k):
                 viewed.add(a.name)
-    owned = {k.out.name for k in kernels if k.op not in VIEW_OPS}
+    owned = {k.out.name for k in kernels if not aliases(k)}
 
     def dead_after(a, i):
         return (a.kind == "temp" and a.name in owned and a.name not in viewed and a.name not in roots

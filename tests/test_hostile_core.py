@@ -386,3 +386,33 @@ def test_log_of_softmax_is_log_softmax():
     # log_softmax(z) = [0, -1000, -1000, -1000]; log(softmax(z)) would be log(0) = -inf
     assert v == pytest.approx(3000.0, rel=1e-12)
     assert np.all(np.isfinite(g["W"]))
+
+
+@pytest.mark.parametrize("expr", ["exp(log(w))", "exp(log(x))"])
+def test_an_expression_that_simplifies_to_a_leaf_never_writes_into_it(expr):
+    """exp(log(w)) is w to SymPy: the generated code says ``a = w``, and the liveness
+    pass once reused ``a`` in place, writing the gradient into the caller's w (found
+    by a security review: value_and_grad changed params and returned them)."""
+    m = bpcompile.compile(f"""
+name: alias
+inputs: {{x: [3], y: []}}
+params: {{w: {{shape: [3], init: ones}}}}
+graph:
+  a: {expr} * w
+  s: sum(tanh(a) * x)
+loss: (y - s)**2
+""").load()
+    rng = np.random.default_rng(0)
+    params = {"w": np.array([0.5, 1.0, 2.0])}
+    inputs = {"x": np.abs(rng.standard_normal((4, 3))) + 0.1, "y": np.ones(4)}
+    w0, x0 = params["w"].copy(), inputs["x"].copy()
+    _, grads = m.value_and_grad(params, **inputs)
+    assert np.array_equal(params["w"], w0) and np.array_equal(inputs["x"], x0)
+    assert grads["w"] is not params["w"]
+    fd = np.zeros(3)
+    for i in range(3):
+        for sign in (1, -1):
+            p = {"w": w0.copy()}
+            p["w"][i] += sign * 1e-6
+            fd[i] += sign * m.loss(p, **inputs) / 2e-6
+    assert np.max(np.abs(fd - grads["w"])) < 1e-6
