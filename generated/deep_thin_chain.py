@@ -48,32 +48,34 @@ Forward equations:
     h3 = sigmoid(a3)                 shape []
     a4 = w4 * h3 + b4                shape []
     y_hat = sigmoid(a4)              shape []
+    q1 = y - y_hat                   shape []
+    q2 = (y - y_hat)**2              shape []
     L_n = (y - y_hat)**2 / 2         shape []
     L = mean over the batch of L_n   shape []
 
 Adjoint equations, in the order the backward pass computes them (each adjoint is
 the sum over the consumers of its node of consumer_bar * local derivative):
 
-    L_bar = 1                                                # seed: dL/dL = 1
-    L_n_bar = L_bar/N                                        # mean over the batch
-    ((y - y_hat)**2)_bar = L_n_bar/2                         # div
-    (y - y_hat)_bar = ((y - y_hat)**2)_bar*(2*y - 2*y_hat)   # pow
-    y_hat_bar = -(y - y_hat)_bar                             # sub
-    a4_bar = y_hat*y_hat_bar*(1 - y_hat)                     # sigmoid
-    h3_bar = a4_bar*w4                                       # mul
-    a3_bar = h3*h3_bar*(1 - h3)                              # sigmoid
-    h2_bar = a3_bar*w3                                       # mul
-    a2_bar = h2*h2_bar*(1 - h2)                              # sigmoid
-    h1_bar = a2_bar*w2                                       # mul
-    a1_bar = h1*h1_bar*(1 - h1)                              # sigmoid
-    b4_bar = a4_bar (summed over the batch)                  # add
-    b3_bar = a3_bar (summed over the batch)                  # add
-    b2_bar = a2_bar (summed over the batch)                  # add
-    b1_bar = a1_bar (summed over the batch)                  # add
-    w4_bar = a4_bar*h3 (summed over the batch)               # mul
-    w3_bar = a3_bar*h2 (summed over the batch)               # mul
-    w2_bar = a2_bar*h1 (summed over the batch)               # mul
-    w1_bar = a1_bar*x (summed over the batch)                # mul
+    L_bar = 1                                    # seed: dL/dL = 1
+    L_n_bar = L_bar/N                            # mean over the batch
+    q2_bar = L_n_bar/2                           # div
+    q1_bar = 2*q2_bar*(y - y_hat)                # pow
+    y_hat_bar = -q1_bar                          # sub
+    a4_bar = y_hat*y_hat_bar*(1 - y_hat)         # sigmoid
+    h3_bar = a4_bar*w4                           # mul
+    a3_bar = h3*h3_bar*(1 - h3)                  # sigmoid
+    h2_bar = a3_bar*w3                           # mul
+    a2_bar = h2*h2_bar*(1 - h2)                  # sigmoid
+    h1_bar = a2_bar*w2                           # mul
+    a1_bar = h1*h1_bar*(1 - h1)                  # sigmoid
+    b4_bar = a4_bar (summed over the batch)      # add
+    b3_bar = a3_bar (summed over the batch)      # add
+    b2_bar = a2_bar (summed over the batch)      # add
+    b1_bar = a1_bar (summed over the batch)      # add
+    w4_bar = a4_bar*h3 (summed over the batch)   # mul
+    w3_bar = a3_bar*h2 (summed over the batch)   # mul
+    w2_bar = a2_bar*h1 (summed over the batch)   # mul
+    w1_bar = a1_bar*x (summed over the batch)    # mul
 
 Every function that takes inputs checks its arguments first: params holds each
 name of PARAM_SHAPES as a floating array of exactly that shape; each input has a
@@ -105,11 +107,22 @@ def _batched(shape):
     return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
+def _subclass(value):
+    """The name of ``value``'s type when it is an ndarray subclass other than np.memmap
+    (np.matrix: ``*`` is a matrix product; a masked array: the mask would be dropped)."""
+    t = type(value)
+    if t is np.ndarray or not isinstance(value, np.ndarray) or isinstance(value, np.memmap):
+        return None
+    module = "numpy.ma" if t.__module__.startswith("numpy.ma") else t.__module__
+    return f"{module}.{t.__qualname__}"
+
+
 def _check(where, params, inputs):
     """Raise ValueError, naming the argument, the expected and the given, unless
 
     - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
-      shape and of a floating dtype;
+      shape and of a floating dtype, and no ndarray subclass (np.matrix, a masked
+      array) among params and inputs;
     - each input given (not None) has a leading batch axis and then its
       INPUT_SHAPES shape, and all of them the same batch size;
     - float inputs have a real numeric dtype (bool, integer or floating);
@@ -126,6 +139,9 @@ def _check(where, params, inputs):
         except AttributeError:
             raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
                              f"expected an array of shape {shape}") from None
+        sub = _subclass(p)
+        if sub:
+            raise ValueError(f"{where}: params[{name!r}] is a {sub}; expected a numpy.ndarray")
         if given != shape:
             raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
         if kind != "f":
@@ -135,6 +151,9 @@ def _check(where, params, inputs):
     for name, value in inputs.items():
         if value is None:
             continue
+        sub = _subclass(value)
+        if sub:
+            raise ValueError(f"{where}: {name} is a {sub}; expected a numpy.ndarray")
         try:
             given, kind = value.shape, value.dtype.kind
         except AttributeError:   # a list, a number: read as NumPy will read it
@@ -236,8 +255,7 @@ def loss(params, *, x, y, check=True):
     # L_n = (y - y_hat)**2 / 2
     L_n = (1/2)*(y - (0.5 + 0.5*np.tanh(0.5*(b4 + w4*(0.5 + 0.5*np.tanh(0.5*(b3 + w3*(0.5 + 0.5*np.tanh(0.5*(b2 + w2*(0.5 + 0.5*np.tanh(0.5*(b1 + w1*x)))))))))))))**2
     # L = mean over the batch of L_n
-    t0 = L_n.sum(axis=0)
-    L = t0/N
+    L = L_n.sum(axis=0)/N
     return float(L)
 
 
@@ -273,39 +291,39 @@ def value_and_grad(params, *, x, y, check=True):
     t0 = y - y_hat
     L_n = (1/2)*t0**2
     # L = mean over the batch of L_n
-    t1 = L_n.sum(axis=0)
-    L = t1/N
+    L = L_n.sum(axis=0)/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
-    # ((y - y_hat)**2)_bar = L_n_bar/2   # div
-    # (y - y_hat)_bar = ((y - y_hat)**2)_bar*(2*y - 2*y_hat)   # pow
-    # y_hat_bar = -(y - y_hat)_bar   # sub
+    # q2_bar = L_n_bar/2   # div
+    # q1_bar = 2*q2_bar*(y - y_hat)   # pow
+    # y_hat_bar = -q1_bar   # sub
     # a4_bar = y_hat*y_hat_bar*(1 - y_hat)   # sigmoid
+    # fused, in place: a4_bar = -t0*y_hat*(1 - y_hat)/N
     a4_bar = t0  # in place: t0 is not read again
     a4_bar *= -y_hat*(1 - y_hat)
     a4_bar /= N
-    # h3_bar = a4_bar*w4   # mul
     # b4_bar = a4_bar (summed over the batch)   # add
     b4_bar = a4_bar.sum(axis=0)
     # w4_bar = a4_bar*h3 (summed over the batch)   # mul
     w4_bar = h3 @ a4_bar
+    # h3_bar = a4_bar*w4   # mul
     # a3_bar = h3*h3_bar*(1 - h3)   # sigmoid
     a3_bar = a4_bar  # in place: a4_bar is not read again
     a3_bar *= h3*w4*(1 - h3)
-    # h2_bar = a3_bar*w3   # mul
     # b3_bar = a3_bar (summed over the batch)   # add
     b3_bar = a3_bar.sum(axis=0)
     # w3_bar = a3_bar*h2 (summed over the batch)   # mul
     w3_bar = h2 @ a3_bar
+    # h2_bar = a3_bar*w3   # mul
     # a2_bar = h2*h2_bar*(1 - h2)   # sigmoid
     a2_bar = a3_bar  # in place: a3_bar is not read again
     a2_bar *= h2*w3*(1 - h2)
-    # h1_bar = a2_bar*w2   # mul
     # b2_bar = a2_bar (summed over the batch)   # add
     b2_bar = a2_bar.sum(axis=0)
     # w2_bar = a2_bar*h1 (summed over the batch)   # mul
     w2_bar = h1 @ a2_bar
+    # h1_bar = a2_bar*w2   # mul
     # a1_bar = h1*h1_bar*(1 - h1)   # sigmoid
     a1_bar = a2_bar  # in place: a2_bar is not read again
     a1_bar *= h1*w2*(1 - h1)

@@ -39,7 +39,7 @@ the sum over the consumers of its node of consumer_bar * local derivative):
 
     L_bar = 1                                        # seed: dL/dL = 1
     L_n_bar = L_bar/N                                # mean over the batch
-    z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+    z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot
     h1_bar = W2^T @ z2_bar                           # matmul
     z1_bar = h1_bar*(1 - h1**2)                      # tanh
     b2_bar = z2_bar (summed over the batch)          # add
@@ -77,11 +77,22 @@ def _batched(shape):
     return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
+def _subclass(value):
+    """The name of ``value``'s type when it is an ndarray subclass other than np.memmap
+    (np.matrix: ``*`` is a matrix product; a masked array: the mask would be dropped)."""
+    t = type(value)
+    if t is np.ndarray or not isinstance(value, np.ndarray) or isinstance(value, np.memmap):
+        return None
+    module = "numpy.ma" if t.__module__.startswith("numpy.ma") else t.__module__
+    return f"{module}.{t.__qualname__}"
+
+
 def _check(where, params, inputs):
     """Raise ValueError, naming the argument, the expected and the given, unless
 
     - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
-      shape and of a floating dtype;
+      shape and of a floating dtype, and no ndarray subclass (np.matrix, a masked
+      array) among params and inputs;
     - each input given (not None) has a leading batch axis and then its
       INPUT_SHAPES shape, and all of them the same batch size;
     - float inputs have a real numeric dtype (bool, integer or floating);
@@ -98,6 +109,9 @@ def _check(where, params, inputs):
         except AttributeError:
             raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
                              f"expected an array of shape {shape}") from None
+        sub = _subclass(p)
+        if sub:
+            raise ValueError(f"{where}: params[{name!r}] is a {sub}; expected a numpy.ndarray")
         if given != shape:
             raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
         if kind != "f":
@@ -107,6 +121,9 @@ def _check(where, params, inputs):
     for name, value in inputs.items():
         if value is None:
             continue
+        sub = _subclass(value)
+        if sub:
+            raise ValueError(f"{where}: {name} is a {sub}; expected a numpy.ndarray")
         try:
             given, kind = value.shape, value.dtype.kind
         except AttributeError:   # a list, a number: read as NumPy will read it
@@ -164,6 +181,7 @@ def predict(params, *, x, label=None, check=True):
     # z1 = W1 @ x + b1
     t0 = x @ W1.T
     # h1 = tanh(z1)
+    # fused, in place: h1 = tanh(b1 + t0)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.tanh(h1, out=h1)
@@ -173,6 +191,7 @@ def predict(params, *, x, label=None, check=True):
     z2 += b2
     # y_hat = softmax(z2)
     t2 = z2.max(axis=1, keepdims=True)
+    # fused, in place: t3 = exp(z2 - t2)
     t3 = z2  # in place: z2 is not read again
     t3 -= t2
     np.exp(t3, out=t3)
@@ -198,6 +217,7 @@ def loss(params, *, x, label, check=True):
     # z1 = W1 @ x + b1
     t0 = x @ W1.T
     # h1 = tanh(z1)
+    # fused, in place: h1 = tanh(b1 + t0)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.tanh(h1, out=h1)
@@ -207,16 +227,13 @@ def loss(params, *, x, label, check=True):
     z2 += b2
     # L_n = cross_entropy(y_hat, label)
     t2 = z2.max(axis=1, keepdims=True)
-    t3 = np.exp(z2 - t2)
-    t4 = t3.sum(axis=1, keepdims=True)
+    t4 = np.exp(z2 - t2).sum(axis=1, keepdims=True)
     t5 = z2[rows, label]
-    t6 = t2[:, 0]
-    t7 = t4[:, 0]
+    # fused, in place: L_n = t2[:, 0] + log(t4[:, 0]) - t5
     L_n = t5  # in place: t5 is not read again
-    np.subtract(t6 + np.log(t7), L_n, out=L_n)
+    np.subtract(t2[:, 0] + np.log(t4[:, 0]), L_n, out=L_n)
     # L = mean over the batch of L_n
-    t8 = L_n.sum(axis=0)
-    L = t8/N
+    L = L_n.sum(axis=0)/N
     return float(L)
 
 
@@ -237,6 +254,7 @@ def value_and_grad(params, *, x, label, check=True):
     # z1 = W1 @ x + b1
     t0 = x @ W1.T
     # h1 = tanh(z1)
+    # fused, in place: h1 = tanh(b1 + t0)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.tanh(h1, out=h1)
@@ -247,31 +265,26 @@ def value_and_grad(params, *, x, label, check=True):
     # L_n = cross_entropy(y_hat, label)
     t2 = z2.max(axis=1, keepdims=True)
     t3 = np.exp(z2 - t2)
-    t4 = t3.sum(axis=1, keepdims=True)
     t5 = z2[rows, label]
-    t6 = t2[:, 0]
-    t7 = t4[:, 0]
+    t7 = t3.sum(axis=1, keepdims=True)[:, 0]
+    # fused, in place: L_n = t2[:, 0] + log(t7) - t5
     L_n = t5  # in place: t5 is not read again
-    np.subtract(t6 + np.log(t7), L_n, out=L_n)
+    np.subtract(t2[:, 0] + np.log(t7), L_n, out=L_n)
     # L = mean over the batch of L_n
-    t8 = L_n.sum(axis=0)
-    L = t8/N
+    L = L_n.sum(axis=0)/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
-    # z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+    # z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot
     t9 = 1/N
-    t10 = -t9
-    t11 = t9/t7
-    t12 = t11[:, None]
     z2_bar = t3  # in place: t3 is not read again
-    z2_bar *= t12
-    z2_bar[rows, label] += t10
-    # h1_bar = W2^T @ z2_bar   # matmul
+    z2_bar *= (t9/t7)[:, None]
+    z2_bar[rows, label] -= t9
     # b2_bar = z2_bar (summed over the batch)   # add
     b2_bar = ones @ z2_bar
     # W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     W2_bar = z2_bar.T @ h1
+    # h1_bar = W2^T @ z2_bar   # matmul
     h1_bar = z2_bar @ W2
     # z1_bar = h1_bar*(1 - h1**2)   # tanh
     z1_bar = h1  # in place: h1 is not read again

@@ -28,28 +28,31 @@ Forward equations:
     z2 = W2 @ h1 + b2                shape [16]
     h2 = sigmoid(z2)                 shape [16]
     z3 = W3 @ h2 + b3                shape [2]
+    q1 = z3 - y                      shape [2]
+    q2 = (z3 - y)**2                 shape [2]
+    q3 = sum((z3 - y)**2)            shape []
     L_n = sum((z3 - y)**2) / 2       shape []
     L = mean over the batch of L_n   shape []
 
 Adjoint equations, in the order the backward pass computes them (each adjoint is
 the sum over the consumers of its node of consumer_bar * local derivative):
 
-    L_bar = 1                                                      # seed: dL/dL = 1
-    L_n_bar = L_bar/N                                              # mean over the batch
-    (sum(((z3 - y)**2)))_bar = L_n_bar/2                           # div
-    ((z3 - y)**2)_bar = (sum(((z3 - y)**2)))_bar (broadcast back over the summed axes)   # sum
-    (z3 - y)_bar = ((z3 - y)**2)_bar*(2*z3 - 2*y)                  # pow
-    z3_bar = (z3 - y)_bar                                          # sub
-    h2_bar = W3^T @ z3_bar                                         # matmul
-    z2_bar = h2*h2_bar*(1 - h2)                                    # sigmoid
-    h1_bar = W2^T @ z2_bar                                         # matmul
-    z1_bar = h1_bar*(h1 > 0)                                       # relu
-    b3_bar = z3_bar (summed over the batch)                        # add
-    W3_bar = z3_bar h2^T (summed over the batch)                   # matmul
-    b2_bar = z2_bar (summed over the batch)                        # add
-    W2_bar = z2_bar h1^T (summed over the batch)                   # matmul
-    b1_bar = z1_bar (summed over the batch)                        # add
-    W1_bar = z1_bar x^T (summed over the batch)                    # matmul
+    L_bar = 1                                               # seed: dL/dL = 1
+    L_n_bar = L_bar/N                                       # mean over the batch
+    q3_bar = L_n_bar/2                                      # div
+    q2_bar = q3_bar (broadcast back over the summed axes)   # sum
+    q1_bar = 2*q2_bar*(z3 - y)                              # pow
+    z3_bar = q1_bar                                         # sub
+    h2_bar = W3^T @ z3_bar                                  # matmul
+    z2_bar = h2*h2_bar*(1 - h2)                             # sigmoid
+    h1_bar = W2^T @ z2_bar                                  # matmul
+    z1_bar = h1_bar*(h1 > 0)                                # relu
+    b3_bar = z3_bar (summed over the batch)                 # add
+    W3_bar = z3_bar h2^T (summed over the batch)            # matmul
+    b2_bar = z2_bar (summed over the batch)                 # add
+    W2_bar = z2_bar h1^T (summed over the batch)            # matmul
+    b1_bar = z1_bar (summed over the batch)                 # add
+    W1_bar = z1_bar x^T (summed over the batch)             # matmul
 
 Every function that takes inputs checks its arguments first: params holds each
 name of PARAM_SHAPES as a floating array of exactly that shape; each input has a
@@ -81,11 +84,22 @@ def _batched(shape):
     return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
+def _subclass(value):
+    """The name of ``value``'s type when it is an ndarray subclass other than np.memmap
+    (np.matrix: ``*`` is a matrix product; a masked array: the mask would be dropped)."""
+    t = type(value)
+    if t is np.ndarray or not isinstance(value, np.ndarray) or isinstance(value, np.memmap):
+        return None
+    module = "numpy.ma" if t.__module__.startswith("numpy.ma") else t.__module__
+    return f"{module}.{t.__qualname__}"
+
+
 def _check(where, params, inputs):
     """Raise ValueError, naming the argument, the expected and the given, unless
 
     - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
-      shape and of a floating dtype;
+      shape and of a floating dtype, and no ndarray subclass (np.matrix, a masked
+      array) among params and inputs;
     - each input given (not None) has a leading batch axis and then its
       INPUT_SHAPES shape, and all of them the same batch size;
     - float inputs have a real numeric dtype (bool, integer or floating);
@@ -102,6 +116,9 @@ def _check(where, params, inputs):
         except AttributeError:
             raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
                              f"expected an array of shape {shape}") from None
+        sub = _subclass(p)
+        if sub:
+            raise ValueError(f"{where}: params[{name!r}] is a {sub}; expected a numpy.ndarray")
         if given != shape:
             raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
         if kind != "f":
@@ -111,6 +128,9 @@ def _check(where, params, inputs):
     for name, value in inputs.items():
         if value is None:
             continue
+        sub = _subclass(value)
+        if sub:
+            raise ValueError(f"{where}: {name} is a {sub}; expected a numpy.ndarray")
         try:
             given, kind = value.shape, value.dtype.kind
         except AttributeError:   # a list, a number: read as NumPy will read it
@@ -172,12 +192,14 @@ def predict(params, *, x, y=None, check=True):
     # z1 = W1 @ x + b1
     t0 = x @ W1.T
     # h1 = relu(z1)
+    # fused, in place: h1 = relu(b1 + t0)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.maximum(h1, 0, out=h1)
     # z2 = W2 @ h1 + b2
     t1 = h1 @ W2.T
     # h2 = sigmoid(z2)
+    # fused, in place: h2 = sigmoid(b2 + t1)
     h2 = t1  # in place: t1 is not read again
     h2 += b2
     h2 *= 1/2
@@ -208,12 +230,14 @@ def loss(params, *, x, y, check=True):
     # z1 = W1 @ x + b1
     t0 = x @ W1.T
     # h1 = relu(z1)
+    # fused, in place: h1 = relu(b1 + t0)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.maximum(h1, 0, out=h1)
     # z2 = W2 @ h1 + b2
     t1 = h1 @ W2.T
     # h2 = sigmoid(z2)
+    # fused, in place: h2 = sigmoid(b2 + t1)
     h2 = t1  # in place: t1 is not read again
     h2 += b2
     h2 *= 1/2
@@ -223,6 +247,7 @@ def loss(params, *, x, y, check=True):
     # z3 = W3 @ h2 + b3
     t2 = h2 @ W3.T
     # L_n = sum((z3 - y)**2) / 2
+    # fused, in place: t3 = (b3 + t2 - y)**2
     t3 = t2  # in place: t2 is not read again
     t3 += b3 - y
     np.square(t3, out=t3)
@@ -230,8 +255,7 @@ def loss(params, *, x, y, check=True):
     L_n = t4  # in place: t4 is not read again
     L_n /= 2
     # L = mean over the batch of L_n
-    t5 = L_n.sum(axis=0)
-    L = t5/N
+    L = L_n.sum(axis=0)/N
     return float(L)
 
 
@@ -253,12 +277,14 @@ def value_and_grad(params, *, x, y, check=True):
     # z1 = W1 @ x + b1
     t0 = x @ W1.T
     # h1 = relu(z1)
+    # fused, in place: h1 = relu(b1 + t0)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.maximum(h1, 0, out=h1)
     # z2 = W2 @ h1 + b2
     t1 = h1 @ W2.T
     # h2 = sigmoid(z2)
+    # fused, in place: h2 = sigmoid(b2 + t1)
     h2 = t1  # in place: t1 is not read again
     h2 += b2
     h2 *= 1/2
@@ -270,36 +296,34 @@ def value_and_grad(params, *, x, y, check=True):
     # L_n = sum((z3 - y)**2) / 2
     t3 = t2  # in place: t2 is not read again
     t3 += b3 - y
-    t4 = t3**2
-    t5 = t4.sum(axis=1)
+    t5 = (t3**2).sum(axis=1)
     L_n = t5  # in place: t5 is not read again
     L_n /= 2
     # L = mean over the batch of L_n
-    t6 = L_n.sum(axis=0)
-    L = t6/N
+    L = L_n.sum(axis=0)/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
-    # (sum(((z3 - y)**2)))_bar = L_n_bar/2   # div
-    # ((z3 - y)**2)_bar = (sum(((z3 - y)**2)))_bar (broadcast back over the summed axes)   # sum
-    # (z3 - y)_bar = ((z3 - y)**2)_bar*(2*z3 - 2*y)   # pow
-    # z3_bar = (z3 - y)_bar   # sub
+    # q3_bar = L_n_bar/2   # div
+    # q2_bar = q3_bar (broadcast back over the summed axes)   # sum
+    # q1_bar = 2*q2_bar*(z3 - y)   # pow
+    # z3_bar = q1_bar   # sub
     z3_bar = t3  # in place: t3 is not read again
     z3_bar /= N
-    # h2_bar = W3^T @ z3_bar   # matmul
     # b3_bar = z3_bar (summed over the batch)   # add
     b3_bar = ones @ z3_bar
     # W3_bar = z3_bar h2^T (summed over the batch)   # matmul
     W3_bar = z3_bar.T @ h2
+    # h2_bar = W3^T @ z3_bar   # matmul
     h2_bar = z3_bar @ W3
     # z2_bar = h2*h2_bar*(1 - h2)   # sigmoid
     z2_bar = h2_bar  # in place: h2_bar is not read again
     z2_bar *= h2*(1 - h2)
-    # h1_bar = W2^T @ z2_bar   # matmul
     # b2_bar = z2_bar (summed over the batch)   # add
     b2_bar = ones @ z2_bar
     # W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     W2_bar = z2_bar.T @ h1
+    # h1_bar = W2^T @ z2_bar   # matmul
     h1_bar = z2_bar @ W2
     # z1_bar = h1_bar*(h1 > 0)   # relu
     z1_bar = h1  # in place: h1 is not read again

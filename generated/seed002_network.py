@@ -49,6 +49,7 @@ Forward equations:
     z1 = w11 * x1 + w21 * x2        shape []
     h1 = z1                         shape []
     z2 = w12 * x1 + w22 * x2        shape []
+    q1 = z2**2                      shape []
     h2 = z2**2 / 2                  shape []
     z3 = v11 * h1                   shape []
     h3 = 2 * z3                     shape []
@@ -56,6 +57,8 @@ Forward equations:
     h4 = exp(z4)                    shape []
     zo = u1 * h3 + u2 * h4          shape []
     o = sin(zo)                     shape []
+    q2 = o - t                      shape []
+    q3 = (o - t)**2                 shape []
     L_n = (o - t)**2 / 2            shape []
     L = sum over the batch of L_n   shape []
 
@@ -64,17 +67,17 @@ the sum over the consumers of its node of consumer_bar * local derivative):
 
     L_bar = 1                                     # seed: dL/dL = 1
     L_n_bar = L_bar                               # sum over the batch
-    ((o - t)**2)_bar = L_n_bar/2                  # div
-    (o - t)_bar = ((o - t)**2)_bar*(2*o - 2*t)    # pow
-    o_bar = (o - t)_bar                           # sub
+    q3_bar = L_n_bar/2                            # div
+    q2_bar = 2*q3_bar*(o - t)                     # pow
+    o_bar = q2_bar                                # sub
     zo_bar = o_bar*cos(zo)                        # sin
     h4_bar = u2*zo_bar                            # mul
     z4_bar = h4*h4_bar                            # exp
     h3_bar = u1*zo_bar                            # mul
     z3_bar = 2*h3_bar                             # mul
     h2_bar = v22*z4_bar                           # mul
-    (z2**2)_bar = h2_bar/2                        # div
-    z2_bar = 2*(z2**2)_bar*z2                     # pow
+    q1_bar = h2_bar/2                             # div
+    z2_bar = 2*q1_bar*z2                          # pow
     z1_bar = v12*z4_bar + v11*z3_bar              # sum over consumers (mul, mul)
     u2_bar = h4*zo_bar (summed over the batch)    # mul
     u1_bar = h3*zo_bar (summed over the batch)    # mul
@@ -116,11 +119,22 @@ def _batched(shape):
     return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
+def _subclass(value):
+    """The name of ``value``'s type when it is an ndarray subclass other than np.memmap
+    (np.matrix: ``*`` is a matrix product; a masked array: the mask would be dropped)."""
+    t = type(value)
+    if t is np.ndarray or not isinstance(value, np.ndarray) or isinstance(value, np.memmap):
+        return None
+    module = "numpy.ma" if t.__module__.startswith("numpy.ma") else t.__module__
+    return f"{module}.{t.__qualname__}"
+
+
 def _check(where, params, inputs):
     """Raise ValueError, naming the argument, the expected and the given, unless
 
     - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
-      shape and of a floating dtype;
+      shape and of a floating dtype, and no ndarray subclass (np.matrix, a masked
+      array) among params and inputs;
     - each input given (not None) has a leading batch axis and then its
       INPUT_SHAPES shape, and all of them the same batch size;
     - float inputs have a real numeric dtype (bool, integer or floating);
@@ -137,6 +151,9 @@ def _check(where, params, inputs):
         except AttributeError:
             raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
                              f"expected an array of shape {shape}") from None
+        sub = _subclass(p)
+        if sub:
+            raise ValueError(f"{where}: params[{name!r}] is a {sub}; expected a numpy.ndarray")
         if given != shape:
             raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
         if kind != "f":
@@ -146,6 +163,9 @@ def _check(where, params, inputs):
     for name, value in inputs.items():
         if value is None:
             continue
+        sub = _subclass(value)
+        if sub:
+            raise ValueError(f"{where}: {name} is a {sub}; expected a numpy.ndarray")
         try:
             given, kind = value.shape, value.dtype.kind
         except AttributeError:   # a list, a number: read as NumPy will read it
@@ -293,9 +313,9 @@ def value_and_grad(params, *, x1, x2, t, check=True):
     # L_n = (o - t)**2 / 2
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar   # sum over the batch
-    # ((o - t)**2)_bar = L_n_bar/2   # div
-    # (o - t)_bar = ((o - t)**2)_bar*(2*o - 2*t)   # pow
-    # o_bar = (o - t)_bar   # sub
+    # q3_bar = L_n_bar/2   # div
+    # q2_bar = 2*q3_bar*(o - t)   # pow
+    # o_bar = q2_bar   # sub
     o_bar = np.sin(zo) - t
     L_n = (1/2)*o_bar**2
     # L = sum over the batch of L_n
@@ -305,34 +325,35 @@ def value_and_grad(params, *, x1, x2, t, check=True):
     zo_bar = zo  # in place: zo is not read again
     np.cos(zo_bar, out=zo_bar)
     zo_bar *= o_bar
-    # h4_bar = u2*zo_bar   # mul
     # u2_bar = h4*zo_bar (summed over the batch)   # mul
     u2_bar = h4 @ zo_bar
     # u1_bar = h3*zo_bar (summed over the batch)   # mul
     u1_bar = h3 @ zo_bar
+    # h4_bar = u2*zo_bar   # mul
     # z4_bar = h4*h4_bar   # exp
     z4_bar = h4  # in place: h4 is not read again
     z4_bar *= u2*zo_bar
-    # h3_bar = u1*zo_bar   # mul
     # v22_bar = h2*z4_bar (summed over the batch)   # mul
     v22_bar = h2 @ z4_bar
     # v12_bar = z1*z4_bar (summed over the batch)   # mul
     v12_bar = z1 @ z4_bar
+    # h3_bar = u1*zo_bar   # mul
     # z3_bar = 2*h3_bar   # mul
     z3_bar = zo_bar  # in place: zo_bar is not read again
     z3_bar *= 2*u1
-    # h2_bar = v22*z4_bar   # mul
     # v11_bar = z1*z3_bar (summed over the batch)   # mul
     v11_bar = z1 @ z3_bar
-    # (z2**2)_bar = h2_bar/2   # div
-    # z2_bar = 2*(z2**2)_bar*z2   # pow
+    # h2_bar = v22*z4_bar   # mul
+    # q1_bar = h2_bar/2   # div
+    # z2_bar = 2*q1_bar*z2   # pow
     z2_bar = z2  # in place: z2 is not read again
     z2_bar *= v22*z4_bar
-    # z1_bar = v12*z4_bar + v11*z3_bar   # sum over consumers (mul, mul)
     # w22_bar = x2*z2_bar (summed over the batch)   # mul
     w22_bar = x2 @ z2_bar
     # w12_bar = x1*z2_bar (summed over the batch)   # mul
     w12_bar = x1 @ z2_bar
+    # z1_bar = v12*z4_bar + v11*z3_bar   # sum over consumers (mul, mul)
+    # fused, in place: z1_bar = v11*z3_bar + v12*z4_bar
     z1_bar = z4_bar  # in place: z4_bar is not read again
     z1_bar *= v12
     z1_bar += v11*z3_bar

@@ -63,11 +63,22 @@ def _batched(shape):
     return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
+def _subclass(value):
+    """The name of ``value``'s type when it is an ndarray subclass other than np.memmap
+    (np.matrix: ``*`` is a matrix product; a masked array: the mask would be dropped)."""
+    t = type(value)
+    if t is np.ndarray or not isinstance(value, np.ndarray) or isinstance(value, np.memmap):
+        return None
+    module = "numpy.ma" if t.__module__.startswith("numpy.ma") else t.__module__
+    return f"{module}.{t.__qualname__}"
+
+
 def _check(where, params, inputs):
     """Raise ValueError, naming the argument, the expected and the given, unless
 
     - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
-      shape and of a floating dtype;
+      shape and of a floating dtype, and no ndarray subclass (np.matrix, a masked
+      array) among params and inputs;
     - each input given (not None) has a leading batch axis and then its
       INPUT_SHAPES shape, and all of them the same batch size;
     - float inputs have a real numeric dtype (bool, integer or floating);
@@ -84,6 +95,9 @@ def _check(where, params, inputs):
         except AttributeError:
             raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
                              f"expected an array of shape {shape}") from None
+        sub = _subclass(p)
+        if sub:
+            raise ValueError(f"{where}: params[{name!r}] is a {sub}; expected a numpy.ndarray")
         if given != shape:
             raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
         if kind != "f":
@@ -93,6 +107,9 @@ def _check(where, params, inputs):
     for name, value in inputs.items():
         if value is None:
             continue
+        sub = _subclass(value)
+        if sub:
+            raise ValueError(f"{where}: {name} is a {sub}; expected a numpy.ndarray")
         try:
             given, kind = value.shape, value.dtype.kind
         except AttributeError:   # a list, a number: read as NumPy will read it

@@ -32,20 +32,21 @@ Forward equations:
 
     h = W1 @ x                      shape [2]
     y_hat = w2 @ h                  shape []
+    q1 = y - y_hat                  shape []
     L_n = (y - y_hat)**2            shape []
     L = sum over the batch of L_n   shape []
 
 Adjoint equations, in the order the backward pass computes them (each adjoint is
 the sum over the consumers of its node of consumer_bar * local derivative):
 
-    L_bar = 1                                                      # seed: dL/dL = 1
-    L_n_bar = L_bar                                                # sum over the batch
-    (y - y_hat)_bar = L_n_bar*(2*y - 2*y_hat)                      # pow
-    y_hat_bar = -(y - y_hat)_bar                                   # sub
-    h_bar = einsum('i,->i', w2, y_hat_bar)                         # dot
-    w2_bar = einsum(',i->i', y_hat_bar, h) (summed over the batch)   # dot
-    W1_bar = h_bar x^T (summed over the batch)                     # matmul
-    x_bar = W1^T @ h_bar                                           # matmul
+    L_bar = 1                                      # seed: dL/dL = 1
+    L_n_bar = L_bar                                # sum over the batch
+    q1_bar = 2*L_n_bar*(y - y_hat)                 # pow
+    y_hat_bar = -q1_bar                            # sub
+    h_bar = w2*y_hat_bar                           # dot
+    w2_bar = h*y_hat_bar (summed over the batch)   # dot
+    W1_bar = h_bar x^T (summed over the batch)     # matmul
+    x_bar = W1^T @ h_bar                           # matmul
 
 Every function that takes inputs checks its arguments first: params holds each
 name of PARAM_SHAPES as a floating array of exactly that shape; each input has a
@@ -77,11 +78,22 @@ def _batched(shape):
     return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
+def _subclass(value):
+    """The name of ``value``'s type when it is an ndarray subclass other than np.memmap
+    (np.matrix: ``*`` is a matrix product; a masked array: the mask would be dropped)."""
+    t = type(value)
+    if t is np.ndarray or not isinstance(value, np.ndarray) or isinstance(value, np.memmap):
+        return None
+    module = "numpy.ma" if t.__module__.startswith("numpy.ma") else t.__module__
+    return f"{module}.{t.__qualname__}"
+
+
 def _check(where, params, inputs):
     """Raise ValueError, naming the argument, the expected and the given, unless
 
     - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
-      shape and of a floating dtype;
+      shape and of a floating dtype, and no ndarray subclass (np.matrix, a masked
+      array) among params and inputs;
     - each input given (not None) has a leading batch axis and then its
       INPUT_SHAPES shape, and all of them the same batch size;
     - float inputs have a real numeric dtype (bool, integer or floating);
@@ -98,6 +110,9 @@ def _check(where, params, inputs):
         except AttributeError:
             raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
                              f"expected an array of shape {shape}") from None
+        sub = _subclass(p)
+        if sub:
+            raise ValueError(f"{where}: params[{name!r}] is a {sub}; expected a numpy.ndarray")
         if given != shape:
             raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
         if kind != "f":
@@ -107,6 +122,9 @@ def _check(where, params, inputs):
     for name, value in inputs.items():
         if value is None:
             continue
+        sub = _subclass(value)
+        if sub:
+            raise ValueError(f"{where}: {name} is a {sub}; expected a numpy.ndarray")
         try:
             given, kind = value.shape, value.dtype.kind
         except AttributeError:   # a list, a number: read as NumPy will read it
@@ -200,6 +218,7 @@ def value_and_grad(params, *, x, y, check=True):
     # y_hat = w2 @ h
     y_hat = w2 @ h.T
     # L_n = (y - y_hat)**2
+    # fused, in place: t0 = y - y_hat
     t0 = y_hat  # in place: y_hat is not read again
     np.subtract(y, t0, out=t0)
     L_n = t0**2
@@ -208,13 +227,13 @@ def value_and_grad(params, *, x, y, check=True):
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar   # sum over the batch
-    # (y - y_hat)_bar = L_n_bar*(2*y - 2*y_hat)   # pow
-    # y_hat_bar = -(y - y_hat)_bar   # sub
+    # q1_bar = 2*L_n_bar*(y - y_hat)   # pow
+    # y_hat_bar = -q1_bar   # sub
     y_hat_bar = t0  # in place: t0 is not read again
     y_hat_bar *= -2
-    # h_bar = einsum('i,->i', w2, y_hat_bar)   # dot
-    # w2_bar = einsum(',i->i', y_hat_bar, h) (summed over the batch)   # dot
+    # w2_bar = h*y_hat_bar (summed over the batch)   # dot
     w2_bar = y_hat_bar @ h
+    # h_bar = w2*y_hat_bar   # dot
     h_bar = np.outer(y_hat_bar, w2)
     # W1_bar = h_bar x^T (summed over the batch)   # matmul
     W1_bar = h_bar.T @ x

@@ -37,7 +37,7 @@ the sum over the consumers of its node of consumer_bar * local derivative):
 
     L_bar = 1                                      # seed: dL/dL = 1
     L_n_bar = L_bar/N                              # mean over the batch
-    a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+    a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot
     b_bar = a_bar (summed over the batch)          # add
     W_bar = a_bar h^T (summed over the batch)      # matmul
     h_bar = W^T @ a_bar                            # matmul
@@ -72,11 +72,22 @@ def _batched(shape):
     return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
+def _subclass(value):
+    """The name of ``value``'s type when it is an ndarray subclass other than np.memmap
+    (np.matrix: ``*`` is a matrix product; a masked array: the mask would be dropped)."""
+    t = type(value)
+    if t is np.ndarray or not isinstance(value, np.ndarray) or isinstance(value, np.memmap):
+        return None
+    module = "numpy.ma" if t.__module__.startswith("numpy.ma") else t.__module__
+    return f"{module}.{t.__qualname__}"
+
+
 def _check(where, params, inputs):
     """Raise ValueError, naming the argument, the expected and the given, unless
 
     - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
-      shape and of a floating dtype;
+      shape and of a floating dtype, and no ndarray subclass (np.matrix, a masked
+      array) among params and inputs;
     - each input given (not None) has a leading batch axis and then its
       INPUT_SHAPES shape, and all of them the same batch size;
     - float inputs have a real numeric dtype (bool, integer or floating);
@@ -93,6 +104,9 @@ def _check(where, params, inputs):
         except AttributeError:
             raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
                              f"expected an array of shape {shape}") from None
+        sub = _subclass(p)
+        if sub:
+            raise ValueError(f"{where}: params[{name!r}] is a {sub}; expected a numpy.ndarray")
         if given != shape:
             raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
         if kind != "f":
@@ -102,6 +116,9 @@ def _check(where, params, inputs):
     for name, value in inputs.items():
         if value is None:
             continue
+        sub = _subclass(value)
+        if sub:
+            raise ValueError(f"{where}: {name} is a {sub}; expected a numpy.ndarray")
         try:
             given, kind = value.shape, value.dtype.kind
         except AttributeError:   # a list, a number: read as NumPy will read it
@@ -158,6 +175,7 @@ def predict(params, *, h, label=None, check=True):
     a += b
     # y_hat = softmax(a)
     t1 = a.max(axis=1, keepdims=True)
+    # fused, in place: t2 = exp(a - t1)
     t2 = a  # in place: a is not read again
     t2 -= t1
     np.exp(t2, out=t2)
@@ -184,16 +202,13 @@ def loss(params, *, h, label, check=True):
     a += b
     # L_n = cross_entropy(y_hat, label)
     t1 = a.max(axis=1, keepdims=True)
-    t2 = np.exp(a - t1)
-    t3 = t2.sum(axis=1, keepdims=True)
+    t3 = np.exp(a - t1).sum(axis=1, keepdims=True)
     t4 = a[rows, label]
-    t5 = t1[:, 0]
-    t6 = t3[:, 0]
+    # fused, in place: L_n = t1[:, 0] + log(t3[:, 0]) - t4
     L_n = t4  # in place: t4 is not read again
-    np.subtract(t5 + np.log(t6), L_n, out=L_n)
+    np.subtract(t1[:, 0] + np.log(t3[:, 0]), L_n, out=L_n)
     # L = mean over the batch of L_n
-    t7 = L_n.sum(axis=0)
-    L = t7/N
+    L = L_n.sum(axis=0)/N
     return float(L)
 
 
@@ -216,26 +231,21 @@ def value_and_grad(params, *, h, label, check=True):
     # L_n = cross_entropy(y_hat, label)
     t1 = a.max(axis=1, keepdims=True)
     t2 = np.exp(a - t1)
-    t3 = t2.sum(axis=1, keepdims=True)
     t4 = a[rows, label]
-    t5 = t1[:, 0]
-    t6 = t3[:, 0]
+    t6 = t2.sum(axis=1, keepdims=True)[:, 0]
+    # fused, in place: L_n = t1[:, 0] + log(t6) - t4
     L_n = t4  # in place: t4 is not read again
-    np.subtract(t5 + np.log(t6), L_n, out=L_n)
+    np.subtract(t1[:, 0] + np.log(t6), L_n, out=L_n)
     # L = mean over the batch of L_n
-    t7 = L_n.sum(axis=0)
-    L = t7/N
+    L = L_n.sum(axis=0)/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
-    # a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+    # a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot
     t8 = 1/N
-    t9 = -t8
-    t10 = t8/t6
-    t11 = t10[:, None]
     a_bar = t2  # in place: t2 is not read again
-    a_bar *= t11
-    a_bar[rows, label] += t9
+    a_bar *= (t8/t6)[:, None]
+    a_bar[rows, label] -= t8
     # b_bar = a_bar (summed over the batch)   # add
     b_bar = ones @ a_bar
     # W_bar = a_bar h^T (summed over the batch)   # matmul

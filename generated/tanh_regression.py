@@ -36,6 +36,7 @@ Forward equations:
     e = tanh(a)                      shape [3]
     f = v * e                        shape [3]
     g = sum(f)                       shape []
+    q1 = y - g                       shape []
     L_n = (y - g)**2                 shape []
     L = mean over the batch of L_n   shape []
 
@@ -44,8 +45,8 @@ the sum over the consumers of its node of consumer_bar * local derivative):
 
     L_bar = 1                                             # seed: dL/dL = 1
     L_n_bar = L_bar/N                                     # mean over the batch
-    (y - g)_bar = L_n_bar*(2*y - 2*g)                     # pow
-    g_bar = -(y - g)_bar                                  # sub
+    q1_bar = 2*L_n_bar*(y - g)                            # pow
+    g_bar = -q1_bar                                       # sub
     f_bar = g_bar (broadcast back over the summed axes)   # sum
     e_bar = f_bar*v                                       # mul
     a_bar = e_bar*(1 - e**2)                              # tanh
@@ -84,11 +85,22 @@ def _batched(shape):
     return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
+def _subclass(value):
+    """The name of ``value``'s type when it is an ndarray subclass other than np.memmap
+    (np.matrix: ``*`` is a matrix product; a masked array: the mask would be dropped)."""
+    t = type(value)
+    if t is np.ndarray or not isinstance(value, np.ndarray) or isinstance(value, np.memmap):
+        return None
+    module = "numpy.ma" if t.__module__.startswith("numpy.ma") else t.__module__
+    return f"{module}.{t.__qualname__}"
+
+
 def _check(where, params, inputs):
     """Raise ValueError, naming the argument, the expected and the given, unless
 
     - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
-      shape and of a floating dtype;
+      shape and of a floating dtype, and no ndarray subclass (np.matrix, a masked
+      array) among params and inputs;
     - each input given (not None) has a leading batch axis and then its
       INPUT_SHAPES shape, and all of them the same batch size;
     - float inputs have a real numeric dtype (bool, integer or floating);
@@ -105,6 +117,9 @@ def _check(where, params, inputs):
         except AttributeError:
             raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
                              f"expected an array of shape {shape}") from None
+        sub = _subclass(p)
+        if sub:
+            raise ValueError(f"{where}: params[{name!r}] is a {sub}; expected a numpy.ndarray")
         if given != shape:
             raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
         if kind != "f":
@@ -114,6 +129,9 @@ def _check(where, params, inputs):
     for name, value in inputs.items():
         if value is None:
             continue
+        sub = _subclass(value)
+        if sub:
+            raise ValueError(f"{where}: {name} is a {sub}; expected a numpy.ndarray")
         try:
             given, kind = value.shape, value.dtype.kind
         except AttributeError:   # a list, a number: read as NumPy will read it
@@ -171,6 +189,7 @@ def predict(params, *, x, y=None, check=True):
     # a = d + b
     # e = tanh(a)
     # f = v * e
+    # fused, in place: f = v*tanh(b + d)
     f = d  # in place: d is not read again
     f += b
     np.tanh(f, out=f)
@@ -196,6 +215,7 @@ def loss(params, *, x, y, check=True):
     # a = d + b
     # e = tanh(a)
     # f = v * e
+    # fused, in place: f = v*tanh(b + d)
     f = d  # in place: d is not read again
     f += b
     np.tanh(f, out=f)
@@ -207,8 +227,7 @@ def loss(params, *, x, y, check=True):
     np.subtract(y, L_n, out=L_n)
     np.square(L_n, out=L_n)
     # L = mean over the batch of L_n
-    t0 = L_n.sum(axis=0)
-    L = t0/N
+    L = L_n.sum(axis=0)/N
     return float(L)
 
 
@@ -228,6 +247,7 @@ def value_and_grad(params, *, x, y, check=True):
     d = x @ W.T
     # a = d + b
     # e = tanh(a)
+    # fused, in place: e = tanh(b + d)
     e = d  # in place: d is not read again
     e += b
     np.tanh(e, out=e)
@@ -236,26 +256,28 @@ def value_and_grad(params, *, x, y, check=True):
     # g = sum(f)
     g = f.sum(axis=1)
     # L_n = (y - g)**2
+    # fused, in place: t0 = y - g
     t0 = g  # in place: g is not read again
     np.subtract(y, t0, out=t0)
     L_n = t0**2
     # L = mean over the batch of L_n
-    t1 = L_n.sum(axis=0)
-    L = t1/N
+    L = L_n.sum(axis=0)/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
-    # (y - g)_bar = L_n_bar*(2*y - 2*g)   # pow
-    # g_bar = -(y - g)_bar   # sub
+    # q1_bar = 2*L_n_bar*(y - g)   # pow
+    # g_bar = -q1_bar   # sub
+    # fused, in place: g_bar = -2*t0/N
     g_bar = t0  # in place: t0 is not read again
     g_bar *= -2
     g_bar /= N
-    # f_bar = g_bar (broadcast back over the summed axes)   # sum
-    # e_bar = f_bar*v   # mul
     # v_bar = e*f_bar (summed over the batch)   # mul
     v_bar = e.T @ g_bar
+    # f_bar = g_bar (broadcast back over the summed axes)   # sum
+    # e_bar = f_bar*v   # mul
     # a_bar = e_bar*(1 - e**2)   # tanh
     # d_bar = a_bar   # add
+    # fused, in place: a_bar = g_bar*v*(1 - e**2)
     a_bar = e  # in place: e is not read again
     np.square(a_bar, out=a_bar)
     np.subtract(1, a_bar, out=a_bar)

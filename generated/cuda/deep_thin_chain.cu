@@ -48,32 +48,34 @@
 //     h3 = sigmoid(a3)                 shape []
 //     a4 = w4 * h3 + b4                shape []
 //     y_hat = sigmoid(a4)              shape []
+//     q1 = y - y_hat                   shape []
+//     q2 = (y - y_hat)**2              shape []
 //     L_n = (y - y_hat)**2 / 2         shape []
 //     L = mean over the batch of L_n   shape []
 //
 // Adjoint equations, in the order the backward pass computes them (each adjoint is
 // the sum over the consumers of its node of consumer_bar * local derivative):
 //
-//     L_bar = 1                                                # seed: dL/dL = 1
-//     L_n_bar = L_bar/N                                        # mean over the batch
-//     ((y - y_hat)**2)_bar = L_n_bar/2                         # div
-//     (y - y_hat)_bar = ((y - y_hat)**2)_bar*(2*y - 2*y_hat)   # pow
-//     y_hat_bar = -(y - y_hat)_bar                             # sub
-//     a4_bar = y_hat*y_hat_bar*(1 - y_hat)                     # sigmoid
-//     h3_bar = a4_bar*w4                                       # mul
-//     a3_bar = h3*h3_bar*(1 - h3)                              # sigmoid
-//     h2_bar = a3_bar*w3                                       # mul
-//     a2_bar = h2*h2_bar*(1 - h2)                              # sigmoid
-//     h1_bar = a2_bar*w2                                       # mul
-//     a1_bar = h1*h1_bar*(1 - h1)                              # sigmoid
-//     b4_bar = a4_bar (summed over the batch)                  # add
-//     b3_bar = a3_bar (summed over the batch)                  # add
-//     b2_bar = a2_bar (summed over the batch)                  # add
-//     b1_bar = a1_bar (summed over the batch)                  # add
-//     w4_bar = a4_bar*h3 (summed over the batch)               # mul
-//     w3_bar = a3_bar*h2 (summed over the batch)               # mul
-//     w2_bar = a2_bar*h1 (summed over the batch)               # mul
-//     w1_bar = a1_bar*x (summed over the batch)                # mul
+//     L_bar = 1                                    # seed: dL/dL = 1
+//     L_n_bar = L_bar/N                            # mean over the batch
+//     q2_bar = L_n_bar/2                           # div
+//     q1_bar = 2*q2_bar*(y - y_hat)                # pow
+//     y_hat_bar = -q1_bar                          # sub
+//     a4_bar = y_hat*y_hat_bar*(1 - y_hat)         # sigmoid
+//     h3_bar = a4_bar*w4                           # mul
+//     a3_bar = h3*h3_bar*(1 - h3)                  # sigmoid
+//     h2_bar = a3_bar*w3                           # mul
+//     a2_bar = h2*h2_bar*(1 - h2)                  # sigmoid
+//     h1_bar = a2_bar*w2                           # mul
+//     a1_bar = h1*h1_bar*(1 - h1)                  # sigmoid
+//     b4_bar = a4_bar (summed over the batch)      # add
+//     b3_bar = a3_bar (summed over the batch)      # add
+//     b2_bar = a2_bar (summed over the batch)      # add
+//     b1_bar = a1_bar (summed over the batch)      # add
+//     w4_bar = a4_bar*h3 (summed over the batch)   # mul
+//     w3_bar = a3_bar*h2 (summed over the batch)   # mul
+//     w2_bar = a2_bar*h1 (summed over the batch)   # mul
+//     w1_bar = a1_bar*x (summed over the batch)    # mul
 //
 // Host API (extern "C"): every array is device memory, row-major (C order), with
 // the batch axis first (an input x of per-example shape [3] is N x 3); class labels are int32.  Each
@@ -768,36 +770,36 @@ extern "C" int deep_thin_chain_value_and_grad(
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // L_bar = 1   # seed: dL/dL = 1
     // L_n_bar = L_bar/N   # mean over the batch
-    // ((y - y_hat)**2)_bar = L_n_bar/2   # div
-    // (y - y_hat)_bar = ((y - y_hat)**2)_bar*(2*y - 2*y_hat)   # pow
-    // y_hat_bar = -(y - y_hat)_bar   # sub
+    // q2_bar = L_n_bar/2   # div
+    // q1_bar = 2*q2_bar*(y - y_hat)   # pow
+    // y_hat_bar = -q1_bar   # sub
     // a4_bar = y_hat*y_hat_bar*(1 - y_hat)   # sigmoid
     LAUNCH(kernels::a4_bar, bp_grid((long long)N), 256, 0, a4_bar, y_hat, t0, (real)N, (long long)N);
-    // h3_bar = a4_bar*w4   # mul
     // b4_bar = a4_bar (summed over the batch)   # add
     LAUNCH(kernels::b4_bar, bp_blocks(1), 256, 0, b4_bar, a4_bar, 1, (long long)N);
     // w4_bar = a4_bar*h3 (summed over the batch)   # mul
     // GEMM: w4_bar [1 x 1] = h3 @ a4_bar, h3 [1 x N], a4_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes w4_bar^T = a4_bar^T @ h3^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, N, &_one, a4_bar, 1, h3, N, &_zero, w4_bar, 1));
+    // h3_bar = a4_bar*w4   # mul
     // a3_bar = h3*h3_bar*(1 - h3)   # sigmoid
     LAUNCH(kernels::a3_bar, bp_grid((long long)N), 256, 0, a3_bar, h3, w4, a4_bar, (long long)N);
-    // h2_bar = a3_bar*w3   # mul
     // b3_bar = a3_bar (summed over the batch)   # add
     LAUNCH(kernels::b3_bar, bp_blocks(1), 256, 0, b3_bar, a3_bar, 1, (long long)N);
     // w3_bar = a3_bar*h2 (summed over the batch)   # mul
     // GEMM: w3_bar [1 x 1] = h2 @ a3_bar, h2 [1 x N], a3_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes w3_bar^T = a3_bar^T @ h2^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, N, &_one, a3_bar, 1, h2, N, &_zero, w3_bar, 1));
+    // h2_bar = a3_bar*w3   # mul
     // a2_bar = h2*h2_bar*(1 - h2)   # sigmoid
     LAUNCH(kernels::a2_bar, bp_grid((long long)N), 256, 0, a2_bar, h2, w3, a3_bar, (long long)N);
-    // h1_bar = a2_bar*w2   # mul
     // b2_bar = a2_bar (summed over the batch)   # add
     LAUNCH(kernels::b2_bar, bp_blocks(1), 256, 0, b2_bar, a2_bar, 1, (long long)N);
     // w2_bar = a2_bar*h1 (summed over the batch)   # mul
     // GEMM: w2_bar [1 x 1] = h1 @ a2_bar, h1 [1 x N], a2_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes w2_bar^T = a2_bar^T @ h1^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, N, &_one, a2_bar, 1, h1, N, &_zero, w2_bar, 1));
+    // h1_bar = a2_bar*w2   # mul
     // a1_bar = h1*h1_bar*(1 - h1)   # sigmoid
     LAUNCH(kernels::a1_bar, bp_grid((long long)N), 256, 0, a1_bar, h1, w2, a2_bar, (long long)N);
     // b1_bar = a1_bar (summed over the batch)   # add

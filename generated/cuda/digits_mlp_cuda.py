@@ -4,7 +4,9 @@ Do not edit by hand: recompile with
     bpcompile compile examples/digits_mlp.yaml --target cuda
 
 This loader builds digits_mlp.cu (beside it) with nvcc into a shared library,
-cached in __bpcache__/ beside the source and rebuilt when the source changes, and
+cached in a directory private to the user ($BPCOMPILE_CACHE, else
+$XDG_CACHE_HOME/bpcompile/cuda, else ~/.cache/bpcompile/cuda) under the SHA-256 of
+everything the build reads (never a library found beside the source), and
 exposes the NumPy module's functions over it:
 
     init_params(seed=0), predict(params, **inputs), loss(params, **inputs),
@@ -26,7 +28,7 @@ Environment: BPCOMPILE_NVCC (the nvcc to use; default: PATH, then CUDA_HOME),
 BPCOMPILE_NVCC_ARCH (default native: the GPU of this machine), BPCOMPILE_NVCC_FLAGS
 (more flags, e.g. -I/-L for a cuBLAS outside the toolkit).  BPCOMPILE_CUDA_EMULATE=1
 builds with the host C++ compiler ($CXX, default g++; more flags in BPCOMPILE_CXXFLAGS)
-and cuda_emulation.h (beside the source) instead: the kernels run on the CPU, for
+and cuda_emulation.h (beside the source; hashed with it) instead: the kernels run on the CPU, for
 testing without a GPU.
 """
 
@@ -55,7 +57,7 @@ TRAINED = ('W1', 'b1', 'W2', 'b2')  # the params the update steps change (WRT's 
 GRAD_SHAPES = {'W1': (False, (64, 64)), 'b1': (False, (64,)), 'W2': (False, (10, 64)), 'b2': (False, (10,))}  # name -> (batched, per-example shape)
 OUTPUT_SHAPE = (True, (10,))  # predict's output: (batched, per-example shape)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".cu")
-SOURCE_SHA256 = "722c8c613bf2cde0cfda3841300b98bee51538a35ff8e96c4116a09d7158975b"  # the .cu this loader was generated with
+SOURCE_SHA256 = "194d3cda5ac42553532366c9ddfd09ff4f96fc60952adb746d4c0426ef7eb7f7"  # the .cu this loader was generated with
 USES_CUBLAS = True
 KEEP_WORKSPACES = 4
 
@@ -70,11 +72,22 @@ def _batched(shape):
     return "(" + ", ".join(["N", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
+def _subclass(value):
+    """The name of ``value``'s type when it is an ndarray subclass other than np.memmap
+    (np.matrix: ``*`` is a matrix product; a masked array: the mask would be dropped)."""
+    t = type(value)
+    if t is np.ndarray or not isinstance(value, np.ndarray) or isinstance(value, np.memmap):
+        return None
+    module = "numpy.ma" if t.__module__.startswith("numpy.ma") else t.__module__
+    return f"{module}.{t.__qualname__}"
+
+
 def _check(where, params, inputs):
     """Raise ValueError, naming the argument, the expected and the given, unless
 
     - ``params`` holds every name of PARAM_SHAPES, each an array of exactly that
-      shape and of a floating dtype;
+      shape and of a floating dtype, and no ndarray subclass (np.matrix, a masked
+      array) among params and inputs;
     - each input given (not None) has a leading batch axis and then its
       INPUT_SHAPES shape, and all of them the same batch size;
     - float inputs have a real numeric dtype (bool, integer or floating);
@@ -91,6 +104,9 @@ def _check(where, params, inputs):
         except AttributeError:
             raise ValueError(f"{where}: params[{name!r}] is a {type(p).__name__}; "
                              f"expected an array of shape {shape}") from None
+        sub = _subclass(p)
+        if sub:
+            raise ValueError(f"{where}: params[{name!r}] is a {sub}; expected a numpy.ndarray")
         if given != shape:
             raise ValueError(f"{where}: params[{name!r}] has shape {given}; expected {shape}")
         if kind != "f":
@@ -100,6 +116,9 @@ def _check(where, params, inputs):
     for name, value in inputs.items():
         if value is None:
             continue
+        sub = _subclass(value)
+        if sub:
+            raise ValueError(f"{where}: {name} is a {sub}; expected a numpy.ndarray")
         try:
             given, kind = value.shape, value.dtype.kind
         except AttributeError:   # a list, a number: read as NumPy will read it
@@ -198,16 +217,31 @@ def _cublas_flags(nvcc):
     return []
 
 
-def _build_command(out, source):
+def _compiler_path(cmd):
+    """The compiler ``cmd`` names, as an absolute path (part of the cache key)."""
+    return os.path.realpath(shutil.which(cmd) or cmd)
+
+
+def _emulation_header():
+    """The bytes of cuda_emulation.h beside the source (BPCOMPILE_CUDA_EMULATE), or None."""
+    if not _emulated():
+        return None
+    header = SOURCE.with_name("cuda_emulation.h")
+    try:
+        return header.read_bytes()
+    except OSError:
+        raise CudaModuleError(f"{NAME}: BPCOMPILE_CUDA_EMULATE needs {header} (shipped with bpcompile "
+                              "as bpcompile/templates/cuda_emulation.h)") from None
+
+
+def _build_command(out, source, header):
+    """The command that builds ``source`` into ``out`` (``header``: the emulation
+    header's private copy, force-included when emulating)."""
     if _emulated():
-        header = SOURCE.with_name("cuda_emulation.h")
-        if not header.exists():
-            raise CudaModuleError(f"{NAME}: BPCOMPILE_CUDA_EMULATE needs {header} (shipped with bpcompile "
-                                  "as bpcompile/templates/cuda_emulation.h)")
-        cxx = os.environ.get("CXX", "g++")
+        cxx = _compiler_path(os.environ.get("CXX", "g++"))
         return [cxx, "-std=c++20", "-O1", "-x", "c++", "-include", str(header), "-shared", "-fPIC",
                 "-o", str(out), str(source)] + shlex.split(os.environ.get("BPCOMPILE_CXXFLAGS", ""))
-    nvcc = _find_nvcc()
+    nvcc = _compiler_path(_find_nvcc())
     arch = os.environ.get("BPCOMPILE_NVCC_ARCH", "native")
     cmd = [nvcc, "-O3", "-shared", "-Xcompiler", "-fPIC", f"-arch={arch}", "-o", str(out), str(source)]
     cmd += shlex.split(os.environ.get("BPCOMPILE_NVCC_FLAGS", ""))
@@ -231,29 +265,60 @@ def _source():
     return source
 
 
-def _library_path(source):
-    probe = _build_command(Path("OUT"), Path("SRC"))
-    key = hashlib.sha256(source + "\0".join(probe).encode()).hexdigest()[:16]
-    name = f"{NAME}-{'emulated-' if _emulated() else ''}{key}.so"
-    for cache in (SOURCE.parent / "__bpcache__", Path.home() / ".cache" / "bpcompile"):
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            if os.access(cache, os.W_OK) or (cache / name).exists():
-                return cache / name
-        except OSError:
-            continue
-    raise CudaModuleError(f"{NAME}: no writable directory for the built library")
+def _cache_dir():
+    """The directory of built libraries: $BPCOMPILE_CACHE, else
+    $XDG_CACHE_HOME/bpcompile/cuda, else ~/.cache/bpcompile/cuda; created mode 0700,
+    and refused unless the current user owns it and no one else can write to it (a
+    library there is loaded: whoever can write to the directory runs code here)."""
+    cache = os.environ.get("BPCOMPILE_CACHE")
+    if cache:
+        cache = Path(cache).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        cache = (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "bpcompile" / "cuda"
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o700, exist_ok=True)
+        st = os.stat(cache)
+    except OSError as e:
+        raise CudaModuleError(f"{NAME}: cannot create the build cache {cache}: {e.strerror or e}; "
+                              "set BPCOMPILE_CACHE to a directory of your own") from None
+    if not os.path.isdir(cache):
+        raise CudaModuleError(f"{NAME}: the build cache {cache} is not a directory; "
+                              "set BPCOMPILE_CACHE to a directory of your own")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise CudaModuleError(f"{NAME}: refusing the build cache {cache}: it is owned by uid {st.st_uid}, "
+                              f"not by you (uid {os.getuid()}); set BPCOMPILE_CACHE to a directory of your own")
+    if st.st_mode & 0o022:
+        raise CudaModuleError(f"{NAME}: refusing the build cache {cache}: it is group- or world-writable "
+                              f"(mode {st.st_mode & 0o7777:04o}), so others could plant a library there; "
+                              f"chmod 700 {cache}, or set BPCOMPILE_CACHE to a private directory")
+    return cache
 
 
-def _build(path, source):
-    """Build the checked bytes ``source`` (a private copy: the file beside the loader
-    may change while the compiler runs) into the library ``path``."""
+def _library_path(cache, source, header):
+    """The library of ``source`` in ``cache``, named by the SHA-256 of everything the
+    build reads: the .cu, the emulation header, the command and the compiler."""
+    probe = _build_command(Path("OUT"), Path("SRC"), Path("HEADER"))
+    key = hashlib.sha256(b"bpcompile cuda library\0")
+    for part in (source, header or b"", "\0".join(probe).encode(), probe[0].encode()):
+        key.update(len(part).to_bytes(8, "little") + part)
+    return cache / f"{NAME}-{'emulated-' if _emulated() else ''}{key.hexdigest()}.so"
+
+
+def _build(path, source, header):
+    """Build the checked bytes ``source`` (and ``header``: private copies, as the files
+    beside the loader may change while the compiler runs) in a private temporary
+    directory, then rename the library into place as ``path``."""
     tmpdir = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         src = Path(tmpdir) / SOURCE.name
         src.write_bytes(source)
+        hdr = Path(tmpdir) / "cuda_emulation.h"
+        if header is not None:
+            hdr.write_bytes(header)
         out = Path(tmpdir) / "lib.so"
-        cmd = _build_command(out, src)
+        cmd = _build_command(out, src, hdr)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             hint = ""
@@ -273,9 +338,10 @@ def _load():
         if _lib is not None:
             return _lib
         source = _source()
-        path = _library_path(source)
+        header = _emulation_header()
+        path = _library_path(_cache_dir(), source, header)
         if not path.exists():
-            _build(path, source)
+            _build(path, source, header)
         lib = ctypes.CDLL(str(path))
         P, I, D, S = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t
         n_params, n_inputs = len(PARAM_SHAPES), len(INPUT_SHAPES)
@@ -482,9 +548,18 @@ def _call(fn, params, inputs):
 
 def predict(params, *, x, label=None, check=True):
     """The output node, for a batch."""
+    inputs = {'x': x, 'label': label}
     if check:
-        _check("predict", params, {'x': x, 'label': label})
-    return _call("predict", params, {'x': x, 'label': label})[1]
+        _check("predict", params, inputs)
+    batched = OUTPUT_SHAPE[0]
+    if not batched and all(v is None for v in inputs.values()):
+        raise ValueError("predict: no input given to take the batch size N from; "
+                         f"pass at least one of {', '.join(INPUT_SHAPES)}")
+    out = _call("predict", params, inputs)[1]
+    if not batched:
+        # the output reads no input (a function of the params alone): the same for every example
+        out = out[None].repeat(_batch_size(inputs), axis=0)
+    return out
 
 
 def loss(params, *, x, label, check=True):

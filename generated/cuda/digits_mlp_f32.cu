@@ -40,7 +40,7 @@
 //
 //     L_bar = 1                                        # seed: dL/dL = 1
 //     L_n_bar = L_bar/N                                # mean over the batch
-//     z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+//     z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot
 //     h1_bar = W2^T @ z2_bar                           # matmul
 //     z1_bar = h1_bar*(1 - h1**2)                      # tanh
 //     b2_bar = z2_bar (summed over the batch)          # add
@@ -718,20 +718,20 @@ extern "C" int digits_mlp_f32_value_and_grad(
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // L_bar = 1   # seed: dL/dL = 1
     // L_n_bar = L_bar/N   # mean over the batch
-    // z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+    // z2_bar = L_n_bar*(softmax(z2) - onehot(label))   # softmax + cross-entropy: y_hat - onehot
     const real t9 = (1.0f/(real)N);
     const real t10 = -t9;
     LAUNCH(kernels::t11, bp_grid((long long)N), 256, 0, t11, t7, t9, (long long)N);
     // t12 is t11 reshaped to [N, 1]: the same memory
     LAUNCH(kernels::z2_bar, bp_grid((long long)N * 10), 256, 0, z2_bar, t3, t12, (long long)N * 10);
     LAUNCH(kernels::z2_bar_scatter, bp_grid((long long)N), 256, 0, z2_bar, label, t10, (long long)N);
-    // h1_bar = W2^T @ z2_bar   # matmul
     // b2_bar = z2_bar (summed over the batch)   # add
     LAUNCH(kernels::b2_bar, bp_blocks(10), 256, 0, b2_bar, z2_bar, 10, (long long)N);
     // W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     // GEMM: W2_bar [10 x 64] = z2_bar^T @ h1, z2_bar [N x 10], h1 [N x 64], row-major;
     // cuBLAS is column-major: it computes W2_bar^T = h1^T @ z2_bar
     CHECK_CUBLAS(cublasSgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 64, 10, N, &_one, h1, 64, z2_bar, 10, &_zero, W2_bar, 64));
+    // h1_bar = W2^T @ z2_bar   # matmul
     // GEMM: h1_bar [N x 64] = z2_bar @ W2, z2_bar [N x 10], W2 [10 x 64], row-major;
     // cuBLAS is column-major: it computes h1_bar^T = W2^T @ z2_bar^T
     CHECK_CUBLAS(cublasSgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, N, 10, &_one, W2, 64, z2_bar, 10, &_zero, h1_bar, 64));

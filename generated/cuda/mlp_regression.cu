@@ -28,28 +28,31 @@
 //     z2 = W2 @ h1 + b2                shape [16]
 //     h2 = sigmoid(z2)                 shape [16]
 //     z3 = W3 @ h2 + b3                shape [2]
+//     q1 = z3 - y                      shape [2]
+//     q2 = (z3 - y)**2                 shape [2]
+//     q3 = sum((z3 - y)**2)            shape []
 //     L_n = sum((z3 - y)**2) / 2       shape []
 //     L = mean over the batch of L_n   shape []
 //
 // Adjoint equations, in the order the backward pass computes them (each adjoint is
 // the sum over the consumers of its node of consumer_bar * local derivative):
 //
-//     L_bar = 1                                                      # seed: dL/dL = 1
-//     L_n_bar = L_bar/N                                              # mean over the batch
-//     (sum(((z3 - y)**2)))_bar = L_n_bar/2                           # div
-//     ((z3 - y)**2)_bar = (sum(((z3 - y)**2)))_bar (broadcast back over the summed axes)   # sum
-//     (z3 - y)_bar = ((z3 - y)**2)_bar*(2*z3 - 2*y)                  # pow
-//     z3_bar = (z3 - y)_bar                                          # sub
-//     h2_bar = W3^T @ z3_bar                                         # matmul
-//     z2_bar = h2*h2_bar*(1 - h2)                                    # sigmoid
-//     h1_bar = W2^T @ z2_bar                                         # matmul
-//     z1_bar = h1_bar*(h1 > 0)                                       # relu
-//     b3_bar = z3_bar (summed over the batch)                        # add
-//     W3_bar = z3_bar h2^T (summed over the batch)                   # matmul
-//     b2_bar = z2_bar (summed over the batch)                        # add
-//     W2_bar = z2_bar h1^T (summed over the batch)                   # matmul
-//     b1_bar = z1_bar (summed over the batch)                        # add
-//     W1_bar = z1_bar x^T (summed over the batch)                    # matmul
+//     L_bar = 1                                               # seed: dL/dL = 1
+//     L_n_bar = L_bar/N                                       # mean over the batch
+//     q3_bar = L_n_bar/2                                      # div
+//     q2_bar = q3_bar (broadcast back over the summed axes)   # sum
+//     q1_bar = 2*q2_bar*(z3 - y)                              # pow
+//     z3_bar = q1_bar                                         # sub
+//     h2_bar = W3^T @ z3_bar                                  # matmul
+//     z2_bar = h2*h2_bar*(1 - h2)                             # sigmoid
+//     h1_bar = W2^T @ z2_bar                                  # matmul
+//     z1_bar = h1_bar*(h1 > 0)                                # relu
+//     b3_bar = z3_bar (summed over the batch)                 # add
+//     W3_bar = z3_bar h2^T (summed over the batch)            # matmul
+//     b2_bar = z2_bar (summed over the batch)                 # add
+//     W2_bar = z2_bar h1^T (summed over the batch)            # matmul
+//     b1_bar = z1_bar (summed over the batch)                 # add
+//     W1_bar = z1_bar x^T (summed over the batch)             # matmul
 //
 // Host API (extern "C"): every array is device memory, row-major (C order), with
 // the batch axis first (an input x of per-example shape [3] is N x 3); class labels are int32.  Each
@@ -779,30 +782,30 @@ extern "C" int mlp_regression_value_and_grad(
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // L_bar = 1   # seed: dL/dL = 1
     // L_n_bar = L_bar/N   # mean over the batch
-    // (sum(((z3 - y)**2)))_bar = L_n_bar/2   # div
-    // ((z3 - y)**2)_bar = (sum(((z3 - y)**2)))_bar (broadcast back over the summed axes)   # sum
-    // (z3 - y)_bar = ((z3 - y)**2)_bar*(2*z3 - 2*y)   # pow
-    // z3_bar = (z3 - y)_bar   # sub
+    // q3_bar = L_n_bar/2   # div
+    // q2_bar = q3_bar (broadcast back over the summed axes)   # sum
+    // q1_bar = 2*q2_bar*(z3 - y)   # pow
+    // z3_bar = q1_bar   # sub
     LAUNCH(kernels::z3_bar, bp_grid((long long)N * 2), 256, 0, z3_bar, t3, (real)N, (long long)N * 2);
-    // h2_bar = W3^T @ z3_bar   # matmul
     // b3_bar = z3_bar (summed over the batch)   # add
     LAUNCH(kernels::b3_bar, bp_blocks(2), 256, 0, b3_bar, z3_bar, 2, (long long)N);
     // W3_bar = z3_bar h2^T (summed over the batch)   # matmul
     // GEMM: W3_bar [2 x 16] = z3_bar^T @ h2, z3_bar [N x 2], h2 [N x 16], row-major;
     // cuBLAS is column-major: it computes W3_bar^T = h2^T @ z3_bar
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 16, 2, N, &_one, h2, 16, z3_bar, 2, &_zero, W3_bar, 16));
+    // h2_bar = W3^T @ z3_bar   # matmul
     // GEMM: h2_bar [N x 16] = z3_bar @ W3, z3_bar [N x 2], W3 [2 x 16], row-major;
     // cuBLAS is column-major: it computes h2_bar^T = W3^T @ z3_bar^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 16, N, 2, &_one, W3, 16, z3_bar, 2, &_zero, h2_bar, 16));
     // z2_bar = h2*h2_bar*(1 - h2)   # sigmoid
     LAUNCH(kernels::z2_bar, bp_grid((long long)N * 16), 256, 0, z2_bar, h2, h2_bar, (long long)N * 16);
-    // h1_bar = W2^T @ z2_bar   # matmul
     // b2_bar = z2_bar (summed over the batch)   # add
     LAUNCH(kernels::b2_bar, bp_blocks(16), 256, 0, b2_bar, z2_bar, 16, (long long)N);
     // W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     // GEMM: W2_bar [16 x 16] = z2_bar^T @ h1, z2_bar [N x 16], h1 [N x 16], row-major;
     // cuBLAS is column-major: it computes W2_bar^T = h1^T @ z2_bar
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 16, 16, N, &_one, h1, 16, z2_bar, 16, &_zero, W2_bar, 16));
+    // h1_bar = W2^T @ z2_bar   # matmul
     // GEMM: h1_bar [N x 16] = z2_bar @ W2, z2_bar [N x 16], W2 [16 x 16], row-major;
     // cuBLAS is column-major: it computes h1_bar^T = W2^T @ z2_bar^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 16, N, 16, &_one, W2, 16, z2_bar, 16, &_zero, h1_bar, 16));

@@ -49,6 +49,7 @@
 //     z1 = w11 * x1 + w21 * x2        shape []
 //     h1 = z1                         shape []
 //     z2 = w12 * x1 + w22 * x2        shape []
+//     q1 = z2**2                      shape []
 //     h2 = z2**2 / 2                  shape []
 //     z3 = v11 * h1                   shape []
 //     h3 = 2 * z3                     shape []
@@ -56,6 +57,8 @@
 //     h4 = exp(z4)                    shape []
 //     zo = u1 * h3 + u2 * h4          shape []
 //     o = sin(zo)                     shape []
+//     q2 = o - t                      shape []
+//     q3 = (o - t)**2                 shape []
 //     L_n = (o - t)**2 / 2            shape []
 //     L = sum over the batch of L_n   shape []
 //
@@ -64,17 +67,17 @@
 //
 //     L_bar = 1                                     # seed: dL/dL = 1
 //     L_n_bar = L_bar                               # sum over the batch
-//     ((o - t)**2)_bar = L_n_bar/2                  # div
-//     (o - t)_bar = ((o - t)**2)_bar*(2*o - 2*t)    # pow
-//     o_bar = (o - t)_bar                           # sub
+//     q3_bar = L_n_bar/2                            # div
+//     q2_bar = 2*q3_bar*(o - t)                     # pow
+//     o_bar = q2_bar                                # sub
 //     zo_bar = o_bar*cos(zo)                        # sin
 //     h4_bar = u2*zo_bar                            # mul
 //     z4_bar = h4*h4_bar                            # exp
 //     h3_bar = u1*zo_bar                            # mul
 //     z3_bar = 2*h3_bar                             # mul
 //     h2_bar = v22*z4_bar                           # mul
-//     (z2**2)_bar = h2_bar/2                        # div
-//     z2_bar = 2*(z2**2)_bar*z2                     # pow
+//     q1_bar = h2_bar/2                             # div
+//     z2_bar = 2*q1_bar*z2                          # pow
 //     z1_bar = v12*z4_bar + v11*z3_bar              # sum over consumers (mul, mul)
 //     u2_bar = h4*zo_bar (summed over the batch)    # mul
 //     u1_bar = h3*zo_bar (summed over the batch)    # mul
@@ -689,9 +692,9 @@ extern "C" int seed002_network_value_and_grad(
     // L_n = (o - t)**2 / 2
     // L_bar = 1   # seed: dL/dL = 1
     // L_n_bar = L_bar   # sum over the batch
-    // ((o - t)**2)_bar = L_n_bar/2   # div
-    // (o - t)_bar = ((o - t)**2)_bar*(2*o - 2*t)   # pow
-    // o_bar = (o - t)_bar   # sub
+    // q3_bar = L_n_bar/2   # div
+    // q2_bar = 2*q3_bar*(o - t)   # pow
+    // o_bar = q2_bar   # sub
     LAUNCH(kernels::o_bar, bp_grid((long long)N), 256, 0, o_bar, t, zo, (long long)N);
     LAUNCH(kernels::L_n_2, bp_grid((long long)N), 256, 0, L_n, o_bar, (long long)N);
     // L = sum over the batch of L_n
@@ -700,7 +703,6 @@ extern "C" int seed002_network_value_and_grad(
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // zo_bar = o_bar*cos(zo)   # sin
     LAUNCH(kernels::zo_bar, bp_grid((long long)N), 256, 0, zo_bar, zo, o_bar, (long long)N);
-    // h4_bar = u2*zo_bar   # mul
     // u2_bar = h4*zo_bar (summed over the batch)   # mul
     // GEMM: u2_bar [1 x 1] = h4 @ zo_bar, h4 [1 x N], zo_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes u2_bar^T = zo_bar^T @ h4^T
@@ -709,9 +711,9 @@ extern "C" int seed002_network_value_and_grad(
     // GEMM: u1_bar [1 x 1] = h3 @ zo_bar, h3 [1 x N], zo_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes u1_bar^T = zo_bar^T @ h3^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, N, &_one, zo_bar, 1, h3, N, &_zero, u1_bar, 1));
+    // h4_bar = u2*zo_bar   # mul
     // z4_bar = h4*h4_bar   # exp
     LAUNCH(kernels::z4_bar, bp_grid((long long)N), 256, 0, z4_bar, h4, u2, zo_bar, (long long)N);
-    // h3_bar = u1*zo_bar   # mul
     // v22_bar = h2*z4_bar (summed over the batch)   # mul
     // GEMM: v22_bar [1 x 1] = h2 @ z4_bar, h2 [1 x N], z4_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes v22_bar^T = z4_bar^T @ h2^T
@@ -720,17 +722,17 @@ extern "C" int seed002_network_value_and_grad(
     // GEMM: v12_bar [1 x 1] = z1 @ z4_bar, z1 [1 x N], z4_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes v12_bar^T = z4_bar^T @ z1^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, N, &_one, z4_bar, 1, z1, N, &_zero, v12_bar, 1));
+    // h3_bar = u1*zo_bar   # mul
     // z3_bar = 2*h3_bar   # mul
     LAUNCH(kernels::z3_bar, bp_grid((long long)N), 256, 0, z3_bar, u1, zo_bar, (long long)N);
-    // h2_bar = v22*z4_bar   # mul
     // v11_bar = z1*z3_bar (summed over the batch)   # mul
     // GEMM: v11_bar [1 x 1] = z1 @ z3_bar, z1 [1 x N], z3_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes v11_bar^T = z3_bar^T @ z1^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, N, &_one, z3_bar, 1, z1, N, &_zero, v11_bar, 1));
-    // (z2**2)_bar = h2_bar/2   # div
-    // z2_bar = 2*(z2**2)_bar*z2   # pow
+    // h2_bar = v22*z4_bar   # mul
+    // q1_bar = h2_bar/2   # div
+    // z2_bar = 2*q1_bar*z2   # pow
     LAUNCH(kernels::z2_bar, bp_grid((long long)N), 256, 0, z2_bar, z2, v22, z4_bar, (long long)N);
-    // z1_bar = v12*z4_bar + v11*z3_bar   # sum over consumers (mul, mul)
     // w22_bar = x2*z2_bar (summed over the batch)   # mul
     // GEMM: w22_bar [1 x 1] = x2 @ z2_bar, x2 [1 x N], z2_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes w22_bar^T = z2_bar^T @ x2^T
@@ -739,6 +741,7 @@ extern "C" int seed002_network_value_and_grad(
     // GEMM: w12_bar [1 x 1] = x1 @ z2_bar, x1 [1 x N], z2_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes w12_bar^T = z2_bar^T @ x1^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, N, &_one, z2_bar, 1, x1, N, &_zero, w12_bar, 1));
+    // z1_bar = v12*z4_bar + v11*z3_bar   # sum over consumers (mul, mul)
     LAUNCH(kernels::z1_bar, bp_grid((long long)N), 256, 0, z1_bar, v12, z4_bar, v11, z3_bar, (long long)N);
     // w21_bar = x2*z1_bar (summed over the batch)   # mul
     // GEMM: w21_bar [1 x 1] = x2 @ z1_bar, x2 [1 x N], z1_bar [N x 1], row-major;

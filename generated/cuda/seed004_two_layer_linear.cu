@@ -32,20 +32,21 @@
 //
 //     h = W1 @ x                      shape [2]
 //     y_hat = w2 @ h                  shape []
+//     q1 = y - y_hat                  shape []
 //     L_n = (y - y_hat)**2            shape []
 //     L = sum over the batch of L_n   shape []
 //
 // Adjoint equations, in the order the backward pass computes them (each adjoint is
 // the sum over the consumers of its node of consumer_bar * local derivative):
 //
-//     L_bar = 1                                                      # seed: dL/dL = 1
-//     L_n_bar = L_bar                                                # sum over the batch
-//     (y - y_hat)_bar = L_n_bar*(2*y - 2*y_hat)                      # pow
-//     y_hat_bar = -(y - y_hat)_bar                                   # sub
-//     h_bar = einsum('i,->i', w2, y_hat_bar)                         # dot
-//     w2_bar = einsum(',i->i', y_hat_bar, h) (summed over the batch)   # dot
-//     W1_bar = h_bar x^T (summed over the batch)                     # matmul
-//     x_bar = W1^T @ h_bar                                           # matmul
+//     L_bar = 1                                      # seed: dL/dL = 1
+//     L_n_bar = L_bar                                # sum over the batch
+//     q1_bar = 2*L_n_bar*(y - y_hat)                 # pow
+//     y_hat_bar = -q1_bar                            # sub
+//     h_bar = w2*y_hat_bar                           # dot
+//     w2_bar = h*y_hat_bar (summed over the batch)   # dot
+//     W1_bar = h_bar x^T (summed over the batch)     # matmul
+//     x_bar = W1^T @ h_bar                           # matmul
 //
 // Host API (extern "C"): every array is device memory, row-major (C order), with
 // the batch axis first (an input x of per-example shape [3] is N x 3); class labels are int32.  Each
@@ -435,14 +436,14 @@ extern "C" int seed004_two_layer_linear_value_and_grad(
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // L_bar = 1   # seed: dL/dL = 1
     // L_n_bar = L_bar   # sum over the batch
-    // (y - y_hat)_bar = L_n_bar*(2*y - 2*y_hat)   # pow
-    // y_hat_bar = -(y - y_hat)_bar   # sub
+    // q1_bar = 2*L_n_bar*(y - y_hat)   # pow
+    // y_hat_bar = -q1_bar   # sub
     LAUNCH(kernels::y_hat_bar, bp_grid((long long)N), 256, 0, y_hat_bar, t0, (long long)N);
-    // h_bar = einsum('i,->i', w2, y_hat_bar)   # dot
-    // w2_bar = einsum(',i->i', y_hat_bar, h) (summed over the batch)   # dot
+    // w2_bar = h*y_hat_bar (summed over the batch)   # dot
     // GEMM: w2_bar [1 x 2] = y_hat_bar @ h, y_hat_bar [1 x N], h [N x 2], row-major;
     // cuBLAS is column-major: it computes w2_bar^T = h^T @ y_hat_bar^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 2, 1, N, &_one, h, 2, y_hat_bar, N, &_zero, w2_bar, 2));
+    // h_bar = w2*y_hat_bar   # dot
     // GEMM: h_bar [N x 2] = y_hat_bar @ w2, y_hat_bar [N x 1], w2 [1 x 2], row-major;
     // cuBLAS is column-major: it computes h_bar^T = w2^T @ y_hat_bar^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 2, N, 1, &_one, w2, 2, y_hat_bar, 1, &_zero, h_bar, 2));

@@ -37,7 +37,7 @@
 //
 //     L_bar = 1                                      # seed: dL/dL = 1
 //     L_n_bar = L_bar/N                              # mean over the batch
-//     a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+//     a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot
 //     b_bar = a_bar (summed over the batch)          # add
 //     W_bar = a_bar h^T (summed over the batch)      # matmul
 //     h_bar = W^T @ a_bar                            # matmul
@@ -621,7 +621,7 @@ extern "C" int softmax_ce_output_value_and_grad(
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // L_bar = 1   # seed: dL/dL = 1
     // L_n_bar = L_bar/N   # mean over the batch
-    // a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot(label)
+    // a_bar = L_n_bar*(softmax(a) - onehot(label))   # softmax + cross-entropy: y_hat - onehot
     const real t8 = (1.0/(real)N);
     const real t9 = -t8;
     LAUNCH(kernels::t10, bp_grid((long long)N), 256, 0, t10, t6, t8, (long long)N);

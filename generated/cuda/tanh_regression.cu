@@ -36,6 +36,7 @@
 //     e = tanh(a)                      shape [3]
 //     f = v * e                        shape [3]
 //     g = sum(f)                       shape []
+//     q1 = y - g                       shape []
 //     L_n = (y - g)**2                 shape []
 //     L = mean over the batch of L_n   shape []
 //
@@ -44,8 +45,8 @@
 //
 //     L_bar = 1                                             # seed: dL/dL = 1
 //     L_n_bar = L_bar/N                                     # mean over the batch
-//     (y - g)_bar = L_n_bar*(2*y - 2*g)                     # pow
-//     g_bar = -(y - g)_bar                                  # sub
+//     q1_bar = 2*L_n_bar*(y - g)                            # pow
+//     g_bar = -q1_bar                                       # sub
 //     f_bar = g_bar (broadcast back over the summed axes)   # sum
 //     e_bar = f_bar*v                                       # mul
 //     a_bar = e_bar*(1 - e**2)                              # tanh
@@ -619,15 +620,15 @@ extern "C" int tanh_regression_value_and_grad(
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // L_bar = 1   # seed: dL/dL = 1
     // L_n_bar = L_bar/N   # mean over the batch
-    // (y - g)_bar = L_n_bar*(2*y - 2*g)   # pow
-    // g_bar = -(y - g)_bar   # sub
+    // q1_bar = 2*L_n_bar*(y - g)   # pow
+    // g_bar = -q1_bar   # sub
     LAUNCH(kernels::g_bar, bp_grid((long long)N), 256, 0, g_bar, t0, (real)N, (long long)N);
-    // f_bar = g_bar (broadcast back over the summed axes)   # sum
-    // e_bar = f_bar*v   # mul
     // v_bar = e*f_bar (summed over the batch)   # mul
     // GEMM: v_bar [3 x 1] = e^T @ g_bar, e [N x 3], g_bar [N x 1], row-major;
     // cuBLAS is column-major: it computes v_bar^T = g_bar^T @ e
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 1, 3, N, &_one, g_bar, 1, e, 3, &_zero, v_bar, 1));
+    // f_bar = g_bar (broadcast back over the summed axes)   # sum
+    // e_bar = f_bar*v   # mul
     // a_bar = e_bar*(1 - e**2)   # tanh
     // d_bar = a_bar   # add
     LAUNCH(kernels::a_bar, bp_grid((long long)N * 3), 256, 0, a_bar, e, v, g_bar, (long long)N * 3);
