@@ -36,3 +36,13 @@ def test_the_readme_two_commands_are_the_ones_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'pip install -e ".[test]" && bpcompile compile examples/*.yaml -o generated' in README
     assert "python3 -m pytest -q" in README and "python3 -m pytest -q" in ci
+
+
+def test_the_tour_quotes_inspect_as_it_prints():
+    import subprocess
+    import sys
+    block = re.search(r"```\n(tanh_regression\n\nForward program.*?)```", README, re.S).group(1)
+    r = subprocess.run([sys.executable, "-m", "bpcompile", "inspect", "examples/tanh_regression.yaml"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == block, "the README's inspect output is stale: paste bpcompile inspect's output"
