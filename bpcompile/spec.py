@@ -553,7 +553,8 @@ class _Checker:
                 raise self.err(_limit("MAX_INIT_MAGNITUDE", f"init {kind}: the size of {show(arg)}"), key)
             if kind in ("normal", "uniform") and number < 0:
                 raise self.err(f"init {kind} needs a non-negative number", key)
-            return (kind, number)
+            # + 0.0 makes -0.0 plain 0.0: uniform(-0) printed rng.uniform(--0.0, -0.0), which NumPy refuses
+            return (kind, number + 0.0)
         if arg is not None:
             raise self.err(f"init {kind} takes no argument", key)
         return (kind,)

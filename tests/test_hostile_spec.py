@@ -568,3 +568,13 @@ def test_random_hostile_expressions_end_in_a_spec_or_a_one_line_error():
         assert "\n" not in t and "#" not in t and "\\" not in t and t.isascii() and t.isprintable(), (expr, t)
         outcomes["ok"] += 1
     assert outcomes["ok"] > 0 and outcomes["error"] > 0
+
+
+@pytest.mark.parametrize("init", ["uniform(-0)", "normal(-0.0)", "constant(-0)"])
+def test_a_negative_zero_init_makes_a_module_that_runs(init):
+    """uniform(-0) passed the sign check and printed rng.uniform(--0.0, -0.0), which
+    NumPy refuses at init_params (found by the hostile fuzz)."""
+    spec = GOOD.replace("  v: [2]\n", f"  v: {{shape: [2], init: '{init}'}}\n")
+    assert init in spec
+    params = bpcompile.compile(spec).load().init_params(seed=0)
+    assert params["v"].tolist() == [0.0, 0.0]
