@@ -76,6 +76,7 @@ class Spec:
     file: str
     text: str              # the spec as written (goes into the module docstring)
     lines: dict = field(default_factory=dict, repr=False)
+    data: dict = field(default_factory=dict, repr=False)   # the spec as parsed (YAML's mapping)
 
     def error(self, message: str, key: str | None = None) -> SpecError:
         return SpecError(message, key=key, line=self.lines.get(key), file=self.file)
@@ -447,7 +448,7 @@ class _Checker:
             raise self.err(f"dtype must be one of {', '.join(DTYPES)}, got {show(dtype)}", "dtype")
         return Spec(name=name, inputs=inputs, params=params, graph=graph, loss=loss,
                     output=output, wrt=wrt, reduction=reduction, dtype=dtype,
-                    file=self.file, text=self.text, lines=self.lines)
+                    file=self.file, text=self.text, lines=self.lines, data=self.data)
 
     # -- names ---------------------------------------------------------------
     def reference(self, name, key):

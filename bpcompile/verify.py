@@ -78,7 +78,6 @@ from pathlib import Path
 
 import numpy as np
 import sympy as sp
-import yaml
 
 from .compiler import compile
 from .errors import SpecError
@@ -617,7 +616,7 @@ def _elements(spec: Spec) -> int:
 def _fitting(spec: Spec):
     """The spec with every dimension capped at the largest D (equal ones kept
     equal, as in ``_shrink``) that leaves at most FD_ELEMENTS entries, compiled."""
-    data = yaml.safe_load(spec.text)
+    data = spec.data   # parsed once, within the reader's limits (_shrink copies it)
 
     def parsed(cap):
         try:
@@ -961,7 +960,7 @@ def small_instance(spec: Spec, compiled=None):
     """The spec with every dimension shrunk to at most SMALL, compiled; or the spec
     itself (``compiled``, when given) when it is already small or the shrunk one
     does not compile."""
-    data = yaml.safe_load(spec.text)
+    data = spec.data   # parsed once, within the reader's limits (_shrink copies it)
     small = _shrink(data)
     if small != data:
         try:
