@@ -10,7 +10,8 @@ function for that output, never pasted raw:
     Python source    ``py_str`` (a string literal), ``py_docstring`` (inside
                      a triple-quoted docstring), ``py_comment`` (after ``#``)
     C / CUDA source  ``c_comment`` (after ``//``), ``c_str`` (a string literal)
-    LaTeX            ``latex_text`` (text mode), ``latex_verb`` (``\\texttt``)
+    LaTeX            ``latex_text`` (text mode)
+    Graphviz DOT     ``dot_str`` (a quoted label)
     the terminal     ``terminal`` (stdout and stderr)
     ===============  =========================================================
 
@@ -180,11 +181,6 @@ def latex_text(text: str) -> str:
         else:
             out.append(f"\\textless{{}}U+{ord(ch):04X}\\textgreater{{}}")
     return "".join(out)
-
-
-def latex_verb(text: str) -> str:
-    """``text`` in a typewriter font: ``\\texttt{...}`` around ``latex_text``."""
-    return r"\texttt{" + latex_text(text) + "}"
 
 
 # -- the terminal ------------------------------------------------------------
