@@ -21,6 +21,21 @@ import bpcompile
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
+# A small well-formed spec that tests edit into bad or hostile ones
+SMALL_SPEC = """\
+name: m
+inputs:
+  x: [3]
+  y: []
+params:
+  W: [2, 3]
+  v: [2]
+graph:
+  h: tanh(W @ x)
+  g: v @ h
+loss: (y - g)**2
+"""
+
 
 def random_point(module, n=4, seed=0, scale=1.0):
     """Random params and a batch of random inputs for a generated module."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bpcompile import compile as bp_compile
+from conftest import SMALL_SPEC
 from bpcompile import escape
 from bpcompile.cli import main
 from bpcompile.errors import SpecError
@@ -145,19 +146,7 @@ def test_spec_error_is_one_safe_line():
     assert s.startswith("a b\\u202e.yaml:3: graph.h: bad\\x1b[2J thing")
 
 
-GOOD = """\
-name: m
-inputs:
-  x: [3]
-  y: []
-params:
-  W: [2, 3]
-  v: [2]
-graph:
-  h: tanh(W @ x)
-  g: v @ h
-loss: (y - g)**2
-"""
+GOOD = SMALL_SPEC
 
 
 def _run(args, cwd):

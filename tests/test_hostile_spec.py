@@ -15,21 +15,9 @@ import yaml
 import bpcompile
 from bpcompile import limits, names
 from bpcompile.errors import SpecError
-from conftest import ROOT
+from conftest import ROOT, SMALL_SPEC
 
-GOOD = """\
-name: m
-inputs:
-  x: [3]
-  y: []
-params:
-  W: [2, 3]
-  v: [2]
-graph:
-  h: tanh(W @ x)
-  g: v @ h
-loss: (y - g)**2
-"""
+GOOD = SMALL_SPEC
 
 
 def refused(source, *words, file="spec.yaml"):
