@@ -45,7 +45,6 @@ Used by ``scripts/fuzz_specs.py --hostile N`` (the full run) and
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import functools
 import io
@@ -105,17 +104,17 @@ def _breakouts(m=MARK):
             f'{{{{ cycler.__init__.__globals__.os.popen("touch {m}").read() }}}}',
         ]
     out += [
-        f'\n#include "/dev/zero"\n',
-        f'\r#include "/dev/zero"\r',
-        f'\\\n#include "/dev/zero"',
+        '\n#include "/dev/zero"\n',
+        '\r#include "/dev/zero"\r',
+        '\\\n#include "/dev/zero"',
         f'\nstatic int bp_pwned = system("touch {m}");\n',
         f'*/ static int bp_pwned = system("touch {m}"); /*',
-        f'\n#define real int\n',
+        '\n#define real int\n',
         f'\n#define LAUNCH(...) system("touch {m}")\n',
         f'\n}} static int bp_pwned = system("touch {m}"); void bp_x() {{\n',
         f'\n__attribute__((constructor)) static void bp_p() {{ system("touch {m}"); }}\n',
         '??/\n#include "/dev/zero"',
-        f'\\input{{/etc/passwd}}', f'\\write18{{touch {m}}}', f'\\immediate\\write18{{touch {m}}}',
+        '\\input{/etc/passwd}', f'\\write18{{touch {m}}}', f'\\immediate\\write18{{touch {m}}}',
         '$\\input{x}$', '}\\input{x}{', '\\catcode`\\^^M=13 ', '\\def\\x{\\input{x}}\\x',
         '"]; pwned [label="x', '<<b>x</b>>', '}\ndigraph { a -> b', '\\"; \\l',
     ]
@@ -239,18 +238,18 @@ def _expr_structures(a, b, s):
             e = f"tanh({e} + {e} + {e})"
         out.append(("exp_tree", f"sum({e})"))
     forbidden = [
-        f"{a}.__class__", f"__import__('os').system('touch {MARK}')", f"(lambda: 1)()", f"[i for i in {a}]",
+        f"{a}.__class__", f"__import__('os').system('touch {MARK}')", "(lambda: 1)()", f"[i for i in {a}]",
         f"{a} if {s} else {b}", f"{a}[::-1]", f"{a}[None]", f"{a}[1e999]", f"{a}[2**63]", f"{a}[-1]",
         f"{a}[...]", "(q := 1)", f"sum(*{a})", f"sum(**{a})", f"f'{{{a}}}'", f"'{MARK}'", "b'x'",
         f"sum({a}, axis=2**63)", f"sum({a}, axis=-0)", f"sum({a}, axis={a})", f"sum({a}, axis=1e999)",
         f"reshape({a}, [10**9, 10**9])", f"reshape({a}, [2**63])", f"reshape({a}, [-1])",
-        f"concat(axis=0)", f"max_pool2d({a}, 0)", f"tanh()", f"tanh({a}, {a}, {a})", f"onehot({a})",
-        f"softmax()", f"sum()", f"dot({a})", f"clip({a}, 1e999, -1e999)", f"leaky_relu({a}, 1e999)",
+        "concat(axis=0)", f"max_pool2d({a}, 0)", "tanh()", f"tanh({a}, {a}, {a})", f"onehot({a})",
+        "softmax()", "sum()", f"dot({a})", f"clip({a}, 1e999, -1e999)", f"leaky_relu({a}, 1e999)",
         f"{a}[0][0][0][0]", f"{a}.T.T.T.T", f"{a} @ {a} @ {a}", f"{a} < {b}", f"{a} and {b}",
         f"not {a}", f"~{a}", f"{a} % 2", f"{a} // 2", f"{a} << 2", f"{a} ^ {b}", f"{a}, {b}",
         f"({a}, )", f"{{{a}}}", f"{a}[0:2**63]", f"{a}[0:0]", f"{a}[2:1]", f"{a}[0:3:0]",
         f"getattr({a}, '__class__')", f"np.tanh({a})", f"numpy.exp({a})", f"os.system('touch {MARK}')",
-        f"eval('1')", f"exec('1')", f"open('{MARK}', 'w')", f"print({a})", f"breakpoint()",
+        "eval('1')", "exec('1')", f"open('{MARK}', 'w')", f"print({a})", "breakpoint()",
         f"sum({a})  # {MARK}", f"sum({a})  # \"\"\"+str(__import__('os').system('touch {MARK}'))+\"\"\"",
         f"sum({a}) # \\", f"sum({a}) # \\N{{BULLET}}", f"sum({a}) # \\N", f"(sum({a})\n)",
         f"(sum({a})\r)", f"(sum({a}) \\\n)", f"sum({a}\n# \"\"\"\n)", f"(sum({a})\n#include \"/dev/zero\"\n)",
@@ -681,7 +680,7 @@ def _yaml_trick(rng, base_key):
                         "yes", "0x1", "'1'", "<<", "=", "!!binary aGk="])
         where = rng.choice(["inputs", "params", "graph", "top"])
         if where == "top":
-            return f"nonstr_key:top", text + (f"{k}\n: 1\n" if k.startswith("?") else f"{k}: 1\n")
+            return "nonstr_key:top", text + (f"{k}\n: 1\n" if k.startswith("?") else f"{k}: 1\n")
         lines = text.splitlines()
         for i, line in enumerate(lines):
             if line.startswith(f"{where}:"):
@@ -1403,7 +1402,6 @@ def run_cases(indices, seed=0, opts: Options | None = None, workers=None, log=No
             if not summary.results[idx]["fails"] and not opts.keep:
                 shutil.rmtree(summary.results[idx]["dir"], ignore_errors=True)
 
-    batches = {}
     try:
         for _ in range(workers):
             slots.append(spawn())

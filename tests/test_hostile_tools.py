@@ -4,7 +4,6 @@ and the LaTeX, DOT and text outputs (issue 10)."""
 from __future__ import annotations
 
 import json
-import math
 import re
 import subprocess
 import sys
