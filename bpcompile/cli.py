@@ -1,6 +1,6 @@
 """Stage 6: the command line.
 
-    bpcompile compile SPEC... [--target numpy] [-o DIR]
+    bpcompile compile SPEC... [--target NAME] [-o DIR]
     bpcompile inspect SPEC [--format text|latex|json]
     bpcompile graph SPEC -o FILE.{dot,svg,png}
     bpcompile verify SPEC [--module FILE]
@@ -18,11 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-from .compiler import TARGETS, compile
+from . import targets
+from .compiler import compile
 from .errors import SpecError
 from .escape import terminal
-from .spec import load_spec
-from .verify import TIMEOUT, verify
+from .frontend.spec import load_spec
+from .tools.verify import TIMEOUT, verify
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -103,18 +104,18 @@ def cmd_compile(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from . import explain
-    compiled = _compile_spec(args.spec, "numpy")
+    from .tools import inspect as explain
+    compiled = _compile_spec(args.spec, targets.DEFAULT)
     say(explain.render(compiled, args.format))
     return EXIT_OK
 
 
 def cmd_graph(args) -> int:
-    from . import draw
+    from .tools import draw
     if Path(args.output).suffix not in draw.FORMATS:
         complain(f"{args.output}: the picture is written as {', '.join(draw.FORMATS)}")
         return EXIT_USAGE
-    compiled = _compile_spec(args.spec, "numpy")
+    compiled = _compile_spec(args.spec, targets.DEFAULT)
     try:
         path, _, counts = draw.write(compiled, args.output)
     except draw.MissingMatplotlib as e:
@@ -147,7 +148,9 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile specs into gradient modules")
     c.add_argument("specs", nargs="+", metavar="SPEC", help="model spec files (.yaml, .json)")
-    c.add_argument("--target", choices=TARGETS, default="numpy", help="what to generate (default numpy)")
+    c.add_argument("--target", choices=targets.names(), default=targets.DEFAULT,
+                   help="what to generate: " + "; ".join(f"{t} ({targets.get(t).summary})" for t in targets.names())
+                   + f" (default {targets.DEFAULT})")
     c.add_argument("-o", "--output", default=".", metavar="DIR", help="output directory (default .)")
     c.set_defaults(run=cmd_compile)
 

@@ -10,10 +10,11 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import adjoint, graph, program
-from .spec import Spec, load_spec, parse_spec
-
-TARGETS = ("numpy", "cuda")
+from . import targets
+from .frontend import graph
+from .frontend.spec import Spec, load_spec, parse_spec
+from .ir import program
+from .ops import adjoint
 
 
 @dataclass
@@ -30,7 +31,8 @@ class Compiled:
 
     @property
     def filename(self) -> str:
-        return f"{self.spec.name}.cu" if self.target == "cuda" else f"{self.spec.name}.py"
+        """The main file (the one ``source`` holds)."""
+        return targets.get(self.target).main_file(self.spec.name)
 
     def stats(self) -> dict:
         G = self.lowered.graph
@@ -52,7 +54,7 @@ class Compiled:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        files = self.files or {self.filename: self.source}
+        files = self.files
         for name in sorted(files, key=lambda nm: (nm.endswith(".py"), nm)):
             write_atomic(directory / name, files[name])
         return directory / self.filename
@@ -66,9 +68,9 @@ class Compiled:
         """
         directory = Path(tempfile.mkdtemp(prefix="bpcompile_"))
         try:
-            path = self.write(directory)
-            if self.target == "cuda":
-                path = directory / f"{self.spec.name}_cuda.py"   # the loader
+            self.write(directory)
+            target = targets.get(self.target)
+            path = directory / target.entry_file(self.spec.name)
             name = f"bpcompile_generated_{self.spec.name}_{directory.name}"
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
@@ -76,7 +78,7 @@ class Compiled:
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        if self.target == "numpy":
+        if target.standalone:
             shutil.rmtree(directory, ignore_errors=True)
         else:
             weakref.finalize(module, shutil.rmtree, str(directory), True)
@@ -108,17 +110,17 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def compile(spec, target: str = "numpy") -> Compiled:  # noqa: A001 - the documented API name
-    """Compile a spec (a Spec, a path, YAML text or a dict) for ``target``."""
-    from . import __version__, codegen_numpy
+def compile(spec, target: str = targets.DEFAULT) -> Compiled:  # noqa: A001 - the documented API name
+    """Compile a spec (a Spec, a path, YAML text or a dict) for ``target`` (a name
+    of ``targets.names()``)."""
+    from . import __version__
     if not isinstance(spec, Spec):
         if isinstance(spec, (str, os.PathLike)) and not (isinstance(spec, str) and "\n" in spec) \
                 and Path(spec).suffix in (".yaml", ".yml", ".json"):
             spec = load_spec(spec)
         else:
             spec = parse_spec(spec)
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    renderer = targets.get(target)
     low = graph.lower(spec)
     adj = adjoint.reverse(low)
     programs = {
@@ -126,9 +128,5 @@ def compile(spec, target: str = "numpy") -> Compiled:  # noqa: A001 - the docume
         "loss": program.build(low, None, loss=True),
         "value_and_grad": program.build(low, adj, loss=True, grads=True),
     }
-    if target == "cuda":
-        from . import codegen_cuda
-        files = codegen_cuda.render(low, adj, programs, __version__)
-        return Compiled(spec, target, files[f"{spec.name}.cu"], low, adj, programs, files)
-    source = codegen_numpy.render(low, adj, programs, __version__)
-    return Compiled(spec, target, source, low, adj, programs)
+    files = renderer.render(low, adj, programs, __version__)
+    return Compiled(spec, target, files[renderer.main_file(spec.name)], low, adj, programs, files)

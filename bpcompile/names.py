@@ -155,8 +155,8 @@ C_LIBRARY = _words(_MATH) | frozenset(f + s for f in _MATH.split() for s in ("f"
     int8_t int16_t int32_t int64_t uint8_t uint16_t uint32_t uint64_t
 """)
 
-# Identifiers the C and CUDA printers emit beside the spec's names (codegen_cuda.py
-# and cuda_module.cu.j2: the element type, the workspace, the loss output, the
+# Identifiers the C and CUDA printers emit beside the spec's names (targets/cuda/printer.py
+# and targets/cuda/module.cu.j2: the element type, the workspace, the loss output, the
 # kernel namespace, the launch and error-check macros).
 C_GENERATED = _words("""
     real ws N loss_out kernels LAUNCH CHECK_CUDA CHECK_CUBLAS CHECK check

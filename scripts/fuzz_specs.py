@@ -42,6 +42,7 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 import bpcompile  # noqa: E402
+from bpcompile.targets.cuda import EMULATION_HEADER  # noqa: E402
 from conftest import random_point  # noqa: E402
 from spec_strategies import malformed, specs, to_yaml  # noqa: E402
 from test_properties import run_cli  # noqa: E402
@@ -51,7 +52,7 @@ def emulated_cuda(compiled):
     """The CUDA loader of ``compiled``, with the emulation header beside the .cu."""
     directory = Path(tempfile.mkdtemp(prefix="bpcompile_fuzz_"))
     compiled.write(directory)
-    shutil.copy(Path(bpcompile.__file__).parent / "templates" / "cuda_emulation.h", directory)
+    shutil.copy(EMULATION_HEADER, directory)
     path = directory / f"{compiled.spec.name}_cuda.py"
     spec = importlib.util.spec_from_file_location(f"fuzz_{directory.name}", path)
     module = importlib.util.module_from_spec(spec)

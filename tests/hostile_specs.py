@@ -68,7 +68,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-EMULATION_H = ROOT / "bpcompile" / "templates" / "cuda_emulation.h"
+EMULATION_H = ROOT / "bpcompile" / "targets" / "cuda" / "cuda_emulation.h"
 MARK = "@M@"           # replaced by the absolute path of the case's marker file
 MARKER_PREFIX = "PWNED"
 

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, random_point
 
+from bpcompile.targets.cuda import EMULATION_HEADER
 import bpcompile
-from bpcompile import codegen_numpy
+from bpcompile.targets.numpy import printer as codegen_numpy
 
 
 def compiled(name):
@@ -204,7 +205,7 @@ def test_folding_never_adds_an_operation(path, monkeypatch):
 
 def test_folding_respects_in_place_writes():
     """A temporary is not folded past a line that overwrites memory it reads."""
-    from bpcompile.program import Kernel, Value
+    from bpcompile.ir.program import Kernel, Value
     import sympy as sp
 
     a = Value("a", (3,), True, "float", "temp")
@@ -261,13 +262,12 @@ def test_cuda_loader_predict_of_params_alone_is_batched(tmp_path, monkeypatch):
     """The CUDA loader, its .cu built for the host (cuda_emulation.h), agrees."""
     import importlib.util
     import shutil
-    from pathlib import Path
 
     if shutil.which("g++") is None and not __import__("os").environ.get("CXX"):
         pytest.skip("no host C++ compiler (g++)")
     spec = bpcompile.parse_spec(PARAM_OUTPUT.format(dtype="float64", output="p"))
     bpcompile.compile(spec, target="cuda").write(tmp_path)
-    shutil.copy(Path(bpcompile.__file__).resolve().parent / "templates" / "cuda_emulation.h", tmp_path)
+    shutil.copy(EMULATION_HEADER, tmp_path)
     monkeypatch.setenv("BPCOMPILE_CUDA_EMULATE", "1")
     loader_spec = importlib.util.spec_from_file_location("bp_test_param_output_cuda",
                                                          tmp_path / "param_output_cuda.py")

@@ -2,7 +2,7 @@
 
 * Every example, and three specs written to reach every kernel kind the CUDA
   printer emits, is compiled with --target cuda; the .cu is built for the host
-  with g++ -std=c++20 and bpcompile/templates/cuda_emulation.h force-included
+  with g++ -std=c++20 and bpcompile/targets/cuda/cuda_emulation.h force-included
   (kernels run block by block, each thread a fiber, __syncthreads a real barrier;
   cuBLAS gemm a reference loop with cuBLAS's column-major semantics), through the
   generated loader (BPCOMPILE_CUDA_EMULATE=1), and predict / loss / value_and_grad
@@ -31,10 +31,11 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, NVCC, ROOT, nvcc_compile_all, random_point, rel_error
 
+from bpcompile.targets.cuda import EMULATION_HEADER
 import bpcompile
 from bpcompile.ops import gemm_form
 
-EMULATION_H = Path(bpcompile.__file__).resolve().parent / "templates" / "cuda_emulation.h"
+EMULATION_H = EMULATION_HEADER
 CXX = os.environ.get("CXX") or shutil.which("g++")
 HAS_GPU = shutil.which("nvidia-smi") is not None
 
@@ -152,7 +153,7 @@ def import_file(path: Path, name: str):
 
 def kernel_kinds(compiled) -> collections.Counter:
     """What the CUDA printer makes of each kernel of the three programs."""
-    from bpcompile.codegen_cuda import host_scalars
+    from bpcompile.targets.cuda.printer import host_scalars
     kinds = collections.Counter()
     for prog in compiled.programs.values():
         host = host_scalars(prog, {})

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import bpcompile
-from bpcompile import cli, draw
+from bpcompile import cli
+from bpcompile.tools import draw
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ["tanh_regression", "digits_mlp", "seed002_network"]

@@ -15,9 +15,12 @@ import pytest
 import sympy as sp
 
 import bpcompile
-from bpcompile import adjoint, graph, limits, program
+from bpcompile import limits
+from bpcompile.ops import adjoint
+from bpcompile.frontend import graph
+from bpcompile.ir import program
 from bpcompile.errors import SpecError
-from bpcompile.spec import parse_spec
+from bpcompile.frontend.spec import parse_spec
 from conftest import finite_differences, random_point, rel_error
 
 

@@ -39,12 +39,15 @@ import pytest
 import sympy as sp
 from conftest import nvcc_compile_all, random_point, rel_error
 
+from bpcompile.targets.cuda import EMULATION_HEADER
 import bpcompile
-from bpcompile import __version__, codegen_cuda, equations
-from bpcompile.codegen_cuda import CudaExprPrinter, real_literal
+from bpcompile import __version__
+from bpcompile.targets.cuda import printer as codegen_cuda
+from bpcompile.ir import equations
+from bpcompile.targets.cuda.printer import CudaExprPrinter, real_literal
 from bpcompile.errors import SpecError
 
-EMULATION_H = Path(codegen_cuda.__file__).resolve().parent / "templates" / "cuda_emulation.h"
+EMULATION_H = EMULATION_HEADER
 CXX = os.environ.get("CXX") or shutil.which("g++")
 
 # Each payload would put the word PWNED into code if pasted raw into a // comment,

@@ -21,8 +21,8 @@ from io import StringIO
 import pytest
 
 import bpcompile
-from bpcompile import codegen_numpy
-from bpcompile.equations import Namer, docstring_lines
+from bpcompile.targets.numpy import printer as codegen_numpy
+from bpcompile.ir.equations import Namer, docstring_lines
 
 BASE = """\
 name: hostile
@@ -211,7 +211,7 @@ def test_every_template_field_with_hostile_values():
           "prologue": [Code("x = np.asarray(x, DTYPE)")],
           "blocks": [{"header": Code("forward pass"), "notes": [h, h], "lines": [Code("y = x * 2")]}],
           "returns": Code("y")}
-    source = env.get_template("numpy_module.py.j2").render(
+    source = env.get_template("module.py.j2").render(
         docstring=h, name="n", dtype=Code("float64"), reduction="mean",
         param_shapes=Code("{}"), input_shapes=Code("{'x': ()}"), label_classes=Code("{}"),
         wrt=Code("()"), trained=Code("()"), init_summary=h, init_lines=[], uses_rng=False,

@@ -245,7 +245,7 @@ def test_every_macro_of_the_headers_of_the_emulation_build_is_reserved(tmp_path)
 
 
 # The headers whose macros bpcompile/reserved_c_macros.txt lists: what the .cu includes
-# (templates/cuda_module.cu.j2) under nvcc, what the C target will include under gcc.
+# (targets/cuda/module.cu.j2) under nvcc, what the C target will include under gcc.
 CU_HEADERS = ("cuda_runtime.h", "cublas_v2.h", "math.h", "stddef.h", "stdlib.h")
 C_HEADERS = ("math.h", "stdlib.h", "stdint.h", "string.h", "stddef.h")
 

@@ -15,8 +15,9 @@ import pytest
 import sympy as sp
 
 import bpcompile
-from bpcompile import draw, explain
-from bpcompile.equations import INLINE_LIMIT, Namer, adjoint_equations, forward_equations
+from bpcompile.tools import draw
+from bpcompile.tools import inspect as explain
+from bpcompile.ir.equations import INLINE_LIMIT, Namer, adjoint_equations, forward_equations
 from conftest import ROOT
 
 
@@ -372,7 +373,7 @@ def test_latex_of_every_example_is_well_formed():
 
 def test_latex_bars_the_symbol_and_sets_other_text_as_text():
     # before: \overline{(\operatorname{sum}(((z_{3} - y)^{2})))}, a regex over the text
-    from bpcompile.equations import latex_name
+    from bpcompile.ir.equations import latex_name
     assert latex_name("z2_bar") == r"\overline{z_{2}}" and latex_name("L_n_bar") == r"\overline{L_{n}}"
     assert latex_name("y_hat") == r"\hat{y}" and latex_name("alpha_bar") == r"\overline{\alpha}"
     assert latex_name("(sum(x))_bar") == r"\text{(sum(x))\_bar}"
@@ -394,7 +395,7 @@ def test_softmax_interiors_are_found_in_work_linear_in_the_graph():
     the function itself (nx.ancestors walked the whole graph behind each: quadratic)."""
     import networkx as nx
 
-    from bpcompile import equations
+    from bpcompile.ir import equations
 
     def visits(n):
         compiled = bpcompile.compile(_softmax_chain(n))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import bpcompile
-from bpcompile import draw, explain
+from bpcompile.tools import draw
+from bpcompile.tools import inspect as explain
 from conftest import ROOT
 from test_sharing import thin_chain
 
@@ -157,7 +158,7 @@ def test_inspect_prints_structural_nodes_with_their_precedence():
 
 def test_equation_printers_bracket_by_precedence():
     import sympy as sp
-    from bpcompile.equations import MatMul, Outer, T, call, latex, show
+    from bpcompile.ir.equations import MatMul, Outer, T, call, latex, show
     W, x, g = sp.symbols("W x g", real=True)
     assert show(-MatMul(W, x) ** 2) == "-(W @ x)**2"
     assert show(sp.exp(-MatMul(W, x) ** 2)) == "exp(-(W @ x)**2)"
@@ -199,7 +200,7 @@ def test_latex_bars_the_nodes_symbol():
 
 
 def test_long_equations_wrap_at_100_columns():
-    from bpcompile.equations import Equation
+    from bpcompile.ir.equations import Equation
     terms = [(f"v{k}*z{k}_bar", "mul") for k in range(20)]
     lines = Equation("h_bar", terms, 0).lines()
     assert len(lines) > 1 and all(len(line) <= 100 for line in lines)

@@ -255,7 +255,7 @@ def test_float32_module_accepts_float32_params():
 def test_checks_include_renders_standalone_for_another_module():
     """templates/checks.py.j2 takes no template variables: the CUDA loader includes it
     after the same constants."""
-    env = Environment(loader=PackageLoader("bpcompile", "templates"), keep_trailing_newline=True,
+    env = Environment(loader=PackageLoader("bpcompile", "targets/templates"), keep_trailing_newline=True,
                       trim_blocks=True)
     source = env.get_template("checks.py.j2").render()
     namespace = {"np": np, "DTYPE": np.float32, "PARAM_SHAPES": {"E": (10, 2)},
@@ -318,7 +318,7 @@ def test_masked_array_param_and_input_are_refused(m):
 def test_subclass_check_keeps_plain_arrays_lists_memmaps_and_array_likes(tmp_path):
     """The CUDA loader's copy of the checks (the same include) takes CuPy arrays, which
     are no ndarray subclass: anything with .shape and .dtype that is not one passes."""
-    env = Environment(loader=PackageLoader("bpcompile", "templates"), keep_trailing_newline=True,
+    env = Environment(loader=PackageLoader("bpcompile", "targets/templates"), keep_trailing_newline=True,
                       trim_blocks=True)
     namespace = {"np": np, "DTYPE": np.float64, "PARAM_SHAPES": {"W": (2, 3)},
                  "INPUT_SHAPES": {"x": (3,)}, "LABEL_CLASSES": {}}

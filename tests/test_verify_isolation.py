@@ -20,7 +20,7 @@ import bpcompile
 from conftest import ROOT
 from test_verify import TANH, before_return, by_name, edited_module, negate_assignment
 
-verify_module = sys.modules["bpcompile.verify"]
+verify_module = sys.modules["bpcompile.tools.verify"]
 
 
 def run_cli(*args, env=None, stdin=subprocess.DEVNULL, timeout=120):
@@ -80,7 +80,7 @@ def test_module_that_patches_the_verifier_has_no_effect(tmp_path):
     patch = """
 import sys as _sys
 import bpcompile as _bp
-_v = _sys.modules["bpcompile.verify"]
+_v = _sys.modules["bpcompile.tools.verify"]
 _v.Report.ok = property(lambda self: True)
 _v.Report.table = lambda self: "ok: every check passed"
 _v.TOLERANCE.update({k: (1e300, 1.0) for k in _v.TOLERANCE})

@@ -235,7 +235,7 @@ def _emulation_header():
         return header.read_bytes()
     except OSError:
         raise CudaModuleError(f"{NAME}: BPCOMPILE_CUDA_EMULATE needs {header} (shipped with bpcompile "
-                              "as bpcompile/templates/cuda_emulation.h)") from None
+                              "as bpcompile/targets/cuda/cuda_emulation.h)") from None
 
 
 def _build_command(out, source, header):

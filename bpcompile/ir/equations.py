@@ -28,11 +28,11 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
-from . import names
-from .adjoint import Adjoints
-from .escape import latex_text
-from .graph import Lowered
-from .ops import OUT, Contraction, Scatter, arg_symbol, gemm_form, local_derivative
+from .. import names
+from ..ops.adjoint import Adjoints
+from ..escape import latex_text
+from ..frontend.graph import Lowered
+from ..ops import OUT, Contraction, Scatter, arg_symbol, gemm_form, local_derivative
 
 LOSS = "L"            # the loss reduced over the batch
 EXAMPLE_LOSS = "L_n"  # the per-example loss

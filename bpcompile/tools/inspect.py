@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 
 import sympy as sp
 
-from .compiler import Compiled
-from .equations import (EXAMPLE_LOSS, LOSS, Call, Equation, Namer, adjoint_equations, contraction_expr,
+from ..compiler import Compiled
+from ..ir.equations import (EXAMPLE_LOSS, LOSS, Call, Equation, Namer, adjoint_equations, contraction_expr,
                         forward_equations, latex, latex_name, show, wrap_equation)
-from .escape import latex_text, terminal
+from ..escape import latex_text, terminal
 
-from .limits import MAX_NAIVE_EXPANSION_OPS, MAX_NAIVE_SYMPY_DEPTH, MAX_NAIVE_SYMPY_OPS, NAIVE_COUNT_DIGITS
+from ..limits import MAX_NAIVE_EXPANSION_OPS, MAX_NAIVE_SYMPY_DEPTH, MAX_NAIVE_SYMPY_OPS, NAIVE_COUNT_DIGITS
 
 NAIVE_MAX_ENTRIES = 400   # differentiated entries beyond which SymPy does not differentiate
 NAIVE_COUNT_CAP = 10**NAIVE_COUNT_DIGITS

@@ -79,10 +79,10 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
-from .compiler import compile
-from .errors import SpecError
-from .escape import terminal
-from .spec import Spec, parse_spec
+from ..compiler import compile
+from ..errors import SpecError
+from ..escape import terminal
+from ..frontend.spec import Spec, parse_spec
 
 SMALL = 3               # dimensions are shrunk to at most this for the expansion
 N_SYMPY, N_FD = 2, 3    # batch sizes of the two checks

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import networkx as nx
 import sympy as sp
 
-from . import limits, ops
-from .errors import SpecError
-from .ops import Contraction, arg_symbol
+from .. import limits
+from .. import ops
+from ..errors import SpecError
+from ..ops import Contraction, arg_symbol
 from .spec import Expr, Spec
 
 # ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Stage 5 (NumPy target): print programs as a standalone Python module.
 
-The skeleton of the file is the Jinja2 template ``templates/numpy_module.py.j2``;
+The skeleton of the file is the Jinja2 template ``module.py.j2`` (beside this file);
 this printer turns each kernel into NumPy lines.  Elementwise math is printed by
 a subclass of SymPy's NumPy printer; contractions become ``@`` with transposes
 (BLAS GEMMs) wherever the subscripts allow, ``np.einsum`` otherwise.
@@ -9,7 +9,6 @@ a subclass of SymPy's NumPy printer; contractions become ``@`` with transposes
 from __future__ import annotations
 
 import ast
-import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -19,11 +18,13 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
-from . import names
-from .equations import print_add
-from .escape import py_comment, py_docstring, py_str
-from .ops import broadcast_shapes, gemm_form, sigmoid
-from .program import Kernel, Program, Value
+from ... import names
+from ...ir.equations import print_add
+from ...escape import py_comment, py_docstring, py_str
+from ...ops import broadcast_shapes, gemm_form, sigmoid
+from ...ir.program import Kernel, Program, Value
+from ..base import Code, lowering_table, lowers, template_environment
+from ..python import init_line, literal
 
 
 class ExprPrinter(NumPyPrinter):
@@ -242,10 +243,11 @@ class NumpyPrinter:
         return aligned(v, rank, self.ref(v))
 
     def kernel(self, k: Kernel) -> list:
-        return getattr(self, "_" + k.op)(k, k.out.name, [self.ref(a) for a in k.args])
+        return getattr(self, LOWERINGS[k.op])(k, k.out.name, [self.ref(a) for a in k.args])
 
     # -- kernels -------------------------------------------------------------
-    def _map(self, k, out, args):
+    @lowers("map")
+    def lower_map(self, k, out, args):
         temps, expr = k.attrs
         leaf_text = {a.name: self.aligned(a, k.out.rank) for a in k.args}
         printer = ExprPrinter(leaf_text)
@@ -273,7 +275,8 @@ class NumpyPrinter:
             lines.append(INPLACE[op].format(o=out, r=printer.doprint(operand) if operand is not None else ""))
         return lines
 
-    def _contract(self, k, out, args):
+    @lowers("contract")
+    def lower_contract(self, k, out, args):
         form, out_batched = k.attrs
         a, b = k.args
         sa = ("n" if a.batched else "") + form.a
@@ -281,7 +284,8 @@ class NumpyPrinter:
         so = ("n" if out_batched else "") + form.out
         return [f"{out} = {contraction(sa, sb, so, args[0], args[1])}"]
 
-    def _reduce(self, k, out, args):
+    @lowers("reduce")
+    def lower_reduce(self, k, out, args):
         kind, axes, keepdims, _ = k.attrs
         off = 1 if k.args[0].batched else 0
         ax = tuple(a + off for a in axes)
@@ -289,7 +293,8 @@ class NumpyPrinter:
         kd = ", keepdims=True" if keepdims else ""
         return [f"{out} = {args[0]}.{kind}(axis={axis}{kd})"]
 
-    def _sum_to(self, k, out, args):
+    @lowers("sum_to")
+    def lower_sum_to(self, k, out, args):
         target, keep_batch = k.attrs
         x = k.args[0]
         axes = []
@@ -309,13 +314,15 @@ class NumpyPrinter:
             line += f".reshape({batched_shape(k.out)})"
         return [line]
 
-    def _broadcast(self, k, out, args):
+    @lowers("broadcast")
+    def lower_broadcast(self, k, out, args):
         x = k.args[0]
         if x.kind == "const":
             return [f"{out} = np.full({batched_shape(k.out)}, {ExprPrinter({}).doprint(x.literal)}, DTYPE)"]
         return [f"{out} = np.broadcast_to({self.aligned(x, k.out.rank)}, {batched_shape(k.out)})"]
 
-    def _reshape(self, k, out, args):
+    @lowers("reshape")
+    def lower_reshape(self, k, out, args):
         x = k.args[0]
         old, new = x.shape, k.out.shape
         pre = ":, " if x.batched else ""
@@ -326,10 +333,12 @@ class NumpyPrinter:
                 return [f"{out} = {args[0]}[{pre}" + ", ".join([":"] * len(new) + ["0"] * (len(old) - len(new))) + "]"]
         return [f"{out} = {args[0]}.reshape({batched_shape(k.out)})"]
 
-    def _take(self, k, out, args):
+    @lowers("take")
+    def lower_take(self, k, out, args):
         return [f"{out} = {args[0]}[rows, {args[1]}]"]
 
-    def _scatter_add(self, k, out, args):
+    @lowers("scatter_add")
+    def lower_scatter_add(self, k, out, args):
         base, label, value = args
         lines = [] if k.inplace else [f"{out} = np.array({base})"]
         f = self.folded.get(k.args[2].name)
@@ -339,24 +348,29 @@ class NumpyPrinter:
             lines.append(f"{out}[rows, {label}] += {self.aligned(k.args[2], 1)}")
         return lines
 
-    def _zeros(self, k, out, args):
+    @lowers("zeros")
+    def lower_zeros(self, k, out, args):
         return [f"{out} = np.zeros({batched_shape(k.out)}, DTYPE)"]
 
-    def _onehot(self, k, out, args):
+    @lowers("onehot")
+    def lower_onehot(self, k, out, args):
         (classes,) = k.attrs
         return [f"{out} = ({args[0]}[:, None] == np.arange({classes})).astype(DTYPE)"]
 
-    def _transpose(self, k, out, args):
+    @lowers("transpose")
+    def lower_transpose(self, k, out, args):
         if k.args[0].batched:
             return [f"{out} = {args[0]}.swapaxes(-1, -2)"]
         return [f"{out} = {args[0]}.T"]
 
-    def _index(self, k, out, args):
+    @lowers("index")
+    def lower_index(self, k, out, args):
         (i,) = k.attrs
         pre = ":, " if k.args[0].batched else ""
         return [f"{out} = {args[0]}[{pre}{i}]"]
 
-    def _embed(self, k, out, args):
+    @lowers("embed")
+    def lower_embed(self, k, out, args):
         shape, i = k.attrs
         pre = ":, " if k.out.batched else ""
         return [f"{out} = np.zeros({batched_shape(k.out)}, DTYPE)",
@@ -380,7 +394,8 @@ class NumpyPrinter:
                 negated = atomic(ExprPrinter(leaf_text).doprint(-expr))
         return Folded(text, negated)
 
-    def _copy(self, k, out, args):
+    @lowers("copy")
+    def lower_copy(self, k, out, args):
         return [f"{out} = np.array({args[0]}, DTYPE)"]
 
 
@@ -400,44 +415,13 @@ def contraction(sa: str, sb: str, so: str, a: str, b: str) -> str:
 # The whole module
 
 
-class Code(str):
-    """Text that is Python source by construction: printed from validated names,
-    numbers and the generator's own words, or escaped by the filters below.
-
-    The module template accepts nothing else: every ``{{ field }}`` must be Code
-    (or a number), so a field of spec text (the spec, its file name, an expression
-    as written) cannot reach the module without going through escape.py.
-    """
-
-
 def _only_code(value):
     """Jinja2 ``finalize``: refuse a plain string that no escaping filter has seen."""
     if isinstance(value, Code) or (isinstance(value, int) and not isinstance(value, bool)):
         return value
-    raise TypeError(f"numpy_module.py.j2: a field of type {type(value).__name__} ({str(value)[:60]!r}) "
+    raise TypeError(f"targets/numpy/module.py.j2: a field of type {type(value).__name__} ({str(value)[:60]!r}) "
                     "reached the module unescaped; pass it through | docstring, | comment or "
                     "| literal, or build it as Code")
-
-
-def literal(value) -> Code:
-    """A Python literal for ``value``: strings through ``py_str``; ints, finite floats,
-    None and booleans by repr; tuples, lists and dicts of those."""
-    if isinstance(value, str):
-        return Code(py_str(value))
-    if value is None or isinstance(value, (bool, int)):
-        return Code(repr(value))
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"no finite Python literal for {value!r}")
-        return Code(repr(value))
-    if isinstance(value, tuple):
-        items = [literal(v) for v in value]
-        return Code("(" + items[0] + ",)" if len(items) == 1 else "(" + ", ".join(items) + ")")
-    if isinstance(value, list):
-        return Code("[" + ", ".join(literal(v) for v in value) + "]")
-    if isinstance(value, dict):
-        return Code("{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}")
-    raise TypeError(f"no Python literal for a {type(value).__name__}")
 
 
 def docstring_filter(text) -> Code:
@@ -446,44 +430,6 @@ def docstring_filter(text) -> Code:
 
 def comment_filter(text) -> Code:
     return Code(py_comment(text))
-
-
-def _shape_text(shape) -> str:
-    return literal(tuple(shape))
-
-
-def _fans(shape):
-    if len(shape) >= 2:
-        receptive = 1
-        for d in shape[2:]:
-            receptive *= d
-        return shape[1] * receptive, shape[0] * receptive
-    n = shape[0] if shape else 1
-    return n, n
-
-
-def init_line(p) -> str:
-    """One line creating param ``p`` per its init rule."""
-    shape = _shape_text(p.shape)
-    kind = p.init[0]
-    target = f"params[{py_str(p.name)}]"
-    if kind == "zeros":
-        return f"{target} = np.zeros({shape}, DTYPE)"
-    if kind == "ones":
-        return f"{target} = np.ones({shape}, DTYPE)"
-    if kind == "constant":
-        return f"{target} = np.full({shape}, {literal(float(p.init[1]))}, DTYPE)"
-    if kind == "normal":
-        return f"{target} = rng.normal(0.0, {literal(float(p.init[1]))}, {shape}).astype(DTYPE)"
-    if kind == "uniform":
-        limit = literal(float(p.init[1]))
-        return f"{target} = rng.uniform(-{limit}, {limit}, {shape}).astype(DTYPE)"
-    fan_in, fan_out = _fans(p.shape)
-    if kind == "glorot":
-        limit = math.sqrt(6.0 / (fan_in + fan_out))
-        return f"{target} = rng.uniform(-{limit!r}, {limit!r}, {shape}).astype(DTYPE)  # glorot"
-    std = math.sqrt(2.0 / fan_in)
-    return f"{target} = rng.normal(0.0, {std!r}, {shape}).astype(DTYPE)  # he"
 
 
 def _inputs_dict(names) -> str:
@@ -616,6 +562,9 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
             "blocks": blocks, "returns": Code(returns)}
 
 
+LOWERINGS = lowering_table(NumpyPrinter)   # kernel op -> method
+
+
 def predict_returns(out: Value) -> str:
     """What predict returns: the output, with the batch axis in front; an output
     that reads no input (a function of the params alone) is the same for every
@@ -672,11 +621,7 @@ def environment():
     """The Jinja2 environment of the module template: every field must be Code,
     and the filters ``literal``, ``docstring`` and ``comment`` make Code of values
     and of text through escape.py."""
-    from jinja2 import Environment, PackageLoader, StrictUndefined
-
-    env = Environment(loader=PackageLoader("bpcompile", "templates"), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=False,
-                      autoescape=False, finalize=_only_code)
+    env = template_environment("numpy", _only_code)
     env.filters["literal"] = literal
     env.filters["docstring"] = docstring_filter
     env.filters["comment"] = comment_filter
@@ -685,7 +630,7 @@ def environment():
 
 def render(low, adj, programs, version: str) -> str:
     """The generated module's source."""
-    from .equations import Namer, docstring_lines
+    from ...ir.equations import Namer, docstring_lines
     spec = low.spec
     printer = NumpyPrinter(spec.dtype)
     namer = Namer(low)
@@ -710,7 +655,7 @@ def render(low, adj, programs, version: str) -> str:
     classes = {nm: d.classes for nm, d in spec.inputs.items() if d.is_label}
     init_lines = [init_line(p) for p in spec.params.values()]
     step_inputs = ", ".join(nm if nm in vag_inputs else f"{nm}=None" for nm in all_inputs)
-    source = env.get_template("numpy_module.py.j2").render(
+    source = env.get_template("module.py.j2").render(
         docstring=module_docstring(spec, version, forward_lines, adjoint_lines),
         name=spec.name, dtype=Code(np_dtype(spec.dtype)), reduction=spec.reduction,
         param_shapes=literal({p: tuple(d.shape) for p, d in spec.params.items()}),

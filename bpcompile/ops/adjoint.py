@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import networkx as nx
 import sympy as sp
 
-from .graph import Graph, Lowered
-from .ops import VJP, Contraction, Scatter, arg_symbol
+from ..frontend.graph import Graph, Lowered
+from . import VJP, Contraction, Scatter, arg_symbol
 
 
 @dataclass

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import yaml
 
-from . import limits, names
-from .errors import SpecError
-from .escape import char_name, forbidden_char
-from .ops import FUNCTIONS
+from .. import limits
+from .. import names
+from ..errors import SpecError
+from ..escape import char_name, forbidden_char
+from ..ops import FUNCTIONS
 
 TOP_KEYS = ("name", "inputs", "params", "layers", "graph", "loss", "output", "wrt",
             "reduction", "dtype", "description")

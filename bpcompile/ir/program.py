@@ -6,7 +6,7 @@ inlined into it, so a chain like ``a_bar = f_bar * v * (1 - e**2)`` is one
 ``map`` kernel, whose expression goes through ``sympy.cse``.  Every other node is
 one kernel: a contraction (a GEMM for the printers), a reduction, an index
 operation.  Nothing here knows NumPy or CUDA: values have per-example shapes and
-a batch flag, kernels name ops from ``ops.py``, and elementwise math stays SymPy.
+a batch flag, kernels name ops from ``ops/``, and elementwise math stays SymPy.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from . import names
-from .adjoint import Adjoints
+from .. import names
+from ..ops.adjoint import Adjoints
 from .equations import EXAMPLE_LOSS, LOSS, Namer, adjoint_equations, show
-from .errors import SpecError
-from .graph import Lowered
-from .ops import arg_symbol
+from ..errors import SpecError
+from ..frontend.graph import Lowered
+from ..ops import arg_symbol
 
 MAX_FUSED = 24   # most operations one fused elementwise kernel takes in
 VIEW_OPS = ("reshape", "transpose", "index", "broadcast")
@@ -43,7 +43,7 @@ class Value:
 
 @dataclass(eq=False)
 class Kernel:
-    op: str                   # an op of ops.py / graph.Graph ("map", "contract", ...)
+    op: str                   # an op of ops/ / frontend/graph.Graph ("map", "contract", ...)
     out: Value
     args: tuple               # Values
     attrs: tuple              # the node's attributes; for "map": (temps, expr)

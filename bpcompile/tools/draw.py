@@ -27,10 +27,10 @@ from pathlib import Path
 
 import networkx as nx
 
-from .compiler import Compiled, write_atomic
-from .equations import Namer, contraction_text, show
-from .escape import dot_str
-from .ops import OUT, arg_symbol, local_derivative
+from ..compiler import Compiled, write_atomic
+from ..ir.equations import Namer, contraction_text, show
+from ..escape import dot_str
+from ..ops import OUT, arg_symbol, local_derivative
 
 FORMATS = (".dot", ".svg", ".png")
 HIDDEN_OPS = ("const", "batch_size", "reshape", "broadcast")

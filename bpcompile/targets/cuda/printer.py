@@ -20,7 +20,7 @@ the three functions share it (one call at a time per workspace).  Gradients and
 predict's output are written straight into the caller's arrays.
 
 The .cu builds with nvcc, or with a host C++20 compiler and
-``templates/cuda_emulation.h`` force-included (how the tests run it without a GPU).
+``cuda_emulation.h`` (beside this file) force-included (how the tests run it without a GPU).
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ import sympy as sp
 from sympy.codegen.ast import float32, real
 from sympy.printing.c import C99CodePrinter
 
-from . import escape
-from .equations import print_add
-from .ops import gemm_form
-from .program import Kernel, Program, Value
+from ... import escape
+from ...ir.equations import print_add
+from ...ops import gemm_form
+from ...ir.program import Kernel, Program, Value
+from ..base import Code, lowering_table, lowers, template_environment
+from ..python import init_line
 
 BLOCK = 256        # threads per block of elementwise kernels
 MAX_GRID = 4096    # blocks of a grid-stride launch at most
@@ -325,7 +327,7 @@ class FunctionPrinter:
 
     # -- kernels -------------------------------------------------------------
     def kernel(self, k: Kernel):
-        getattr(self, "_" + k.op)(k)
+        getattr(self, LOWERINGS[k.op])(k)
 
     def _elementwise(self, k: Kernel, hint, comment, inputs, body, out=None):
         """A grid-stride kernel over the elements of ``out`` (default k.out).
@@ -362,7 +364,8 @@ class FunctionPrinter:
             inputs.append((decl, self.c(v)))
         return f"{self.c(v)}[{idx}]"
 
-    def _map(self, k: Kernel):
+    @lowers("map")
+    def lower_map(self, k: Kernel):
         temps, expr = k.attrs
         if k.out.name in self.host:
             # a scalar of N and constants only: computed on the host, passed by value
@@ -439,7 +442,8 @@ class FunctionPrinter:
         self._block_reduce(k, self.c(k.out), comment, kind, [xd[j] for j in kept], [xd[j] for j in red],
                            element, inputs)
 
-    def _reduce(self, k: Kernel):
+    @lowers("reduce")
+    def lower_reduce(self, k: Kernel):
         kind, axes, keepdims, _ = k.attrs
         x = k.args[0]
         off = 1 if x.batched else 0
@@ -447,7 +451,8 @@ class FunctionPrinter:
         self._reduce_over(k, x, {a + off for a in axes}, kind,
                           f"{kind}({self.c(x)}, axis {ax}{', keepdims' if keepdims else ''})")
 
-    def _sum_to(self, k: Kernel):
+    @lowers("sum_to")
+    def lower_sum_to(self, k: Kernel):
         target, keep_batch = k.attrs
         x = k.args[0]
         off = 1 if x.batched else 0
@@ -460,7 +465,8 @@ class FunctionPrinter:
         over = "the batch" if (x.batched and not keep_batch) else "broadcast axes"
         self._reduce_over(k, x, reduced, "sum", f"{self.c(x)} summed over {over} to {shape_text(k.out)}")
 
-    def _contract(self, k: Kernel):
+    @lowers("contract")
+    def lower_contract(self, k: Kernel):
         form, out_batched = k.attrs
         a, b = k.args
         sa = ("n" if a.batched else "") + form.a
@@ -532,7 +538,8 @@ class FunctionPrinter:
                 f"CHECK_CUBLAS(cublas{t}gemm(ws->blas, {opR}, {opL}, {Nn}, {M}, {K}, &_one, "
                 f"{self.c(R)}, {ldR}, {self.c(L)}, {ldL}, &_zero, {self.c(k.out)}, {Nn}));")
 
-    def _broadcast(self, k: Kernel):
+    @lowers("broadcast")
+    def lower_broadcast(self, k: Kernel):
         x = k.args[0]
         if x.kind == "const" or x.name in self.host:
             self.need(k.out)
@@ -545,12 +552,14 @@ class FunctionPrinter:
         self._elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)} broadcast to {shape_text(k.out)}"],
                           inputs, body)
 
-    def _reshape(self, k: Kernel):
+    @lowers("reshape")
+    def lower_reshape(self, k: Kernel):
         x = k.args[0]
         self.alias[k.out.name] = x.name
         self.lines.append(line_comment(f"{self.c(k.out)} is {self.c(x)} reshaped to {shape_text(k.out)}: the same memory"))
 
-    def _take(self, k: Kernel):
+    @lowers("take")
+    def lower_take(self, k: Kernel):
         x, label = k.args
         if len(x.shape) != 1:
             raise NotImplementedError("CUDA take: only rows of per-example vectors")
@@ -563,7 +572,8 @@ class FunctionPrinter:
         self._elementwise(k, self.c(k.out), [f"{self.c(k.out)}[n] = {self.c(x)}[n, {self.c(label)}[n]]"],
                           inputs, body)
 
-    def _scatter_add(self, k: Kernel):
+    @lowers("scatter_add")
+    def lower_scatter_add(self, k: Kernel):
         base, label, value = k.args
         out = k.out
         self.need(out)
@@ -588,12 +598,14 @@ class FunctionPrinter:
             [f"{self.c(out)}[n, {self.c(label)}[n]] += {self.c(value)}[n], one thread per example"], params, loop)
         self.launch(name, "(long long)N", [self.c(out)] + [a for _, a in inputs] + ["(long long)N"])
 
-    def _zeros(self, k: Kernel):
+    @lowers("zeros")
+    def lower_zeros(self, k: Kernel):
         self.need(k.out)
         n = count_expr(full_dims(k.out))
         self.lines.append(f"CHECK_CUDA(cudaMemsetAsync({self.c(k.out)}, 0, sizeof(real) * (size_t)({n})));")
 
-    def _onehot(self, k: Kernel):
+    @lowers("onehot")
+    def lower_onehot(self, k: Kernel):
         (classes,) = k.attrs
         label = k.args[0]
         inputs: list = []
@@ -601,7 +613,8 @@ class FunctionPrinter:
         body = [f"{self.c(k.out)}[_i] = (real)({li} == _i % {classes});"]
         self._elementwise(k, self.c(k.out), [f"{self.c(k.out)} = onehot({self.c(label)}, {classes})"], inputs, body)
 
-    def _transpose(self, k: Kernel):
+    @lowers("transpose")
+    def lower_transpose(self, k: Kernel):
         x = k.args[0]
         st = row_strides(list(x.shape))[::-1]
         strides = ([size_of(x.shape)] if x.batched else []) + st
@@ -609,7 +622,8 @@ class FunctionPrinter:
         body = [f"{self.c(k.out)}[_i] = {self._read(x, offset('_i', full_dims(k.out), strides), inputs)};"]
         self._elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}^T"], inputs, body)
 
-    def _index(self, k: Kernel):
+    @lowers("index")
+    def lower_index(self, k: Kernel):
         (i,) = k.attrs
         x = k.args[0]
         st = row_strides(list(x.shape))
@@ -621,7 +635,8 @@ class FunctionPrinter:
         body = [f"{self.c(k.out)}[_i] = {self._read(x, idx, inputs)};"]
         self._elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}[{i}]"], inputs, body)
 
-    def _embed(self, k: Kernel):
+    @lowers("embed")
+    def lower_embed(self, k: Kernel):
         _, i = k.attrs
         g = k.args[0]
         out = k.out
@@ -638,12 +653,16 @@ class FunctionPrinter:
         self._elementwise(k, self.c(out), [f"{self.c(out)} = zeros {shape_text(out)} with [{i}] = {self.c(g)}"],
                           inputs, body)
 
-    def _copy(self, k: Kernel):
+    @lowers("copy")
+    def lower_copy(self, k: Kernel):
         x = k.args[0]
         self.need(k.out)
         n = count_expr(full_dims(k.out))
         self.lines.append(f"CHECK_CUDA(cudaMemcpyAsync({self.c(k.out)}, {self.c(x)}, sizeof(real) * (size_t)({n}), "
                           "cudaMemcpyDeviceToDevice));")
+
+
+LOWERINGS = lowering_table(FunctionPrinter)   # kernel op -> method
 
 
 def host_scalars(program: Program, bound: dict) -> set:
@@ -802,14 +821,6 @@ def _function(mod: CudaModule, fn: str, program: Program):
 # Templates: every field escaped by construction
 
 
-class Code(str):
-    """Text that goes into a generated file as it is: made by this printer from
-    validated identifiers and numbers, or spec text already escaped for its place
-    (``line_comment``, the template filters).  The template environment refuses to
-    print anything else, so a field without an escaping filter fails at render time,
-    on every spec, not on the hostile one."""
-
-
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9_.+\-]+\Z", re.ASCII)
 
@@ -844,16 +855,13 @@ def environment():
     else a template prints must be ``Code`` or an int: ``_finalize`` refuses a bare
     string.
     """
-    from jinja2 import Environment, PackageLoader, StrictUndefined
-    env = Environment(loader=PackageLoader("bpcompile", "templates"), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=False,
-                      finalize=_finalize, autoescape=False)
+    env = template_environment("cuda", _finalize)
     for fn in (escape.c_comment, escape.c_str, escape.py_docstring, escape.py_comment, escape.py_str):
         env.filters[fn.__name__] = lambda text, fn=fn: Code(fn(str(text)))
     return env
 
 
-# Preprocessor lines the .cu may hold: those of cuda_module.cu.j2, none with spec text.
+# Preprocessor lines the .cu may hold: those of module.cu.j2, none with spec text.
 _DIRECTIVE = re.compile(r"#(?:include <[a-z_0-9]+\.h>|ifn?def [A-Z_]+|endif|else|"
                         r"define [A-Z_]+(?:\([A-Za-z_, .]*\))?(?: .*)?)\Z")
 
@@ -884,8 +892,7 @@ def render(low, adj, programs, version: str) -> dict:
 
     The loader carries the sha256 of the .cu it goes with and refuses to build any
     other (a pair torn apart, half of it from another compile, would run wrong)."""
-    from .codegen_numpy import init_line
-    from .equations import docstring_lines
+    from ...ir.equations import docstring_lines
     spec = low.spec
     if spec.dtype not in ("float32", "float64") or spec.reduction not in ("mean", "sum"):
         raise ValueError(f"CUDA target: dtype {spec.dtype!r}, reduction {spec.reduction!r}")
@@ -921,7 +928,7 @@ def render(low, adj, programs, version: str) -> dict:
                "fill": "kernels::bp_fill" in used}
     name = ident(spec.name)
     code = lambda lines: [Code(x) for x in lines]   # noqa: E731 - printed by this module
-    cu = env.get_template("cuda_module.cu.j2").render(
+    cu = env.get_template("module.cu.j2").render(
         helpers=helpers,
         name=name, version=token(version), spec_file=spec.file or "", spec_lines=spec_text.splitlines(),
         reduction=ident(spec.reduction), forward_equations=forward_lines, adjoint_equations=adjoint_lines,
@@ -940,7 +947,7 @@ def render(low, adj, programs, version: str) -> dict:
         used = {v.name for v in p.inputs}
         return Code(", ".join(["*", *(nm if nm in used else f"{nm}=None" for nm in spec.inputs), "check=True"]))
 
-    loader = env.get_template("cuda_loader.py.j2").render(
+    loader = env.get_template("loader.py.j2").render(
         name=name, version=token(version), spec_file=spec.file or "", dtype=ident(spec.dtype),
         uses_blas=uses_blas, reduction=ident(spec.reduction),
         source_sha256=Code(hashlib.sha256(cu.encode("utf-8")).hexdigest()),
