@@ -44,7 +44,8 @@ import bpcompile
 from bpcompile import __version__
 from bpcompile.targets.cuda import printer as codegen_cuda
 from bpcompile.ir import equations
-from bpcompile.targets.cuda.printer import CudaExprPrinter, real_literal
+from bpcompile.targets.clike import real_literal
+from bpcompile.targets.cuda.printer import CudaExprPrinter
 from bpcompile.errors import SpecError
 
 EMULATION_H = EMULATION_HEADER

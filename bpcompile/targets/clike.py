@@ -1,0 +1,273 @@
+"""What C-like targets share: the C99 printer of elementwise math, floating
+literals of the dtype, index arithmetic over row-major arrays, identifiers and
+the check of a generated C file.
+
+The CUDA target builds on this, and so will the C target: what differs between
+them (kernels and launches, threads, shared memory) stays in their folders.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import sympy as sp
+from sympy.codegen.ast import float32, real
+from sympy.printing.c import C99CodePrinter
+
+from .. import escape
+from ..ir.equations import print_add
+from ..ir.program import Value
+from .base import Code
+
+# ---------------------------------------------------------------------------
+# Elementwise math
+
+
+def real_literal(value, dtype: str) -> str:
+    """``value`` (a Python or SymPy number) as a floating literal of ``dtype``.
+
+    Every number in device arithmetic is printed here: ``3.0`` / ``3.0f``, never
+    the integer ``3`` (an integer argument makes ``sqrt(3)`` the constexpr host
+    overload, which nvcc refuses in device code; an integer of 2**63 or more is no
+    C integer at all).  The value is the one NumPy computes with: the nearest
+    double, then, for float32, the nearest float (``INFINITY`` past the range).
+    """
+    try:
+        v = float(value)
+    except OverflowError:   # an integer or rational beyond the double range
+        v = math.inf if value > 0 else -math.inf
+    if dtype == "float32" and math.isfinite(v):
+        v = float(np.float32(v)) if abs(v) <= FLT_MAX else math.copysign(math.inf, v)
+    if math.isnan(v):
+        return "NAN"
+    if math.isinf(v):
+        return "INFINITY" if v > 0 else "(-INFINITY)"
+    text = str(np.float32(v)) if dtype == "float32" else repr(v)
+    if "e" not in text and "." not in text:
+        text += ".0"
+    if dtype == "float32":
+        text += "f"
+    return text if v >= 0 or text.startswith("-") else "-" + text
+
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def line_comment(text: str) -> str:
+    """A ``//`` comment of ``text`` (any text: escaped to one line, no splice)."""
+    return "// " + escape.c_comment(text)
+
+
+class CExprPrinter(C99CodePrinter):
+    """SymPy -> C (C99, and CUDA C++) for ``real`` (double, or float with the f-suffixed functions).
+
+    Numbers are floating literals of the dtype (``real_literal``), constants such as
+    pi and e their values: device code holds no integer in arithmetic, no macro."""
+
+    def __init__(self, dtype: str, leaf_text: dict):
+        settings = {"type_aliases": {real: float32}} if dtype == "float32" else {}
+        super().__init__(settings)
+        self.dtype = dtype
+        self.f32 = dtype == "float32"
+        self.leaf_text = leaf_text
+
+    def fn(self, name: str) -> str:
+        return name + "f" if self.f32 else name
+
+    def lit(self, x) -> str:
+        return real_literal(x, self.dtype)
+
+    def _print_Integer(self, e):
+        return self.lit(int(e))
+
+    def _print_Rational(self, e):
+        # p/q as it reads, when both are exact in the dtype; else its value
+        exact = 2 ** (24 if self.f32 else 53)
+        if abs(e.p) <= exact and e.q <= exact:
+            return f"{self.lit(e.p)}/{self.lit(e.q)}"
+        return self.lit(e)
+
+    def _print_Float(self, e):
+        return self.lit(e)
+
+    def _print_NumberSymbol(self, e):   # pi, E, EulerGamma, ...
+        return self.lit(e.evalf(30))
+
+    _print_Pi = _print_Exp1 = _print_NumberSymbol
+
+    def _print_Infinity(self, e):
+        return "INFINITY"
+
+    def _print_NegativeInfinity(self, e):
+        return "(-INFINITY)"
+
+    def _print_NaN(self, e):
+        return "NAN"
+
+    def _print_Symbol(self, e):
+        return self.leaf_text.get(e.name, e.name)
+
+    def _print_Add(self, expr, order=None):
+        return print_add(self, expr)
+
+    def _print_Pow(self, e, rational=False):
+        base, exp = e.args
+        b = self.parenthesize(base, 50)   # above Mul: a product in the base keeps its parentheses
+        # a product is parenthesized: the Mul printer may put it after a '/'
+        if exp.is_Integer and 0 < exp <= 4:
+            return "(" + "*".join([b] * int(exp)) + ")" if exp > 1 else b
+        if exp.is_Integer and -4 <= exp < 0:
+            one = self.lit(1)
+            return f"({one}/{b})" if exp == -1 else f"({one}/(" + "*".join([b] * int(-exp)) + "))"
+        if exp == sp.Rational(1, 2):
+            return f"{self.fn('sqrt')}({self._print(base)})"
+        if exp == -sp.Rational(1, 2):
+            return f"({self.lit(1)}/{self.fn('sqrt')}({self._print(base)}))"
+        return f"{self.fn('pow')}({self._print(base)}, {self._print(sp.Float(exp) if exp.is_Rational else exp)})"
+
+    def _print_sigmoid(self, e):
+        # 1/(1 + exp(-x)) written through tanh: exact, and no overflow for any x
+        x = self.parenthesize(e.args[0], 50)
+        h = self.lit(0.5)
+        return f"({h} + {h}*{self.fn('tanh')}({h}*{x}))"
+
+    def _print_relu(self, e):
+        return f"{self.fn('fmax')}({self._print(e.args[0])}, {self.lit(0.0)})"
+
+    def _print_step(self, e):
+        return f"(real)({self._print(e.args[0])} > {self.lit(0)})"
+
+    def _print_softplus(self, e):
+        # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow
+        x = self._print(e.args[0])
+        return (f"({self.fn('fmax')}({x}, {self.lit(0.0)}) + "
+                f"{self.fn('log1p')}({self.fn('exp')}(-{self.fn('fabs')}({x}))))")
+
+    def _print_equal(self, e):
+        return f"(real)({self._print(e.args[0])} == {self._print(e.args[1])})"
+
+
+# ---------------------------------------------------------------------------
+# Index arithmetic.  A flat index ``var`` runs over ``dims`` in row-major order
+# (sizes; None for the batch size N, which can only be the outermost dim);
+# ``strides`` says how far each dim moves in the array read.
+
+
+def offset(var: str, dims: list, strides: list) -> str:
+    """The C expression of the offset into an array at flat iteration index ``var``."""
+    merged = [[d, s] for d, s in zip(dims, strides) if d != 1]
+    i = len(merged) - 1
+    while i > 0:
+        (d0, s0), (d1, s1) = merged[i - 1], merged[i]
+        if (s0 == 0 and s1 == 0) or (s1 != 0 and s0 == s1 * d1):
+            merged[i - 1] = [None if d0 is None else d0 * d1, s1]
+            del merged[i]
+        i -= 1
+    terms = []
+    inner = 1
+    for j in range(len(merged) - 1, -1, -1):
+        d, s = merged[j]
+        if s != 0:
+            coord = var if inner == 1 else f"{var} / {inner}"
+            if j > 0:
+                coord = f"{coord} % {d}"
+            if s != 1:
+                coord = f"({coord}) * {s}" if coord != var else f"{var} * {s}"
+            terms.append(coord)
+        if d is not None:
+            inner *= d
+    return " + ".join(reversed(terms)) or "0"
+
+
+def full_dims(v: Value) -> list:
+    return ([None] if v.batched else []) + list(v.shape)
+
+
+def row_strides(dims: list) -> list:
+    out, acc = [], 1
+    for d in reversed(dims):
+        out.append(acc)
+        acc *= d if d is not None else 1
+    return out[::-1]
+
+
+def size_of(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def broadcast_strides(arg: Value, out: Value) -> list:
+    """Strides of ``arg`` read at the indices of ``out`` (NumPy broadcasting)."""
+    st = row_strides(list(arg.shape))
+    lead = len(out.shape) - len(arg.shape)
+    per = []
+    for j, d in enumerate(out.shape):
+        k = j - lead
+        per.append(0 if k < 0 or arg.shape[k] == 1 else st[k])
+    if out.batched:
+        return [size_of(arg.shape) if arg.batched else 0] + per
+    return per
+
+
+def count_expr(dims: list) -> str:
+    """The number of elements of ``dims``, as a long long C expression."""
+    n = size_of([d for d in dims if d is not None])
+    if None in dims:
+        return "(long long)N" if n == 1 else f"(long long)N * {n}"
+    return f"{n}"
+
+
+def shape_text(v: Value) -> str:
+    dims = (["N"] if v.batched else []) + [str(d) for d in v.shape]
+    return "[" + ", ".join(dims) + "]"
+
+
+# ---------------------------------------------------------------------------
+# Identifiers and the check of a generated file
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z", re.ASCII)
+_TOKEN = re.compile(r"[A-Za-z0-9_.+\-]+\Z", re.ASCII)
+
+
+def ident(name: str) -> Code:
+    """``name``, checked to be an ASCII identifier (a spec name, a C type, a dtype)."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValueError(f"not an identifier: {name!r}")
+    return Code(name)
+
+
+def token(text: str) -> Code:
+    """``text``, checked to be letters, digits and ``_.+-`` only (a version)."""
+    if not isinstance(text, str) or not _TOKEN.match(text):
+        raise ValueError(f"not a plain token: {text!r}")
+    return Code(text)
+
+
+# Preprocessor lines the .cu may hold: those of module.cu.j2, none with spec text.
+_DIRECTIVE = re.compile(r"#(?:include <[a-z_0-9]+\.h>|ifn?def [A-Z_]+|endif|else|"
+                        r"define [A-Z_]+(?:\([A-Za-z_, .]*\))?(?: .*)?)\Z")
+
+
+def check_c_source(text: str, what: str) -> None:
+    """Assert what escaping guarantees of a generated C/CUDA file: printable ASCII
+    and newlines only (no carriage return, no trigraph), every preprocessor line one
+    of the template's, and a line ends in a backslash only inside a ``#define``
+    (so no comment splices the next line).  Raises AssertionError: a bug here, not
+    in the spec."""
+    bad = next((ch for ch in text if not (" " <= ch <= "~" or ch == "\n")), None)
+    if bad is not None:
+        raise AssertionError(f"{what}: character {bad!r} in generated C")
+    if "??" in text:
+        raise AssertionError(f"{what}: '??' (a trigraph) in generated C")
+    continued = False
+    for no, line in enumerate(text.split("\n"), 1):
+        stripped = line.strip()
+        if stripped.startswith("#") and not continued and not _DIRECTIVE.match(stripped):
+            raise AssertionError(f"{what}:{no}: unexpected preprocessor line {line!r}")
+        if line.endswith("\\") and not (continued or stripped.startswith("#define ")):
+            raise AssertionError(f"{what}:{no}: a line spliced into the next {line!r}")
+        continued = line.endswith("\\")
