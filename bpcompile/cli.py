@@ -23,7 +23,7 @@ from .compiler import compile
 from .errors import SpecError
 from .escape import terminal
 from .frontend.spec import load_spec
-from .tools.verify import TIMEOUT, verify
+from .limits import VERIFY_TIMEOUT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -126,6 +126,7 @@ def cmd_graph(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from .tools.verify import verify
     with _about(args.spec):
         report = verify(load_spec(args.spec), module=args.module)
     say(report.table())
@@ -149,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile specs into gradient modules")
     c.add_argument("specs", nargs="+", metavar="SPEC", help="model spec files (.yaml, .json)")
     c.add_argument("--target", choices=targets.names(), default=targets.DEFAULT,
-                   help="what to generate: " + "; ".join(f"{t} ({targets.get(t).summary})" for t in targets.names())
+                   help="what to generate: " + "; ".join(f"{t} ({targets.summary(t)})" for t in targets.names())
                    + f" (default {targets.DEFAULT})")
     c.add_argument("-o", "--output", default=".", metavar="DIR", help="output directory (default .)")
     c.set_defaults(run=cmd_compile)
@@ -175,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--module", metavar="FILE",
                    help="a generated .py module to check (e.g. one someone edited) instead of the spec "
                         "compiled afresh; like the fresh one, it runs in a separate Python process with "
-                        f"no stdin and a {TIMEOUT:g} s limit, and only the numbers it returns are judged: "
+                        f"no stdin and a {VERIFY_TIMEOUT:g} s limit, and only the numbers it returns are judged: "
                         "a module that hangs, crashes or exits fails the check (exit 1); one that cannot "
                         "be imported or does not match SPEC is a usage error (exit 2)")
     v.set_defaults(run=cmd_verify)

@@ -22,3 +22,4 @@ MAX_NAIVE_EXPANSION_OPS = 50_000     # inspect: scalar ops of the small instance
 MAX_NAIVE_SYMPY_OPS = 20_000         # inspect: naive count beyond which SymPy does not differentiate (DP counts)
 MAX_NAIVE_SYMPY_DEPTH = 100          # inspect: depth of the expanded loss beyond which SymPy does not differentiate
 NAIVE_COUNT_DIGITS = 100             # inspect: the naive count is exact below 10**this, else "more than"
+VERIFY_TIMEOUT = 60.0                # verify: seconds the module under test is given, in all, to answer

@@ -240,7 +240,7 @@ def test_default_path_has_no_spec_rows():
 def test_fd_directions_are_indices_and_one_random_array(monkeypatch):
     """The sampled directions are sent as flat indices: per name, one full-size
     array (the random direction) whatever SAMPLE is."""
-    v = sys.modules["bpcompile.tools.verify"]
+    import bpcompile.tools.verify as v
     seen = []
     evaluate = v._Child.evaluate
 
@@ -257,7 +257,7 @@ def test_fd_directions_are_indices_and_one_random_array(monkeypatch):
 
 
 def test_instance_over_the_work_cap_is_checked_shrunk(monkeypatch, tmp_path):
-    v = sys.modules["bpcompile.tools.verify"]
+    import bpcompile.tools.verify as v
     monkeypatch.setattr(v, "FD_ELEMENTS", 1000)
     text = "name: big\ninputs: {x: [4000]}\nparams: {w: [4000]}\nloss: sum(w * x * x)\n"
     report = v.verify(text)
@@ -358,7 +358,7 @@ def test_spec_that_does_not_shrink_is_expanded_at_its_own_sizes():
 def test_sympy_expansion_has_a_time_budget(monkeypatch):
     """A loss SymPy is slow to differentiate (deep nesting) skips the SymPy check
     with a note once over budget; finite differences still decide."""
-    v = sys.modules["bpcompile.tools.verify"]
+    import bpcompile.tools.verify as v
     inner = "f"
     for _ in range(30):
         inner = f"tanh({inner})"

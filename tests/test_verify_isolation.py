@@ -20,7 +20,7 @@ import bpcompile
 from conftest import ROOT
 from test_verify import TANH, before_return, by_name, edited_module, negate_assignment
 
-verify_module = sys.modules["bpcompile.tools.verify"]
+import bpcompile.tools.verify as verify_module  # noqa: E402
 
 
 def run_cli(*args, env=None, stdin=subprocess.DEVNULL, timeout=120):
@@ -78,9 +78,7 @@ def test_module_that_exits_during_a_call_fails(tmp_path):
 def test_module_that_patches_the_verifier_has_no_effect(tmp_path):
     """In the verifier's own process this made a wrong gradient pass (exit 0)."""
     patch = """
-import sys as _sys
-import bpcompile as _bp
-_v = _sys.modules["bpcompile.tools.verify"]
+import bpcompile.tools.verify as _v
 _v.Report.ok = property(lambda self: True)
 _v.Report.table = lambda self: "ok: every check passed"
 _v.TOLERANCE.update({k: (1e300, 1.0) for k in _v.TOLERANCE})

@@ -16,12 +16,13 @@ import importlib
 
 from .base import Target, UnsupportedOp
 
-__all__ = ["DEFAULT", "Target", "UnsupportedOp", "get", "names"]
+__all__ = ["DEFAULT", "Target", "UnsupportedOp", "get", "names", "summary"]
 
-# name -> module defining ``TARGET``, in the order the command line lists them
+# name -> (module defining ``TARGET``, what it writes), in the order the command
+# line lists them; the summary is here so that ``--help`` imports no printer
 _REGISTRY = {
-    "numpy": "bpcompile.targets.numpy",
-    "cuda": "bpcompile.targets.cuda",
+    "numpy": ("bpcompile.targets.numpy", "a standalone NumPy module"),
+    "cuda": ("bpcompile.targets.cuda", "a CUDA source file and a Python loader"),
 }
 DEFAULT = "numpy"
 
@@ -31,9 +32,20 @@ def names() -> tuple:
     return tuple(_REGISTRY)
 
 
+def summary(name: str) -> str:
+    """What the target called ``name`` writes, in a few words."""
+    return _entry(name)[1]
+
+
 def get(name: str) -> Target:
     """The target called ``name``; ValueError naming the choices for any other."""
-    module = _REGISTRY.get(name) if isinstance(name, str) else None
-    if module is None:
+    target = importlib.import_module(_entry(name)[0]).TARGET
+    assert target.name == name, f"targets/__init__.py registers {target.name!r} as {name!r}"
+    return target
+
+
+def _entry(name):
+    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    if entry is None:
         raise ValueError(f"unknown target {name!r}; choose one of {', '.join(_REGISTRY)}")
-    return importlib.import_module(module).TARGET
+    return entry

@@ -60,7 +60,6 @@ class Target:
     SymPy printer of elementwise math), and implement ``render`` and ``files_for``."""
 
     name: str = ""
-    summary: str = ""
     printer: type = object
     # after import, the module needs nothing on disk (Compiled.load removes its
     # directory at once); else the directory lives as long as the module

@@ -80,6 +80,7 @@ import numpy as np
 import sympy as sp
 
 from ..compiler import compile
+from ..limits import VERIFY_TIMEOUT
 from ..errors import SpecError
 from ..escape import terminal
 from ..frontend.spec import Spec, parse_spec
@@ -93,7 +94,7 @@ SAMPLE = 20             # entries per name checked by finite differences
 FD_ELEMENTS = 50_000_000   # the most entries (params, and inputs at N_FD) the checks evaluate
 STACK_BYTES, RECURSION_LIMIT = 512 << 20, 50_000   # for SymPy on deep expressions
 STEP = 1e-4             # finite-difference step, relative to max(1, |entry|)
-TIMEOUT = 60.0          # seconds the module under test is given, in all, to answer
+TIMEOUT = VERIFY_TIMEOUT   # seconds the module under test is given, in all, to answer (limits.py)
 # check -> (relative tolerance, floor of the denominator relative to the scale).
 # The /f32 checks compare a float32 module run in float32 with float64 references:
 # float32 carries 7 digits (eps 1.2e-7), a gradient loses one or two of them to

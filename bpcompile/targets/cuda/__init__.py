@@ -18,7 +18,6 @@ EMULATION_HEADER = Path(__file__).resolve().parent / "cuda_emulation.h"
 
 class CudaTarget(Target):
     name = "cuda"
-    summary = "a CUDA source file and a Python loader"
     printer = printer.FunctionPrinter
     standalone = False   # the loader builds the .cu beside it on first use
 

@@ -13,7 +13,6 @@ from . import printer
 
 class NumpyTarget(Target):
     name = "numpy"
-    summary = "a standalone NumPy module"
     printer = printer.NumpyPrinter
     standalone = True
 
