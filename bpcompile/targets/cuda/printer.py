@@ -246,6 +246,9 @@ def render(low, adj, programs, version: str) -> dict:
         predict_signature=signature(pred),
         loss_signature=signature(programs["loss"]),
         pass_dict=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
+        # the fields of optimizers.py.j2 (gradient and the update steps)
+        step_signature=signature(vag),
+        check_inputs=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
         pass_inputs=Code(", ".join([*(f"{nm}={nm}" for nm in spec.inputs), "check=False"])),
         trained=Code(repr(tuple(nm for nm in spec.wrt if nm in spec.params))),
     )
