@@ -378,6 +378,24 @@ class CStyle:
         return f"memset({dst}, 0, sizeof(real) * {size});"
 
     # -- the entry points ------------------------------------------------------
+    batch_size = "ws->N"          # the batch size N, inside an entry point
+
+    def entry_params(self, module: str) -> list:
+        """[(declaration, comment)] of an entry point's parameters before the arrays."""
+        return [(f"{module}_workspace* ws", "workspace of batch size N")]
+
+    def entry_head(self, module: str, fn: str, params: list, outputs: list) -> list:
+        """The lines opening entry point ``fn``: its signature, one parameter a line
+        with its comment (``params``: [(declaration, comment)], all of them), and the
+        checks of the workspace and the ``outputs`` (parameter names) for NULL."""
+        width = max(len(d) for d, _ in params) + 1
+        lines = [f"{self.host_prefix}int {module}_{fn}("]
+        for i, (decl, comment) in enumerate(params):
+            sep = "," if i < len(params) - 1 else ")"
+            lines.append(f"    {(decl + sep).ljust(width)}  {line_comment(comment)}")
+        return lines + ["{", "    if (ws == NULL) return BP_ERROR_NULL_POINTER;",
+                        "    if (" + " || ".join(f"{p} == NULL" for p in outputs) + ") return BP_ERROR_NULL_POINTER;"]
+
     def function_prologue(self, uses: set) -> list:
         """Declarations an entry point needs for what its kernels ``uses`` ("gemm")."""
         return []

@@ -181,25 +181,16 @@ def host_function(mod: CModule, fn: str, program: Program, printer_class):
     used_n = re.search(r"\bN\b", text + "\n".join(decls)) is not None
     pre = []
     if used_n:
-        pre.append("const int N = ws->N;")
+        pre.append(f"const int N = {lang.batch_size};")
     pre += lang.function_prologue(fp.uses)
     # unused arguments, so that no compiler warns
     for decl, _ in params + inputs:
         pname = decl.split("*")[-1].strip()
         if not re.search(rf"\b{re.escape(pname)}\b", text + "\n".join(decls)):
             pre.append(f"(void){pname};")
-    checks = ["if (ws == NULL) return BP_ERROR_NULL_POINTER;"]
-    ptrs = [d.split("*")[-1].strip() for d, _ in extra]
-    checks.append("if (" + " || ".join(f"{p} == NULL" for p in ptrs) + ") return BP_ERROR_NULL_POINTER;")
-    sig_items = [f"{mod.name}_workspace* ws"] + [d for d, _ in params + inputs + extra]
-    sig_comments = ["workspace of batch size N"] + [c for _, c in params + inputs + extra]
-    width = max(len(s) for s in sig_items) + 1
-    sig = []
-    for i, (s, cm) in enumerate(zip(sig_items, sig_comments)):
-        sep = "," if i < len(sig_items) - 1 else ")"
-        sig.append(f"    {(s + sep).ljust(width)}  {line_comment(cm)}")
-    lines = [f"{lang.host_prefix}int {mod.name}_{fn}("] + sig + ["{"]
-    lines += [f"    {x}" for x in checks + pre + decls]
+    outputs = [d.split("*")[-1].strip() for d, _ in extra]
+    lines = lang.entry_head(mod.name, fn, lang.entry_params(mod.name) + params + inputs + extra, outputs)
+    lines += [f"    {x}" for x in pre + decls]
     lines += [f"    {x}" if x else "" for x in body]
     lines += ["    return 0;", "}"]
     return "\n".join(lines), fp
