@@ -153,7 +153,7 @@ def import_file(path: Path, name: str):
 
 def kernel_kinds(compiled) -> collections.Counter:
     """What the CUDA printer makes of each kernel of the three programs."""
-    from bpcompile.targets.cuda.printer import host_scalars
+    from bpcompile.targets.clike_lowering import host_scalars
     kinds = collections.Counter()
     for prog in compiled.programs.values():
         host = host_scalars(prog, {})
@@ -253,16 +253,78 @@ def test_host_emulation_matches_numpy(key, emulated):
             assert rel_error(np.asarray(want_g[k]), got_g[k]) < tol, (k, seed, n)
 
 
-def test_sgd_step_matches_numpy(emulated):
+# The update steps, as a caller takes them: (module, params, state, inputs) -> loss.
+STEPS = {
+    "sgd": lambda m, params, state, inputs: m.sgd_step(params, 0.1, **inputs),
+    "momentum": lambda m, params, state, inputs: m.momentum_step(params, state, 0.05, momentum=0.8, **inputs),
+    "adam": lambda m, params, state, inputs: m.adam_step(params, state, 0.01, beta1=0.8, **inputs),
+}
+
+
+def state_arrays(state) -> dict:
+    """An optimizer state dict flattened: {path: array or number}."""
+    return {(top, k): v for top, inner in state.items() if isinstance(inner, dict) for k, v in inner.items()} | \
+        {(top,): v for top, v in state.items() if not isinstance(v, dict)}
+
+
+def take_steps(step, modules, params, inputs, n=4):
+    """``n`` steps of ``step`` with each module, from the same params; returns
+    [(losses, params, state)] per module."""
+    runs = []
+    for m in modules:
+        p, state = {k: v.copy() for k, v in params.items()}, {}
+        losses = [STEPS[step](m, p, state, inputs) for _ in range(n)]
+        runs.append((losses, p, state_arrays(state)))
+    return runs
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_update_steps_match_numpy(step, emulated):
+    """The loader's steps on the emulated GPU's gradients: the NumPy module's
+    losses, params and state, to rounding (the kernels sum in another order)."""
     ref, cuda = emulated["mlp_classifier"]
-    p_ref, inputs = random_point(ref, n=5, seed=3)
-    p_cuda = {k: v.copy() for k, v in p_ref.items()}
-    for _ in range(3):
-        l_ref = ref.sgd_step(p_ref, 0.1, **inputs)
-        l_cuda = cuda.sgd_step(p_cuda, 0.1, **inputs)
-        assert abs(l_ref - l_cuda) < 1e-12 * abs(l_ref)
+    params, inputs = random_point(ref, n=5, seed=3)
+    (l_ref, p_ref, s_ref), (l_cuda, p_cuda, s_cuda) = take_steps(step, (ref, cuda), params, inputs)
+    assert np.allclose(l_ref, l_cuda, rtol=1e-12, atol=0)
+    assert list(p_cuda) == list(p_ref) and list(s_cuda) == list(s_ref)
     for k in p_ref:
-        assert rel_error(p_ref[k], p_cuda[k]) < 1e-12
+        assert p_cuda[k].dtype == ref.DTYPE and rel_error(p_ref[k], p_cuda[k]) < 1e-12, k
+    for k in s_ref:
+        assert rel_error(np.asarray(s_ref[k]), np.asarray(s_cuda[k])) < 1e-12, k
+    assert not np.array_equal(p_ref["W1"], params["W1"])   # the steps moved the params
+
+
+@pytest.mark.parametrize("key", ["mlp_classifier", "digits_mlp_f32"])
+@pytest.mark.parametrize("step", list(STEPS))
+def test_update_steps_are_the_numpy_modules(key, step, emulated, monkeypatch):
+    """Given the same gradients, the loader's steps and the NumPy module's give
+    identical params and state, bit for bit: one text (templates/optimizers.py.j2)."""
+    ref, cuda = emulated[key]
+    monkeypatch.setattr(cuda, "value_and_grad", ref.value_and_grad)
+    params, inputs = random_point(ref, n=5, seed=4)
+    (l_ref, p_ref, s_ref), (l_cuda, p_cuda, s_cuda) = take_steps(step, (ref, cuda), params, inputs)
+    assert l_ref == l_cuda
+    assert list(p_cuda) == list(p_ref) and list(s_cuda) == list(s_ref)
+    for k in p_ref:
+        assert p_cuda[k].dtype == ref.DTYPE and np.array_equal(p_ref[k], p_cuda[k]), k
+    for k in s_ref:
+        assert np.array_equal(s_ref[k], s_cuda[k]), k
+
+
+def test_loader_and_module_print_one_optimizer_text():
+    """gradient() and the update steps close both Python files, the same text in
+    each (targets/templates/optimizers.py.j2 included by both templates)."""
+    for key in ("mlp_classifier", "cov_names", "cov_f32"):
+        spec = load_spec(key)
+        module = bpcompile.compile(spec).source
+        loader = bpcompile.compile(spec, target="cuda").files[f"{spec.name}_cuda.py"]
+        tail = module[module.index("\n\n\ndef gradient("):]
+        assert tail.count("\ndef ") == 4 and tail.endswith("    return value\n")
+        assert loader.endswith(tail), key
+
+
+def test_init_params_match_numpy(emulated):
+    ref, cuda = emulated["mlp_classifier"]
     assert cuda.init_params(7).keys() == ref.init_params(7).keys()
     for k, v in cuda.init_params(7).items():
         assert np.array_equal(v, ref.init_params(7)[k])

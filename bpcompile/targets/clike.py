@@ -2,8 +2,10 @@
 literals of the dtype, index arithmetic over row-major arrays, identifiers and
 the check of a generated C file.
 
-The CUDA target builds on this, and so will the C target: what differs between
-them (kernels and launches, threads, shared memory) stays in their folders.
+The CUDA target builds on this, and so will the C target.  ``CStyle`` (at the
+end) is the language a C-like target states its differences against, the way
+tinygrad's ``CStyleLanguage`` serves its Clang and CUDA renderers; the kernel
+lowering written against it is in ``clike_lowering/``.
 """
 
 from __future__ import annotations
@@ -271,3 +273,134 @@ def check_c_source(text: str, what: str) -> None:
         if line.endswith("\\") and not (continued or stripped.startswith("#define ")):
             raise AssertionError(f"{what}:{no}: a line spliced into the next {line!r}")
         continued = line.endswith("\\")
+
+
+# ---------------------------------------------------------------------------
+# The language a C-like target states its differences against
+
+
+class CStyle:
+    """How a C-like language writes what the shared lowering (``clike_lowering/``)
+    produces: kernels and their launches, the per-element loop, reductions, GEMMs,
+    copies, and the entry points around them.
+
+    A target subclasses this and overrides only what differs (CUDA:
+    ``targets/cuda/printer.py``).  The defaults are plain C99 on one CPU thread:
+    a kernel is a ``static void`` function called from the host function, a loop
+    over its elements or its outputs; a reduction is a loop per output; a
+    contraction that is one GEMM is, by default, lowered as any other
+    contraction (``gemm`` returns None), so a target adds its own GEMM, a blocked
+    kernel or a BLAS call, by overriding one method.
+
+    What the generated text relies on from the file around it (the target's
+    template): ``real`` (the dtype), ``bp_max(a, b)`` (NumPy's max, NaN-propagating),
+    ``BP_ERROR_NULL_POINTER``, and ``<name>_workspace``, a struct with the batch
+    size ``N`` and, per function, the buffers the lowering asked for (laid out by
+    ``bp_carve``: ``clike_lowering.workspace_layout``).
+    """
+
+    name = "C"
+    expr_printer = CExprPrinter
+    kernel_prefix = "static"      # before ``void <kernel>(...)``
+    # Kernels are named after the value they compute: in a namespace of their own
+    # (referred to as ``<namespace>::<kernel>``), or, without one, with a suffix
+    # and never a value's name (a local of the host function would hide them).
+    kernel_namespace = None
+    kernel_suffix = "_kernel"
+    restrict = "restrict"         # on every array parameter of a kernel
+    host_prefix = ""              # before ``int <name>_<fn>(...)``, an entry point
+    # Identifiers the generated code uses where value names are in scope (math
+    # functions, helpers, types, locals of the host function): a value named so,
+    # or starting with a reserved prefix, is printed as v_<name>.
+    reserved = frozenset([
+        "tanh", "tanhf", "exp", "expf", "log", "logf", "log1p", "log1pf", "sin", "sinf", "cos", "cosf",
+        "sqrt", "sqrtf", "fabs", "fabsf", "fmax", "fmaxf", "fmin", "fminf", "pow", "powf", "INFINITY",
+        "NAN", "real", "ws", "loss_out", "free", "calloc", "malloc", "memcpy", "memset"])
+    reserved_prefixes = ("bp_", "BP_")
+    # how the comment above a kernel says it is run
+    reduction_note = "a loop per output element"
+    scatter_note = "one iteration per example"
+
+    def expr(self, dtype: str, leaf_text: dict) -> CExprPrinter:
+        """The printer of elementwise math, leaves printed as ``leaf_text`` says."""
+        return self.expr_printer(dtype, leaf_text)
+
+    # -- kernels ---------------------------------------------------------------
+    def kernel_text(self, name: str, comment: list, params: list, body: list) -> str:
+        """The definition of a kernel: its comment lines, head and indented body."""
+        head = f"{self.kernel_prefix} void {name}(" + ", ".join(params) + ")"
+        if len(head) > 100:
+            head = f"{self.kernel_prefix} void {name}(\n    " + ",\n    ".join(params) + ")"
+        return "\n".join([line_comment(c) for c in comment] + [head, "{"]
+                         + [f"    {line}" if line else "" for line in body] + ["}"])
+
+    def loop(self, var: str, count: str, body: list) -> list:
+        """The per-element loop of a kernel: ``body`` for each ``var`` in [0, count)."""
+        return [f"for (long long {var} = 0; {var} < {count}; {var}++) {{"] + [f"    {x}" for x in body] + ["}"]
+
+    def launch(self, kernel: str, count: str, args: list, out) -> str:
+        """The host line running an elementwise kernel over ``count`` elements of
+        ``out`` (a Value: its shape may choose the launch)."""
+        return f"{kernel}(" + ", ".join(args) + ");"
+
+    def reduction(self, kind: str, element: str, out: str, red_dims: list) -> list:
+        """The body of a reduction kernel: ``out[_o]`` = the ``kind`` ("sum" or
+        "max") of ``element`` over ``_r`` in [0, _n_red), for each ``_o`` in
+        [0, _n_out) (``red_dims``: the reduced dims, None for the batch)."""
+        acc = "_acc += {x};" if kind == "sum" else "_acc = bp_max(_acc, {x});"
+        return ["for (long long _o = 0; _o < _n_out; _o++) {",
+                f"    real _acc = {'0' if kind == 'sum' else '-INFINITY'};",
+                "    for (long long _r = 0; _r < _n_red; _r++)",
+                "        " + acc.format(x=element),
+                f"    {out}[_o] = _acc;",
+                "}"]
+
+    def launch_reduction(self, kernel: str, count: str, args: list, red_dims: list) -> str:
+        """The host line running a reduction kernel over ``count`` outputs."""
+        return f"{kernel}(" + ", ".join(args) + ");"
+
+    def gemm(self, g) -> list | None:
+        """The host lines of the row-major GEMM ``g`` (``clike_lowering.Gemm``), or
+        None: then the contraction is lowered as one that is no GEMM."""
+        return None
+
+    # -- memory ----------------------------------------------------------------
+    def fill(self, dst: str, value: str, count: str) -> str:
+        """``dst[0 .. count)`` = ``value`` (a real), one host line."""
+        return f"for (long long _i = 0; _i < {count}; _i++) {dst}[_i] = {value};"
+
+    def copy(self, dst: str, src: str, size: str) -> str:
+        """Copy ``size`` (a size_t expression) reals from ``src`` to ``dst``."""
+        return f"memcpy({dst}, {src}, sizeof(real) * {size});"
+
+    def zero(self, dst: str, size: str) -> str:
+        """Set ``size`` (a size_t expression) reals of ``dst`` to zero."""
+        return f"memset({dst}, 0, sizeof(real) * {size});"
+
+    # -- the entry points ------------------------------------------------------
+    batch_size = "ws->N"          # the batch size N, inside an entry point
+
+    def entry_params(self, module: str) -> list:
+        """[(declaration, comment)] of an entry point's parameters before the arrays."""
+        return [(f"{module}_workspace* ws", "workspace of batch size N")]
+
+    def entry_head(self, module: str, fn: str, params: list, outputs: list) -> list:
+        """The lines opening entry point ``fn``: its signature, one parameter a line
+        with its comment (``params``: [(declaration, comment)], all of them), and the
+        checks of the workspace and the ``outputs`` (parameter names) for NULL."""
+        width = max(len(d) for d, _ in params) + 1
+        lines = [f"{self.host_prefix}int {module}_{fn}("]
+        for i, (decl, comment) in enumerate(params):
+            sep = "," if i < len(params) - 1 else ")"
+            lines.append(f"    {(decl + sep).ljust(width)}  {line_comment(comment)}")
+        return lines + ["{", "    if (ws == NULL) return BP_ERROR_NULL_POINTER;",
+                        "    if (" + " || ".join(f"{p} == NULL" for p in outputs) + ") return BP_ERROR_NULL_POINTER;"]
+
+    def function_prologue(self, uses: set) -> list:
+        """Declarations an entry point needs for what its kernels ``uses`` ("gemm")."""
+        return []
+
+    def loss_to_host(self, value: str, const: bool) -> list:
+        """The lines ending loss and value_and_grad: the scalar loss ``value`` (a
+        literal when ``const``) to ``*loss_out``, a double."""
+        return ["", f"*loss_out = (double){value};" if const else f"*loss_out = (double){value}[0];"]

@@ -578,14 +578,14 @@ def value_and_grad(params, *, h, label, check=True):
 def gradient(params, *, h, label, check=True):
     """dL/d(name) for every name in WRT."""
     if check:
-        _check("gradient", params, {'h': h, 'label': label})
+        _check('gradient', params, {'h': h, 'label': label})
     return value_and_grad(params, h=h, label=label, check=False)[1]
 
 
 def sgd_step(params, lr, *, h, label, check=True):
     """One step of gradient descent, w <- w - lr * dL/dw, in place; returns L before the step."""
     if check:
-        _check("sgd_step", params, {'h': h, 'label': label})
+        _check('sgd_step', params, {'h': h, 'label': label})
     value, grads = value_and_grad(params, h=h, label=label, check=False)
     for k in TRAINED:
         g = grads[k]
@@ -595,9 +595,16 @@ def sgd_step(params, lr, *, h, label, check=True):
 
 
 def momentum_step(params, state, lr, momentum=0.9, *, h, label, check=True):
-    """Gradient descent with momentum, in place; returns L before the step (as the NumPy module's)."""
+    """Gradient descent with momentum, in place; returns L before the step.
+
+        u <- momentum * u + dL/dw
+        w <- w - lr * u
+
+    ``state`` is a dict the caller owns (start with {}); it holds the velocities u,
+    allocated on the first step and updated in place after that.
+    """
     if check:
-        _check("momentum_step", params, {'h': h, 'label': label})
+        _check('momentum_step', params, {'h': h, 'label': label})
     value, grads = value_and_grad(params, h=h, label=label, check=False)
     velocity = state.setdefault("u", {})
     for k in TRAINED:
@@ -613,9 +620,19 @@ def momentum_step(params, state, lr, momentum=0.9, *, h, label, check=True):
 
 
 def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, h, label, check=True):
-    """One step of Adam, in place; returns L before the step (as the NumPy module's)."""
+    """One step of Adam (Kingma and Ba, 2015), in place; returns L before the step.
+
+        t <- t + 1
+        m <- beta1 * m + (1 - beta1) * g          (g = dL/dw)
+        v <- beta2 * v + (1 - beta2) * g**2
+        w <- w - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - beta1**t),
+                                                    v_hat = v / (1 - beta2**t)
+
+    ``state`` is a dict the caller owns (start with {}); it holds t, m and v,
+    allocated on the first step and updated in place after that.
+    """
     if check:
-        _check("adam_step", params, {'h': h, 'label': label})
+        _check('adam_step', params, {'h': h, 'label': label})
     value, grads = value_and_grad(params, h=h, label=label, check=False)
     if not state:
         state.update(t=0, m={}, v={})
@@ -627,6 +644,7 @@ def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, h, la
     c2 = 1 - beta2 ** state["t"]
     for k in TRAINED:
         g, m, v = grads[k], state["m"][k], state["v"][k]
+        # the moving averages, in place with no temporary: a*x + (1-a)*y = (a/(1-a)*x + y)*(1-a)
         m *= beta1 / (1 - beta1)
         m += g
         m *= 1 - beta1
@@ -634,6 +652,7 @@ def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, h, la
         v *= beta2 / (1 - beta2)
         v += g
         v *= 1 - beta2
+        # g, no longer needed, holds lr * m_hat / (sqrt(v_hat) + eps)
         np.sqrt(v, out=g)
         g *= c2 ** -0.5
         g += eps

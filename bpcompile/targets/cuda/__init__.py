@@ -2,8 +2,9 @@
 ``<name>_cuda.py``, a loader with the NumPy module's API that builds the .cu with
 nvcc (or, for tests without a GPU, with a host compiler and ``cuda_emulation.h``).
 
-``printer.py`` lowers each kernel; ``module.cu.j2`` and ``loader.py.j2`` are the
-files around them.
+``printer.py`` is CUDA as it differs from the C-like base (``clike.py``), which
+lowers each kernel (``clike_lowering/``); ``module.cu.j2`` and ``loader.py.j2``
+are the files around them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..base import Target
+from ..clike_lowering import FunctionPrinter
 from . import printer
 
 EMULATION_HEADER = Path(__file__).resolve().parent / "cuda_emulation.h"
@@ -18,7 +20,7 @@ EMULATION_HEADER = Path(__file__).resolve().parent / "cuda_emulation.h"
 
 class CudaTarget(Target):
     name = "cuda"
-    printer = printer.FunctionPrinter
+    printer = FunctionPrinter
     standalone = False   # the loader builds the .cu beside it on first use
 
     def main_file(self, spec_name: str) -> str:

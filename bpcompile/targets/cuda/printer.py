@@ -1,6 +1,8 @@
 """Stage 5 (CUDA target): print programs as a CUDA source file and a Python loader.
 
-The same programs as the NumPy printer (``program.py``), printed for a GPU:
+The same programs as the NumPy printer (``program.py``), lowered by the kernel
+printer C-like targets share (``clike_lowering/``) in the language ``Cuda``
+below, which states how CUDA differs from C99 (``clike.CStyle``):
 
 * a fused elementwise ``map`` kernel becomes one ``__global__`` kernel, a
   grid-stride loop over the N*size elements of its output; arguments of other
@@ -26,591 +28,136 @@ The .cu builds with nvcc, or with a host C++20 compiler and
 from __future__ import annotations
 
 import hashlib
-import re
-
-import sympy as sp
 
 from ... import escape
-from ...ops import gemm_form
-from ...ir.program import Kernel, Program, Value
-from ..base import Code, lowering_table, lowers, template_environment
-from ..clike import (CExprPrinter, broadcast_strides, check_c_source, count_expr, full_dims, ident, line_comment,
-                     offset, row_strides, shape_text, size_of, token)
+from ..base import Code, template_environment
+from ..clike import CExprPrinter, CStyle, check_c_source, ident, line_comment, size_of, token
+from ..clike_lowering import print_module
 from ..python import init_line
 
 BLOCK = 256        # threads per block of elementwise kernels
 MAX_GRID = 4096    # blocks of a grid-stride launch at most
-
-# Identifiers the generated code uses where value names are in scope (math
-# functions, helpers, types, API names): a value named so is printed as v_<name>.
-C_GLOBALS = frozenset(["tanh", "tanhf", "exp", "expf", "log", "logf", "log1p", "log1pf", "sin", "sinf", "cos", "cosf", "sqrt", "sqrtf", "fabs", "fabsf", "fmax", "fmaxf", "fmin", "fminf", "pow", "powf", "INFINITY", "NAN", "real", "ws", "loss_out", "kernels", "free", "calloc", "malloc", "memcpy", "memset", "std", "dim3", "LAUNCH", "CHECK_CUDA", "CHECK_CUBLAS"])
-C_PREFIXES = ("cuda", "cublas", "CUBLAS", "CUDA", "bp_", "BP_")
-
-
-# ---------------------------------------------------------------------------
 
 
 class CudaExprPrinter(CExprPrinter):
     """CUDA device code prints elementwise math as C99 does (``clike.py``)."""
 
 
-class KernelTable:
-    """__global__ kernels of the module, deduplicated across the three functions."""
+class Cuda(CStyle):
+    """CUDA C++ as it differs from C99 (``CStyle``): kernels are ``__global__``,
+    launched by ``LAUNCH`` (``module.cu.j2``) on grids of blocks; a per-element
+    loop is a grid-stride loop; a reduction is one block per output element, a
+    tree in shared memory between barriers; a GEMM is cuBLAS's; memory is copied
+    and cleared on the device, and the loss read back to the host."""
 
-    def __init__(self):
-        self.by_body: dict = {}
-        self.names: set = set()
-        self.defs: list = []
+    name = "CUDA"
+    expr_printer = CudaExprPrinter
+    kernel_prefix = "static __global__"
+    kernel_namespace = "kernels"     # module.cu.j2 defines the kernels in it
+    kernel_suffix = ""
+    restrict = "__restrict__"
+    host_prefix = 'extern "C" '
+    reserved = CStyle.reserved | {"kernels", "std", "dim3", "LAUNCH", "CHECK_CUDA", "CHECK_CUBLAS"}
+    reserved_prefixes = ("cuda", "cublas", "CUBLAS", "CUDA") + CStyle.reserved_prefixes
+    reduction_note = "one block per output element"
+    scatter_note = "one thread per example"
+    shared = "__shared__"            # a block's shared memory
+    barrier = "__syncthreads();"     # every thread of the block waits here
 
-    def add(self, hint: str, comment: list, params: list, body: list) -> str:
-        key = (tuple(params), tuple(body))
-        if key in self.by_body:
-            return self.by_body[key]
-        name, k = hint, 2
-        while name in self.names:
-            name = f"{hint}_{k}"
-            k += 1
-        self.names.add(name)
-        self.by_body[key] = name
-        head = f"static __global__ void {name}(" + ", ".join(params) + ")"
-        if len(head) > 100:
-            head = f"static __global__ void {name}(\n    " + ",\n    ".join(params) + ")"
-        text = "\n".join([line_comment(c) for c in comment] + [head, "{"] + [f"    {line}" if line else "" for line in body] + ["}"])
-        self.defs.append(text)
-        return name
+    # -- kernels and launches -------------------------------------------------
+    def loop(self, var, count, body):
+        return ["const long long _stride = (long long)gridDim.x * blockDim.x;",
+                f"for (long long {var} = (long long)blockIdx.x * blockDim.x + threadIdx.x; {var} < {count}; "
+                f"{var} += _stride) {{"] + [f"    {x}" for x in body] + ["}"]
 
+    def _launch(self, kernel, grid, block, args):
+        return f"LAUNCH({self.kernel_namespace}::{kernel}, {grid}, {block}, 0, " + ", ".join(args) + ");"
 
-class FunctionPrinter:
-    """One host function (predict, loss or value_and_grad) and its kernels."""
-
-    def __init__(self, mod: CudaModule, fn: str, program: Program, bound: dict):
-        self.mod = mod
-        self.fn = fn
-        self.program = program
-        self.bound = bound          # value name -> C parameter it is written to
-        self.storage: dict = {}     # value name -> size expression (elements) in the workspace
-        self.alias: dict = {}       # value name -> name of the value it shares memory with
-        self.lines: list = []
-        self.gemm = False
-        self.host = host_scalars(program, bound)   # names of scalars computed on the host
-
-    # -- names ---------------------------------------------------------------
-    def c(self, v: Value) -> str:
-        if v.kind == "const":
-            return CudaExprPrinter(self.mod.dtype, {}).doprint(v.literal)
-        if v.kind == "batch_size":
-            return "N"
-        return self.mod.cname(v.name)
-
-    def printer(self, leaf_text=None) -> CudaExprPrinter:
-        return CudaExprPrinter(self.mod.dtype, leaf_text or {})
-
-    def need(self, v: Value):
-        """Storage for kernel output ``v`` (unless it is the caller's array)."""
-        if v.name in self.bound or v.name in self.alias:
-            return
-        n = size_of(v.shape)
-        self.storage.setdefault(v.name, (f"N * {n}" if n != 1 else "N") if v.batched else f"{n}")
-
-    def launch(self, kernel: str, count: str, args: list, block=BLOCK, per_block=False):
-        if per_block:
-            grid = f"bp_blocks({count})"
-        elif block == BLOCK:
-            grid = f"bp_grid({count})"
-        else:
-            grid = "1"
-        self.lines.append(f"LAUNCH(kernels::{kernel}, {grid}, {block}, 0, " + ", ".join(args) + ");")
-
-    # -- kernels -------------------------------------------------------------
-    def kernel(self, k: Kernel):
-        getattr(self, LOWERINGS[k.op])(k)
-
-    def _elementwise(self, k: Kernel, hint, comment, inputs, body, out=None):
-        """A grid-stride kernel over the elements of ``out`` (default k.out).
-
-        inputs: [(C parameter declaration, host argument)]."""
-        out = out or k.out
-        self.need(out)
-        dims = full_dims(out)
-        n = count_expr(dims)
+    def launch(self, kernel, count, args, out):
+        # a small unbatched output: one block of whole warps, enough for its elements
         block = BLOCK if out.batched else min(BLOCK, max(32, -(-size_of(out.shape) // 32) * 32))
-        params = [f"real* __restrict__ {self.c(out)}"] + [p for p, _ in inputs] + ["long long _n"]
-        loop = ["const long long _stride = (long long)gridDim.x * blockDim.x;",
-                "for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; "
-                "_i += _stride) {"]
-        loop += [f"    {line}" for line in body] + ["}"]
-        name = self.mod.kernels.add(hint, comment, params, loop)
-        self.launch(name, n, [self.c(out)] + [a for _, a in inputs] + [n], block=block)
+        return self._launch(kernel, f"bp_grid({count})" if block == BLOCK else "1", block, args)
 
-    def _read(self, v: Value, idx: str, inputs: list) -> str:
-        """The C text reading ``v`` at offset ``idx``, adding its kernel parameter."""
-        if v.kind == "const":
-            return self.c(v)
-        if v.name in self.host:
-            if (f"const real {self.c(v)}", self.c(v)) not in inputs:
-                inputs.append((f"const real {self.c(v)}", self.c(v)))
-            return self.c(v)
-        if v.kind == "batch_size":
-            if ("const real N", "(real)N") not in inputs:
-                inputs.append(("const real N", "(real)N"))
-            return "N"
-        decl = (f"const int* __restrict__ {self.c(v)}" if v.dtype == "int"
-                else f"const real* __restrict__ {self.c(v)}")
-        if (decl, self.c(v)) not in inputs:
-            inputs.append((decl, self.c(v)))
-        return f"{self.c(v)}[{idx}]"
-
-    @lowers("map")
-    def lower_map(self, k: Kernel):
-        temps, expr = k.attrs
-        if k.out.name in self.host:
-            # a scalar of N and constants only: computed on the host, passed by value
-            p = self.printer({a.name: "(real)N" if a.kind == "batch_size" else self.c(a) for a in k.args})
-            self.lines += [f"const real {name} = {p.doprint(e)};" for name, e in temps]
-            self.lines.append(f"const real {self.c(k.out)} = {p.doprint(expr)};")
-            return
-        inputs: list = []
-        leaf = {}
-        dims = full_dims(k.out)
-        for a in k.args:
-            idx = "0" if a.kind in ("const", "batch_size") else offset("_i", dims, broadcast_strides(a, k.out))
-            leaf[a.name] = self._read(a, idx, inputs)
-        p = self.printer(leaf)
-        body = [f"const real {name} = {p.doprint(e)};" for name, e in temps]
-        body.append(f"{self.c(k.out)}[_i] = {p.doprint(expr)};")
-        shown = CudaExprPrinter(self.mod.dtype, {a.name: self.c(a) for a in k.args})
-        comment = [f"{self.c(k.out)} = {shown.doprint(expr.xreplace({sp.Symbol(n, real=True): e for n, e in reversed(temps)}))}"
-                   f"  (elementwise over {shape_text(k.out)})"]
-        if len(comment[0]) > 110:
-            comment = [f"{self.c(k.out)}: elementwise over {shape_text(k.out)}"]
-        self._elementwise(k, self.c(k.out), comment, inputs, body)
-
-    def _block_reduce(self, k: Kernel, hint, comment, kind, out_dims, red_dims, element, inputs):
-        """out[_o] = reduce over _r of element(_o, _r): one block per output element,
-        a tree in shared memory."""
-        out = k.out
-        self.need(out)
-        n_out = count_expr(out_dims)
-        n_red = count_expr(red_dims)
+    @staticmethod
+    def reduction_block(red_dims) -> int:
+        """Threads of a reduction's block: BLOCK over the batch, else the power of
+        two (at least a warp) covering the reduced elements, BLOCK at most."""
         if None in red_dims:
-            block = BLOCK
-        else:
-            block = 32
-            while block < min(size_of(red_dims), BLOCK):
-                block *= 2
+            return BLOCK
+        block = 32
+        while block < min(size_of(red_dims), BLOCK):
+            block *= 2
+        return block
+
+    def reduction(self, kind, element, out, red_dims):
+        block = self.reduction_block(red_dims)
         op = "_acc += {x};" if kind == "sum" else "_acc = bp_max(_acc, {x});"
         tree = "_s[threadIdx.x] += _s[threadIdx.x + _w];" if kind == "sum" else \
             "_s[threadIdx.x] = bp_max(_s[threadIdx.x], _s[threadIdx.x + _w]);"
         init = "0" if kind == "sum" else "-INFINITY"
-        body = [
-            f"__shared__ real _s[{block}];",
+        return [
+            f"{self.shared} real _s[{block}];",
             "for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {",
             f"    real _acc = {init};",
             f"    for (long long _r = threadIdx.x; _r < _n_red; _r += {block})",
             "        " + op.format(x=element),
             "    _s[threadIdx.x] = _acc;",
-            "    __syncthreads();",
+            f"    {self.barrier}",
             f"    for (unsigned _w = {block // 2}; _w > 0; _w /= 2) {{",
             "        if (threadIdx.x < _w)",
             f"            {tree}",
-            "        __syncthreads();",
+            f"        {self.barrier}",
             "    }",
-            f"    if (threadIdx.x == 0) {self.c(out)}[_o] = _s[0];",
-            "    __syncthreads();  // _s is reused for the next output",
+            f"    if (threadIdx.x == 0) {out}[_o] = _s[0];",
+            f"    {self.barrier}  // _s is reused for the next output",
             "}",
         ]
-        params = [f"real* __restrict__ {self.c(out)}"] + [p for p, _ in inputs] + ["long long _n_out", "long long _n_red"]
-        name = self.mod.kernels.add(hint, comment, params, body)
-        self.launch(name, n_out, [self.c(out)] + [a for _, a in inputs] + [n_out, n_red], block=block,
-                    per_block=True)
 
-    def _reduce_over(self, k: Kernel, x: Value, reduced: set, kind: str, what: str):
-        """Reduce the full axes ``reduced`` of x (axis 0 is the batch axis when batched)."""
-        xd = full_dims(x)
-        xs = row_strides(xd)
-        kept = [j for j in range(len(xd)) if j not in reduced]
-        red = [j for j in range(len(xd)) if j in reduced]
-        inputs: list = []
-        idx = " + ".join(t for t in (offset("_o", [xd[j] for j in kept], [xs[j] for j in kept]),
-                                     offset("_r", [xd[j] for j in red], [xs[j] for j in red])) if t != "0") or "0"
-        element = self._read(x, idx, inputs)
-        comment = [f"{self.c(k.out)} = {what}, one block per output element"]
-        self._block_reduce(k, self.c(k.out), comment, kind, [xd[j] for j in kept], [xd[j] for j in red],
-                           element, inputs)
+    def launch_reduction(self, kernel, count, args, red_dims):
+        return self._launch(kernel, f"bp_blocks({count})", self.reduction_block(red_dims), args)
 
-    @lowers("reduce")
-    def lower_reduce(self, k: Kernel):
-        kind, axes, keepdims, _ = k.attrs
-        x = k.args[0]
-        off = 1 if x.batched else 0
-        ax = ", ".join(str(a) for a in axes)
-        self._reduce_over(k, x, {a + off for a in axes}, kind,
-                          f"{kind}({self.c(x)}, axis {ax}{', keepdims' if keepdims else ''})")
-
-    @lowers("sum_to")
-    def lower_sum_to(self, k: Kernel):
-        target, keep_batch = k.attrs
-        x = k.args[0]
-        off = 1 if x.batched else 0
-        lead = len(x.shape) - len(target)
-        reduced = set()
-        if x.batched and not keep_batch:
-            reduced.add(0)
-        reduced |= {off + i for i in range(lead)}
-        reduced |= {off + lead + i for i, d in enumerate(target) if d == 1 and x.shape[lead + i] != 1}
-        over = "the batch" if (x.batched and not keep_batch) else "broadcast axes"
-        self._reduce_over(k, x, reduced, "sum", f"{self.c(x)} summed over {over} to {shape_text(k.out)}")
-
-    @lowers("contract")
-    def lower_contract(self, k: Kernel):
-        form, out_batched = k.attrs
-        a, b = k.args
-        sa = ("n" if a.batched else "") + form.a
-        sb = ("n" if b.batched else "") + form.b
-        so = ("n" if out_batched else "") + form.out
-        sizes = {"n": None}
-        sizes.update(zip(form.a, a.shape))
-        sizes.update(zip(form.b, b.shape))
-        g = gemm_form(sa, sb, so)
-        if g is not None:
-            return self._gemm(k, g, sa, sb, so, sizes)
-        # not one GEMM: each output element is a block reduction over the summed indices
-        summed = [c for c in dict.fromkeys(sa + sb) if c not in so]
-        summed.sort(key=lambda c: c != "n")
-        out_dims = [sizes[c] for c in so]
-        red_dims = [sizes[c] for c in summed]
-        inputs: list = []
-        reads = []
-        for v, s in ((a, sa), (b, sb)):
-            st = dict(zip(s, row_strides([sizes[c] for c in s])))
-            idx = " + ".join(t for t in (offset("_o", out_dims, [st.get(c, 0) for c in so]),
-                                         offset("_r", red_dims, [st.get(c, 0) for c in summed])) if t != "0") or "0"
-            reads.append(self._read(v, idx, inputs))
-        comment = [f"{self.c(k.out)} = einsum('{sa},{sb}->{so}', {self.c(a)}, {self.c(b)}), "
-                   "one block per output element"]
-        self._block_reduce(k, self.c(k.out), comment, "sum", out_dims, red_dims, f"{reads[0]} * {reads[1]}", inputs)
-
-    def _gemm(self, k, g, sa, sb, so, sizes):
-        a, b = k.args
-        self.need(k.out)
-        self.gemm = True
-        batch = "n" if g.batched else ""
-        L, R = (a, b) if g.left == 0 else (b, a)
-        sL, sR = (sa, sb) if g.left == 0 else (sb, sa)
-        sL, sR, sO = (s.replace(batch, "") if batch else s for s in (sL, sR, so))
-        m = [c for c in sO if c in sL]
-        n = [c for c in sO if c in sR]
-        kk = [c for c in sL if c in sR and c not in sO]
-
-        def dim(cs):
-            if not cs:
-                return 1
-            return sizes[cs[0]] if sizes[cs[0]] is not None else "N"
-
-        M, Nn, K = dim(m), dim(n), dim(kk)
-        ldL = M if g.trans_left else K
-        ldR = K if g.trans_right else Nn
-        t = "D" if self.mod.dtype == "float64" else "S"
-        opL = "CUBLAS_OP_T" if g.trans_left else "CUBLAS_OP_N"
-        opR = "CUBLAS_OP_T" if g.trans_right else "CUBLAS_OP_N"
-        tl = "^T" if g.trans_left else ""
-        tr = "^T" if g.trans_right else ""
-        rows = lambda x, y: f"{x} x {y}"
-        shapeL = rows(K, M) if g.trans_left else rows(M, K)
-        shapeR = rows(Nn, K) if g.trans_right else rows(K, Nn)
-        per = " per example" if batch else ""
-        self.lines.append(line_comment(f"GEMM{per}: {self.c(k.out)} [{M} x {Nn}] = {self.c(L)}{tl} @ {self.c(R)}{tr}, "
-                                       f"{self.c(L)} [{shapeL}], {self.c(R)} [{shapeR}], row-major;"))
-        self.lines.append(line_comment(f"cuBLAS is column-major: it computes {self.c(k.out)}^T = "
-                                       f"{self.c(R)}{'' if tr else '^T'} @ {self.c(L)}{'' if tl else '^T'}"))
-        if batch:
-            strides = [size_of(v.shape) for v in (R, L, k.out)]
-            self.lines.append(
-                f"CHECK_CUBLAS(cublas{t}gemmStridedBatched(ws->blas, {opR}, {opL}, {Nn}, {M}, {K}, &_one, "
-                f"{self.c(R)}, {ldR}, {strides[0]}, {self.c(L)}, {ldL}, {strides[1]}, &_zero, "
-                f"{self.c(k.out)}, {Nn}, {strides[2]}, N));")
+    def gemm(self, g):
+        # cuBLAS is column-major: the row-major C = op(A) op(B) is C^T = op(B)^T op(A)^T
+        t = "D" if g.dtype == "float64" else "S"
+        op_l = "CUBLAS_OP_T" if g.trans_left else "CUBLAS_OP_N"
+        op_r = "CUBLAS_OP_T" if g.trans_right else "CUBLAS_OP_N"
+        lines = [line_comment(f"cuBLAS is column-major: it computes {g.out}^T = "
+                              f"{g.right}{'^T' if not g.trans_right else ''} @ "
+                              f"{g.left}{'^T' if not g.trans_left else ''}")]
+        if g.batched:
+            lines.append(
+                f"CHECK_CUBLAS(cublas{t}gemmStridedBatched(ws->blas, {op_r}, {op_l}, {g.n}, {g.m}, {g.k}, &_one, "
+                f"{g.right}, {g.ld_right}, {g.stride_right}, {g.left}, {g.ld_left}, {g.stride_left}, &_zero, "
+                f"{g.out}, {g.n}, {g.stride_out}, N));")
         else:
-            self.lines.append(
-                f"CHECK_CUBLAS(cublas{t}gemm(ws->blas, {opR}, {opL}, {Nn}, {M}, {K}, &_one, "
-                f"{self.c(R)}, {ldR}, {self.c(L)}, {ldL}, &_zero, {self.c(k.out)}, {Nn}));")
+            lines.append(
+                f"CHECK_CUBLAS(cublas{t}gemm(ws->blas, {op_r}, {op_l}, {g.n}, {g.m}, {g.k}, &_one, "
+                f"{g.right}, {g.ld_right}, {g.left}, {g.ld_left}, &_zero, {g.out}, {g.n}));")
+        return lines
 
-    @lowers("broadcast")
-    def lower_broadcast(self, k: Kernel):
-        x = k.args[0]
-        if x.kind == "const" or x.name in self.host:
-            self.need(k.out)
-            n = count_expr(full_dims(k.out))
-            self.launch("bp_fill", n, [self.c(k.out), f"(real){self.c(x)}", n])
-            return
-        inputs: list = []
-        body = [f"{self.c(k.out)}[_i] = "
-                f"{self._read(x, offset('_i', full_dims(k.out), broadcast_strides(x, k.out)), inputs)};"]
-        self._elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)} broadcast to {shape_text(k.out)}"],
-                          inputs, body)
+    # -- memory and the entry points -------------------------------------------
+    def fill(self, dst, value, count):
+        return self._launch("bp_fill", f"bp_grid({count})", BLOCK, [dst, value, count])
 
-    @lowers("reshape")
-    def lower_reshape(self, k: Kernel):
-        x = k.args[0]
-        self.alias[k.out.name] = x.name
-        self.lines.append(line_comment(f"{self.c(k.out)} is {self.c(x)} reshaped to {shape_text(k.out)}: the same memory"))
+    def copy(self, dst, src, size):
+        return f"CHECK_CUDA(cudaMemcpyAsync({dst}, {src}, sizeof(real) * {size}, cudaMemcpyDeviceToDevice));"
 
-    @lowers("take")
-    def lower_take(self, k: Kernel):
-        x, label = k.args
-        if len(x.shape) != 1:
-            raise NotImplementedError("CUDA take: only rows of per-example vectors")
-        K = x.shape[0]
-        inputs: list = []
-        xi = self._read(x, f"_i * {K} + _l" if x.batched else "_l", inputs)
-        li = self._read(label, "_i", inputs)
-        body = [f"const int _l = {li};",
-                f"{self.c(k.out)}[_i] = (0 <= _l && _l < {K}) ? {xi} : NAN;  // NaN for a label out of range"]
-        self._elementwise(k, self.c(k.out), [f"{self.c(k.out)}[n] = {self.c(x)}[n, {self.c(label)}[n]]"],
-                          inputs, body)
+    def zero(self, dst, size):
+        return f"CHECK_CUDA(cudaMemsetAsync({dst}, 0, sizeof(real) * {size}));"
 
-    @lowers("scatter_add")
-    def lower_scatter_add(self, k: Kernel):
-        base, label, value = k.args
-        out = k.out
-        self.need(out)
-        if len(out.shape) != 1 or not out.batched:
-            raise NotImplementedError("CUDA scatter_add: only rows of batched per-example vectors")
-        K = out.shape[0]
-        if not k.inplace:
-            self.lines.append(f"CHECK_CUDA(cudaMemcpyAsync({self.c(out)}, {self.c(base)}, "
-                              f"sizeof(real) * (size_t)N * {K}, cudaMemcpyDeviceToDevice));")
-        inputs: list = []
-        li = self._read(label, "_i", inputs)
-        vi = self._read(value, "_i" if value.batched else "0", inputs)
-        body = [f"const int _l = {li};",
-                f"if (0 <= _l && _l < {K}) {self.c(out)}[_i * {K} + _l] += {vi};"]
-        # one thread per example: each writes its own row, no atomics
-        params = [f"real* __restrict__ {self.c(out)}"] + [p for p, _ in inputs] + ["long long _n"]
-        loop = ["const long long _stride = (long long)gridDim.x * blockDim.x;",
-                "for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; "
-                "_i += _stride) {"] + [f"    {line}" for line in body] + ["}"]
-        name = self.mod.kernels.add(
-            f"{self.c(out)}_scatter",
-            [f"{self.c(out)}[n, {self.c(label)}[n]] += {self.c(value)}[n], one thread per example"], params, loop)
-        self.launch(name, "(long long)N", [self.c(out)] + [a for _, a in inputs] + ["(long long)N"])
+    def function_prologue(self, uses):
+        return ["const real _one = 1, _zero = 0;"] if "gemm" in uses else []   # cuBLAS's alpha and beta
 
-    @lowers("zeros")
-    def lower_zeros(self, k: Kernel):
-        self.need(k.out)
-        n = count_expr(full_dims(k.out))
-        self.lines.append(f"CHECK_CUDA(cudaMemsetAsync({self.c(k.out)}, 0, sizeof(real) * (size_t)({n})));")
-
-    @lowers("onehot")
-    def lower_onehot(self, k: Kernel):
-        (classes,) = k.attrs
-        label = k.args[0]
-        inputs: list = []
-        li = self._read(label, f"_i / {classes}", inputs)
-        body = [f"{self.c(k.out)}[_i] = (real)({li} == _i % {classes});"]
-        self._elementwise(k, self.c(k.out), [f"{self.c(k.out)} = onehot({self.c(label)}, {classes})"], inputs, body)
-
-    @lowers("transpose")
-    def lower_transpose(self, k: Kernel):
-        x = k.args[0]
-        st = row_strides(list(x.shape))[::-1]
-        strides = ([size_of(x.shape)] if x.batched else []) + st
-        inputs: list = []
-        body = [f"{self.c(k.out)}[_i] = {self._read(x, offset('_i', full_dims(k.out), strides), inputs)};"]
-        self._elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}^T"], inputs, body)
-
-    @lowers("index")
-    def lower_index(self, k: Kernel):
-        (i,) = k.attrs
-        x = k.args[0]
-        st = row_strides(list(x.shape))
-        strides = ([size_of(x.shape)] if x.batched else []) + st[1:]
-        idx = offset("_i", full_dims(k.out), strides)
-        if i:
-            idx = f"{idx} + {i * st[0]}" if idx != "0" else f"{i * st[0]}"
-        inputs: list = []
-        body = [f"{self.c(k.out)}[_i] = {self._read(x, idx, inputs)};"]
-        self._elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}[{i}]"], inputs, body)
-
-    @lowers("embed")
-    def lower_embed(self, k: Kernel):
-        _, i = k.attrs
-        g = k.args[0]
-        out = k.out
-        dims = full_dims(out)
-        st = row_strides(list(g.shape))
-        gstrides = ([size_of(g.shape)] if g.batched else []) + [0] + st
-        inner = size_of(out.shape[1:])
-        coord = "_i" if inner == 1 else f"_i / {inner}"
-        if out.batched:
-            coord = f"{coord} % {out.shape[0]}"
-        inputs: list = []
-        gi = self._read(g, offset("_i", dims, gstrides), inputs)
-        body = [f"{self.c(out)}[_i] = ({coord} == {i}) ? {gi} : 0;"]
-        self._elementwise(k, self.c(out), [f"{self.c(out)} = zeros {shape_text(out)} with [{i}] = {self.c(g)}"],
-                          inputs, body)
-
-    @lowers("copy")
-    def lower_copy(self, k: Kernel):
-        x = k.args[0]
-        self.need(k.out)
-        n = count_expr(full_dims(k.out))
-        self.lines.append(f"CHECK_CUDA(cudaMemcpyAsync({self.c(k.out)}, {self.c(x)}, sizeof(real) * (size_t)({n}), "
-                          "cudaMemcpyDeviceToDevice));")
+    def loss_to_host(self, value, const):
+        lines = ["", line_comment(f"{value} to the host (this waits for the kernels above)")]
+        if const:
+            return lines + [f"*loss_out = (double){value};"]
+        return lines + ["real _loss;",
+                        f"CHECK_CUDA(cudaMemcpy(&_loss, {value}, sizeof(real), cudaMemcpyDeviceToHost));",
+                        "*loss_out = (double)_loss;"]
 
 
-LOWERINGS = lowering_table(FunctionPrinter)   # kernel op -> method
-
-
-def host_scalars(program: Program, bound: dict) -> set:
-    """Names of the unbatched scalars that depend on the batch size and constants
-    only (1/N, -1/N): the host computes them and passes them to kernels by value,
-    instead of launching a one-thread kernel.  Not those read through a pointer
-    (a GEMM, a copy, a reshape) or returned."""
-    host: set = set()
-    for k in program.kernels:
-        if k.op == "map" and not k.out.batched and k.out.shape == () and k.out.name not in bound \
-                and all(a.kind in ("batch_size", "const") or a.name in host for a in k.args):
-            host.add(k.out.name)
-    by_pointer = {a.name for k in program.kernels if k.op in ("contract", "copy", "reshape") for a in k.args}
-    returned = {v.name for v in (program.loss, program.output) if v is not None}
-    changed = True
-    while changed:
-        # a scalar computed on the host cannot come from a kernel's output
-        changed = False
-        for k in program.kernels:
-            if k.out.name in host and (k.out.name in by_pointer or k.out.name in returned or
-                                       any(a.kind not in ("batch_size", "const") and a.name not in host
-                                           for a in k.args)):
-                host.discard(k.out.name)
-                changed = True
-    return host
-
-
-class CudaModule:
-    def __init__(self, low, programs):
-        self.low = low
-        self.spec = low.spec
-        self.name = low.spec.name
-        self.dtype = low.spec.dtype
-        self.programs = programs
-        self.kernels = KernelTable()
-        all_names = set()
-        for p in programs.values():
-            all_names |= {v.name for v in p.values.values()}
-            for k in p.kernels:
-                all_names |= {k.out.name, *(a.name for a in k.args)}
-        self.cnames = {}
-        for nm in sorted(all_names):
-            c = nm
-            if c in C_GLOBALS or c.startswith(C_PREFIXES) or c.startswith(self.name + "_"):
-                c = "v_" + nm
-                while c in all_names or c in self.cnames.values():
-                    c = "v_" + c
-            self.cnames[nm] = c
-
-    def cname(self, nm: str) -> str:
-        return self.cnames.get(nm, nm)
-
-
-def _signature_parts(mod: CudaModule):
-    spec = mod.spec
-    params = [(f"const real* {mod.cname(p)}", f"{p} {list(d.shape)}") for p, d in spec.params.items()]
-    inputs = []
-    for nm, d in spec.inputs.items():
-        if d.is_label:
-            inputs.append((f"const int* {mod.cname(nm)}", f"{nm} [N], int32 labels in [0, {d.classes})"))
-        else:
-            inputs.append((f"const real* {mod.cname(nm)}", f"{nm} [N{''.join(', ' + str(x) for x in d.shape)}]"))
-    return params, inputs
-
-
-def _function(mod: CudaModule, fn: str, program: Program):
-    """The C text of one extern "C" host function."""
-    params, inputs = _signature_parts(mod)
-    bound = {}
-    extra = []
-    made = {k.out.name: k for k in program.kernels}
-    out_param = None
-    if fn == "predict":
-        v = program.output
-        k = made.get(v.name)
-        if v.kind == "temp" and k is not None and k.op != "reshape":
-            out_param = mod.cname(v.name)
-            bound[v.name] = out_param
-        else:
-            out_param = "_out"
-        extra.append((f"real* {out_param}", f"output: {v.name} {shape_text(v)}"))
-    else:
-        extra.append(("double* loss_out", "host: L"))
-    if fn == "value_and_grad":
-        for nm, v in program.grads.items():
-            bound[v.name] = mod.cname(v.name)
-            extra.append((f"real* {mod.cname(v.name)}", f"dL/d{nm} {shape_text(v)}"))
-    fp = FunctionPrinter(mod, fn, program, bound)
-    phase = None
-    for k in program.kernels:
-        if k.phase != phase:
-            phase = k.phase
-            fp.lines.append("")
-            fp.lines.append("// forward pass" if phase == "forward" else
-                            "// backward pass: adjoints in reverse topological order (x_bar = dL/dx)")
-        fp.lines += [line_comment(n) for n in k.notes]
-        fp.kernel(k)
-    tail = []
-    if fn == "predict":
-        v = program.output
-        if out_param == "_out":
-            n = count_expr(full_dims(v))
-            if v.kind == "const":
-                tail.append(f"LAUNCH(kernels::bp_fill, bp_grid({n}), {BLOCK}, 0, _out, (real){fp.c(v)}, {n});")
-            else:
-                tail.append(f"CHECK_CUDA(cudaMemcpyAsync(_out, {fp.c(v)}, sizeof(real) * (size_t)({n}), "
-                            "cudaMemcpyDeviceToDevice));")
-    else:
-        v = program.loss
-        tail.append("")
-        tail.append(line_comment(f"{fp.c(v)} to the host (this waits for the kernels above)"))
-        if v.kind == "const":
-            tail.append(f"*loss_out = (double){fp.c(v)};")
-        else:
-            tail += ["real _loss;",
-                     f"CHECK_CUDA(cudaMemcpy(&_loss, {fp.c(v)}, sizeof(real), cudaMemcpyDeviceToHost));",
-                     "*loss_out = (double)_loss;"]
-    body = fp.lines + tail
-    # declarations: the workspace's buffers, then aliases in program order
-    decls = []
-    for nm in fp.storage:
-        decls.append(f"real* const {mod.cname(nm)} = ws->{fn}.{mod.cname(nm)};")
-    for nm, src in fp.alias.items():
-        decls.append(f"const real* const {mod.cname(nm)} = {mod.cname(src)};")
-    text = "\n".join(body)
-    used_n = re.search(r"\bN\b", text + "\n".join(decls)) is not None
-    pre = []
-    if used_n:
-        pre.append("const int N = ws->N;")
-    if fp.gemm:
-        pre.append("const real _one = 1, _zero = 0;")
-    # unused arguments, so that no compiler warns
-    all_args = params + inputs
-    for decl, _ in all_args:
-        pname = decl.split("*")[-1].strip()
-        if not re.search(rf"\b{re.escape(pname)}\b", text + "\n".join(decls)):
-            pre.append(f"(void){pname};")
-    checks = ["if (ws == NULL) return BP_ERROR_NULL_POINTER;"]
-    ptrs = [d.split("*")[-1].strip() for d, _ in extra]
-    checks.append("if (" + " || ".join(f"{p} == NULL" for p in ptrs) + ") return BP_ERROR_NULL_POINTER;")
-    sig_items = [f"{mod.name}_workspace* ws"] + [d for d, _ in params + inputs + extra]
-    sig_comments = ["workspace of batch size N"] + [c for _, c in params + inputs + extra]
-    width = max(len(s) for s in sig_items) + 1
-    sig = []
-    for i, (s, cm) in enumerate(zip(sig_items, sig_comments)):
-        sep = "," if i < len(sig_items) - 1 else ")"
-        sig.append(f"    {(s + sep).ljust(width)}  {line_comment(cm)}")
-    lines = [f'extern "C" int {mod.name}_{fn}('] + sig + ["{"]
-    lines += [f"    {x}" for x in checks + pre + decls]
-    lines += [f"    {x}" if x else "" for x in body]
-    lines += ["    return 0;", "}"]
-    return "\n".join(lines), fp
+CUDA = Cuda()
 
 
 # ---------------------------------------------------------------------------
@@ -648,26 +195,9 @@ def render(low, adj, programs, version: str) -> dict:
     spec = low.spec
     if spec.dtype not in ("float32", "float64") or spec.reduction not in ("mean", "sum"):
         raise ValueError(f"CUDA target: dtype {spec.dtype!r}, reduction {spec.reduction!r}")
-    mod = CudaModule(low, programs)
-    functions = {}
-    printers = {}
-    for fn in ("predict", "loss", "value_and_grad"):
-        functions[fn], printers[fn] = _function(mod, fn, programs[fn])
-    uses_blas = any(p.gemm for p in printers.values())
-    layout = []
-    for fn in ("predict", "loss", "value_and_grad"):
-        fp = printers[fn]
-        if not fp.storage:
-            continue
-        layout.append(f"off = 0;  {line_comment(fn)}")
-        for nm, size in fp.storage.items():
-            layout.append(f"ws->{fn}.{mod.cname(nm)} = bp_carve(base, &off, {size});")
-        layout.append("if (off > top) top = off;")
-    structs = []
-    for fn in ("predict", "loss", "value_and_grad"):
-        fp = printers[fn]
-        if fp.storage:
-            structs.append("struct { real " + ", ".join(f"*{mod.cname(n)}" for n in fp.storage) + f"; }} {fn};")
+    printed = print_module(low, programs, CUDA)
+    functions = printed.functions
+    uses_blas = any("gemm" in fp.uses for fp in printed.printers.values())
 
     forward_lines, adjoint_lines = docstring_lines(low, adj)
     env = environment()
@@ -675,7 +205,7 @@ def render(low, adj, programs, version: str) -> dict:
     vag = programs["value_and_grad"]
     pred = programs["predict"]
     classes = {nm: d.classes for nm, d in spec.inputs.items() if d.is_label}
-    used = "\n".join(mod.kernels.defs) + "\n".join(functions.values())
+    used = "\n".join(printed.kernels) + "\n".join(functions.values())
     helpers = {"grid": "bp_grid(" in used, "blocks": "bp_blocks(" in used, "max": "bp_max(" in used,
                "fill": "kernels::bp_fill" in used}
     name = ident(spec.name)
@@ -685,8 +215,8 @@ def render(low, adj, programs, version: str) -> dict:
         name=name, version=token(version), spec_file=spec.file or "", spec_lines=spec_text.splitlines(),
         reduction=ident(spec.reduction), forward_equations=forward_lines, adjoint_equations=adjoint_lines,
         real=ident("float" if spec.dtype == "float32" else "double"), dtype=ident(spec.dtype),
-        uses_blas=uses_blas, kernels=code(mod.kernels.defs), structs=code(structs), layout=code(layout),
-        functions=code(functions[f] for f in ("predict", "loss", "value_and_grad")),
+        uses_blas=uses_blas, kernels=code(printed.kernels), structs=code(printed.structs),
+        layout=code(printed.layout), functions=code(functions.values()),
         block=BLOCK, max_grid=MAX_GRID,
     )
     check_c_source(cu, f"{spec.name}.cu")
@@ -716,6 +246,9 @@ def render(low, adj, programs, version: str) -> dict:
         predict_signature=signature(pred),
         loss_signature=signature(programs["loss"]),
         pass_dict=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
+        # the fields of optimizers.py.j2 (gradient and the update steps)
+        step_signature=signature(vag),
+        check_inputs=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
         pass_inputs=Code(", ".join([*(f"{nm}={nm}" for nm in spec.inputs), "check=False"])),
         trained=Code(repr(tuple(nm for nm in spec.wrt if nm in spec.params))),
     )

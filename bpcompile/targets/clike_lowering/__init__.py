@@ -1,0 +1,66 @@
+"""The lowering of kernels that C-like targets share, written against ``CStyle``
+(``targets/clike.py``): a target gives its language, this prints the kernels and
+the three entry points (predict, loss, value_and_grad) in it.
+
+``FunctionPrinter`` prints one entry point and its kernels; it is made of parts,
+by what they do:
+
+* ``elementwise.py``: fused elementwise ``map`` kernels and the index kernels
+  (take, scatter_add, onehot, transpose, index, embed, broadcast), copy, zeros,
+  reshape;
+* ``reductions.py``: reduce and sum_to, and the reduction kernel they share with
+  contractions;
+* ``contractions.py``: contract, as a GEMM when it is one and the language has
+  one, else as a reduction;
+* ``host.py``: storage (the caller's arrays, the workspace's buffers, aliases),
+  reading a value inside a kernel, the entry point around the kernels and the
+  workspace layout.
+
+Each kernel op is lowered by the method registered for it with ``@lowers(op)``;
+``Target.check`` reads that table before anything is printed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..clike import CStyle
+from .contractions import Contractions, Gemm
+from .elementwise import ElementwiseKernels
+from .host import Storage, host_function, host_scalars, signature_parts, workspace_layout
+from .module import CModule, KernelTable
+from .reductions import Reductions
+
+__all__ = ["CModule", "FunctionPrinter", "Gemm", "KernelTable", "PrintedModule", "host_scalars",
+           "print_module", "signature_parts"]
+
+FUNCTIONS = ("predict", "loss", "value_and_grad")
+
+
+class FunctionPrinter(ElementwiseKernels, Reductions, Contractions, Storage):
+    """One entry point (predict, loss or value_and_grad) and its kernels."""
+
+
+@dataclass
+class PrintedModule:
+    """What a target's template needs of a module printed in its language."""
+    mod: CModule
+    functions: dict     # predict / loss / value_and_grad -> the C text of the entry point
+    printers: dict      # the same -> its FunctionPrinter (storage, uses)
+    structs: list       # members of <name>_workspace
+    layout: list        # lines of <name>_layout
+
+    @property
+    def kernels(self) -> list:
+        """The kernel definitions, in the order of first use."""
+        return self.mod.kernels.defs
+
+
+def print_module(low, programs: dict, lang: CStyle, printer=FunctionPrinter) -> PrintedModule:
+    """The kernels, the three entry points and the workspace of a spec, in ``lang``."""
+    mod = CModule(low, programs, lang)
+    functions, printers = {}, {}
+    for fn in FUNCTIONS:
+        functions[fn], printers[fn] = host_function(mod, fn, programs[fn], printer)
+    structs, layout = workspace_layout(mod, printers)
+    return PrintedModule(mod, functions, printers, structs, layout)

@@ -1,0 +1,175 @@
+"""Elementwise and index kernels: one loop over the elements of the output.
+
+A fused elementwise ``map`` reads its arguments at the output's flat index
+(broadcasting by index arithmetic on the per-example shapes); take / onehot /
+transpose / index / embed / broadcast read one element each; scatter_add loops
+over the examples; copy and zeros are the language's memory operations and
+reshape is an alias of the same memory.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ...ir.program import Kernel, Value
+from ..base import lowers
+from ..clike import broadcast_strides, count_expr, full_dims, line_comment, offset, row_strides, shape_text, size_of
+
+
+class ElementwiseKernels:
+    """The lowerings of kernels that compute each output element on its own."""
+
+    def elementwise(self, k: Kernel, hint, comment, inputs, body, out=None):
+        """A kernel running ``body`` for each element ``_i`` of ``out`` (default
+        k.out), and its launch.  inputs: [(C parameter declaration, host argument)]."""
+        out = out or k.out
+        self.need(out)
+        n = count_expr(full_dims(out))
+        params = [self.out_param(out)] + [p for p, _ in inputs] + ["long long _n"]
+        name = self.mod.kernels.add(hint, comment, params, self.lang.loop("_i", "_n", body))
+        self.lines.append(self.lang.launch(name, n, [self.c(out)] + [a for _, a in inputs] + [n], out))
+
+    @lowers("map")
+    def lower_map(self, k: Kernel):
+        temps, expr = k.attrs
+        if k.out.name in self.host:
+            # a scalar of N and constants only: computed on the host, passed by value
+            p = self.printer({a.name: "(real)N" if a.kind == "batch_size" else self.c(a) for a in k.args})
+            self.lines += [f"const real {name} = {p.doprint(e)};" for name, e in temps]
+            self.lines.append(f"const real {self.c(k.out)} = {p.doprint(expr)};")
+            return
+        inputs: list = []
+        leaf = {}
+        dims = full_dims(k.out)
+        for a in k.args:
+            idx = "0" if a.kind in ("const", "batch_size") else offset("_i", dims, broadcast_strides(a, k.out))
+            leaf[a.name] = self.read(a, idx, inputs)
+        p = self.printer(leaf)
+        body = [f"const real {name} = {p.doprint(e)};" for name, e in temps]
+        body.append(f"{self.c(k.out)}[_i] = {p.doprint(expr)};")
+        shown = self.printer({a.name: self.c(a) for a in k.args})
+        whole = expr.xreplace({sp.Symbol(n, real=True): e for n, e in reversed(temps)})
+        comment = [f"{self.c(k.out)} = {shown.doprint(whole)}  (elementwise over {shape_text(k.out)})"]
+        if len(comment[0]) > 110:
+            comment = [f"{self.c(k.out)}: elementwise over {shape_text(k.out)}"]
+        self.elementwise(k, self.c(k.out), comment, inputs, body)
+
+    @lowers("broadcast")
+    def lower_broadcast(self, k: Kernel):
+        x = k.args[0]
+        if x.kind == "const" or x.name in self.host:
+            self.need(k.out)
+            self.lines.append(self.lang.fill(self.c(k.out), f"(real){self.c(x)}", count_expr(full_dims(k.out))))
+            return
+        inputs: list = []
+        body = [f"{self.c(k.out)}[_i] = "
+                f"{self.read(x, offset('_i', full_dims(k.out), broadcast_strides(x, k.out)), inputs)};"]
+        self.elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)} broadcast to {shape_text(k.out)}"],
+                         inputs, body)
+
+    @lowers("reshape")
+    def lower_reshape(self, k: Kernel):
+        x = k.args[0]
+        self.alias[k.out.name] = x.name
+        self.lines.append(line_comment(f"{self.c(k.out)} is {self.c(x)} reshaped to {shape_text(k.out)}: "
+                                       "the same memory"))
+
+    @lowers("take")
+    def lower_take(self, k: Kernel):
+        x, label = k.args
+        if len(x.shape) != 1:
+            raise NotImplementedError(f"{self.lang.name} take: only rows of per-example vectors")
+        K = x.shape[0]
+        inputs: list = []
+        xi = self.read(x, f"_i * {K} + _l" if x.batched else "_l", inputs)
+        li = self.read(label, "_i", inputs)
+        body = [f"const int _l = {li};",
+                f"{self.c(k.out)}[_i] = (0 <= _l && _l < {K}) ? {xi} : NAN;  // NaN for a label out of range"]
+        self.elementwise(k, self.c(k.out), [f"{self.c(k.out)}[n] = {self.c(x)}[n, {self.c(label)}[n]]"],
+                         inputs, body)
+
+    @lowers("scatter_add")
+    def lower_scatter_add(self, k: Kernel):
+        base, label, value = k.args
+        out = k.out
+        self.need(out)
+        if len(out.shape) != 1 or not out.batched:
+            raise NotImplementedError(f"{self.lang.name} scatter_add: only rows of batched per-example vectors")
+        K = out.shape[0]
+        if not k.inplace:
+            self.lines.append(self.lang.copy(self.c(out), self.c(base), f"(size_t)N * {K}"))
+        inputs: list = []
+        li = self.read(label, "_i", inputs)
+        vi = self.read(value, "_i" if value.batched else "0", inputs)
+        body = [f"const int _l = {li};",
+                f"if (0 <= _l && _l < {K}) {self.c(out)}[_i * {K} + _l] += {vi};"]
+        # one iteration per example: each writes its own row (no atomics in parallel)
+        params = [self.out_param(out)] + [p for p, _ in inputs] + ["long long _n"]
+        name = self.mod.kernels.add(
+            f"{self.c(out)}_scatter",
+            [f"{self.c(out)}[n, {self.c(label)}[n]] += {self.c(value)}[n], {self.lang.scatter_note}"], params,
+            self.lang.loop("_i", "_n", body))
+        self.lines.append(self.lang.launch(name, "(long long)N", [self.c(out)] + [a for _, a in inputs]
+                                           + ["(long long)N"], out))
+
+    @lowers("zeros")
+    def lower_zeros(self, k: Kernel):
+        self.need(k.out)
+        n = count_expr(full_dims(k.out))
+        self.lines.append(self.lang.zero(self.c(k.out), f"(size_t)({n})"))
+
+    @lowers("copy")
+    def lower_copy(self, k: Kernel):
+        x = k.args[0]
+        self.need(k.out)
+        n = count_expr(full_dims(k.out))
+        self.lines.append(self.lang.copy(self.c(k.out), self.c(x), f"(size_t)({n})"))
+
+    @lowers("onehot")
+    def lower_onehot(self, k: Kernel):
+        (classes,) = k.attrs
+        label = k.args[0]
+        inputs: list = []
+        li = self.read(label, f"_i / {classes}", inputs)
+        body = [f"{self.c(k.out)}[_i] = (real)({li} == _i % {classes});"]
+        self.elementwise(k, self.c(k.out), [f"{self.c(k.out)} = onehot({self.c(label)}, {classes})"], inputs, body)
+
+    @lowers("transpose")
+    def lower_transpose(self, k: Kernel):
+        x = k.args[0]
+        st = row_strides(list(x.shape))[::-1]
+        strides = ([size_of(x.shape)] if x.batched else []) + st
+        inputs: list = []
+        body = [f"{self.c(k.out)}[_i] = {self.read(x, offset('_i', full_dims(k.out), strides), inputs)};"]
+        self.elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}^T"], inputs, body)
+
+    @lowers("index")
+    def lower_index(self, k: Kernel):
+        (i,) = k.attrs
+        x = k.args[0]
+        st = row_strides(list(x.shape))
+        strides = ([size_of(x.shape)] if x.batched else []) + st[1:]
+        idx = offset("_i", full_dims(k.out), strides)
+        if i:
+            idx = f"{idx} + {i * st[0]}" if idx != "0" else f"{i * st[0]}"
+        inputs: list = []
+        body = [f"{self.c(k.out)}[_i] = {self.read(x, idx, inputs)};"]
+        self.elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}[{i}]"], inputs, body)
+
+    @lowers("embed")
+    def lower_embed(self, k: Kernel):
+        _, i = k.attrs
+        g = k.args[0]
+        out: Value = k.out
+        dims = full_dims(out)
+        st = row_strides(list(g.shape))
+        gstrides = ([size_of(g.shape)] if g.batched else []) + [0] + st
+        inner = size_of(out.shape[1:])
+        coord = "_i" if inner == 1 else f"_i / {inner}"
+        if out.batched:
+            coord = f"{coord} % {out.shape[0]}"
+        inputs: list = []
+        gi = self.read(g, offset("_i", dims, gstrides), inputs)
+        body = [f"{self.c(out)}[_i] = ({coord} == {i}) ? {gi} : 0;"]
+        self.elementwise(k, self.c(out), [f"{self.c(out)} = zeros {shape_text(out)} with [{i}] = {self.c(g)}"],
+                         inputs, body)

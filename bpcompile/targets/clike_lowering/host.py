@@ -1,0 +1,213 @@
+"""Storage and the host function: where kernel outputs live (the caller's arrays,
+buffers of the workspace, aliases), how a kernel reads a value, and the entry
+point (predict, loss or value_and_grad) around the kernels, with the workspace
+layout the three share."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from ...ir.program import Kernel, Program, Value
+from ..base import lowering_table
+from ..clike import count_expr, full_dims, line_comment, shape_text, size_of
+from .module import CModule
+
+
+class Storage:
+    """The part of a function printer every other part uses: the C text of a
+    value, storage for kernel outputs, reading a value inside a kernel, and the
+    dispatch of a kernel to its ``@lowers`` method."""
+
+    def __init__(self, mod: CModule, fn: str, program: Program, bound: dict):
+        self.mod = mod
+        self.lang = mod.lang
+        self.fn = fn
+        self.program = program
+        self.bound = bound          # value name -> C parameter it is written to
+        self.storage: dict = {}     # value name -> size expression (elements) in the workspace
+        self.alias: dict = {}       # value name -> name of the value it shares memory with
+        self.lines: list = []       # the host function's body so far
+        self.uses: set = set()      # what the function needs declared ("gemm")
+        self.host = host_scalars(program, bound)   # names of scalars computed on the host
+
+    # -- names ---------------------------------------------------------------
+    def c(self, v: Value) -> str:
+        if v.kind == "const":
+            return self.printer().doprint(v.literal)
+        if v.kind == "batch_size":
+            return "N"
+        return self.mod.cname(v.name)
+
+    def printer(self, leaf_text=None):
+        """The language's printer of elementwise math, leaves printed as ``leaf_text`` says."""
+        return self.lang.expr(self.mod.dtype, leaf_text or {})
+
+    def need(self, v: Value):
+        """Storage for kernel output ``v`` (unless it is the caller's array)."""
+        if v.name in self.bound or v.name in self.alias:
+            return
+        n = size_of(v.shape)
+        self.storage.setdefault(v.name, (f"N * {n}" if n != 1 else "N") if v.batched else f"{n}")
+
+    def read(self, v: Value, idx: str, inputs: list) -> str:
+        """The C text reading ``v`` at offset ``idx`` inside a kernel, adding the
+        kernel parameter it needs to ``inputs`` ([(declaration, host argument)])."""
+        if v.kind == "const":
+            return self.c(v)
+        if v.name in self.host:
+            if (f"const real {self.c(v)}", self.c(v)) not in inputs:
+                inputs.append((f"const real {self.c(v)}", self.c(v)))
+            return self.c(v)
+        if v.kind == "batch_size":
+            if ("const real N", "(real)N") not in inputs:
+                inputs.append(("const real N", "(real)N"))
+            return "N"
+        restrict = self.lang.restrict
+        decl = (f"const int* {restrict} {self.c(v)}" if v.dtype == "int"
+                else f"const real* {restrict} {self.c(v)}")
+        if (decl, self.c(v)) not in inputs:
+            inputs.append((decl, self.c(v)))
+        return f"{self.c(v)}[{idx}]"
+
+    def out_param(self, out: Value) -> str:
+        """The kernel parameter an output is written through."""
+        return f"real* {self.lang.restrict} {self.c(out)}"
+
+    # -- kernels -------------------------------------------------------------
+    def kernel(self, k: Kernel):
+        getattr(self, _lowerings(type(self))[k.op])(k)
+
+
+@lru_cache(maxsize=None)
+def _lowerings(cls) -> dict:
+    return lowering_table(cls)
+
+
+def host_scalars(program: Program, bound: dict) -> set:
+    """Names of the unbatched scalars that depend on the batch size and constants
+    only (1/N, -1/N): the host computes them and passes them to kernels by value,
+    instead of launching a one-thread kernel.  Not those read through a pointer
+    (a GEMM, a copy, a reshape) or returned."""
+    host: set = set()
+    for k in program.kernels:
+        if k.op == "map" and not k.out.batched and k.out.shape == () and k.out.name not in bound \
+                and all(a.kind in ("batch_size", "const") or a.name in host for a in k.args):
+            host.add(k.out.name)
+    by_pointer = {a.name for k in program.kernels if k.op in ("contract", "copy", "reshape") for a in k.args}
+    returned = {v.name for v in (program.loss, program.output) if v is not None}
+    changed = True
+    while changed:
+        # a scalar computed on the host cannot come from a kernel's output
+        changed = False
+        for k in program.kernels:
+            if k.out.name in host and (k.out.name in by_pointer or k.out.name in returned or
+                                       any(a.kind not in ("batch_size", "const") and a.name not in host
+                                           for a in k.args)):
+                host.discard(k.out.name)
+                changed = True
+    return host
+
+
+# ---------------------------------------------------------------------------
+# The entry points
+
+
+def signature_parts(mod: CModule):
+    """([(declaration, comment)] of the params, the same of the inputs)."""
+    spec = mod.spec
+    params = [(f"const real* {mod.cname(p)}", f"{p} {list(d.shape)}") for p, d in spec.params.items()]
+    inputs = []
+    for nm, d in spec.inputs.items():
+        if d.is_label:
+            inputs.append((f"const int* {mod.cname(nm)}", f"{nm} [N], int32 labels in [0, {d.classes})"))
+        else:
+            inputs.append((f"const real* {mod.cname(nm)}", f"{nm} [N{''.join(', ' + str(x) for x in d.shape)}]"))
+    return params, inputs
+
+
+def host_function(mod: CModule, fn: str, program: Program, printer_class):
+    """(The C text of one entry point, its function printer)."""
+    lang = mod.lang
+    params, inputs = signature_parts(mod)
+    bound = {}
+    extra = []
+    made = {k.out.name: k for k in program.kernels}
+    out_param = None
+    if fn == "predict":
+        v = program.output
+        k = made.get(v.name)
+        if v.kind == "temp" and k is not None and k.op != "reshape":
+            out_param = mod.cname(v.name)
+            bound[v.name] = out_param
+        else:
+            out_param = "_out"
+        extra.append((f"real* {out_param}", f"output: {v.name} {shape_text(v)}"))
+    else:
+        extra.append(("double* loss_out", "host: L"))
+    if fn == "value_and_grad":
+        for nm, v in program.grads.items():
+            bound[v.name] = mod.cname(v.name)
+            extra.append((f"real* {mod.cname(v.name)}", f"dL/d{nm} {shape_text(v)}"))
+    fp = printer_class(mod, fn, program, bound)
+    phase = None
+    for k in program.kernels:
+        if k.phase != phase:
+            phase = k.phase
+            fp.lines.append("")
+            fp.lines.append("// forward pass" if phase == "forward" else
+                            "// backward pass: adjoints in reverse topological order (x_bar = dL/dx)")
+        fp.lines += [line_comment(n) for n in k.notes]
+        fp.kernel(k)
+    tail = []
+    if fn == "predict":
+        v = program.output
+        if out_param == "_out":
+            n = count_expr(full_dims(v))
+            if v.kind == "const":
+                tail.append(lang.fill("_out", f"(real){fp.c(v)}", n))
+            else:
+                tail.append(lang.copy("_out", fp.c(v), f"(size_t)({n})"))
+    else:
+        tail += lang.loss_to_host(fp.c(program.loss), program.loss.kind == "const")
+    body = fp.lines + tail
+    # declarations: the workspace's buffers, then aliases in program order
+    decls = []
+    for nm in fp.storage:
+        decls.append(f"real* const {mod.cname(nm)} = ws->{fn}.{mod.cname(nm)};")
+    for nm, src in fp.alias.items():
+        decls.append(f"const real* const {mod.cname(nm)} = {mod.cname(src)};")
+    text = "\n".join(body)
+    used_n = re.search(r"\bN\b", text + "\n".join(decls)) is not None
+    pre = []
+    if used_n:
+        pre.append(f"const int N = {lang.batch_size};")
+    pre += lang.function_prologue(fp.uses)
+    # unused arguments, so that no compiler warns
+    for decl, _ in params + inputs:
+        pname = decl.split("*")[-1].strip()
+        if not re.search(rf"\b{re.escape(pname)}\b", text + "\n".join(decls)):
+            pre.append(f"(void){pname};")
+    outputs = [d.split("*")[-1].strip() for d, _ in extra]
+    lines = lang.entry_head(mod.name, fn, lang.entry_params(mod.name) + params + inputs + extra, outputs)
+    lines += [f"    {x}" for x in pre + decls]
+    lines += [f"    {x}" if x else "" for x in body]
+    lines += ["    return 0;", "}"]
+    return "\n".join(lines), fp
+
+
+def workspace_layout(mod: CModule, printers: dict):
+    """(The members of ``<name>_workspace`` holding each function's buffers, the
+    lines of ``<name>_layout`` pointing them into one arena with ``bp_carve``).
+    The three functions share the arena: each starts at offset 0."""
+    layout = []
+    structs = []
+    for fn, fp in printers.items():
+        if not fp.storage:
+            continue
+        layout.append(f"off = 0;  {line_comment(fn)}")
+        for nm, size in fp.storage.items():
+            layout.append(f"ws->{fn}.{mod.cname(nm)} = bp_carve(base, &off, {size});")
+        layout.append("if (off > top) top = off;")
+        structs.append("struct { real " + ", ".join(f"*{mod.cname(n)}" for n in fp.storage) + f"; }} {fn};")
+    return structs, layout
