@@ -359,16 +359,23 @@ class Graph:
         return sources, (None if result(sources) == full else full)
 
     # -- structural ----------------------------------------------------------
+    # Each builder below normalizes (a sum to the same shape is its argument, a
+    # transpose of a vector is the vector, ...) and makes the node through
+    # ``structural``, which takes its shape from the op's record.
+    def structural(self, op, args, attrs, rule=None) -> int:
+        """The node ``op(args; attrs)``, its shape and batch flag from the op's record
+        (``ops.STRUCTURAL_OPS``)."""
+        record = ops.STRUCTURAL_OPS[op]
+        shape, batched = record.shape([self.node(a) for a in args], attrs)
+        return self._add(op, args, attrs, shape=shape, batched=batched, rule=rule or record.rule or op)
+
     def contract(self, a, b, form: Contraction, out_batched=None) -> int:
-        na, nb = self.node(a), self.node(b)
         if out_batched is None:
-            out_batched = na["batched"] or nb["batched"]
-        shape = ops.contraction_shape(form, na["shape"], nb["shape"])
-        return self._add("contract", (a, b), (form, out_batched), shape=shape, batched=out_batched)
+            out_batched = self.node(a)["batched"] or self.node(b)["batched"]
+        return self.structural("contract", (a, b), (form, out_batched))
 
     def reduce(self, x, kind, axes, keepdims=False, nograd=False) -> int:
         nx_ = self.node(x)
-        shape = ops.reduce_shape(nx_["shape"], axes, keepdims)
         source = nx_["args"][0] if nx_["op"] == "broadcast" else x
         if self.node(source)["op"] == "const":
             # the max or sum of copies of one number is a number
@@ -378,9 +385,8 @@ class Graph:
                 for a in axes:
                     count *= nx_["shape"][a]
                 c = self.folder.fold(c * count)
-            return self.broadcast(self.const(c), shape, nx_["batched"])
-        return self._add("reduce", (x,), (kind, tuple(axes), keepdims, nograd), shape=shape,
-                         batched=nx_["batched"], rule=kind)
+            return self.broadcast(self.const(c), ops.reduce_shape(nx_["shape"], axes, keepdims), nx_["batched"])
+        return self.structural("reduce", (x,), (kind, tuple(axes), keepdims, nograd), rule=kind)
 
     def sum_to(self, x, shape, batched) -> int:
         """Sum ``x`` down to a shape that broadcasts to ``shape`` (and to unbatched)."""
@@ -396,12 +402,11 @@ class Graph:
         keep_batch = node["batched"] and batched
         if target == xs and keep_batch == node["batched"]:
             return x
-        return self._add("sum_to", (x,), (target, keep_batch), shape=target, batched=keep_batch,
-                         rule="sum")
+        return self.structural("sum_to", (x,), (target, keep_batch))
 
     def full(self, c, shape, batched) -> int:
         """A fresh array of the constant node ``c`` (even of shape ())."""
-        return self._add("broadcast", (c,), (tuple(shape), batched), shape=shape, batched=batched)
+        return self.structural("broadcast", (c,), (tuple(shape), batched))
 
     def broadcast(self, x, shape, batched) -> int:
         node = self.node(x)
@@ -409,7 +414,7 @@ class Graph:
             return x
         if node["op"] == "broadcast":
             x = node["args"][0]
-        return self._add("broadcast", (x,), (tuple(shape), batched), shape=shape, batched=batched)
+        return self.structural("broadcast", (x,), (tuple(shape), batched))
 
     def materialize(self, g, like) -> int:
         """``g`` at exactly the shape of node ``like`` (a broadcast when it is smaller)."""
@@ -419,50 +424,43 @@ class Graph:
         return self.broadcast(g, nl["shape"], nl["batched"])
 
     def reshape(self, x, shape) -> int:
-        node = self.node(x)
-        if node["shape"] == tuple(shape):
+        if self.node(x)["shape"] == tuple(shape):
             return x
-        return self._add("reshape", (x,), (tuple(shape),), shape=shape, batched=node["batched"])
+        return self.structural("reshape", (x,), (tuple(shape),))
 
     def take(self, x, label) -> int:
         """``x[n, label[n]]``; an ``x`` without the batch axis is broadcast over it."""
         node = self.node(x)
         if not node["batched"]:
             x = self.broadcast(x, node["shape"], True)
-        return self._add("take", (x, label), (), shape=node["shape"][:-1], batched=True)
+        return self.structural("take", (x, label), ())
 
     def scatter_add(self, base, label, value) -> int:
         """``base`` plus ``value[n]`` at ``[n, label[n]]``; a value broadcast over the
         batch is read as its source (the same number for every example)."""
-        node = self.node(base)
         if self.node(value)["op"] == "broadcast":
             value = self.node(value)["args"][0]
-        return self._add("scatter_add", (base, label, value), (), shape=node["shape"],
-                         batched=True, rule="take")
+        return self.structural("scatter_add", (base, label, value), ())
 
     def zeros(self, shape, batched) -> int:
-        return self._add("zeros", (), (tuple(shape), batched), shape=shape, batched=batched)
+        return self.structural("zeros", (), (tuple(shape), batched))
 
     def onehot(self, label, classes) -> int:
-        return self._add("onehot", (label,), (classes,), shape=(classes,), batched=True)
+        return self.structural("onehot", (label,), (classes,))
 
     def transpose(self, x) -> int:
-        node = self.node(x)
-        if len(node["shape"]) < 2:
+        if len(self.node(x)["shape"]) < 2:
             return x
-        return self._add("transpose", (x,), (), shape=node["shape"][::-1], batched=node["batched"])
+        return self.structural("transpose", (x,), ())
 
     def index(self, x, i) -> int:
-        node = self.node(x)
-        return self._add("index", (x,), (i,), shape=node["shape"][1:], batched=node["batched"])
+        return self.structural("index", (x,), (i,))
 
     def embed(self, g, shape, i) -> int:
-        return self._add("embed", (g,), (tuple(shape), i), shape=shape, batched=self.node(g)["batched"],
-                         rule="index")
+        return self.structural("embed", (g,), (tuple(shape), i))
 
     def copy(self, x) -> int:
-        node = self.node(x)
-        return self._add("copy", (x,), (), shape=node["shape"], batched=node["batched"])
+        return self.structural("copy", (x,), ())
 
 
 @dataclass

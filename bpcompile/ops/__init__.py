@@ -2,7 +2,8 @@
 reverse mode over them (``adjoint.py``).
 
 * ``elementwise.py``: each elementwise op one SymPy function;
-* ``structural.py``: contraction, reductions, indexing: shape and VJP rules.
+* ``structural.py``: contraction, reductions, indexing: one record each (shape
+  rule, VJP, text and picture forms), with ``notation.py``, how they read.
 """
 
 from .elementwise import (
@@ -10,11 +11,11 @@ from .elementwise import (
     sigmoid, softplus, stable_log, step,
 )
 from .structural import (
-    VJP, Contraction, GemmForm, Scatter, broadcast_shapes, contraction_shape, gemm_form,
-    matmul_contraction, normalize_axis, reduce_shape,
+    LEAF_OPS, STRUCTURAL_OPS, Contraction, GemmForm, Scatter, StructuralOp, broadcast_shapes,
+    contraction_shape, gemm_form, matmul_contraction, normalize_axis, reduce_shape, shape_text, vjp_rule,
 )
 
-__all__ = ["BINARY", "ELEMENTWISE", "FUNCTIONS", "OUT", "STRUCTURAL_FUNCTIONS", "VJP", "Contraction", "GemmForm",
-           "Scatter", "arg_symbol", "broadcast_shapes", "contraction_shape", "equal", "gemm_form",
-           "local_derivative", "matmul_contraction", "normalize_axis", "reduce_shape", "relu", "sigmoid",
-           "softplus", "stable_log", "step"]
+__all__ = ["BINARY", "ELEMENTWISE", "FUNCTIONS", "LEAF_OPS", "OUT", "STRUCTURAL_FUNCTIONS", "STRUCTURAL_OPS",
+           "Contraction", "GemmForm", "Scatter", "StructuralOp", "arg_symbol", "broadcast_shapes",
+           "contraction_shape", "equal", "gemm_form", "local_derivative", "matmul_contraction", "normalize_axis",
+           "reduce_shape", "relu", "shape_text", "sigmoid", "softplus", "stable_log", "step", "vjp_rule"]
