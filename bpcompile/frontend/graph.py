@@ -24,6 +24,8 @@ from .. import limits
 from .. import ops
 from ..errors import SpecError
 from ..ops import Contraction, arg_symbol
+from ..ops.functions import LABEL, SPEC_FUNCTIONS, CallSite, log_softmax
+from ..ops.structural import shape_text as _fmt
 from .spec import Expr, Spec
 
 # ---------------------------------------------------------------------------
@@ -498,73 +500,12 @@ def lower(spec: Spec) -> Lowered:
     return _Lowering(spec).run()
 
 
-def _fmt(shape):
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+class _Expressions:
+    """Names, constants, operators, transposes and indexing: an expression of the
+    spec to graph nodes (a number stays a SymPy number until it meets a node).
 
-
-class _Lowering:
-    def __init__(self, spec: Spec):
-        self.spec = spec
-        self.G = Graph(spec.dtype)
-        self.scope: dict = {}      # name -> node id
-        self.labels: dict = {}     # label node -> classes
-        self.pending: set = set()  # graph names not defined yet
-        self.defining = None       # the graph name being lowered
-
-    def run(self) -> Lowered:
-        G, spec = self.G, self.spec
-        for nm, d in spec.inputs.items():
-            node = G.input(nm, d.shape, "int" if d.is_label else "float")
-            if d.is_label:
-                self.labels[node] = d.classes
-            self.scope[nm] = node
-        for nm, d in spec.params.items():
-            self.scope[nm] = G.param(nm, d.shape)
-        leaves = dict(self.scope)
-        self.pending = {nm for nm, _ in spec.graph}
-        last = None
-        for nm, expr in spec.graph:
-            self.defining = nm
-            node = self.lower_expr(expr)
-            self.pending.discard(nm)
-            self.scope[nm] = node
-            G.node(node)["names"].append(nm)
-            last = node
-        example_loss = self.lower_expr(spec.loss)
-        if self.node(example_loss)["dtype"] == "int":
-            raise spec.error("the loss is an integer label, not a float", "loss")
-        shape = self.node(example_loss)["shape"]
-        if shape != ():
-            raise spec.error(f"the loss must be a per-example scalar, but it has shape {_fmt(shape)}; "
-                             "reduce it, e.g. with sum(...)", "loss")
-        total = G.sum_to(example_loss, (), False) if self.node(example_loss)["batched"] else example_loss
-        n = G.batch_size()
-        if spec.reduction == "mean":
-            total = G.map(arg_symbol(0) / arg_symbol(1), [total, n], rule="mean") \
-                if self.node(example_loss)["batched"] else total
-        elif not self.node(example_loss)["batched"]:
-            total = G.map(arg_symbol(0) * arg_symbol(1), [total, n], rule="sum")
-        if spec.output is not None:
-            output = self.scope[spec.output]
-        else:
-            output = last if last is not None else example_loss
-        wrt = {nm: self.scope[nm] for nm in spec.wrt}
-        return Lowered(spec, G, leaves, dict(self.scope), example_loss, total, output, wrt, len(G))
-
-    def node(self, i):
-        return self.G.node(i)
-
-    # -- expressions ---------------------------------------------------------
-    def lower_expr(self, expr: Expr) -> int:
-        self.expr = expr
-        self.G.key = expr.key
-        try:
-            value = self.visit(expr.tree)
-            if isinstance(value, sp.Basic):
-                value = self.G.const(value)
-        except SpecError as e:
-            raise e.located(file=self.spec.file, key=expr.key, line=expr.line) from None
-        return value
+    A part of ``_Lowering``, as is ``_Calls``: they read its ``G``, ``scope``,
+    ``labels``, ``expr`` and ``node``."""
 
     def err(self, message):
         return SpecError(message)
@@ -685,84 +626,60 @@ class _Lowering:
             raise self.err(f"index {i} is out of range for {self.text(t.value)!r} of shape {_fmt(shape)}")
         return self.G.index(v, i % shape[0])
 
-    # -- functions -----------------------------------------------------------
+
+class _Calls:
+    """Function calls.  A structural function is lowered through its record
+    (``ops/functions.py``: how it is called, and its lowering); an elementwise one
+    is a map node.  Class label arguments are checked here."""
+
     def call(self, t):
         f = t.func.id
-        axis = None
-        for kw in t.keywords:
-            v = kw.value
-            axis = -v.operand.value if isinstance(v, ast.UnaryOp) else v.value
-        if axis is not None and f not in ("sum", "mean", "max"):
+        function = SPEC_FUNCTIONS.get(f)
+        if function is not None:
+            return self.function_call(function, t)
+        if t.keywords:
             raise self.err(f"{f}() takes no axis= (it works on the last axis)")
-        arity = 2 if f in ("dot", "cross_entropy", "softmax_cross_entropy") else 1
-        if len(t.args) != arity:
-            raise self.err(f"{f}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(t.args)}")
-        if f == "onehot":
-            label = self.label_arg(t.args[0], f)
-            return self.G.onehot(label, self.labels[label])
-        if f in ("cross_entropy", "softmax_cross_entropy"):
-            x = self.tensor(t.args[0], f"{f}()")
-            label = self.label_arg(t.args[1], f)
-            return self.cross_entropy(f, x, label, t.args[0])
+        self.check_arity(f, 1, t)
         args = [self.tensor(a, f"{f}()") for a in t.args]
         if f == "log":
             stable = self.stable_log(args[0])
             if stable is not None:
                 return stable
-        if f in ops.ELEMENTWISE:
-            return self.G.map(ops.ELEMENTWISE[f](arg_symbol(0)), args, rule=f)
-        x = args[0]
-        shape = self.node(x)["shape"]
-        if f in ("sum", "mean", "max"):
-            if axis is None:
-                axes = tuple(range(len(shape)))
-            else:
-                axes = (ops.normalize_axis(axis, len(shape),
-                                           lambda: f"{self.text(t.args[0])} of shape {_fmt(shape)}"),)
-            if not axes:
-                return x
-            out = self.G.reduce(x, "max" if f == "max" else "sum", axes)
-            if f == "mean":
-                count = 1
-                for a in axes:
-                    count *= shape[a]
-                out = self.G.map(arg_symbol(0) / count, [out], rule="mean")
-            return out
-        if f == "dot":
-            sa, sb = shape, self.node(args[1])["shape"]
-            if len(sa) != 1 or sa != sb:
-                raise self.err(f"dot() takes two vectors of one length: "
-                               f"{self.describe((t.args[0], args[0]), (t.args[1], args[1]))}")
-            return self.G.contract(args[0], args[1], Contraction("i", "i", ""))
-        if not shape:
-            raise self.err(f"{f}() needs a vector, but {self.text(t.args[0])!r} is a scalar")
-        if f == "softmax":
-            _, e, s = self.exp_sum(x)
-            out = self.G.map(arg_symbol(0) / arg_symbol(1), [e, s], rule="softmax")
-            self.G.macros[out] = ("softmax", x, None)
-            return out
-        if f == "log_softmax":
-            return self.log_softmax(x)
-        if f == "logsumexp":
-            lse = self.G.map(self.lse_expr(x).xreplace({arg_symbol(1): arg_symbol(0),
-                                                         arg_symbol(2): arg_symbol(1)}),
-                             self.lse_args(x), rule="logsumexp")
-            out = self.G.reshape(lse, shape[:-1])
-            self.G.macros[out] = ("logsumexp", x, None)
-            return out
-        raise self.err(f"unsupported function {f}")  # every name in ops.FUNCTIONS is handled above
+        return self.G.map(ops.ELEMENTWISE[f](arg_symbol(0)), args, rule=f)
 
-    def log_softmax(self, x):
-        out = self.G.map(arg_symbol(0) - self.lse_expr(x), [x, *self.lse_args(x)], rule="log_softmax")
-        self.G.macros[out] = ("log_softmax", x, None)
-        return out
+    def function_call(self, function, t):
+        """A call of a structural function, checked against its record and lowered by it."""
+        f = function.name
+        keywords = {}
+        for kw in t.keywords:
+            v = kw.value
+            keywords[kw.arg] = -v.operand.value if isinstance(v, ast.UnaryOp) else v.value
+            if kw.arg not in function.keywords:
+                raise self.err(f"{f}() takes no {kw.arg}= (it works on the last axis)")
+        self.check_arity(f, function.arity, t)
+        args = tuple(self.label_arg(tree, f) if kind == LABEL else self.tensor(tree, f"{f}()")
+                     for kind, tree in zip(function.params, t.args))
+        if function.vector and not self.node(args[0])["shape"]:
+            raise self.err(f"{f}() needs a vector, but {self.text(t.args[0])!r} is a scalar")
+        return function.lower(self, CallSite(f, args, tuple(t.args), keywords))
+
+    def check_arity(self, f, arity, t):
+        if len(t.args) != arity:
+            raise self.err(f"{f}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(t.args)}")
+
+    def label_arg(self, tree, f):
+        v = self.visit(tree)
+        if isinstance(v, sp.Basic) or v not in self.labels:
+            raise self.err(f"{f}() needs an integer class label input (declared as {{classes: K}}), "
+                           f"got {self.text(tree)!r}")
+        return v
 
     def stable_log(self, x):
         """log(x) through a stable rule when x is one of the patterns that lose
         precision or overflow (``ops.stable_log``; log(softmax(z)) is
         log_softmax(z)); None otherwise."""
         if self.G.macros.get(x, ("",))[0] == "softmax":
-            return self.log_softmax(self.G.macros[x][1])
+            return log_softmax(self.G, self.G.macros[x][1])
         if self.node(x)["op"] != "map":
             return None
         composed, leaves = self.G.compose(arg_symbol(0), [x], depth=2)
@@ -773,49 +690,69 @@ class _Lowering:
         expr = rewritten.xreplace({s: arg_symbol(i) for i, s in enumerate(used)})
         return self.G.map(expr, [leaves[s] for s in used], rule="stable log")
 
-    def label_arg(self, tree, f):
-        v = self.visit(tree)
-        if isinstance(v, sp.Basic) or v not in self.labels:
-            raise self.err(f"{f}() needs an integer class label input (declared as {{classes: K}}), "
-                           f"got {self.text(tree)!r}")
-        return v
 
-    # Stable softmax family: subtract the row max (a constant for the derivative:
-    # the terms through it cancel exactly), exponentiate, sum.
-    def exp_sum(self, x):
-        """(m, e, s): the row max (no gradient), exp(x - m), and its row sum."""
-        last = len(self.node(x)["shape"]) - 1
-        m = self.G.reduce(x, "max", (last,), keepdims=True, nograd=True)
-        e = self.G.map(sp.exp(arg_symbol(0) - arg_symbol(1)), [x, m], rule="exp")
-        s = self.G.reduce(e, "sum", (last,), keepdims=True)
-        return m, e, s
+class _Lowering(_Expressions, _Calls):
+    """A spec's graph: its inputs and params as leaves, then each graph line and
+    the loss, in order."""
 
-    def lse_args(self, x):
-        m, _, s = self.exp_sum(x)
-        return [m, s]
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.G = Graph(spec.dtype)
+        self.scope: dict = {}      # name -> node id
+        self.labels: dict = {}     # label node -> classes
+        self.pending: set = set()  # graph names not defined yet
+        self.defining = None       # the graph name being lowered
 
-    @staticmethod
-    def lse_expr(_x):
-        # over symbols [x, m, s]: logsumexp = m + log(s)
-        return arg_symbol(1) + sp.log(arg_symbol(2))
+    def run(self) -> Lowered:
+        G, spec = self.G, self.spec
+        for nm, d in spec.inputs.items():
+            node = G.input(nm, d.shape, "int" if d.is_label else "float")
+            if d.is_label:
+                self.labels[node] = d.classes
+            self.scope[nm] = node
+        for nm, d in spec.params.items():
+            self.scope[nm] = G.param(nm, d.shape)
+        leaves = dict(self.scope)
+        self.pending = {nm for nm, _ in spec.graph}
+        last = None
+        for nm, expr in spec.graph:
+            self.defining = nm
+            node = self.lower_expr(expr)
+            self.pending.discard(nm)
+            self.scope[nm] = node
+            G.node(node)["names"].append(nm)
+            last = node
+        example_loss = self.lower_expr(spec.loss)
+        if self.node(example_loss)["dtype"] == "int":
+            raise spec.error("the loss is an integer label, not a float", "loss")
+        shape = self.node(example_loss)["shape"]
+        if shape != ():
+            raise spec.error(f"the loss must be a per-example scalar, but it has shape {_fmt(shape)}; "
+                             "reduce it, e.g. with sum(...)", "loss")
+        total = G.sum_to(example_loss, (), False) if self.node(example_loss)["batched"] else example_loss
+        n = G.batch_size()
+        if spec.reduction == "mean":
+            total = G.map(arg_symbol(0) / arg_symbol(1), [total, n], rule="mean") \
+                if self.node(example_loss)["batched"] else total
+        elif not self.node(example_loss)["batched"]:
+            total = G.map(arg_symbol(0) * arg_symbol(1), [total, n], rule="sum")
+        if spec.output is not None:
+            output = self.scope[spec.output]
+        else:
+            output = last if last is not None else example_loss
+        wrt = {nm: self.scope[nm] for nm in spec.wrt}
+        return Lowered(spec, G, leaves, dict(self.scope), example_loss, total, output, wrt, len(G))
 
-    def cross_entropy(self, f, x, label, tree):
-        shape = self.node(x)["shape"]
-        classes = self.labels[label]
-        if shape != (classes,):
-            raise self.err(f"{f}() needs a vector of {classes} class scores, but {self.text(tree)!r} "
-                           f"has shape {_fmt(shape)}")
-        if f == "cross_entropy" and self.G.macros.get(x, ("",))[0] == "softmax":
-            # -log softmax(z)[label] = logsumexp(z) - z[label]: the stable rule
-            # whose adjoint is y_hat - onehot(label)
-            f, x = "softmax_cross_entropy", self.G.macros[x][1]
-        if f == "cross_entropy":
-            picked = self.G.take(x, label)
-            return self.G.map(-sp.log(arg_symbol(0)), [picked], rule="cross_entropy")
-        m, s = self.lse_args(x)
-        picked = self.G.take(x, label)
-        out = self.G.map(arg_symbol(1) + sp.log(arg_symbol(2)) - arg_symbol(0),
-                         [picked, self.G.reshape(m, ()), self.G.reshape(s, ())],
-                         rule="softmax_cross_entropy")
-        self.G.macros[out] = ("softmax_cross_entropy", x, label)
-        return out
+    def node(self, i):
+        return self.G.node(i)
+
+    def lower_expr(self, expr: Expr) -> int:
+        self.expr = expr
+        self.G.key = expr.key
+        try:
+            value = self.visit(expr.tree)
+            if isinstance(value, sp.Basic):
+                value = self.G.const(value)
+        except SpecError as e:
+            raise e.located(file=self.spec.file, key=expr.key, line=expr.line) from None
+        return value
