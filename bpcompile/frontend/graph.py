@@ -637,6 +637,7 @@ class _Calls:
         function = SPEC_FUNCTIONS.get(f)
         if function is not None:
             return self.function_call(function, t)
+        # an elementwise function: one array argument, no keyword
         if t.keywords:
             raise self.err(f"{f}() takes no axis= (it works on the last axis)")
         self.check_arity(f, 1, t)
