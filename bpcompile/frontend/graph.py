@@ -24,6 +24,8 @@ from .. import limits
 from .. import ops
 from ..errors import SpecError
 from ..ops import Contraction, arg_symbol
+from ..ops.functions import LABEL, SPEC_FUNCTIONS, CallSite, log_softmax
+from ..ops.structural import shape_text as _fmt
 from .spec import Expr, Spec
 
 # ---------------------------------------------------------------------------
@@ -359,16 +361,23 @@ class Graph:
         return sources, (None if result(sources) == full else full)
 
     # -- structural ----------------------------------------------------------
+    # Each builder below normalizes (a sum to the same shape is its argument, a
+    # transpose of a vector is the vector, ...) and makes the node through
+    # ``structural``, which takes its shape from the op's record.
+    def structural(self, op, args, attrs, rule=None) -> int:
+        """The node ``op(args; attrs)``, its shape and batch flag from the op's record
+        (``ops.STRUCTURAL_OPS``)."""
+        record = ops.STRUCTURAL_OPS[op]
+        shape, batched = record.shape([self.node(a) for a in args], attrs)
+        return self._add(op, args, attrs, shape=shape, batched=batched, rule=rule or record.rule or op)
+
     def contract(self, a, b, form: Contraction, out_batched=None) -> int:
-        na, nb = self.node(a), self.node(b)
         if out_batched is None:
-            out_batched = na["batched"] or nb["batched"]
-        shape = ops.contraction_shape(form, na["shape"], nb["shape"])
-        return self._add("contract", (a, b), (form, out_batched), shape=shape, batched=out_batched)
+            out_batched = self.node(a)["batched"] or self.node(b)["batched"]
+        return self.structural("contract", (a, b), (form, out_batched))
 
     def reduce(self, x, kind, axes, keepdims=False, nograd=False) -> int:
         nx_ = self.node(x)
-        shape = ops.reduce_shape(nx_["shape"], axes, keepdims)
         source = nx_["args"][0] if nx_["op"] == "broadcast" else x
         if self.node(source)["op"] == "const":
             # the max or sum of copies of one number is a number
@@ -378,9 +387,8 @@ class Graph:
                 for a in axes:
                     count *= nx_["shape"][a]
                 c = self.folder.fold(c * count)
-            return self.broadcast(self.const(c), shape, nx_["batched"])
-        return self._add("reduce", (x,), (kind, tuple(axes), keepdims, nograd), shape=shape,
-                         batched=nx_["batched"], rule=kind)
+            return self.broadcast(self.const(c), ops.reduce_shape(nx_["shape"], axes, keepdims), nx_["batched"])
+        return self.structural("reduce", (x,), (kind, tuple(axes), keepdims, nograd), rule=kind)
 
     def sum_to(self, x, shape, batched) -> int:
         """Sum ``x`` down to a shape that broadcasts to ``shape`` (and to unbatched)."""
@@ -396,12 +404,11 @@ class Graph:
         keep_batch = node["batched"] and batched
         if target == xs and keep_batch == node["batched"]:
             return x
-        return self._add("sum_to", (x,), (target, keep_batch), shape=target, batched=keep_batch,
-                         rule="sum")
+        return self.structural("sum_to", (x,), (target, keep_batch))
 
     def full(self, c, shape, batched) -> int:
         """A fresh array of the constant node ``c`` (even of shape ())."""
-        return self._add("broadcast", (c,), (tuple(shape), batched), shape=shape, batched=batched)
+        return self.structural("broadcast", (c,), (tuple(shape), batched))
 
     def broadcast(self, x, shape, batched) -> int:
         node = self.node(x)
@@ -409,7 +416,7 @@ class Graph:
             return x
         if node["op"] == "broadcast":
             x = node["args"][0]
-        return self._add("broadcast", (x,), (tuple(shape), batched), shape=shape, batched=batched)
+        return self.structural("broadcast", (x,), (tuple(shape), batched))
 
     def materialize(self, g, like) -> int:
         """``g`` at exactly the shape of node ``like`` (a broadcast when it is smaller)."""
@@ -419,50 +426,43 @@ class Graph:
         return self.broadcast(g, nl["shape"], nl["batched"])
 
     def reshape(self, x, shape) -> int:
-        node = self.node(x)
-        if node["shape"] == tuple(shape):
+        if self.node(x)["shape"] == tuple(shape):
             return x
-        return self._add("reshape", (x,), (tuple(shape),), shape=shape, batched=node["batched"])
+        return self.structural("reshape", (x,), (tuple(shape),))
 
     def take(self, x, label) -> int:
         """``x[n, label[n]]``; an ``x`` without the batch axis is broadcast over it."""
         node = self.node(x)
         if not node["batched"]:
             x = self.broadcast(x, node["shape"], True)
-        return self._add("take", (x, label), (), shape=node["shape"][:-1], batched=True)
+        return self.structural("take", (x, label), ())
 
     def scatter_add(self, base, label, value) -> int:
         """``base`` plus ``value[n]`` at ``[n, label[n]]``; a value broadcast over the
         batch is read as its source (the same number for every example)."""
-        node = self.node(base)
         if self.node(value)["op"] == "broadcast":
             value = self.node(value)["args"][0]
-        return self._add("scatter_add", (base, label, value), (), shape=node["shape"],
-                         batched=True, rule="take")
+        return self.structural("scatter_add", (base, label, value), ())
 
     def zeros(self, shape, batched) -> int:
-        return self._add("zeros", (), (tuple(shape), batched), shape=shape, batched=batched)
+        return self.structural("zeros", (), (tuple(shape), batched))
 
     def onehot(self, label, classes) -> int:
-        return self._add("onehot", (label,), (classes,), shape=(classes,), batched=True)
+        return self.structural("onehot", (label,), (classes,))
 
     def transpose(self, x) -> int:
-        node = self.node(x)
-        if len(node["shape"]) < 2:
+        if len(self.node(x)["shape"]) < 2:
             return x
-        return self._add("transpose", (x,), (), shape=node["shape"][::-1], batched=node["batched"])
+        return self.structural("transpose", (x,), ())
 
     def index(self, x, i) -> int:
-        node = self.node(x)
-        return self._add("index", (x,), (i,), shape=node["shape"][1:], batched=node["batched"])
+        return self.structural("index", (x,), (i,))
 
     def embed(self, g, shape, i) -> int:
-        return self._add("embed", (g,), (tuple(shape), i), shape=shape, batched=self.node(g)["batched"],
-                         rule="index")
+        return self.structural("embed", (g,), (tuple(shape), i))
 
     def copy(self, x) -> int:
-        node = self.node(x)
-        return self._add("copy", (x,), (), shape=node["shape"], batched=node["batched"])
+        return self.structural("copy", (x,), ())
 
 
 @dataclass
@@ -500,73 +500,12 @@ def lower(spec: Spec) -> Lowered:
     return _Lowering(spec).run()
 
 
-def _fmt(shape):
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+class _Expressions:
+    """Names, constants, operators, transposes and indexing: an expression of the
+    spec to graph nodes (a number stays a SymPy number until it meets a node).
 
-
-class _Lowering:
-    def __init__(self, spec: Spec):
-        self.spec = spec
-        self.G = Graph(spec.dtype)
-        self.scope: dict = {}      # name -> node id
-        self.labels: dict = {}     # label node -> classes
-        self.pending: set = set()  # graph names not defined yet
-        self.defining = None       # the graph name being lowered
-
-    def run(self) -> Lowered:
-        G, spec = self.G, self.spec
-        for nm, d in spec.inputs.items():
-            node = G.input(nm, d.shape, "int" if d.is_label else "float")
-            if d.is_label:
-                self.labels[node] = d.classes
-            self.scope[nm] = node
-        for nm, d in spec.params.items():
-            self.scope[nm] = G.param(nm, d.shape)
-        leaves = dict(self.scope)
-        self.pending = {nm for nm, _ in spec.graph}
-        last = None
-        for nm, expr in spec.graph:
-            self.defining = nm
-            node = self.lower_expr(expr)
-            self.pending.discard(nm)
-            self.scope[nm] = node
-            G.node(node)["names"].append(nm)
-            last = node
-        example_loss = self.lower_expr(spec.loss)
-        if self.node(example_loss)["dtype"] == "int":
-            raise spec.error("the loss is an integer label, not a float", "loss")
-        shape = self.node(example_loss)["shape"]
-        if shape != ():
-            raise spec.error(f"the loss must be a per-example scalar, but it has shape {_fmt(shape)}; "
-                             "reduce it, e.g. with sum(...)", "loss")
-        total = G.sum_to(example_loss, (), False) if self.node(example_loss)["batched"] else example_loss
-        n = G.batch_size()
-        if spec.reduction == "mean":
-            total = G.map(arg_symbol(0) / arg_symbol(1), [total, n], rule="mean") \
-                if self.node(example_loss)["batched"] else total
-        elif not self.node(example_loss)["batched"]:
-            total = G.map(arg_symbol(0) * arg_symbol(1), [total, n], rule="sum")
-        if spec.output is not None:
-            output = self.scope[spec.output]
-        else:
-            output = last if last is not None else example_loss
-        wrt = {nm: self.scope[nm] for nm in spec.wrt}
-        return Lowered(spec, G, leaves, dict(self.scope), example_loss, total, output, wrt, len(G))
-
-    def node(self, i):
-        return self.G.node(i)
-
-    # -- expressions ---------------------------------------------------------
-    def lower_expr(self, expr: Expr) -> int:
-        self.expr = expr
-        self.G.key = expr.key
-        try:
-            value = self.visit(expr.tree)
-            if isinstance(value, sp.Basic):
-                value = self.G.const(value)
-        except SpecError as e:
-            raise e.located(file=self.spec.file, key=expr.key, line=expr.line) from None
-        return value
+    A part of ``_Lowering``, as is ``_Calls``: they read its ``G``, ``scope``,
+    ``labels``, ``expr`` and ``node``."""
 
     def err(self, message):
         return SpecError(message)
@@ -687,84 +626,61 @@ class _Lowering:
             raise self.err(f"index {i} is out of range for {self.text(t.value)!r} of shape {_fmt(shape)}")
         return self.G.index(v, i % shape[0])
 
-    # -- functions -----------------------------------------------------------
+
+class _Calls:
+    """Function calls.  A structural function is lowered through its record
+    (``ops/functions.py``: how it is called, and its lowering); an elementwise one
+    is a map node.  Class label arguments are checked here."""
+
     def call(self, t):
         f = t.func.id
-        axis = None
-        for kw in t.keywords:
-            v = kw.value
-            axis = -v.operand.value if isinstance(v, ast.UnaryOp) else v.value
-        if axis is not None and f not in ("sum", "mean", "max"):
+        function = SPEC_FUNCTIONS.get(f)
+        if function is not None:
+            return self.function_call(function, t)
+        # an elementwise function: one array argument, no keyword
+        if t.keywords:
             raise self.err(f"{f}() takes no axis= (it works on the last axis)")
-        arity = 2 if f in ("dot", "cross_entropy", "softmax_cross_entropy") else 1
-        if len(t.args) != arity:
-            raise self.err(f"{f}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(t.args)}")
-        if f == "onehot":
-            label = self.label_arg(t.args[0], f)
-            return self.G.onehot(label, self.labels[label])
-        if f in ("cross_entropy", "softmax_cross_entropy"):
-            x = self.tensor(t.args[0], f"{f}()")
-            label = self.label_arg(t.args[1], f)
-            return self.cross_entropy(f, x, label, t.args[0])
+        self.check_arity(f, 1, t)
         args = [self.tensor(a, f"{f}()") for a in t.args]
         if f == "log":
             stable = self.stable_log(args[0])
             if stable is not None:
                 return stable
-        if f in ops.ELEMENTWISE:
-            return self.G.map(ops.ELEMENTWISE[f](arg_symbol(0)), args, rule=f)
-        x = args[0]
-        shape = self.node(x)["shape"]
-        if f in ("sum", "mean", "max"):
-            if axis is None:
-                axes = tuple(range(len(shape)))
-            else:
-                axes = (ops.normalize_axis(axis, len(shape),
-                                           lambda: f"{self.text(t.args[0])} of shape {_fmt(shape)}"),)
-            if not axes:
-                return x
-            out = self.G.reduce(x, "max" if f == "max" else "sum", axes)
-            if f == "mean":
-                count = 1
-                for a in axes:
-                    count *= shape[a]
-                out = self.G.map(arg_symbol(0) / count, [out], rule="mean")
-            return out
-        if f == "dot":
-            sa, sb = shape, self.node(args[1])["shape"]
-            if len(sa) != 1 or sa != sb:
-                raise self.err(f"dot() takes two vectors of one length: "
-                               f"{self.describe((t.args[0], args[0]), (t.args[1], args[1]))}")
-            return self.G.contract(args[0], args[1], Contraction("i", "i", ""))
-        if not shape:
-            raise self.err(f"{f}() needs a vector, but {self.text(t.args[0])!r} is a scalar")
-        if f == "softmax":
-            _, e, s = self.exp_sum(x)
-            out = self.G.map(arg_symbol(0) / arg_symbol(1), [e, s], rule="softmax")
-            self.G.macros[out] = ("softmax", x, None)
-            return out
-        if f == "log_softmax":
-            return self.log_softmax(x)
-        if f == "logsumexp":
-            lse = self.G.map(self.lse_expr(x).xreplace({arg_symbol(1): arg_symbol(0),
-                                                         arg_symbol(2): arg_symbol(1)}),
-                             self.lse_args(x), rule="logsumexp")
-            out = self.G.reshape(lse, shape[:-1])
-            self.G.macros[out] = ("logsumexp", x, None)
-            return out
-        raise self.err(f"unsupported function {f}")  # every name in ops.FUNCTIONS is handled above
+        return self.G.map(ops.ELEMENTWISE[f](arg_symbol(0)), args, rule=f)
 
-    def log_softmax(self, x):
-        out = self.G.map(arg_symbol(0) - self.lse_expr(x), [x, *self.lse_args(x)], rule="log_softmax")
-        self.G.macros[out] = ("log_softmax", x, None)
-        return out
+    def function_call(self, function, t):
+        """A call of a structural function, checked against its record and lowered by it."""
+        f = function.name
+        keywords = {}
+        for kw in t.keywords:
+            v = kw.value
+            keywords[kw.arg] = -v.operand.value if isinstance(v, ast.UnaryOp) else v.value
+            if kw.arg not in function.keywords:
+                raise self.err(f"{f}() takes no {kw.arg}= (it works on the last axis)")
+        self.check_arity(f, function.arity, t)
+        args = tuple(self.label_arg(tree, f) if kind == LABEL else self.tensor(tree, f"{f}()")
+                     for kind, tree in zip(function.params, t.args))
+        if function.vector and not self.node(args[0])["shape"]:
+            raise self.err(f"{f}() needs a vector, but {self.text(t.args[0])!r} is a scalar")
+        return function.lower(self, CallSite(f, args, tuple(t.args), keywords))
+
+    def check_arity(self, f, arity, t):
+        if len(t.args) != arity:
+            raise self.err(f"{f}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(t.args)}")
+
+    def label_arg(self, tree, f):
+        v = self.visit(tree)
+        if isinstance(v, sp.Basic) or v not in self.labels:
+            raise self.err(f"{f}() needs an integer class label input (declared as {{classes: K}}), "
+                           f"got {self.text(tree)!r}")
+        return v
 
     def stable_log(self, x):
         """log(x) through a stable rule when x is one of the patterns that lose
         precision or overflow (``ops.stable_log``; log(softmax(z)) is
         log_softmax(z)); None otherwise."""
         if self.G.macros.get(x, ("",))[0] == "softmax":
-            return self.log_softmax(self.G.macros[x][1])
+            return log_softmax(self.G, self.G.macros[x][1])
         if self.node(x)["op"] != "map":
             return None
         composed, leaves = self.G.compose(arg_symbol(0), [x], depth=2)
@@ -775,49 +691,69 @@ class _Lowering:
         expr = rewritten.xreplace({s: arg_symbol(i) for i, s in enumerate(used)})
         return self.G.map(expr, [leaves[s] for s in used], rule="stable log")
 
-    def label_arg(self, tree, f):
-        v = self.visit(tree)
-        if isinstance(v, sp.Basic) or v not in self.labels:
-            raise self.err(f"{f}() needs an integer class label input (declared as {{classes: K}}), "
-                           f"got {self.text(tree)!r}")
-        return v
 
-    # Stable softmax family: subtract the row max (a constant for the derivative:
-    # the terms through it cancel exactly), exponentiate, sum.
-    def exp_sum(self, x):
-        """(m, e, s): the row max (no gradient), exp(x - m), and its row sum."""
-        last = len(self.node(x)["shape"]) - 1
-        m = self.G.reduce(x, "max", (last,), keepdims=True, nograd=True)
-        e = self.G.map(sp.exp(arg_symbol(0) - arg_symbol(1)), [x, m], rule="exp")
-        s = self.G.reduce(e, "sum", (last,), keepdims=True)
-        return m, e, s
+class _Lowering(_Expressions, _Calls):
+    """A spec's graph: its inputs and params as leaves, then each graph line and
+    the loss, in order."""
 
-    def lse_args(self, x):
-        m, _, s = self.exp_sum(x)
-        return [m, s]
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.G = Graph(spec.dtype)
+        self.scope: dict = {}      # name -> node id
+        self.labels: dict = {}     # label node -> classes
+        self.pending: set = set()  # graph names not defined yet
+        self.defining = None       # the graph name being lowered
 
-    @staticmethod
-    def lse_expr(_x):
-        # over symbols [x, m, s]: logsumexp = m + log(s)
-        return arg_symbol(1) + sp.log(arg_symbol(2))
+    def run(self) -> Lowered:
+        G, spec = self.G, self.spec
+        for nm, d in spec.inputs.items():
+            node = G.input(nm, d.shape, "int" if d.is_label else "float")
+            if d.is_label:
+                self.labels[node] = d.classes
+            self.scope[nm] = node
+        for nm, d in spec.params.items():
+            self.scope[nm] = G.param(nm, d.shape)
+        leaves = dict(self.scope)
+        self.pending = {nm for nm, _ in spec.graph}
+        last = None
+        for nm, expr in spec.graph:
+            self.defining = nm
+            node = self.lower_expr(expr)
+            self.pending.discard(nm)
+            self.scope[nm] = node
+            G.node(node)["names"].append(nm)
+            last = node
+        example_loss = self.lower_expr(spec.loss)
+        if self.node(example_loss)["dtype"] == "int":
+            raise spec.error("the loss is an integer label, not a float", "loss")
+        shape = self.node(example_loss)["shape"]
+        if shape != ():
+            raise spec.error(f"the loss must be a per-example scalar, but it has shape {_fmt(shape)}; "
+                             "reduce it, e.g. with sum(...)", "loss")
+        total = G.sum_to(example_loss, (), False) if self.node(example_loss)["batched"] else example_loss
+        n = G.batch_size()
+        if spec.reduction == "mean":
+            total = G.map(arg_symbol(0) / arg_symbol(1), [total, n], rule="mean") \
+                if self.node(example_loss)["batched"] else total
+        elif not self.node(example_loss)["batched"]:
+            total = G.map(arg_symbol(0) * arg_symbol(1), [total, n], rule="sum")
+        if spec.output is not None:
+            output = self.scope[spec.output]
+        else:
+            output = last if last is not None else example_loss
+        wrt = {nm: self.scope[nm] for nm in spec.wrt}
+        return Lowered(spec, G, leaves, dict(self.scope), example_loss, total, output, wrt, len(G))
 
-    def cross_entropy(self, f, x, label, tree):
-        shape = self.node(x)["shape"]
-        classes = self.labels[label]
-        if shape != (classes,):
-            raise self.err(f"{f}() needs a vector of {classes} class scores, but {self.text(tree)!r} "
-                           f"has shape {_fmt(shape)}")
-        if f == "cross_entropy" and self.G.macros.get(x, ("",))[0] == "softmax":
-            # -log softmax(z)[label] = logsumexp(z) - z[label]: the stable rule
-            # whose adjoint is y_hat - onehot(label)
-            f, x = "softmax_cross_entropy", self.G.macros[x][1]
-        if f == "cross_entropy":
-            picked = self.G.take(x, label)
-            return self.G.map(-sp.log(arg_symbol(0)), [picked], rule="cross_entropy")
-        m, s = self.lse_args(x)
-        picked = self.G.take(x, label)
-        out = self.G.map(arg_symbol(1) + sp.log(arg_symbol(2)) - arg_symbol(0),
-                         [picked, self.G.reshape(m, ()), self.G.reshape(s, ())],
-                         rule="softmax_cross_entropy")
-        self.G.macros[out] = ("softmax_cross_entropy", x, label)
-        return out
+    def node(self, i):
+        return self.G.node(i)
+
+    def lower_expr(self, expr: Expr) -> int:
+        self.expr = expr
+        self.G.key = expr.key
+        try:
+            value = self.visit(expr.tree)
+            if isinstance(value, sp.Basic):
+                value = self.G.const(value)
+        except SpecError as e:
+            raise e.located(file=self.spec.file, key=expr.key, line=expr.line) from None
+        return value

@@ -9,8 +9,9 @@ the rule that produced it::
     h1_bar = h3 term + h4 term        sum over consumers: paths meet here
 
 Every value is a SymPy expression: a structural operation (a contraction, a
-reduction, an index) is a display node below with its own ``_sympystr`` /
-``_latex`` printing and a precedence, so SymPy's printers place the brackets
+reduction, an index) is written by its record (``ops.STRUCTURAL_OPS``) as a
+display node of ``ops/notation.py``, with its own ``_sympystr`` / ``_latex``
+printing and a precedence, so SymPy's printers place the brackets
 (``-(W @ x)**2``, never ``-W @ x**2``).  An adjoint is named after its node
 (``z2_bar``); a node the spec leaves unnamed gets a short name (``q1``) that the
 forward program defines on a line of its own (the legend).
@@ -26,177 +27,18 @@ from dataclasses import dataclass, field
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE, precedence
-from sympy.printing.str import StrPrinter
 
 from .. import names
 from ..ops.adjoint import Adjoints
 from ..escape import latex_text
 from ..frontend.graph import Lowered
-from ..ops import OUT, Contraction, Scatter, arg_symbol, gemm_form, local_derivative
+from ..ops import OUT, STRUCTURAL_OPS, Scatter, arg_symbol, local_derivative
+from ..ops.notation import _Display, call, show
+from ..ops.notation import MatMul, Outer, T, print_add  # noqa: F401 - read from here by printers and tests
+from ..ops.structural import batch_note
 
 LOSS = "L"            # the loss reduced over the batch
 EXAMPLE_LOSS = "L_n"  # the per-example loss
-
-# A matrix product binds less tightly than ``*`` (so ``2*(W @ x)*h``, never the
-# ``2*W @ x*h`` that reads as a product of W) and more than ``+``.
-PREC_MATMUL = PRECEDENCE["Mul"] - 1
-PREC_POSTFIX = PRECEDENCE["Func"]
-
-
-# -- display nodes: structural operations as SymPy expressions ------------------
-
-class _Display(sp.Function):
-    """A structural operation shown in an equation (printing only, never evaluated)."""
-
-    is_commutative = True
-
-    @classmethod
-    def eval(cls, *args):
-        return None
-
-    def _eval_derivative(self, s):   # never differentiated: the adjoint pass did that
-        raise TypeError("a display node is not differentiated")
-
-    def _latex(self, p, exp=None):
-        body = self._tex(p)
-        if exp is None:
-            return body
-        if self.precedence < PRECEDENCE["Func"]:
-            body = f"\\left({body}\\right)"
-        return f"{body}^{{{exp}}}"
-
-
-class MatMul(_Display):
-    """``a @ b``; ``sep`` ' ' for the lectures' outer product ``d_bar x^T``."""
-
-    nargs = 2
-    precedence = PREC_MATMUL
-    sep = " @ "
-    latex_sep = " "
-
-    def _sympystr(self, p):
-        a, b = self.args
-        return _operand(p, a) + self.sep + _operand(p, b)
-
-    def _tex(self, p):
-        a, b = self.args
-        return _operand(p, a) + self.latex_sep + _operand(p, b)
-
-
-class Outer(MatMul):
-    sep = " "
-
-
-class T(_Display):
-    """The transpose ``a^T``."""
-
-    nargs = 1
-    precedence = PRECEDENCE["Pow"]
-
-    def _sympystr(self, p):
-        return p.parenthesize(self.args[0], PREC_POSTFIX, strict=True) + "^T"
-
-    def _tex(self, p):
-        return p.parenthesize(self.args[0], PREC_POSTFIX, strict=True) + "^{\\top}"
-
-
-class Index(_Display):
-    """``a[i]``: an index by a constant or by a label."""
-
-    nargs = 2
-    precedence = PRECEDENCE["Func"]
-
-    def _sympystr(self, p):
-        return p.parenthesize(self.args[0], PREC_POSTFIX, strict=True) + f"[{p._print(self.args[1])}]"
-
-    def _tex(self, p):
-        return p.parenthesize(self.args[0], PREC_POSTFIX, strict=True) + f"_{{[{p._print(self.args[1])}]}}"
-
-
-class Call(_Display):
-    """``name(args...)``: a named function of the spec language (sum, max, softmax, ...).
-
-    The first argument is the function's name as a Symbol; an argument ``Kw``
-    prints as ``key=value``."""
-
-    precedence = PRECEDENCE["Func"]
-
-    def _sympystr(self, p):
-        name, *args = self.args
-        return f"{name.name}({', '.join(p._print(a) for a in args)})"
-
-    def _tex(self, p):
-        name, *args = self.args
-        word = name.name.replace("_", "\\_")
-        return f"\\operatorname{{{word}}}({', '.join(p._print(a) for a in args)})"
-
-
-class Kw(_Display):
-    """``key=value`` inside a Call."""
-
-    nargs = 2
-
-    def _sympystr(self, p):
-        return f"{self.args[0].name}={p._print(self.args[1])}"
-
-    def _tex(self, p):
-        return f"\\text{{{latex_text(self.args[0].name)}}}={p._print(self.args[1])}"
-
-
-class Einsum(_Display):
-    """A contraction that is no matrix product, in index notation:
-    ``sum_j a[i,j]*b[j]`` (the indices summed over under ``sum``)."""
-
-    nargs = 3
-    precedence = PREC_MATMUL
-
-    def _parts(self):
-        a, b, subs = self.args
-        sa, rest = subs.name.split(",")
-        sb, so = rest.split("->")
-        summed = "".join(dict.fromkeys(c for c in sa + sb if c not in so))
-        return a, b, sa, sb, summed
-
-    def _sympystr(self, p):
-        a, b, sa, sb, summed = self._parts()
-        ia = p.parenthesize(a, PREC_POSTFIX, strict=True) + (f"[{','.join(sa)}]" if sa else "")
-        ib = p.parenthesize(b, PREC_POSTFIX, strict=True) + (f"[{','.join(sb)}]" if sb else "")
-        return (f"sum_{summed} " if summed else "") + f"{ia}*{ib}"
-
-    def _tex(self, p):
-        a, b, sa, sb, summed = self._parts()
-        ia = p.parenthesize(a, PREC_POSTFIX, strict=True) + (f"_{{{sa}}}" if sa else "")
-        ib = p.parenthesize(b, PREC_POSTFIX, strict=True) + (f"_{{{sb}}}" if sb else "")
-        return (f"\\sum_{{{summed}}} " if summed else "") + f"{ia} {ib}"
-
-
-def _operand(p, e) -> str:
-    """An operand of ``@``: bracketed unless it is a name, a call, a power or a transpose."""
-    return p.parenthesize(e, PRECEDENCE["Pow"], strict=True)
-
-
-def call(name: str, *args) -> sp.Expr:
-    return Call(sp.Symbol(name), *args)
-
-
-# -- printers --------------------------------------------------------------------
-
-class _Printer(StrPrinter):
-    """SymPy's str printer with our function names (relu, sigmoid, ...)."""
-
-    def _print_step(self, e):
-        return f"({self._print(e.args[0])} > 0)"
-
-    def _print_Add(self, expr, order=None):
-        return print_add(self, expr)
-
-    def _print_equal(self, e):
-        return f"({self._print(e.args[0])} == {self._print(e.args[1])})"
-
-
-def show(expr) -> str:
-    return _Printer({"order": "none"}).doprint(expr)
-
 
 _GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "sigma", "tau", "phi"}
 
@@ -539,69 +381,13 @@ class Namer:
         return t if precedence(e) >= PRECEDENCE["Func"] or is_atomic(t) else f"({t})"
 
     def structural_expr(self, n) -> sp.Expr:
+        """A structural node as its record's text form, over its arguments' displays."""
         node = self.G.node(n)
-        op, args, attrs = node["op"], node["args"], node["attrs"]
-        a = [self.cache[x] if x in self.cache else self.sym(x) for x in args]
-        if op == "contract":
-            return contraction_expr(attrs[0], a[0], a[1])
-        if op == "reduce":
-            kind, axes, keepdims, _ = attrs
-            rank = len(self.G.node(args[0])["shape"])
-            if len(axes) < rank:
-                return call(kind, a[0], Kw(sp.Symbol("axis"), sp.Integer(axes[0] - rank)))
-            return call(kind, a[0])
-        if op == "sum_to":
-            return call("sum_n" if not attrs[1] and self.G.node(args[0])["batched"] else "sum", a[0])
-        if op == "take":
-            return Index(a[0], a[1])
-        if op == "index":
-            return Index(a[0], sp.sympify(attrs[0]) if isinstance(attrs[0], int) else sp.Symbol(str(attrs[0])))
-        if op == "transpose":
-            return T(a[0])
-        if op in ("reshape", "broadcast", "copy"):
-            return a[0]
-        return call(op, *a)
+        a = [self.cache[x] if x in self.cache else self.sym(x) for x in node["args"]]
+        return STRUCTURAL_OPS[node["op"]].text(self.G, n, a)
 
     def structural(self, n) -> str:
         return show(self.structural_expr(n))
-
-
-def contraction_expr(form: Contraction, a, b) -> sp.Expr:
-    """A contraction as the lectures write it: ``W @ x``, ``d_bar x^T``, ``W^T @ d_bar``;
-    a scaling ``a*b``; ``dot(a, b)``; else index notation ``sum_j a[i,j]*b[j]``."""
-    g = gemm_form(form.a, form.b, form.out)
-    if g is None:
-        if form.out == "" and form.a == form.b and len(form.a) == 1:
-            return call("dot", a, b)
-        if "" in (form.a, form.b) and set(form.a + form.b) == set(form.out) \
-                or form.a == form.b == form.out:
-            return a * b
-        return Einsum(a, b, sp.Symbol(form.subscripts))
-    left, right = (a, b) if g.left == 0 else (b, a)
-    if g.outer:
-        return Outer(left, T(right))
-    return MatMul(T(left) if g.trans_left else left, T(right) if g.trans_right else right)
-
-
-def contraction_text(form: Contraction, a: str, b: str) -> str:
-    """``contraction_expr`` for operands given as text (bracketed already where needed)."""
-    return show(contraction_expr(form, sp.Symbol(a), sp.Symbol(b)))
-
-
-def print_add(printer, expr) -> str:
-    """Print a sum with its positive terms first: ``z - m`` rather than ``-m + z``."""
-    terms = list(expr.as_ordered_terms())
-    pos = [t for t in terms if not t.could_extract_minus_sign()]
-    neg = [t for t in terms if t.could_extract_minus_sign()]
-    out = ""
-    for t in pos + neg:
-        if t in neg:
-            s = printer.parenthesize(-t, 40) if (-t).is_Add else printer._print(-t)
-            out += f" - {s}" if out else f"-{s}"
-        else:
-            s = printer._print(t)
-            out += f" + {s}" if out else s
-    return out
 
 
 def forward_equations(low: Lowered, namer: Namer | None = None) -> list:
@@ -796,55 +582,19 @@ def term_expr(G, namer, x, consumer, rule, contribution) -> Term:
     node = G.node(consumer)
     gname = bar_name(namer, consumer)
     g = sp.Symbol(gname, real=True)
-    op = node["op"]
-    batch_sum = "(summed over the batch)" if node["batched"] and not G.node(x)["batched"] else ""
     if isinstance(contribution, Scatter):
         return Term(g, rule, f"at [{namer.text(contribution.label)}] (zero elsewhere)")
-    if op == "map":
-        expr = node["attrs"][0]
-        total = sp.Integer(0)
-        for pos, a in enumerate(node["args"]):
-            if a != x:
-                continue
-            d = local_derivative(expr, pos)
-            subs = {arg_symbol(i): namer.sym(arg) for i, arg in enumerate(node["args"])}
-            subs[OUT] = namer.sym(consumer)
-            with sp.evaluate(False):    # 2*(y - g) as the chain rule gives it, not 2*y - 2*g
-                d = d.xreplace(subs)
-            total += g * d
-        return Term(total, rule, batch_sum)
-    if op == "contract":
-        form = node["attrs"][0]
-        a, b = node["args"]
-        pos = 0 if a == x else 1
-        other = namer.sym(b if pos == 0 else a)
-        adj_form = form.transposed_for(pos)
-        e = contraction_expr(adj_form, g, other) if pos == 0 else contraction_expr(adj_form, other, g)
-        return Term(e, "matmul" if form.out or len(form.a) > 1 else "dot", batch_sum)
-    if op == "reduce":
-        kind = node["attrs"][0]
-        if kind == "max":
-            return Term(g * _Equal(namer.sym(x), namer.sym(consumer)), "max")
-        return Term(g, "sum", "(broadcast back over the summed axes)")
-    if op == "sum_to":
-        return Term(g, rule, "(broadcast over the batch)")
-    if op == "broadcast":
-        return Term(call("sum", g), "broadcast")
-    if op == "transpose":
-        return Term(T(g), "transpose")
-    if op == "index":
-        return Term(g, "index", f"at [{node['attrs'][0]}] (zero elsewhere)")
-    return Term(g, rule)
-
-
-class _Equal(_Display):
-    """``(a == b)``: 1 where a equals b (the argmax mask of max)."""
-
-    nargs = 2
-    precedence = PRECEDENCE["Atom"]
-
-    def _sympystr(self, p):
-        return f"({p._print(self.args[0])} == {p._print(self.args[1])})"
-
-    def _tex(self, p):
-        return f"[{p._print(self.args[0])} = {p._print(self.args[1])}]"
+    if node["op"] != "map":
+        return Term(*STRUCTURAL_OPS[node["op"]].term(G, consumer, x, g, namer.sym, rule))
+    expr = node["attrs"][0]
+    total = sp.Integer(0)
+    for pos, a in enumerate(node["args"]):
+        if a != x:
+            continue
+        d = local_derivative(expr, pos)
+        subs = {arg_symbol(i): namer.sym(arg) for i, arg in enumerate(node["args"])}
+        subs[OUT] = namer.sym(consumer)
+        with sp.evaluate(False):    # 2*(y - g) as the chain rule gives it, not 2*y - 2*g
+            d = d.xreplace(subs)
+        total += g * d
+    return Term(total, rule, batch_note(G, consumer, x))

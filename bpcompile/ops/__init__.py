@@ -2,19 +2,26 @@
 reverse mode over them (``adjoint.py``).
 
 * ``elementwise.py``: each elementwise op one SymPy function;
-* ``structural.py``: contraction, reductions, indexing: shape and VJP rules.
+* ``structural.py``: contraction, reductions, indexing: one record each (shape
+  rule, VJP, text and picture forms), with ``notation.py``, how they read;
+* ``functions.py``: the spec language's structural functions, one record each.
 """
 
 from .elementwise import (
-    BINARY, ELEMENTWISE, FUNCTIONS, OUT, STRUCTURAL_FUNCTIONS, arg_symbol, equal, local_derivative, relu,
+    BINARY, ELEMENTWISE, OUT, arg_symbol, equal, local_derivative, relu,
     sigmoid, softplus, stable_log, step,
 )
+from .functions import LABEL, SPEC_FUNCTIONS, STRUCTURAL_FUNCTIONS, TENSOR, CallSite, SpecFunction
 from .structural import (
-    VJP, Contraction, GemmForm, Scatter, broadcast_shapes, contraction_shape, gemm_form,
-    matmul_contraction, normalize_axis, reduce_shape,
+    LEAF_OPS, STRUCTURAL_OPS, Contraction, GemmForm, Scatter, StructuralOp, broadcast_shapes,
+    contraction_shape, gemm_form, matmul_contraction, normalize_axis, reduce_shape, shape_text, vjp_rule,
 )
 
-__all__ = ["BINARY", "ELEMENTWISE", "FUNCTIONS", "OUT", "STRUCTURAL_FUNCTIONS", "VJP", "Contraction", "GemmForm",
-           "Scatter", "arg_symbol", "broadcast_shapes", "contraction_shape", "equal", "gemm_form",
-           "local_derivative", "matmul_contraction", "normalize_axis", "reduce_shape", "relu", "sigmoid",
-           "softplus", "stable_log", "step"]
+# Every function name of the spec language: the elementwise ones, then the structural.
+FUNCTIONS = tuple(ELEMENTWISE) + STRUCTURAL_FUNCTIONS
+
+__all__ = ["BINARY", "ELEMENTWISE", "FUNCTIONS", "LABEL", "LEAF_OPS", "OUT", "SPEC_FUNCTIONS", "STRUCTURAL_FUNCTIONS",
+           "STRUCTURAL_OPS", "TENSOR", "CallSite", "Contraction", "GemmForm", "Scatter", "SpecFunction",
+           "StructuralOp", "arg_symbol", "broadcast_shapes", "contraction_shape", "equal", "gemm_form",
+           "local_derivative", "matmul_contraction", "normalize_axis", "reduce_shape", "relu", "shape_text",
+           "sigmoid", "softplus", "stable_log", "step", "vjp_rule"]

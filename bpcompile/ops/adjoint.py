@@ -5,7 +5,8 @@ topological order,
 
     x_bar = sum over consumers c of x of (c_bar . dc/dx)
 
-with dc/dx the local derivative (``ops.VJP``).  Each x_bar is computed once and
+with dc/dx the local derivative (``ops.vjp_rule``: an elementwise node's from
+SymPy, a structural op's from its record).  Each x_bar is computed once and
 reused by every path through x: the dynamic programming of the lectures.  The
 adjoints are new nodes of the same hash-consed graph, so shared subexpressions of
 the backward pass are one node too, and forward values the derivatives mention
@@ -20,7 +21,7 @@ import networkx as nx
 import sympy as sp
 
 from ..frontend.graph import Graph, Lowered
-from . import VJP, Contraction, Scatter, arg_symbol
+from . import Contraction, Scatter, arg_symbol, vjp_rule
 
 
 @dataclass
@@ -69,7 +70,7 @@ def reverse(low: Lowered) -> Adjoints:
         result.bar[n] = g
         result.order.append(n)
         node = G.node(n)
-        rule = VJP.get(node["op"])
+        rule = vjp_rule(node["op"])
         if rule is None:
             continue
         for a in dict.fromkeys(node["args"]):

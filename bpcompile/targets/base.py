@@ -103,10 +103,8 @@ class Target:
 
     def check_function(self, fn) -> None:
         """UnsupportedOp unless this target prints the SymPy function ``fn``."""
-        import sympy as sp
-        args = [sp.Symbol(f"_a{i}", real=True) for i in range(_arity(fn))]
         try:
-            self.print_expr(fn(*args))
+            self.print_expr(_sample_call(fn))
         except Exception as e:   # SymPy's PrintMethodNotImplementedError, or a printer's own
             raise UnsupportedOp(f"the {self.name} target cannot print the function "
                                 f"'{fn.__name__}' ({type(e).__name__}: {str(e).splitlines()[0]})") from None
@@ -117,12 +115,25 @@ def _function_type():
     return sp.Function
 
 
-def _arity(fn) -> int:
+def _sample_call(fn):
+    """``fn`` applied to symbols: the fewest arguments (one at least, at most three)
+    that it takes and that leave it unevaluated (``Max(a)`` is ``a``).  SymPy's
+    ``nargs`` is a set, the infinite Naturals0 for a function that declares none."""
+    import sympy as sp
+    args = [sp.Symbol(f"_a{i}", real=True) for i in range(3)]
     nargs = getattr(fn, "nargs", None)
-    try:
-        return min(nargs) if nargs else 1
-    except TypeError:
-        return 1
+    first = None
+    for k in range(1, 4):
+        try:
+            if nargs is not None and k not in nargs:
+                continue
+            e = fn(*args[:k])
+        except (TypeError, ValueError):
+            continue
+        if isinstance(e, fn):
+            return e
+        first = e if first is None else first
+    return first if first is not None else fn(args[0])
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,15 +28,17 @@ from pathlib import Path
 import networkx as nx
 
 from ..compiler import Compiled, write_atomic
-from ..ir.equations import Namer, contraction_text, show
+from ..ir.equations import Namer, show
 from ..escape import dot_str
-from ..ops import OUT, arg_symbol, local_derivative
+from ..ops import OUT, STRUCTURAL_OPS, arg_symbol, local_derivative
 
 FORMATS = (".dot", ".svg", ".png")
-HIDDEN_OPS = ("const", "batch_size", "reshape", "broadcast")
+# read through: the leaves of no interest, and the structural ops whose record says so
+READ_THROUGH = tuple(op for op, record in STRUCTURAL_OPS.items() if not record.drawn)
+HIDDEN_OPS = ("const", "batch_size", *READ_THROUGH)
 COLORS = {"input": "#cfe8cf", "param": "#fbd9a5", "op": "#dbe6f6", "loss": "#f6c1c1"}
-SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "neg": "-", "pow": "**",
-           "matmul": "@", "contract": "@", "dot": "dot", "sum": "sum", "mean": "mean", "max": "max", "take": "[label]"}
+# the symbol under a named node, by its rule (a structural op's record may say its own)
+SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "neg": "-", "pow": "**"}
 INSTALL = 'pip install "bpcompile[graph]"'
 
 # The drawing, in inches (one data unit is one inch) and points.
@@ -73,7 +75,7 @@ def picture_graph(compiled: Compiled) -> nx.DiGraph:
 
     def shown(n):
         # read through the nodes the picture leaves out (reshapes, broadcasts)
-        while G.node(n)["op"] in ("reshape", "broadcast") and G.node(n)["args"]:
+        while G.node(n)["op"] in READ_THROUGH and G.node(n)["args"]:
             n = G.node(n)["args"][0]
         return n
 
@@ -83,7 +85,8 @@ def picture_graph(compiled: Compiled) -> nx.DiGraph:
         name = namer.name(n)
         kind = op if op in ("input", "param") else ("loss" if n in (low.loss, low.example_loss) else "op")
         rule = node["rule"]
-        symbol = SYMBOLS.get(rule, rule)
+        record = STRUCTURAL_OPS.get(op)
+        symbol = record.symbol if record is not None and record.symbol else SYMBOLS.get(rule, rule)
         if kind in ("input", "param"):
             label = name
         elif name is not None:
@@ -130,23 +133,12 @@ def summary(counts: dict) -> str:
 
 def _local_derivative(G, namer, n, pos) -> str:
     node = G.node(n)
-    op = node["op"]
-    if op == "map":
-        d = local_derivative(node["attrs"][0], pos)
-        subs = {arg_symbol(i): namer.sym(a) for i, a in enumerate(node["args"])}
-        subs[OUT] = namer.sym(n)
-        return show(d.xreplace(subs))
-    if op == "contract":
-        form = node["attrs"][0]
-        a, b = node["args"]
-        other = namer.atom(b if pos == 0 else a)
-        return contraction_text(form.transposed_for(pos), "·", other) if pos == 0 \
-            else contraction_text(form.transposed_for(pos), other, "·")
-    if op == "reduce":
-        return "1" if node["attrs"][0] == "sum" else "[x == max]"
-    if op == "take":
-        return "onehot"
-    return "1"
+    if node["op"] != "map":
+        return STRUCTURAL_OPS[node["op"]].label(G, n, pos, namer.atom)
+    d = local_derivative(node["attrs"][0], pos)
+    subs = {arg_symbol(i): namer.sym(a) for i, a in enumerate(node["args"])}
+    subs[OUT] = namer.sym(n)
+    return show(d.xreplace(subs))
 
 
 def _dot_label(*lines: str) -> str:

@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 import sympy as sp
 
 from ..compiler import Compiled
-from ..ir.equations import (EXAMPLE_LOSS, LOSS, Call, Equation, Namer, adjoint_equations, contraction_expr,
-                        forward_equations, latex, latex_name, show, wrap_equation)
+from ..ir.equations import (EXAMPLE_LOSS, LOSS, Equation, Namer, adjoint_equations, forward_equations, latex,
+                             latex_name, show, wrap_equation)
 from ..escape import latex_text, terminal
+from ..ops import STRUCTURAL_OPS
 
 from ..limits import MAX_NAIVE_EXPANSION_OPS, MAX_NAIVE_SYMPY_DEPTH, MAX_NAIVE_SYMPY_OPS, NAIVE_COUNT_DIGITS
 
@@ -96,23 +97,9 @@ def shared_subexpressions(program) -> list:
 
 def _kernel_text(k) -> str:
     """A kernel as math over the names of its arguments: ``W1 @ x``, ``max(z2)``."""
-    args = [sp.Symbol(a.name) for a in k.args]
     if k.op == "map":
         return show(k.attrs[1])
-    if k.op == "contract" and len(args) == 2:
-        return show(contraction_expr(k.attrs[0], *args))
-    if k.op == "reduce" and args:
-        axes = k.attrs[1] if len(k.attrs) > 1 else ()
-        whole = len(axes) >= len(k.args[0].shape)
-        return show(Call(sp.Symbol(str(k.attrs[0])), args[0])) + ("" if whole else f" over axes {list(axes)}")
-    if k.op == "sum_to" and args:
-        return f"sum over the batch of {args[0]}" if k.args[0].batched and not k.out.batched \
-            else f"sum({args[0]}) to shape {list(k.out.shape)}"
-    if k.op in ("reshape", "broadcast", "copy") and args:
-        return f"{args[0]} as shape {list(k.out.shape)}"
-    if k.op == "transpose" and args:
-        return f"{args[0]}^T"
-    return f"{k.op}({', '.join(a.name for a in k.args)})"
+    return STRUCTURAL_OPS[k.op].summary(k, [sp.Symbol(a.name) for a in k.args])
 
 
 def naive_counts(compiled: Compiled) -> dict:
@@ -270,15 +257,8 @@ def scalar_op_count(program, phase) -> int:
         if k.op == "map":
             temps, expr = k.attrs
             total += size * (sum(sp.count_ops(e) for _, e in temps) + sp.count_ops(expr))
-        elif k.op == "contract":
-            form = k.attrs[0]
-            dims = dict(zip(form.a, k.args[0].shape))
-            dims.update(zip(form.b, k.args[1].shape))
-            total += 2 * math.prod(dims.values())
-        elif k.op in ("reduce", "sum_to"):
-            total += math.prod(k.args[0].shape)
         else:
-            total += size
+            total += STRUCTURAL_OPS[k.op].cost(k)
     return int(total)
 
 
