@@ -374,10 +374,13 @@ def parse_spec(source, file: str = "<spec>") -> Spec:
     if not isinstance(data, dict):
         raise SpecError("the spec must be a mapping of keys (name, inputs, params, graph, loss, ...)",
                         file=file, line=1)
-    return _Checker(data, lines, file, text).spec()
+    return _Document(data, lines, file, text).spec()
 
 
 # ---------------------------------------------------------------------------
+# The checks, by what they check: _Scope (messages, declared names), _Document
+# (top-level keys and their types, sections in order), _Declarations (inputs and
+# params: shapes, init rules), _Layers (the layers: shorthand), read_expression
 
 
 def _check_entries(data, file, lines):
@@ -392,66 +395,18 @@ def _check_entries(data, file, lines):
                                        "and layers"), key=key, line=lines.get(key), file=file)
 
 
-class _Checker:
-    def __init__(self, data, lines, file, text):
-        self.data = data
+class _Scope:
+    """What every check of one spec shares: where each key is (for messages), and
+    the names declared so far, in spec order."""
+
+    def __init__(self, lines, file):
         self.lines = lines
         self.file = file
-        self.text = text
+        self.declared: dict[str, str] = {}   # name -> "input", "label", "param" or "node"
 
-    def err(self, message, key=None):
+    def err(self, message, key=None) -> SpecError:
         return SpecError(message, key=key, line=self.lines.get(key), file=self.file)
 
-    def spec(self) -> Spec:
-        d = self.data
-        for key in d:
-            if key not in TOP_KEYS:
-                hint = difflib.get_close_matches(str(key), TOP_KEYS, n=1) if isinstance(key, str) else []
-                extra = f"; did you mean '{hint[0]}'?" if hint else f" (known keys: {', '.join(TOP_KEYS)})"
-                raise self.err(f"unknown key {show(key)}{extra}", show(key) if not isinstance(key, str) else key)
-        for key in REQUIRED_KEYS:
-            if key not in d:
-                raise self.err(f"missing required key '{key}'", key)
-        name = d["name"]
-        if not isinstance(name, str):
-            raise self.err(f"name must be an identifier (letters, digits, _), got {show(name)}", "name")
-        reason = names.module_name_reason(name)
-        if reason:
-            raise self.err(f"the name {show(name)} {reason}", "name")
-        if name.startswith("_"):
-            raise self.err(f"the name {show(name)} starts with '_'", "name")
-        _check_entries(d, self.file, self.lines)
-
-        self.declared: dict[str, str] = {}
-        inputs = self.inputs(d["inputs"])
-        params = self.params(d.get("params") or {})
-        graph = []
-        if "layers" in d:
-            graph += self.layers(d["layers"], inputs, params)
-        graph += self.graph(d.get("graph") or {})
-        loss = self.expr(d["loss"], "loss")
-
-        output = d.get("output")
-        if output is not None:
-            self.reference(output, "output")
-            if output not in self.declared:
-                raise self.err(f"output '{output}' is not a graph node, input or param", "output")
-            if self.declared[output] == "label":
-                raise self.err(f"output '{output}' is an integer label", "output")
-
-        wrt = self.wrt(d.get("wrt"), inputs, params)
-        reduction = d.get("reduction", "mean")
-        if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-            raise self.err(f"reduction must be one of {', '.join(REDUCTIONS)}, got {show(reduction)}",
-                           "reduction")
-        dtype = d.get("dtype", "float64")
-        if not isinstance(dtype, str) or dtype not in DTYPES:
-            raise self.err(f"dtype must be one of {', '.join(DTYPES)}, got {show(dtype)}", "dtype")
-        return Spec(name=name, inputs=inputs, params=params, graph=graph, loss=loss,
-                    output=output, wrt=wrt, reduction=reduction, dtype=dtype,
-                    file=self.file, text=self.text, lines=self.lines, data=self.data)
-
-    # -- names ---------------------------------------------------------------
     def reference(self, name, key):
         """A name the spec refers to (output, wrt, layers input): a string, ASCII, an identifier."""
         if not isinstance(name, str):
@@ -470,7 +425,117 @@ class _Checker:
                            f"{self.declared[name]}", key)
         self.declared[name] = kind
 
-    # -- sections ------------------------------------------------------------
+
+class _Document:
+    """The spec's top-level keys and their types; the sections checked in the
+    order the errors are reported: keys, name, inputs, params, layers, graph,
+    loss, output, wrt, reduction, dtype."""
+
+    def __init__(self, data, lines, file, text):
+        self.data = data
+        self.text = text
+        self.scope = _Scope(lines, file)
+        self.err = self.scope.err
+        self.declarations = _Declarations(self.scope)
+
+    def spec(self) -> Spec:
+        d = self.data
+        self.keys()
+        name = self.name(d["name"])
+        _check_entries(d, self.scope.file, self.scope.lines)
+        inputs = self.declarations.inputs(d["inputs"])
+        params = self.declarations.params(d.get("params") or {})
+        graph = []
+        if "layers" in d:
+            graph += _Layers(self.scope, self.declarations).expand(d["layers"], inputs, params)
+        graph += self.graph(d.get("graph") or {})
+        loss = read_expression(d["loss"], "loss", self.scope)
+        output = self.output(d.get("output"))
+        wrt = self.wrt(d.get("wrt"), inputs, params)
+        reduction = self.choice("reduction", REDUCTIONS, "mean")
+        dtype = self.choice("dtype", DTYPES, "float64")
+        return Spec(name=name, inputs=inputs, params=params, graph=graph, loss=loss,
+                    output=output, wrt=wrt, reduction=reduction, dtype=dtype,
+                    file=self.scope.file, text=self.text, lines=self.scope.lines, data=self.data)
+
+    def keys(self):
+        """No unknown top-level key (with a hint), none of the required ones missing."""
+        for key in self.data:
+            if key not in TOP_KEYS:
+                hint = difflib.get_close_matches(str(key), TOP_KEYS, n=1) if isinstance(key, str) else []
+                extra = f"; did you mean '{hint[0]}'?" if hint else f" (known keys: {', '.join(TOP_KEYS)})"
+                raise self.err(f"unknown key {show(key)}{extra}", show(key) if not isinstance(key, str) else key)
+        for key in REQUIRED_KEYS:
+            if key not in self.data:
+                raise self.err(f"missing required key '{key}'", key)
+
+    def name(self, name) -> str:
+        """The model's name: it names the generated module, so a module name."""
+        if not isinstance(name, str):
+            raise self.err(f"name must be an identifier (letters, digits, _), got {show(name)}", "name")
+        reason = names.module_name_reason(name)
+        if reason:
+            raise self.err(f"the name {show(name)} {reason}", "name")
+        if name.startswith("_"):
+            raise self.err(f"the name {show(name)} starts with '_'", "name")
+        return name
+
+    def choice(self, key, choices, default) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or value not in choices:
+            raise self.err(f"{key} must be one of {', '.join(choices)}, got {show(value)}", key)
+        return value
+
+    def graph(self, section):
+        if not isinstance(section, dict):
+            raise self.err("graph must map node names to expressions, in order", "graph")
+        out = []
+        for nm, text in section.items():
+            key = f"graph.{nm}"
+            self.scope.declare(nm, "node", key)
+            out.append((nm, read_expression(text, key, self.scope)))
+        return out
+
+    def output(self, output):
+        if output is not None:
+            self.scope.reference(output, "output")
+            if output not in self.scope.declared:
+                raise self.err(f"output '{output}' is not a graph node, input or param", "output")
+            if self.scope.declared[output] == "label":
+                raise self.err(f"output '{output}' is an integer label", "output")
+        return output
+
+    def wrt(self, value, inputs, params):
+        if value is None:
+            if not params:
+                raise self.err("the spec has no params; say what to differentiate with wrt: [input names]", "wrt")
+            return tuple(params)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise self.err("wrt is a list of param or input names", "wrt")
+        for nm in value:
+            self.scope.reference(nm, "wrt")
+            if nm in params:
+                continue
+            if nm in inputs:
+                if inputs[nm].is_label:
+                    raise self.err(f"cannot differentiate with respect to '{nm}': it is an integer class label",
+                                   "wrt")
+                continue
+            raise self.err(f"wrt names '{nm}', which is not a param or input", "wrt")
+        if len(set(value)) != len(value):
+            raise self.err("wrt names something twice", "wrt")
+        return tuple(value)
+
+
+class _Declarations:
+    """inputs: and params:, each declared with its shape; a param's init rule."""
+
+    def __init__(self, scope: _Scope):
+        self.scope = scope
+        self.err = scope.err
+
     def shape(self, value, key):
         if not isinstance(value, list) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
@@ -503,11 +568,11 @@ class _Checker:
                     raise self.err(f"classes must be an integer >= 2, got {show(k)}", key)
                 if k > limits.MAX_CLASSES:
                     raise self.err(_limit("MAX_CLASSES", "the number of classes"), key)
-                self.declare(nm, "label", key)
+                self.scope.declare(nm, "label", key)
                 out[nm] = InputDecl(nm, (), k)
             else:
                 shape = self.shape(v, key)
-                self.declare(nm, "input", key)
+                self.scope.declare(nm, "input", key)
                 out[nm] = InputDecl(nm, shape)
         return out
 
@@ -529,7 +594,7 @@ class _Checker:
                 shape = self.shape(v, key)
             if init is None:
                 init = ("glorot",) if len(shape) >= 2 else ("zeros",)
-            self.declare(nm, "param", key)
+            self.scope.declare(nm, "param", key)
             out[nm] = ParamDecl(nm, shape, init)
         return out
 
@@ -561,33 +626,25 @@ class _Checker:
             raise self.err(f"init {kind} takes no argument", key)
         return (kind,)
 
-    def graph(self, section):
-        if not isinstance(section, dict):
-            raise self.err("graph must map node names to expressions, in order", "graph")
-        out = []
-        for nm, text in section.items():
-            key = f"graph.{nm}"
-            self.declare(nm, "node", key)
-            out.append((nm, self.expr(text, key)))
-        return out
 
-    def layers(self, section, inputs, params):
-        """The dense-stack shorthand: W{i} @ h{i-1} + b{i}, then the activation."""
+class _Layers:
+    """The layers: shorthand, a dense stack: layer i declares the params W{i} and b{i}
+    and the graph lines z{i} = W{i} @ h{i-1} + b{i}, then h{i} = activation(z{i})."""
+
+    def __init__(self, scope: _Scope, declarations: _Declarations):
+        self.scope = scope
+        self.err = scope.err
+        self.declarations = declarations
+
+    def expand(self, section, inputs, params):
+        """The graph lines of the stack, in order; its params are added to ``params``."""
         if not isinstance(section, list) or not section:
             raise self.err("layers is a list like [{dense: 128, activation: tanh}, {dense: 10}]", "layers")
         items = list(section)
-        source = None
         if isinstance(items[0], dict) and set(items[0]) == {"input"}:
-            source = items.pop(0)["input"]
-            self.reference(source, "layers[0]")
-            if source not in inputs or inputs[source].is_label:
-                raise self.err(f"layers input '{source}' is not a float input", "layers[0]")
+            source = self.named_source(items.pop(0)["input"], inputs)
         else:
-            floats = [nm for nm, d in inputs.items() if not d.is_label]
-            if len(floats) != 1:
-                raise self.err("more than one float input; start the list with {input: NAME}",
-                               "layers")
-            source = floats[0]
+            source = self.only_float_input(inputs)
         if len(inputs[source].shape) != 1:
             raise self.err(f"layers input '{source}' must be a vector, has shape {list(inputs[source].shape)}",
                            "layers")
@@ -596,88 +653,91 @@ class _Checker:
         out = []
         for i, item in enumerate(items, start=1):
             key = f"layers[{i - 1 + (len(section) - len(items))}]"
-            if not isinstance(item, dict) or "dense" not in item or set(item) - {"dense", "activation", "init"}:
-                raise self.err("a layer is {dense: UNITS, activation: NAME}", key)
-            units = item["dense"]
-            if not isinstance(units, int) or isinstance(units, bool) or units < 1:
-                raise self.err(f"dense needs a positive number of units, got {show(units)}", key)
-            self.elements((units, width), key)
-            act = item.get("activation", "linear")
-            if not isinstance(act, str) or act not in ACTIVATIONS:
-                raise self.err(f"unknown activation {show(act)}; use one of {', '.join(ACTIVATIONS)}", key)
+            units, act, winit = self.layer(item, width, key)
             W, b, z = f"W{i}", f"b{i}", f"z{i}"
-            winit = self.init(item["init"], f"{key}.init") if "init" in item else ("glorot",)
             for nm, shape, init in ((W, (units, width), winit), (b, (units,), ("zeros",))):
-                self.declare(nm, "param", key)
+                self.scope.declare(nm, "param", key)
                 params[nm] = ParamDecl(nm, shape, init)
-            self.declare(z, "node", key)
-            out.append((z, self.expr(f"{W} @ {h} + {b}", key)))
+            self.scope.declare(z, "node", key)
+            out.append((z, read_expression(f"{W} @ {h} + {b}", key, self.scope)))
             h = z
             if act != "linear":
                 hn = f"h{i}"
-                self.declare(hn, "node", key)
-                out.append((hn, self.expr(f"{act}({z})", key)))
+                self.scope.declare(hn, "node", key)
+                out.append((hn, read_expression(f"{act}({z})", key, self.scope)))
                 h = hn
             width = units
         return out
 
-    def wrt(self, value, inputs, params):
-        if value is None:
-            if not params:
-                raise self.err("the spec has no params; say what to differentiate with wrt: [input names]", "wrt")
-            return tuple(params)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value:
-            raise self.err("wrt is a list of param or input names", "wrt")
-        for nm in value:
-            self.reference(nm, "wrt")
-            if nm in params:
-                continue
-            if nm in inputs:
-                if inputs[nm].is_label:
-                    raise self.err(f"cannot differentiate with respect to '{nm}': it is an integer class label",
-                                   "wrt")
-                continue
-            raise self.err(f"wrt names '{nm}', which is not a param or input", "wrt")
-        if len(set(value)) != len(value):
-            raise self.err("wrt names something twice", "wrt")
-        return tuple(value)
+    def named_source(self, source, inputs):
+        """The input of a stack that starts with {input: NAME}."""
+        self.scope.reference(source, "layers[0]")
+        if source not in inputs or inputs[source].is_label:
+            raise self.err(f"layers input '{source}' is not a float input", "layers[0]")
+        return source
 
-    # -- expressions ---------------------------------------------------------
-    def expr(self, text, key) -> Expr:
-        err = lambda m: self.err(m, key)   # noqa: E731
-        if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-            raise err(f"expected an expression, got {show(text)}")
-        if not isinstance(text, str):
-            problem = number_problem(text)
-            if problem:
-                raise err(problem)
-            text = repr(text)
-        if len(text) > limits.MAX_EXPRESSION_CHARS:
-            raise err(_limit("MAX_EXPRESSION_CHARS", f"the expression's length ({len(text)} characters)"))
-        found = _forbidden(text)
-        if found:
-            raise err(_forbidden_message(found[1], " (in an expression)"))
-        text = one_line(text, err)
-        if not text:
-            raise err("empty expression")
-        try:
-            with warnings.catch_warnings():   # no "SyntaxWarning: invalid decimal literal" on stderr
-                warnings.simplefilter("ignore")
-                tree = ast.parse(text, mode="eval")
-        except SyntaxError as e:
-            if "too many nested parentheses" in str(e.msg):
-                raise err(_limit("MAX_EXPRESSION_DEPTH", "the expression's nesting")) from None
-            raise err(f"syntax error in {show(text)} at column {e.offset or 0}: {show(str(e.msg))[1:-1]}") \
-                from None
-        except (RecursionError, MemoryError):   # the parser's own stack: far too deep
+    def only_float_input(self, inputs):
+        """The input of a stack that names none: the spec's one float input."""
+        floats = [nm for nm, d in inputs.items() if not d.is_label]
+        if len(floats) != 1:
+            raise self.err("more than one float input; start the list with {input: NAME}",
+                           "layers")
+        return floats[0]
+
+    def layer(self, item, width, key):
+        """One {dense: UNITS, activation: NAME, init: RULE} on an input of ``width``:
+        its units, its activation and the init rule of its weights."""
+        if not isinstance(item, dict) or "dense" not in item or set(item) - {"dense", "activation", "init"}:
+            raise self.err("a layer is {dense: UNITS, activation: NAME}", key)
+        units = item["dense"]
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            raise self.err(f"dense needs a positive number of units, got {show(units)}", key)
+        self.declarations.elements((units, width), key)
+        act = item.get("activation", "linear")
+        if not isinstance(act, str) or act not in ACTIVATIONS:
+            raise self.err(f"unknown activation {show(act)}; use one of {', '.join(ACTIVATIONS)}", key)
+        winit = self.declarations.init(item["init"], f"{key}.init") if "init" in item else ("glorot",)
+        return units, act, winit
+
+
+# ---------------------------------------------------------------------------
+# One expression of the spec: read as data, bounded, checked against the whitelist
+
+
+def read_expression(text, key, scope: _Scope) -> Expr:
+    """The expression under ``key`` (a string, or a number of YAML), parsed and checked."""
+    err = lambda m: scope.err(m, key)   # noqa: E731
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise err(f"expected an expression, got {show(text)}")
+    if not isinstance(text, str):
+        problem = number_problem(text)
+        if problem:
+            raise err(problem)
+        text = repr(text)
+    if len(text) > limits.MAX_EXPRESSION_CHARS:
+        raise err(_limit("MAX_EXPRESSION_CHARS", f"the expression's length ({len(text)} characters)"))
+    found = _forbidden(text)
+    if found:
+        raise err(_forbidden_message(found[1], " (in an expression)"))
+    text = one_line(text, err)
+    if not text:
+        raise err("empty expression")
+    try:
+        with warnings.catch_warnings():   # no "SyntaxWarning: invalid decimal literal" on stderr
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text, mode="eval")
+    except SyntaxError as e:
+        if "too many nested parentheses" in str(e.msg):
             raise err(_limit("MAX_EXPRESSION_DEPTH", "the expression's nesting")) from None
-        depth = tree_depth(tree.body)
-        if depth > limits.MAX_EXPRESSION_DEPTH:
-            raise err(_limit("MAX_EXPRESSION_DEPTH", f"the expression's nesting ({depth})"))
-        check_expression(tree.body, text, err)
-        return Expr(text, tree.body, key, self.lines.get(key))
+        raise err(f"syntax error in {show(text)} at column {e.offset or 0}: {show(str(e.msg))[1:-1]}") \
+            from None
+    except (RecursionError, MemoryError):   # the parser's own stack: far too deep
+        raise err(_limit("MAX_EXPRESSION_DEPTH", "the expression's nesting")) from None
+    depth = tree_depth(tree.body)
+    if depth > limits.MAX_EXPRESSION_DEPTH:
+        raise err(_limit("MAX_EXPRESSION_DEPTH", f"the expression's nesting ({depth})"))
+    check_expression(tree.body, text, err)
+    return Expr(text, tree.body, key, scope.lines.get(key))
 
 
 # ---------------------------------------------------------------------------

@@ -126,83 +126,35 @@ def mark_reuse(kernels, roots) -> None:
 
 def build(low: Lowered, adj: Adjoints | None, *, loss=False, output=False, grads=False) -> Program:
     """The program computing any of: the loss, predict's output, the gradients."""
-    return _Builder(low, adj).run(loss=loss, output=output, grads=grads)
+    return _Scheduler(low, adj).run(loss=loss, output=output, grads=grads)
 
 
-class _Builder:
+LEAF_OPS = ("input", "param", "const", "batch_size")   # values with no kernel of their own
+
+
+class _Scheduler:
+    """The kernels of a program: the nodes it needs in id order (a topological
+    order), single-consumer elementwise chains fused into one ``map`` kernel each."""
+
     def __init__(self, low: Lowered, adj: Adjoints | None):
         self.low = low
         self.adj = adj
         self.G = low.graph
-        self.namer = Namer(low)
-        self.used_names: set = set()
-        self.temp_count = 0
-        self.values: dict = {}
+        namer = Namer(low)
+        self.names = _Names(low, adj, namer)
+        self.comments = _Notes(low, adj, namer, self.is_backward)
         # node ids follow creation: the reverse pass made every node after the forward graph
         last_forward = max(max(low.named.values(), default=0), low.loss, low.output, low.example_loss)
         self.first_backward = last_forward + 1 if adj is not None else None
-        self.forward_roots: set = set()
-        # adjoint node -> the forward nodes it is the adjoint of, in the reverse pass's order
-        self.bar_of: dict = {}
-        for x, b in (adj.bar.items() if adj else ()):
-            self.bar_of.setdefault(b, []).append(x)
-        # node -> the spec text of the line it is named by
-        self.line_text: dict = {}
-        for nm, expr in reversed(low.spec.graph):
-            n = low.named.get(nm)
-            if n is not None:
-                self.line_text[n] = expr.text
+        self.forward_roots: set = set()   # nodes made here for the forward results (array_root)
 
     def is_backward(self, n) -> bool:
         return self.first_backward is not None and n >= self.first_backward \
             and n not in self.forward_roots
 
-    # -- naming --------------------------------------------------------------
-    def fresh(self) -> str:
-        while True:
-            nm = names.temp(self.temp_count)
-            self.temp_count += 1
-            if nm not in self.used_names:
-                self.used_names.add(nm)
-                return nm
-
-    def claim(self, nm):
-        if nm and nm not in self.used_names:
-            self.used_names.add(nm)
-            return nm
-        return None
-
-    def value(self, n, preferred=None) -> Value:
-        if n in self.values:
-            return self.values[n]
-        node = self.G.node(n)
-        op = node["op"]
-        if op in ("input", "param"):
-            v = Value(node["attrs"][0], node["shape"], node["batched"], node["dtype"], op)
-            self.used_names.add(v.name)
-        elif op == "batch_size":
-            v = Value("N", (), False, "int", "batch_size")
-        elif op == "const":
-            v = Value(str(node["attrs"][0]), (), False, "float", "const", node["attrs"][0])
-        else:
-            nm = self.claim(preferred) or self.claim(self.display_name(n)) or self.fresh()
-            v = Value(nm, node["shape"], node["batched"], node["dtype"], "temp")
-        self.values[n] = v
-        return v
-
-    def display_name(self, n):
-        nm = self.namer.name(n)
-        if nm is not None:
-            return nm
-        for x in self.bar_of.get(n, ()):
-            xn = self.namer.name(x)
-            if xn is not None:
-                return names.bar(xn)
-        return None
-
-    # -- scheduling ----------------------------------------------------------
     def run(self, *, loss, output, grads) -> Program:
         G = self.G
+        value = self.names.value
         roots = []
         loss_node, output_node = self.array_root(self.low.loss), self.array_root(self.low.output)
         if loss:
@@ -213,67 +165,84 @@ class _Builder:
         if grads:
             grad_nodes = self.gradient_nodes()
             roots += list(grad_nodes.values())
-        needed = set(roots)
-        stack = list(roots)
-        while stack:
-            for p in G.g.predecessors(stack.pop()):
-                if p not in needed:
-                    needed.add(p)
-                    stack.append(p)
+        needed = self.needed(roots)
         order = sorted(needed)
-        consumers = {n: [c for c in G.g.successors(n) if c in needed] for n in order}
         root_set = set(roots)
-
-        def inlinable(n):
-            node = G.node(n)
-            if node["op"] != "map" or n in root_set:
-                return False
-            cs = consumers[n]
-            return len(cs) == 1 and G.node(cs[0])["op"] == "map"
-
-        # fuse single-consumer elementwise chains, but no longer than MAX_FUSED
-        # operations: a deep chain of scalars stays a sequence of readable lines
-        # (and SymPy never sees one huge nested expression)
-        inlined, fused = set(), {}
-        for n in order:
-            if G.node(n)["op"] != "map":
-                continue
-            fused[n] = sp.count_ops(G.node(n)["attrs"][0]) + sum(fused.get(a, 0) for a in G.node(n)["args"]
-                                                                  if a in inlined)
-            if inlinable(n) and fused[n] < MAX_FUSED:
-                inlined.add(n)
+        inlined = self.inlined(order, needed, root_set)
         # names first, in schedule order, so the spec's names win over temporaries
         for n in [loss_node] if loss else []:
-            self.value(n, LOSS)
+            value(n, LOSS)
         for name, n in grad_nodes.items():
             if G.node(n)["op"] not in ("input", "param", "const"):
-                self.value(n, names.bar(name))
-        notes = self.notes(order, inlined)
+                value(n, names.bar(name))
+        kernels = self.kernels(order, inlined, self.comments.notes(order, inlined))
+        values = self.names.values
+        mark_reuse(kernels, {values[r].name for r in root_set if r in values})
+        inputs = [value(n) for n in sorted(self.low.leaves.values())
+                  if n in needed and G.node(n)["op"] == "input"]
+        params = [value(n) for n in sorted(self.low.leaves.values())
+                  if n in needed and G.node(n)["op"] == "param"]
+        return Program(kernels, inputs, params,
+                       values.get(loss_node) if loss else None,
+                       value(output_node) if output else None,
+                       {name: value(n) for name, n in grad_nodes.items()},
+                       values)
+
+    def kernels(self, order, inlined, notes) -> list:
+        """A kernel for each node in order that is neither a leaf nor inlined, with its comment lines."""
+        G = self.G
+        value = self.names.value
         kernels = []
         for n in order:
             node = G.node(n)
-            if node["op"] in ("input", "param", "const", "batch_size") or n in inlined:
+            if node["op"] in LEAF_OPS or n in inlined:
                 continue
-            out = self.value(n)
+            out = value(n)
             phase = "backward" if self.is_backward(n) else "forward"
             if node["op"] == "map":
                 args, temps, expr = self.fuse(n, inlined)
                 k = Kernel("map", out, tuple(args), (temps, expr), phase=phase)
             else:
-                k = Kernel(node["op"], out, tuple(self.value(a) for a in node["args"]),
+                k = Kernel(node["op"], out, tuple(value(a) for a in node["args"]),
                            node["attrs"], phase=phase)
             k.notes = notes.get(n, [])
             kernels.append(k)
-        mark_reuse(kernels, {self.values[r].name for r in root_set if r in self.values})
-        inputs = [self.value(n) for n in sorted(self.low.leaves.values())
-                  if n in needed and G.node(n)["op"] == "input"]
-        params = [self.value(n) for n in sorted(self.low.leaves.values())
-                  if n in needed and G.node(n)["op"] == "param"]
-        return Program(kernels, inputs, params,
-                       self.values.get(loss_node) if loss else None,
-                       self.value(output_node) if output else None,
-                       {name: self.value(n) for name, n in grad_nodes.items()},
-                       self.values)
+        return kernels
+
+    def needed(self, roots) -> set:
+        """The roots and every node they read, directly or not."""
+        needed = set(roots)
+        stack = list(roots)
+        while stack:
+            for p in self.G.g.predecessors(stack.pop()):
+                if p not in needed:
+                    needed.add(p)
+                    stack.append(p)
+        return needed
+
+    def inlined(self, order, needed, roots) -> set:
+        """The elementwise nodes inlined into their one consumer, an elementwise node.
+
+        A fused chain stays under MAX_FUSED operations: a deep chain of scalars stays
+        a sequence of readable lines (and SymPy never sees one huge nested expression)."""
+        G = self.G
+
+        def inlinable(n):
+            if n in roots:
+                return False
+            cs = [c for c in G.g.successors(n) if c in needed]
+            return len(cs) == 1 and G.node(cs[0])["op"] == "map"
+
+        inlined, fused = set(), {}
+        for n in order:
+            node = G.node(n)
+            if node["op"] != "map":
+                continue
+            fused[n] = sp.count_ops(node["attrs"][0]) + sum(fused.get(a, 0) for a in node["args"]
+                                                             if a in inlined)
+            if inlinable(n) and fused[n] < MAX_FUSED:
+                inlined.add(n)
+        return inlined
 
     def array_root(self, n):
         """A constant the program returns is made an array of the dtype (np.full),
@@ -320,7 +289,7 @@ class _Builder:
                     subs[arg_symbol(i)] = expand(a)
                 else:
                     if a not in leaf_sym:
-                        v = self.value(a)
+                        v = self.names.value(a)
                         leaf_sym[a] = sp.Symbol(v.name, real=True)
                         leaves.append(v)
                     subs[arg_symbol(i)] = leaf_sym[a]
@@ -335,26 +304,99 @@ class _Builder:
         temps = []
         rename = {}
         for sym, sub in replacements:
-            new = sp.Symbol(self.fresh(), real=True)
+            new = sp.Symbol(self.names.fresh(), real=True)
             rename[sym] = new
             temps.append((new.name, sub.xreplace(rename)))
         return leaves, temps, reduced.xreplace(rename)
 
-    # -- comments ------------------------------------------------------------
+
+class _Names:
+    """The program's value names: the spec's names and adjoint names (``h_bar``)
+    where they are free, else temporaries ``t0, t1, ...``; one Value per node."""
+
+    def __init__(self, low: Lowered, adj: Adjoints | None, namer: Namer):
+        self.G = low.graph
+        self.namer = namer
+        self.used: set = set()
+        self.temp_count = 0
+        self.values: dict = {}   # node -> Value
+        # adjoint node -> the forward nodes it is the adjoint of, in the reverse pass's order
+        self.bar_of: dict = {}
+        for x, b in (adj.bar.items() if adj else ()):
+            self.bar_of.setdefault(b, []).append(x)
+
+    def fresh(self) -> str:
+        while True:
+            nm = names.temp(self.temp_count)
+            self.temp_count += 1
+            if nm not in self.used:
+                self.used.add(nm)
+                return nm
+
+    def claim(self, nm):
+        if nm and nm not in self.used:
+            self.used.add(nm)
+            return nm
+        return None
+
+    def value(self, n, preferred=None) -> Value:
+        if n in self.values:
+            return self.values[n]
+        node = self.G.node(n)
+        op = node["op"]
+        if op in ("input", "param"):
+            v = Value(node["attrs"][0], node["shape"], node["batched"], node["dtype"], op)
+            self.used.add(v.name)
+        elif op == "batch_size":
+            v = Value("N", (), False, "int", "batch_size")
+        elif op == "const":
+            v = Value(str(node["attrs"][0]), (), False, "float", "const", node["attrs"][0])
+        else:
+            nm = self.claim(preferred) or self.claim(self.display_name(n)) or self.fresh()
+            v = Value(nm, node["shape"], node["batched"], node["dtype"], "temp")
+        self.values[n] = v
+        return v
+
+    def display_name(self, n):
+        nm = self.namer.name(n)
+        if nm is not None:
+            return nm
+        for x in self.bar_of.get(n, ()):
+            xn = self.namer.name(x)
+            if xn is not None:
+                return names.bar(xn)
+        return None
+
+
+class _Notes:
+    """The comment lines above each kernel: the forward equation of each spec line
+    and the adjoint equations, each above the kernel that computes its node."""
+
+    def __init__(self, low: Lowered, adj: Adjoints | None, namer: Namer, is_backward):
+        self.low = low
+        self.adj = adj
+        self.G = low.graph
+        self.namer = namer
+        self.is_backward = is_backward   # node -> whether the reverse pass made it
+        # node -> the spec text of the line it is named by
+        self.line_text: dict = {}
+        for nm, expr in reversed(low.spec.graph):
+            n = low.named.get(nm)
+            if n is not None:
+                self.line_text[n] = expr.text
+
     def notes(self, order, inlined) -> dict:
         """Comment lines per kernel node: forward equations and adjoint equations."""
         G = self.G
-        host: dict = {}
 
         def kernel_of(n):
             while n in inlined:
-                (n,) = [c for c in G.g.successors(n) if c in host or c in order_set]
+                (n,) = [c for c in G.g.successors(n) if c in order_set]
             return n
 
         order_set = set(order)
         notes: dict = {}
-        kernels = [n for n in order if n not in inlined
-                   and G.node(n)["op"] not in ("input", "param", "const", "batch_size")]
+        kernels = [n for n in order if n not in inlined and G.node(n)["op"] not in LEAF_OPS]
 
         def first_kernel(lo, hi):
             """The first kernel node in [lo, hi], else hi (kernels is sorted)."""
@@ -364,7 +406,7 @@ class _Builder:
         start = 0   # nodes made for a spec line have ids after the previous line's
         for n in order:
             node = G.node(n)
-            if self.is_backward(n) or node["op"] in ("input", "param", "const", "batch_size"):
+            if self.is_backward(n) or node["op"] in LEAF_OPS:
                 continue
             nm = self.namer.name(n)
             if nm is None:
@@ -386,13 +428,12 @@ class _Builder:
         (``L_bar = 1``) waits for the next one that does; one whose node an
         earlier equation took joins that equation's notes."""
         G = self.G
-        leaf_ops = ("input", "param", "const", "batch_size")
         taken: dict = {}   # kernel node -> home of the equation that took it
         waiting: list = []
         last_home = None
         for eq in adjoint_equations(self.low, self.adj, self.namer):
             waiting.append(eq.text())
-            if eq.node not in order_set or G.node(eq.node)["op"] in leaf_ops:
+            if eq.node not in order_set or G.node(eq.node)["op"] in LEAF_OPS:
                 continue
             owner = kernel_of(eq.node)
             if owner in taken:
@@ -402,7 +443,7 @@ class _Builder:
                 while stack:
                     for p in G.g.predecessors(stack.pop()):
                         if (p in seen or p not in order_set or p in taken or not self.is_backward(p)
-                                or G.node(p)["op"] in leaf_ops):
+                                or G.node(p)["op"] in LEAF_OPS):
                             continue
                         seen.add(p)
                         part.append(p)
@@ -418,6 +459,7 @@ class _Builder:
             notes[last_home].extend(waiting)
 
     def forward_text(self, n):
+        """The right-hand side of forward node n's equation: its spec line, else its expression."""
         node = self.G.node(n)
         expr_text = self.line_text.get(n)
         if n == self.low.example_loss and expr_text is None:
