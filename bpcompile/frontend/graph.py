@@ -690,6 +690,8 @@ class _Lowering:
     # -- functions -----------------------------------------------------------
     def call(self, t):
         f = t.func.id
+        if f in ops.ELEMENTWISE:
+            return self.elementwise_call(t, ops.ELEMENTWISE[f])
         axis = None
         for kw in t.keywords:
             v = kw.value
@@ -707,12 +709,6 @@ class _Lowering:
             label = self.label_arg(t.args[1], f)
             return self.cross_entropy(f, x, label, t.args[0])
         args = [self.tensor(a, f"{f}()") for a in t.args]
-        if f == "log":
-            stable = self.stable_log(args[0])
-            if stable is not None:
-                return stable
-        if f in ops.ELEMENTWISE:
-            return self.G.map(ops.ELEMENTWISE[f](arg_symbol(0)), args, rule=f)
         x = args[0]
         shape = self.node(x)["shape"]
         if f in ("sum", "mean", "max"):
@@ -753,6 +749,35 @@ class _Lowering:
             self.G.macros[out] = ("logsumexp", x, None)
             return out
         raise self.err(f"unsupported function {f}")  # every name in ops.FUNCTIONS is handled above
+
+    def elementwise_call(self, t, op):
+        """``f(x)``, ``f(x, c)``: an elementwise op (its record ``op`` in
+        ops.ELEMENTWISE), its tensor arguments first, then its constant parameters,
+        each a number or an expression of numbers (folded), else the default."""
+        f = op.name
+        if t.keywords:
+            raise self.err(f"{f}() takes no axis= (it is elementwise)")
+        lo, hi = op.arity, op.arity + len(op.params)
+        if not lo <= len(t.args) <= hi:
+            count = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi > lo + 1 else f"{lo} or {hi}"
+            usage = f", as in {op.signature}" if op.params else ""
+            raise self.err(f"{f}() takes {count} argument{'s' if hi > 1 else ''}{usage}, got {len(t.args)}")
+        args = [self.tensor(a, f"{f}()") for a in t.args[:lo]]
+        params = [d for _, d in op.params]
+        for k, tree in enumerate(t.args[lo:]):
+            value = self.visit(tree)
+            if not isinstance(value, sp.Basic) and self.node(value)["op"] == "const" \
+                    and not self.node(value)["shape"] and not self.node(value)["batched"]:
+                value = self.node(value)["attrs"][0]
+            if not isinstance(value, sp.Basic):
+                raise self.err(f"the {op.params[k][0]} of {f}() must be a constant (a number, or an expression "
+                               f"of numbers), but {self.text(tree)!r} is not")
+            params[k] = value
+        if f == "log":
+            stable = self.stable_log(args[0])
+            if stable is not None:
+                return stable
+        return self.G.map(op(*[arg_symbol(i) for i in range(lo)], *params), args, rule=f)
 
     def log_softmax(self, x):
         out = self.G.map(arg_symbol(0) - self.lse_expr(x), [x, *self.lse_args(x)], rule="log_softmax")

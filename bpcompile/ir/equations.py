@@ -182,16 +182,10 @@ def call(name: str, *args) -> sp.Expr:
 # -- printers --------------------------------------------------------------------
 
 class _Printer(StrPrinter):
-    """SymPy's str printer with our function names (relu, sigmoid, ...)."""
-
-    def _print_step(self, e):
-        return f"({self._print(e.args[0])} > 0)"
+    """SymPy's str printer (our functions print themselves: ``_sympystr`` in ops/elementwise.py)."""
 
     def _print_Add(self, expr, order=None):
         return print_add(self, expr)
-
-    def _print_equal(self, e):
-        return f"({self._print(e.args[0])} == {self._print(e.args[1])})"
 
 
 def show(expr) -> str:
@@ -250,12 +244,6 @@ class _LatexPrinter(LatexPrinter):
             else:
                 out += f" + {self._print(t)}" if out else self._print(t)
         return out
-
-    def _print_step(self, e, exp=None):
-        return f"[{self._print(e.args[0])} > 0]"
-
-    def _print_equal(self, e, exp=None):
-        return f"[{self._print(e.args[0])} = {self._print(e.args[1])}]"
 
 
 def latex(expr) -> str:
