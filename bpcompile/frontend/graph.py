@@ -771,7 +771,7 @@ class _Lowering:
                 value = self.node(value)["attrs"][0]
             if not isinstance(value, sp.Basic):
                 raise self.err(f"the {op.params[k][0]} of {f}() must be a constant (a number, or an expression "
-                               f"of numbers), but {self.text(tree)!r} is not")
+                               f"of numbers), but {self.text(tree)!r} depends on the inputs or params")
             params[k] = value
         if f == "log":
             stable = self.stable_log(args[0])
