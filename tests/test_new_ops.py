@@ -29,7 +29,7 @@ import mpmath
 import numpy as np
 import pytest
 import sympy as sp
-from conftest import finite_differences, rel_error
+from conftest import finite_differences, nvcc_compile_all, rel_error
 
 import bpcompile
 from bpcompile import ops, targets
@@ -68,7 +68,8 @@ def _leaky(a):
 
 
 def _elu(a):
-    return (lambda x: x if x > 0 else a * mpmath.expm1(x)), (lambda x: mpmath.mpf(1) if x > 0 else a * mpmath.exp(x))
+    return ((lambda x: x if x > 0 else a * mpmath.expm1(x)),
+            (lambda x: mpmath.mpf(1) if x > 0 else a * mpmath.exp(x)))
 
 
 def _sig(x):
@@ -211,6 +212,33 @@ def test_gradient_matches_finite_differences(case, numpy_modules):
     assert rel_error(fd, g) < 1e-8, (case, fd, g)
 
 
+ALL_NEW = """\
+name: {name}
+dtype: {dtype}
+inputs:
+  x: [3]
+params:
+  W: [3, 3]
+graph:
+  z: W @ x
+  a: erf(z) + log1p(z * z) + expm1(z) + atan(z) + silu(z) + gelu(z)
+  c: leaky_relu(z) + leaky_relu(z, 0.2) + elu(z) + elu(z, 0.5) + elu(z, -1/3) + leaky_relu(z, -2)
+loss: sum(a * c)
+"""
+
+
+def test_nvcc_compiles_the_new_ops(tmp_path, cublas_include):
+    """Every new op, forward and backward, in device code of both dtypes: nvcc -Werror all-warnings."""
+    sources = []
+    for dtype in DTYPES:
+        name = f"all_new_{dtype}"
+        bpcompile.compile(ALL_NEW.format(name=name, dtype=dtype), target="cuda").write(tmp_path)
+        sources.append(tmp_path / f"{name}.cu")
+    for src, (rc, out) in nvcc_compile_all(sources, cublas_include).items():
+        assert rc == 0, out
+        assert "warning" not in out.lower().split("\n", 1)[1], out
+
+
 # ---------------------------------------------------------------------------
 # erf: the module's own, against mpmath
 
@@ -351,8 +379,9 @@ def test_verify_tables_name_exactly_the_registered_ops():
     registered = set(ops.FUNCTIONS)
     for table in ("_FUNCTIONS", "_NUMERIC"):
         names = set(getattr(verify_module, table))
-        assert not registered - names, f"ops the compiler registers that verify.{table} lacks: {sorted(registered - names)}"
-        assert not names - registered, f"verify.{table} names ops the compiler does not register: {sorted(names - registered)}"
+        missing, extra = sorted(registered - names), sorted(names - registered)
+        assert not missing, f"ops the compiler registers that verify.{table} lacks: {missing}"
+        assert not extra, f"verify.{table} names ops the compiler does not register: {extra}"
     assert set(verify_module._ELEMENTWISE) == set(ops.ELEMENTWISE)
 
 
