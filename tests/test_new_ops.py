@@ -433,3 +433,29 @@ def test_display_of_the_derivative_forms():
     assert show(ops.step(h)) == "(h > 0)" and latex(ops.step(h)) == "[h > 0]"
     assert show(ops.equal(h, 2 * h)) == "(h == 2*h)"
     assert show(ops.ELEMENTWISE["leaky_relu"](h, sp.Rational(1, 5))) == "leaky_relu(h, 1/5)"
+
+
+# ---------------------------------------------------------------------------
+# The docs say what the code does
+
+
+def test_readme_lists_the_functions_of_the_spec_language():
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    paragraph = re.search(r"The functions of the spec language:(.*?)\n\n", readme, re.S).group(1)
+    listed = set(re.findall(r"`([a-z_0-9]+)(?:\(|`)", paragraph))
+    assert listed == set(ops.FUNCTIONS), (sorted(set(ops.FUNCTIONS) - listed), sorted(listed - set(ops.FUNCTIONS)))
+    for name in ("leaky_relu", "elu"):
+        assert ops.ELEMENTWISE[name].signature in paragraph
+
+
+def test_the_worked_example_is_the_declaration():
+    """docs/adding-an-op.md quotes elu's declaration (its docstring left out) as it is."""
+    from conftest import ROOT
+    doc = (ROOT / "docs" / "adding-an-op.md").read_text()
+    block = re.search(r"```python\n(@declare\(\"elu\".*?)```", doc, re.S).group(1).splitlines()
+    source = (ROOT / "bpcompile" / "ops" / "elementwise.py").read_text().splitlines()
+    start = source.index(block[0])
+    rest = iter(source[start:])
+    for line in block:
+        assert any(line == s for s in rest), f"docs/adding-an-op.md: {line!r} is not in elu's declaration"
