@@ -158,7 +158,8 @@ def test_inspect_prints_structural_nodes_with_their_precedence():
 
 def test_equation_printers_bracket_by_precedence():
     import sympy as sp
-    from bpcompile.ir.equations import MatMul, Outer, T, call, latex, show
+    from bpcompile.ir.equations import call, latex, show
+    from bpcompile.ops.notation import MatMul, Outer, T
     W, x, g = sp.symbols("W x g", real=True)
     assert show(-MatMul(W, x) ** 2) == "-(W @ x)**2"
     assert show(sp.exp(-MatMul(W, x) ** 2)) == "exp(-(W @ x)**2)"

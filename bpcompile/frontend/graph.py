@@ -637,16 +637,36 @@ class _Calls:
         function = SPEC_FUNCTIONS.get(f)
         if function is not None:
             return self.function_call(function, t)
-        # an elementwise function: one array argument, no keyword
+        return self.elementwise_call(t, ops.ELEMENTWISE[f])
+
+    def elementwise_call(self, t, op):
+        """``f(x)``, ``f(x, c)``: an elementwise op (its record ``op`` in
+        ops.ELEMENTWISE), its tensor arguments first, then its constant parameters,
+        each a number or an expression of numbers (folded), else the default."""
+        f = op.name
         if t.keywords:
-            raise self.err(f"{f}() takes no axis= (it works on the last axis)")
-        self.check_arity(f, 1, t)
-        args = [self.tensor(a, f"{f}()") for a in t.args]
+            raise self.err(f"{f}() takes no axis= (it is elementwise)")
+        lo, hi = op.arity, op.arity + len(op.params)
+        if not lo <= len(t.args) <= hi:
+            count = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi > lo + 1 else f"{lo} or {hi}"
+            usage = f", as in {op.signature}" if op.params else ""
+            raise self.err(f"{f}() takes {count} argument{'s' if hi > 1 else ''}{usage}, got {len(t.args)}")
+        args = [self.tensor(a, f"{f}()") for a in t.args[:lo]]
+        params = [d for _, d in op.params]
+        for k, tree in enumerate(t.args[lo:]):
+            value = self.visit(tree)
+            if not isinstance(value, sp.Basic) and self.node(value)["op"] == "const" \
+                    and not self.node(value)["shape"] and not self.node(value)["batched"]:
+                value = self.node(value)["attrs"][0]
+            if not isinstance(value, sp.Basic):
+                raise self.err(f"the {op.params[k][0]} of {f}() must be a constant (a number, or an expression "
+                               f"of numbers), but {self.text(tree)!r} depends on the inputs or params")
+            params[k] = value
         if f == "log":
             stable = self.stable_log(args[0])
             if stable is not None:
                 return stable
-        return self.G.map(ops.ELEMENTWISE[f](arg_symbol(0)), args, rule=f)
+        return self.G.map(op(*[arg_symbol(i) for i in range(lo)], *params), args, rule=f)
 
     def function_call(self, function, t):
         """A call of a structural function, checked against its record and lowered by it."""

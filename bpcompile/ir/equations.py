@@ -34,7 +34,6 @@ from ..escape import latex_text
 from ..frontend.graph import Lowered
 from ..ops import OUT, STRUCTURAL_OPS, Scatter, arg_symbol, local_derivative
 from ..ops.notation import _Display, call, show
-from ..ops.notation import MatMul, Outer, T, print_add  # noqa: F401 - read from here by printers and tests
 from ..ops.structural import batch_note
 
 LOSS = "L"            # the loss reduced over the batch
@@ -93,11 +92,6 @@ class _LatexPrinter(LatexPrinter):
                 out += f" + {self._print(t)}" if out else self._print(t)
         return out
 
-    def _print_step(self, e, exp=None):
-        return f"[{self._print(e.args[0])} > 0]"
-
-    def _print_equal(self, e, exp=None):
-        return f"[{self._print(e.args[0])} = {self._print(e.args[1])}]"
 
 
 def latex(expr) -> str:

@@ -1,18 +1,114 @@
-"""Elementwise ops: each one SymPy function, and the spec language's table of them.
+"""Elementwise ops: each one declaration, and the spec language's table of them.
 
-Their local derivatives are never written by hand: SymPy differentiates the
-expression and the result is rewritten in terms of the op's own output where that
-is cheaper (``1 - e**2`` for ``e = tanh(a)``, ``s*(1 - s)`` for ``s = sigmoid(a)``).
+A declaration is a SymPy function (SymPy's own where it prints right for arrays
+in every target, else a class of ours below) and one record (``Elementwise``)
+registered in ``ELEMENTWISE`` by ``declare``: the spec language's name, arity and
+constant parameters, the NumPy in-place form the NumPy printer may use, a line of
+doc.  A class of ours carries its own printing through SymPy's print dispatch:
+``_numpycode`` (the NumPy target's printer), ``_ccode`` (the C-like printer of
+``targets/clike.py``: ``printer.fn(name)`` is the function of the dtype,
+``printer.lit(x)`` a floating literal of it), and ``_sympystr`` / ``_latex``
+(comments, ``inspect``) where SymPy's default is not right.  Everything that
+lists elementwise ops (the spec reader, graph lowering, the printers, verify's
+completeness test) reads ``ELEMENTWISE``; docs/adding-an-op.md shows the steps.
+
+Local derivatives are never written out per use: SymPy differentiates the
+expression (through ``fdiff`` for our classes) and the result is rewritten in
+terms of the op's own output where that is cheaper (``1 - e**2`` for
+``e = tanh(a)``, ``s*(1 - s)`` for ``s = sigmoid(a)``).
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+from sympy.printing.precedence import PRECEDENCE
 
 # ---------------------------------------------------------------------------
-# SymPy functions that SymPy does not have, each with its derivative.
+# The record and the table
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """One elementwise op of the spec language.
+
+    ``function(x, *params)`` builds its SymPy expression; ``params`` are the
+    constant parameters after the ``arity`` tensor arguments, as (name, default),
+    each optional in the spec (``leaky_relu(x)``, ``leaky_relu(x, 0.2)``).
+    ``inplace``: how the NumPy printer applies the op to an array in its own
+    memory, as steps innermost first; a step is a NumPy template of ``{o}`` (the
+    array), or (arithmetic step of the printer, constant operand): sigmoid is
+    ``(("mul", 1/2), "np.tanh({o}, out={o})", ("mul", 1/2), ("add", 1/2))``.
+    None: the op has no in-place form (the printer allocates)."""
+
+    name: str
+    function: Callable
+    doc: str
+    arity: int = 1
+    params: tuple = ()
+    inplace: tuple | None = None
+
+    def __call__(self, *args) -> sp.Expr:
+        return self.function(*args)
+
+    @property
+    def signature(self) -> str:
+        """``leaky_relu(x, slope=0.01)``: how the spec calls it."""
+        tensors = ["x"] if self.arity == 1 else [f"x{i + 1}" for i in range(self.arity)]
+        return f"{self.name}({', '.join(tensors + [f'{p}={_show(d)}' for p, d in self.params])})"
+
+
+def _show(number) -> str:
+    return repr(float(number)) if not number.is_Integer else str(number)
+
+
+# name -> Elementwise: the spec language's elementwise functions
+ELEMENTWISE: dict = {}
+# SymPy functions the derivative rules produce that the spec language does not
+# name (step, equal, where_positive): printed by the same mechanism
+INTERNAL: dict = {}
+
+
+def declare(name, doc, *, function=None, arity=1, params=(), inplace=None, internal=False):
+    """Register an elementwise op: ``declare(name, doc, function=sp.tanh, ...)`` for
+    a SymPy function, or as the decorator of a class of ours."""
+    def register(fn):
+        assert name not in ELEMENTWISE and name not in INTERNAL, f"elementwise op {name!r} declared twice"
+        record = Elementwise(name, fn, doc, arity, tuple(params), _steps(inplace))
+        (INTERNAL if internal else ELEMENTWISE)[name] = record
+        if isinstance(fn, type):
+            _BY_FUNCTION[fn] = record
+        return fn
+    return register(function) if function is not None else register
+
+
+_BY_FUNCTION: dict = {}   # SymPy function class -> its record
+
+
+def _steps(inplace):
+    if inplace is None:
+        return None
+    return tuple((step, None) if isinstance(step, str) else step
+                 for step in ((inplace,) if isinstance(inplace, str) else inplace))
+
+
+def record_of(function) -> Elementwise | None:
+    """The record of a SymPy function class (``type(expr)`` of an applied op)."""
+    return _BY_FUNCTION.get(function)
+
+
+def numpy_inplace(function) -> tuple | None:
+    """The NumPy in-place steps of a SymPy function class, innermost first (None: none)."""
+    record = record_of(function)
+    return record.inplace if record is not None else None
+
+
+# ---------------------------------------------------------------------------
+# SymPy functions of ours
 
 
 # Each ``eval`` folds the function of a number to a number (or to an expression
@@ -38,8 +134,16 @@ class _RealFunction(sp.Function):
         return None
 
 
+declare("tanh", "hyperbolic tangent; derivative 1 - tanh(x)**2 (reads the output)",
+        function=sp.tanh, inplace="np.tanh({o}, out={o})")
+
+
+@declare("sigmoid", "1/(1 + exp(-x)); derivative s*(1 - s) with s the output",
+         inplace=(("mul", sp.Rational(1, 2)), "np.tanh({o}, out={o})", ("mul", sp.Rational(1, 2)),
+                  ("add", sp.Rational(1, 2))))
 class sigmoid(_RealFunction):
-    """1 / (1 + exp(-x)); derivative s * (1 - s)."""
+    """1 / (1 + exp(-x)); derivative s * (1 - s).  Printed as 0.5 + 0.5*tanh(0.5*x):
+    exact, and no overflow for any x."""
 
     @classmethod
     def eval(cls, x):
@@ -51,33 +155,17 @@ class sigmoid(_RealFunction):
         s = sigmoid(self.args[0])
         return s * (1 - s)
 
+    def _numpycode(self, printer):
+        return f"(0.5 + 0.5*np.tanh(0.5*{printer.parenthesize(self.args[0], PRECEDENCE['Mul'])}))"
 
-class softplus(_RealFunction):
-    """log(1 + exp(x)); derivative sigmoid(x)."""
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_Number:
-            return x + sp.log(1 + sp.exp(-x)) if x >= 0 else sp.log(1 + sp.exp(x))
-        return None
-
-    def fdiff(self, argindex=1):
-        return sigmoid(self.args[0])
+    def _ccode(self, printer):
+        x = printer.parenthesize(self.args[0], 50)
+        h = printer.lit(0.5)
+        return f"({h} + {h}*{printer.fn('tanh')}({h}*{x}))"
 
 
-class step(_RealFunction):
-    """1 where x > 0, else 0 (the derivative of relu; its own is taken as 0)."""
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_Number:
-            return sp.S.One if x > 0 else sp.S.Zero
-        return None
-
-    def fdiff(self, argindex=1):
-        return sp.S.Zero
-
-
+@declare("relu", "max(x, 0); derivative 1 where the output is positive, else 0",
+         inplace="np.maximum({o}, 0, out={o})")
 class relu(_RealFunction):
     """max(x, 0); derivative step(x), written step(relu(x)) so that the rule reads
     the forward output (relu(z) > 0 exactly when z > 0) and z need not stay alive."""
@@ -91,7 +179,242 @@ class relu(_RealFunction):
     def fdiff(self, argindex=1):
         return step(self)
 
+    def _numpycode(self, printer):
+        return f"np.maximum({printer._print(self.args[0])}, 0)"
 
+    def _ccode(self, printer):
+        return f"{printer.fn('fmax')}({printer._print(self.args[0])}, {printer.lit(0.0)})"
+
+
+declare("exp", "exponential; derivative exp(x) (reads the output)",
+        function=sp.exp, inplace="np.exp({o}, out={o})")
+declare("log", "natural logarithm; derivative 1/x", function=sp.log, inplace="np.log({o}, out={o})")
+declare("sin", "sine; derivative cos(x)", function=sp.sin, inplace="np.sin({o}, out={o})")
+declare("cos", "cosine; derivative -sin(x)", function=sp.cos, inplace="np.cos({o}, out={o})")
+# a power (x**(1/2)): the NumPy printer's in-place steps handle powers
+declare("sqrt", "square root; derivative 1/(2*sqrt(x))", function=sp.sqrt)
+declare("abs", "absolute value; derivative sign(x)", function=sp.Abs, inplace="np.abs({o}, out={o})")
+
+
+@declare("softplus", "log(1 + exp(x)), computed without overflow; derivative sigmoid(x)",
+         inplace="np.logaddexp(0, {o}, out={o})")
+class softplus(_RealFunction):
+    """log(1 + exp(x)); derivative sigmoid(x)."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return x + sp.log(1 + sp.exp(-x)) if x >= 0 else sp.log(1 + sp.exp(x))
+        return None
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    def _numpycode(self, printer):
+        return f"np.logaddexp(0, {printer._print(self.args[0])})"
+
+    def _ccode(self, printer):
+        # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow
+        x = printer._print(self.args[0])
+        return (f"({printer.fn('fmax')}({x}, {printer.lit(0.0)}) + "
+                f"{printer.fn('log1p')}({printer.fn('exp')}(-{printer.fn('fabs')}({x}))))")
+
+
+def _square(x):
+    return x**2
+
+
+declare("square", "x**2; derivative 2*x", function=_square)
+
+
+@declare("erf", "the error function 2/sqrt(pi) * integral of exp(-t**2) from 0 to x; "
+         "derivative 2*exp(-x**2)/sqrt(pi)")
+class erf(_RealFunction):
+    """erf(x).  NumPy has none: the NumPy module carries its own ``_erf``
+    (``targets/numpy/erf.py``), emitted once in a module that uses it; C and CUDA
+    have erf/erff.  (SymPy's erf prints as math.erf for NumPy: scalars only.)"""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sp.erf(x)
+        return None
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return 2 * sp.exp(-x**2) / sp.sqrt(sp.pi)
+
+    def _numpycode(self, printer):
+        from ..targets.numpy.erf import ERF_SOURCE
+        printer.helper("_erf", ERF_SOURCE)
+        return f"_erf({printer._print(self.args[0])})"
+
+    def _ccode(self, printer):
+        return f"{printer.fn('erf')}({printer._print(self.args[0])})"
+
+
+declare("log1p", "log(1 + x), accurate for small x; derivative 1/(1 + x)",
+        function=log1p, inplace="np.log1p({o}, out={o})")
+declare("expm1", "exp(x) - 1, accurate for small x; derivative exp(x)",
+        function=expm1, inplace="np.expm1({o}, out={o})")
+declare("atan", "arctangent; derivative 1/(1 + x**2)", function=sp.atan, inplace="np.arctan({o}, out={o})")
+
+
+@declare("leaky_relu", "x where x > 0, else slope*x; derivative 1 or slope",
+         params=(("slope", sp.Rational(1, 100)),))
+class leaky_relu(_RealFunction):
+    """leaky_relu(x, slope): x where x > 0, else slope*x.  Its derivative reads
+    the output when slope >= 0 (then the output is positive exactly where x is)."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, x, slope):
+        if x.is_Number and slope.is_Number:
+            return x if x > 0 else slope * x
+        return None
+
+    def fdiff(self, argindex=1):
+        x, slope = self.args
+        if argindex == 2:
+            return where_positive(x, 0, x)
+        return where_positive(self if slope.is_nonnegative else x, 1, slope)
+
+    def _numpycode(self, printer):
+        x, slope = self.args
+        return f"np.where({printer._print(x)} > 0, {printer._print(x)}, {printer._print(slope * x)})"
+
+    def _ccode(self, printer):
+        x, slope = self.args
+        return f"({printer._print(x)} > {printer.lit(0)} ? {printer._print(x)} : {printer._print(slope * x)})"
+
+
+@declare("elu", "x where x > 0, else alpha*(exp(x) - 1); derivative 1, or output + alpha",
+         params=(("alpha", sp.Integer(1)),))
+class elu(_RealFunction):
+    """elu(x, alpha): x where x > 0, else alpha*expm1(x).  On the negative side the
+    derivative alpha*exp(x) is the output plus alpha (no second exponential), and
+    when alpha >= 0 the output is positive exactly where x is."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, x, alpha):
+        if x.is_Number and alpha.is_Number:
+            return x if x > 0 else alpha * (sp.exp(x) - 1)
+        return None
+
+    def fdiff(self, argindex=1):
+        x, alpha = self.args
+        if argindex == 2:
+            return where_positive(x, 0, expm1(x))
+        return where_positive(self if alpha.is_nonnegative else x, 1, self + alpha)
+
+    def _numpycode(self, printer):
+        # expm1 of min(x, 0): a large positive x, not selected, must not overflow
+        x, alpha = self.args
+        t = printer._print(x)
+        scale = "" if alpha == 1 else printer.parenthesize(alpha, PRECEDENCE["Mul"]) + "*"
+        return f"(np.maximum({t}, 0) + {scale}np.expm1(np.minimum({t}, 0)))"
+
+    def _ccode(self, printer):
+        x, alpha = self.args
+        t = printer._print(x)
+        return f"({t} > {printer.lit(0)} ? {t} : {printer._print(alpha * expm1(x))})"
+
+
+class _Expanded(_RealFunction):
+    """An op printed as the expression of other ops (``expansion``), bracketed:
+    the caller's printer takes a function call for an atom (``silu(x)**2``)."""
+
+    def expansion(self) -> sp.Expr:
+        raise NotImplementedError
+
+    def _numpycode(self, printer):
+        return f"({printer._print(self.expansion())})"
+
+    def _ccode(self, printer):
+        return f"({printer._print(self.expansion())})"
+
+
+@declare("silu", "x*sigmoid(x) (swish); derivative s + out*(1 - s) with s = sigmoid(x)")
+class silu(_Expanded):
+    """x*sigmoid(x).  Derivative s*(1 + x*(1 - s)) = s + out*(1 - s): one sigmoid,
+    and no cancellation for large |x|."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return x * sigmoid(x)
+        return None
+
+    def expansion(self):
+        x = self.args[0]
+        return x * sigmoid(x)
+
+    def fdiff(self, argindex=1):
+        s = sigmoid(self.args[0])
+        return s + self * (1 - s)
+
+
+_SQRT1_2 = 0.7071067811865476   # 1/sqrt(2), rounded to double
+
+
+@declare("gelu", "x*Phi(x) = x*(1 + erf(x/sqrt(2)))/2, the exact GELU; "
+         "derivative Phi(x) + x*exp(-x**2/2)/sqrt(2*pi)")
+class gelu(_Expanded):
+    """The exact GELU, x * Phi(x) with Phi the normal distribution function:
+    x*(1 + erf(x/sqrt(2)))/2, through the erf of each target."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return x * (1 + sp.erf(x / sp.sqrt(2))) / 2
+        return None
+
+    def expansion(self):
+        # the constants as numbers: the target multiplies by them, never computes them
+        x = self.args[0]
+        return sp.Float(0.5) * x * (1 + erf(sp.Float(_SQRT1_2) * x))
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return (1 + erf(x / sp.sqrt(2))) / 2 + x * sp.exp(-x**2 / 2) / sp.sqrt(2 * sp.pi)
+
+
+# ---------------------------------------------------------------------------
+# Functions the derivative rules produce (not in the spec language)
+
+
+@declare("step", "1 where x > 0, else 0: the derivative of relu", internal=True,
+         inplace="np.greater({o}, 0, out={o})")
+class step(_RealFunction):
+    """1 where x > 0, else 0 (the derivative of relu; its own is taken as 0)."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sp.S.One if x > 0 else sp.S.Zero
+        return None
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero
+
+    def _numpycode(self, printer):
+        return f"({printer._print(self.args[0])} > 0)"
+
+    def _ccode(self, printer):
+        return f"(real)({printer._print(self.args[0])} > {printer.lit(0)})"
+
+    def _sympystr(self, printer):
+        return f"({printer._print(self.args[0])} > 0)"
+
+    def _latex(self, printer, exp=None):
+        return _power(f"[{printer._print(self.args[0])} > 0]", exp)
+
+
+@declare("equal", "1 where a == b, else 0: routes the adjoint of max to the maximum",
+         arity=2, internal=True)
 class equal(_RealFunction):
     """1 where a == b, else 0 (routes the adjoint of max to the maximum)."""
 
@@ -104,25 +427,63 @@ class equal(_RealFunction):
     def fdiff(self, argindex=1):
         return sp.S.Zero
 
+    def _numpycode(self, printer):
+        return f"({printer._print(self.args[0])} == {printer._print(self.args[1])})"
 
-def _square(x):
-    return x**2
+    def _ccode(self, printer):
+        return f"(real)({printer._print(self.args[0])} == {printer._print(self.args[1])})"
+
+    def _sympystr(self, printer):
+        return f"({printer._print(self.args[0])} == {printer._print(self.args[1])})"
+
+    def _latex(self, printer, exp=None):
+        return _power(f"[{printer._print(self.args[0])} = {printer._print(self.args[1])}]", exp)
 
 
-# name -> SymPy function of one argument.  The rule name in comments is the key.
-ELEMENTWISE = {
-    "tanh": sp.tanh,
-    "sigmoid": sigmoid,
-    "relu": relu,
-    "exp": sp.exp,
-    "log": sp.log,
-    "sin": sp.sin,
-    "cos": sp.cos,
-    "sqrt": sp.sqrt,
-    "abs": sp.Abs,
-    "softplus": softplus,
-    "square": _square,
-}
+@declare("where_positive", "a where c > 0, else b: the derivatives of leaky_relu and elu",
+         arity=3, internal=True)
+class where_positive(_RealFunction):
+    """where_positive(c, a, b): a where c > 0, else b."""
+
+    @classmethod
+    def eval(cls, c, a, b):
+        if c.is_Number:
+            return a if c > 0 else b
+        if a == b:
+            return a
+        return None
+
+    def fdiff(self, argindex=1):
+        c = self.args[0]
+        return {1: sp.S.Zero, 2: step(c), 3: 1 - step(c)}[argindex]
+
+    def _numpycode(self, printer):
+        c, a, b = self.args
+        if a.is_Number and b.is_Number:
+            # np.where of two Python numbers is float64: make them the module's dtype
+            return f"np.where({printer._print(c)} > 0, DTYPE({printer._print(a)}), DTYPE({printer._print(b)}))"
+        return f"np.where({printer._print(c)} > 0, {printer._print(a)}, {printer._print(b)})"
+
+    def _ccode(self, printer):
+        c, a, b = self.args
+        return f"({printer._print(c)} > {printer.lit(0)} ? {printer._print(a)} : {printer._print(b)})"
+
+    def _sympystr(self, printer):
+        c, a, b = self.args
+        return f"where({printer._print(c)} > 0, {printer._print(a)}, {printer._print(b)})"
+
+    def _latex(self, printer, exp=None):
+        c, a, b = self.args
+        return _power(f"\\begin{{cases}} {printer._print(a)} & {printer._print(c)} > 0 \\\\ "
+                      f"{printer._print(b)} & \\text{{otherwise}} \\end{{cases}}", exp, bracket=True)
+
+
+def _power(text: str, exp, bracket=False) -> str:
+    """LaTeX of ``text`` to the power ``exp`` (None: none)."""
+    if exp is None:
+        return text
+    return f"\\left({text}\\right)^{{{exp}}}" if bracket else f"{text}^{{{exp}}}"
+
 
 # Binary operators of the spec language, as SymPy on two argument symbols.
 BINARY = {
@@ -132,14 +493,6 @@ BINARY = {
     "Div": (lambda a, b: a / b, "div"),
     "Pow": (lambda a, b: a**b, "pow"),
 }
-
-# Functions of the spec language that are not elementwise (see graph.Lowering).
-STRUCTURAL_FUNCTIONS = (
-    "sum", "mean", "max", "softmax", "log_softmax", "logsumexp", "onehot", "dot",
-    "cross_entropy", "softmax_cross_entropy",
-)
-FUNCTIONS = tuple(ELEMENTWISE) + STRUCTURAL_FUNCTIONS
-
 
 def stable_log(u: sp.Expr):
     """``log(u)`` in a form that neither overflows nor loses the small values, for

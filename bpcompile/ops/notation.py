@@ -176,14 +176,8 @@ class Equals(_Display):
 class _Printer(StrPrinter):
     """SymPy's str printer with our function names (relu, sigmoid, ...)."""
 
-    def _print_step(self, e):
-        return f"({self._print(e.args[0])} > 0)"
-
     def _print_Add(self, expr, order=None):
         return print_add(self, expr)
-
-    def _print_equal(self, e):
-        return f"({self._print(e.args[0])} == {self._print(e.args[1])})"
 
 
 def show(expr) -> str:

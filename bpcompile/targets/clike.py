@@ -19,7 +19,7 @@ from sympy.codegen.ast import float32, real
 from sympy.printing.c import C99CodePrinter
 
 from .. import escape
-from ..ir.equations import print_add
+from ..ops.notation import print_add
 from ..ir.program import Value
 from .base import Code
 
@@ -66,7 +66,9 @@ class CExprPrinter(C99CodePrinter):
     """SymPy -> C (C99, and CUDA C++) for ``real`` (double, or float with the f-suffixed functions).
 
     Numbers are floating literals of the dtype (``real_literal``), constants such as
-    pi and e their values: device code holds no integer in arithmetic, no macro."""
+    pi and e their values: device code holds no integer in arithmetic, no macro.
+    Our functions (sigmoid, relu, ...) print themselves through ``_ccode`` (ops/elementwise.py),
+    with ``fn`` and ``lit``; a function with no C printing is an error, never C that does not build."""
 
     def __init__(self, dtype: str, leaf_text: dict):
         settings = {"type_aliases": {real: float32}} if dtype == "float32" else {}
@@ -129,26 +131,8 @@ class CExprPrinter(C99CodePrinter):
             return f"({self.lit(1)}/{self.fn('sqrt')}({self._print(base)}))"
         return f"{self.fn('pow')}({self._print(base)}, {self._print(sp.Float(exp) if exp.is_Rational else exp)})"
 
-    def _print_sigmoid(self, e):
-        # 1/(1 + exp(-x)) written through tanh: exact, and no overflow for any x
-        x = self.parenthesize(e.args[0], 50)
-        h = self.lit(0.5)
-        return f"({h} + {h}*{self.fn('tanh')}({h}*{x}))"
-
-    def _print_relu(self, e):
-        return f"{self.fn('fmax')}({self._print(e.args[0])}, {self.lit(0.0)})"
-
-    def _print_step(self, e):
-        return f"(real)({self._print(e.args[0])} > {self.lit(0)})"
-
-    def _print_softplus(self, e):
-        # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow
-        x = self._print(e.args[0])
-        return (f"({self.fn('fmax')}({x}, {self.lit(0.0)}) + "
-                f"{self.fn('log1p')}({self.fn('exp')}(-{self.fn('fabs')}({x}))))")
-
-    def _print_equal(self, e):
-        return f"(real)({self._print(e.args[0])} == {self._print(e.args[1])})"
+    def _print_not_supported(self, expr):
+        raise TypeError(f"no C printing for {type(expr).__name__}")
 
 
 # ---------------------------------------------------------------------------

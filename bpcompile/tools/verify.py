@@ -1073,8 +1073,12 @@ def _obj(x) -> np.ndarray:
 
 
 def _elementwise(fn):
-    ufunc = np.frompyfunc(fn, 1, 1)
-    return lambda x: _obj(ufunc(x))
+    """``fn`` of SymPy scalars over an object array; a second argument (leaky_relu's
+    slope, elu's alpha) is a constant, a 0-d array of one SymPy number."""
+    def apply(x, *constants):
+        c = [np.asarray(v, dtype=object)[()] for v in constants]
+        return _obj(np.frompyfunc(lambda v: fn(v, *c), 1, 1)(x))
+    return apply
 
 
 def _sum(x, axis=None, keepdims=False):
@@ -1112,6 +1116,14 @@ _ELEMENTWISE = {
     "abs": sp.Abs,
     "softplus": lambda x: sp.log(1 + sp.exp(x)),
     "square": lambda x: x**2,
+    "erf": sp.erf,
+    "log1p": lambda x: sp.log(1 + x),
+    "expm1": lambda x: sp.exp(x) - 1,
+    "atan": sp.atan,
+    "leaky_relu": lambda x, slope=sp.Rational(1, 100): sp.Max(x, 0) + slope * sp.Min(x, 0),
+    "elu": lambda x, alpha=1: sp.Max(x, 0) + alpha * (sp.exp(sp.Min(x, 0)) - 1),
+    "silu": lambda x: x / (1 + sp.exp(-x)),
+    "gelu": lambda x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
 }
 
 _FUNCTIONS = {
@@ -1212,6 +1224,9 @@ def _nsoftmax(z):
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
+# erf in float64 for the interpreter (verify is no generated code: math.erf will do)
+_nerf = np.vectorize(math.erf, otypes=[np.float64])
+
 _NUMERIC = {
     "tanh": np.tanh,
     "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
@@ -1224,6 +1239,14 @@ _NUMERIC = {
     "abs": np.abs,
     "softplus": lambda x: np.logaddexp(0.0, x),
     "square": np.square,
+    "erf": _nerf,
+    "log1p": np.log1p,
+    "expm1": np.expm1,
+    "atan": np.arctan,
+    "leaky_relu": lambda x, slope=0.01: np.where(x > 0, x, slope * x),
+    "elu": lambda x, alpha=1.0: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0))),
+    "silu": lambda x: x / (1 + np.exp(-x)),
+    "gelu": lambda x: x * (1 + _nerf(x / math.sqrt(2))) / 2,
     "sum": lambda x, axis=None: np.sum(x, axis=axis),
     "mean": lambda x, axis=None: np.mean(x, axis=axis),
     "max": lambda x, axis=None: np.max(x, axis=axis),

@@ -15,49 +15,44 @@ from dataclasses import dataclass
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
-from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
 from ... import names
-from ...ir.equations import print_add
+from ...ops.notation import print_add
 from ...escape import py_comment, py_docstring, py_str
-from ...ops import broadcast_shapes, gemm_form, sigmoid
+from ...ops import broadcast_shapes, gemm_form, numpy_inplace
 from ...ir.program import Kernel, Program, Value
 from ..base import Code, lowering_table, lowers, template_environment
 from ..python import init_line, literal
 
 
 class ExprPrinter(NumPyPrinter):
-    """SymPy -> NumPy source, with ``np.`` and our functions (sigmoid, relu, ...)."""
+    """SymPy -> NumPy source, with ``np.``.  Our functions (sigmoid, relu, ...) print
+    themselves (``_numpycode`` in ops/elementwise.py); one that needs a helper
+    function in the module (erf: ``_erf``) registers its source with ``helper``."""
 
-    def __init__(self, leaf_text: dict):
+    def __init__(self, leaf_text: dict, helpers: dict | None = None):
         super().__init__({"fully_qualified_modules": False, "inline": True,
                           "allow_unknown_functions": False})
         self.leaf_text = leaf_text
+        self.helpers = helpers if helpers is not None else {}
+
+    def helper(self, name: str, source: str) -> None:
+        """The module must define ``name`` (by ``source``, Python at top level)."""
+        self.helpers[name] = source
 
     def _module_format(self, fqn, register=True):
         if fqn.startswith("numpy."):
             return "np." + fqn[len("numpy."):]
-        return super()._module_format(fqn, register)
+        if "." in fqn:   # math.erf and the like: scalars only, and the module imports numpy alone
+            raise TypeError(f"{fqn} is not NumPy")
+        return super()._module_format(fqn, register)   # a builtin (abs)
+
+    def _print_not_supported(self, expr):
+        raise TypeError(f"no NumPy printing for {type(expr).__name__}")
 
     def _print_Symbol(self, e):
         return self.leaf_text.get(e.name, e.name)
-
-    def _print_sigmoid(self, e):
-        # 1/(1 + exp(-x)) written through tanh: exact, and no overflow for any x
-        return f"(0.5 + 0.5*np.tanh(0.5*{self.parenthesize(e.args[0], PRECEDENCE['Mul'])}))"
-
-    def _print_relu(self, e):
-        return f"np.maximum({self._print(e.args[0])}, 0)"
-
-    def _print_step(self, e):
-        return f"({self._print(e.args[0])} > 0)"
-
-    def _print_softplus(self, e):
-        return f"np.logaddexp(0, {self._print(e.args[0])})"
-
-    def _print_equal(self, e):
-        return f"({self._print(e.args[0])} == {self._print(e.args[1])})"
 
     def _print_Add(self, expr, order=None):
         return print_add(self, expr)
@@ -92,12 +87,6 @@ class FormulaPrinter(StrPrinter):
     def _print_Symbol(self, e):
         return self.leaf_text.get(e.name, e.name)
 
-    def _print_step(self, e):
-        return f"({self._print(e.args[0])} > 0)"
-
-    def _print_equal(self, e):
-        return f"({self._print(e.args[0])} == {self._print(e.args[1])})"
-
     def _print_Add(self, expr, order=None):
         return print_add(self, expr)
 
@@ -116,8 +105,9 @@ def fused_formula(temps, expr, leaf_text) -> str:
     return text if len(text) <= FORMULA_WIDTH else printer.doprint(expr)
 
 
-# One elementwise step applied to the result in place; {o} is the result, {r} the
-# other operand.
+# The arithmetic steps applied to the result in place; {o} is the result, {r} the
+# other operand.  A function's own steps are NumPy templates of {o}, declared with
+# the op (ops.numpy_inplace: tanh is "np.tanh({o}, out={o})").
 INPLACE = {
     "add": "{o} += {r}",
     "subtract": "{o} -= {r}",
@@ -129,24 +119,19 @@ INPLACE = {
     "reciprocal": "np.reciprocal({o}, out={o})",
     "sqrt": "np.sqrt({o}, out={o})",
     "pow": "{o} **= {r}",
-    "tanh": "np.tanh({o}, out={o})",
-    "exp": "np.exp({o}, out={o})",
-    "log": "np.log({o}, out={o})",
-    "sin": "np.sin({o}, out={o})",
-    "cos": "np.cos({o}, out={o})",
-    "Abs": "np.abs({o}, out={o})",
-    "relu": "np.maximum({o}, 0, out={o})",
-    "softplus": "np.logaddexp(0, {o}, out={o})",
-    "step": "np.greater({o}, 0, out={o})",
 }
-# sigmoid(x) = 0.5 + 0.5*tanh(0.5*x), step by step
-SIGMOID_STEPS = [("mul", sp.Rational(1, 2)), ("tanh", None), ("mul", sp.Rational(1, 2)), ("add", sp.Rational(1, 2))]
+
+
+def template(step: str) -> str:
+    """The NumPy template of an in-place step: an arithmetic step's, or the step itself."""
+    return INPLACE.get(step, step)
 
 
 def inplace_steps(expr, name: str):
     """``expr`` as a sequence of in-place steps on the one leaf called ``name``
-    (which appears once): [(op, other operand)], innermost first.  None when some
-    node on the way has no in-place form."""
+    (which appears once): [(step, other operand)], innermost first, a step an
+    arithmetic step of INPLACE or a function's own template.  None when some node
+    on the way has no in-place form."""
     steps = []
     node = expr
     while not (isinstance(node, sp.Symbol) and node.name == name):
@@ -185,10 +170,8 @@ def inplace_steps(expr, name: str):
                 steps.append(("pow", e))
             else:
                 return None
-        elif isinstance(node, sigmoid):
-            steps.extend(reversed(SIGMOID_STEPS))
-        elif node.func.__name__ in INPLACE and len(node.args) == 1:
-            steps.append((node.func.__name__, None))
+        elif isinstance(node, sp.Function) and len(node.args) == 1 and numpy_inplace(node.func) is not None:
+            steps.extend(reversed(numpy_inplace(node.func)))
         else:
             return None
         node = inner
@@ -233,6 +216,7 @@ class NumpyPrinter:
     def __init__(self, dtype: str):
         self.dtype = dtype
         self.folded: dict = {}   # temporary name -> Folded, for the function being printed
+        self.helpers: dict = {}  # name -> source of a helper the printed code calls (_erf)
 
     def ref(self, v: Value) -> str:
         """How a line reads value ``v``: its name, or its folded expression."""
@@ -250,7 +234,7 @@ class NumpyPrinter:
     def lower_map(self, k, out, args):
         temps, expr = k.attrs
         leaf_text = {a.name: self.aligned(a, k.out.rank) for a in k.args}
-        printer = ExprPrinter(leaf_text)
+        printer = ExprPrinter(leaf_text, self.helpers)
         lines = [f"{name} = {printer.doprint(e)}" for name, e in temps]
         steps = inplace_steps(expr, k.reuse.name) if k.reuse is not None else None
         present = {sym.name for e in [expr, *(e for _, e in temps)] for sym in e.free_symbols}
@@ -264,7 +248,7 @@ class NumpyPrinter:
             lines.append(f"{out} = {printer.doprint(expr)}")
             return lines
         formula = f"{out} = {fused_formula(temps, expr, {a.name: self.ref(a) for a in k.args})}"
-        plain = len(steps) == 1 and INPLACE[steps[0][0]].startswith("{o} ")   # out += b says it all
+        plain = len(steps) == 1 and template(steps[0][0]).startswith("{o} ")   # out += b says it all
         if not plain and not any(note == formula or note.startswith(formula + "   #") for note in k.notes):
             # the steps below compute this; the equation above does not already say it
             lines.append("# " + py_comment(f"fused, in place: {formula}"))
@@ -272,7 +256,7 @@ class NumpyPrinter:
         for op, operand in steps:
             if op == "add" and operand.could_extract_minus_sign():
                 op, operand = "subtract", -operand
-            lines.append(INPLACE[op].format(o=out, r=printer.doprint(operand) if operand is not None else ""))
+            lines.append(template(op).format(o=out, r=printer.doprint(operand) if operand is not None else ""))
         return lines
 
     @lowers("contract")
@@ -318,7 +302,7 @@ class NumpyPrinter:
     def lower_broadcast(self, k, out, args):
         x = k.args[0]
         if x.kind == "const":
-            return [f"{out} = np.full({batched_shape(k.out)}, {ExprPrinter({}).doprint(x.literal)}, DTYPE)"]
+            return [f"{out} = np.full({batched_shape(k.out)}, {ExprPrinter({}, self.helpers).doprint(x.literal)}, DTYPE)"]
         return [f"{out} = np.broadcast_to({self.aligned(x, k.out.rank)}, {batched_shape(k.out)})"]
 
     @lowers("reshape")
@@ -391,7 +375,7 @@ class NumpyPrinter:
             expr = k.attrs[1]
             if expr.could_extract_minus_sign():
                 leaf_text = {a.name: self.aligned(a, k.out.rank) for a in k.args}
-                negated = atomic(ExprPrinter(leaf_text).doprint(-expr))
+                negated = atomic(ExprPrinter(leaf_text, self.helpers).doprint(-expr))
         return Folded(text, negated)
 
     @lowers("copy")
@@ -670,6 +654,7 @@ def render(low, adj, programs, version: str) -> str:
         step_signature=Code(_signature("*", step_inputs, "check=True")),
         check_inputs=Code(_inputs_dict(all_inputs)),
         pass_inputs=Code(_signature(*(f"{nm}={nm}" for nm in all_inputs), "check=False")),
+        helpers=[Code(source.rstrip("\n")) for _, source in sorted(printer.helpers.items())],
     )
     return source
 
