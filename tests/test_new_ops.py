@@ -459,3 +459,37 @@ def test_the_worked_example_is_the_declaration():
     rest = iter(source[start:])
     for line in block:
         assert any(line == s for s in rest), f"docs/adding-an-op.md: {line!r} is not in elu's declaration"
+
+
+@pytest.mark.parametrize("act", [nm for nm, op in ops.ELEMENTWISE.items() if op.activation])
+def test_every_declared_activation_works_in_the_layers_shorthand(act):
+    """The layers: shorthand offers exactly the ops declared activation=True (no
+    list of its own), and each gives the layer's activation: the module's
+    predict equals act(W2 @ act(W1 @ x + b1) + b2) with act evaluated by SymPy at
+    each number (the record's function folds numbers), and the gradient matches
+    finite differences."""
+    from bpcompile.frontend.spec import ACTIVATIONS
+    assert set(ACTIVATIONS) == {nm for nm, op in ops.ELEMENTWISE.items() if op.activation} | {"linear"}
+    spec = bpcompile.parse_spec(f"""
+name: layers_{act}
+inputs: {{x: [3], y: [2]}}
+layers:
+  - {{input: x}}
+  - {{dense: 4, activation: {act}}}
+  - {{dense: 2, activation: {act}}}
+loss: sum((h2 - y)**2)
+""")
+    module = bpcompile.compile(spec).load()
+    rng = np.random.default_rng(5)
+    params = module.init_params(np.random.default_rng(1))
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
+    record = ops.ELEMENTWISE[act]
+    defaults = [value for _, value in record.params]
+    fa = np.vectorize(lambda v: float(sp.N(record(sp.Float(float(v), 30), *defaults), 30)))
+    h1 = fa(x @ params["W1"].T + params["b1"])
+    want = fa(h1 @ params["W2"].T + params["b2"])
+    np.testing.assert_allclose(module.predict(params, x=x), want, rtol=1e-12, atol=1e-14)
+    _, grads = module.value_and_grad(params, x=x, y=y)
+    for name in params:
+        fd = finite_differences(module, params, {"x": x, "y": y}, name)
+        assert rel_error(grads[name], fd) < 1e-6, (act, name)

@@ -18,10 +18,6 @@ the set of ops the compiler registers (``ops.FUNCTIONS``, the binary operators
 of ``ops.BINARY`` by rule name, and ``OPERATOR_FORMS``), so an op added to the
 compiler without a row fails the suite, naming it.
 
-``PENDING_ROWS`` holds rows for ops being added to the compiler elsewhere; each
-is skipped, saying so, while its op is not in ``ops.FUNCTIONS``, and runs like
-any row (and counts for completeness) once it is.
-
 Points: params and float inputs are drawn per row's domain ("real": normal;
 "positive": every param in [0.2, 0.8] and every input in [0.5, 1.5], so that
 ``W @ x + b`` lies in about [0.5, 4.4]).  Rows with a kink (relu, abs, max, ...)
@@ -40,7 +36,6 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -48,6 +43,7 @@ import pytest
 from conftest import finite_differences, rel_error
 
 import bpcompile
+from bpcompile.targets.cuda import EMULATION_HEADER
 import bpcompile.ops
 
 # The operator forms of the spec language that are neither functions nor binary
@@ -472,11 +468,6 @@ output: d
     "softmax_cross_entropy": Row(LABEL_SPEC.format(
         inputs="  w: []\n", params="", graph="  ce: softmax_cross_entropy(W @ x + b, label)\n",
         loss="ce * (1 + w)", wrt="W, b, x", output="ce"), _softmax_cross_entropy_ref),
-}
-
-# Rows for ops being added to the compiler in parallel: skipped while the op is not
-# in ops.FUNCTIONS, run (and counted for completeness) once it is.
-PENDING_ROWS = {
     "erf": elementwise("erf", erf),
     "log1p": elementwise("log1p", np.log1p, domain="positive"),
     "expm1": elementwise("expm1", np.expm1),
@@ -487,17 +478,7 @@ PENDING_ROWS = {
     "gelu": elementwise("gelu", gelu),
 }
 
-ALL_ROWS = {**ROWS, **PENDING_ROWS}
-
-
-def active(op):
-    """Whether ``op``'s row runs: every row of ROWS, and a pending one once registered."""
-    return op in ROWS or op in bpcompile.ops.FUNCTIONS
-
-
-def skip_if_pending(op):
-    if not active(op):
-        pytest.skip(f"{op!r} is not in bpcompile.ops.FUNCTIONS yet (PENDING_ROWS: the op is being added)")
+ALL_ROWS = ROWS
 
 
 def module_name(op):
@@ -558,13 +539,6 @@ def call(fn, params, inputs):
 # Compiled modules: each (row, target) compiled once; the CUDA rows built in parallel
 
 
-def _emulation_header():
-    root = Path(bpcompile.__file__).resolve().parent
-    found = sorted(root.rglob("cuda_emulation.h"))
-    assert found, f"no cuda_emulation.h under {root}"
-    return found[0]
-
-
 def _import_file(path, name):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -591,16 +565,14 @@ class Modules:
         return got
 
     def build_cuda(self):
-        """Every active row for the CUDA target: compiled, written, and built with g++
+        """Every row for the CUDA target: compiled, written, and built with g++
         (emulation header force-included) in a thread pool; a failure is kept for
         its row."""
         if shutil.which(os.environ.get("CXX", "g++")) is None:
             pytest.skip("no host C++ compiler (g++) to build the CUDA target with its emulation header")
-        shutil.copy(_emulation_header(), self.directory / "cuda_emulation.h")
+        shutil.copy(EMULATION_HEADER, self.directory / "cuda_emulation.h")
         loaders = {}
         for op in ALL_ROWS:
-            if not active(op):
-                continue
             try:
                 bpcompile.compile(spec_text(op), target="cuda").write(self.directory)
                 loaders[op] = _import_file(self.directory / f"{module_name(op)}_cuda.py",
@@ -637,8 +609,7 @@ CASES = [pytest.param(op, target, id=f"{op}-{target}") for op in ALL_ROWS for ta
 
 
 def test_every_op_has_a_row():
-    assert not set(ROWS) & set(PENDING_ROWS), "an op is both in ROWS and PENDING_ROWS"
-    rows = set(ROWS) | {op for op in PENDING_ROWS if op in bpcompile.ops.FUNCTIONS}
+    rows = set(ROWS)
     registered = registered_ops()
     missing, extra = sorted(registered - rows), sorted(rows - registered)
     assert not missing, f"ops the compiler registers without a row in tests/test_systematic.py: {missing}"
@@ -649,7 +620,6 @@ def test_every_op_has_a_row():
 def test_row_uses_its_op(op):
     """A row's spec contains its op: a call for a function, the node rule for a
     binary operator, the syntax for an operator form."""
-    skip_if_pending(op)
     text = ALL_ROWS[op].spec
     body = text[text.index("graph:"):]
     if op in OPERATOR_FORMS:
@@ -668,7 +638,6 @@ def test_row_uses_its_op(op):
 
 @pytest.mark.parametrize("op, target", CASES)
 def test_value(op, target, modules):
-    skip_if_pending(op)
     row, m = ALL_ROWS[op], modules.get(op, target)
     params, inputs = draw_point(modules.get(op, "numpy"), row, seed=1)
     want_out, want_loss = reference(row, params, inputs)
@@ -684,7 +653,6 @@ def test_value(op, target, modules):
 
 @pytest.mark.parametrize("op, target", CASES)
 def test_gradient(op, target, modules):
-    skip_if_pending(op)
     row, m = ALL_ROWS[op], modules.get(op, target)
     ref = modules.get(op, "numpy")
     params, inputs = draw_point(ref, row, seed=2)
@@ -705,7 +673,6 @@ def test_gradient(op, target, modules):
 
 @pytest.mark.parametrize("op", list(ALL_ROWS))
 def test_verify(op):
-    skip_if_pending(op)
     report = bpcompile.verify(spec_text(op))
     ok, bad = report.ok, [r for r in report.rows if not r.ok]
     assert ok, f"{op}: verify failed: {bad or report.rows} {report.notes}"

@@ -24,7 +24,7 @@ from .. import limits
 from .. import names
 from ..errors import SpecError
 from ..escape import char_name, forbidden_char
-from ..ops import FUNCTIONS
+from ..ops import ELEMENTWISE, FUNCTIONS
 
 TOP_KEYS = ("name", "inputs", "params", "layers", "graph", "loss", "output", "wrt",
             "reduction", "dtype", "description")
@@ -32,8 +32,8 @@ REQUIRED_KEYS = ("name", "inputs", "loss")
 DTYPES = ("float64", "float32")
 REDUCTIONS = ("mean", "sum")
 INITS = {"zeros": 0, "ones": 0, "glorot": 0, "he": 0, "constant": 1, "normal": 1, "uniform": 1}
-ACTIVATIONS = ("tanh", "sigmoid", "relu", "softplus", "exp", "sin", "cos", "square",
-               "linear")
+# the layers: shorthand's activations: the elementwise ops declared as such, and none
+ACTIVATIONS = tuple(nm for nm, op in ELEMENTWISE.items() if op.activation) + ("linear",)
 
 
 @dataclass(frozen=True)

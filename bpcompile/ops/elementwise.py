@@ -43,7 +43,9 @@ class Elementwise:
     memory, as steps innermost first; a step is a NumPy template of ``{o}`` (the
     array), or (arithmetic step of the printer, constant operand): sigmoid is
     ``(("mul", 1/2), "np.tanh({o}, out={o})", ("mul", 1/2), ("add", 1/2))``.
-    None: the op has no in-place form (the printer allocates)."""
+    None: the op has no in-place form (the printer allocates).  ``activation``:
+    the ``layers:`` shorthand offers it (a function of one argument, defined on
+    the whole real line)."""
 
     name: str
     function: Callable
@@ -51,6 +53,7 @@ class Elementwise:
     arity: int = 1
     params: tuple = ()
     inplace: tuple | None = None
+    activation: bool = False
 
     def __call__(self, *args) -> sp.Expr:
         return self.function(*args)
@@ -73,12 +76,12 @@ ELEMENTWISE: dict = {}
 INTERNAL: dict = {}
 
 
-def declare(name, doc, *, function=None, arity=1, params=(), inplace=None, internal=False):
+def declare(name, doc, *, function=None, arity=1, params=(), inplace=None, internal=False, activation=False):
     """Register an elementwise op: ``declare(name, doc, function=sp.tanh, ...)`` for
     a SymPy function, or as the decorator of a class of ours."""
     def register(fn):
         assert name not in ELEMENTWISE and name not in INTERNAL, f"elementwise op {name!r} declared twice"
-        record = Elementwise(name, fn, doc, arity, tuple(params), _steps(inplace))
+        record = Elementwise(name, fn, doc, arity, tuple(params), _steps(inplace), activation)
         (INTERNAL if internal else ELEMENTWISE)[name] = record
         if isinstance(fn, type):
             _BY_FUNCTION[fn] = record
@@ -135,12 +138,12 @@ class _RealFunction(sp.Function):
 
 
 declare("tanh", "hyperbolic tangent; derivative 1 - tanh(x)**2 (reads the output)",
-        function=sp.tanh, inplace="np.tanh({o}, out={o})")
+        function=sp.tanh, inplace="np.tanh({o}, out={o})", activation=True)
 
 
 @declare("sigmoid", "1/(1 + exp(-x)); derivative s*(1 - s) with s the output",
          inplace=(("mul", sp.Rational(1, 2)), "np.tanh({o}, out={o})", ("mul", sp.Rational(1, 2)),
-                  ("add", sp.Rational(1, 2))))
+                  ("add", sp.Rational(1, 2))), activation=True)
 class sigmoid(_RealFunction):
     """1 / (1 + exp(-x)); derivative s * (1 - s).  Printed as 0.5 + 0.5*tanh(0.5*x):
     exact, and no overflow for any x."""
@@ -165,7 +168,7 @@ class sigmoid(_RealFunction):
 
 
 @declare("relu", "max(x, 0); derivative 1 where the output is positive, else 0",
-         inplace="np.maximum({o}, 0, out={o})")
+         inplace="np.maximum({o}, 0, out={o})", activation=True)
 class relu(_RealFunction):
     """max(x, 0); derivative step(x), written step(relu(x)) so that the rule reads
     the forward output (relu(z) > 0 exactly when z > 0) and z need not stay alive."""
@@ -187,17 +190,17 @@ class relu(_RealFunction):
 
 
 declare("exp", "exponential; derivative exp(x) (reads the output)",
-        function=sp.exp, inplace="np.exp({o}, out={o})")
+        function=sp.exp, inplace="np.exp({o}, out={o})", activation=True)
 declare("log", "natural logarithm; derivative 1/x", function=sp.log, inplace="np.log({o}, out={o})")
-declare("sin", "sine; derivative cos(x)", function=sp.sin, inplace="np.sin({o}, out={o})")
-declare("cos", "cosine; derivative -sin(x)", function=sp.cos, inplace="np.cos({o}, out={o})")
+declare("sin", "sine; derivative cos(x)", function=sp.sin, inplace="np.sin({o}, out={o})", activation=True)
+declare("cos", "cosine; derivative -sin(x)", function=sp.cos, inplace="np.cos({o}, out={o})", activation=True)
 # a power (x**(1/2)): the NumPy printer's in-place steps handle powers
 declare("sqrt", "square root; derivative 1/(2*sqrt(x))", function=sp.sqrt)
 declare("abs", "absolute value; derivative sign(x)", function=sp.Abs, inplace="np.abs({o}, out={o})")
 
 
 @declare("softplus", "log(1 + exp(x)), computed without overflow; derivative sigmoid(x)",
-         inplace="np.logaddexp(0, {o}, out={o})")
+         inplace="np.logaddexp(0, {o}, out={o})", activation=True)
 class softplus(_RealFunction):
     """log(1 + exp(x)); derivative sigmoid(x)."""
 
@@ -224,11 +227,11 @@ def _square(x):
     return x**2
 
 
-declare("square", "x**2; derivative 2*x", function=_square)
+declare("square", "x**2; derivative 2*x", function=_square, activation=True)
 
 
 @declare("erf", "the error function 2/sqrt(pi) * integral of exp(-t**2) from 0 to x; "
-         "derivative 2*exp(-x**2)/sqrt(pi)")
+         "derivative 2*exp(-x**2)/sqrt(pi)", activation=True)
 class erf(_RealFunction):
     """erf(x).  NumPy has none: the NumPy module carries its own ``_erf``
     (``targets/numpy/erf.py``), emitted once in a module that uses it; C and CUDA
@@ -257,11 +260,11 @@ declare("log1p", "log(1 + x), accurate for small x; derivative 1/(1 + x)",
         function=log1p, inplace="np.log1p({o}, out={o})")
 declare("expm1", "exp(x) - 1, accurate for small x; derivative exp(x)",
         function=expm1, inplace="np.expm1({o}, out={o})")
-declare("atan", "arctangent; derivative 1/(1 + x**2)", function=sp.atan, inplace="np.arctan({o}, out={o})")
+declare("atan", "arctangent; derivative 1/(1 + x**2)", function=sp.atan, inplace="np.arctan({o}, out={o})", activation=True)
 
 
 @declare("leaky_relu", "x where x > 0, else slope*x; derivative 1 or slope",
-         params=(("slope", sp.Rational(1, 100)),))
+         params=(("slope", sp.Rational(1, 100)),), activation=True)
 class leaky_relu(_RealFunction):
     """leaky_relu(x, slope): x where x > 0, else slope*x.  Its derivative reads
     the output when slope >= 0 (then the output is positive exactly where x is)."""
@@ -290,7 +293,7 @@ class leaky_relu(_RealFunction):
 
 
 @declare("elu", "x where x > 0, else alpha*(exp(x) - 1); derivative 1, or output + alpha",
-         params=(("alpha", sp.Integer(1)),))
+         params=(("alpha", sp.Integer(1)),), activation=True)
 class elu(_RealFunction):
     """elu(x, alpha): x where x > 0, else alpha*expm1(x).  On the negative side the
     derivative alpha*exp(x) is the output plus alpha (no second exponential), and
@@ -337,7 +340,7 @@ class _Expanded(_RealFunction):
         return f"({printer._print(self.expansion())})"
 
 
-@declare("silu", "x*sigmoid(x) (swish); derivative s + out*(1 - s) with s = sigmoid(x)")
+@declare("silu", "x*sigmoid(x) (swish); derivative s + out*(1 - s) with s = sigmoid(x)", activation=True)
 class silu(_Expanded):
     """x*sigmoid(x).  Derivative s*(1 + x*(1 - s)) = s + out*(1 - s): one sigmoid,
     and no cancellation for large |x|."""
@@ -361,7 +364,7 @@ _SQRT1_2 = 0.7071067811865476   # 1/sqrt(2), rounded to double
 
 
 @declare("gelu", "x*Phi(x) = x*(1 + erf(x/sqrt(2)))/2, the exact GELU; "
-         "derivative Phi(x) + x*exp(-x**2/2)/sqrt(2*pi)")
+         "derivative Phi(x) + x*exp(-x**2/2)/sqrt(2*pi)", activation=True)
 class gelu(_Expanded):
     """The exact GELU, x * Phi(x) with Phi the normal distribution function:
     x*(1 + erf(x/sqrt(2)))/2, through the erf of each target."""
