@@ -1,4 +1,4 @@
-"""The C-like base (targets/clike.py: CStyle; targets/clike_lowering/) on its own.
+"""The C-like base (targets/clike/: CStyle and the shared lowering) on its own.
 
 CStyle's defaults are plain C99 on one CPU thread, the language the C target
 (issue 13) will state its differences against, as CUDA does.  Here every spec the
@@ -22,7 +22,7 @@ from test_cuda_host import SPECS, load_spec
 
 import bpcompile
 from bpcompile.targets.clike import CStyle
-from bpcompile.targets.clike_lowering import FunctionPrinter, print_module
+from bpcompile.targets.clike import FunctionPrinter, print_module
 from bpcompile.targets.cuda.printer import CUDA, Cuda
 
 CC = shutil.which("cc") or shutil.which("gcc")

@@ -153,7 +153,7 @@ def import_file(path: Path, name: str):
 
 def kernel_kinds(compiled) -> collections.Counter:
     """What the CUDA printer makes of each kernel of the three programs."""
-    from bpcompile.targets.clike_lowering import host_scalars
+    from bpcompile.targets.clike import host_scalars
     kinds = collections.Counter()
     for prog in compiled.programs.values():
         host = host_scalars(prog, {})

@@ -6,7 +6,7 @@ registered in ``ELEMENTWISE`` by ``declare``: the spec language's name, arity an
 constant parameters, the NumPy in-place form the NumPy printer may use, a line of
 doc.  A class of ours carries its own printing through SymPy's print dispatch:
 ``_numpycode`` (the NumPy target's printer), ``_ccode`` (the C-like printer of
-``targets/clike.py``: ``printer.fn(name)`` is the function of the dtype,
+``targets/clike/language.py``: ``printer.fn(name)`` is the function of the dtype,
 ``printer.lit(x)`` a floating literal of it), and ``_sympystr`` / ``_latex``
 (comments, ``inspect``) where SymPy's default is not right.  Everything that
 lists elementwise ops (the spec reader, graph lowering, the printers, verify's

@@ -2,8 +2,8 @@
 ``<name>_cuda.py``, a loader with the NumPy module's API that builds the .cu with
 nvcc (or, for tests without a GPU, with a host compiler and ``cuda_emulation.h``).
 
-``printer.py`` is CUDA as it differs from the C-like base (``clike.py``), which
-lowers each kernel (``clike_lowering/``); ``module.cu.j2`` and ``loader.py.j2``
+``printer.py`` is CUDA as it differs from the C-like base (``clike/``), which
+lowers each kernel; ``module.cu.j2`` and ``loader.py.j2``
 are the files around them.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..base import Target
-from ..clike_lowering import FunctionPrinter
+from ..clike import FunctionPrinter
 from . import printer
 
 EMULATION_HEADER = Path(__file__).resolve().parent / "cuda_emulation.h"

@@ -1,7 +1,7 @@
 """Stage 5 (CUDA target): print programs as a CUDA source file and a Python loader.
 
 The same programs as the NumPy printer (``program.py``), lowered by the kernel
-printer C-like targets share (``clike_lowering/``) in the language ``Cuda``
+printer C-like targets share (``clike/``) in the language ``Cuda``
 below, which states how CUDA differs from C99 (``clike.CStyle``):
 
 * a fused elementwise ``map`` kernel becomes one ``__global__`` kernel, a
@@ -31,8 +31,7 @@ import hashlib
 
 from ... import escape
 from ..base import Code, template_environment
-from ..clike import CExprPrinter, CStyle, check_c_source, ident, line_comment, size_of, token
-from ..clike_lowering import print_module
+from ..clike import CExprPrinter, CStyle, check_c_source, ident, line_comment, print_module, size_of, token
 from ..python import init_line
 
 BLOCK = 256        # threads per block of elementwise kernels
@@ -40,7 +39,7 @@ MAX_GRID = 4096    # blocks of a grid-stride launch at most
 
 
 class CudaExprPrinter(CExprPrinter):
-    """CUDA device code prints elementwise math as C99 does (``clike.py``)."""
+    """CUDA device code prints elementwise math as C99 does (``clike/language.py``)."""
 
 
 class Cuda(CStyle):

@@ -5,7 +5,7 @@ the check of a generated C file.
 The CUDA target builds on this, and so will the C target.  ``CStyle`` (at the
 end) is the language a C-like target states its differences against, the way
 tinygrad's ``CStyleLanguage`` serves its Clang and CUDA renderers; the kernel
-lowering written against it is in ``clike_lowering/``.
+lowering written against it is in this folder.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import sympy as sp
 from sympy.codegen.ast import float32, real
 from sympy.printing.c import C99CodePrinter
 
-from .. import escape
-from ..ops.notation import print_add
-from ..ir.program import Value
-from .base import Code
+from ... import escape
+from ...ops.notation import print_add
+from ...ir.program import Value
+from ..base import Code
 
 # ---------------------------------------------------------------------------
 # Elementwise math
@@ -264,7 +264,7 @@ def check_c_source(text: str, what: str) -> None:
 
 
 class CStyle:
-    """How a C-like language writes what the shared lowering (``clike_lowering/``)
+    """How a C-like language writes what the shared lowering (this folder)
     produces: kernels and their launches, the per-element loop, reductions, GEMMs,
     copies, and the entry points around them.
 
@@ -280,7 +280,7 @@ class CStyle:
     template): ``real`` (the dtype), ``bp_max(a, b)`` (NumPy's max, NaN-propagating),
     ``BP_ERROR_NULL_POINTER``, and ``<name>_workspace``, a struct with the batch
     size ``N`` and, per function, the buffers the lowering asked for (laid out by
-    ``bp_carve``: ``clike_lowering.workspace_layout``).
+    ``bp_carve``: ``host.workspace_layout``).
     """
 
     name = "C"
@@ -344,7 +344,7 @@ class CStyle:
         return f"{kernel}(" + ", ".join(args) + ");"
 
     def gemm(self, g) -> list | None:
-        """The host lines of the row-major GEMM ``g`` (``clike_lowering.Gemm``), or
+        """The host lines of the row-major GEMM ``g`` (``contractions.Gemm``), or
         None: then the contraction is lowered as one that is no GEMM."""
         return None
 

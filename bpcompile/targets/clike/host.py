@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from ...ir.program import Kernel, Program, Value
 from ..base import lowering_table
-from ..clike import count_expr, full_dims, line_comment, shape_text, size_of
+from .language import count_expr, full_dims, line_comment, shape_text, size_of
 from .module import CModule
 
 

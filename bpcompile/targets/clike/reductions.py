@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ...ir.program import Kernel, Value
 from ..base import lowers
-from ..clike import count_expr, full_dims, offset, row_strides, shape_text
+from .language import count_expr, full_dims, offset, row_strides, shape_text
 
 
 class Reductions:

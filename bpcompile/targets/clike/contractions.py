@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ...ir.program import Kernel
 from ...ops import gemm_form
 from ..base import lowers
-from ..clike import line_comment, offset, row_strides, size_of
+from .language import line_comment, offset, row_strides, size_of
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ and the table of kernels, deduplicated across the functions."""
 
 from __future__ import annotations
 
-from ..clike import CStyle
+from .language import CStyle
 
 
 class KernelTable:

@@ -13,7 +13,7 @@ import sympy as sp
 
 from ...ir.program import Kernel, Value
 from ..base import lowers
-from ..clike import broadcast_strides, count_expr, full_dims, line_comment, offset, row_strides, shape_text, size_of
+from .language import broadcast_strides, count_expr, full_dims, line_comment, offset, row_strides, shape_text, size_of
 
 
 class ElementwiseKernels:

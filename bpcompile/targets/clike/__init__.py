@@ -1,6 +1,8 @@
-"""The lowering of kernels that C-like targets share, written against ``CStyle``
-(``targets/clike.py``): a target gives its language, this prints the kernels and
-the three entry points (predict, loss, value_and_grad) in it.
+"""What C-like targets share (CUDA now, C next): a target states its language as a
+``CStyle`` (``language.py``: how it differs from plain C99, with the C99 printer
+of elementwise math, floating literals, index arithmetic and the check of a
+generated C file), and the lowering here prints the kernels and the three entry
+points (predict, loss, value_and_grad) in it.
 
 ``FunctionPrinter`` prints one entry point and its kernels; it is made of parts,
 by what they do:
@@ -24,15 +26,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..clike import CStyle
 from .contractions import Contractions, Gemm
 from .elementwise import ElementwiseKernels
 from .host import Storage, host_function, host_scalars, signature_parts, workspace_layout
+from .language import (CExprPrinter, CStyle, broadcast_strides, check_c_source, count_expr, full_dims, ident,
+                       line_comment, offset, real_literal, row_strides, shape_text, size_of, token)
 from .module import CModule, KernelTable
 from .reductions import Reductions
 
-__all__ = ["CModule", "FunctionPrinter", "Gemm", "KernelTable", "PrintedModule", "host_scalars",
-           "print_module", "signature_parts"]
+__all__ = ["CExprPrinter", "CModule", "CStyle", "FunctionPrinter", "Gemm", "KernelTable", "PrintedModule",
+           "broadcast_strides", "check_c_source", "count_expr", "full_dims", "host_scalars", "ident", "line_comment",
+           "offset", "print_module", "real_literal", "row_strides", "shape_text", "signature_parts", "size_of",
+           "token"]
 
 FUNCTIONS = ("predict", "loss", "value_and_grad")
 
