@@ -493,3 +493,30 @@ loss: sum((h2 - y)**2)
     for name in params:
         fd = finite_differences(module, params, {"x": x, "y": y}, name)
         assert rel_error(grads[name], fd) < 1e-6, (act, name)
+
+
+@pytest.mark.parametrize("act", [nm for nm, op in ops.ELEMENTWISE.items() if op.repeats_argument])
+def test_an_op_that_reads_its_argument_twice_gets_it_computed_once(act):
+    """elu prints as np.maximum(x, 0) + np.expm1(np.minimum(x, 0)): applied to
+    W @ h + b (fused into its kernel), the sum is a temporary of its own, not
+    computed twice in the line; the values are those of the plain form."""
+    text = f"""
+name: twice_{act}
+inputs: {{x: [3]}}
+params: {{W: [2, 3], b: [2]}}
+graph:
+  h: {act}(W @ x + b)
+loss: sum(h**2)
+"""
+    compiled = bpcompile.compile(text)
+    line = next(ln for ln in compiled.source.splitlines() if ln.strip().startswith("h = ") and "shape [" not in ln)
+    assert "b" not in re.findall(r"[A-Za-z_]\w*", line), line   # W @ x + b is computed above it
+    module = compiled.load()
+    rng = np.random.default_rng(3)
+    params = {"W": rng.normal(size=(2, 3)), "b": rng.normal(size=2)}
+    x = rng.normal(size=(4, 3))
+    z = x @ params["W"].T + params["b"]
+    record = ops.ELEMENTWISE[act]
+    defaults = [value for _, value in record.params]
+    want = np.vectorize(lambda v: float(sp.N(record(sp.Float(float(v), 30), *defaults), 30)))(z)
+    np.testing.assert_allclose(module.predict(params, x=x), want, rtol=1e-12, atol=1e-15)

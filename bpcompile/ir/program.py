@@ -21,7 +21,7 @@ from ..ops.adjoint import Adjoints
 from .equations import EXAMPLE_LOSS, LOSS, Namer, adjoint_equations, show
 from ..errors import SpecError
 from ..frontend.graph import Lowered
-from ..ops import arg_symbol
+from ..ops import arg_symbol, record_of
 
 MAX_FUSED = 24   # most operations one fused elementwise kernel takes in
 VIEW_OPS = ("reshape", "transpose", "index", "broadcast")
@@ -300,7 +300,12 @@ class _Scheduler:
             expr = self.low.graph.folder.fold(expand(n))
         except SpecError as e:
             raise self.low.locate(e, n) from None
-        replacements, (reduced,) = sp.cse([expr], symbols=sp.numbered_symbols("_cse"), order="none")
+        # an op whose printed form reads its argument twice (elu, gelu, ...) gets a
+        # compound argument as a temporary: listed once more, CSE extracts it
+        repeated = [a for f in sp.preorder_traversal(expr) if isinstance(f, sp.Function)
+                    and getattr(record_of(type(f)), "repeats_argument", False)
+                    for a in f.args[:record_of(type(f)).arity] if not (a.is_Symbol or a.is_Number)]
+        replacements, (reduced, *_) = sp.cse([expr, *repeated], symbols=sp.numbered_symbols("_cse"), order="none")
         temps = []
         rename = {}
         for sym, sub in replacements:

@@ -45,7 +45,10 @@ class Elementwise:
     ``(("mul", 1/2), "np.tanh({o}, out={o})", ("mul", 1/2), ("add", 1/2))``.
     None: the op has no in-place form (the printer allocates).  ``activation``:
     the ``layers:`` shorthand offers it (a function of one argument, defined on
-    the whole real line)."""
+    the whole real line).  ``repeats_argument``: its printed form reads its
+    argument more than once (elu's ``np.maximum(x, 0) + np.expm1(np.minimum(x, 0))``):
+    the program computes a compound argument once, into a temporary, instead of
+    letting the printer evaluate it twice."""
 
     name: str
     function: Callable
@@ -54,6 +57,7 @@ class Elementwise:
     params: tuple = ()
     inplace: tuple | None = None
     activation: bool = False
+    repeats_argument: bool = False
 
     def __call__(self, *args) -> sp.Expr:
         return self.function(*args)
@@ -76,12 +80,13 @@ ELEMENTWISE: dict = {}
 INTERNAL: dict = {}
 
 
-def declare(name, doc, *, function=None, arity=1, params=(), inplace=None, internal=False, activation=False):
+def declare(name, doc, *, function=None, arity=1, params=(), inplace=None, internal=False, activation=False,
+            repeats_argument=False):
     """Register an elementwise op: ``declare(name, doc, function=sp.tanh, ...)`` for
     a SymPy function, or as the decorator of a class of ours."""
     def register(fn):
         assert name not in ELEMENTWISE and name not in INTERNAL, f"elementwise op {name!r} declared twice"
-        record = Elementwise(name, fn, doc, arity, tuple(params), _steps(inplace), activation)
+        record = Elementwise(name, fn, doc, arity, tuple(params), _steps(inplace), activation, repeats_argument)
         (INTERNAL if internal else ELEMENTWISE)[name] = record
         if isinstance(fn, type):
             _BY_FUNCTION[fn] = record
@@ -264,7 +269,7 @@ declare("atan", "arctangent; derivative 1/(1 + x**2)", function=sp.atan, inplace
 
 
 @declare("leaky_relu", "x where x > 0, else slope*x; derivative 1 or slope",
-         params=(("slope", sp.Rational(1, 100)),), activation=True)
+         params=(("slope", sp.Rational(1, 100)),), activation=True, repeats_argument=True)
 class leaky_relu(_RealFunction):
     """leaky_relu(x, slope): x where x > 0, else slope*x.  Its derivative reads
     the output when slope >= 0 (then the output is positive exactly where x is)."""
@@ -293,7 +298,7 @@ class leaky_relu(_RealFunction):
 
 
 @declare("elu", "x where x > 0, else alpha*(exp(x) - 1); derivative 1, or output + alpha",
-         params=(("alpha", sp.Integer(1)),), activation=True)
+         params=(("alpha", sp.Integer(1)),), activation=True, repeats_argument=True)
 class elu(_RealFunction):
     """elu(x, alpha): x where x > 0, else alpha*expm1(x).  On the negative side the
     derivative alpha*exp(x) is the output plus alpha (no second exponential), and
@@ -340,7 +345,7 @@ class _Expanded(_RealFunction):
         return f"({printer._print(self.expansion())})"
 
 
-@declare("silu", "x*sigmoid(x) (swish); derivative s + out*(1 - s) with s = sigmoid(x)", activation=True)
+@declare("silu", "x*sigmoid(x) (swish); derivative s + out*(1 - s) with s = sigmoid(x)", activation=True, repeats_argument=True)
 class silu(_Expanded):
     """x*sigmoid(x).  Derivative s*(1 + x*(1 - s)) = s + out*(1 - s): one sigmoid,
     and no cancellation for large |x|."""
@@ -364,7 +369,7 @@ _SQRT1_2 = 0.7071067811865476   # 1/sqrt(2), rounded to double
 
 
 @declare("gelu", "x*Phi(x) = x*(1 + erf(x/sqrt(2)))/2, the exact GELU; "
-         "derivative Phi(x) + x*exp(-x**2/2)/sqrt(2*pi)", activation=True)
+         "derivative Phi(x) + x*exp(-x**2/2)/sqrt(2*pi)", activation=True, repeats_argument=True)
 class gelu(_Expanded):
     """The exact GELU, x * Phi(x) with Phi the normal distribution function:
     x*(1 + erf(x/sqrt(2)))/2, through the erf of each target."""
