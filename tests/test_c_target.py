@@ -453,3 +453,81 @@ def test_files_carry_the_bar_notes_and_the_api(c_dir):
         name = load_spec(key).name
         for suffix in (".c", ".h"):
             check_c_file((c_dir / f"{name}{suffix}").read_text(), name + suffix, name)
+
+
+# ---------------------------------------------------------------------------
+# Hostile text in every field the files print (as tests/test_hostile_cuda.py for the .cu)
+
+
+def test_hostile_fields_stay_in_their_comments(tmp_path, monkeypatch):
+    """Spec text that ends a comment, splices a line, starts a directive or closes a
+    docstring, in the spec file's name, the spec, the equations and the kernels'
+    notes: the .c and .h hold it only in comments (gone after the preprocessor), the
+    loader only as data, and the library still gives NumPy's gradients."""
+    import ast
+    import dataclasses
+    import sys
+
+    from test_hostile_cuda import BASE_SPEC, HOSTILE_FILE, HOSTILE_TEXT, PAYLOADS
+
+    from bpcompile import __version__
+    from bpcompile.ir import equations
+    from bpcompile.targets.c import printer
+
+    c = bpcompile.compile(bpcompile.parse_spec(BASE_SPEC, file="hostile.yaml"))
+    spec = dataclasses.replace(c.spec, file=HOSTILE_FILE, text=HOSTILE_TEXT)
+    low = dataclasses.replace(c.lowered, spec=spec)
+    for prog in c.programs.values():
+        for k in prog.kernels:
+            k.notes = list(PAYLOADS)
+    monkeypatch.setattr(equations, "docstring_lines", lambda low, adj, namer=None: (list(PAYLOADS), list(PAYLOADS)))
+    files = printer.render(low, c.adjoints, c.programs, __version__)
+    monkeypatch.undo()
+    for fname, text in files.items():
+        (tmp_path / fname).write_text(text, encoding="utf-8", newline="\n")
+    clean = bpcompile.compile(bpcompile.parse_spec(BASE_SPEC), target="c").files
+
+    def preprocessed(path):
+        """The file after line splicing, trigraphs and comment removal (directives kept, not run)."""
+        r = subprocess.run([CC, "-std=c99", "-trigraphs", "-fpreprocessed", "-dD", "-E", "-P", str(path)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    (tmp_path / "clean").mkdir()
+    for fname in ("hostile.c", "hostile.h"):
+        assert files[fname].isascii() and "\r" not in files[fname] and "??" not in files[fname]
+        (tmp_path / "clean" / fname).write_text(clean[fname])
+        code = preprocessed(tmp_path / fname)
+        assert "PWNED" not in code and "passwd" not in code and "MARKER" not in code
+        directives = [line for line in code.splitlines() if line.startswith("#")]
+        assert directives == [line for line in preprocessed(tmp_path / "clean" / fname).splitlines()
+                              if line.startswith("#")]
+    loader = files["hostile_c.py"]
+    tree = ast.parse(loader)
+    assert "evil\nint PWNED_file = 1;" in ast.get_docstring(tree, clean=False)
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Name) and "PWNED" in n.id]
+    assert not [line for line in loader.splitlines() if "#" in line and "PWNED" in line]
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("CFLAGS", "-O1 -Wall -Wextra -Wpedantic -Werror")
+    r = subprocess.run([sys.executable, "-c", "import hostile_c as m; print(m.NAME)"], cwd=tmp_path,
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert r.returncode == 0 and r.stdout.split() == ["hostile"], r.stderr
+    assert not (tmp_path / "MARKER").exists()
+    mod = import_file(tmp_path / "hostile_c.py", "bp_test_hostile_c")
+    ref = c.load()
+    params, inputs = random_point(ref, n=5, seed=1)
+    want_v, want_g = ref.value_and_grad(params, **inputs)
+    got_v, got_g = mod.value_and_grad(params, **inputs)
+    assert abs(got_v - want_v) <= 1e-12 * abs(want_v)
+    for k in want_g:
+        assert rel_error(want_g[k], got_g[k]) < 1e-12, k
+
+
+def test_templates_refuse_an_unescaped_field():
+    from bpcompile.targets.c import printer
+    env = printer.environment()
+    with pytest.raises(TypeError, match="without an escaping filter"):
+        env.from_string("// {{ x }}").render(x="text\nint PWNED;")
+    assert "\n" not in env.from_string("// {{ x | c_comment }}").render(x="a\nint PWNED;")
