@@ -228,7 +228,8 @@ def test_an_input_the_function_reads_is_required(loaded):
 
 
 def compile_c(compiler, files, *flags, out=None):
-    cmd = [compiler, *WARNINGS, *flags, *map(str, files)] + (["-o", str(out)] if out else ["-c"])
+    """Compile ``files`` with every warning an error (linked into ``out`` with libm, or -c)."""
+    cmd = [compiler, *WARNINGS, *flags, *map(str, files)] + (["-o", str(out), "-lm"] if out else ["-c"])
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
@@ -310,7 +311,7 @@ def test_runs_clean_under_sanitizers(key, c_dir, tmp_path):
     (tmp_path / "main.c").write_text(driver(spec))
     exe = tmp_path / "main"
     r = compile_c(GCC, [tmp_path / "main.c", c_dir / f"{spec.name}.c"], f"-I{c_dir}", "-g", "-O1",
-                  "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-lm", out=exe)
+                  "-fsanitize=address,undefined", "-fno-sanitize-recover=all", out=exe)
     if r.returncode != 0 and "asan" in r.stderr.lower():
         pytest.skip(f"no sanitizer runtime: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stderr[:3000]
@@ -531,3 +532,24 @@ def test_templates_refuse_an_unescaped_field():
     with pytest.raises(TypeError, match="without an escaping filter"):
         env.from_string("// {{ x }}").render(x="text\nint PWNED;")
     assert "\n" not in env.from_string("// {{ x | c_comment }}").render(x="a\nint PWNED;")
+
+
+# ---------------------------------------------------------------------------
+# examples/c_embed: a plain C program training with generated gradients
+
+
+def test_c_embed_example_trains(tmp_path):
+    import re
+    bpcompile.compile(ROOT / "examples" / "tanh_regression.yaml", target="c").write(tmp_path)
+    exe = tmp_path / "train"
+    r = compile_c(CC, [ROOT / "examples" / "c_embed" / "train.c", tmp_path / "tanh_regression.c"],
+                  f"-I{tmp_path}", "-O2", out=exe)
+    assert r.returncode == 0 and not r.stderr, r.stderr[:3000]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    m = re.search(r"loss fell from (\S+) to (\S+) ", run.stdout)
+    assert m, run.stdout
+    first, last = float(m.group(1)), float(m.group(2))
+    assert np.isfinite(last) and last < first / 100, run.stdout
+    losses = [float(x) for x in re.findall(r"loss (\S+)\n", run.stdout)]
+    assert len(losses) == 9 and losses == sorted(losses, reverse=True), run.stdout
