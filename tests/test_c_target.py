@@ -553,3 +553,26 @@ def test_c_embed_example_trains(tmp_path):
     assert np.isfinite(last) and last < first / 100, run.stdout
     losses = [float(x) for x in re.findall(r"loss (\S+)\n", run.stdout)]
     assert len(losses) == 9 and losses == sorted(losses, reverse=True), run.stdout
+
+
+def test_generated_c_files_are_current(tmp_path):
+    """generated/c/ is what the compiler writes today, byte for byte, whatever the hash seed."""
+    from test_golden import compile_cli
+    compile_cli(tmp_path / "a", 0, "c")
+    compile_cli(tmp_path / "b", 12345, "c")
+    written = sorted(f.name for f in (tmp_path / "a").iterdir())
+    assert written == sorted(f.name for f in (ROOT / "generated" / "c").iterdir() if f.is_file())
+    for name in written:
+        fresh = (tmp_path / "a" / name).read_bytes()
+        assert fresh == (tmp_path / "b" / name).read_bytes(), name
+        assert fresh == (ROOT / "generated" / "c" / name).read_bytes(), (
+            f"generated/c/{name} is stale: run bpcompile compile examples/*.yaml --target c -o generated/c")
+
+
+def test_checked_in_loaders_pass_pyflakes():
+    pyflakes_api = pytest.importorskip("pyflakes.api", reason="pyflakes (the test extra) lints generated code")
+    from pyflakes.reporter import Reporter
+    import io
+    for path in sorted((ROOT / "generated" / "c").glob("*_c.py")):
+        out = io.StringIO()
+        assert pyflakes_api.check(path.read_text(), str(path), Reporter(out, out)) == 0, out.getvalue()
