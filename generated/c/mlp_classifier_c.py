@@ -323,12 +323,13 @@ def _workspace(lib, N):
         spaces = _local.spaces = OrderedDict()
     ws = spaces.pop(N, None)
     if ws is None:
-        ws = np.empty(max(int(lib["workspace_size"](N)), 1) + 64, np.uint8)
+        memory = np.empty(max(int(lib["workspace_size"](N)), 1) + 64, np.uint8)
+        address = memory.ctypes.data
+        ws = (memory, address + (-address) % 64)   # 64-byte aligned
         while len(spaces) >= KEEP_WORKSPACES:
             spaces.popitem(last=False)
     spaces[N] = ws
-    address = ws.ctypes.data
-    return address + (-address) % 64   # 64-byte aligned
+    return ws[1]
 
 
 def _check_status(lib, status, fn):
