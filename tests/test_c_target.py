@@ -576,3 +576,17 @@ def test_checked_in_loaders_pass_pyflakes():
     for path in sorted((ROOT / "generated" / "c").glob("*_c.py")):
         out = io.StringIO()
         assert pyflakes_api.check(path.read_text(), str(path), Reporter(out, out)) == 0, out.getvalue()
+
+
+def test_c_states_only_how_it_differs():
+    """The C language overrides CStyle's entry point only (the caller's workspace):
+    the kernels, loops, reductions and memory operations are the base's, and the
+    lowering (every @lowers method) is the shared one.  GEMM is CStyle's default
+    (contractions as reduction loops) until a GEMM kernel is plugged into ``gemm``."""
+    from bpcompile.targets import get
+    from bpcompile.targets.c.printer import C
+    from bpcompile.targets.clike import CStyle, FunctionPrinter
+    assert get("c").printer is FunctionPrinter and issubclass(C, CStyle)
+    overridden = {k for k in vars(C) if not k.startswith("__") and k in vars(CStyle)}
+    assert overridden == {"name", "reserved", "entry_params", "entry_head"}
+    assert not any(getattr(v, "lowers", None) for v in vars(C).values())
