@@ -23,6 +23,7 @@ __all__ = ["DEFAULT", "Target", "UnsupportedOp", "get", "names", "summary"]
 _REGISTRY = {
     "numpy": ("bpcompile.targets.numpy", "a standalone NumPy module"),
     "cuda": ("bpcompile.targets.cuda", "a CUDA source file and a Python loader"),
+    "c": ("bpcompile.targets.c", "standalone C99 source, header and a Python loader"),
 }
 DEFAULT = "numpy"
 

@@ -1,0 +1,208 @@
+"""Stage 5 (C target): print programs as a C99 source file, its header and a Python loader.
+
+The same programs as the other targets (``program.py``), lowered by the kernel
+printer C-like targets share (``clike/``) in the language ``C`` below.  The base
+language (``clike.CStyle``) is already plain single-threaded C99: a fused
+elementwise ``map`` kernel is one loop, a reduction a loop per output, a
+contraction a reduction (``gemm`` returns None: a GEMM kernel of our own, or a
+CBLAS call, is added by overriding that one method).  What C adds is the entry
+point around the kernels:
+
+* the caller provides the workspace: ``<name>_workspace_size(N)`` says how many
+  bytes it needs for batch size N, and each entry point takes the batch size and a
+  pointer to that memory (``int batch_size, void* workspace``), laying its buffers
+  out in it on every call (a few additions): no allocation, no static mutable
+  state, so the functions are re-entrant and thread-safe (one workspace per
+  concurrent call);
+* the arguments are checked (batch size, NULL pointers, the workspace's alignment)
+  and a negative error code returned, which ``<name>_error_string`` explains.
+
+The header ``<name>.h`` declares the API with ``double`` / ``float`` (no typedef of
+its own, so headers of several modules go in one translation unit) and is what an
+embedding program includes; ``<name>.c`` includes it, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from ... import escape
+from ..base import Code, template_environment
+from ..clike import CExprPrinter, CStyle, check_c_source, ident, line_comment, print_module, token
+from ..python import init_line
+
+
+class C(CStyle):
+    """C99 as the C target writes it: CStyle's kernels, and entry points that take
+    the batch size and a caller-provided workspace instead of a workspace struct."""
+
+    name = "C"
+    # the entry points' own parameters (a value named so is printed as v_<name>)
+    reserved = CStyle.reserved | {"batch_size", "workspace", "uintptr_t"}
+
+    def entry_params(self, module: str) -> list:
+        return [("int batch_size", "N, the batch size (at least 1)"),
+                ("void* workspace", f"{module}_workspace_size(N) bytes of the caller's, aligned as a double")]
+
+    def entry_head(self, module: str, fn: str, params: list, outputs: list) -> list:
+        # the signature as CStyle prints it, then the checks and the workspace laid out
+        head = super().entry_head(module, fn, params, outputs)
+        signature = head[:head.index("{") + 1]
+        pointers = ["workspace"] + outputs
+        return signature + [
+            "    if (" + " || ".join(f"{p} == NULL" for p in pointers) + ") return BP_ERROR_NULL_POINTER;",
+            "    if (batch_size < 1) return BP_ERROR_BATCH_SIZE;",
+            "    if ((uintptr_t)workspace % sizeof(double) != 0) return BP_ERROR_ALIGNMENT;",
+            f"    {module}_workspace bp_ws;",
+            f"    {module}_workspace* const ws = &bp_ws;",
+            "    bp_ws.N = batch_size;",
+            f"    {module}_layout(ws, (char*)workspace);",
+            "    (void)ws;",
+        ]
+
+
+LANG = C()
+
+
+# ---------------------------------------------------------------------------
+# The check of a generated file: check_c_source, after the template's own
+# preprocessor lines that it does not know (the include guard, the header's
+# include, C++'s extern "C"), each one exactly as the template prints it.
+
+
+def extra_directives(name: str) -> set:
+    guard = guard_macro(name)
+    return {f"#ifndef {guard}", f"#define {guard}", f'#include "{name}.h"', "#ifdef __cplusplus"}
+
+
+def guard_macro(name: str) -> str:
+    return f"BPC_{ident(name).upper()}_H"
+
+
+def check_c_file(text: str, what: str, name: str) -> None:
+    allowed = extra_directives(name)
+    check_c_source("\n".join("" if line in allowed else line for line in text.split("\n")), what)
+
+
+# ---------------------------------------------------------------------------
+# Templates: every field escaped by construction
+
+
+def _finalize(value):
+    if isinstance(value, Code) or type(value) in (int, bool):
+        return value
+    raise TypeError(f"a template field ({type(value).__name__} {str(value)[:60]!r}) is printed without "
+                    "an escaping filter (c_comment, c_str, py_docstring, py_comment, py_str)")
+
+
+def environment():
+    """The Jinja2 environment of the C target's templates (as the CUDA target's:
+    one filter per place spec text can stand, and ``_finalize`` refusing any other
+    bare string)."""
+    env = template_environment("c", _finalize)
+    for fn in (escape.c_comment, escape.c_str, escape.py_docstring, escape.py_comment, escape.py_str):
+        env.filters[fn.__name__] = lambda text, fn=fn: Code(fn(str(text)))
+    return env
+
+
+_REAL = re.compile(r"\breal\b")
+
+
+def prototype(function: str, real: str) -> list:
+    """The declaration of an entry point printed by ``C.entry_head``, for the header:
+    one parameter a line with its comment, ``real`` spelled as the dtype (the header
+    has no typedef), ending in ``;``."""
+    head, *rest = function.split("\n")
+    params = []
+    for line in rest:
+        if line == "{":
+            break
+        decl, _, comment = line.strip().partition("  // ")
+        params.append((_REAL.sub(real, decl.rstrip().rstrip(",)")), comment))
+    width = max(len(d) for d, _ in params) + 2
+    lines = [head]
+    for i, (decl, comment) in enumerate(params):
+        decl += "," if i < len(params) - 1 else ");"
+        lines.append(f"    {decl.ljust(width)}  // {comment}")
+    return lines
+
+
+def render(low, adj, programs, version: str) -> dict:
+    """{filename: text}: the .c source, its header and the Python loader.
+
+    The loader carries the sha256 of the .c and the .h it goes with and refuses to
+    build any others (a pair torn apart would run wrong)."""
+    from ...ir.equations import docstring_lines
+    spec = low.spec
+    if spec.dtype not in ("float32", "float64") or spec.reduction not in ("mean", "sum"):
+        raise ValueError(f"C target: dtype {spec.dtype!r}, reduction {spec.reduction!r}")
+    printed = print_module(low, programs, LANG)
+    functions = printed.functions
+    name = ident(spec.name)
+    real = "float" if spec.dtype == "float32" else "double"
+
+    forward_lines, adjoint_lines = docstring_lines(low, adj)
+    env = environment()
+    spec_text = spec.text.strip("\n")
+    code = lambda lines: [Code(x) for x in lines]   # noqa: E731 - printed by this module
+    used = "\n".join(printed.kernels) + "\n".join(functions.values())
+    common = dict(name=name, version=token(version), spec_file=spec.file or "", dtype=ident(spec.dtype),
+                  real=ident(real), guard=Code(guard_macro(name)))
+    reads = {fn: [nm for nm in spec.inputs if nm in {v.name for v in programs[fn].inputs}]
+             for fn in functions}
+    header = env.get_template("module.h.j2").render(
+        **common, spec_lines=spec_text.splitlines(), reduction=ident(spec.reduction),
+        forward_equations=forward_lines, adjoint_equations=adjoint_lines,
+        prototypes=[(Code(fn), [Code(x) for x in prototype(text, real)], Code(", ".join(reads[fn]) or "no input"))
+                    for fn, text in functions.items()],
+    )
+    check_c_file(header, f"{spec.name}.h", spec.name)
+    source = env.get_template("module.c.j2").render(
+        **common, uses_max="bp_max(" in used, kernels=code(printed.kernels), structs=code(printed.structs),
+        layout=code(printed.layout), functions=code(functions.values()),
+    )
+    check_c_file(source, f"{spec.name}.c", spec.name)
+
+    vag = programs["value_and_grad"]
+    pred = programs["predict"]
+    out = pred.output
+    classes = {nm: d.classes for nm, d in spec.inputs.items() if d.is_label}
+    for nm in list(spec.inputs) + list(spec.params) + list(spec.wrt):
+        ident(nm)
+
+    def signature(p):
+        """``*, x, label=None, check=True``: as the NumPy module's functions."""
+        read = {v.name for v in p.inputs}
+        return Code(", ".join(["*", *(nm if nm in read else f"{nm}=None" for nm in spec.inputs), "check=True"]))
+
+    def sha(text):
+        return Code(hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+    loader = env.get_template("loader.py.j2").render(
+        **common, reduction=ident(spec.reduction),
+        source_sha256=sha(source), header_sha256=sha(header),
+        param_shapes=Code("{" + ", ".join(f"{p!r}: {d.shape!r}" for p, d in spec.params.items()) + "}"),
+        input_shapes=Code("{" + ", ".join(f"{i!r}: {d.shape!r}" for i, d in spec.inputs.items()) + "}"),
+        label_classes=Code("{" + ", ".join(f"{k!r}: {int(v)}" for k, v in classes.items()) + "}"),
+        reads=Code("{" + ", ".join(f"{fn!r}: {tuple(r)!r}" for fn, r in reads.items()) + "}"),
+        wrt=Code(repr(tuple(spec.wrt))),
+        grad_shapes=Code("{" + ", ".join(f"{nm!r}: ({v.batched!r}, {tuple(v.shape)!r})"
+                                         for nm, v in vag.grads.items()) + "}"),
+        output_shape=Code(f"({out.batched!r}, {tuple(out.shape)!r})"),
+        init_summary=", ".join(f"{p.name} {p.init[0]}" for p in spec.params.values()) or "none",
+        init_lines=code(init_line(p) for p in spec.params.values()),
+        all_inputs=signature(vag),
+        predict_signature=signature(pred),
+        loss_signature=signature(programs["loss"]),
+        pass_dict=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
+        # the fields of optimizers.py.j2 (gradient and the update steps)
+        step_signature=signature(vag),
+        check_inputs=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
+        pass_inputs=Code(", ".join([*(f"{nm}={nm}" for nm in spec.inputs), "check=False"])),
+        trained=Code(repr(tuple(nm for nm in spec.wrt if nm in spec.params))),
+    )
+    return {f"{spec.name}.c": source, f"{spec.name}.h": header, f"{spec.name}_c.py": loader}
+
+
+__all__ = ["C", "CExprPrinter", "LANG", "check_c_file", "line_comment", "render"]
