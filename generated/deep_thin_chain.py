@@ -331,7 +331,7 @@ def value_and_grad(params, *, x, y, check=True):
     b1_bar = a1_bar.sum(axis=0)
     # w1_bar = a1_bar*x (summed over the batch)   # mul
     w1_bar = x @ a1_bar
-    return float(L), {'w1': w1_bar, 'w2': w2_bar, 'w3': w3_bar, 'w4': w4_bar, 'b1': b1_bar, 'b2': b2_bar, 'b3': b3_bar, 'b4': b4_bar}
+    return float(L), {'w1': np.asarray(w1_bar), 'w2': np.asarray(w2_bar), 'w3': np.asarray(w3_bar), 'w4': np.asarray(w4_bar), 'b1': np.asarray(b1_bar), 'b2': np.asarray(b2_bar), 'b3': np.asarray(b3_bar), 'b4': np.asarray(b4_bar)}
 
 
 def gradient(params, *, x, y, check=True):

@@ -358,7 +358,7 @@ def value_and_grad(params, *, x1, x2, t, check=True):
     w21_bar = x2 @ z1_bar
     # w11_bar = x1*z1_bar (summed over the batch)   # mul
     w11_bar = x1 @ z1_bar
-    return float(L), {'w11': w11_bar, 'w12': w12_bar, 'w21': w21_bar, 'w22': w22_bar, 'v11': v11_bar, 'v12': v12_bar, 'v22': v22_bar, 'u1': u1_bar, 'u2': u2_bar}
+    return float(L), {'w11': np.asarray(w11_bar), 'w12': np.asarray(w12_bar), 'w21': np.asarray(w21_bar), 'w22': np.asarray(w22_bar), 'v11': np.asarray(v11_bar), 'v12': np.asarray(v12_bar), 'v22': np.asarray(v22_bar), 'u1': np.asarray(u1_bar), 'u2': np.asarray(u2_bar)}
 
 
 def gradient(params, *, x1, x2, t, check=True):

@@ -89,3 +89,24 @@ def test_adam_trains(setup):
     for _ in range(200):
         last = m.adam_step(params, state, 0.01, **inputs)
     assert last < 0.5 * first
+
+
+@pytest.mark.parametrize("example", ["deep_thin_chain", "seed002_network"])
+def test_scalar_params_get_array_gradients_and_every_step_runs(compiled_examples, example):
+    """A 0-d param's gradient is a 0-d array, not a NumPy scalar (a reduction to a
+    scalar returns one): the steps update gradients in place, and momentum and
+    Adam failed with 'return arrays must be of ArrayType' on the scalar-only nets."""
+    module = compiled_examples[example].load()
+    params, inputs = random_point(module, n=4, seed=1, scale=0.5)
+    _, grads = module.value_and_grad(params, **inputs)
+    for name, g in grads.items():
+        assert isinstance(g, np.ndarray) and g.shape == module.PARAM_SHAPES[name], (name, type(g))
+    for step, kw in (("sgd_step", {"lr": 0.01}), ("momentum_step", {"lr": 0.01}), ("adam_step", {})):
+        state = {}
+        before = {k: v.copy() for k, v in params.items()}
+        for _ in range(2):
+            if step == "sgd_step":
+                module.sgd_step(params, **kw, **inputs)
+            else:
+                getattr(module, step)(params, state, **kw, **inputs)
+        assert any(not np.array_equal(before[k], params[k]) for k in params), step

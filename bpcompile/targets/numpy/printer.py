@@ -620,7 +620,10 @@ def render(low, adj, programs, version: str) -> str:
     namer = Namer(low)
     all_inputs = list(spec.inputs)
     pred, lossp, vag = programs["predict"], programs["loss"], programs["value_and_grad"]
-    grads = "{" + ", ".join(f"{py_str(nm)}: {v.name}" for nm, v in vag.grads.items()) + "}"
+    # a reduction to a scalar is a NumPy scalar, not an array: a 0-d gradient is made
+    # one (the optimizer steps update gradients in place, and callers may too)
+    grads = "{" + ", ".join(f"{py_str(nm)}: {v.name if v.rank else f'np.asarray({v.name})'}"
+                            for nm, v in vag.grads.items()) + "}"
     functions = [
         function_parts("predict", pred, printer, all_inputs,
                        f"The output node {namer.name(low.output) or 'of the graph'}, for a batch.",
