@@ -56,7 +56,7 @@ OPERATOR_FORMS = {
     "neg": r"(^|[^\w\])])-\s*[\w(]",  # unary minus (ast.UnaryOp)
 }
 
-TARGETS = ("numpy", "cuda")
+TARGETS = bpcompile.targets.names()   # every registered target: a new one joins the table
 N = 3                  # examples per batch
 VALUE_RTOL = 1e-12     # module against the NumPy reference
 GRAD_RTOL = 1e-6       # gradient against finite differences
@@ -552,33 +552,40 @@ class Modules:
         self.cache = {}
 
     def get(self, op, target):
-        if target == "numpy" and (op, target) not in self.cache:
-            try:
-                self.cache[op, target] = bpcompile.compile(spec_text(op)).load()
-            except Exception as e:   # noqa: BLE001 - reported by the row's test
-                self.cache[op, target] = e
-        if target == "cuda" and (op, target) not in self.cache:
-            self.build_cuda()
+        if (op, target) not in self.cache:
+            if target == "numpy":
+                try:
+                    self.cache[op, target] = bpcompile.compile(spec_text(op)).load()
+                except Exception as e:   # noqa: BLE001 - reported by the row's test
+                    self.cache[op, target] = e
+            else:
+                self.build(target)
         got = self.cache[op, target]
         if isinstance(got, Exception):
             raise got
         return got
 
-    def build_cuda(self):
-        """Every row for the CUDA target: compiled, written, and built with g++
-        (emulation header force-included) in a thread pool; a failure is kept for
-        its row."""
-        if shutil.which(os.environ.get("CXX", "g++")) is None:
+    def build(self, target):
+        """Every row for a target whose loader builds native code (CUDA: with g++
+        and the emulation header force-included; C: with cc): compiled, written,
+        and built in a thread pool; a failure is kept for its row."""
+        if target == "cuda" and shutil.which(os.environ.get("CXX", "g++")) is None:
             pytest.skip("no host C++ compiler (g++) to build the CUDA target with its emulation header")
-        shutil.copy(EMULATION_HEADER, self.directory / "cuda_emulation.h")
+        if target == "c" and shutil.which(os.environ.get("CC", "cc")) is None:
+            pytest.skip("no C compiler (cc) to build the C target")
+        directory = self.directory / target
+        directory.mkdir(exist_ok=True)
+        if target == "cuda":
+            shutil.copy(EMULATION_HEADER, directory / "cuda_emulation.h")
+        entry = bpcompile.targets.get(target).entry_file
         loaders = {}
         for op in ALL_ROWS:
             try:
-                bpcompile.compile(spec_text(op), target="cuda").write(self.directory)
-                loaders[op] = _import_file(self.directory / f"{module_name(op)}_cuda.py",
-                                           f"bp_systematic_{module_name(op)}_cuda")
+                bpcompile.compile(spec_text(op), target=target).write(directory)
+                loaders[op] = _import_file(directory / entry(module_name(op)),
+                                           f"bp_systematic_{module_name(op)}_{target}")
             except Exception as e:   # noqa: BLE001 - reported by the row's test
-                self.cache[op, "cuda"] = e
+                self.cache[op, target] = e
 
         def build(op):
             try:
@@ -588,7 +595,7 @@ class Modules:
                 return e
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             for op, result in zip(loaders, pool.map(build, loaders)):
-                self.cache[op, "cuda"] = result
+                self.cache[op, target] = result
 
 
 @pytest.fixture(scope="module")
