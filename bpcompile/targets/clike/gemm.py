@@ -1,0 +1,235 @@
+"""The C target's GEMM: the C99 text of ``bp_sgemm`` / ``bp_dgemm`` (a small
+blocked kernel of ours, or CBLAS when the file is built with ``-DBPC_CBLAS``)
+and ``gemm_call``, the line a language prints per contraction that is one GEMM
+(``contractions.Gemm``).
+
+The kernel is BLIS's loop nest written in plain C so that the compiler
+vectorises it: op(B) is packed, NC columns x KC rows at a time, into panels of
+NR columns; op(A), MR rows x KC at a time, into a sliver read one column (MR
+values) per step; the micro-kernel keeps an MR x NR tile of C in a local array
+whose inner loop (NR wide, a constant) the compiler turns into vector FMAs.
+Packing makes the four transpose cases one case, pads the edges with zeros (the
+micro-kernel always computes a whole tile) and the write-back alone looks at
+the edges.  The packed buffers live on the stack, of fixed size (``stack_bytes``):
+no malloc, re-entrant, thread-safe.  Summation order is fixed: the same inputs
+give the same bits on every call.
+
+Built with ``-DBPC_CBLAS`` (and ``cblas.h`` plus a BLAS to link), the same
+functions forward to ``cblas_sgemm`` / ``cblas_dgemm``; only ``#ifdef``,
+``#else``, ``#endif`` and ``#include <cblas.h>`` are used, all lines that
+``check_c_source`` accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .contractions import Gemm
+from .language import real_literal
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """The block sizes of one dtype: the micro-tile MR x NR (NR: a few vector
+    widths), KC (rows of op(B) per packed panel) and NC (its columns)."""
+    mr: int
+    nr: int
+    kc: int
+    nc: int
+
+
+# Tuned on an AVX-512 x86 (benchmarks/bench_c_gemm.py): a 4 x 16 tile of double
+# is 8 (AVX2) or 4 (AVX-512) accumulator registers, with room for the B vectors;
+# the packed B panel (KC x NC) stays in L2, the A sliver (MR x KC) in L1.
+BLOCKING = {
+    "float64": Blocking(mr=4, nr=16, kc=128, nc=64),
+    "float32": Blocking(mr=4, nr=32, kc=128, nc=128),
+}
+
+_TYPES = {"float64": ("double", "d"), "float32": ("float", "s")}
+
+
+def gemm_name(dtype: str) -> str:
+    """``bp_dgemm`` (float64) or ``bp_sgemm`` (float32)."""
+    return f"bp_{_prefix(dtype)}gemm"
+
+
+def _prefix(dtype: str) -> str:
+    if dtype not in _TYPES:
+        raise ValueError(f"no GEMM for dtype {dtype!r} (float32 or float64)")
+    return _TYPES[dtype][1]
+
+
+def stack_bytes(dtype: str) -> int:
+    """The stack the kernel's packed buffers take, in bytes."""
+    b = BLOCKING[dtype]
+    size = 8 if dtype == "float64" else 4
+    return size * (b.kc * b.nc + b.mr * b.kc + b.mr * b.nr)
+
+
+_SIGNATURE = ("void {f}(int trans_a, int trans_b, int m, int n, int k, {t} alpha,\n"
+              "    const {t}* restrict a, int lda, const {t}* restrict b, int ldb,\n"
+              "    {t} beta, {t}* restrict c, int ldc)")
+
+_DOC = """\
+// {f}: c = alpha * op(a) @ op(b) + beta * c, {t}, row-major (CBLAS's arguments,
+// row-major): op(a) [m x k] is a [m x lda] (a [k x lda] transposed when trans_a),
+// op(b) [k x n] is b [k x ldb] (b [n x ldb] transposed when trans_b), c [m x ldc].
+// c may not overlap a or b; when beta is 0, c is not read (a NaN there is overwritten)."""
+
+_CBLAS = """\
+{linkage}{signature}
+{{
+    cblas_{p}gemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}}"""
+
+_KERNEL = """\
+// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of {nr} columns:
+// bp[j0 * kc + p * {nr} + j] = op(b)[p, j0 + j], zeros past column nc
+static void {f}_pack_b(int trans_b, int kc, int nc, const {t}* restrict b, int ldb, {t}* restrict bp)
+{{
+    for (int j0 = 0; j0 < nc; j0 += {nr}) {{
+        const int nr = nc - j0 < {nr} ? nc - j0 : {nr};
+        {t}* restrict panel = bp + (size_t)j0 * kc;
+        for (int p = 0; p < kc; p++) {{
+            {t}* restrict dst = panel + (size_t)p * {nr};
+            if (trans_b) {{
+                for (int j = 0; j < nr; j++) dst[j] = b[(size_t)(j0 + j) * ldb + p];
+            }} else {{
+                const {t}* restrict src = b + (size_t)p * ldb + j0;
+                for (int j = 0; j < nr; j++) dst[j] = src[j];
+            }}
+            for (int j = nr; j < {nr}; j++) dst[j] = {zero};
+        }}
+    }}
+}}
+
+// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * {mr} + r] = op(a)[r, p],
+// zeros past row mr
+static void {f}_pack_a(int trans_a, int mr, int kc, const {t}* restrict a, int lda, {t}* restrict ap)
+{{
+    for (int p = 0; p < kc; p++) {{
+        {t}* restrict dst = ap + (size_t)p * {mr};
+        if (trans_a) {{
+            const {t}* restrict src = a + (size_t)p * lda;
+            for (int r = 0; r < mr; r++) dst[r] = src[r];
+        }} else {{
+            for (int r = 0; r < mr; r++) dst[r] = a[(size_t)r * lda + p];
+        }}
+        for (int r = mr; r < {mr}; r++) dst[r] = {zero};
+    }}
+}}
+
+// the {mr} x {nr} tile ct = ap @ bp over kc (the inner loop: {nr} lanes, one vector FMA each)
+static void {f}_tile(int kc, const {t}* restrict ap, const {t}* restrict bp, {t}* restrict ct)
+{{
+    {t} acc[{mr}][{nr}];
+    for (int r = 0; r < {mr}; r++)
+        for (int j = 0; j < {nr}; j++) acc[r][j] = {zero};
+    for (int p = 0; p < kc; p++) {{
+        const {t}* restrict brow = bp + (size_t)p * {nr};
+        const {t}* restrict acol = ap + (size_t)p * {mr};
+        for (int r = 0; r < {mr}; r++) {{
+            const {t} ar = acol[r];
+            for (int j = 0; j < {nr}; j++) acc[r][j] += ar * brow[j];
+        }}
+    }}
+    for (int r = 0; r < {mr}; r++)
+        for (int j = 0; j < {nr}; j++) ct[r * {nr} + j] = acc[r][j];
+}}
+
+// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0)
+static void {f}_store(int mr, int nr, {t} alpha, const {t}* restrict ct, {t} beta, {t}* restrict c, int ldc)
+{{
+    for (int r = 0; r < mr; r++) {{
+        {t}* restrict crow = c + (size_t)r * ldc;
+        const {t}* restrict trow = ct + r * {nr};
+        if (nr == {nr}) {{
+            if (beta == {zero}) {{
+                for (int j = 0; j < {nr}; j++) crow[j] = alpha * trow[j];
+            }} else {{
+                for (int j = 0; j < {nr}; j++) crow[j] = alpha * trow[j] + beta * crow[j];
+            }}
+        }} else {{
+            for (int j = 0; j < nr; j++) crow[j] = beta == {zero} ? alpha * trow[j] : alpha * trow[j] + beta * crow[j];
+        }}
+    }}
+}}
+
+{doc}
+{linkage}{signature}
+{{
+    // stack: {stack} bytes
+    {t} bp[{kc} * {nc}];
+    {t} ap[{mr} * {kc}];
+    {t} ct[{mr} * {nr}];
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0 || alpha == {zero}) {{   // c = beta * c (BLAS: a and b are not read)
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                c[(size_t)i * ldc + j] = beta == {zero} ? {zero} : beta * c[(size_t)i * ldc + j];
+        return;
+    }}
+    for (int j0 = 0; j0 < n; j0 += {nc}) {{
+        const int nc = n - j0 < {nc} ? n - j0 : {nc};
+        for (int p0 = 0; p0 < k; p0 += {kc}) {{
+            const int kc = k - p0 < {kc} ? k - p0 : {kc};
+            const {t} beta_p = p0 == 0 ? beta : {one};   // later K blocks add to c
+            {f}_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
+            for (int i0 = 0; i0 < m; i0 += {mr}) {{
+                const int mr = m - i0 < {mr} ? m - i0 : {mr};
+                {f}_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
+                for (int jr = 0; jr < nc; jr += {nr}) {{
+                    {f}_tile(kc, ap, bp + (size_t)jr * kc, ct);
+                    {f}_store(mr, nc - jr < {nr} ? nc - jr : {nr}, alpha, ct, beta_p,
+                              c + (size_t)(i0) * ldc + j0 + jr, ldc);
+                }}
+            }}
+        }}
+    }}
+}}"""
+
+
+def gemm_source(dtypes=("float64",), *, linkage: str = "static ") -> str:
+    """The C99 text of the GEMM of each dtype in ``dtypes`` (``bp_dgemm`` and/or
+    ``bp_sgemm``, see ``gemm_call``): ours, or CBLAS's under ``-DBPC_CBLAS``.
+
+    Print it once per file, and only when a function calls it (``"gemm" in uses``):
+    a ``static`` function never called is a warning.  ``linkage`` is what stands
+    before the two entry functions (``"static "``, or ``""`` to export them, as
+    the tests do); the helpers are always static."""
+    dtypes = list(dict.fromkeys(dtypes))
+    if not dtypes:
+        raise ValueError("gemm_source: no dtype")
+    ours, cblas = [], []
+    for dtype in dtypes:
+        _prefix(dtype)   # checks it
+        t, p = _TYPES[dtype]
+        b = BLOCKING[dtype]
+        f = gemm_name(dtype)
+        signature = _SIGNATURE.format(f=f, t=t)
+        cblas.append(_CBLAS.format(linkage=linkage, signature=signature, p=p))
+        ours.append(_KERNEL.format(
+            f=f, t=t, mr=b.mr, nr=b.nr, kc=b.kc, nc=b.nc, linkage=linkage, signature=signature,
+            doc=_DOC.format(f=f, t=t), stack=stack_bytes(dtype),
+            zero=real_literal(0, dtype), one=real_literal(1, dtype)))
+    return "\n".join(["#ifdef BPC_CBLAS", "#include <cblas.h>", "", "\n\n".join(cblas), "#else", "",
+                      "\n\n".join(ours), "#endif", ""])
+
+
+def gemm_call(g: Gemm, out: str | None = None, left: str | None = None, right: str | None = None) -> str:
+    """The C line computing the row-major GEMM ``g``, out = op(left) @ op(right)
+    (alpha 1, beta 0), per example in a loop over the batch ``N`` when
+    ``g.batched``.  The operand names are ``g``'s unless given."""
+    out, left, right = out or g.out, left or g.left, right or g.right
+    one, zero = real_literal(1, g.dtype), real_literal(0, g.dtype)
+    f = gemm_name(g.dtype)
+    tl, tr = int(g.trans_left), int(g.trans_right)
+    if not g.batched:
+        return (f"{f}({tl}, {tr}, {g.m}, {g.n}, {g.k}, {one}, {left}, {g.ld_left}, {right}, {g.ld_right}, "
+                f"{zero}, {out}, {g.n});")
+    return (f"for (int _ex = 0; _ex < N; _ex++) "
+            f"{f}({tl}, {tr}, {g.m}, {g.n}, {g.k}, {one}, {left} + (size_t)_ex * {g.stride_left}, {g.ld_left}, "
+            f"{right} + (size_t)_ex * {g.stride_right}, {g.ld_right}, {zero}, "
+            f"{out} + (size_t)_ex * {g.stride_out}, {g.n});")
