@@ -38,12 +38,14 @@ class Blocking:
     nc: int
 
 
-# Tuned on an AVX-512 x86 (benchmarks/bench_c_gemm.py): a 4 x 16 tile of double
-# is 8 (AVX2) or 4 (AVX-512) accumulator registers, with room for the B vectors;
-# the packed B panel (KC x NC) stays in L2, the A sliver (MR x KC) in L1.
+# Tuned on an AVX-512 x86 (AMD Zen 4; benchmarks/bench_c_gemm.py, gcc 12 -O3
+# -march=native -ffp-contract=fast): a tile of 8 zmm accumulators (4 x 16 double,
+# 6 x 16 float: 12 ymm on AVX2); 4 x 8, 6 x 8, 8 x 8, 8 x 16 and 6 x 16 double,
+# 4 x 16, 4 x 32, 6 x 32 and 8 x 32 float were slower there.  The packed B panel
+# (KC x NC, 64 KiB) stays in L2, the A sliver (MR x KC) in L1.
 BLOCKING = {
     "float64": Blocking(mr=4, nr=16, kc=128, nc=64),
-    "float32": Blocking(mr=4, nr=32, kc=128, nc=128),
+    "float32": Blocking(mr=6, nr=16, kc=128, nc=128),
 }
 
 _TYPES = {"float64": ("double", "d"), "float32": ("float", "s")}
@@ -124,19 +126,7 @@ static void {f}_pack_a(int trans_a, int mr, int kc, const {t}* restrict a, int l
 // the {mr} x {nr} tile ct = ap @ bp over kc (the inner loop: {nr} lanes, one vector FMA each)
 static void {f}_tile(int kc, const {t}* restrict ap, const {t}* restrict bp, {t}* restrict ct)
 {{
-    {t} acc[{mr}][{nr}];
-    for (int r = 0; r < {mr}; r++)
-        for (int j = 0; j < {nr}; j++) acc[r][j] = {zero};
-    for (int p = 0; p < kc; p++) {{
-        const {t}* restrict brow = bp + (size_t)p * {nr};
-        const {t}* restrict acol = ap + (size_t)p * {mr};
-        for (int r = 0; r < {mr}; r++) {{
-            const {t} ar = acol[r];
-            for (int j = 0; j < {nr}; j++) acc[r][j] += ar * brow[j];
-        }}
-    }}
-    for (int r = 0; r < {mr}; r++)
-        for (int j = 0; j < {nr}; j++) ct[r * {nr} + j] = acc[r][j];
+{tile_body}
 }}
 
 // c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0)
@@ -157,6 +147,41 @@ static void {f}_store(int mr, int nr, {t} alpha, const {t}* restrict ct, {t} bet
     }}
 }}
 
+// fewer rows than a tile (a batch of one): no packing, one row of c at a time;
+// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p (vector over the row);
+// op(b) = b^T: c[i, j] is a dot product, in {nr} partial sums (lane q takes p = q mod {nr})
+static void {f}_rows(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
+    const {t}* restrict a, int lda, const {t}* restrict b, int ldb, {t} beta, {t}* restrict c, int ldc)
+{{
+    for (int i = 0; i < m; i++) {{
+        {t}* restrict crow = c + (size_t)i * ldc;
+        if (!trans_b) {{
+            for (int j = 0; j < n; j++) crow[j] = beta == {zero} ? {zero} : beta * crow[j];
+            for (int p = 0; p < k; p++) {{
+                const {t} ap = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
+                const {t}* restrict brow = b + (size_t)p * ldb;
+                for (int j = 0; j < n; j++) crow[j] += ap * brow[j];
+            }}
+            continue;
+        }}
+        for (int j = 0; j < n; j++) {{
+            const {t}* restrict brow = b + (size_t)j * ldb;
+            {t} lane[{nr}];
+            for (int q = 0; q < {nr}; q++) lane[q] = {zero};
+            int p = 0;
+            if (!trans_a) {{
+                const {t}* restrict arow = a + (size_t)i * lda;
+                for (; p + {nr} <= k; p += {nr})
+                    for (int q = 0; q < {nr}; q++) lane[q] += arow[p + q] * brow[p + q];
+            }}
+            for (; p < k; p++) lane[p % {nr}] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
+            {t} sum = {zero};
+            for (int q = 0; q < {nr}; q++) sum += lane[q];
+            crow[j] = beta == {zero} ? alpha * sum : alpha * sum + beta * crow[j];
+        }}
+    }}
+}}
+
 {doc}
 {linkage}{signature}
 {{
@@ -169,6 +194,10 @@ static void {f}_store(int mr, int nr, {t} alpha, const {t}* restrict ct, {t} bet
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++)
                 c[(size_t)i * ldc + j] = beta == {zero} ? {zero} : beta * c[(size_t)i * ldc + j];
+        return;
+    }}
+    if (m < {mr}) {{
+        {f}_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }}
     for (int j0 = 0; j0 < n; j0 += {nc}) {{
@@ -189,6 +218,33 @@ static void {f}_store(int mr, int nr, {t} alpha, const {t}* restrict ct, {t} bet
         }}
     }}
 }}"""
+
+
+def _tile_body(t: str, b: Blocking, zero: str) -> str:
+    """The micro-kernel's body: one accumulator row per row of the tile, written
+    out, so that the only loop left to vectorise is the one over the NR columns
+    (gcc, given the rows as a loop, vectorised across them instead, 5-10x slower);
+    the row of B is copied to a local first, so that it is loaded once per step
+    into registers rather than once per FMA."""
+    rows = range(b.mr)
+    lines = [f"    {t} " + ", ".join(f"acc{r}[{b.nr}]" for r in rows) + ";",
+             f"    for (int j = 0; j < {b.nr}; j++) {{",
+             *[f"        acc{r}[j] = {zero};" for r in rows],
+             "    }",
+             "    for (int p = 0; p < kc; p++) {",
+             f"        const {t}* restrict brow = bp + (size_t)p * {b.nr};",
+             f"        const {t}* restrict acol = ap + (size_t)p * {b.mr};",
+             *[f"        const {t} a{r} = acol[{r}];" for r in rows],
+             f"        {t} bv[{b.nr}];",
+             f"        for (int j = 0; j < {b.nr}; j++) bv[j] = brow[j];",
+             f"        for (int j = 0; j < {b.nr}; j++) {{",
+             *[f"            acc{r}[j] += a{r} * bv[j];" for r in rows],
+             "        }",
+             "    }",
+             f"    for (int j = 0; j < {b.nr}; j++) {{",
+             *[f"        ct[{r * b.nr} + j] = acc{r}[j];" for r in rows],
+             "    }"]
+    return "\n".join(lines)
 
 
 def gemm_source(dtypes=("float64",), *, linkage: str = "static ") -> str:
@@ -212,7 +268,7 @@ def gemm_source(dtypes=("float64",), *, linkage: str = "static ") -> str:
         cblas.append(_CBLAS.format(linkage=linkage, signature=signature, p=p))
         ours.append(_KERNEL.format(
             f=f, t=t, mr=b.mr, nr=b.nr, kc=b.kc, nc=b.nc, linkage=linkage, signature=signature,
-            doc=_DOC.format(f=f, t=t), stack=stack_bytes(dtype),
+            doc=_DOC.format(f=f, t=t), stack=stack_bytes(dtype), tile_body=_tile_body(t, b, real_literal(0, dtype)),
             zero=real_literal(0, dtype), one=real_literal(1, dtype)))
     return "\n".join(["#ifdef BPC_CBLAS", "#include <cblas.h>", "", "\n\n".join(cblas), "#else", "",
                       "\n\n".join(ours), "#endif", ""])
