@@ -151,6 +151,37 @@ def test_net_shapes(lib, dtype):
             check(fn, dtype, ta, tb, m, n, k)
 
 
+def _native_flags():
+    """The fast build (as bench_c_gemm.py measures it), where the compiler takes it."""
+    flags = ["-O3", "-march=native", "-ffp-contract=fast"]
+    r = subprocess.run([CC, *flags, "-x", "c", "-c", "-", "-o", os.devnull], input="int x;\n",
+                       capture_output=True, text=True)
+    return flags if r.returncode == 0 else None
+
+
+@pytest.mark.skipif(_native_flags() is None, reason="the compiler takes no -march=native")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fast_build(tmp_path, dtype):
+    """-O3 -march=native -ffp-contract=fast (vector width of the machine, FMAs): the same results."""
+    fn = bind(build(tmp_path, "gemm_native", _native_flags()), dtype)
+    for ta, tb in itertools.product([False, True], repeat=2):
+        for i, (m, n, k) in enumerate(edge_shapes(dtype) + [(32, 128, 64), (128, 256, 784)]):
+            check(fn, dtype, ta, tb, m, n, k, alpha=1.0 if i % 2 else -0.75, beta=0.0 if i % 3 else 0.5,
+                  pad=i % 2, seed=i)
+
+
+def test_benchmark_quick():
+    """benchmarks/bench_c_gemm.py --quick runs and prints its rows (no timing asserted)."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_c_gemm.py"), "--quick", "--rounds", "1"],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for dtype in DTYPES:
+        assert f"## {dtype}" in r.stdout, r.stdout
+    assert r.stdout.count("digits b32 ") == 2 and r.stdout.count("mnist b128 ") == 2, r.stdout
+    assert "overall [0] (-O2): geomean" in r.stdout, r.stdout
+
+
 def test_deterministic(lib):
     fn = bind(lib, "float64")
     rng = np.random.default_rng(3)

@@ -111,14 +111,19 @@ static void {f}_pack_b(int trans_b, int kc, int nc, const {t}* restrict b, int l
 // zeros past row mr
 static void {f}_pack_a(int trans_a, int mr, int kc, const {t}* restrict a, int lda, {t}* restrict ap)
 {{
+    if (mr == {mr}) {{   // a whole sliver: loops of a constant length
+        if (trans_a) {{
+            for (int p = 0; p < kc; p++)
+                for (int r = 0; r < {mr}; r++) ap[(size_t)p * {mr} + r] = a[(size_t)p * lda + r];
+        }} else {{
+            for (int r = 0; r < {mr}; r++)
+                for (int p = 0; p < kc; p++) ap[(size_t)p * {mr} + r] = a[(size_t)r * lda + p];
+        }}
+        return;
+    }}
     for (int p = 0; p < kc; p++) {{
         {t}* restrict dst = ap + (size_t)p * {mr};
-        if (trans_a) {{
-            const {t}* restrict src = a + (size_t)p * lda;
-            for (int r = 0; r < mr; r++) dst[r] = src[r];
-        }} else {{
-            for (int r = 0; r < mr; r++) dst[r] = a[(size_t)r * lda + p];
-        }}
+        for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
         for (int r = mr; r < {mr}; r++) dst[r] = {zero};
     }}
 }}
@@ -212,7 +217,7 @@ static void {f}_rows(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
                 for (int jr = 0; jr < nc; jr += {nr}) {{
                     {f}_tile(kc, ap, bp + (size_t)jr * kc, ct);
                     {f}_store(mr, nc - jr < {nr} ? nc - jr : {nr}, alpha, ct, beta_p,
-                              c + (size_t)(i0) * ldc + j0 + jr, ldc);
+                              c + (size_t)i0 * ldc + j0 + jr, ldc);
                 }}
             }}
         }}
