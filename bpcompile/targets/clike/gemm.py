@@ -40,12 +40,14 @@ class Blocking:
 
 # Tuned on an AVX-512 x86 (AMD Zen 4; benchmarks/bench_c_gemm.py, gcc 12 -O3
 # -march=native -ffp-contract=fast): a tile of 8 zmm accumulators (4 x 16 double,
-# 6 x 16 float: 12 ymm on AVX2); 4 x 8, 6 x 8, 8 x 8, 8 x 16 and 6 x 16 double,
-# 4 x 16, 4 x 32, 6 x 32 and 8 x 32 float were slower there.  The packed B panel
-# (KC x NC, 64 KiB) stays in L2, the A sliver (MR x KC) in L1.
+# 8 x 16 float; on an AVX2 machine that is 16 ymm, all its registers: smaller
+# tiles may suit it better).  Measured there, slower: double 4 x 8, 6 x 8, 8 x 8,
+# 6 x 16, 8 x 16; float 6 x 16 (by 10-30%), 4 x 32, 6 x 32, and 4 x 16, which gcc
+# vectorised across the rows instead of the columns: 40x slower.  The packed B
+# panel (KC x NC, 64 KiB) stays in L2, the A sliver (MR x KC) in L1.
 BLOCKING = {
     "float64": Blocking(mr=4, nr=16, kc=128, nc=64),
-    "float32": Blocking(mr=6, nr=16, kc=128, nc=128),
+    "float32": Blocking(mr=8, nr=16, kc=128, nc=128),
 }
 
 _TYPES = {"float64": ("double", "d"), "float32": ("float", "s")}
@@ -94,15 +96,24 @@ static void {f}_pack_b(int trans_b, int kc, int nc, const {t}* restrict b, int l
     for (int j0 = 0; j0 < nc; j0 += {nr}) {{
         const int nr = nc - j0 < {nr} ? nc - j0 : {nr};
         {t}* restrict panel = bp + (size_t)j0 * kc;
+        if (trans_b) {{   // read along the rows of b
+            for (int j = 0; j < nr; j++) {{
+                const {t}* restrict src = b + (size_t)(j0 + j) * ldb;
+                for (int p = 0; p < kc; p++) panel[(size_t)p * {nr} + j] = src[p];
+            }}
+            for (int j = nr; j < {nr}; j++)
+                for (int p = 0; p < kc; p++) panel[(size_t)p * {nr} + j] = {zero};
+            continue;
+        }}
         for (int p = 0; p < kc; p++) {{
             {t}* restrict dst = panel + (size_t)p * {nr};
-            if (trans_b) {{
-                for (int j = 0; j < nr; j++) dst[j] = b[(size_t)(j0 + j) * ldb + p];
+            const {t}* restrict src = b + (size_t)p * ldb + j0;
+            if (nr == {nr}) {{
+                for (int j = 0; j < {nr}; j++) dst[j] = src[j];
             }} else {{
-                const {t}* restrict src = b + (size_t)p * ldb + j0;
                 for (int j = 0; j < nr; j++) dst[j] = src[j];
+                for (int j = nr; j < {nr}; j++) dst[j] = {zero};
             }}
-            for (int j = nr; j < {nr}; j++) dst[j] = {zero};
         }}
     }}
 }}
@@ -134,22 +145,58 @@ static void {f}_tile(int kc, const {t}* restrict ap, const {t}* restrict bp, {t}
 {tile_body}
 }}
 
-// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0)
-static void {f}_store(int mr, int nr, {t} alpha, const {t}* restrict ct, {t} beta, {t}* restrict c, int ldc)
+// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0); c[r, j] is at
+// c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see {f})
+static void {f}_store(int mr, int nr, {t} alpha, const {t}* restrict ct, {t} beta, {t}* restrict c,
+    size_t rs, size_t cs)
 {{
     for (int r = 0; r < mr; r++) {{
-        {t}* restrict crow = c + (size_t)r * ldc;
+        {t}* restrict crow = c + r * rs;
         const {t}* restrict trow = ct + r * {nr};
-        if (nr == {nr}) {{
+        if (nr == {nr} && cs == 1) {{
             if (beta == {zero}) {{
                 for (int j = 0; j < {nr}; j++) crow[j] = alpha * trow[j];
             }} else {{
                 for (int j = 0; j < {nr}; j++) crow[j] = alpha * trow[j] + beta * crow[j];
             }}
         }} else {{
-            for (int j = 0; j < nr; j++) crow[j] = beta == {zero} ? alpha * trow[j] : alpha * trow[j] + beta * crow[j];
+            for (int j = 0; j < nr; j++)
+                crow[j * cs] = beta == {zero} ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
         }}
     }}
+}}
+
+// the blocked product, c[i, j] at c[i * rs + j * cs]
+static void {f}_blocked(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
+    const {t}* restrict a, int lda, const {t}* restrict b, int ldb, {t} beta, {t}* restrict c, size_t rs, size_t cs)
+{{
+    // stack: {stack} bytes
+    {t} bp[{kc} * {nc}];
+    {t} ap[{mr} * {kc}];
+    {t} ct[{mr} * {nr}];
+    for (int j0 = 0; j0 < n; j0 += {nc}) {{
+        const int nc = n - j0 < {nc} ? n - j0 : {nc};
+        for (int p0 = 0; p0 < k; p0 += {kc}) {{
+            const int kc = k - p0 < {kc} ? k - p0 : {kc};
+            const {t} beta_p = p0 == 0 ? beta : {one};   // later K blocks add to c
+            {f}_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
+            for (int i0 = 0; i0 < m; i0 += {mr}) {{
+                const int mr = m - i0 < {mr} ? m - i0 : {mr};
+                {f}_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
+                for (int jr = 0; jr < nc; jr += {nr}) {{
+                    {f}_tile(kc, ap, bp + (size_t)jr * kc, ct);
+                    {f}_store(mr, nc - jr < {nr} ? nc - jr : {nr}, alpha, ct, beta_p,
+                              c + i0 * rs + (j0 + jr) * cs, rs, cs);
+                }}
+            }}
+        }}
+    }}
+}}
+
+// the tiles' padding when c [m x n] is cut into {mr} x {nr} tiles
+static long long {f}_padded(int m, int n)
+{{
+    return (long long)((m + {mr} - 1) / {mr} * {mr}) * ((n + {nr} - 1) / {nr} * {nr});
 }}
 
 // fewer rows than a tile (a batch of one): no packing, one row of c at a time;
@@ -190,10 +237,6 @@ static void {f}_rows(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
 {doc}
 {linkage}{signature}
 {{
-    // stack: {stack} bytes
-    {t} bp[{kc} * {nc}];
-    {t} ap[{mr} * {kc}];
-    {t} ct[{mr} * {nr}];
     if (m <= 0 || n <= 0) return;
     if (k <= 0 || alpha == {zero}) {{   // c = beta * c (BLAS: a and b are not read)
         for (int i = 0; i < m; i++)
@@ -205,23 +248,11 @@ static void {f}_rows(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
         {f}_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }}
-    for (int j0 = 0; j0 < n; j0 += {nc}) {{
-        const int nc = n - j0 < {nc} ? n - j0 : {nc};
-        for (int p0 = 0; p0 < k; p0 += {kc}) {{
-            const int kc = k - p0 < {kc} ? k - p0 : {kc};
-            const {t} beta_p = p0 == 0 ? beta : {one};   // later K blocks add to c
-            {f}_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
-            for (int i0 = 0; i0 < m; i0 += {mr}) {{
-                const int mr = m - i0 < {mr} ? m - i0 : {mr};
-                {f}_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
-                for (int jr = 0; jr < nc; jr += {nr}) {{
-                    {f}_tile(kc, ap, bp + (size_t)jr * kc, ct);
-                    {f}_store(mr, nc - jr < {nr} ? nc - jr : {nr}, alpha, ct, beta_p,
-                              c + (size_t)i0 * ldc + j0 + jr, ldc);
-                }}
-            }}
-        }}
-    }}
+    // narrow c (an output layer): c^T = op(b)^T op(a)^T wastes less of the tiles
+    const int swap = n >= {mr} && {f}_padded(n, m) < {f}_padded(m, n);
+    {f}_blocked(swap ? !trans_b : trans_a, swap ? !trans_a : trans_b, swap ? n : m, swap ? m : n, k, alpha,
+                swap ? b : a, swap ? ldb : lda, swap ? a : b, swap ? lda : ldb, beta, c,
+                swap ? 1 : (size_t)ldc, swap ? (size_t)ldc : 1);
 }}"""
 
 
