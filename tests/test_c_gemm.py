@@ -101,7 +101,8 @@ def edge_shapes(dtype):
              (5, 3, 1), (1, 128, 64), (32, 1, 64), (13, 29, 31)]
     around = [(b.mr + 1, b.nr + 1, 3), (b.mr - 1, b.nr - 1, b.kc + 1), (2 * b.mr + 3, b.nc + 1, b.kc - 1),
               (b.mr, b.nr, b.kc), (b.mr * 3, b.nc * 2, b.kc * 2), (9, 2 * b.nc + 5, 2 * b.kc + 3)]
-    return small + around
+    narrow = [(40, 5, 9), (33, b.mr, b.kc + 7), (2 * b.nr + 1, b.mr + 1, 2)]   # c^T computed
+    return small + around + narrow
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,8 @@ def test_alpha_beta_and_leading_dimensions(lib, dtype):
     fn = bind(lib, dtype)
     for i, (alpha, beta) in enumerate([(1.0, 1.0), (-0.5, 2.0), (2.5, 0.0), (1.0, -1.0), (0.0, 0.5), (0.0, 0.0)]):
         for ta, tb in itertools.product([False, True], repeat=2):
-            for m, n, k in [(7, 21, 5), (17, 70, 131), (1, 3, 2)]:
+            # (40, 5, 9), (133, 6, 150): narrow c, computed as c^T = op(b)^T op(a)^T
+            for m, n, k in [(7, 21, 5), (17, 70, 131), (1, 3, 2), (40, 5, 9), (133, 6, 150)]:
                 check(fn, dtype, ta, tb, m, n, k, alpha, beta, pad=3, seed=i)
 
 
