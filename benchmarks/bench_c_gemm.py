@@ -3,7 +3,7 @@ against NumPy's ``@`` (OpenBLAS, one thread) on the shapes of issue 13's nets.
 
     python benchmarks/bench_c_gemm.py            # full run (a minute or so)
     python benchmarks/bench_c_gemm.py --quick    # smoke run (seconds)
-    python benchmarks/bench_c_gemm.py --cflags "-O2" "-O3 -march=native -ffp-contract=fast"
+    python benchmarks/bench_c_gemm.py --cflags=-O3 --cflags="-O3 -march=native"
 
 Per shape and dtype, four contenders, in this process, on the same operands:
 
@@ -205,10 +205,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (smoke run)")
     ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--cflags", nargs="+", default=["-O2", "-O3 -march=native -ffp-contract=fast"],
-                    help="one build of the kernel per string (default: -O2, and -O3 -march=native -ffp-contract=fast)")
+    ap.add_argument("--cflags", action="append", default=None,
+                    help="one build of the kernel per --cflags=STRING, several allowed "
+                         "(default: -O2, and -O3 -march=native -ffp-contract=fast)")
     ap.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
     args = ap.parse_args(argv)
+    args.cflags = args.cflags or ["-O2", "-O3 -march=native -ffp-contract=fast"]
     rounds = args.rounds or (3 if args.quick else 15)
     set_blas_threads(1)
     print(f"# machine: {blas_info()}")
