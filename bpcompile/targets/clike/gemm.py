@@ -10,9 +10,17 @@ values) per step; the micro-kernel keeps an MR x NR tile of C in a local array
 whose inner loop (NR wide, a constant) the compiler turns into vector FMAs.
 Packing makes the four transpose cases one case, pads the edges with zeros (the
 micro-kernel always computes a whole tile) and the write-back alone looks at
-the edges.  The packed buffers live on the stack, of fixed size (``stack_bytes``):
-no malloc, re-entrant, thread-safe.  Summation order is fixed: the same inputs
-give the same bits on every call.
+the edges.  Fewer rows than a tile (a batch of one) skip packing: a row of c
+at a time.  A narrow c (an output layer, n < NR) is computed as c^T =
+op(b)^T op(a)^T when that pads the tiles less.  The packed buffers live on the
+stack, of fixed size (``stack_bytes``, 64 KiB and a little): no malloc,
+re-entrant, thread-safe.  Summation order is fixed: the same inputs give the
+same bits on every call of one build.
+
+Speed needs the vector width and FMAs of the machine: ``-O3 -march=native``,
+and, with gcc in ``-std=c99`` mode (which turns floating contraction off),
+``-ffp-contract=fast``; at ``-O2`` gcc 12 vectorises little (its cheap cost model).
+See benchmarks/bench_c_gemm.py for what each build gives against OpenBLAS.
 
 Built with ``-DBPC_CBLAS`` (and ``cblas.h`` plus a BLAS to link), the same
 functions forward to ``cblas_sgemm`` / ``cblas_dgemm``; only ``#ifdef``,
