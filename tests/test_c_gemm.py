@@ -306,3 +306,44 @@ def test_cblas_path(tmp_path, dtype):
     for ta, tb in itertools.product([False, True], repeat=2):
         for i, (m, n, k) in enumerate(edge_shapes(dtype)[:8]):
             check(fn, dtype, ta, tb, m, n, k, alpha=0.5, beta=1.5 if i % 2 else 0.0, pad=1, seed=i)
+
+
+# NumPy's wheel bundles an OpenBLAS with 64-bit integers, its symbols renamed
+# (scipy_cblas_dgemm64_) and no header: a cblas.h of a few lines, written here,
+# forwards CBLAS's names to it, so the -DBPC_CBLAS path runs against a real BLAS
+# even where none is installed.
+SHIM = """\
+enum CBLAS_ORDER {{ CblasRowMajor = 101, CblasColMajor = 102 }};
+enum CBLAS_TRANSPOSE {{ CblasNoTrans = 111, CblasTrans = 112, CblasConjTrans = 113 }};
+{decls}
+"""
+SHIM_ONE = """\
+void scipy_cblas_{p}gemm64_(enum CBLAS_ORDER, enum CBLAS_TRANSPOSE, enum CBLAS_TRANSPOSE, long long, long long,
+    long long, {t}, const {t}*, long long, const {t}*, long long, {t}, {t}*, long long);
+static inline void cblas_{p}gemm(enum CBLAS_ORDER o, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int m, int n,
+    int k, {t} alpha, const {t}* a, int lda, const {t}* b, int ldb, {t} beta, {t}* c, int ldc)
+{{
+    scipy_cblas_{p}gemm64_(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}}
+"""
+
+
+def _numpy_openblas():
+    """The OpenBLAS bundled with NumPy (its .so), or None."""
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    found = sorted(libs.glob("libscipy_openblas64_*.so")) if libs.is_dir() else []
+    return found[0] if found else None
+
+
+@pytest.mark.skipif(_numpy_openblas() is None, reason="NumPy bundles no scipy-openblas here")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cblas_path_with_numpys_openblas(tmp_path, dtype):
+    so = _numpy_openblas()
+    decls = "".join(SHIM_ONE.format(p=p, t=t) for p, t in (("s", "float"), ("d", "double")))
+    (tmp_path / "cblas.h").write_text(SHIM.format(decls=decls))
+    lib = compile_lib(tmp_path, "gemm_npblas", ["-O2", "-DBPC_CBLAS", f"-I{tmp_path}"],
+                      [str(so), f"-Wl,-rpath,{so.parent}"])
+    fn = bind(ctypes.CDLL(str(lib)), dtype)
+    for ta, tb in itertools.product([False, True], repeat=2):
+        for i, (m, n, k) in enumerate(edge_shapes(dtype)):
+            check(fn, dtype, ta, tb, m, n, k, alpha=0.5, beta=1.5 if i % 2 else 0.0, pad=i % 2, seed=i)
