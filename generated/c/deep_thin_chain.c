@@ -15,6 +15,220 @@
 
 typedef double real;  // dtype: float64
 
+// Matrix products: a blocked kernel of ours, or CBLAS with -DBPC_CBLAS (link a BLAS).
+#ifdef BPC_CBLAS
+#include <cblas.h>
+
+static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb,
+    double beta, double* restrict c, int ldc)
+{
+    cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+#else
+
+// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of 16 columns:
+// bp[j0 * kc + p * 16 + j] = op(b)[p, j0 + j], zeros past column nc
+static void bp_dgemm_pack_b(int trans_b, int kc, int nc, const double* restrict b, int ldb, double* restrict bp)
+{
+    for (int j0 = 0; j0 < nc; j0 += 16) {
+        const int nr = nc - j0 < 16 ? nc - j0 : 16;
+        double* restrict panel = bp + (size_t)j0 * kc;
+        if (trans_b) {   // read along the rows of b
+            for (int j = 0; j < nr; j++) {
+                const double* restrict src = b + (size_t)(j0 + j) * ldb;
+                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = src[p];
+            }
+            for (int j = nr; j < 16; j++)
+                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = 0.0;
+            continue;
+        }
+        for (int p = 0; p < kc; p++) {
+            double* restrict dst = panel + (size_t)p * 16;
+            const double* restrict src = b + (size_t)p * ldb + j0;
+            if (nr == 16) {
+                for (int j = 0; j < 16; j++) dst[j] = src[j];
+            } else {
+                for (int j = 0; j < nr; j++) dst[j] = src[j];
+                for (int j = nr; j < 16; j++) dst[j] = 0.0;
+            }
+        }
+    }
+}
+
+// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * 4 + r] = op(a)[r, p],
+// zeros past row mr
+static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict a, int lda, double* restrict ap)
+{
+    if (mr == 4) {   // a whole sliver: loops of a constant length
+        if (trans_a) {
+            for (int p = 0; p < kc; p++)
+                for (int r = 0; r < 4; r++) ap[(size_t)p * 4 + r] = a[(size_t)p * lda + r];
+        } else {
+            for (int r = 0; r < 4; r++)
+                for (int p = 0; p < kc; p++) ap[(size_t)p * 4 + r] = a[(size_t)r * lda + p];
+        }
+        return;
+    }
+    for (int p = 0; p < kc; p++) {
+        double* restrict dst = ap + (size_t)p * 4;
+        for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
+        for (int r = mr; r < 4; r++) dst[r] = 0.0;
+    }
+}
+
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
+static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+{
+    double acc0[16], acc1[16], acc2[16], acc3[16];
+    for (int j = 0; j < 16; j++) {
+        acc0[j] = 0.0;
+        acc1[j] = 0.0;
+        acc2[j] = 0.0;
+        acc3[j] = 0.0;
+    }
+    for (int p = 0; p < kc; p++) {
+        const double* restrict brow = bp + (size_t)p * 16;
+        const double* restrict acol = ap + (size_t)p * 4;
+        const double a0 = acol[0];
+        const double a1 = acol[1];
+        const double a2 = acol[2];
+        const double a3 = acol[3];
+        double bv[16];
+        for (int j = 0; j < 16; j++) bv[j] = brow[j];
+        for (int j = 0; j < 16; j++) {
+            acc0[j] += a0 * bv[j];
+            acc1[j] += a1 * bv[j];
+            acc2[j] += a2 * bv[j];
+            acc3[j] += a3 * bv[j];
+        }
+    }
+    for (int j = 0; j < 16; j++) {
+        ct[0 + j] = acc0[j];
+        ct[16 + j] = acc1[j];
+        ct[32 + j] = acc2[j];
+        ct[48 + j] = acc3[j];
+    }
+}
+
+// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0); c[r, j] is at
+// c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see bp_dgemm)
+static void bp_dgemm_store(int mr, int nr, double alpha, const double* restrict ct, double beta, double* restrict c,
+    size_t rs, size_t cs)
+{
+    for (int r = 0; r < mr; r++) {
+        double* restrict crow = c + r * rs;
+        const double* restrict trow = ct + r * 16;
+        if (nr == 16 && cs == 1) {
+            if (beta == 0.0) {
+                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j];
+            } else {
+                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j] + beta * crow[j];
+            }
+        } else {
+            for (int j = 0; j < nr; j++)
+                crow[j * cs] = beta == 0.0 ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
+        }
+    }
+}
+
+// the blocked product, c[i, j] at c[i * rs + j * cs]
+static void bp_dgemm_blocked(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, size_t rs, size_t cs)
+{
+    // stack: 70144 bytes
+    double bp[128 * 64];
+    double ap[4 * 128];
+    double ct[4 * 16];
+    for (int j0 = 0; j0 < n; j0 += 64) {
+        const int nc = n - j0 < 64 ? n - j0 : 64;
+        for (int p0 = 0; p0 < k; p0 += 128) {
+            const int kc = k - p0 < 128 ? k - p0 : 128;
+            const double beta_p = p0 == 0 ? beta : 1.0;   // later K blocks add to c
+            bp_dgemm_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
+            for (int i0 = 0; i0 < m; i0 += 4) {
+                const int mr = m - i0 < 4 ? m - i0 : 4;
+                bp_dgemm_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
+                for (int jr = 0; jr < nc; jr += 16) {
+                    bp_dgemm_tile(kc, ap, bp + (size_t)jr * kc, ct);
+                    bp_dgemm_store(mr, nc - jr < 16 ? nc - jr : 16, alpha, ct, beta_p,
+                              c + i0 * rs + (j0 + jr) * cs, rs, cs);
+                }
+            }
+        }
+    }
+}
+
+// the tiles' padding when c [m x n] is cut into 4 x 16 tiles
+static long long bp_dgemm_padded(int m, int n)
+{
+    return (long long)((m + 4 - 1) / 4 * 4) * ((n + 16 - 1) / 16 * 16);
+}
+
+// fewer rows than a tile (a batch of one): no packing, one row of c at a time;
+// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p (vector over the row);
+// op(b) = b^T: c[i, j] is a dot product, in 16 partial sums (lane q takes p = q mod 16)
+static void bp_dgemm_rows(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, int ldc)
+{
+    for (int i = 0; i < m; i++) {
+        double* restrict crow = c + (size_t)i * ldc;
+        if (!trans_b) {
+            for (int j = 0; j < n; j++) crow[j] = beta == 0.0 ? 0.0 : beta * crow[j];
+            for (int p = 0; p < k; p++) {
+                const double ap = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
+                const double* restrict brow = b + (size_t)p * ldb;
+                for (int j = 0; j < n; j++) crow[j] += ap * brow[j];
+            }
+            continue;
+        }
+        for (int j = 0; j < n; j++) {
+            const double* restrict brow = b + (size_t)j * ldb;
+            double lane[16];
+            for (int q = 0; q < 16; q++) lane[q] = 0.0;
+            int p = 0;
+            if (!trans_a) {
+                const double* restrict arow = a + (size_t)i * lda;
+                for (; p + 16 <= k; p += 16)
+                    for (int q = 0; q < 16; q++) lane[q] += arow[p + q] * brow[p + q];
+            }
+            for (; p < k; p++) lane[p % 16] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
+            double sum = 0.0;
+            for (int q = 0; q < 16; q++) sum += lane[q];
+            crow[j] = beta == 0.0 ? alpha * sum : alpha * sum + beta * crow[j];
+        }
+    }
+}
+
+// bp_dgemm: c = alpha * op(a) @ op(b) + beta * c, double, row-major (CBLAS's arguments,
+// row-major): op(a) [m x k] is a [m x lda] (a [k x lda] transposed when trans_a),
+// op(b) [k x n] is b [k x ldb] (b [n x ldb] transposed when trans_b), c [m x ldc].
+// c may not overlap a or b; when beta is 0, c is not read (a NaN there is overwritten).
+static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb,
+    double beta, double* restrict c, int ldc)
+{
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0 || alpha == 0.0) {   // c = beta * c (BLAS: a and b are not read)
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                c[(size_t)i * ldc + j] = beta == 0.0 ? 0.0 : beta * c[(size_t)i * ldc + j];
+        return;
+    }
+    if (m < 4) {
+        bp_dgemm_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    // narrow c (an output layer): c^T = op(b)^T op(a)^T wastes less of the tiles
+    const int swap = n >= 4 && bp_dgemm_padded(n, m) < bp_dgemm_padded(m, n);
+    bp_dgemm_blocked(swap ? !trans_b : trans_a, swap ? !trans_a : trans_b, swap ? n : m, swap ? m : n, k, alpha,
+                swap ? b : a, swap ? ldb : lda, swap ? a : b, swap ? lda : ldb, beta, c,
+                swap ? 1 : (size_t)ldc, swap ? (size_t)ldc : 1);
+}
+#endif
+
+
 // y_hat: elementwise over [N]
 static void y_hat_kernel(
     real* restrict y_hat,
@@ -200,22 +414,6 @@ static void b4_bar_kernel(
     }
 }
 
-// w4_bar = einsum('n,n->', h3, a4_bar), a loop per output element
-static void w4_bar_kernel(
-    real* restrict w4_bar,
-    const real* restrict h3,
-    const real* restrict a4_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += h3[_r] * a4_bar[_r];
-        w4_bar[_o] = _acc;
-    }
-}
-
 // a3_bar = a4_bar*h3*w4*(1.0 - h3)  (elementwise over [N])
 static void a3_bar_kernel(
     real* restrict a3_bar,
@@ -241,22 +439,6 @@ static void b3_bar_kernel(
         for (long long _r = 0; _r < _n_red; _r++)
             _acc += a3_bar[_r];
         b3_bar[_o] = _acc;
-    }
-}
-
-// w3_bar = einsum('n,n->', h2, a3_bar), a loop per output element
-static void w3_bar_kernel(
-    real* restrict w3_bar,
-    const real* restrict h2,
-    const real* restrict a3_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += h2[_r] * a3_bar[_r];
-        w3_bar[_o] = _acc;
     }
 }
 
@@ -288,22 +470,6 @@ static void b2_bar_kernel(
     }
 }
 
-// w2_bar = einsum('n,n->', h1, a2_bar), a loop per output element
-static void w2_bar_kernel(
-    real* restrict w2_bar,
-    const real* restrict h1,
-    const real* restrict a2_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += h1[_r] * a2_bar[_r];
-        w2_bar[_o] = _acc;
-    }
-}
-
 // a1_bar = a2_bar*h1*w2*(1.0 - h1)  (elementwise over [N])
 static void a1_bar_kernel(
     real* restrict a1_bar,
@@ -329,22 +495,6 @@ static void b1_bar_kernel(
         for (long long _r = 0; _r < _n_red; _r++)
             _acc += a1_bar[_r];
         b1_bar[_o] = _acc;
-    }
-}
-
-// w1_bar = einsum('n,n->', x, a1_bar), a loop per output element
-static void w1_bar_kernel(
-    real* restrict w1_bar,
-    const real* restrict x,
-    const real* restrict a1_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += x[_r] * a1_bar[_r];
-        w1_bar[_o] = _acc;
     }
 }
 
@@ -577,28 +727,36 @@ int deep_thin_chain_value_and_grad(
     // b4_bar = a4_bar (summed over the batch)   # add
     b4_bar_kernel(b4_bar, a4_bar, 1, (long long)N);
     // w4_bar = a4_bar*h3 (summed over the batch)   # mul
-    w4_bar_kernel(w4_bar, h3, a4_bar, 1, (long long)N);
+    // GEMM: w4_bar [1 x 1] = h3 @ a4_bar, h3 [1 x N], a4_bar [N x 1], row-major;
+    // w4_bar = h3 @ a4_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, h3, N, a4_bar, 1, 0.0, w4_bar, 1);
     // h3_bar = a4_bar*w4   # mul
     // a3_bar = h3*h3_bar*(1 - h3)   # sigmoid
     a3_bar_kernel(a3_bar, h3, w4, a4_bar, (long long)N);
     // b3_bar = a3_bar (summed over the batch)   # add
     b3_bar_kernel(b3_bar, a3_bar, 1, (long long)N);
     // w3_bar = a3_bar*h2 (summed over the batch)   # mul
-    w3_bar_kernel(w3_bar, h2, a3_bar, 1, (long long)N);
+    // GEMM: w3_bar [1 x 1] = h2 @ a3_bar, h2 [1 x N], a3_bar [N x 1], row-major;
+    // w3_bar = h2 @ a3_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, h2, N, a3_bar, 1, 0.0, w3_bar, 1);
     // h2_bar = a3_bar*w3   # mul
     // a2_bar = h2*h2_bar*(1 - h2)   # sigmoid
     a2_bar_kernel(a2_bar, h2, w3, a3_bar, (long long)N);
     // b2_bar = a2_bar (summed over the batch)   # add
     b2_bar_kernel(b2_bar, a2_bar, 1, (long long)N);
     // w2_bar = a2_bar*h1 (summed over the batch)   # mul
-    w2_bar_kernel(w2_bar, h1, a2_bar, 1, (long long)N);
+    // GEMM: w2_bar [1 x 1] = h1 @ a2_bar, h1 [1 x N], a2_bar [N x 1], row-major;
+    // w2_bar = h1 @ a2_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, h1, N, a2_bar, 1, 0.0, w2_bar, 1);
     // h1_bar = a2_bar*w2   # mul
     // a1_bar = h1*h1_bar*(1 - h1)   # sigmoid
     a1_bar_kernel(a1_bar, h1, w2, a2_bar, (long long)N);
     // b1_bar = a1_bar (summed over the batch)   # add
     b1_bar_kernel(b1_bar, a1_bar, 1, (long long)N);
     // w1_bar = a1_bar*x (summed over the batch)   # mul
-    w1_bar_kernel(w1_bar, x, a1_bar, 1, (long long)N);
+    // GEMM: w1_bar [1 x 1] = x @ a1_bar, x [1 x N], a1_bar [N x 1], row-major;
+    // w1_bar = x @ a1_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, x, N, a1_bar, 1, 0.0, w1_bar, 1);
 
     *loss_out = (double)L[0];
     return 0;

@@ -2,7 +2,7 @@
 //
 // Do not edit by hand: recompile with
 //     bpcompile compile examples/deep_thin_chain.yaml --target c
-// and compile deep_thin_chain.c (C99, needs libm only: cc -O2 -c deep_thin_chain.c; link with -lm).
+// and compile deep_thin_chain.c (C99, needs libm only: cc -O3 -c deep_thin_chain.c; link with -lm).
 //
 // The spec:
 //

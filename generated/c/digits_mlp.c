@@ -15,26 +15,224 @@
 
 typedef double real;  // dtype: float64
 
+// Matrix products: a blocked kernel of ours, or CBLAS with -DBPC_CBLAS (link a BLAS).
+#ifdef BPC_CBLAS
+#include <cblas.h>
+
+static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb,
+    double beta, double* restrict c, int ldc)
+{
+    cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+#else
+
+// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of 16 columns:
+// bp[j0 * kc + p * 16 + j] = op(b)[p, j0 + j], zeros past column nc
+static void bp_dgemm_pack_b(int trans_b, int kc, int nc, const double* restrict b, int ldb, double* restrict bp)
+{
+    for (int j0 = 0; j0 < nc; j0 += 16) {
+        const int nr = nc - j0 < 16 ? nc - j0 : 16;
+        double* restrict panel = bp + (size_t)j0 * kc;
+        if (trans_b) {   // read along the rows of b
+            for (int j = 0; j < nr; j++) {
+                const double* restrict src = b + (size_t)(j0 + j) * ldb;
+                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = src[p];
+            }
+            for (int j = nr; j < 16; j++)
+                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = 0.0;
+            continue;
+        }
+        for (int p = 0; p < kc; p++) {
+            double* restrict dst = panel + (size_t)p * 16;
+            const double* restrict src = b + (size_t)p * ldb + j0;
+            if (nr == 16) {
+                for (int j = 0; j < 16; j++) dst[j] = src[j];
+            } else {
+                for (int j = 0; j < nr; j++) dst[j] = src[j];
+                for (int j = nr; j < 16; j++) dst[j] = 0.0;
+            }
+        }
+    }
+}
+
+// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * 4 + r] = op(a)[r, p],
+// zeros past row mr
+static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict a, int lda, double* restrict ap)
+{
+    if (mr == 4) {   // a whole sliver: loops of a constant length
+        if (trans_a) {
+            for (int p = 0; p < kc; p++)
+                for (int r = 0; r < 4; r++) ap[(size_t)p * 4 + r] = a[(size_t)p * lda + r];
+        } else {
+            for (int r = 0; r < 4; r++)
+                for (int p = 0; p < kc; p++) ap[(size_t)p * 4 + r] = a[(size_t)r * lda + p];
+        }
+        return;
+    }
+    for (int p = 0; p < kc; p++) {
+        double* restrict dst = ap + (size_t)p * 4;
+        for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
+        for (int r = mr; r < 4; r++) dst[r] = 0.0;
+    }
+}
+
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
+static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+{
+    double acc0[16], acc1[16], acc2[16], acc3[16];
+    for (int j = 0; j < 16; j++) {
+        acc0[j] = 0.0;
+        acc1[j] = 0.0;
+        acc2[j] = 0.0;
+        acc3[j] = 0.0;
+    }
+    for (int p = 0; p < kc; p++) {
+        const double* restrict brow = bp + (size_t)p * 16;
+        const double* restrict acol = ap + (size_t)p * 4;
+        const double a0 = acol[0];
+        const double a1 = acol[1];
+        const double a2 = acol[2];
+        const double a3 = acol[3];
+        double bv[16];
+        for (int j = 0; j < 16; j++) bv[j] = brow[j];
+        for (int j = 0; j < 16; j++) {
+            acc0[j] += a0 * bv[j];
+            acc1[j] += a1 * bv[j];
+            acc2[j] += a2 * bv[j];
+            acc3[j] += a3 * bv[j];
+        }
+    }
+    for (int j = 0; j < 16; j++) {
+        ct[0 + j] = acc0[j];
+        ct[16 + j] = acc1[j];
+        ct[32 + j] = acc2[j];
+        ct[48 + j] = acc3[j];
+    }
+}
+
+// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0); c[r, j] is at
+// c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see bp_dgemm)
+static void bp_dgemm_store(int mr, int nr, double alpha, const double* restrict ct, double beta, double* restrict c,
+    size_t rs, size_t cs)
+{
+    for (int r = 0; r < mr; r++) {
+        double* restrict crow = c + r * rs;
+        const double* restrict trow = ct + r * 16;
+        if (nr == 16 && cs == 1) {
+            if (beta == 0.0) {
+                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j];
+            } else {
+                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j] + beta * crow[j];
+            }
+        } else {
+            for (int j = 0; j < nr; j++)
+                crow[j * cs] = beta == 0.0 ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
+        }
+    }
+}
+
+// the blocked product, c[i, j] at c[i * rs + j * cs]
+static void bp_dgemm_blocked(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, size_t rs, size_t cs)
+{
+    // stack: 70144 bytes
+    double bp[128 * 64];
+    double ap[4 * 128];
+    double ct[4 * 16];
+    for (int j0 = 0; j0 < n; j0 += 64) {
+        const int nc = n - j0 < 64 ? n - j0 : 64;
+        for (int p0 = 0; p0 < k; p0 += 128) {
+            const int kc = k - p0 < 128 ? k - p0 : 128;
+            const double beta_p = p0 == 0 ? beta : 1.0;   // later K blocks add to c
+            bp_dgemm_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
+            for (int i0 = 0; i0 < m; i0 += 4) {
+                const int mr = m - i0 < 4 ? m - i0 : 4;
+                bp_dgemm_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
+                for (int jr = 0; jr < nc; jr += 16) {
+                    bp_dgemm_tile(kc, ap, bp + (size_t)jr * kc, ct);
+                    bp_dgemm_store(mr, nc - jr < 16 ? nc - jr : 16, alpha, ct, beta_p,
+                              c + i0 * rs + (j0 + jr) * cs, rs, cs);
+                }
+            }
+        }
+    }
+}
+
+// the tiles' padding when c [m x n] is cut into 4 x 16 tiles
+static long long bp_dgemm_padded(int m, int n)
+{
+    return (long long)((m + 4 - 1) / 4 * 4) * ((n + 16 - 1) / 16 * 16);
+}
+
+// fewer rows than a tile (a batch of one): no packing, one row of c at a time;
+// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p (vector over the row);
+// op(b) = b^T: c[i, j] is a dot product, in 16 partial sums (lane q takes p = q mod 16)
+static void bp_dgemm_rows(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, int ldc)
+{
+    for (int i = 0; i < m; i++) {
+        double* restrict crow = c + (size_t)i * ldc;
+        if (!trans_b) {
+            for (int j = 0; j < n; j++) crow[j] = beta == 0.0 ? 0.0 : beta * crow[j];
+            for (int p = 0; p < k; p++) {
+                const double ap = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
+                const double* restrict brow = b + (size_t)p * ldb;
+                for (int j = 0; j < n; j++) crow[j] += ap * brow[j];
+            }
+            continue;
+        }
+        for (int j = 0; j < n; j++) {
+            const double* restrict brow = b + (size_t)j * ldb;
+            double lane[16];
+            for (int q = 0; q < 16; q++) lane[q] = 0.0;
+            int p = 0;
+            if (!trans_a) {
+                const double* restrict arow = a + (size_t)i * lda;
+                for (; p + 16 <= k; p += 16)
+                    for (int q = 0; q < 16; q++) lane[q] += arow[p + q] * brow[p + q];
+            }
+            for (; p < k; p++) lane[p % 16] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
+            double sum = 0.0;
+            for (int q = 0; q < 16; q++) sum += lane[q];
+            crow[j] = beta == 0.0 ? alpha * sum : alpha * sum + beta * crow[j];
+        }
+    }
+}
+
+// bp_dgemm: c = alpha * op(a) @ op(b) + beta * c, double, row-major (CBLAS's arguments,
+// row-major): op(a) [m x k] is a [m x lda] (a [k x lda] transposed when trans_a),
+// op(b) [k x n] is b [k x ldb] (b [n x ldb] transposed when trans_b), c [m x ldc].
+// c may not overlap a or b; when beta is 0, c is not read (a NaN there is overwritten).
+static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb,
+    double beta, double* restrict c, int ldc)
+{
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0 || alpha == 0.0) {   // c = beta * c (BLAS: a and b are not read)
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                c[(size_t)i * ldc + j] = beta == 0.0 ? 0.0 : beta * c[(size_t)i * ldc + j];
+        return;
+    }
+    if (m < 4) {
+        bp_dgemm_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    // narrow c (an output layer): c^T = op(b)^T op(a)^T wastes less of the tiles
+    const int swap = n >= 4 && bp_dgemm_padded(n, m) < bp_dgemm_padded(m, n);
+    bp_dgemm_blocked(swap ? !trans_b : trans_a, swap ? !trans_a : trans_b, swap ? n : m, swap ? m : n, k, alpha,
+                swap ? b : a, swap ? ldb : lda, swap ? a : b, swap ? lda : ldb, beta, c,
+                swap ? 1 : (size_t)ldc, swap ? (size_t)ldc : 1);
+}
+#endif
+
+
 // the maximum, NaN if either is NaN (as NumPy's max)
 static inline real bp_max(real a, real b)
 {
     return (a > b || a != a) ? a : b;
-}
-
-// t0 = einsum('ij,nj->ni', W1, x), a loop per output element
-static void t0_kernel(
-    real* restrict t0,
-    const real* restrict W1,
-    const real* restrict x,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += W1[(_o % 64) * 64 + _r] * x[(_o / 64) * 64 + _r];
-        t0[_o] = _acc;
-    }
 }
 
 // h1 = tanh(b1 + t0)  (elementwise over [N, 64])
@@ -46,22 +244,6 @@ static void h1_kernel(
 {
     for (long long _i = 0; _i < _n; _i++) {
         h1[_i] = tanh(b1[_i % 64] + t0[_i]);
-    }
-}
-
-// t1 = einsum('ij,nj->ni', W2, h1), a loop per output element
-static void t1_kernel(
-    real* restrict t1,
-    const real* restrict W2,
-    const real* restrict h1,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += W2[(_o % 10) * 64 + _r] * h1[(_o / 10) * 64 + _r];
-        t1[_o] = _acc;
     }
 }
 
@@ -228,38 +410,6 @@ static void b2_bar_kernel(
     }
 }
 
-// W2_bar = einsum('ni,nj->ij', z2_bar, h1), a loop per output element
-static void W2_bar_kernel(
-    real* restrict W2_bar,
-    const real* restrict z2_bar,
-    const real* restrict h1,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z2_bar[_o / 64 + _r * 10] * h1[_o % 64 + _r * 64];
-        W2_bar[_o] = _acc;
-    }
-}
-
-// h1_bar = einsum('ij,ni->nj', W2, z2_bar), a loop per output element
-static void h1_bar_kernel(
-    real* restrict h1_bar,
-    const real* restrict W2,
-    const real* restrict z2_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += W2[_o % 64 + _r * 64] * z2_bar[(_o / 64) * 10 + _r];
-        h1_bar[_o] = _acc;
-    }
-}
-
 // z1_bar = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 64])
 static void z1_bar_kernel(
     real* restrict z1_bar,
@@ -284,22 +434,6 @@ static void b1_bar_kernel(
         for (long long _r = 0; _r < _n_red; _r++)
             _acc += z1_bar[_o + _r * 64];
         b1_bar[_o] = _acc;
-    }
-}
-
-// W1_bar = einsum('ni,nj->ij', z1_bar, x), a loop per output element
-static void W1_bar_kernel(
-    real* restrict W1_bar,
-    const real* restrict z1_bar,
-    const real* restrict x,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z1_bar[_o / 64 + _r * 64] * x[_o % 64 + _r * 64];
-        W1_bar[_o] = _acc;
     }
 }
 
@@ -422,11 +556,15 @@ int digits_mlp_predict(
 
     // forward pass
     // z1 = W1 @ x + b1
-    t0_kernel(t0, W1, x, (long long)N * 64, 64);
+    // GEMM: t0 [N x 64] = x @ W1^T, x [N x 64], W1 [64 x 64], row-major;
+    // t0 = x @ W1^T (GEMM)
+    bp_dgemm(0, 1, N, 64, 64, 1.0, x, 64, W1, 64, 0.0, t0, 64);
     // h1 = tanh(z1)
     h1_kernel(h1, b1, t0, (long long)N * 64);
     // z2 = W2 @ h1 + b2
-    t1_kernel(t1, W2, h1, (long long)N * 10, 64);
+    // GEMM: t1 [N x 10] = h1 @ W2^T, h1 [N x 64], W2 [10 x 64], row-major;
+    // t1 = h1 @ W2^T (GEMM)
+    bp_dgemm(0, 1, N, 10, 64, 1.0, h1, 64, W2, 64, 0.0, t1, 10);
     z2_kernel(z2, b2, t1, (long long)N * 10);
     // y_hat = softmax(z2)
     t2_kernel(t2, z2, (long long)N, 10);
@@ -472,11 +610,15 @@ int digits_mlp_loss(
 
     // forward pass
     // z1 = W1 @ x + b1
-    t0_kernel(t0, W1, x, (long long)N * 64, 64);
+    // GEMM: t0 [N x 64] = x @ W1^T, x [N x 64], W1 [64 x 64], row-major;
+    // t0 = x @ W1^T (GEMM)
+    bp_dgemm(0, 1, N, 64, 64, 1.0, x, 64, W1, 64, 0.0, t0, 64);
     // h1 = tanh(z1)
     h1_kernel(h1, b1, t0, (long long)N * 64);
     // z2 = W2 @ h1 + b2
-    t1_kernel(t1, W2, h1, (long long)N * 10, 64);
+    // GEMM: t1 [N x 10] = h1 @ W2^T, h1 [N x 64], W2 [10 x 64], row-major;
+    // t1 = h1 @ W2^T (GEMM)
+    bp_dgemm(0, 1, N, 10, 64, 1.0, h1, 64, W2, 64, 0.0, t1, 10);
     z2_kernel(z2, b2, t1, (long long)N * 10);
     // L_n = cross_entropy(y_hat, label)
     t2_kernel(t2, z2, (long long)N, 10);
@@ -539,11 +681,15 @@ int digits_mlp_value_and_grad(
 
     // forward pass
     // z1 = W1 @ x + b1
-    t0_kernel(t0, W1, x, (long long)N * 64, 64);
+    // GEMM: t0 [N x 64] = x @ W1^T, x [N x 64], W1 [64 x 64], row-major;
+    // t0 = x @ W1^T (GEMM)
+    bp_dgemm(0, 1, N, 64, 64, 1.0, x, 64, W1, 64, 0.0, t0, 64);
     // h1 = tanh(z1)
     h1_kernel(h1, b1, t0, (long long)N * 64);
     // z2 = W2 @ h1 + b2
-    t1_kernel(t1, W2, h1, (long long)N * 10, 64);
+    // GEMM: t1 [N x 10] = h1 @ W2^T, h1 [N x 64], W2 [10 x 64], row-major;
+    // t1 = h1 @ W2^T (GEMM)
+    bp_dgemm(0, 1, N, 10, 64, 1.0, h1, 64, W2, 64, 0.0, t1, 10);
     z2_kernel(z2, b2, t1, (long long)N * 10);
     // L_n = cross_entropy(y_hat, label)
     t2_kernel(t2, z2, (long long)N, 10);
@@ -570,15 +716,21 @@ int digits_mlp_value_and_grad(
     // b2_bar = z2_bar (summed over the batch)   # add
     b2_bar_kernel(b2_bar, z2_bar, 10, (long long)N);
     // W2_bar = z2_bar h1^T (summed over the batch)   # matmul
-    W2_bar_kernel(W2_bar, z2_bar, h1, 640, (long long)N);
+    // GEMM: W2_bar [10 x 64] = z2_bar^T @ h1, z2_bar [N x 10], h1 [N x 64], row-major;
+    // W2_bar = z2_bar^T @ h1 (GEMM)
+    bp_dgemm(1, 0, 10, 64, N, 1.0, z2_bar, 10, h1, 64, 0.0, W2_bar, 64);
     // h1_bar = W2^T @ z2_bar   # matmul
-    h1_bar_kernel(h1_bar, W2, z2_bar, (long long)N * 64, 10);
+    // GEMM: h1_bar [N x 64] = z2_bar @ W2, z2_bar [N x 10], W2 [10 x 64], row-major;
+    // h1_bar = z2_bar @ W2 (GEMM)
+    bp_dgemm(0, 0, N, 64, 10, 1.0, z2_bar, 10, W2, 64, 0.0, h1_bar, 64);
     // z1_bar = h1_bar*(1 - h1**2)   # tanh
     z1_bar_kernel(z1_bar, h1, h1_bar, (long long)N * 64);
     // b1_bar = z1_bar (summed over the batch)   # add
     b1_bar_kernel(b1_bar, z1_bar, 64, (long long)N);
     // W1_bar = z1_bar x^T (summed over the batch)   # matmul
-    W1_bar_kernel(W1_bar, z1_bar, x, 4096, (long long)N);
+    // GEMM: W1_bar [64 x 64] = z1_bar^T @ x, z1_bar [N x 64], x [N x 64], row-major;
+    // W1_bar = z1_bar^T @ x (GEMM)
+    bp_dgemm(1, 0, 64, 64, N, 1.0, z1_bar, 64, x, 64, 0.0, W1_bar, 64);
 
     *loss_out = (double)L[0];
     return 0;

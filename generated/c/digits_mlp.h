@@ -2,7 +2,7 @@
 //
 // Do not edit by hand: recompile with
 //     bpcompile compile examples/digits_mlp.yaml --target c
-// and compile digits_mlp.c (C99, needs libm only: cc -O2 -c digits_mlp.c; link with -lm).
+// and compile digits_mlp.c (C99, needs libm only: cc -O3 -c digits_mlp.c; link with -lm).
 //
 // The spec:
 //

@@ -2,7 +2,7 @@
 //
 // Do not edit by hand: recompile with
 //     bpcompile compile examples/mlp_regression.yaml --target c
-// and compile mlp_regression.c (C99, needs libm only: cc -O2 -c mlp_regression.c; link with -lm).
+// and compile mlp_regression.c (C99, needs libm only: cc -O3 -c mlp_regression.c; link with -lm).
 //
 // The spec:
 //

@@ -15,6 +15,220 @@
 
 typedef double real;  // dtype: float64
 
+// Matrix products: a blocked kernel of ours, or CBLAS with -DBPC_CBLAS (link a BLAS).
+#ifdef BPC_CBLAS
+#include <cblas.h>
+
+static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb,
+    double beta, double* restrict c, int ldc)
+{
+    cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+#else
+
+// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of 16 columns:
+// bp[j0 * kc + p * 16 + j] = op(b)[p, j0 + j], zeros past column nc
+static void bp_dgemm_pack_b(int trans_b, int kc, int nc, const double* restrict b, int ldb, double* restrict bp)
+{
+    for (int j0 = 0; j0 < nc; j0 += 16) {
+        const int nr = nc - j0 < 16 ? nc - j0 : 16;
+        double* restrict panel = bp + (size_t)j0 * kc;
+        if (trans_b) {   // read along the rows of b
+            for (int j = 0; j < nr; j++) {
+                const double* restrict src = b + (size_t)(j0 + j) * ldb;
+                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = src[p];
+            }
+            for (int j = nr; j < 16; j++)
+                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = 0.0;
+            continue;
+        }
+        for (int p = 0; p < kc; p++) {
+            double* restrict dst = panel + (size_t)p * 16;
+            const double* restrict src = b + (size_t)p * ldb + j0;
+            if (nr == 16) {
+                for (int j = 0; j < 16; j++) dst[j] = src[j];
+            } else {
+                for (int j = 0; j < nr; j++) dst[j] = src[j];
+                for (int j = nr; j < 16; j++) dst[j] = 0.0;
+            }
+        }
+    }
+}
+
+// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * 4 + r] = op(a)[r, p],
+// zeros past row mr
+static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict a, int lda, double* restrict ap)
+{
+    if (mr == 4) {   // a whole sliver: loops of a constant length
+        if (trans_a) {
+            for (int p = 0; p < kc; p++)
+                for (int r = 0; r < 4; r++) ap[(size_t)p * 4 + r] = a[(size_t)p * lda + r];
+        } else {
+            for (int r = 0; r < 4; r++)
+                for (int p = 0; p < kc; p++) ap[(size_t)p * 4 + r] = a[(size_t)r * lda + p];
+        }
+        return;
+    }
+    for (int p = 0; p < kc; p++) {
+        double* restrict dst = ap + (size_t)p * 4;
+        for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
+        for (int r = mr; r < 4; r++) dst[r] = 0.0;
+    }
+}
+
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
+static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+{
+    double acc0[16], acc1[16], acc2[16], acc3[16];
+    for (int j = 0; j < 16; j++) {
+        acc0[j] = 0.0;
+        acc1[j] = 0.0;
+        acc2[j] = 0.0;
+        acc3[j] = 0.0;
+    }
+    for (int p = 0; p < kc; p++) {
+        const double* restrict brow = bp + (size_t)p * 16;
+        const double* restrict acol = ap + (size_t)p * 4;
+        const double a0 = acol[0];
+        const double a1 = acol[1];
+        const double a2 = acol[2];
+        const double a3 = acol[3];
+        double bv[16];
+        for (int j = 0; j < 16; j++) bv[j] = brow[j];
+        for (int j = 0; j < 16; j++) {
+            acc0[j] += a0 * bv[j];
+            acc1[j] += a1 * bv[j];
+            acc2[j] += a2 * bv[j];
+            acc3[j] += a3 * bv[j];
+        }
+    }
+    for (int j = 0; j < 16; j++) {
+        ct[0 + j] = acc0[j];
+        ct[16 + j] = acc1[j];
+        ct[32 + j] = acc2[j];
+        ct[48 + j] = acc3[j];
+    }
+}
+
+// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0); c[r, j] is at
+// c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see bp_dgemm)
+static void bp_dgemm_store(int mr, int nr, double alpha, const double* restrict ct, double beta, double* restrict c,
+    size_t rs, size_t cs)
+{
+    for (int r = 0; r < mr; r++) {
+        double* restrict crow = c + r * rs;
+        const double* restrict trow = ct + r * 16;
+        if (nr == 16 && cs == 1) {
+            if (beta == 0.0) {
+                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j];
+            } else {
+                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j] + beta * crow[j];
+            }
+        } else {
+            for (int j = 0; j < nr; j++)
+                crow[j * cs] = beta == 0.0 ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
+        }
+    }
+}
+
+// the blocked product, c[i, j] at c[i * rs + j * cs]
+static void bp_dgemm_blocked(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, size_t rs, size_t cs)
+{
+    // stack: 70144 bytes
+    double bp[128 * 64];
+    double ap[4 * 128];
+    double ct[4 * 16];
+    for (int j0 = 0; j0 < n; j0 += 64) {
+        const int nc = n - j0 < 64 ? n - j0 : 64;
+        for (int p0 = 0; p0 < k; p0 += 128) {
+            const int kc = k - p0 < 128 ? k - p0 : 128;
+            const double beta_p = p0 == 0 ? beta : 1.0;   // later K blocks add to c
+            bp_dgemm_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
+            for (int i0 = 0; i0 < m; i0 += 4) {
+                const int mr = m - i0 < 4 ? m - i0 : 4;
+                bp_dgemm_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
+                for (int jr = 0; jr < nc; jr += 16) {
+                    bp_dgemm_tile(kc, ap, bp + (size_t)jr * kc, ct);
+                    bp_dgemm_store(mr, nc - jr < 16 ? nc - jr : 16, alpha, ct, beta_p,
+                              c + i0 * rs + (j0 + jr) * cs, rs, cs);
+                }
+            }
+        }
+    }
+}
+
+// the tiles' padding when c [m x n] is cut into 4 x 16 tiles
+static long long bp_dgemm_padded(int m, int n)
+{
+    return (long long)((m + 4 - 1) / 4 * 4) * ((n + 16 - 1) / 16 * 16);
+}
+
+// fewer rows than a tile (a batch of one): no packing, one row of c at a time;
+// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p (vector over the row);
+// op(b) = b^T: c[i, j] is a dot product, in 16 partial sums (lane q takes p = q mod 16)
+static void bp_dgemm_rows(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, int ldc)
+{
+    for (int i = 0; i < m; i++) {
+        double* restrict crow = c + (size_t)i * ldc;
+        if (!trans_b) {
+            for (int j = 0; j < n; j++) crow[j] = beta == 0.0 ? 0.0 : beta * crow[j];
+            for (int p = 0; p < k; p++) {
+                const double ap = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
+                const double* restrict brow = b + (size_t)p * ldb;
+                for (int j = 0; j < n; j++) crow[j] += ap * brow[j];
+            }
+            continue;
+        }
+        for (int j = 0; j < n; j++) {
+            const double* restrict brow = b + (size_t)j * ldb;
+            double lane[16];
+            for (int q = 0; q < 16; q++) lane[q] = 0.0;
+            int p = 0;
+            if (!trans_a) {
+                const double* restrict arow = a + (size_t)i * lda;
+                for (; p + 16 <= k; p += 16)
+                    for (int q = 0; q < 16; q++) lane[q] += arow[p + q] * brow[p + q];
+            }
+            for (; p < k; p++) lane[p % 16] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
+            double sum = 0.0;
+            for (int q = 0; q < 16; q++) sum += lane[q];
+            crow[j] = beta == 0.0 ? alpha * sum : alpha * sum + beta * crow[j];
+        }
+    }
+}
+
+// bp_dgemm: c = alpha * op(a) @ op(b) + beta * c, double, row-major (CBLAS's arguments,
+// row-major): op(a) [m x k] is a [m x lda] (a [k x lda] transposed when trans_a),
+// op(b) [k x n] is b [k x ldb] (b [n x ldb] transposed when trans_b), c [m x ldc].
+// c may not overlap a or b; when beta is 0, c is not read (a NaN there is overwritten).
+static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb,
+    double beta, double* restrict c, int ldc)
+{
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0 || alpha == 0.0) {   // c = beta * c (BLAS: a and b are not read)
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                c[(size_t)i * ldc + j] = beta == 0.0 ? 0.0 : beta * c[(size_t)i * ldc + j];
+        return;
+    }
+    if (m < 4) {
+        bp_dgemm_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    // narrow c (an output layer): c^T = op(b)^T op(a)^T wastes less of the tiles
+    const int swap = n >= 4 && bp_dgemm_padded(n, m) < bp_dgemm_padded(m, n);
+    bp_dgemm_blocked(swap ? !trans_b : trans_a, swap ? !trans_a : trans_b, swap ? n : m, swap ? m : n, k, alpha,
+                swap ? b : a, swap ? ldb : lda, swap ? a : b, swap ? lda : ldb, beta, c,
+                swap ? 1 : (size_t)ldc, swap ? (size_t)ldc : 1);
+}
+#endif
+
+
 // z1 = w11*x1 + w21*x2  (elementwise over [N])
 static void z1_kernel(
     real* restrict z1,
@@ -175,38 +389,6 @@ static void zo_bar_kernel(
     }
 }
 
-// u2_bar = einsum('n,n->', h4, zo_bar), a loop per output element
-static void u2_bar_kernel(
-    real* restrict u2_bar,
-    const real* restrict h4,
-    const real* restrict zo_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += h4[_r] * zo_bar[_r];
-        u2_bar[_o] = _acc;
-    }
-}
-
-// u1_bar = einsum('n,n->', h3, zo_bar), a loop per output element
-static void u1_bar_kernel(
-    real* restrict u1_bar,
-    const real* restrict h3,
-    const real* restrict zo_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += h3[_r] * zo_bar[_r];
-        u1_bar[_o] = _acc;
-    }
-}
-
 // z4_bar = h4*u2*zo_bar  (elementwise over [N])
 static void z4_bar_kernel(
     real* restrict z4_bar,
@@ -220,38 +402,6 @@ static void z4_bar_kernel(
     }
 }
 
-// v22_bar = einsum('n,n->', h2, z4_bar), a loop per output element
-static void v22_bar_kernel(
-    real* restrict v22_bar,
-    const real* restrict h2,
-    const real* restrict z4_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += h2[_r] * z4_bar[_r];
-        v22_bar[_o] = _acc;
-    }
-}
-
-// v12_bar = einsum('n,n->', z1, z4_bar), a loop per output element
-static void v12_bar_kernel(
-    real* restrict v12_bar,
-    const real* restrict z1,
-    const real* restrict z4_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z1[_r] * z4_bar[_r];
-        v12_bar[_o] = _acc;
-    }
-}
-
 // z3_bar = 2.0*u1*zo_bar  (elementwise over [N])
 static void z3_bar_kernel(
     real* restrict z3_bar,
@@ -261,22 +411,6 @@ static void z3_bar_kernel(
 {
     for (long long _i = 0; _i < _n; _i++) {
         z3_bar[_i] = 2.0*u1[0]*zo_bar[_i];
-    }
-}
-
-// v11_bar = einsum('n,n->', z1, z3_bar), a loop per output element
-static void v11_bar_kernel(
-    real* restrict v11_bar,
-    const real* restrict z1,
-    const real* restrict z3_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z1[_r] * z3_bar[_r];
-        v11_bar[_o] = _acc;
     }
 }
 
@@ -293,38 +427,6 @@ static void z2_bar_kernel(
     }
 }
 
-// w22_bar = einsum('n,n->', x2, z2_bar), a loop per output element
-static void w22_bar_kernel(
-    real* restrict w22_bar,
-    const real* restrict x2,
-    const real* restrict z2_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += x2[_r] * z2_bar[_r];
-        w22_bar[_o] = _acc;
-    }
-}
-
-// w12_bar = einsum('n,n->', x1, z2_bar), a loop per output element
-static void w12_bar_kernel(
-    real* restrict w12_bar,
-    const real* restrict x1,
-    const real* restrict z2_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += x1[_r] * z2_bar[_r];
-        w12_bar[_o] = _acc;
-    }
-}
-
 // z1_bar = v11*z3_bar + v12*z4_bar  (elementwise over [N])
 static void z1_bar_kernel(
     real* restrict z1_bar,
@@ -336,38 +438,6 @@ static void z1_bar_kernel(
 {
     for (long long _i = 0; _i < _n; _i++) {
         z1_bar[_i] = v11[0]*z3_bar[_i] + v12[0]*z4_bar[_i];
-    }
-}
-
-// w21_bar = einsum('n,n->', x2, z1_bar), a loop per output element
-static void w21_bar_kernel(
-    real* restrict w21_bar,
-    const real* restrict x2,
-    const real* restrict z1_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += x2[_r] * z1_bar[_r];
-        w21_bar[_o] = _acc;
-    }
-}
-
-// w11_bar = einsum('n,n->', x1, z1_bar), a loop per output element
-static void w11_bar_kernel(
-    real* restrict w11_bar,
-    const real* restrict x1,
-    const real* restrict z1_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += x1[_r] * z1_bar[_r];
-        w11_bar[_o] = _acc;
     }
 }
 
@@ -619,35 +689,53 @@ int seed002_network_value_and_grad(
     // zo_bar = o_bar*cos(zo)   # sin
     zo_bar_kernel(zo_bar, zo, o_bar, (long long)N);
     // u2_bar = h4*zo_bar (summed over the batch)   # mul
-    u2_bar_kernel(u2_bar, h4, zo_bar, 1, (long long)N);
+    // GEMM: u2_bar [1 x 1] = h4 @ zo_bar, h4 [1 x N], zo_bar [N x 1], row-major;
+    // u2_bar = h4 @ zo_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, h4, N, zo_bar, 1, 0.0, u2_bar, 1);
     // u1_bar = h3*zo_bar (summed over the batch)   # mul
-    u1_bar_kernel(u1_bar, h3, zo_bar, 1, (long long)N);
+    // GEMM: u1_bar [1 x 1] = h3 @ zo_bar, h3 [1 x N], zo_bar [N x 1], row-major;
+    // u1_bar = h3 @ zo_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, h3, N, zo_bar, 1, 0.0, u1_bar, 1);
     // h4_bar = u2*zo_bar   # mul
     // z4_bar = h4*h4_bar   # exp
     z4_bar_kernel(z4_bar, h4, u2, zo_bar, (long long)N);
     // v22_bar = h2*z4_bar (summed over the batch)   # mul
-    v22_bar_kernel(v22_bar, h2, z4_bar, 1, (long long)N);
+    // GEMM: v22_bar [1 x 1] = h2 @ z4_bar, h2 [1 x N], z4_bar [N x 1], row-major;
+    // v22_bar = h2 @ z4_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, h2, N, z4_bar, 1, 0.0, v22_bar, 1);
     // v12_bar = z1*z4_bar (summed over the batch)   # mul
-    v12_bar_kernel(v12_bar, z1, z4_bar, 1, (long long)N);
+    // GEMM: v12_bar [1 x 1] = z1 @ z4_bar, z1 [1 x N], z4_bar [N x 1], row-major;
+    // v12_bar = z1 @ z4_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, z1, N, z4_bar, 1, 0.0, v12_bar, 1);
     // h3_bar = u1*zo_bar   # mul
     // z3_bar = 2*h3_bar   # mul
     z3_bar_kernel(z3_bar, u1, zo_bar, (long long)N);
     // v11_bar = z1*z3_bar (summed over the batch)   # mul
-    v11_bar_kernel(v11_bar, z1, z3_bar, 1, (long long)N);
+    // GEMM: v11_bar [1 x 1] = z1 @ z3_bar, z1 [1 x N], z3_bar [N x 1], row-major;
+    // v11_bar = z1 @ z3_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, z1, N, z3_bar, 1, 0.0, v11_bar, 1);
     // h2_bar = v22*z4_bar   # mul
     // q1_bar = h2_bar/2   # div
     // z2_bar = 2*q1_bar*z2   # pow
     z2_bar_kernel(z2_bar, z2, v22, z4_bar, (long long)N);
     // w22_bar = x2*z2_bar (summed over the batch)   # mul
-    w22_bar_kernel(w22_bar, x2, z2_bar, 1, (long long)N);
+    // GEMM: w22_bar [1 x 1] = x2 @ z2_bar, x2 [1 x N], z2_bar [N x 1], row-major;
+    // w22_bar = x2 @ z2_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, x2, N, z2_bar, 1, 0.0, w22_bar, 1);
     // w12_bar = x1*z2_bar (summed over the batch)   # mul
-    w12_bar_kernel(w12_bar, x1, z2_bar, 1, (long long)N);
+    // GEMM: w12_bar [1 x 1] = x1 @ z2_bar, x1 [1 x N], z2_bar [N x 1], row-major;
+    // w12_bar = x1 @ z2_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, x1, N, z2_bar, 1, 0.0, w12_bar, 1);
     // z1_bar = v12*z4_bar + v11*z3_bar   # sum over consumers (mul, mul)
     z1_bar_kernel(z1_bar, v12, z4_bar, v11, z3_bar, (long long)N);
     // w21_bar = x2*z1_bar (summed over the batch)   # mul
-    w21_bar_kernel(w21_bar, x2, z1_bar, 1, (long long)N);
+    // GEMM: w21_bar [1 x 1] = x2 @ z1_bar, x2 [1 x N], z1_bar [N x 1], row-major;
+    // w21_bar = x2 @ z1_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, x2, N, z1_bar, 1, 0.0, w21_bar, 1);
     // w11_bar = x1*z1_bar (summed over the batch)   # mul
-    w11_bar_kernel(w11_bar, x1, z1_bar, 1, (long long)N);
+    // GEMM: w11_bar [1 x 1] = x1 @ z1_bar, x1 [1 x N], z1_bar [N x 1], row-major;
+    // w11_bar = x1 @ z1_bar (GEMM)
+    bp_dgemm(0, 0, 1, 1, N, 1.0, x1, N, z1_bar, 1, 0.0, w11_bar, 1);
 
     *loss_out = (double)L[0];
     return 0;

@@ -2,7 +2,7 @@
 //
 // Do not edit by hand: recompile with
 //     bpcompile compile examples/seed002_network.yaml --target c
-// and compile seed002_network.c (C99, needs libm only: cc -O2 -c seed002_network.c; link with -lm).
+// and compile seed002_network.c (C99, needs libm only: cc -O3 -c seed002_network.c; link with -lm).
 //
 // The spec:
 //

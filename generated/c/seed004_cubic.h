@@ -2,7 +2,7 @@
 //
 // Do not edit by hand: recompile with
 //     bpcompile compile examples/seed004_cubic.yaml --target c
-// and compile seed004_cubic.c (C99, needs libm only: cc -O2 -c seed004_cubic.c; link with -lm).
+// and compile seed004_cubic.c (C99, needs libm only: cc -O3 -c seed004_cubic.c; link with -lm).
 //
 // The spec:
 //

@@ -15,37 +15,219 @@
 
 typedef double real;  // dtype: float64
 
-// h = einsum('ij,nj->ni', W1, x), a loop per output element
-static void h_kernel(
-    real* restrict h,
-    const real* restrict W1,
-    const real* restrict x,
-    long long _n_out,
-    long long _n_red)
+// Matrix products: a blocked kernel of ours, or CBLAS with -DBPC_CBLAS (link a BLAS).
+#ifdef BPC_CBLAS
+#include <cblas.h>
+
+static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb,
+    double beta, double* restrict c, int ldc)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += W1[(_o % 2) * 2 + _r] * x[(_o / 2) * 2 + _r];
-        h[_o] = _acc;
+    cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+#else
+
+// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of 16 columns:
+// bp[j0 * kc + p * 16 + j] = op(b)[p, j0 + j], zeros past column nc
+static void bp_dgemm_pack_b(int trans_b, int kc, int nc, const double* restrict b, int ldb, double* restrict bp)
+{
+    for (int j0 = 0; j0 < nc; j0 += 16) {
+        const int nr = nc - j0 < 16 ? nc - j0 : 16;
+        double* restrict panel = bp + (size_t)j0 * kc;
+        if (trans_b) {   // read along the rows of b
+            for (int j = 0; j < nr; j++) {
+                const double* restrict src = b + (size_t)(j0 + j) * ldb;
+                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = src[p];
+            }
+            for (int j = nr; j < 16; j++)
+                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = 0.0;
+            continue;
+        }
+        for (int p = 0; p < kc; p++) {
+            double* restrict dst = panel + (size_t)p * 16;
+            const double* restrict src = b + (size_t)p * ldb + j0;
+            if (nr == 16) {
+                for (int j = 0; j < 16; j++) dst[j] = src[j];
+            } else {
+                for (int j = 0; j < nr; j++) dst[j] = src[j];
+                for (int j = nr; j < 16; j++) dst[j] = 0.0;
+            }
+        }
     }
 }
 
-// y_hat = einsum('i,ni->n', w2, h), a loop per output element
-static void y_hat_kernel(
-    real* restrict y_hat,
-    const real* restrict w2,
-    const real* restrict h,
-    long long _n_out,
-    long long _n_red)
+// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * 4 + r] = op(a)[r, p],
+// zeros past row mr
+static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict a, int lda, double* restrict ap)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += w2[_r] * h[_o * 2 + _r];
-        y_hat[_o] = _acc;
+    if (mr == 4) {   // a whole sliver: loops of a constant length
+        if (trans_a) {
+            for (int p = 0; p < kc; p++)
+                for (int r = 0; r < 4; r++) ap[(size_t)p * 4 + r] = a[(size_t)p * lda + r];
+        } else {
+            for (int r = 0; r < 4; r++)
+                for (int p = 0; p < kc; p++) ap[(size_t)p * 4 + r] = a[(size_t)r * lda + p];
+        }
+        return;
+    }
+    for (int p = 0; p < kc; p++) {
+        double* restrict dst = ap + (size_t)p * 4;
+        for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
+        for (int r = mr; r < 4; r++) dst[r] = 0.0;
     }
 }
+
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
+static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+{
+    double acc0[16], acc1[16], acc2[16], acc3[16];
+    for (int j = 0; j < 16; j++) {
+        acc0[j] = 0.0;
+        acc1[j] = 0.0;
+        acc2[j] = 0.0;
+        acc3[j] = 0.0;
+    }
+    for (int p = 0; p < kc; p++) {
+        const double* restrict brow = bp + (size_t)p * 16;
+        const double* restrict acol = ap + (size_t)p * 4;
+        const double a0 = acol[0];
+        const double a1 = acol[1];
+        const double a2 = acol[2];
+        const double a3 = acol[3];
+        double bv[16];
+        for (int j = 0; j < 16; j++) bv[j] = brow[j];
+        for (int j = 0; j < 16; j++) {
+            acc0[j] += a0 * bv[j];
+            acc1[j] += a1 * bv[j];
+            acc2[j] += a2 * bv[j];
+            acc3[j] += a3 * bv[j];
+        }
+    }
+    for (int j = 0; j < 16; j++) {
+        ct[0 + j] = acc0[j];
+        ct[16 + j] = acc1[j];
+        ct[32 + j] = acc2[j];
+        ct[48 + j] = acc3[j];
+    }
+}
+
+// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0); c[r, j] is at
+// c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see bp_dgemm)
+static void bp_dgemm_store(int mr, int nr, double alpha, const double* restrict ct, double beta, double* restrict c,
+    size_t rs, size_t cs)
+{
+    for (int r = 0; r < mr; r++) {
+        double* restrict crow = c + r * rs;
+        const double* restrict trow = ct + r * 16;
+        if (nr == 16 && cs == 1) {
+            if (beta == 0.0) {
+                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j];
+            } else {
+                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j] + beta * crow[j];
+            }
+        } else {
+            for (int j = 0; j < nr; j++)
+                crow[j * cs] = beta == 0.0 ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
+        }
+    }
+}
+
+// the blocked product, c[i, j] at c[i * rs + j * cs]
+static void bp_dgemm_blocked(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, size_t rs, size_t cs)
+{
+    // stack: 70144 bytes
+    double bp[128 * 64];
+    double ap[4 * 128];
+    double ct[4 * 16];
+    for (int j0 = 0; j0 < n; j0 += 64) {
+        const int nc = n - j0 < 64 ? n - j0 : 64;
+        for (int p0 = 0; p0 < k; p0 += 128) {
+            const int kc = k - p0 < 128 ? k - p0 : 128;
+            const double beta_p = p0 == 0 ? beta : 1.0;   // later K blocks add to c
+            bp_dgemm_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
+            for (int i0 = 0; i0 < m; i0 += 4) {
+                const int mr = m - i0 < 4 ? m - i0 : 4;
+                bp_dgemm_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
+                for (int jr = 0; jr < nc; jr += 16) {
+                    bp_dgemm_tile(kc, ap, bp + (size_t)jr * kc, ct);
+                    bp_dgemm_store(mr, nc - jr < 16 ? nc - jr : 16, alpha, ct, beta_p,
+                              c + i0 * rs + (j0 + jr) * cs, rs, cs);
+                }
+            }
+        }
+    }
+}
+
+// the tiles' padding when c [m x n] is cut into 4 x 16 tiles
+static long long bp_dgemm_padded(int m, int n)
+{
+    return (long long)((m + 4 - 1) / 4 * 4) * ((n + 16 - 1) / 16 * 16);
+}
+
+// fewer rows than a tile (a batch of one): no packing, one row of c at a time;
+// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p (vector over the row);
+// op(b) = b^T: c[i, j] is a dot product, in 16 partial sums (lane q takes p = q mod 16)
+static void bp_dgemm_rows(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, int ldc)
+{
+    for (int i = 0; i < m; i++) {
+        double* restrict crow = c + (size_t)i * ldc;
+        if (!trans_b) {
+            for (int j = 0; j < n; j++) crow[j] = beta == 0.0 ? 0.0 : beta * crow[j];
+            for (int p = 0; p < k; p++) {
+                const double ap = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
+                const double* restrict brow = b + (size_t)p * ldb;
+                for (int j = 0; j < n; j++) crow[j] += ap * brow[j];
+            }
+            continue;
+        }
+        for (int j = 0; j < n; j++) {
+            const double* restrict brow = b + (size_t)j * ldb;
+            double lane[16];
+            for (int q = 0; q < 16; q++) lane[q] = 0.0;
+            int p = 0;
+            if (!trans_a) {
+                const double* restrict arow = a + (size_t)i * lda;
+                for (; p + 16 <= k; p += 16)
+                    for (int q = 0; q < 16; q++) lane[q] += arow[p + q] * brow[p + q];
+            }
+            for (; p < k; p++) lane[p % 16] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
+            double sum = 0.0;
+            for (int q = 0; q < 16; q++) sum += lane[q];
+            crow[j] = beta == 0.0 ? alpha * sum : alpha * sum + beta * crow[j];
+        }
+    }
+}
+
+// bp_dgemm: c = alpha * op(a) @ op(b) + beta * c, double, row-major (CBLAS's arguments,
+// row-major): op(a) [m x k] is a [m x lda] (a [k x lda] transposed when trans_a),
+// op(b) [k x n] is b [k x ldb] (b [n x ldb] transposed when trans_b), c [m x ldc].
+// c may not overlap a or b; when beta is 0, c is not read (a NaN there is overwritten).
+static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
+    const double* restrict a, int lda, const double* restrict b, int ldb,
+    double beta, double* restrict c, int ldc)
+{
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0 || alpha == 0.0) {   // c = beta * c (BLAS: a and b are not read)
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                c[(size_t)i * ldc + j] = beta == 0.0 ? 0.0 : beta * c[(size_t)i * ldc + j];
+        return;
+    }
+    if (m < 4) {
+        bp_dgemm_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    // narrow c (an output layer): c^T = op(b)^T op(a)^T wastes less of the tiles
+    const int swap = n >= 4 && bp_dgemm_padded(n, m) < bp_dgemm_padded(m, n);
+    bp_dgemm_blocked(swap ? !trans_b : trans_a, swap ? !trans_a : trans_b, swap ? n : m, swap ? m : n, k, alpha,
+                swap ? b : a, swap ? ldb : lda, swap ? a : b, swap ? lda : ldb, beta, c,
+                swap ? 1 : (size_t)ldc, swap ? (size_t)ldc : 1);
+}
+#endif
+
 
 // L_n = ((y - y_hat)*(y - y_hat))  (elementwise over [N])
 static void L_n_kernel(
@@ -95,70 +277,6 @@ static void y_hat_bar_kernel(real* restrict y_hat_bar, const real* restrict t0, 
 {
     for (long long _i = 0; _i < _n; _i++) {
         y_hat_bar[_i] = -2.0*t0[_i];
-    }
-}
-
-// w2_bar = einsum('n,ni->i', y_hat_bar, h), a loop per output element
-static void w2_bar_kernel(
-    real* restrict w2_bar,
-    const real* restrict y_hat_bar,
-    const real* restrict h,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += y_hat_bar[_r] * h[_o + _r * 2];
-        w2_bar[_o] = _acc;
-    }
-}
-
-// h_bar = einsum('i,n->ni', w2, y_hat_bar), a loop per output element
-static void h_bar_kernel(
-    real* restrict h_bar,
-    const real* restrict w2,
-    const real* restrict y_hat_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += w2[_o % 2] * y_hat_bar[_o / 2];
-        h_bar[_o] = _acc;
-    }
-}
-
-// W1_bar = einsum('ni,nj->ij', h_bar, x), a loop per output element
-static void W1_bar_kernel(
-    real* restrict W1_bar,
-    const real* restrict h_bar,
-    const real* restrict x,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += h_bar[_o / 2 + _r * 2] * x[_o % 2 + _r * 2];
-        W1_bar[_o] = _acc;
-    }
-}
-
-// x_bar = einsum('ij,ni->nj', W1, h_bar), a loop per output element
-static void x_bar_kernel(
-    real* restrict x_bar,
-    const real* restrict W1,
-    const real* restrict h_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += W1[_o % 2 + _r * 2] * h_bar[(_o / 2) * 2 + _r];
-        x_bar[_o] = _acc;
     }
 }
 
@@ -252,9 +370,13 @@ int seed004_two_layer_linear_predict(
 
     // forward pass
     // h = W1 @ x
-    h_kernel(h, W1, x, (long long)N * 2, 2);
+    // GEMM: h [N x 2] = x @ W1^T, x [N x 2], W1 [2 x 2], row-major;
+    // h = x @ W1^T (GEMM)
+    bp_dgemm(0, 1, N, 2, 2, 1.0, x, 2, W1, 2, 0.0, h, 2);
     // y_hat = w2 @ h
-    y_hat_kernel(y_hat, w2, h, (long long)N, 2);
+    // GEMM: y_hat [1 x N] = w2 @ h^T, w2 [1 x 2], h [N x 2], row-major;
+    // y_hat = w2 @ h^T (GEMM)
+    bp_dgemm(0, 1, 1, N, 2, 1.0, w2, 2, h, 2, 0.0, y_hat, N);
     return 0;
 }
 
@@ -283,9 +405,13 @@ int seed004_two_layer_linear_loss(
 
     // forward pass
     // h = W1 @ x
-    h_kernel(h, W1, x, (long long)N * 2, 2);
+    // GEMM: h [N x 2] = x @ W1^T, x [N x 2], W1 [2 x 2], row-major;
+    // h = x @ W1^T (GEMM)
+    bp_dgemm(0, 1, N, 2, 2, 1.0, x, 2, W1, 2, 0.0, h, 2);
     // y_hat = w2 @ h
-    y_hat_kernel(y_hat, w2, h, (long long)N, 2);
+    // GEMM: y_hat [1 x N] = w2 @ h^T, w2 [1 x 2], h [N x 2], row-major;
+    // y_hat = w2 @ h^T (GEMM)
+    bp_dgemm(0, 1, 1, N, 2, 1.0, w2, 2, h, 2, 0.0, y_hat, N);
     // L_n = (y - y_hat)**2
     L_n_kernel(L_n, y, y_hat, (long long)N);
     // L = sum over the batch of L_n
@@ -326,9 +452,13 @@ int seed004_two_layer_linear_value_and_grad(
 
     // forward pass
     // h = W1 @ x
-    h_kernel(h, W1, x, (long long)N * 2, 2);
+    // GEMM: h [N x 2] = x @ W1^T, x [N x 2], W1 [2 x 2], row-major;
+    // h = x @ W1^T (GEMM)
+    bp_dgemm(0, 1, N, 2, 2, 1.0, x, 2, W1, 2, 0.0, h, 2);
     // y_hat = w2 @ h
-    y_hat_kernel(y_hat, w2, h, (long long)N, 2);
+    // GEMM: y_hat [1 x N] = w2 @ h^T, w2 [1 x 2], h [N x 2], row-major;
+    // y_hat = w2 @ h^T (GEMM)
+    bp_dgemm(0, 1, 1, N, 2, 1.0, w2, 2, h, 2, 0.0, y_hat, N);
     // L_n = (y - y_hat)**2
     t0_kernel(t0, y, y_hat, (long long)N);
     L_n_kernel_2(L_n, t0, (long long)N);
@@ -342,13 +472,21 @@ int seed004_two_layer_linear_value_and_grad(
     // y_hat_bar = -q1_bar   # sub
     y_hat_bar_kernel(y_hat_bar, t0, (long long)N);
     // w2_bar = h*y_hat_bar (summed over the batch)   # dot
-    w2_bar_kernel(w2_bar, y_hat_bar, h, 2, (long long)N);
+    // GEMM: w2_bar [1 x 2] = y_hat_bar @ h, y_hat_bar [1 x N], h [N x 2], row-major;
+    // w2_bar = y_hat_bar @ h (GEMM)
+    bp_dgemm(0, 0, 1, 2, N, 1.0, y_hat_bar, N, h, 2, 0.0, w2_bar, 2);
     // h_bar = w2*y_hat_bar   # dot
-    h_bar_kernel(h_bar, w2, y_hat_bar, (long long)N * 2, 1);
+    // GEMM: h_bar [N x 2] = y_hat_bar @ w2, y_hat_bar [N x 1], w2 [1 x 2], row-major;
+    // h_bar = y_hat_bar @ w2 (GEMM)
+    bp_dgemm(0, 0, N, 2, 1, 1.0, y_hat_bar, 1, w2, 2, 0.0, h_bar, 2);
     // W1_bar = h_bar x^T (summed over the batch)   # matmul
-    W1_bar_kernel(W1_bar, h_bar, x, 4, (long long)N);
+    // GEMM: W1_bar [2 x 2] = h_bar^T @ x, h_bar [N x 2], x [N x 2], row-major;
+    // W1_bar = h_bar^T @ x (GEMM)
+    bp_dgemm(1, 0, 2, 2, N, 1.0, h_bar, 2, x, 2, 0.0, W1_bar, 2);
     // x_bar = W1^T @ h_bar   # matmul
-    x_bar_kernel(x_bar, W1, h_bar, (long long)N * 2, 2);
+    // GEMM: x_bar [N x 2] = h_bar @ W1, h_bar [N x 2], W1 [2 x 2], row-major;
+    // x_bar = h_bar @ W1 (GEMM)
+    bp_dgemm(0, 0, N, 2, 2, 1.0, h_bar, 2, W1, 2, 0.0, x_bar, 2);
 
     *loss_out = (double)L[0];
     return 0;

@@ -22,7 +22,7 @@ Each thread keeps a workspace per batch size (the last few), so threads may call
 the module at once: the C functions hold no state and release the GIL.
 
 Environment: CC (the C compiler, default cc; it may carry arguments, such as
-"ccache gcc"), CFLAGS (replaces the default -O2; -std=c99 -fPIC -shared are always
+"ccache gcc"), CFLAGS (replaces the default -O3; -std=c99 -fPIC -shared are always
 given).
 """
 
@@ -52,9 +52,9 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x',), 'loss': ('x', 'y'), 'value_and_grad': ('x', 'y')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "237934ad6b32581e94b5433ef30d82296581fe38058061f21c75f2fee3b6dc8b"  # the .c this loader was generated with
-HEADER_SHA256 = "e17119938c185cdec452ae015d4316ef8a5b73f279d00d8ae1587695e115f592"  # and its .h
-DEFAULT_CFLAGS = "-O2"
+SOURCE_SHA256 = "6596940a9ec813386489d53c6057bfbf184dd782e221eb4fe25ce76364fc86fc"  # the .c this loader was generated with
+HEADER_SHA256 = "c4ca662799cfee66f43c4c99315e0c7d9763e19439535c1557acd7477be6057f"  # and its .h
+DEFAULT_CFLAGS = "-O3"   # portable; -O3 -march=native -ffp-contract=fast is faster (README)
 KEEP_WORKSPACES = 4
 
 # ---------------------------------------------------------------------------

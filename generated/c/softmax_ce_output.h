@@ -2,7 +2,7 @@
 //
 // Do not edit by hand: recompile with
 //     bpcompile compile examples/softmax_ce_output.yaml --target c
-// and compile softmax_ce_output.c (C99, needs libm only: cc -O2 -c softmax_ce_output.c; link with -lm).
+// and compile softmax_ce_output.c (C99, needs libm only: cc -O3 -c softmax_ce_output.c; link with -lm).
 //
 // The spec:
 //

@@ -2,7 +2,7 @@
 //
 // Do not edit by hand: recompile with
 //     bpcompile compile examples/tanh_regression.yaml --target c
-// and compile tanh_regression.c (C99, needs libm only: cc -O2 -c tanh_regression.c; link with -lm).
+// and compile tanh_regression.c (C99, needs libm only: cc -O3 -c tanh_regression.c; link with -lm).
 //
 // The spec:
 //

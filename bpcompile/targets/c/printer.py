@@ -30,6 +30,7 @@ import re
 from ... import escape
 from ..base import Code, template_environment
 from ..clike import CExprPrinter, CStyle, check_c_source, ident, line_comment, print_module, token
+from ..clike.gemm import gemm_call, gemm_source
 from ..python import init_line
 
 
@@ -60,6 +61,11 @@ class C(CStyle):
             f"    {module}_layout(ws, (char*)workspace);",
             "    (void)ws;",
         ]
+
+    def gemm(self, g):
+        # our blocked kernel (clike/gemm.py), or CBLAS's when built with -DBPC_CBLAS
+        what = f"{g.out} = {g.left}{'^T' if g.trans_left else ''} @ {g.right}{'^T' if g.trans_right else ''}"
+        return [line_comment(what + (", per example" if g.batched else "") + " (GEMM)"), gemm_call(g)]
 
 
 LANG = C()
@@ -160,6 +166,7 @@ def render(low, adj, programs, version: str) -> dict:
     check_c_file(header, f"{spec.name}.h", spec.name)
     source = env.get_template("module.c.j2").render(
         **common, uses_max="bp_max(" in used, kernels=code(printed.kernels), structs=code(printed.structs),
+        gemm=Code(gemm_source((spec.dtype,))) if any("gemm" in fp.uses for fp in printed.printers.values()) else None,
         layout=code(printed.layout), functions=code(functions.values()),
     )
     check_c_file(source, f"{spec.name}.c", spec.name)
