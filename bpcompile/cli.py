@@ -3,7 +3,7 @@
     bpcompile compile SPEC... [--target NAME] [-o DIR]
     bpcompile inspect SPEC [--format text|latex|json]
     bpcompile graph SPEC -o FILE.{dot,svg,png}
-    bpcompile verify SPEC [--module FILE]
+    bpcompile verify SPEC... [--module FILE]
 
 Exit codes: 0 success, 1 verification failed, 2 bad spec or usage.  A bad spec
 is reported on one line (file, line, key, problem) with no traceback, and
@@ -127,10 +127,53 @@ def cmd_graph(args) -> int:
 
 def cmd_verify(args) -> int:
     from .tools.verify import verify
-    with _about(args.spec):
-        report = verify(load_spec(args.spec), module=args.module)
-    say(report.table())
-    return EXIT_OK if report.ok else EXIT_FAILED
+    if len(args.specs) == 1:
+        with _about(args.specs[0]):
+            report = verify(load_spec(args.specs[0]), module=args.module)
+        say(report.table())
+        return EXIT_OK if report.ok else EXIT_FAILED
+    if args.module is not None:
+        complain(f"--module checks one spec; {len(args.specs)} were given")
+        return EXIT_USAGE
+    # several specs: checked at once in a few worker processes (forked where the
+    # platform can: they start with the verifier imported), reported in the given
+    # order, each table under a heading naming its file; a bad spec is its one line
+    code = EXIT_OK
+    for path, (status, text) in zip(args.specs, _in_workers(_verify_one, args.specs)):
+        if status == EXIT_USAGE:
+            complain(text)
+        else:
+            say(f"== {path} ==\n{text}")
+        code = max(code, status)
+    return code
+
+
+def _verify_one(path: str) -> tuple:
+    """(exit status, the report's table or the one-line error) of ``verify`` of one spec."""
+    from .tools.verify import verify
+    try:
+        with _about(path):
+            report = verify(load_spec(path))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:   # noqa: BLE001 - each reported on its line, as main() does
+        return EXIT_USAGE, _problem(e)
+    return (EXIT_OK if report.ok else EXIT_FAILED), report.table()
+
+
+def _in_workers(fn, items):
+    """``map(fn, items)`` in up to os.cpu_count() worker processes, each result as soon
+    as it and those before it are done."""
+    import concurrent.futures
+    import multiprocessing
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers < 2:
+        yield from map(fn, items)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield from pool.map(fn, items)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -172,7 +215,9 @@ def parser() -> argparse.ArgumentParser:
                        "the derivative of the full SymPy expansion of the loss at small sizes and with central "
                        "finite differences; a float32 module is checked in float64 and in float32. "
                        "Exit 1 on a mismatch.")
-    v.add_argument("spec", metavar="SPEC", help="model spec file (.yaml, .json)")
+    v.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="model spec files (.yaml, .json): several are checked at once, in worker processes, "
+                        "each table under a heading naming its file")
     v.add_argument("--module", metavar="FILE",
                    help="a generated .py module to check (e.g. one someone edited) instead of the spec "
                         "compiled afresh; like the fresh one, it runs in a separate Python process with "
@@ -189,26 +234,29 @@ def main(argv=None) -> int:
         return args.run(args)
     except BrokenPipeError:
         return EXIT_OK
-    except SpecError as e:
-        complain(str(e))
-        return EXIT_USAGE
     except (KeyboardInterrupt, SystemExit):
         raise
-    except MemoryError:
-        complain("out of memory: the spec describes more than this machine can compile "
-                 "(see SECURITY.md for the limits)")
+    except Exception as e:  # noqa: BLE001 - each on one line (see _problem)
+        complain(_problem(e))
         return EXIT_USAGE
-    except OSError as e:
+
+
+def _problem(e: BaseException) -> str:
+    """The one line an error of a command is reported as (raised again, a bug of
+    ours, when BPCOMPILE_TRACEBACK is set)."""
+    if isinstance(e, SpecError):
+        return str(e)
+    if isinstance(e, MemoryError):
+        return ("out of memory: the spec describes more than this machine can compile "
+                "(see SECURITY.md for the limits)")
+    if isinstance(e, OSError):
         # a file we were told to read or write: the user's to fix (an unwritable -o, a full disk)
-        complain(_os_error(e))
-        return EXIT_USAGE
-    except Exception as e:  # noqa: BLE001 - a bug of ours: one line, unless asked for the traceback
-        if os.environ.get("BPCOMPILE_TRACEBACK"):
-            raise
-        detail = " ".join(str(e).split())
-        complain(f"internal compiler error ({type(e).__name__}: {detail}); this is a bug in bpcompile, "
-                 "please report it with the spec (BPCOMPILE_TRACEBACK=1 shows where)")
-        return EXIT_USAGE
+        return _os_error(e)
+    if os.environ.get("BPCOMPILE_TRACEBACK"):
+        raise e
+    detail = " ".join(str(e).split())
+    return (f"internal compiler error ({type(e).__name__}: {detail}); this is a bug in bpcompile, "
+            "please report it with the spec (BPCOMPILE_TRACEBACK=1 shows where)")
 
 
 if __name__ == "__main__":

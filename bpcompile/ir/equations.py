@@ -588,7 +588,58 @@ def term_expr(G, namer, x, consumer, rule, contribution) -> Term:
         d = local_derivative(expr, pos)
         subs = {arg_symbol(i): namer.sym(arg) for i, arg in enumerate(node["args"])}
         subs[OUT] = namer.sym(consumer)
-        with sp.evaluate(False):    # 2*(y - g) as the chain rule gives it, not 2*y - 2*g
-            d = d.xreplace(subs)
+        d = replace_unevaluated(d, subs)    # 2*(y - g) as the chain rule gives it, not 2*y - 2*g
         total += g * d
     return Term(total, rule, batch_note(G, consumer, x))
+
+
+def _keeps_unevaluated(func) -> bool:
+    """Whether ``func(*args, evaluate=False)`` builds what ``func(*args)`` builds under
+    ``sp.evaluate(False)``: true of Add, Mul, Pow and of functions that keep
+    SymPy's own constructor (some classes, Max and Min among them, read the flag
+    differently or take no ``evaluate``)."""
+    if func in (sp.Add, sp.Mul, sp.Pow):
+        return True
+    return (isinstance(func, type) and issubclass(func, sp.Function)
+            and func.__new__ in _FUNCTION_NEW and func._new_.__func__ is sp.Function._new_.__func__)
+
+
+# the constructors of SymPy's functions (tanh, exp, cos, erf, ...) that read ``evaluate`` as the flag
+_FUNCTION_NEW = (sp.Function.__new__, sp.core.function.DefinedFunction.__new__)
+
+
+def replace_unevaluated(expr: sp.Expr, subs: dict) -> sp.Expr:
+    """``expr.xreplace(subs)`` with each rebuilt node left unevaluated, as under
+    ``with sp.evaluate(False)``, but without flipping SymPy's global flag: each flip
+    clears SymPy's whole cache, and a compile that flipped it once per adjoint term
+    spent 40% of its time recomputing what the cache had held.  An expression with
+    a node of another kind is replaced under the flag, as before."""
+    done: dict = {}
+    stack = [expr]
+    while stack:   # post-order without recursion: every rebuilt node's args are done first
+        e = stack[-1]
+        if e in done:
+            stack.pop()
+            continue
+        if e in subs:
+            done[e] = subs[e]
+            stack.pop()
+            continue
+        if not isinstance(e, sp.Basic) or type(e)._xreplace is not sp.Basic._xreplace:
+            break
+        pending = [a for a in e.args if a not in done]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        args = tuple(done[a] for a in e.args)
+        if args == e.args and all(x is y for x, y in zip(args, e.args)):
+            done[e] = e
+        elif _keeps_unevaluated(e.func):
+            done[e] = e.func(*args, evaluate=False)
+        else:
+            break
+    else:
+        return done[expr]
+    with sp.evaluate(False):
+        return expr.xreplace(subs)
