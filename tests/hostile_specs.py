@@ -25,14 +25,16 @@ one dies or hangs), calling ``bpcompile.cli.main(argv)`` in-process:
 
     compile SPEC -o DIR                   (numpy)
     compile SPEC --target cuda -o DIR
+    compile SPEC --target c -o DIR
     inspect SPEC --format text|latex|json
     graph SPEC -o DIR/g.dot
     verify SPEC                           (a sample of the specs that compile)
 
 and checks what the issue promises: exit 0 with files that import in a fresh
 subprocess (several modules per subprocess, each in its own namespace) without
-creating a marker, a .cu that has no payload outside comments and passes
-``g++ -fsyntax-only`` with the emulation header (a sample), nothing written
+creating a marker, a .cu, .c and .h with no payload outside comments, the .cu passing
+``g++ -fsyntax-only`` with the emulation header and the .c ``gcc -std=c99 -fsyntax-only
+-Werror`` (a sample), nothing written
 outside DIR (nor left in the temp dir); or exit 2 with exactly one ``error:``
 line and nothing written.  Never a traceback, an internal compiler error, a
 timeout, a dead worker, exit 1 from compile; no raw ESC / bidi / control
@@ -1038,14 +1040,14 @@ def _check_files(cmd, outdir: Path, fails):
             fails.append(("file_not_utf8", cmd, f"{p.name}: {e}"))
             continue
         ch = bad_char(text)
-        if ch and p.suffix != ".cu":
+        if ch and p.suffix not in (".cu", ".c", ".h"):
             fails.append(("file_control_char", cmd, f"raw {ch} in {p.suffix} file"))
         if p.suffix == ".py":
             try:
                 compile(text, str(p), "exec")
             except (SyntaxError, ValueError) as e:
                 fails.append(("generated_syntax_error", cmd, f"{p.name}: {type(e).__name__}: {str(e)[:150]}"))
-        if p.suffix == ".cu":
+        if p.suffix in (".cu", ".c", ".h"):   # C and CUDA source: the same checks
             fails += [(k, cmd, d) for k, d in check_cu(text)]
     return files
 
@@ -1058,7 +1060,7 @@ def run_case(case: Case, opts: Options, progress=lambda cmd: None):
     T.mkdir(parents=True)
     (T / "tmp").mkdir()
     spec_path = T.joinpath(*case.path)
-    fails, imports, gxx = [], [], []
+    fails, imports, gxx, gcc = [], [], [], []
     codes = {}
     outputs = {}
     res = {"index": case.index, "family": case.family, "fails": fails, "imports": imports, "dir": str(T),
@@ -1073,16 +1075,18 @@ def run_case(case: Case, opts: Options, progress=lambda cmd: None):
     tempfile.tempdir = str(T / "tmp")
     os.environ["TMPDIR"] = str(T / "tmp")
     spec = str(spec_path)
-    outs = {k: T / f"{case.out}_{k}" for k in ("np", "cuda", "graph")}
+    outs = {k: T / f"{case.out}_{k}" for k in ("np", "cuda", "c", "graph")}
     if case.out_kind == "file":
         outs["np"].write_text("a file\n")
         outs["cuda"].write_text("a file\n")
+        outs["c"].write_text("a file\n")
     elif case.out_kind == "under_file":
         (T / "afile").write_text("a file\n")
         outs = {k: T / "afile" / k for k in outs}
     cmds = [("compile", ["compile", spec, "-o", str(outs["np"])], outs["np"])]
     if opts.cuda:
         cmds.append(("compile_cuda", ["compile", spec, "--target", "cuda", "-o", str(outs["cuda"])], outs["cuda"]))
+        cmds.append(("compile_c", ["compile", spec, "--target", "c", "-o", str(outs["c"])], outs["c"]))
     cmds += [("inspect_text", ["inspect", spec], None), ("inspect_latex", ["inspect", spec, "--format", "latex"], None),
              ("inspect_json", ["inspect", spec, "--format", "json"], None),
              ("graph", ["graph", spec, "-o", str(outs["graph"] / "g.dot")], outs["graph"])]
@@ -1156,6 +1160,14 @@ def run_case(case: Case, opts: Options, progress=lambda cmd: None):
                     suspicious = any(f[0].startswith("cuda_") for f in fails)
                     if suspicious or case.verify or (opts.gxx_every and case.index % opts.gxx_every == 0):
                         gxx.append(str(p))
+        elif cmd == "compile_c":
+            files = _check_files(cmd, outdir, fails)
+            imports += [(str(p), "loader") for p in files if p.suffix == ".py"]
+            for p in files:
+                if p.suffix == ".c":
+                    suspicious = any(f[0].startswith("cuda_") for f in fails)
+                    if suspicious or case.verify or (opts.gxx_every and case.index % opts.gxx_every == 0):
+                        gcc.append(str(p))
         elif cmd == "inspect_latex":
             m = _LATEX_DANGER.search(out)
             if m:
@@ -1195,6 +1207,16 @@ def run_case(case: Case, opts: Options, progress=lambda cmd: None):
                 fails.append(("cuda_does_not_compile", "g++", first[:300]))
         except subprocess.TimeoutExpired:
             fails.append(("cuda_does_not_compile", "g++", "g++ -fsyntax-only ran over 60 s (#include of a device?)"))
+    for c in gcc:
+        progress("gcc")
+        try:
+            r = subprocess.run(["gcc", "-std=c99", "-fsyntax-only", "-Wall", "-Wextra", "-Wpedantic", "-Werror", c],
+                               capture_output=True, text=True, timeout=60, cwd=T, errors="replace")
+            if r.returncode != 0:
+                first = next((ln for ln in r.stderr.splitlines() if "error" in ln), r.stderr[:200])
+                fails.append(("c_does_not_compile", "gcc", first[:300]))
+        except subprocess.TimeoutExpired:
+            fails.append(("c_does_not_compile", "gcc", "gcc -fsyntax-only ran over 60 s (#include of a device?)"))
     return res
 
 
@@ -1253,9 +1275,9 @@ def import_batch(items, memory):
             r = subprocess.run([sys.executable, "-c", IMPORTER], input=json.dumps(sub), capture_output=True,
                                text=True, timeout=30 + 25 * len(sub), env=env, cwd="/",
                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (memory, memory)))
-            out, rc = r.stdout, r.returncode
+            out, rc, err = r.stdout, r.returncode, r.stderr
         except subprocess.TimeoutExpired as e:
-            out, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
+            out, rc, err = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout", ""
         done = set()
         for line in out.splitlines():
             try:
@@ -1267,7 +1289,8 @@ def import_batch(items, memory):
         rest = [todo[j] for j in range(len(todo)) if j not in done]
         if rest:
             # the first one not reported killed the importer (os._exit, a signal, a hang)
-            results[rest[0]] = ("import_killed", f"the importing process ended ({rc}) on this module")
+            last = (err or "").strip().splitlines()[-1:] or [""]
+            results[rest[0]] = ("import_killed", f"the importing process ended ({rc}) on this module: {last[0][:200]}")
             rest = rest[1:]
         todo = rest
     return results
@@ -1409,7 +1432,11 @@ def run_cases(indices, seed=0, opts: Options | None = None, workers=None, log=No
             for s in slots:
                 if s[2] is None:
                     if len(pending_imports) >= opts.import_batch or (not tasks and pending_imports):
-                        batch, pending_imports[:] = pending_imports[:opts.import_batch], pending_imports[opts.import_batch:]
+                        # a case's modules go in one batch: its directory is removed when its batch ends
+                        cut = min(opts.import_batch, len(pending_imports))
+                        while cut < len(pending_imports) and pending_imports[cut][3] == pending_imports[cut - 1][3]:
+                            cut += 1
+                        batch, pending_imports[:] = pending_imports[:cut], pending_imports[cut:]
                         s[2] = ("imports", batch)
                         s[1].send(("imports", [b[:3] for b in batch]))
                         s[3] = time.monotonic() + 60 + 30 * len(batch)

@@ -1,4 +1,4 @@
-"""What C-like targets share (CUDA now, C next): a target states its language as a
+"""What C-like targets share (CUDA and C): a target states its language as a
 ``CStyle`` (``language.py``: how it differs from plain C99, with the C99 printer
 of elementwise math, floating literals, index arithmetic and the check of a
 generated C file), and the lowering here prints the kernels and the three entry
