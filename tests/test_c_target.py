@@ -216,6 +216,38 @@ def test_arrays_are_passed_without_a_copy(loaded):
     assert converted is not strided and converted.flags.c_contiguous
 
 
+def test_the_fast_call_path_takes_any_array_and_returns_fresh_results(loaded):
+    """_call's inlined fast path (no copy for a C-contiguous array of the dtype, the
+    address through the buffer protocol) and its fallbacks (read-only, strided,
+    another dtype, a list) give the same numbers; results are fresh arrays each call."""
+    ref, c = get(loaded, "tanh_regression")
+    params, inputs = random_point(ref, n=3)
+    want_v, want_g = c.value_and_grad(params, **inputs, check=False)
+    view = np.zeros((5, 3), c.DTYPE)[1:4]
+    view[...] = inputs["x"]
+    assert c._pointer(view) == view.ctypes.data   # a view's own data, not its base's
+    frozen = {k: v.copy() for k, v in params.items()}
+    for v in frozen.values():
+        v.flags.writeable = False
+    variants = [dict(inputs, x=view),
+                dict(inputs, x=np.asfortranarray(inputs["x"])),
+                dict(inputs, x=inputs["x"].astype(np.longdouble)),   # another dtype: converted
+                dict(inputs, x=inputs["x"].tolist())]
+    for kwargs in variants:
+        v, g = c.value_and_grad(params, **kwargs, check=False)
+        assert v == want_v and all(np.array_equal(g[k], want_g[k]) for k in g)
+    v, g = c.value_and_grad(frozen, **inputs, check=False)
+    assert v == want_v and all(np.array_equal(g[k], want_g[k]) for k in g)
+    v2, g2 = c.value_and_grad(params, **inputs, check=False)
+    assert all(not np.shares_memory(g[k], g2[k]) for k in g)
+    assert all(not np.shares_memory(g2[a], g2[b]) for a in g2 for b in g2 if a != b)
+    other = {k: v[:1] for k, v in inputs.items()}   # another batch size: another workspace
+    assert c.loss(params, **other, check=False) == ref.loss(params, **other)
+    assert c.loss(params, **inputs, check=False) == want_v
+    out = c.predict(params, x=inputs["x"], check=False)
+    assert out is not c.predict(params, x=inputs["x"], check=False)
+
+
 def test_an_input_the_function_reads_is_required(loaded):
     ref, c = get(loaded, "tanh_regression")
     params, inputs = random_point(ref, n=3)
