@@ -405,7 +405,13 @@ def _call(fn, params, inputs):
         if inputs.get(k) is None:
             unread = [k for k in READS[fn] if inputs.get(k) is None]
             raise ValueError(f"{NAME}: {fn} reads {', '.join(unread)}, given None")
-    N = _batch_size(inputs)
+    for v in inputs.values():   # _batch_size, inlined
+        if v is not None:
+            shape = v.shape if type(v) is _ndarray else np.shape(v)
+            N = int(shape[0]) if shape else 1
+            break
+    else:
+        N = 1
     for i, (k, s) in enumerate(_PARAMS):
         a = keep[i]
         if not (type(a) is _ndarray and a.dtype is _DTYPE and a.shape == s and a.flags.c_contiguous):
