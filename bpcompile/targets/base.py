@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 
+import sympy as sp
+
 from ..errors import SpecError
 
 
@@ -38,8 +40,10 @@ def lowers(*ops):
     return mark
 
 
+@functools.lru_cache(maxsize=None)
 def lowering_table(cls) -> dict:
-    """op -> method name, for a printer class whose methods carry ``@lowers``."""
+    """op -> method name, for a printer class whose methods carry ``@lowers`` (once
+    per class: the printers dispatch every kernel through it)."""
     table = {}
     for klass in reversed(cls.__mro__):
         for attr, value in vars(klass).items():
@@ -48,16 +52,11 @@ def lowering_table(cls) -> dict:
     return table
 
 
-def function_names(expr) -> set:
-    """The names of the functions applied in a SymPy expression."""
-    import sympy as sp
-    return {type(f).__name__ for f in expr.atoms(sp.Function)}
-
-
 class Target:
-    """A code generation target.  Subclasses set ``name``, ``printer`` (the class
-    whose ``@lowers`` methods print kernels) and ``expr_printer`` (a factory of the
-    SymPy printer of elementwise math), and implement ``render`` and ``files_for``."""
+    """A code generation target.  Subclasses set ``name`` and ``printer`` (the class
+    whose ``@lowers`` methods print kernels), and implement ``main_file`` (and
+    ``entry_file`` when a loader is imported instead), ``print_expr`` (elementwise
+    math in the target's SymPy printer) and ``render``."""
 
     name: str = ""
     printer: type = object
@@ -95,7 +94,7 @@ class Target:
                     continue
                 temps, expr = k.attrs
                 for e in [expr, *(e for _, e in temps)]:
-                    for fn in e.atoms(_function_type()):
+                    for fn in e.atoms(sp.Function):
                         if type(fn) in seen:
                             continue
                         seen.add(type(fn))
@@ -110,16 +109,10 @@ class Target:
                                 f"'{fn.__name__}' ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
-def _function_type():
-    import sympy as sp
-    return sp.Function
-
-
 def _sample_call(fn):
     """``fn`` applied to symbols: the fewest arguments (one at least, at most three)
     that it takes and that leave it unevaluated (``Max(a)`` is ``a``).  SymPy's
     ``nargs`` is a set, the infinite Naturals0 for a function that declares none."""
-    import sympy as sp
     args = [sp.Symbol(f"_a{i}", real=True) for i in range(3)]
     nargs = getattr(fn, "nargs", None)
     first = None

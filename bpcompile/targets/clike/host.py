@@ -6,7 +6,6 @@ layout the three share."""
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 from ...ir.program import Kernel, Program, Value
 from ..base import lowering_table
@@ -76,12 +75,7 @@ class Storage:
 
     # -- kernels -------------------------------------------------------------
     def kernel(self, k: Kernel):
-        getattr(self, _lowerings(type(self))[k.op])(k)
-
-
-@lru_cache(maxsize=None)
-def _lowerings(cls) -> dict:
-    return lowering_table(cls)
+        getattr(self, lowering_table(type(self))[k.op])(k)
 
 
 def host_scalars(program: Program, bound: dict) -> set:

@@ -227,7 +227,7 @@ class NumpyPrinter:
         return aligned(v, rank, self.ref(v))
 
     def kernel(self, k: Kernel) -> list:
-        return getattr(self, LOWERINGS[k.op])(k, k.out.name, [self.ref(a) for a in k.args])
+        return getattr(self, lowering_table(type(self))[k.op])(k, k.out.name, [self.ref(a) for a in k.args])
 
     # -- kernels -------------------------------------------------------------
     @lowers("map")
@@ -544,9 +544,6 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
             "check": Code(f"_check({py_str(name)}, params, {_inputs_dict(all_inputs)})"),
             "doc": doc, "prologue": [Code(line) for line in prologue],
             "blocks": blocks, "returns": Code(returns)}
-
-
-LOWERINGS = lowering_table(NumpyPrinter)   # kernel op -> method
 
 
 def predict_returns(out: Value) -> str:
