@@ -68,3 +68,38 @@ def init_line(p) -> str:
     return f"{target} = rng.normal(0.0, {std!r}, {shape}).astype(DTYPE)  # he"
 
 
+
+
+def loader_fields(spec, programs) -> dict:
+    """The template fields every loader (CUDA's, C's) fills alike: the module's
+    constants, its functions' signatures, the init lines, and what the shared
+    checks.py.j2 and optimizers.py.j2 read.  Names are checked identifiers."""
+    vag, pred = programs["value_and_grad"], programs["predict"]
+    out = pred.output
+    classes = {nm: d.classes for nm, d in spec.inputs.items() if d.is_label}
+
+    def signature(p):
+        """``*, x, label=None, check=True``: as the NumPy module's functions."""
+        read = {v.name for v in p.inputs}
+        return Code(", ".join(["*", *(nm if nm in read else f"{nm}=None" for nm in spec.inputs), "check=True"]))
+
+    return dict(
+        param_shapes=Code("{" + ", ".join(f"{p!r}: {d.shape!r}" for p, d in spec.params.items()) + "}"),
+        input_shapes=Code("{" + ", ".join(f"{i!r}: {d.shape!r}" for i, d in spec.inputs.items()) + "}"),
+        label_classes=Code("{" + ", ".join(f"{k!r}: {int(v)}" for k, v in classes.items()) + "}"),
+        wrt=Code(repr(tuple(spec.wrt))),
+        grad_shapes=Code("{" + ", ".join(f"{nm!r}: ({v.batched!r}, {tuple(v.shape)!r})"
+                                         for nm, v in vag.grads.items()) + "}"),
+        output_shape=Code(f"({out.batched!r}, {tuple(out.shape)!r})"),
+        init_summary=", ".join(f"{p.name} {p.init[0]}" for p in spec.params.values()) or "none",
+        init_lines=[Code(init_line(p)) for p in spec.params.values()],
+        all_inputs=signature(vag),
+        predict_signature=signature(pred),
+        loss_signature=signature(programs["loss"]),
+        pass_dict=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
+        # the fields of optimizers.py.j2 (gradient and the update steps)
+        step_signature=signature(vag),
+        check_inputs=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
+        pass_inputs=Code(", ".join([*(f"{nm}={nm}" for nm in spec.inputs), "check=False"])),
+        trained=Code(repr(tuple(nm for nm in spec.wrt if nm in spec.params))),
+    )

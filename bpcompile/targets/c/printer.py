@@ -31,7 +31,7 @@ from ... import escape
 from ..base import Code, template_environment
 from ..clike import CExprPrinter, CStyle, check_c_source, ident, line_comment, print_module, token
 from ..clike.gemm import gemm_call, gemm_source
-from ..python import init_line
+from ..python import loader_fields
 
 
 class C(CStyle):
@@ -171,43 +171,16 @@ def render(low, adj, programs, version: str) -> dict:
     )
     check_c_file(source, f"{spec.name}.c", spec.name)
 
-    vag = programs["value_and_grad"]
-    pred = programs["predict"]
-    out = pred.output
-    classes = {nm: d.classes for nm, d in spec.inputs.items() if d.is_label}
     for nm in list(spec.inputs) + list(spec.params) + list(spec.wrt):
         ident(nm)
-
-    def signature(p):
-        """``*, x, label=None, check=True``: as the NumPy module's functions."""
-        read = {v.name for v in p.inputs}
-        return Code(", ".join(["*", *(nm if nm in read else f"{nm}=None" for nm in spec.inputs), "check=True"]))
 
     def sha(text):
         return Code(hashlib.sha256(text.encode("utf-8")).hexdigest())
 
     loader = env.get_template("loader.py.j2").render(
         **common, reduction=ident(spec.reduction),
-        source_sha256=sha(source), header_sha256=sha(header),
-        param_shapes=Code("{" + ", ".join(f"{p!r}: {d.shape!r}" for p, d in spec.params.items()) + "}"),
-        input_shapes=Code("{" + ", ".join(f"{i!r}: {d.shape!r}" for i, d in spec.inputs.items()) + "}"),
-        label_classes=Code("{" + ", ".join(f"{k!r}: {int(v)}" for k, v in classes.items()) + "}"),
+        source_sha256=sha(source), header_sha256=sha(header), **loader_fields(spec, programs),
         reads=Code("{" + ", ".join(f"{fn!r}: {tuple(r)!r}" for fn, r in reads.items()) + "}"),
-        wrt=Code(repr(tuple(spec.wrt))),
-        grad_shapes=Code("{" + ", ".join(f"{nm!r}: ({v.batched!r}, {tuple(v.shape)!r})"
-                                         for nm, v in vag.grads.items()) + "}"),
-        output_shape=Code(f"({out.batched!r}, {tuple(out.shape)!r})"),
-        init_summary=", ".join(f"{p.name} {p.init[0]}" for p in spec.params.values()) or "none",
-        init_lines=code(init_line(p) for p in spec.params.values()),
-        all_inputs=signature(vag),
-        predict_signature=signature(pred),
-        loss_signature=signature(programs["loss"]),
-        pass_dict=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
-        # the fields of optimizers.py.j2 (gradient and the update steps)
-        step_signature=signature(vag),
-        check_inputs=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
-        pass_inputs=Code(", ".join([*(f"{nm}={nm}" for nm in spec.inputs), "check=False"])),
-        trained=Code(repr(tuple(nm for nm in spec.wrt if nm in spec.params))),
     )
     return {f"{spec.name}.c": source, f"{spec.name}.h": header, f"{spec.name}_c.py": loader}
 

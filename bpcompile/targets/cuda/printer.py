@@ -32,7 +32,7 @@ import hashlib
 from ... import escape
 from ..base import Code, template_environment
 from ..clike import CExprPrinter, CStyle, check_c_source, ident, line_comment, print_module, size_of, token
-from ..python import init_line
+from ..python import loader_fields
 
 BLOCK = 256        # threads per block of elementwise kernels
 MAX_GRID = 4096    # blocks of a grid-stride launch at most
@@ -201,9 +201,6 @@ def render(low, adj, programs, version: str) -> dict:
     forward_lines, adjoint_lines = docstring_lines(low, adj)
     env = environment()
     spec_text = spec.text.strip("\n")
-    vag = programs["value_and_grad"]
-    pred = programs["predict"]
-    classes = {nm: d.classes for nm, d in spec.inputs.items() if d.is_label}
     used = "\n".join(printed.kernels) + "\n".join(functions.values())
     helpers = {"grid": "bp_grid(" in used, "blocks": "bp_blocks(" in used, "max": "bp_max(" in used,
                "fill": "kernels::bp_fill" in used}
@@ -219,36 +216,12 @@ def render(low, adj, programs, version: str) -> dict:
         block=BLOCK, max_grid=MAX_GRID,
     )
     check_c_source(cu, f"{spec.name}.cu")
-    out = pred.output
     for nm in list(spec.inputs) + list(spec.params) + list(spec.wrt):
         ident(nm)
-
-    def signature(p):
-        """``*, x, label=None, check=True``: as the NumPy module's functions."""
-        used = {v.name for v in p.inputs}
-        return Code(", ".join(["*", *(nm if nm in used else f"{nm}=None" for nm in spec.inputs), "check=True"]))
 
     loader = env.get_template("loader.py.j2").render(
         name=name, version=token(version), spec_file=spec.file or "", dtype=ident(spec.dtype),
         uses_blas=uses_blas, reduction=ident(spec.reduction),
-        source_sha256=Code(hashlib.sha256(cu.encode("utf-8")).hexdigest()),
-        param_shapes=Code("{" + ", ".join(f"{p!r}: {d.shape!r}" for p, d in spec.params.items()) + "}"),
-        input_shapes=Code("{" + ", ".join(f"{i!r}: {d.shape!r}" for i, d in spec.inputs.items()) + "}"),
-        label_classes=Code("{" + ", ".join(f"{k!r}: {int(v)}" for k, v in classes.items()) + "}"),
-        wrt=Code(repr(tuple(spec.wrt))),
-        grad_shapes=Code("{" + ", ".join(f"{nm!r}: ({v.batched!r}, {tuple(v.shape)!r})"
-                                         for nm, v in vag.grads.items()) + "}"),
-        output_shape=Code(f"({out.batched!r}, {tuple(out.shape)!r})"),
-        init_summary=", ".join(f"{p.name} {p.init[0]}" for p in spec.params.values()) or "none",
-        init_lines=code(init_line(p) for p in spec.params.values()),
-        all_inputs=signature(vag),
-        predict_signature=signature(pred),
-        loss_signature=signature(programs["loss"]),
-        pass_dict=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
-        # the fields of optimizers.py.j2 (gradient and the update steps)
-        step_signature=signature(vag),
-        check_inputs=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
-        pass_inputs=Code(", ".join([*(f"{nm}={nm}" for nm in spec.inputs), "check=False"])),
-        trained=Code(repr(tuple(nm for nm in spec.wrt if nm in spec.params))),
+        source_sha256=Code(hashlib.sha256(cu.encode("utf-8")).hexdigest()), **loader_fields(spec, programs),
     )
     return {f"{spec.name}.cu": cu, f"{spec.name}_cuda.py": loader}
