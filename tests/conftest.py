@@ -177,3 +177,24 @@ def nvcc_compile_all(sources, include, archs=("90",), jobs=None):
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
         futures = {src: pool.submit(run, src) for src in sources}
         return {src: f.result() for src, f in futures.items()}
+
+
+def assert_agrees(ref, other, tol):
+    """``other`` (a module of another target) agrees with the NumPy module ``ref``
+    within ``tol`` on predict, loss and value_and_grad, at batch sizes 1, 6 and 41,
+    with the same dtypes, shapes and gradient names."""
+    for seed, n in ((0, 1), (1, 6), (2, 41)):
+        params, inputs = random_point(ref, n=n, seed=seed)
+        want = np.asarray(ref.predict(params, **inputs))
+        got = other.predict(params, **inputs)
+        assert got.shape == want.shape and got.dtype == ref.DTYPE
+        assert rel_error(want, got) < tol, ("predict", seed, n)
+        want_l = ref.loss(params, **inputs)
+        assert abs(other.loss(params, **inputs) - want_l) <= tol * max(abs(want_l), 1e-8), ("loss", seed, n)
+        want_v, want_g = ref.value_and_grad(params, **inputs)
+        got_v, got_g = other.value_and_grad(params, **inputs)
+        assert abs(got_v - want_v) <= tol * max(abs(want_v), 1e-8), ("value", seed, n)
+        assert list(got_g) == list(want_g)
+        for k in want_g:
+            assert got_g[k].shape == np.shape(want_g[k]) and got_g[k].dtype == ref.DTYPE, k
+            assert rel_error(np.asarray(want_g[k]), got_g[k]) < tol, (k, seed, n)

@@ -1152,22 +1152,15 @@ def run_case(case: Case, opts: Options, progress=lambda cmd: None):
             want_verify = case.verify or (opts.verify_every and case.index % opts.verify_every == 0)
             if want_verify:
                 cmds.append(("verify", ["verify", spec], None))
-        elif cmd == "compile_cuda":
+        elif cmd in ("compile_cuda", "compile_c"):
             files = _check_files(cmd, outdir, fails)
             imports += [(str(p), "loader") for p in files if p.suffix == ".py"]
+            source, built = (".cu", gxx) if cmd == "compile_cuda" else (".c", gcc)
             for p in files:
-                if p.suffix == ".cu":
+                if p.suffix == source:
                     suspicious = any(f[0].startswith("cuda_") for f in fails)
                     if suspicious or case.verify or (opts.gxx_every and case.index % opts.gxx_every == 0):
-                        gxx.append(str(p))
-        elif cmd == "compile_c":
-            files = _check_files(cmd, outdir, fails)
-            imports += [(str(p), "loader") for p in files if p.suffix == ".py"]
-            for p in files:
-                if p.suffix == ".c":
-                    suspicious = any(f[0].startswith("cuda_") for f in fails)
-                    if suspicious or case.verify or (opts.gxx_every and case.index % opts.gxx_every == 0):
-                        gcc.append(str(p))
+                        built.append(str(p))
         elif cmd == "inspect_latex":
             m = _LATEX_DANGER.search(out)
             if m:

@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import ROOT, random_point, rel_error
+from conftest import ROOT, assert_agrees, random_point, rel_error
 from test_cuda_host import SPECS, import_file, load_spec
 from test_systematic import ALL_ROWS, call, draw_point, module_name, spec_text
 
@@ -99,21 +99,7 @@ def test_c_matches_numpy(key, loaded):
     ref, c = get(loaded, key)
     tol = tolerance(ref)
     assert c.DTYPE == ref.DTYPE and c.WRT == ref.WRT and c.PARAM_SHAPES == ref.PARAM_SHAPES
-    for seed, n in ((0, 1), (1, 6), (2, 41)):
-        params, inputs = random_point(ref, n=n, seed=seed)
-        want = np.asarray(ref.predict(params, **inputs))
-        got = c.predict(params, **inputs)
-        assert got.shape == want.shape and got.dtype == ref.DTYPE
-        assert rel_error(want, got) < tol, ("predict", seed, n)
-        want_l = ref.loss(params, **inputs)
-        assert abs(c.loss(params, **inputs) - want_l) <= tol * max(abs(want_l), 1e-8), ("loss", seed, n)
-        want_v, want_g = ref.value_and_grad(params, **inputs)
-        got_v, got_g = c.value_and_grad(params, **inputs)
-        assert abs(got_v - want_v) <= tol * max(abs(want_v), 1e-8), ("value", seed, n)
-        assert list(got_g) == list(want_g)
-        for k in want_g:
-            assert got_g[k].shape == np.shape(want_g[k]) and got_g[k].dtype == ref.DTYPE, k
-            assert rel_error(np.asarray(want_g[k]), got_g[k]) < tol, (k, seed, n)
+    assert_agrees(ref, c, tol)
 
 
 # Adam divides each gradient entry by its own magnitude (plus eps): an entry near eps

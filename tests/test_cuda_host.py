@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, NVCC, ROOT, nvcc_compile_all, random_point, rel_error
+from conftest import EXAMPLES, NVCC, ROOT, assert_agrees, nvcc_compile_all, random_point, rel_error
 
 from bpcompile.targets.cuda import EMULATION_HEADER
 import bpcompile
@@ -236,21 +236,7 @@ def test_host_emulation_matches_numpy(key, emulated):
     ref, cuda = emulated[key]
     tol = 1e-12 if ref.DTYPE == np.float64 else 1e-5
     assert cuda.DTYPE == ref.DTYPE and cuda.WRT == ref.WRT
-    for seed, n in ((0, 1), (1, 6), (2, 41)):
-        params, inputs = random_point(ref, n=n, seed=seed)
-        want = np.asarray(ref.predict(params, **inputs))
-        got = cuda.predict(params, **inputs)
-        assert got.shape == want.shape and got.dtype == ref.DTYPE
-        assert rel_error(want, got) < tol, ("predict", seed, n)
-        want_l = ref.loss(params, **inputs)
-        assert abs(cuda.loss(params, **inputs) - want_l) <= tol * max(abs(want_l), 1e-8), ("loss", seed, n)
-        want_v, want_g = ref.value_and_grad(params, **inputs)
-        got_v, got_g = cuda.value_and_grad(params, **inputs)
-        assert abs(got_v - want_v) <= tol * max(abs(want_v), 1e-8), ("value", seed, n)
-        assert list(got_g) == list(want_g)
-        for k in want_g:
-            assert got_g[k].shape == np.shape(want_g[k]) and got_g[k].dtype == ref.DTYPE, k
-            assert rel_error(np.asarray(want_g[k]), got_g[k]) < tol, (k, seed, n)
+    assert_agrees(ref, cuda, tol)
 
 
 # The update steps, as a caller takes them: (module, params, state, inputs) -> loss.
