@@ -15,6 +15,7 @@ MAX_EXPRESSION_CHARS = 10_000        # characters in one expression
 MAX_EXPRESSION_DEPTH = 150           # nesting of one expression's syntax tree (a flat sum of n terms nests n deep)
 MAX_SPEC_ENTRIES = 100_000           # entries of inputs, params and graph, plus layers
 MAX_GRAPH_NODES = 300_000            # nodes of the lowered graph, forward and adjoint (a 10,000-layer chain has 90,000)
+MAX_SHAPE_AXES = 4                   # axes of a declared (per-example) shape
 MAX_SHAPE_ELEMENTS = 2**31 - 1       # elements of one per-example tensor (int32 indexing in CUDA)
 MAX_CLASSES = 2**31 - 1              # classes of a label input
 MAX_INIT_MAGNITUDE = 1e30            # |c| in the inits constant(c), normal(std), uniform(limit)

@@ -24,9 +24,9 @@ from .. import limits
 from .. import ops
 from ..errors import SpecError
 from ..ops import Contraction, arg_symbol
-from ..ops.functions import LABEL, SPEC_FUNCTIONS, CallSite, log_softmax
+from ..ops.functions import INT, LABEL, SHAPE, SPEC_FUNCTIONS, CallSite, log_softmax
 from ..ops.structural import shape_text as _fmt
-from .spec import Expr, Spec
+from .spec import Expr, Spec, literal
 
 # ---------------------------------------------------------------------------
 # Bounded constant folding.
@@ -644,8 +644,6 @@ class _Calls:
         ops.ELEMENTWISE), its tensor arguments first, then its constant parameters,
         each a number or an expression of numbers (folded), else the default."""
         f = op.name
-        if t.keywords:
-            raise self.err(f"{f}() takes no axis= (it is elementwise)")
         lo, hi = op.arity, op.arity + len(op.params)
         if not lo <= len(t.args) <= hi:
             count = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi > lo + 1 else f"{lo} or {hi}"
@@ -669,24 +667,33 @@ class _Calls:
         return self.G.map(op(*[arg_symbol(i) for i in range(lo)], *params), args, rule=f)
 
     def function_call(self, function, t):
-        """A call of a structural function, checked against its record and lowered by it."""
+        """A call of a structural function, checked against its record and lowered by it.
+
+        The reader's whitelist has checked its keywords and the form of each constant
+        argument and keyword value (``spec.literal`` reads them); their ranges are
+        the lowering's."""
         f = function.name
         keywords = {}
         for kw in t.keywords:
-            v = kw.value
-            keywords[kw.arg] = -v.operand.value if isinstance(v, ast.UnaryOp) else v.value
-            if kw.arg not in function.keywords:
-                raise self.err(f"{f}() takes no {kw.arg}= (it works on the last axis)")
-        self.check_arity(f, function.arity, t)
-        args = tuple(self.label_arg(tree, f) if kind == LABEL else self.tensor(tree, f"{f}()")
-                     for kind, tree in zip(function.params, t.args))
+            keywords[kw.arg] = literal(kw.value)
+        self.check_arity(function, t)
+        args = []
+        for pos, tree in enumerate(t.args):
+            kind = function.kind(pos)
+            if kind == LABEL:
+                args.append(self.label_arg(tree, f))
+            elif kind in (INT, SHAPE):
+                args.append(literal(tree))
+            else:
+                args.append(self.tensor(tree, f"{f}()"))
         if function.vector and not self.node(args[0])["shape"]:
             raise self.err(f"{f}() needs a vector, but {self.text(t.args[0])!r} is a scalar")
-        return function.lower(self, CallSite(f, args, tuple(t.args), keywords))
+        return function.lower(self, CallSite(f, tuple(args), tuple(t.args), keywords))
 
-    def check_arity(self, f, arity, t):
-        if len(t.args) != arity:
-            raise self.err(f"{f}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(t.args)}")
+    def check_arity(self, function, t):
+        n = len(t.args)
+        if n < function.arity or (n > function.arity and not function.variadic):
+            raise self.err(f"{function.name}() takes {function.arity_text()}, got {n}")
 
     def label_arg(self, tree, f):
         v = self.visit(tree)

@@ -25,6 +25,7 @@ from .. import names
 from ..errors import SpecError
 from ..escape import char_name, forbidden_char
 from ..ops import ELEMENTWISE, FUNCTIONS
+from ..ops.functions import INT, PADDING, PADDING_STRINGS, SHAPE, SPEC_FUNCTIONS
 
 TOP_KEYS = ("name", "inputs", "params", "layers", "graph", "loss", "output", "wrt",
             "reduction", "dtype", "description")
@@ -541,8 +542,8 @@ class _Declarations:
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
             raise self.err(f"a shape is a list of positive integers like [3] or [] (a scalar), got {show(value)}",
                            key)
-        if len(value) > 4:
-            raise self.err("shapes have at most 4 axes", key)
+        if len(value) > limits.MAX_SHAPE_AXES:
+            raise self.err(f"shapes have at most {limits.MAX_SHAPE_AXES} axes", key)
         self.elements(value, key)
         return tuple(value)
 
@@ -820,8 +821,10 @@ def one_line(text: str, err) -> str:
         if not tok.string.isascii():
             ch = next(c for c in tok.string if not c.isascii())
             raise err(f"{char_name(ch)} in an expression: names and operators are ASCII")
-        if tok.type == tokenize.STRING:
-            raise err(f"strings are not allowed in an expression: {show(tok.string)}")
+        if tok.type == tokenize.STRING and (tok.string[:1] not in "'\"" or tok.string[1:-1] not in PADDING_STRINGS):
+            # the one string of the language is a padding mode ('same'), as a keyword's value
+            raise err(f"strings are not allowed in an expression, except the padding modes "
+                      f"{' and '.join(map(repr, PADDING_STRINGS))}: {show(tok.string)}")
         if tok.type == tokenize.NUMBER:
             problem = _number_token(tok.string)
             if problem:
@@ -859,6 +862,32 @@ def tree_depth(node) -> int:
 # The whitelist.  Anything not listed is refused.
 _BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.MatMult)
 _UNARY = (ast.USub, ast.UAdd)
+
+
+def _check_literal(node, kinds, message, err):
+    """Refuse ``node`` unless it is a constant of one of ``kinds`` as written: an
+    integer (``2``, ``-1``: bounded) or, when ``str`` is a kind, one of PADDING_STRINGS."""
+    neg = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+    c = node.operand if neg else node
+    if isinstance(c, ast.Constant) and int in kinds and isinstance(c.value, int) \
+            and not isinstance(c.value, bool):
+        problem = number_problem(c.value)
+        if problem:
+            raise err(problem)
+        return
+    if not neg and isinstance(c, ast.Constant) and str in kinds and c.value in PADDING_STRINGS:
+        return
+    raise err(message)
+
+
+def literal(node):
+    """The value of a constant argument the whitelist accepted (``_check_literal``):
+    an int, a PADDING string, or a tuple of ints for a list."""
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return tuple(literal(e) for e in node.elts)
+    if isinstance(node, ast.UnaryOp):
+        return -node.operand.value
+    return node.value
 
 
 def check_expression(node, text, err):
@@ -910,17 +939,39 @@ def check_expression(node, text, err):
             hint = difflib.get_close_matches(node.func.id, FUNCTIONS, n=1)
             extra = f"; did you mean '{hint[0]}'?" if hint else ""
             raise err(f"unknown function '{node.func.id}'{extra}")
-        for a in node.args:
+        function = SPEC_FUNCTIONS.get(node.func.id)   # None: an elementwise function
+        for pos, a in enumerate(node.args):
             if isinstance(a, ast.Starred):
                 raise err(f"*args not allowed in {show(seg())}")
-            check_expression(a, text, err)
+            kind = function.kind(pos) if function is not None and \
+                (pos < function.arity or function.variadic) else None
+            if kind == INT:
+                _check_literal(a, (int,), f"argument {pos + 1} of {node.func.id}() must be an integer constant, "
+                               f"as in {node.func.id}(x, 2)", err)
+            elif kind == SHAPE:
+                if not isinstance(a, (ast.List, ast.Tuple)) or len(a.elts) > limits.MAX_SHAPE_AXES:
+                    raise err(f"argument {pos + 1} of {node.func.id}() must be a list of at most "
+                              f"{limits.MAX_SHAPE_AXES} integer constants, as in [2, 3]: {show(seg())}")
+                for e in a.elts:
+                    _check_literal(e, (int,), f"a shape holds integer constants, as in [2, 3]: {show(seg())}", err)
+            else:
+                check_expression(a, text, err)
+        keywords = function.keywords if function is not None else {}
         for kw in node.keywords:
-            if kw.arg != "axis":
-                raise err(f"only the keyword axis= is allowed, in {show(seg())}")
-            v = kw.value
-            neg = isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.USub)
-            c = v.operand if neg else v
-            if not (isinstance(c, ast.Constant) and isinstance(c.value, int) and not isinstance(c.value, bool)):
-                raise err(f"axis must be an integer constant, in {show(seg())}")
+            if kw.arg is None:
+                raise err(f"**kwargs not allowed in {show(seg())}")
+            kind = keywords.get(kw.arg)
+            if kind is None:
+                if keywords:
+                    takes = f"it takes {function.keyword_text()}"
+                else:
+                    takes = "it is elementwise" if function is None else \
+                        "it works on the last axis" if function.vector else "it takes no keywords"
+                raise err(f"{node.func.id}() takes no {kw.arg}= ({takes})")
+            if kind == PADDING:
+                _check_literal(kw.value, (int, str), f"padding must be an integer constant or one of "
+                               f"{', '.join(map(repr, PADDING_STRINGS))}, in {show(seg())}", err)
+            else:
+                _check_literal(kw.value, (int,), f"{kw.arg} must be an integer constant, in {show(seg())}", err)
         return
     raise err(f"{type(node).__name__} is not allowed in an expression: {show(seg())}")

@@ -28,8 +28,17 @@ import sympy as sp
 from .elementwise import arg_symbol
 from .structural import Contraction, normalize_axis, shape_text
 
-TENSOR = "tensor"   # an argument that is a float array
-LABEL = "label"     # an argument that is an integer class label input ({classes: K})
+# The kinds of a positional argument.
+TENSOR = "tensor"   # a float array (an expression of the spec)
+LABEL = "label"     # an integer class label input ({classes: K})
+INT = "int"         # an integer constant, written as a number (a pool size: max_pool2d(x, 2))
+SHAPE = "shape"     # a list of integer constants (a shape: reshape(x, [2, 3]))
+
+# The kinds of a keyword argument; every keyword value is a constant of the spec.
+AXIS = "axis"           # an integer constant; a negative one counts from the last axis
+COUNT = "count"         # an integer constant (a stride)
+PADDING = "padding"     # an integer constant, or the string 'same' or 'valid'
+PADDING_STRINGS = ("same", "valid")
 
 
 @dataclass(frozen=True)
@@ -37,28 +46,48 @@ class CallSite:
     """A call of a spec function, its arguments lowered."""
 
     name: str
-    args: tuple               # the arguments' nodes, in order
+    args: tuple               # per argument: its node (TENSOR, LABEL), int (INT) or tuple of ints (SHAPE)
     trees: tuple              # the arguments as written (ast nodes, for messages)
-    keywords: dict = field(default_factory=dict)   # keyword -> value (axis=k)
+    keywords: dict = field(default_factory=dict)   # keyword -> value (an int, or a PADDING string)
 
 
 @dataclass(frozen=True)
 class SpecFunction:
     """One structural function of the spec language.
 
-    ``params``: per positional argument, TENSOR or LABEL; ``keywords``: the
-    keyword arguments it takes; ``vector``: its first argument needs an axis (the
-    function works on the last one); ``lower(L, CallSite) -> node``."""
+    ``params``: the kind of each positional argument (TENSOR, LABEL, INT, SHAPE);
+    ``variadic``: the last kind repeats (one or more arguments of it: concat);
+    ``keywords``: keyword name -> kind (AXIS, COUNT, PADDING), each optional;
+    ``vector``: its first argument needs an axis (the function works on the last
+    one); ``lower(L, CallSite) -> node``.  The spec reader's whitelist reads the
+    kinds too (frontend/spec.py): a constant argument is checked as written."""
 
     name: str
     params: tuple
     lower: Callable
-    keywords: tuple = ()
+    keywords: dict = field(default_factory=dict, compare=False)
     vector: bool = False
+    variadic: bool = False
 
     @property
     def arity(self) -> int:
         return len(self.params)
+
+    def kind(self, pos: int) -> str:
+        """The kind of positional argument ``pos`` (the last kind repeats when variadic)."""
+        return self.params[min(pos, len(self.params) - 1)] if self.variadic else self.params[pos]
+
+    def arity_text(self) -> str:
+        """How many arguments it takes, for messages: ``2 arguments``, ``2 or more arguments``."""
+        n = self.arity
+        if self.variadic:
+            return f"{n} or more arguments"
+        return f"{n} argument{'s' if n > 1 else ''}"
+
+    def keyword_text(self) -> str:
+        """The keywords it takes, for messages: ``axis=``, ``stride= and padding=``."""
+        names = [f"{k}=" for k in self.keywords]
+        return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 # -- reductions: sum, mean, max, over every axis or one (axis=k) ----------------
@@ -170,9 +199,9 @@ def _of_x(fn):
 
 # name -> record, in the order the spec language lists them
 SPEC_FUNCTIONS = {f.name: f for f in (
-    SpecFunction("sum", (TENSOR,), _reduction("sum"), keywords=("axis",)),
-    SpecFunction("mean", (TENSOR,), _reduction("sum", mean=True), keywords=("axis",)),
-    SpecFunction("max", (TENSOR,), _reduction("max"), keywords=("axis",)),
+    SpecFunction("sum", (TENSOR,), _reduction("sum"), keywords={"axis": AXIS}),
+    SpecFunction("mean", (TENSOR,), _reduction("sum", mean=True), keywords={"axis": AXIS}),
+    SpecFunction("max", (TENSOR,), _reduction("max"), keywords={"axis": AXIS}),
     SpecFunction("softmax", (TENSOR,), _of_x(softmax), vector=True),
     SpecFunction("log_softmax", (TENSOR,), _of_x(log_softmax), vector=True),
     SpecFunction("logsumexp", (TENSOR,), _of_x(logsumexp), vector=True),
