@@ -40,8 +40,8 @@ CXX = os.environ.get("CXX") or shutil.which("g++")
 HAS_GPU = shutil.which("nvidia-smi") is not None
 
 # Specs that reach the kernels the examples do not: a batched GEMM, einsum
-# contractions (dot and matrix @ vector per example), transpose, index and its
-# adjoint embed, max over a non-last axis (and its gradient), onehot, zeros (a
+# contractions (dot and matrix @ vector per example), transpose, slices and their
+# adjoint unslice, concat (of batched and unbatched arrays), max over a non-last axis (and its gradient), onehot, zeros (a
 # WRT param the loss ignores), log_softmax / logsumexp / cross_entropy on a
 # non-softmax, a scatter_add that cannot update in place, a gradient that is a
 # copy of a broadcast, float32 with sum
@@ -119,6 +119,26 @@ graph:
   m_workspace: blocks * top
   m_loss: exp(m_workspace)
 loss: (m_loss - top)**2
+""",
+    "cov_shape": """
+name: cov_shape
+inputs:
+  X: [3, 4]
+  x: [5]
+params:
+  W: {shape: [4, 5], init: normal(0.5)}
+  M: {shape: [2, 4], init: normal(0.5)}
+  v: {shape: [3], init: normal(0.5)}
+graph:
+  a: W @ x
+  C: concat(X[1:, ::2], M[:, 1:3], axis=0)
+  d: concat(a[:2], v, x[-3:])
+  F: stack(a, tanh(a), axis=-1)
+  f: flatten(C * C) + reshape(F, [8])
+  e: X[0, 1:] * v + d[2:5]
+loss: sum(f * f) + sum(tanh(e)) + sum(d * d) + F[3, 0]
+wrt: [W, M, v, X, x]
+output: d
 """,
     "cov_scatter": """
 name: cov_scatter
@@ -225,8 +245,8 @@ def test_every_kernel_kind_is_exercised():
         kinds += kernel_kinds(bpcompile.compile(load_spec(key)))
     wanted = {"map", "host_scalar", "gemm", "gemm_outer", "gemm_batched", "einsum", "reduce_sum",
               "reduce_max", "sum_to", "broadcast", "broadcast_scalar", "reshape", "take",
-              "scatter_add_inplace", "scatter_add_copy", "zeros", "onehot", "transpose", "index",
-              "embed", "copy"}
+              "scatter_add_inplace", "scatter_add_copy", "zeros", "onehot", "transpose", "slice",
+              "unslice", "concat", "copy"}
     assert wanted <= set(kinds), f"not exercised: {sorted(wanted - set(kinds))}"
     assert set(kinds) <= wanted, f"new kernel kinds to cover: {sorted(set(kinds) - wanted)}"
 

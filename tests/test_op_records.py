@@ -24,13 +24,14 @@ import sympy as sp
 import bpcompile
 from bpcompile import ops, targets
 from bpcompile.frontend import graph
+from bpcompile.ops.functions import SHAPE
 from bpcompile.targets.base import UnsupportedOp, lowering_table
 
 # A spec whose graph (forward and adjoint) makes every structural op: contract
 # (@, dot, and the GEMMs of their adjoints), reduce (sum, max, with an axis),
 # sum_to, broadcast, reshape (logsumexp), copy (the mask of max's adjoint), take
-# and scatter_add (cross_entropy), transpose, index and embed (v[0]), zeros (a WRT
-# param the loss ignores) and onehot.
+# and scatter_add (cross_entropy), transpose, slice and unslice (v[0], A[1:, ::2]),
+# concat, zeros (a WRT param the loss ignores) and onehot.
 EVERY_OP = """\
 name: every_op
 inputs:
@@ -51,7 +52,8 @@ graph:
   p: softmax(z)
   l: logsumexp(A)
   o: onehot(c)
-  h: z[0] + m[1] * q + s[2] + sum(l) + max(z)
+  j: concat(A[1:, ::2], W[:, 1:3], axis=0)
+  h: z[0] + m[1] * q + s[2] + sum(l) + max(z) + sum(j * j)
 loss: h**2 + cross_entropy(p, c) - sum(o * log_softmax(z))
 wrt: [W, u, unused, A]
 """
@@ -236,7 +238,8 @@ def test_the_spies_see_printing(target, monkeypatch):
 
 
 @pytest.mark.parametrize("target", targets.names())
-@pytest.mark.parametrize("op", ["contract", "reduce", "take", "scatter_add", "transpose", "index", "embed"])
+@pytest.mark.parametrize("op", ["contract", "reduce", "take", "scatter_add", "transpose", "slice", "unslice",
+                                "concat"])
 def test_a_missing_lowering_fails_at_compile_time(target, op, monkeypatch):
     t = targets.get(target)
     real = t.printer
@@ -335,7 +338,7 @@ def test_every_function_name_is_handled():
     assert set(ops.SPEC_FUNCTIONS) <= set(ops.FUNCTIONS)
     for name, f in ops.SPEC_FUNCTIONS.items():
         assert f.name == name and callable(f.lower) and f.arity >= 1
-        assert set(f.params) <= {ops.TENSOR, ops.LABEL}
+        assert set(f.params) <= {ops.TENSOR, ops.LABEL, SHAPE}
 
 
 def _spec_calling(expr: str) -> str:
@@ -353,8 +356,15 @@ loss: sum(x * w)
 """
 
 
+# a sample argument of each kind, for x ([3]) where it takes an array
+SAMPLE = {ops.TENSOR: "x", ops.LABEL: "c", SHAPE: "[1, 3]"}
+
+
 def _sample_args(f) -> list:
-    return ["c" if kind == ops.LABEL else "x" for kind in f.params]
+    """A call's arguments: one of each kind it takes, and for a variadic record one
+    more of its last kind (concat(x, x): more than one is what it is for)."""
+    args = [SAMPLE[kind] for kind in f.params]
+    return args + args[-1:] if f.variadic else args
 
 
 @pytest.mark.parametrize("name", list(ops.SPEC_FUNCTIONS))
@@ -372,7 +382,8 @@ def test_calls_are_checked_against_the_record(name):
     has always given."""
     f = ops.SPEC_FUNCTIONS[name]
     args = _sample_args(f)
-    wrong = args[:-1] if f.variadic else args + args[-1:]
+    least = [SAMPLE[kind] for kind in f.params]
+    wrong = least[:-1] if f.variadic else least + ["x"]
     with pytest.raises(bpcompile.SpecError) as e:
         bpcompile.compile(_spec_calling(f"{name}({', '.join(wrong)})"))
     assert f"graph.h: {name}() takes {f.arity_text()}, got {len(wrong)}" in str(e.value)

@@ -53,6 +53,7 @@ OPERATOR_FORMS = {
     "@": r"@",               # matrix/vector products (binop, ast.MatMult)
     ".T": r"\.T\b",          # transpose (ast.Attribute)
     "index": r"\w\[-?\d+\]",  # indexing by an integer constant (ast.Subscript)
+    "slice": r"\w\[[^\]]*:",   # slicing by constant ranges, v[2:5], X[:, 0:3] (ast.Subscript, ast.Slice)
     "neg": r"(^|[^\w\])])-\s*[\w(]",  # unary minus (ast.UnaryOp)
 }
 
@@ -305,6 +306,51 @@ def _index_ref(P, I):
     return h, h * h + np.sum(r * x) + x[2] + v[-2] * a[1]
 
 
+def _slice_ref(P, I):
+    W, v, M, x, X = P["W"], P["v"], P["M"], I["x"], I["X"]
+    a = W @ x
+    b = a[1:3] * v[-2:]
+    c = X[:, 0:3] * M[:, 1:]
+    d = X[1:, :2] + M[0, 1:3]
+    e = v[::2] * x[2:5]
+    f = x[3:100] * a[:-1]
+    loss = np.sum(b * b) + np.sum(c * c) + np.sum(d * np.tanh(d)) + np.sum(e) + np.sum(f * f) \
+        + np.sum(M[1:, ::3] * X[:2, 1::2])
+    return c, loss
+
+
+def _reshape_ref(P, I):
+    W, V, x, X = P["W"], P["V"], I["x"], I["X"]
+    A = np.reshape(W @ x, (2, 3))
+    B = np.reshape(A * X, (3, 2))
+    h = np.tanh(B) * V
+    return h, np.sum(h * h) + np.sum(np.reshape(X, (6,)) * np.reshape(V, (6,))) + np.sum(np.reshape(W, (4, 9))[1])
+
+
+def _flatten_ref(P, I):
+    W, v, s, x, X = P["W"], P["v"], P["s"], I["x"], I["X"]
+    h = np.tanh(np.ravel(X * W)) * v + np.ravel(s)
+    return h, np.sum(h * x) + np.sum(np.ravel(W) ** 2)
+
+
+def _concat_ref(P, I):
+    W, v, M, x, X = P["W"], P["v"], P["M"], I["x"], I["X"]
+    c = np.concatenate([W @ x, v, x])
+    D = np.concatenate([X, W], axis=0)
+    E = np.concatenate([X, M], axis=-1)
+    F = np.concatenate([c, c])
+    return c, np.sum(np.tanh(F) * P["r"]) + np.sum(D * D) + np.sum(E * np.tanh(E))
+
+
+def _stack_ref(P, I):
+    W, v, s, x, X = P["W"], P["v"], P["s"], I["x"], I["X"]
+    a = W @ x
+    S = np.stack([a, v], axis=0)
+    T = np.stack([a, v, a], axis=-1)
+    u = np.stack([s, np.sum(x)])
+    return S, np.sum(S * S * X[:, :2]) + np.sum(np.tanh(T) * X) + np.sum(u * u)
+
+
 def _neg_ref(P, I):
     W, s, x, u = P["W"], P["s"], I["x"], I["u"]
     a = -(W @ x)
@@ -468,6 +514,90 @@ output: d
     "softmax_cross_entropy": Row(LABEL_SPEC.format(
         inputs="  w: []\n", params="", graph="  ce: softmax_cross_entropy(W @ x + b, label)\n",
         loss="ce * (1 + w)", wrt="W, b, x", output="ce"), _softmax_cross_entropy_ref),
+    # shapes: slices (an operator form), reshape, flatten, concat, stack
+    "slice": Row("""\
+inputs:
+  x: [6]
+  X: [3, 4]
+params:
+  W: [4, 6]
+  v: [5]
+  M: [3, 4]
+graph:
+  a: W @ x
+  b: a[1:3] * v[-2:]
+  c: X[:, 0:3] * M[:, 1:]
+  d: X[1:, :2] + M[0, 1:3]
+  e: v[::2] * x[2:5]
+  f: x[3:100] * a[:-1]
+loss: sum(b * b) + sum(c * c) + sum(d * tanh(d)) + sum(e) + sum(f * f) + sum(M[1:, ::3] * X[:2, 1::2])
+wrt: [W, v, M, x, X]
+output: c
+""", _slice_ref),
+    "reshape": Row("""\
+inputs:
+  x: [6]
+  X: [2, 3]
+params:
+  W: [6, 6]
+  V: [3, 2]
+graph:
+  A: reshape(W @ x, [2, 3])
+  B: reshape(A * X, [3, -1])
+  h: tanh(B) * V
+loss: sum(h * h) + sum(reshape(X, [6]) * reshape(V, [-1])) + sum(reshape(W, [4, 9])[1])
+wrt: [W, V, x, X]
+output: h
+""", _reshape_ref),
+    "flatten": Row("""\
+inputs:
+  x: [6]
+  X: [2, 3]
+params:
+  W: [2, 3]
+  v: [6]
+  s: []
+graph:
+  h: tanh(flatten(X * W)) * v + flatten(s)
+loss: sum(h * x) + sum(flatten(W) ** 2)
+wrt: [W, v, s, x, X]
+output: h
+""", _flatten_ref),
+    "concat": Row("""\
+inputs:
+  x: [3]
+  X: [2, 3]
+params:
+  W: [2, 3]
+  v: [2]
+  M: [2, 2]
+  r: [14]
+graph:
+  c: concat(W @ x, v, x)
+  D: concat(X, W, axis=0)
+  E: concat(X, M, axis=-1)
+  F: concat(c, c)
+loss: sum(tanh(F) * r) + sum(D * D) + sum(E * tanh(E))
+wrt: [W, v, M, x, X]
+output: c
+""", _concat_ref),
+    "stack": Row("""\
+inputs:
+  x: [3]
+  X: [2, 3]
+params:
+  W: [2, 3]
+  v: [2]
+  s: []
+graph:
+  a: W @ x
+  S: stack(a, v, axis=0)
+  T: stack(a, v, a, axis=-1)
+  u: stack(s, sum(x))
+loss: sum(S * S * X[:, :2]) + sum(tanh(T) * X) + sum(u * u)
+wrt: [W, v, s, x, X]
+output: S
+""", _stack_ref),
     "erf": elementwise("erf", erf),
     "log1p": elementwise("log1p", np.log1p, domain="positive"),
     "expm1": elementwise("expm1", np.expm1),

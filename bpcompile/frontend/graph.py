@@ -428,6 +428,8 @@ class Graph:
     def reshape(self, x, shape) -> int:
         if self.node(x)["shape"] == tuple(shape):
             return x
+        if self.node(x)["op"] == "const":   # a number has no memory to view: its copies
+            return self.broadcast(x, shape, False)
         return self.structural("reshape", (x,), (tuple(shape),))
 
     def take(self, x, label) -> int:
@@ -455,11 +457,26 @@ class Graph:
             return x
         return self.structural("transpose", (x,), ())
 
-    def index(self, x, i) -> int:
-        return self.structural("index", (x,), (i,))
+    def slice(self, x, key) -> int:
+        """``x[key]`` (a canonical key, ``ops.slice_key``); a slice of copies of one
+        number is copies of it, a key of integers alone has the rule ``index``."""
+        if not key:
+            return x
+        node = self.node(x)
+        shape = ops.sliced_shape(node["shape"], key)
+        if node["op"] == "broadcast" and self.node(node["args"][0])["shape"] == ():
+            return self.broadcast(node["args"][0], shape, node["batched"])
+        return self.structural("slice", (x,), (tuple(key),), rule="index" if ops.is_index(key) else "slice")
 
-    def embed(self, g, shape, i) -> int:
-        return self.structural("embed", (g,), (tuple(shape), i))
+    def unslice(self, g, shape, key) -> int:
+        """Zeros of ``shape`` with ``g`` at ``[key]`` (the adjoint of a slice)."""
+        return self.structural("unslice", (g,), (tuple(shape), tuple(key)))
+
+    def concat(self, args, axis) -> int:
+        """``args`` joined along per-example ``axis`` (their shapes checked by the caller)."""
+        if len(args) == 1:
+            return args[0]
+        return self.structural("concat", tuple(args), (axis,))
 
     def copy(self, x) -> int:
         return self.structural("copy", (x,), ())
@@ -616,15 +633,20 @@ class _Expressions:
         return self.G.contract(a, b, Contraction(fa, fb, form.out))
 
     def subscript(self, t):
+        """``v[i]``, ``v[2:5]``, ``X[:, 0:3]``, ``X[0, 1:3]``: constant indices and
+        slices (the whitelist, spec.check_index, has checked their form)."""
         v = self.tensor(t.value, "indexing")
-        index = t.slice
-        i = -index.operand.value if isinstance(index, ast.UnaryOp) else index.value
-        shape = self.node(v)["shape"]
-        if not shape:
-            raise self.err(f"cannot index {self.text(t.value)!r}: it is a scalar")
-        if not -shape[0] <= i < shape[0]:
-            raise self.err(f"index {i} is out of range for {self.text(t.value)!r} of shape {_fmt(shape)}")
-        return self.G.index(v, i % shape[0])
+        items = t.slice.elts if isinstance(t.slice, ast.Tuple) else [t.slice]
+        key = ops.slice_key(self.node(v)["shape"], [index_item(i) for i in items],
+                            lambda: repr(self.text(t.value)))
+        return self.G.slice(v, key)
+
+
+def index_item(node):
+    """One item of an index as written: an int, or a Python slice of ints and None."""
+    if isinstance(node, ast.Slice):
+        return slice(*(None if b is None else literal(b) for b in (node.lower, node.upper, node.step)))
+    return literal(node)
 
 
 class _Calls:

@@ -890,6 +890,28 @@ def literal(node):
     return node.value
 
 
+_INDEX_FORMS = "v[0], v[2:5], v[-3:], v[::2], X[:, 0:3] or X[0, 1:3]"
+
+
+def _check_index(index, seg, err):
+    """Refuse an index that is not integer constants and slices of them, as written:
+    ``v[0]``, ``v[2:5]``, ``v[::2]``, ``X[:, 0:3]``, ``X[0, 1:3]`` (their ranges are
+    the lowering's: graph.py)."""
+    def problem():
+        return f"indexing takes integer constants and slices of them, as in {_INDEX_FORMS}: {show(seg())}"
+
+    items = index.elts if isinstance(index, ast.Tuple) else [index]
+    if not items or len(items) > limits.MAX_SHAPE_AXES:
+        raise err(problem())
+    for item in items:
+        if isinstance(item, ast.Slice):
+            for bound in (item.lower, item.upper, item.step):
+                if bound is not None:
+                    _check_literal(bound, (int,), problem(), err)
+        else:
+            _check_literal(item, (int,), problem(), err)
+
+
 def check_expression(node, text, err):
     """Refuse every ``ast`` node outside the spec language."""
     def seg():
@@ -921,15 +943,7 @@ def check_expression(node, text, err):
         check_expression(node.value, text, err)
         return
     if isinstance(node, ast.Subscript):
-        index = node.slice
-        if isinstance(index, ast.UnaryOp) and isinstance(index.op, ast.USub) and \
-                isinstance(index.operand, ast.Constant):
-            ok = isinstance(index.operand.value, int) and not isinstance(index.operand.value, bool)
-        else:
-            ok = isinstance(index, ast.Constant) and isinstance(index.value, int) and \
-                not isinstance(index.value, bool)
-        if not ok:
-            raise err(f"indexing must use one integer constant, as in v[0]: {show(seg())}")
+        _check_index(node.slice, seg, err)
         check_expression(node.value, text, err)
         return
     if isinstance(node, ast.Call):

@@ -24,7 +24,7 @@ from ..frontend.graph import Lowered
 from ..ops import arg_symbol, record_of
 
 MAX_FUSED = 24   # most operations one fused elementwise kernel takes in
-VIEW_OPS = ("reshape", "transpose", "index", "broadcast")
+VIEW_OPS = ("reshape", "transpose", "slice", "broadcast")
 
 
 @dataclass(eq=False)

@@ -15,7 +15,8 @@ from .elementwise import (
 from .functions import LABEL, SPEC_FUNCTIONS, STRUCTURAL_FUNCTIONS, TENSOR, CallSite, SpecFunction
 from .structural import (
     LEAF_OPS, STRUCTURAL_OPS, Contraction, GemmForm, Scatter, StructuralOp, broadcast_shapes,
-    contraction_shape, gemm_form, matmul_contraction, normalize_axis, reduce_shape, shape_text, vjp_rule,
+    contraction_shape, gemm_form, is_index, key_text, matmul_contraction, normalize_axis, reduce_shape, shape_text,
+    slice_key, sliced_shape, vjp_rule,
 )
 
 # Every function name of the spec language: the elementwise ones, then the structural.
@@ -24,5 +25,6 @@ FUNCTIONS = tuple(ELEMENTWISE) + STRUCTURAL_FUNCTIONS
 __all__ = ["BINARY", "ELEMENTWISE", "Elementwise", "FUNCTIONS", "INTERNAL", "LABEL", "LEAF_OPS", "OUT", "SPEC_FUNCTIONS",
            "STRUCTURAL_FUNCTIONS", "STRUCTURAL_OPS", "TENSOR", "CallSite", "Contraction", "GemmForm", "Scatter",
            "SpecFunction", "StructuralOp", "arg_symbol", "broadcast_shapes", "contraction_shape", "equal", "gemm_form",
-           "local_derivative", "matmul_contraction", "normalize_axis", "numpy_inplace", "record_of", "reduce_shape",
-           "relu", "shape_text", "sigmoid", "softplus", "stable_log", "step", "vjp_rule"]
+           "is_index", "key_text", "local_derivative", "matmul_contraction", "normalize_axis", "numpy_inplace",
+           "record_of", "reduce_shape", "relu", "shape_text", "sigmoid", "slice_key", "sliced_shape", "softplus",
+           "stable_log", "step", "vjp_rule"]

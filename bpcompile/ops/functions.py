@@ -26,7 +26,8 @@ from typing import Callable
 import sympy as sp
 
 from .elementwise import arg_symbol
-from .structural import Contraction, normalize_axis, shape_text
+from .. import limits
+from .structural import Contraction, concat_shape, normalize_axis, shape_text
 
 # The kinds of a positional argument.
 TENSOR = "tensor"   # a float array (an expression of the spec)
@@ -197,6 +198,69 @@ def _of_x(fn):
     return lambda L, c: fn(L.G, c.args[0])
 
 
+# -- shapes: reshape, flatten, concat, stack ----------------------------------------
+
+def _reshape(L, c: CallSite):
+    """reshape(x, [d1, d2, ...]): the entries of x, in row-major order, in a new
+    per-example shape; one size may be -1 (the one that makes the sizes match)."""
+    x, wanted = c.args
+    shape = L.G.node(x)["shape"]
+    size = math.prod(shape)
+    what = f"{L.text(c.trees[0])!r} of shape {shape_text(shape)} ({size} entries)"
+    if wanted.count(-1) > 1:
+        raise L.err(f"reshape() takes at most one -1 in a shape, got {shape_text(wanted)}")
+    if any(d < 1 and d != -1 for d in wanted):
+        raise L.err(f"reshape() needs sizes of at least 1 (or one -1), got {shape_text(wanted)}")
+    if -1 in wanted:
+        known = math.prod(d for d in wanted if d != -1)
+        if size % known:
+            raise L.err(f"reshape() cannot make {what} into {shape_text(wanted)}: {size} is not a multiple of {known}")
+        wanted = tuple(size // known if d == -1 else d for d in wanted)
+    if math.prod(wanted) != size:
+        raise L.err(f"reshape() cannot make {what} into {shape_text(wanted)} ({math.prod(wanted)} entries)")
+    return L.G.reshape(x, wanted)
+
+
+def _flatten(L, c: CallSite):
+    """flatten(x): the entries of x in one axis (row-major; a scalar is one entry)."""
+    x = c.args[0]
+    return L.G.reshape(x, (math.prod(L.G.node(x)["shape"]),))
+
+
+def _joined(L, c: CallSite, stacked: bool):
+    """concat(a, b, ..., axis=0): arrays of one rank joined along an axis, their shapes
+    equal on the others; stack(a, b, ..., axis=0): arrays of one shape joined along
+    a new axis (the concat of each with a 1 inserted at the axis).  The axis
+    counts the per-example axes, from the last when negative; NumPy's default 0."""
+    f, G = c.name, L.G
+    shapes = [G.node(a)["shape"] for a in c.args]
+    pairs = list(zip(c.trees, c.args))
+    for tree, shape in zip(c.trees, shapes):
+        if not shape and not stacked:
+            raise L.err(f"concat() joins arrays along an axis, but {L.text(tree)!r} is a scalar; "
+                        "stack() joins scalars into a vector")
+    rank = len(shapes[0]) + stacked
+    if rank > limits.MAX_SHAPE_AXES:
+        raise L.err(f"{f}() would make an array of {rank} axes; shapes have at most {limits.MAX_SHAPE_AXES}")
+    axis = normalize_axis(c.keywords.get("axis", 0), rank,
+                          lambda: f"{f}() of {'shapes' if len(shapes) > 1 else 'shape'} "
+                                  f"{', '.join(shape_text(s) for s in shapes)}")
+    args = list(c.args)
+    if stacked:
+        if len(set(shapes)) > 1:
+            raise L.err(f"stack() needs arrays of one shape: {L.describe(*pairs)}")
+        args = [G.reshape(a, s[:axis] + (1,) + s[axis:]) for a, s in zip(args, shapes)]
+        shapes = [G.node(a)["shape"] for a in args]
+    elif len({len(s) for s in shapes}) > 1 or \
+            len({s[:axis] + s[axis + 1:] for s in shapes}) > 1:
+        raise L.err(f"concat() along axis {axis} needs shapes equal on every other axis: {L.describe(*pairs)}")
+    out = concat_shape(shapes, axis)
+    if math.prod(out) > limits.MAX_SHAPE_ELEMENTS:
+        raise L.err(f"{f}() would make an array of {math.prod(out):,} entries per example, more than "
+                    f"limits.MAX_SHAPE_ELEMENTS ({limits.MAX_SHAPE_ELEMENTS:,})")
+    return G.concat(args, axis)
+
+
 # name -> record, in the order the spec language lists them
 SPEC_FUNCTIONS = {f.name: f for f in (
     SpecFunction("sum", (TENSOR,), _reduction("sum"), keywords={"axis": AXIS}),
@@ -209,6 +273,10 @@ SPEC_FUNCTIONS = {f.name: f for f in (
     SpecFunction("dot", (TENSOR, TENSOR), _dot),
     SpecFunction("cross_entropy", (TENSOR, LABEL), _cross_entropy),
     SpecFunction("softmax_cross_entropy", (TENSOR, LABEL), _cross_entropy),
+    SpecFunction("reshape", (TENSOR, SHAPE), _reshape),
+    SpecFunction("flatten", (TENSOR,), _flatten),
+    SpecFunction("concat", (TENSOR,), lambda L, c: _joined(L, c, False), keywords={"axis": AXIS}, variadic=True),
+    SpecFunction("stack", (TENSOR,), lambda L, c: _joined(L, c, True), keywords={"axis": AXIS}, variadic=True),
 )}
 
 # Functions of the spec language that are not elementwise.

@@ -483,35 +483,175 @@ TRANSPOSE = StructuralOp(
     summary=lambda k, a: f"{a[0]}^T")
 
 
-# -- index: x[i], a constant index on the first axis (attrs: i)
+# -- slice: constant indices and ranges, x[2:5], X[:, 0:3], X[0, 1:3] (attrs: key)
+#
+# A key has one entry per leading axis it indexes (the axes after it are whole):
+# an int i picks entry i and drops the axis (v[0]); a triple (start, stop, step)
+# keeps the axis, entries start, start + step, ... below stop.  Keys are
+# canonical (ops.slice_key): 0 <= i < d, a triple non-empty with step >= 1 and
+# stop one past its last entry, no trailing whole axis; so v[-1] and v[2] of a
+# vector of 3 are one node, and the graph shares them.
 
-def _index_vjp(G, n, pos, g):
+def slice_key(shape: tuple, items, describe) -> tuple:
+    """The canonical key of ``x[items]`` for x of per-example ``shape``: each item an
+    int or a Python ``slice`` of ints (or None), clipped as Python clips; a SpecError
+    naming ``describe()`` for an index out of range, a step <= 0 or an empty slice."""
+    if not shape:
+        raise SpecError(f"cannot index {describe()}: it is a scalar")
+    if len(items) > len(shape):
+        raise SpecError(f"too many indices: {len(items)} for {describe()} of shape {shape_text(shape)}")
+    key = []
+    for item, d in zip(items, shape):
+        if isinstance(item, slice):
+            if item.step is not None and item.step <= 0:
+                raise SpecError(f"a slice step must be positive, got {item.step} in the slice of {describe()}")
+            r = range(d)[item]
+            if not r:
+                raise SpecError(f"a slice out of range: [{_slice_text(item)}] of {describe()} of shape "
+                                f"{shape_text(shape)} is empty")
+            key.append((r.start, r.start + (len(r) - 1) * r.step + 1, r.step))
+        else:
+            if not -d <= item < d:
+                raise SpecError(f"index {item} is out of range for {describe()} of shape {shape_text(shape)}")
+            key.append(item % d)
+    while key and key[-1] == (0, shape[len(key) - 1], 1):
+        key.pop()
+    return tuple(key)
+
+
+def _slice_text(item: slice) -> str:
+    parts = ["" if v is None else str(v) for v in (item.start, item.stop, item.step)]
+    return ":".join(parts if item.step is not None else parts[:2])
+
+
+def sliced_shape(shape: tuple, key: tuple) -> tuple:
+    """The per-example shape of ``x[key]`` for x of ``shape``."""
+    out = [len(range(*k)) for k in key if isinstance(k, tuple)]
+    return tuple(out) + tuple(shape[len(key):])
+
+
+def key_text(key: tuple, shape: tuple) -> str:
+    """A key as NumPy writes it, shortest form: ``2:5``, ``:, 0:3``, ``0, 1:``, ``::2``."""
+    parts = []
+    for k, d in zip(key, shape):
+        if not isinstance(k, tuple):
+            parts.append(str(k))
+            continue
+        start, stop, step = k
+        count = len(range(start, stop, step))
+        text = (str(start) if start else "") + ":"
+        if start + count * step < d:     # the stop matters: an open slice would take more
+            text += str(stop)
+        if step != 1:
+            text += f":{step}"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def is_index(key: tuple) -> bool:
+    """A key of integer indices only (v[0], X[1, 2]): its rule is ``index``."""
+    return all(not isinstance(k, tuple) for k in key)
+
+
+def axis_window(shape: tuple, axis: int, start: int, stop: int) -> tuple:
+    """The key of entries [start, stop) on ``axis`` (the other axes whole)."""
+    return tuple((0, d, 1) for d in shape[:axis]) + ((start, stop, 1),)
+
+
+def _key_symbol(G, n, key_pos=0):
     node = G.node(n)
-    (i,) = node["attrs"]
+    key = node["attrs"][key_pos]
+    shape = node["attrs"][0] if node["op"] == "unslice" else G.node(node["args"][0])["shape"]
+    return sp.Symbol(key_text(key, shape))
+
+
+def _slice_vjp(G, n, pos, g):
+    node = G.node(n)
+    (key,) = node["attrs"]
     x = node["args"][0]
-    return G.embed(G.materialize(g, n), G.node(x)["shape"], i)
+    return G.unslice(G.materialize(g, n), G.node(x)["shape"], key)
 
 
-def _index_text(G, n, a):
-    (i,) = G.node(n)["attrs"]
-    return Index(a[0], sp.sympify(i) if isinstance(i, int) else sp.Symbol(str(i)))
+def _slice_term(G, n, x, g, sym, rule):
+    return g, rule, f"at [{_key_symbol(G, n).name}] (zero elsewhere)"
 
 
-INDEX = StructuralOp(
-    "index", lambda args, attrs: (args[0]["shape"][1:], args[0]["batched"]), _index_vjp,
-    text=_index_text,
-    term=lambda G, n, x, g, sym, rule: (g, "index", f"at [{G.node(n)['attrs'][0]}] (zero elsewhere)"))
+SLICE = StructuralOp(
+    "slice", lambda args, attrs: (sliced_shape(args[0]["shape"], attrs[0]), args[0]["batched"]), _slice_vjp,
+    text=lambda G, n, a: Index(a[0], _key_symbol(G, n)), term=_slice_term,
+    label=lambda G, n, pos, atom: f"at [{_key_symbol(G, n).name}]",
+    summary=lambda k, a: show(Index(a[0], sp.Symbol(key_text(k.attrs[0], k.args[0].shape)))))
 
 
-# -- embed: zeros of a shape with g at [i] (the adjoint of index; attrs: shape, i)
+# -- unslice: zeros of a shape with g at [key] (the adjoint of slice; attrs: shape, key)
 
-def _embed_vjp(G, n, pos, g):
-    (shape, i) = G.node(n)["attrs"]
-    return G.index(G.materialize(g, n), i)
+def _unslice_vjp(G, n, pos, g):
+    (shape, key) = G.node(n)["attrs"]
+    return G.slice(G.materialize(g, n), key)
 
 
-EMBED = StructuralOp(
-    "embed", lambda args, attrs: (tuple(attrs[0]), args[0]["batched"]), _embed_vjp, rule="index")
+def _unslice_summary(k, a):
+    return f"zeros {shape_text(k.out.shape)} with [{key_text(k.attrs[1], k.attrs[0])}] = {a[0]}"
+
+
+UNSLICE = StructuralOp(
+    "unslice", lambda args, attrs: (tuple(attrs[0]), args[0]["batched"]), _unslice_vjp,
+    text=lambda G, n, a: call("unslice", a[0], _key_symbol(G, n, 1)),
+    term=lambda G, n, x, g, sym, rule: (Index(g, _key_symbol(G, n, 1)), rule, ""),
+    summary=_unslice_summary, rule="slice")
+
+
+# -- concat: arrays joined along an axis (attrs: axis); an argument without the
+#    batch axis is repeated over it
+
+def concat_shape(shapes, axis: int) -> tuple:
+    """The shape of the arrays of ``shapes`` (one rank; equal off ``axis``) joined on ``axis``."""
+    first = shapes[0]
+    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]
+
+
+def concat_windows(G, n):
+    """Per argument position, the key of its entries in the output."""
+    node = G.node(n)
+    (axis,) = node["attrs"]
+    keys, start = [], 0
+    for a in node["args"]:
+        d = G.node(a)["shape"][axis]
+        keys.append(axis_window(node["shape"], axis, start, start + d))
+        start += d
+    return keys
+
+
+def _concat_vjp(G, n, pos, g):
+    return G.slice(G.materialize(g, n), concat_windows(G, n)[pos])
+
+
+def _concat_text(G, n, a):
+    (axis,) = G.node(n)["attrs"]
+    return call("concat", *a, *([Kw(sp.Symbol("axis"), sp.Integer(axis))] if axis else []))
+
+
+def _concat_term(G, n, x, g, sym, rule):
+    shape = G.node(n)["shape"]
+    parts = [Index(g, sp.Symbol(key_text(key, shape)))
+             for a, key in zip(G.node(n)["args"], concat_windows(G, n)) if a == x]
+    return sp.Add(*parts), rule, batch_note(G, n, x)
+
+
+def _concat_label(G, n, pos, atom):
+    return f"·[{key_text(concat_windows(G, n)[pos], G.node(n)['shape'])}]"
+
+
+def _concat_summary(k, a):
+    (axis,) = k.attrs
+    return f"concat({', '.join(map(str, a))}{f', axis={axis}' if axis else ''})"
+
+
+CONCAT = StructuralOp(
+    "concat", lambda args, attrs: (concat_shape([a["shape"] for a in args], attrs[0]),
+                                   any(a["batched"] for a in args)),
+    _concat_vjp, text=_concat_text, term=_concat_term, label=_concat_label, summary=_concat_summary,
+    symbol="concat")
 
 
 # -- zeros and onehot: no argument to differentiate
@@ -522,8 +662,8 @@ ONEHOT = StructuralOp("onehot", lambda args, attrs: ((attrs[0],), True), None)
 
 # name -> record, for every op of the graph that is not elementwise and not a leaf
 STRUCTURAL_OPS = {op.name: op for op in (
-    CONTRACT, REDUCE, SUM_TO, BROADCAST, RESHAPE, COPY, TAKE, SCATTER_ADD, TRANSPOSE, INDEX, EMBED,
-    ZEROS, ONEHOT,
+    CONTRACT, REDUCE, SUM_TO, BROADCAST, RESHAPE, COPY, TAKE, SCATTER_ADD, TRANSPOSE, SLICE, UNSLICE,
+    CONCAT, ZEROS, ONEHOT,
 )}
 # the leaves and the elementwise map: every other op of the graph
 LEAF_OPS = ("input", "param", "const", "batch_size")

@@ -1138,7 +1138,16 @@ _FUNCTIONS = {
     "dot": lambda a, b: _sum(a * b),
     "cross_entropy": lambda p, lab: _obj(-sp.log(p[lab.value])),
     "softmax_cross_entropy": lambda z, lab: _logsumexp(z) - z[lab.value],
+    "reshape": lambda x, shape: _obj(np.reshape(x, shape)),
+    "flatten": lambda x: _obj(np.ravel(x)),
+    "concat": lambda *xs, axis=0: _obj(np.concatenate(xs, axis=axis)),
+    "stack": lambda *xs, axis=0: _obj(np.stack(xs, axis=axis)),
 }
+
+def _integer(node) -> int:
+    """An integer constant as the spec writes it: ``2`` or ``-2``."""
+    return -node.operand.value if isinstance(node, ast.UnaryOp) else node.value
+
 
 _BINARY = {
     ast.Add: lambda a, b: a + b,
@@ -1196,16 +1205,16 @@ class _Expander:
             return self.wrap(self.binary[type(t.op)](self.eval(t.left, env), self.eval(t.right, env)))
         if isinstance(t, ast.Attribute):   # .T, the only attribute of the language
             return self.eval(t.value, env).T
-        if isinstance(t, ast.Subscript):   # v[i], one integer constant
-            i = t.slice
-            index = -i.operand.value if isinstance(i, ast.UnaryOp) else i.value
+        if isinstance(t, ast.Subscript):   # v[i], v[2:5], X[:, 0:3], X[0, 1:3]: NumPy's basic indexing
+            items = t.slice.elts if isinstance(t.slice, ast.Tuple) else [t.slice]
+            index = tuple(slice(*(None if b is None else _integer(b) for b in (i.lower, i.upper, i.step)))
+                          if isinstance(i, ast.Slice) else _integer(i) for i in items)
             return self.wrap(self.eval(t.value, env)[index])
         if isinstance(t, ast.Call):
-            args = [self.eval(a, env) for a in t.args]
-            kwargs = {}
-            for kw in t.keywords:   # axis=k, the only keyword of the language
-                v = kw.value
-                kwargs["axis"] = -v.operand.value if isinstance(v, ast.UnaryOp) else v.value
+            # a list argument is a shape (reshape's); every keyword is an integer (axis=k)
+            args = [tuple(_integer(e) for e in a.elts) if isinstance(a, ast.List) else self.eval(a, env)
+                    for a in t.args]
+            kwargs = {kw.arg: _integer(kw.value) for kw in t.keywords}
             return self.functions[t.func.id](*args, **kwargs)
         raise TypeError(f"unexpected {type(t).__name__} in a checked spec")
 
@@ -1257,6 +1266,10 @@ _NUMERIC = {
     "dot": lambda a, b: np.sum(a * b),
     "cross_entropy": lambda p, lab: -np.log(p[lab.value]),
     "softmax_cross_entropy": lambda z, lab: _nlogsumexp(z) - z[lab.value],
+    "reshape": np.reshape,
+    "flatten": np.ravel,
+    "concat": lambda *xs, axis=0: np.concatenate(xs, axis=axis),
+    "stack": lambda *xs, axis=0: np.stack(xs, axis=axis),
 }
 
 

@@ -8,7 +8,7 @@ points (predict, loss, value_and_grad) in it.
 by what they do:
 
 * ``elementwise.py``: fused elementwise ``map`` kernels and the index kernels
-  (take, scatter_add, onehot, transpose, index, embed, broadcast), copy, zeros,
+  (take, scatter_add, onehot, transpose, slice, unslice, concat, broadcast), copy, zeros,
   reshape;
 * ``reductions.py``: reduce and sum_to, and the reduction kernel they share with
   contractions;

@@ -2,8 +2,9 @@
 
 A fused elementwise ``map`` reads its arguments at the output's flat index
 (broadcasting by index arithmetic on the per-example shapes); take / onehot /
-transpose / index / embed / broadcast read one element each; scatter_add loops
-over the examples; copy and zeros are the language's memory operations and
+transpose / slice / broadcast read one element each; unslice and concat write
+each element of their arguments into its place; scatter_add loops over the
+examples; copy and zeros are the language's memory operations and
 reshape is an alias of the same memory.
 """
 
@@ -13,6 +14,7 @@ import sympy as sp
 
 from ...ir.program import Kernel, Value
 from ..base import lowers
+from ...ops.structural import axis_window, key_text
 from .language import broadcast_strides, count_expr, full_dims, line_comment, offset, row_strides, shape_text, size_of
 
 
@@ -143,33 +145,71 @@ class ElementwiseKernels:
         body = [f"{self.c(k.out)}[_i] = {self.read(x, offset('_i', full_dims(k.out), strides), inputs)};"]
         self.elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}^T"], inputs, body)
 
-    @lowers("index")
-    def lower_index(self, k: Kernel):
-        (i,) = k.attrs
+    @lowers("slice")
+    def lower_slice(self, k: Kernel):
+        (key,) = k.attrs
         x = k.args[0]
-        st = row_strides(list(x.shape))
-        strides = ([size_of(x.shape)] if x.batched else []) + st[1:]
-        idx = offset("_i", full_dims(k.out), strides)
-        if i:
-            idx = f"{idx} + {i * st[0]}" if idx != "0" else f"{i * st[0]}"
+        strides, base = window(x, key)
         inputs: list = []
-        body = [f"{self.c(k.out)}[_i] = {self.read(x, idx, inputs)};"]
-        self.elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}[{i}]"], inputs, body)
-
-    @lowers("embed")
-    def lower_embed(self, k: Kernel):
-        _, i = k.attrs
-        g = k.args[0]
-        out: Value = k.out
-        dims = full_dims(out)
-        st = row_strides(list(g.shape))
-        gstrides = ([size_of(g.shape)] if g.batched else []) + [0] + st
-        inner = size_of(out.shape[1:])
-        coord = "_i" if inner == 1 else f"_i / {inner}"
-        if out.batched:
-            coord = f"{coord} % {out.shape[0]}"
-        inputs: list = []
-        gi = self.read(g, offset("_i", dims, gstrides), inputs)
-        body = [f"{self.c(out)}[_i] = ({coord} == {i}) ? {gi} : 0;"]
-        self.elementwise(k, self.c(out), [f"{self.c(out)} = zeros {shape_text(out)} with [{i}] = {self.c(g)}"],
+        body = [f"{self.c(k.out)}[_i] = {self.read(x, plus(offset('_i', full_dims(k.out), strides), base), inputs)};"]
+        self.elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}[{key_text(key, x.shape)}]"],
                          inputs, body)
+
+    @lowers("unslice")
+    def lower_unslice(self, k: Kernel):
+        shape, key = k.attrs
+        self.need(k.out)
+        self.lines.append(self.lang.zero(self.c(k.out), f"(size_t)({count_expr(full_dims(k.out))})"))
+        self.place(k.out, k.args[0], key, f"{self.c(k.out)} = zeros {shape_text(k.out)} with "
+                                          f"[{key_text(key, shape)}] = {self.c(k.args[0])}")
+
+    @lowers("concat")
+    def lower_concat(self, k: Kernel):
+        (axis,) = k.attrs
+        self.need(k.out)
+        start = 0
+        for a in k.args:
+            stop = start + a.shape[axis]
+            key = axis_window(k.out.shape, axis, start, stop)
+            self.place(k.out, a, key, f"{self.c(k.out)}[{key_text(key, k.out.shape)}] = {self.c(a)}"
+                                      f"{'' if a.batched or not k.out.batched else ' (for every example)'}")
+            start = stop
+
+    def place(self, out: Value, src: Value, key: tuple, comment: str):
+        """A kernel writing ``src`` into ``out[key]``, one thread per element of src
+        (for every example of out when src has no batch axis): distinct elements
+        of out, so no two threads write one place."""
+        dims = ([None] if out.batched else []) + list(src.shape)
+        strides, base = window(out, key)
+        src_strides = ([size_of(src.shape) if src.batched else 0] if out.batched else []) + row_strides(list(src.shape))
+        inputs: list = []
+        body = [f"{self.c(out)}[{plus(offset('_i', dims, strides), base)}] = "
+                f"{self.read(src, offset('_i', dims, src_strides), inputs)};"]
+        n = count_expr(dims)
+        params = [self.out_param(out)] + [p for p, _ in inputs] + ["long long _n"]
+        name = self.mod.kernels.add(f"{self.c(out)}_place", [comment], params, self.lang.loop("_i", "_n", body))
+        extent = src if src.batched == out.batched else out
+        self.lines.append(self.lang.launch(name, n, [self.c(out)] + [a for _, a in inputs] + [n], extent))
+
+
+def window(big: Value, key: tuple) -> tuple:
+    """(The strides in ``big``, batch axis first when it has one, of the axes of
+    ``big[key]``; the offset of its first element): reading big[key] at flat index
+    _i of the window is ``offset('_i', dims, strides) + base``."""
+    st = row_strides(list(big.shape))
+    strides, base = ([size_of(big.shape)] if big.batched else []), 0
+    for j, d in enumerate(big.shape):
+        k = key[j] if j < len(key) else (0, d, 1)
+        if isinstance(k, tuple):
+            strides.append(k[2] * st[j])
+            base += k[0] * st[j]
+        else:
+            base += k * st[j]
+    return strides, base
+
+
+def plus(idx: str, base: int) -> str:
+    """``idx + base`` as C, without a ``+ 0`` or a ``0 +``."""
+    if not base:
+        return idx
+    return str(base) if idx == "0" else f"{idx} + {base}"

@@ -13,8 +13,8 @@ below, which states how CUDA differs from C99 (``clike.CStyle``):
 * contractions that are one GEMM (``ops.gemm_form``) go to cuBLAS; the arrays are
   row-major, cuBLAS is column-major, so ``C = op(A) op(B)`` is computed as
   ``C^T = op(B)^T op(A)^T`` by swapping the operands;
-* take / scatter_add / onehot / transpose / index / embed / broadcast are small
-  index kernels, copy and zeros are cudaMemcpyAsync / cudaMemsetAsync, reshape is
+* take / scatter_add / onehot / transpose / slice / unslice / concat / broadcast
+  are small index kernels, copy and zeros are cudaMemcpyAsync / cudaMemsetAsync, reshape is
   an alias of the same memory.
 
 Every temporary lives in one arena allocated by ``<name>_workspace_create(N)``;

@@ -20,7 +20,7 @@ from sympy.printing.str import StrPrinter
 from ... import names
 from ...ops.notation import print_add
 from ...escape import py_comment, py_docstring, py_str
-from ...ops import broadcast_shapes, gemm_form, numpy_inplace
+from ...ops import broadcast_shapes, gemm_form, key_text, numpy_inplace
 from ...ir.program import Kernel, Program, Value
 from ..base import Code, lowering_table, lowers, template_environment
 from ..python import init_line, literal
@@ -347,18 +347,28 @@ class NumpyPrinter:
             return [f"{out} = {args[0]}.swapaxes(-1, -2)"]
         return [f"{out} = {args[0]}.T"]
 
-    @lowers("index")
-    def lower_index(self, k, out, args):
-        (i,) = k.attrs
+    @lowers("slice")
+    def lower_slice(self, k, out, args):
+        (key,) = k.attrs
         pre = ":, " if k.args[0].batched else ""
-        return [f"{out} = {args[0]}[{pre}{i}]"]
+        return [f"{out} = {args[0]}[{pre}{key_text(key, k.args[0].shape)}]"]
 
-    @lowers("embed")
-    def lower_embed(self, k, out, args):
-        shape, i = k.attrs
+    @lowers("unslice")
+    def lower_unslice(self, k, out, args):
+        shape, key = k.attrs
         pre = ":, " if k.out.batched else ""
         return [f"{out} = np.zeros({batched_shape(k.out)}, DTYPE)",
-                f"{out}[{pre}{i}] = {args[0]}"]
+                f"{out}[{pre}{key_text(key, shape)}] = {args[0]}"]
+
+    @lowers("concat")
+    def lower_concat(self, k, out, args):
+        (axis,) = k.attrs
+        parts = []
+        for a, text in zip(k.args, args):
+            if k.out.batched and not a.batched:   # the same for every example
+                text = f"np.broadcast_to({text}, {batched_shape(Value(a.name, a.shape, True, a.dtype, a.kind))})"
+            parts.append(text)
+        return [f"{out} = np.concatenate([{', '.join(parts)}], axis={axis + k.out.batched})"]
 
     def fold(self, k: Kernel) -> Folded | None:
         """``k``'s value as an expression for the line that reads it, or None when
@@ -428,7 +438,7 @@ def _signature(*parts) -> str:
 
 # Kernels whose value can be written into the line that reads it (a temporary read
 # once): elementwise maps, views and reductions; a GEMM keeps a line of its own.
-FOLDABLE = ("map", "reshape", "index", "transpose", "reduce", "sum_to")
+FOLDABLE = ("map", "reshape", "slice", "transpose", "reduce", "sum_to")
 FOLD_WIDTH = 40   # the longest expression folded into another line
 
 
