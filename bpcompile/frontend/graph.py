@@ -472,11 +472,11 @@ class Graph:
         """Zeros of ``shape`` with ``g`` at ``[key]`` (the adjoint of a slice)."""
         return self.structural("unslice", (g,), (tuple(shape), tuple(key)))
 
-    def concat(self, args, axis) -> int:
+    def concat(self, args, axis, rule=None) -> int:
         """``args`` joined along per-example ``axis`` (their shapes checked by the caller)."""
         if len(args) == 1:
             return args[0]
-        return self.structural("concat", tuple(args), (axis,))
+        return self.structural("concat", tuple(args), (axis,), rule=rule)
 
     def copy(self, x) -> int:
         return self.structural("copy", (x,), ())

@@ -239,6 +239,10 @@ def _joined(L, c: CallSite, stacked: bool):
         if not shape and not stacked:
             raise L.err(f"concat() joins arrays along an axis, but {L.text(tree)!r} is a scalar; "
                         "stack() joins scalars into a vector")
+    if stacked and len(set(shapes)) > 1:
+        raise L.err(f"stack() needs arrays of one shape: {L.describe(*pairs)}")
+    if not stacked and len({len(s) for s in shapes}) > 1:
+        raise L.err(f"concat() needs arrays of one rank: {L.describe(*pairs)}")
     rank = len(shapes[0]) + stacked
     if rank > limits.MAX_SHAPE_AXES:
         raise L.err(f"{f}() would make an array of {rank} axes; shapes have at most {limits.MAX_SHAPE_AXES}")
@@ -247,18 +251,15 @@ def _joined(L, c: CallSite, stacked: bool):
                                   f"{', '.join(shape_text(s) for s in shapes)}")
     args = list(c.args)
     if stacked:
-        if len(set(shapes)) > 1:
-            raise L.err(f"stack() needs arrays of one shape: {L.describe(*pairs)}")
         args = [G.reshape(a, s[:axis] + (1,) + s[axis:]) for a, s in zip(args, shapes)]
         shapes = [G.node(a)["shape"] for a in args]
-    elif len({len(s) for s in shapes}) > 1 or \
-            len({s[:axis] + s[axis + 1:] for s in shapes}) > 1:
+    elif len({s[:axis] + s[axis + 1:] for s in shapes}) > 1:
         raise L.err(f"concat() along axis {axis} needs shapes equal on every other axis: {L.describe(*pairs)}")
     out = concat_shape(shapes, axis)
     if math.prod(out) > limits.MAX_SHAPE_ELEMENTS:
         raise L.err(f"{f}() would make an array of {math.prod(out):,} entries per example, more than "
                     f"limits.MAX_SHAPE_ELEMENTS ({limits.MAX_SHAPE_ELEMENTS:,})")
-    return G.concat(args, axis)
+    return G.concat(args, axis, rule=f)
 
 
 # name -> record, in the order the spec language lists them

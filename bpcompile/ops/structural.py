@@ -434,9 +434,24 @@ def _reshape_vjp(G, n, pos, g):
     return G.reshape(G.materialize(g, n), G.node(x)["shape"])
 
 
+def only_unit_axes(old: tuple, new: tuple) -> bool:
+    """Whether a reshape from ``old`` to ``new`` only inserts or drops axes of size 1
+    (the entries keep their indices, up to those axes)."""
+    return tuple(d for d in old if d != 1) == tuple(d for d in new if d != 1)
+
+
+def _reshape_text(G, n, a):
+    """Read through a reshape that only inserts or drops axes of size 1 (the ones
+    the compiler makes); a reshape that moves entries reads ``reshape(x, [2, 6])``."""
+    shape = G.node(n)["shape"]
+    if only_unit_axes(G.node(G.node(n)["args"][0])["shape"], shape):
+        return a[0]
+    return call("reshape", a[0], sp.Symbol(shape_text(shape)))
+
+
 RESHAPE = StructuralOp(
     "reshape", lambda args, attrs: (tuple(attrs[0]), args[0]["batched"]), _reshape_vjp,
-    text=_as_arg, summary=_as_shape_summary, drawn=False)
+    text=_reshape_text, summary=_as_shape_summary, drawn=False)
 
 
 # -- copy: a fresh array of the argument (of the float dtype)
@@ -504,7 +519,8 @@ def slice_key(shape: tuple, items, describe) -> tuple:
     for item, d in zip(items, shape):
         if isinstance(item, slice):
             if item.step is not None and item.step <= 0:
-                raise SpecError(f"a slice step must be positive, got {item.step} in the slice of {describe()}")
+                raise SpecError(f"a slice step must be positive: [{_slice_text(item)}] of {describe()} "
+                                f"has step {item.step}")
             r = range(d)[item]
             if not r:
                 raise SpecError(f"a slice out of range: [{_slice_text(item)}] of {describe()} of shape "
@@ -626,9 +642,23 @@ def _concat_vjp(G, n, pos, g):
     return G.slice(G.materialize(g, n), concat_windows(G, n)[pos])
 
 
-def _concat_text(G, n, a):
+def _stacked(G, n) -> bool:
+    """Whether a concat is a stack: each argument its source with a 1 inserted at the axis."""
     (axis,) = G.node(n)["attrs"]
-    return call("concat", *a, *([Kw(sp.Symbol("axis"), sp.Integer(axis))] if axis else []))
+    for x in G.node(n)["args"]:
+        node = G.node(x)
+        shape = node["shape"]
+        if node["op"] != "reshape" or shape[axis] != 1 or \
+                G.node(node["args"][0])["shape"] != shape[:axis] + shape[axis + 1:]:
+            return False
+    return True
+
+
+def _concat_text(G, n, a):
+    """``concat(a, b, axis=1)``; ``stack(a, b)`` for the concat a stack lowers to."""
+    (axis,) = G.node(n)["attrs"]
+    return call("stack" if _stacked(G, n) else "concat", *a,
+                *([Kw(sp.Symbol("axis"), sp.Integer(axis))] if axis else []))
 
 
 def _concat_term(G, n, x, g, sym, rule):
