@@ -231,6 +231,18 @@ def _expr_structures(a, b, s):
         out.append(("long_prod", "sum(" + " * ".join([a] * k) + ")"))
         out.append(("unary_chain", "-" * k + s))
         out.append(("pow_chain", s + "**2" * min(k, 60)))
+    for k in (2, 10, 100, 1000, 10_000):   # shape ops: many operands, long chains, big sizes
+        out.append(("concat_many", f"sum(concat({', '.join([a] * k)}))"))
+        out.append(("stack_many", f"sum(stack({', '.join([a, b] * (k // 2 or 1))}, axis=-1))"))
+        out.append(("slice_chain", f"sum({a}" + "[0:]" * k + ")"))
+        out.append(("reshape_chain", "sum(" + "flatten(reshape(" * min(k, 60) + a + ", [1, -1]))" * min(k, 60) + ")"))
+        out.append(("concat_nest", "sum(" + "concat(" * min(k, 60) + a + f", {b})" * min(k, 60) + ")"))
+    out += [("shape_big", f"sum(reshape({a}, [2147483647, 2147483647, 2147483647, 2147483647]))"),
+            ("shape_big", f"sum({a}[0:9223372036854775807:9223372036854775807])"),
+            ("shape_big", f"sum({a}[-9223372036854775807:])"),
+            ("shape_big", f"sum(concat({a}, {b}, axis=-9223372036854775807))"),
+            ("shape_mixed", f"sum(stack({a}, {b})[1:, ::2]) + sum(concat({a}, {a})[::3])"),
+            ("shape_mixed", f"sum(reshape(stack({a}, {b}, {a}), [-1])[1::2] * concat({a}, {b}, {a})[::2])")]
     for k in (7, 20, 60):
         out.append(("wide_deep", "sum(" + "tanh(" * k + f"{a} + {b}" + ")" * k + ")"))
         e = a
@@ -537,8 +549,11 @@ def _inject(rng, spec, base_key, comments):
             num = rng.choice(NUMBERS)
             tmpl = rng.choice(["{s} * ({n})", "{s} + {n}", "{s} ** ({n})", "sum({a}, axis={n})", "{a}[{n}]",
                                "tanh({n}) + {s}", "{n}", "maximum({n}, {s})", "clip({s}, {n}, {n})",
-                               "{s} / ({n})", "sum({a} * ({n}))", "exp({n} * {s})", "{s} - {s} + ({n})"])
-            expr = tmpl.format(a=a, s=s, n=num)
+                               "{s} / ({n})", "sum({a} * ({n}))", "exp({n} * {s})", "{s} - {s} + ({n})",
+                               "sum({a}[{n}:])", "sum({a}[:{n}])", "sum({a}[::{n}])", "sum({a}[{n}:{n}:{n}])",
+                               "sum(reshape({a}, [{n}]))", "sum(reshape({a}, [{n}, -1]))",
+                               "sum(concat({a}, {b}, axis={n}))", "sum(stack({a}, {b}, axis={n}))"])
+            expr = tmpl.format(a=a, b=b, s=s, n=num)
             kind = "number"
         elif site == "structure":
             kind, expr = rng.choice(_expr_structures(a, b, s))

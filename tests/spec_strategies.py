@@ -15,6 +15,19 @@ REDUCE = ["sum({a})", "mean({a})", "logsumexp({a})", "dot({a}, {a})"]
 
 
 @st.composite
+def slices(draw, a, n):
+    """``a[lo:hi]`` or ``a[lo:hi:2]`` of a vector of n, never empty, its bounds written
+    from the front or the back, or left open: (expression, shape)."""
+    start = draw(st.integers(0, n - 1))
+    stop = draw(st.integers(start + 1, n))
+    step = draw(st.sampled_from([1, 1, 2]))
+    lo = draw(st.sampled_from([str(start), str(start - n), ""][: 3 if start == 0 else 2]))
+    hi = draw(st.sampled_from([str(stop), str(stop - n) if stop < n else "", "" if stop == n else str(stop)]))
+    text = f"{a}[{lo}:{hi}{':2' if step == 2 else ''}]"
+    return text, (len(range(start, stop, step)),)
+
+
+@st.composite
 def specs(draw):
     """A random well-formed spec, as a dict."""
     n_in = draw(st.integers(1, 4))
@@ -30,8 +43,29 @@ def specs(draw):
     for i in range(draw(st.integers(1, 6))):
         vectors = [n for n, s in avail.items() if len(s) == 1]
         scalars = [n for n, s in avail.items() if s == ()]
-        kind = draw(st.sampled_from(["unary", "binary", "matmul", "vector", "reduce", "scale"]))
-        if kind == "matmul":
+        kind = draw(st.sampled_from(["unary", "binary", "matmul", "vector", "reduce", "scale",
+                                     "slice", "concat", "reshape", "partial"]))
+        if kind == "slice":
+            a = draw(st.sampled_from(vectors))
+            expr, shape = draw(slices(a, avail[a][0]))
+        elif kind == "concat":
+            a, b = draw(st.sampled_from(vectors)), draw(st.sampled_from(vectors))
+            expr, shape = f"concat({a}, {b})", (avail[a][0] + avail[b][0],)
+        elif kind == "reshape":
+            a = draw(st.sampled_from(vectors))
+            n = avail[a][0]
+            rows = draw(st.sampled_from([d for d in range(1, n + 1) if n % d == 0]))
+            if draw(st.booleans()):
+                expr, shape = f"sum(tanh(reshape({a}, [{rows}, -1])), axis=0)", (n // rows,)
+            else:
+                expr, shape = f"flatten(reshape({a}, [{rows}, {n // rows}]) * 2)", (n,)
+        elif kind == "partial":
+            # a product over some of the inputs: a slice of W's columns and of a vector
+            a = draw(st.sampled_from([n for n in vectors if avail[n] == (n_in,)]))
+            lo = draw(st.integers(0, n_in - 1))
+            hi = draw(st.integers(lo + 1, n_in))
+            expr, shape = f"W[:, {lo}:{hi}] @ {a}[{lo}:{hi}]", (n_hid,)
+        elif kind == "matmul":
             a = draw(st.sampled_from([n for n in vectors if avail[n] == (n_in,)]))
             expr, shape = f"W @ {a}", (n_hid,)
         elif kind == "unary":
@@ -92,6 +126,10 @@ MUTATIONS = [
     ("empty", lambda t: ""),
     ("division by zero", lambda t: t.replace("loss: ", "loss: y / (x[0] - x[0]) + ", 1)),
     ("infinite constant", lambda t: t.replace("loss: ", "loss: 1e999 * y + ", 1)),
+    ("slice out of range", lambda t: t.replace("loss: ", "loss: sum(x[9:12]) + ", 1)),
+    ("slice step", lambda t: t.replace("loss: ", "loss: sum(v[::-1]) + ", 1)),
+    ("bad reshape", lambda t: t.replace("loss: ", "loss: sum(reshape(x, [7, 5])) + ", 1)),
+    ("concat shapes", lambda t: t.replace("loss: ", "loss: sum(concat(x, W)) + ", 1)),
 ]
 
 

@@ -21,6 +21,8 @@ Used by the generated code's comments and docstring, and by ``bpcompile inspect`
 
 from __future__ import annotations
 
+import bisect
+
 import re
 from dataclasses import dataclass, field
 
@@ -208,8 +210,9 @@ def wrap_text(text: str, columns: int, indent: str) -> list:
         elif ch == "*" and text[i + 1:i + 2] != "*" and text[i - 1:i] != "*":
             spots.append((depth, 1, i + 1))
     lines, start, limit = [], 0, columns
+    at = [s[2] for s in spots]     # in increasing order: the window of each line is a bisection
     while len(text) - start > limit:
-        fits = [s for s in spots if start < s[2] <= start + limit]
+        fits = spots[bisect.bisect_right(at, start):bisect.bisect_right(at, start + limit)]
         if not fits:
             break
         best = min(fits, key=lambda s: (s[0], s[1], -s[2]))

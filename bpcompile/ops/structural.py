@@ -639,7 +639,16 @@ def concat_windows(G, n):
 
 
 def _concat_vjp(G, n, pos, g):
-    return G.slice(G.materialize(g, n), concat_windows(G, n)[pos])
+    """The slice of g where the argument sits; an argument joined more than once
+    (concat(h, h)) gets the sum of its slices, all from its first position."""
+    args = G.node(n)["args"]
+    if args.index(args[pos]) != pos:
+        return None       # the first position's contribution holds this one
+    g = G.materialize(g, n)
+    parts = [G.slice(g, key) for a, key in zip(args, concat_windows(G, n)) if a == args[pos]]
+    if len(parts) == 1:
+        return parts[0]
+    return G.map(sp.Add(*[arg_symbol(i) for i in range(len(parts))]), parts, rule="concat")
 
 
 def _stacked(G, n) -> bool:
