@@ -65,6 +65,7 @@ def test_keys_are_canonical_so_equal_slices_are_one_node():
     assert keys == {((0, 4, 1), (0, 5, 2))}
     assert ops.slice_key(shape, [slice(None), slice(None)], str) == ()      # X[:, :] is X
     assert ops.slice_key(shape, [-1], str) == (3,)
+    assert ops.slice_key(shape, [slice(2, 3, 5)], str) == ops.slice_key(shape, [slice(2, 3)], str) == ((2, 3, 1),)
     assert ops.key_text(((0, 4, 1), (0, 5, 2)), shape) == ":, ::2"
     assert ops.key_text(((1, 4, 2),), (6,)) == "1:4:2"                         # the stop is needed
     c = bpcompile.compile(SPEC.format(expr="v[-1] * v[2] + sum(X[:, 1:] * X[0:3, -2:])"))

@@ -634,7 +634,7 @@ class _Expressions:
 
     def subscript(self, t):
         """``v[i]``, ``v[2:5]``, ``X[:, 0:3]``, ``X[0, 1:3]``: constant indices and
-        slices (the whitelist, spec.check_index, has checked their form)."""
+        slices (the whitelist, spec._check_index, has checked their form)."""
         v = self.tensor(t.value, "indexing")
         items = t.slice.elts if isinstance(t.slice, ast.Tuple) else [t.slice]
         key = ops.slice_key(self.node(v)["shape"], [index_item(i) for i in items],

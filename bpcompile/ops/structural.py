@@ -503,9 +503,10 @@ TRANSPOSE = StructuralOp(
 # A key has one entry per leading axis it indexes (the axes after it are whole):
 # an int i picks entry i and drops the axis (v[0]); a triple (start, stop, step)
 # keeps the axis, entries start, start + step, ... below stop.  Keys are
-# canonical (ops.slice_key): 0 <= i < d, a triple non-empty with step >= 1 and
-# stop one past its last entry, no trailing whole axis; so v[-1] and v[2] of a
-# vector of 3 are one node, and the graph shares them.
+# canonical (ops.slice_key): 0 <= i < d, a triple non-empty with step >= 1 (1
+# when it takes one entry) and stop one past its last entry, no trailing whole
+# axis; so v[-1] and v[2] of a vector of 3 are one node, and so are v[::2] and
+# v[0:5:2] of a vector of 6.
 
 def slice_key(shape: tuple, items, describe) -> tuple:
     """The canonical key of ``x[items]`` for x of per-example ``shape``: each item an
@@ -525,7 +526,8 @@ def slice_key(shape: tuple, items, describe) -> tuple:
             if not r:
                 raise SpecError(f"a slice out of range: [{_slice_text(item)}] of {describe()} of shape "
                                 f"{shape_text(shape)} is empty")
-            key.append((r.start, r.start + (len(r) - 1) * r.step + 1, r.step))
+            step = r.step if len(r) > 1 else 1     # one entry: any step takes it
+            key.append((r.start, r.start + (len(r) - 1) * step + 1, step))
         else:
             if not -d <= item < d:
                 raise SpecError(f"index {item} is out of range for {describe()} of shape {shape_text(shape)}")
