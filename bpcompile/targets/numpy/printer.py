@@ -9,6 +9,7 @@ a subclass of SymPy's NumPy printer; contractions become ``@`` with transposes
 from __future__ import annotations
 
 import ast
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from ... import names
 from ...ops.notation import print_add
 from ...escape import py_comment, py_docstring, py_str
 from ...ops import broadcast_shapes, gemm_form, numpy_inplace
+from ...ops.structural import window_sizes, windows_tile
 from ...ir.program import Kernel, Program, Value
 from ..base import Code, lowering_table, lowers, template_environment
 from ..python import init_line, literal
@@ -266,7 +268,96 @@ class NumpyPrinter:
         sa = ("n" if a.batched else "") + form.a
         sb = ("n" if b.batched else "") + form.b
         so = ("n" if out_batched else "") + form.out
-        return [f"{out} = {contraction(sa, sb, so, args[0], args[1])}"]
+        sizes = {"n": None, **dict(zip(form.a, a.shape)), **dict(zip(form.b, b.shape))}
+        return [f"{out} = {contraction(sa, sb, so, args[0], args[1], sizes)}"]
+
+    @lowers("windows")
+    def lower_windows(self, k, out, args):
+        """im2col: x [.., *S] -> [.., *kernel, *positions].  Windows that tile the input
+        (stride = kernel, no padding) are a reshape of it, a view; any others are
+        NumPy's sliding windows of the padded input, copied once into a contiguous
+        array (the convolution's GEMM reads it as a matrix, twice: forward and for
+        the kernel's gradient)."""
+        kernel, stride, padding = k.attrs
+        x = k.args[0]
+        d = len(kernel)
+        lead = x.rank - d                      # the axes before the windowed ones (batch included)
+        spatial = x.shape[-d:]
+        positions = window_sizes(spatial, kernel, stride, padding)
+        keep = [":"] * lead
+        if windows_tile(spatial, kernel, stride, padding):
+            used = [o * kk for o, kk in zip(positions, kernel)]
+            src = args[0]
+            if tuple(used) != tuple(spatial):   # the remainder is dropped (floor mode)
+                src = f"{src}[{', '.join(keep + [f':{u}' for u in used])}]"
+            split = [f"{o}, {kk}" for o, kk in zip(positions, kernel)]
+            order = [*range(lead), *(lead + 2 * i + 1 for i in range(d)), *(lead + 2 * i for i in range(d))]
+            return [f"# the {' x '.join(map(str, kernel))} windows tile {args[0]}: a reshape, no copy",
+                    f"{out} = {src}.reshape({self.dims(x, lead)}{', '.join(split)})"
+                    f".transpose({', '.join(map(str, order))})"]
+        lines = [f"# the {' x '.join(map(str, kernel))} windows of {args[0]}"
+                 + (f", moved by {', '.join(map(str, stride))}" if any(st != 1 for st in stride) else "")
+                 + (f", padded by {_padding_text(padding)}" if any(p != (0, 0) for p in padding) else "")
+                 + ", one column per output position (im2col)"]
+        src = args[0]
+        if any(p != (0, 0) for p in padding):
+            pads = ", ".join(["(0, 0)"] * lead + [f"({lo}, {hi})" for lo, hi in padding])
+            lines.append(f"{out} = np.pad({src}, ({pads}))")
+            src = out
+        view = f"np.lib.stride_tricks.sliding_window_view({src}, {_tuple(kernel)}, axis={_tuple(range(lead, lead + d))})"
+        if any(st != 1 for st in stride):
+            view += "[" + ", ".join(keep + [f"::{st}" for st in stride]) + "]"
+        order = [*range(lead), *(lead + d + i for i in range(d)), *(lead + i for i in range(d))]
+        lines.append(f"{out} = {view}.transpose({', '.join(map(str, order))}).copy()")
+        return lines
+
+    @lowers("unwindow")
+    def lower_unwindow(self, k, out, args):
+        """col2im: g [.., *kernel, *positions] added back onto [.., *S].  Windows that
+        tile the input are undone by a reshape; any others by a loop over the kernel's
+        offsets, each a strided slice-add of every window's entry at that offset (no
+        loop over examples, channels or positions), the padding cropped at the end."""
+        spatial, kernel, stride, padding = k.attrs
+        g = k.args[0]
+        d = len(kernel)
+        lead = g.rank - 2 * d
+        positions = window_sizes(spatial, kernel, stride, padding)
+        keep = [":"] * lead
+        if windows_tile(spatial, kernel, stride, padding):
+            used = [o * kk for o, kk in zip(positions, kernel)]
+            order = [*range(lead), *(j for i in range(d) for j in (lead + d + i, lead + i))]
+            tiled = (f"{args[0]}.transpose({', '.join(map(str, order))})"
+                     f".reshape({self.dims(g, lead)}{', '.join(map(str, used))})")
+            if tuple(used) == tuple(spatial):
+                return ["# the windows tiled the input: a reshape back", f"{out} = {tiled}"]
+            return ["# the windows tiled the input but for its last rows or columns, which get zeros",
+                    f"{out} = np.zeros({batched_shape(k.out)}, DTYPE)",
+                    f"{out}[{', '.join(keep + [f':{u}' for u in used])}] = {tiled}"]
+        padded = [s + lo + hi for s, (lo, hi) in zip(spatial, padding)]
+        full = "(" + self.dims(g, lead) + ", ".join(map(str, padded)) + ")"
+        crop = any(p != (0, 0) for p in padding)
+        acc = "_acc" if crop else out
+        offsets = [f"_k{i}" for i in range(d)]
+        target = ", ".join(keep + [f"{o}:{o} + {p * st if st != 1 else p}" + (f":{st}" if st != 1 else "")
+                                   for o, p, st in zip(offsets, positions, stride)])
+        lines = [f"# each window's entries added back where they were read (col2im): a loop over the "
+                 f"{' x '.join(map(str, kernel))} offsets",
+                 f"{acc} = np.zeros({full}, DTYPE)"]
+        indent = ""
+        for o, kk in zip(offsets, kernel):
+            lines.append(f"{indent}for {o} in range({kk}):")
+            indent += "    "
+        lines.append(f"{indent}{acc}[{target}] += {args[0]}[{', '.join(keep + offsets)}]")
+        if crop:
+            window = ", ".join(keep + [f"{lo}:{lo + s}" for s, (lo, _) in zip(spatial, padding)])
+            lines.append(f"{out} = {acc}[{window}]   # the padding cropped")
+        return lines
+
+    @staticmethod
+    def dims(v: Value, lead: int) -> str:
+        """The first ``lead`` dims of ``v`` (N for the batch), each followed by ', '."""
+        dims = (["N"] if v.batched else []) + [str(d) for d in v.shape]
+        return "".join(f"{d}, " for d in dims[:lead])
 
     @lowers("reduce")
     def lower_reduce(self, k, out, args):
@@ -383,16 +474,63 @@ class NumpyPrinter:
         return [f"{out} = np.array({args[0]}, DTYPE)"]
 
 
-def contraction(sa: str, sb: str, so: str, a: str, b: str) -> str:
-    """NumPy for einsum(sa,sb->so): ``@`` with transposes when it is one GEMM, else einsum."""
+def contraction(sa: str, sb: str, so: str, a: str, b: str, sizes: dict | None = None) -> str:
+    """NumPy for einsum(sa,sb->so): ``@`` with transposes when it is one GEMM, else einsum.
+
+    A GEMM over groups of indices (``ops.gemm_form``: a convolution's ``W[o, (cij)] @
+    X[n, (cij), (hw)]``) reads each operand as a matrix (a stack of them along the
+    batch index) through a reshape, and its result back; ``sizes`` gives each
+    index's size (None: the batch size N)."""
     form = gemm_form(sa, sb, so)
     if form is None:
         return f"np.einsum('{sa},{sb}->{so}', {a}, {b})"
     left, right = (a, b) if form.left == 0 else (b, a)
     if form.outer:
         return f"np.outer({left}, {right})"
-    t = ".swapaxes(-1, -2)" if form.batched else ".T"
-    return f"{left}{t if form.trans_left else ''} @ {right}{t if form.trans_right else ''}"
+    if not form.grouped:
+        t = ".swapaxes(-1, -2)" if form.batched else ".T"
+        return f"{left}{t if form.trans_left else ''} @ {right}{t if form.trans_right else ''}"
+    sl, sr = (sa, sb) if form.left == 0 else (sb, sa)
+
+    def size(group):
+        ints = math.prod(sizes[c] for c in group if sizes[c] is not None)
+        if any(sizes[c] is None for c in group):
+            return "N" if ints == 1 else f"N * {ints}"
+        return str(ints)
+
+    def matrix(text, subs, rows, cols, trans):
+        """An operand as a matrix [rows x cols] (stored [cols x rows] when ``trans``),
+        one per entry of the batch index when it has it."""
+        stored = (cols, rows) if trans else (rows, cols)
+        dims = ([size(form.batch)] if form.batch in subs and form.batch else []) + [size(g) for g in stored]
+        if dims != [size(c) for c in subs]:
+            text = f"{text}.reshape({', '.join(dims)})"
+        if trans:
+            text += ".swapaxes(-1, -2)" if len(dims) == 3 else ".T"
+        return text
+
+    product = (f"{matrix(left, sl, form.m, form.k, form.trans_left)} @ "
+               f"{matrix(right, sr, form.k, form.n, form.trans_right)}")
+    result = [size(form.batch)] if form.batch and not form.summed else []
+    result += [size(form.m), size(form.n)]
+    if form.summed:
+        product = f"({product}).sum(axis=0)"
+    if result != [size(c) for c in so]:
+        product = product if form.summed else f"({product})"
+        product += f".reshape({', '.join(size(c) for c in so)}{',' if len(so) == 1 else ''})"
+    return product
+
+
+def _tuple(values) -> str:
+    """A tuple of ints as Python writes it: ``(5, 5)``, ``(3,)``."""
+    values = list(values)
+    return f"({values[0]},)" if len(values) == 1 else "(" + ", ".join(map(str, values)) + ")"
+
+
+def _padding_text(padding) -> str:
+    """``1`` (every side), or ``(0, 1), (0, 1)`` (before and after, per axis)."""
+    sides = {p for pair in padding for p in pair}
+    return str(sides.pop()) if len(sides) == 1 else ", ".join(f"({lo}, {hi})" for lo, hi in padding)
 
 
 # ---------------------------------------------------------------------------
