@@ -248,6 +248,7 @@ class Namer:
         self.legend: dict = {}      # anonymous node -> its legend name (for its adjoint)
         self._legend_done = False
         self._prepared = False
+        self._calls = None
         self._counter = 0
         spec = low.spec
         self._taken = {*spec.inputs, *spec.params, *(nm for nm, _ in spec.graph), *low.named,
@@ -327,12 +328,26 @@ class Namer:
             else:
                 out = self.structural_expr(n)
             text = show(out)
-            if len(text) > INLINE_LIMIT and n <= self._last_forward:
+            # the windows of a convolution's or a pooling's input, and a pooling's
+            # reduction of them, are part of its call (its rule reads them): written
+            # inline, never sub-results of their own
+            if len(text) > INLINE_LIMIT and n <= self._last_forward and n not in self._inside_calls():
                 name = self._fresh(SUBRESULT_PREFIX)
                 self.subresults[n] = name
                 self.definitions[n] = text
                 out = sp.Symbol(name, real=True)
         self.cache[n] = out
+
+    def _inside_calls(self) -> set:
+        """The windows nodes, and the reductions of a pooling, that convolutions and
+        poolings are made of."""
+        if self._calls is None:
+            G = self.G
+            self._calls = {n for n in G.g if G.node(n)["op"] == "windows"}
+            for m, (kind, _, _) in G.macros.items():
+                if kind in WINDOW_MACROS:
+                    self._calls |= {a for a in G.node(m)["args"] if G.node(a)["op"] in ("windows", "reduce")}
+        return self._calls
 
     def _fresh(self, prefix) -> str:
         while True:

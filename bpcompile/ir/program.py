@@ -25,6 +25,9 @@ from ..ops import arg_symbol, record_of
 
 MAX_FUSED = 24   # most operations one fused elementwise kernel takes in
 VIEW_OPS = ("reshape", "transpose", "index", "broadcast")
+# kernels whose result may share memory with their argument in some target: the views,
+# and the windows of an array and their adjoint (NumPy: a reshape when the windows tile it)
+ALIAS_OPS = VIEW_OPS + ("windows", "unwindow")
 
 
 @dataclass(eq=False)
@@ -91,7 +94,7 @@ def mark_reuse(kernels, roots) -> None:
     def aliases(k):
         # a view, or an elementwise kernel that is one of its arguments unchanged
         # (exp(log(w)) is w): the printer writes ``a = w``, so a is w's memory
-        return k.op in VIEW_OPS or (k.op == "map" and not k.attrs[0] and isinstance(k.attrs[1], sp.Symbol))
+        return k.op in ALIAS_OPS or (k.op == "map" and not k.attrs[0] and isinstance(k.attrs[1], sp.Symbol))
 
     last_read, viewed = {}, set()
     for i, k in enumerate(kernels):
