@@ -176,6 +176,31 @@ def gemm_form(sa: str, sb: str, so: str) -> GemmForm | None:
     return None
 
 
+def gemm_plan(sa: str, sb: str, so: str, sizes: dict):
+    """The best GEMM reading of einsum(sa, sb -> so), given each index's size (None:
+    the batch size): ``(form, sa, sb, so)``, the subscripts those the form reads.
+
+    Indices of size 1 take no room in memory: read without them (a reshape), a
+    contraction may be one GEMM that is otherwise a sum of per-example products
+    (a kernel's gradient when the output is 1 x 1: ``nohw,ncijhw->ocij`` is
+    ``no,ncij->ocij``, z_bar^T @ X).  They are dropped when that gives a better
+    form: one product before a batch of them, a batch before a sum of them."""
+    def rank(form):
+        if form is None:
+            return 0
+        return 1 if form.summed else 2 if form.batched else 3
+
+    best = (gemm_form(sa, sb, so), sa, sb, so)
+    ones = {c for c, d in sizes.items() if d == 1}
+    if ones & set(sa + sb + so):
+        drop = [s.translate({ord(c): None for c in ones}) for s in (sa, sb, so)]
+        if all(drop[:2]):
+            form = gemm_form(*drop)
+            if rank(form) > rank(best[0]):
+                best = (form, *drop)
+    return best
+
+
 def _gemm_groups(sa: str, sb: str, so: str) -> GemmForm | None:
     """``gemm_form`` with any batch index shared by all three subscripts."""
     batch = [c for c in so if c in sa and c in sb]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...ir.program import Kernel
-from ...ops import gemm_form
+from ...ops.structural import gemm_plan
 from ..base import lowers
 from .language import line_comment, offset, row_strides, size_of
 
@@ -72,9 +72,9 @@ class Contractions:
         sizes = {"n": None}
         sizes.update(zip(form.a, a.shape))
         sizes.update(zip(form.b, b.shape))
-        g = gemm_form(sa, sb, so)
+        g, ra, rb, ro = gemm_plan(sa, sb, so, sizes)
         if g is not None:
-            gemm = self.gemm_of(k, g, sa, sb, so, sizes)
+            gemm = self.gemm_of(k, g, ra, rb, ro, sizes)
             lines = self.lang.gemm(gemm)
             if lines is not None:
                 self.need(k.out)

@@ -9,6 +9,7 @@ a subclass of SymPy's NumPy printer; contractions become ``@`` with transposes
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 import re
 import shlex
@@ -22,7 +23,7 @@ from ... import names
 from ...ops.notation import print_add
 from ...escape import py_comment, py_docstring, py_str
 from ...ops import broadcast_shapes, gemm_form, numpy_inplace
-from ...ops.structural import window_sizes, windows_tile
+from ...ops.structural import gemm_plan, window_sizes, windows_tile
 from ...ir.program import Kernel, Program, Value
 from ..base import Code, lowering_table, lowers, template_environment
 from ..python import init_line, literal
@@ -364,9 +365,37 @@ class NumpyPrinter:
         kind, axes, keepdims, _ = k.attrs
         off = 1 if k.args[0].batched else 0
         ax = tuple(a + off for a in axes)
+        x = k.args[0]
+        count = math.prod(x.shape[a] for a in axes)
+        if 1 < count <= UNROLL_REDUCE and max(axes) < len(x.shape) - 1:
+            return self.unrolled_reduce(k, out, args[0], ax, count)
         axis = str(ax[0]) if len(ax) == 1 else str(ax)
         kd = ", keepdims=True" if keepdims else ""
         return [f"{out} = {args[0]}.{kind}(axis={axis}{kd})"]
+
+    def unrolled_reduce(self, k, out, x, ax, count):
+        """A reduction over a few entries along inner axes (a pooling's window): one
+        elementwise step per entry, over slices.  NumPy reduces a short inner axis
+        one element at a time (``.max(axis=(2, 3))`` of a 2 x 2 window is some 80
+        times slower than three ``np.maximum`` of slices)."""
+        kind, axes, keepdims, _ = k.attrs
+        shape = (["N"] if k.args[0].batched else []) + list(k.args[0].shape)
+        entries = []
+        for idx in itertools.product(*(range(int(shape[a])) for a in ax)):
+            at = dict(zip(ax, idx))
+            parts = [str(at[a]) if a in at else ":" for a in range(max(ax) + 1)]
+            entries.append(f"{x}[{', '.join(parts)}]")
+        lines = [f"# the {kind} over the {count} entries of axes {', '.join(map(str, ax))}, one slice at a time"]
+        if kind == "max":
+            lines.append(f"{out} = np.maximum({entries[0]}, {entries[1]})")
+            lines += [f"np.maximum({out}, {e}, out={out})" for e in entries[2:]]
+        else:
+            lines.append(f"{out} = {entries[0]} + {entries[1]}")
+            lines += [f"{out} += {e}" for e in entries[2:]]
+        if keepdims:
+            parts = ["None" if a in ax else ":" for a in range(max(ax) + 1)]
+            lines.append(f"{out} = {out}[{', '.join(parts)}]")
+        return lines
 
     @lowers("sum_to")
     def lower_sum_to(self, k, out, args):
@@ -481,15 +510,16 @@ def contraction(sa: str, sb: str, so: str, a: str, b: str, sizes: dict | None = 
     X[n, (cij), (hw)]``) reads each operand as a matrix (a stack of them along the
     batch index) through a reshape, and its result back; ``sizes`` gives each
     index's size (None: the batch size N)."""
-    form = gemm_form(sa, sb, so)
+    form, ra, rb, ro = gemm_plan(sa, sb, so, sizes) if sizes is not None else (gemm_form(sa, sb, so), sa, sb, so)
     if form is None:
         return f"np.einsum('{sa},{sb}->{so}', {a}, {b})"
     left, right = (a, b) if form.left == 0 else (b, a)
-    if form.outer:
+    if form.outer and (ra, rb) == (sa, sb):
         return f"np.outer({left}, {right})"
-    if not form.grouped:
+    if not form.grouped and (ra, rb, ro) == (sa, sb, so):
         t = ".swapaxes(-1, -2)" if form.batched else ".T"
         return f"{left}{t if form.trans_left else ''} @ {right}{t if form.trans_right else ''}"
+    # the operands as matrices by reshapes (TTGT), read by their original subscripts
     sl, sr = (sa, sb) if form.left == 0 else (sb, sa)
 
     def size(group):
@@ -517,7 +547,7 @@ def contraction(sa: str, sb: str, so: str, a: str, b: str, sizes: dict | None = 
         product = f"({product}).sum(axis=0)"
     if result != [size(c) for c in so]:
         product = product if form.summed else f"({product})"
-        product += f".reshape({', '.join(size(c) for c in so)}{',' if len(so) == 1 else ''})"
+        product += f".reshape({', '.join(size(c) for c in so)}{',' if len(so) == 1 else ''})" if so else ".reshape(())"
     return product
 
 
@@ -568,6 +598,7 @@ def _signature(*parts) -> str:
 # once): elementwise maps, views and reductions; a GEMM keeps a line of its own.
 FOLDABLE = ("map", "reshape", "index", "transpose", "reduce", "sum_to")
 FOLD_WIDTH = 40   # the longest expression folded into another line
+UNROLL_REDUCE = 16   # a reduction over at most this many entries of inner axes is unrolled over slices
 
 
 def reads(k: Kernel) -> dict:
