@@ -245,3 +245,41 @@ def _load_native(compiled, target, directory, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# -- nvcc -----------------------------------------------------------------------------------
+
+ALL_CONV = """\
+name: {name}
+dtype: {dtype}
+inputs:
+  x: [2, 7, 6]
+  s: [2, 9]
+params:
+  W: [3, 2, 3, 3]
+  V: [2, 3, 2, 4]
+  K: [2, 2, 3]
+  b: [3, 1, 1]
+graph:
+  z: conv2d(x, W, stride=2, padding=1) + b
+  y: conv2d(tanh(conv2d(x, W)), V, padding='same')
+  p: max_pool2d(y, 2)
+  q: avg_pool2d(relu(z), 2, stride=1)
+  c: conv1d(s, K, stride=2, padding=1)
+loss: sum(p * p) + sum(q * q) + sum(c * c) + sum(tanh(z))
+wrt: [W, V, K, b, x, s]
+"""
+
+
+def test_nvcc_compiles_convolutions_and_pooling(tmp_path, cublas_include):
+    """windows, unwindow and the batched, broadcast and summed GEMMs, forward and
+    backward, in both dtypes: nvcc -Werror all-warnings."""
+    from conftest import nvcc_compile_all
+    sources = []
+    for dtype in ("float32", "float64"):
+        name = f"all_conv_{dtype}"
+        bpcompile.compile(ALL_CONV.format(name=name, dtype=dtype), target="cuda").write(tmp_path)
+        sources.append(tmp_path / f"{name}.cu")
+    for src, (rc, out) in nvcc_compile_all(sources, cublas_include).items():
+        assert rc == 0, out
+        assert "warning" not in out.lower().split("\n", 1)[1], out
