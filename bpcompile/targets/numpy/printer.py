@@ -130,11 +130,13 @@ def template(step: str) -> str:
     return INPLACE.get(step, step)
 
 
-def inplace_steps(expr, name: str):
+def inplace_steps(expr, name: str, smaller=None):
     """``expr`` as a sequence of in-place steps on the one leaf called ``name``
     (which appears once): [(step, other operand)], innermost first, a step an
     arithmetic step of INPLACE or a function's own template.  None when some node
-    on the way has no in-place form."""
+    on the way has no in-place form.  ``smaller(e)``: whether ``e`` broadcasts from
+    fewer entries than the result; a product by such a quotient is one step, the
+    quotient computed at its own size (``t *= g/count``: one pass over t, not two)."""
     steps = []
     node = expr
     while not (isinstance(node, sp.Symbol) and node.name == name):
@@ -153,12 +155,15 @@ def inplace_steps(expr, name: str):
                 steps.append(("add", rest))
         elif node.is_Mul:
             num, den = sp.fraction(sp.Mul(*others))
-            if den != 1:
-                steps.append(("div", den))
-            if num == -1:
-                steps.append(("neg", None))
-            elif num != 1:
-                steps.append(("mul", num))
+            if den != 1 and num not in (1, -1) and smaller is not None and smaller(num / den):
+                steps.append(("mul", num / den))
+            else:
+                if den != 1:
+                    steps.append(("div", den))
+                if num == -1:
+                    steps.append(("neg", None))
+                elif num != 1:
+                    steps.append(("mul", num))
         elif node.is_Pow:
             if inner is not node.base:
                 return None
@@ -239,7 +244,7 @@ class NumpyPrinter:
         leaf_text = {a.name: self.aligned(a, k.out.rank) for a in k.args}
         printer = ExprPrinter(leaf_text, self.helpers)
         lines = [f"{name} = {printer.doprint(e)}" for name, e in temps]
-        steps = inplace_steps(expr, k.reuse.name) if k.reuse is not None else None
+        steps = inplace_steps(expr, k.reuse.name, self.smaller_than(k)) if k.reuse is not None else None
         present = {sym.name for e in [expr, *(e for _, e in temps)] for sym in e.free_symbols}
         read = [a for a in k.args if a.name in present]
         if (broadcast_shapes([a.shape for a in read], str), any(a.batched for a in read)) \
@@ -261,6 +266,20 @@ class NumpyPrinter:
                 op, operand = "subtract", -operand
             lines.append(template(op).format(o=out, r=printer.doprint(operand) if operand is not None else ""))
         return lines
+
+    @staticmethod
+    def smaller_than(k: Kernel):
+        """For a map kernel: whether an expression of its arguments broadcasts from
+        fewer entries than the kernel's result (a batch axis counted as more)."""
+        values = {a.name: a for a in k.args}
+
+        def smaller(e) -> bool:
+            leaves = [values[sym.name] for sym in e.free_symbols if sym.name in values]
+            shape = broadcast_shapes([a.shape for a in leaves], str)
+            batched = any(a.batched for a in leaves)
+            return (batched, math.prod(shape)) < (k.out.batched, math.prod(k.out.shape)) and \
+                (not batched or math.prod(shape) < math.prod(k.out.shape))
+        return smaller
 
     @lowers("contract")
     def lower_contract(self, k, out, args):
