@@ -1,7 +1,10 @@
 """Contractions (``contract``: an einsum of two arrays).  One that is a GEMM
-(``ops.gemm_form``) is described as a row-major ``Gemm`` and printed by the
-language (cuBLAS on a GPU; a blocked kernel or CBLAS in C); any other, or one the
-language has no GEMM for, is a reduction kernel over the summed indices."""
+(``ops.gemm_plan``: index groups read as the matrices' dimensions, size-1 indices
+read away) is described as a row-major ``Gemm`` and printed by the language
+(cuBLAS on a GPU; a blocked kernel or CBLAS in C), once, once per example (an
+operand shared by the examples has stride 0) or as a sum of per-example products
+(a kernel's gradient); any other, or one the language has no GEMM for, is a
+reduction kernel over the summed indices."""
 
 from __future__ import annotations
 

@@ -10,9 +10,14 @@ below, which states how CUDA differs from C99 (``clike.CStyle``):
 * reductions (``reduce``, ``sum_to``: softmax rows, bias gradients, the loss) and
   contractions that are not one GEMM are block reductions: one block per output
   element, a shared-memory tree between ``__syncthreads()``;
-* contractions that are one GEMM (``ops.gemm_form``) go to cuBLAS; the arrays are
-  row-major, cuBLAS is column-major, so ``C = op(A) op(B)`` is computed as
-  ``C^T = op(B)^T op(A)^T`` by swapping the operands;
+* contractions that are one GEMM (``ops.gemm_plan``) go to cuBLAS (a strided
+  batched GEMM per example, stride 0 for an operand the examples share; a sum of
+  per-example products, a convolution kernel's gradient, as one GEMM per example
+  accumulating into the output); the arrays are row-major, cuBLAS is column-major,
+  so ``C = op(A) op(B)`` is computed as ``C^T = op(B)^T op(A)^T`` by swapping the
+  operands;
+* windows and unwindow (im2col and col2im of a convolution) are element kernels
+  (``clike/windows.py``);
 * take / scatter_add / onehot / transpose / index / embed / broadcast are small
   index kernels, copy and zeros are cudaMemcpyAsync / cudaMemsetAsync, reshape is
   an alias of the same memory.
