@@ -316,12 +316,63 @@ def _bases():
         "output": "q",
         "wrt": ["M", "k", "s", "u"],
     }
-    return {"tanh": tanh, "cls": cls, "tiny": tiny, "mix": mix}
+    cnn = {
+        "name": "small_cnn",
+        # small: verify's SymPy expansion of it (max pools of convolutions) takes a few seconds
+        "inputs": {"img": [1, 5, 5], "label": {"classes": 3}},
+        "params": {"K": [2, 1, 2, 2], "kb": {"shape": [2, 1, 1], "init": "zeros"}, "V": [3, 2, 1, 1]},
+        "graph": {"c1": "conv2d(img, K, stride=2, padding=1) + kb", "p1": "max_pool2d(tanh(c1), 2)",
+                  "c2": "conv2d(p1, V)", "q": "avg_pool2d(c2, 1)", "f": "sum(sum(q, axis=-1), axis=-1)"},
+        "loss": "softmax_cross_entropy(f, label)",
+        "output": "f",
+    }
+    return {"tanh": tanh, "cls": cls, "tiny": tiny, "mix": mix, "cnn": cnn}
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_structures(img, kernel, n):
+    """Convolutions and poolings of an image input [C, H, W] (``img``, with a kernel
+    ``kernel`` of its channels) at the edges of what they accept: windows as large
+    as the input, huge padding or strides, sizes of 0 and 1, deep nests, ranks and
+    channels that do not fit.  Each is (family, text); ``n`` is a number to try."""
+    out = [
+        ("conv", f"sum(conv2d({img}, {kernel}, padding={n}))"),
+        ("conv", f"sum(conv2d({img}, {kernel}, stride={n}))"),
+        ("conv", f"sum(max_pool2d({img}, {n}))"),
+        ("conv", f"sum(avg_pool2d({img}, 2, stride={n}))"),
+        ("conv", f"sum(conv2d({img}, {kernel}, padding=1000000))"),
+        ("conv", f"sum(conv2d({img}, {kernel}, padding=99999999999999999999))"),
+        ("conv", f"sum(conv2d({img}, {kernel}, stride=2**31))"),
+        ("conv", f"sum(conv2d({img}, {kernel}, padding='same', stride=2))"),
+        ("conv", f"sum(conv2d({img}, {kernel}, padding='SAME'))"),
+        ("conv", f"sum(conv2d({img}, {kernel}, padding=\"valid\"))"),
+        ("conv", f"sum(conv2d({img}, {kernel}, padding=-0))"),
+        ("conv", f"sum(conv2d({img}, {img}))"),
+        ("conv", f"sum(conv2d({kernel}, {img}))"),
+        ("conv", f"sum(conv2d(conv2d({img}, {kernel}), {kernel}))"),
+        ("conv", f"sum(conv1d({img}, {kernel}))"),
+        ("conv", f"sum(max_pool2d({img}, 0))"),
+        ("conv", f"sum(max_pool2d({img}, -1))"),
+        ("conv", f"sum(max_pool2d({img}, 1))"),
+        ("conv", f"sum(avg_pool2d({img}, 5))"),
+        ("conv", f"sum(avg_pool2d({img}, 6))"),
+        ("conv", f"sum(max_pool2d({img}, {kernel}))"),
+        ("conv", f"sum(max_pool2d({img}, 2.0))"),
+        ("conv", f"sum(max_pool2d({img}, 2, 2))"),
+        ("conv", f"sum(max_pool2d({img}, 2, padding=1))"),
+        ("conv", f"sum(max_pool2d({img}, k=2))"),
+        ("conv", f"sum(conv2d({img}, {kernel}, stride=1, stride=2))"),
+        ("conv", f"sum(conv2d(x={img}, w={kernel}))"),
+        ("conv", "sum(" + "max_pool2d(" * 40 + img + ", 1)" * 40 + ")"),
+        ("conv", "sum(" + "avg_pool2d(" * 3 + img + ", 2)" * 3 + ")"),
+        ("conv", f"sum(conv2d({img}, {kernel}, padding='same') * conv2d({img}, {kernel}, padding=1))"),
+    ]
+    return tuple(out)
 
 
 BASES = _bases()
 # per base: (a vector node/input, another vector of the same shape, a scalar) usable in expressions
-EXPR_OPERANDS = {"tanh": ("e", "a", "y"), "cls": ("x", "x", "x[0]"), "tiny": ("p", "x", "p[0]"),
+EXPR_OPERANDS = {"tanh": ("e", "a", "y"), "cls": ("x", "x", "x[0]"), "tiny": ("p", "x", "p[0]"), "cnn": ("f", "f", "f[0]"),
                  "mix": ("h", "q", "t")}
 
 
@@ -556,7 +607,10 @@ def _inject(rng, spec, base_key, comments):
             expr = tmpl.format(a=a, b=b, s=s, n=num)
             kind = "number"
         elif site == "structure":
-            kind, expr = rng.choice(_expr_structures(a, b, s))
+            if base_key == "cnn" and rng.random() < 0.5:
+                kind, expr = rng.choice(_conv_structures("img", "K", rng.choice(NUMBERS)))
+            else:
+                kind, expr = rng.choice(_expr_structures(a, b, s))
         elif site == "expr_comment":
             k2, p = _pick_string(rng)
             expr = f"sum({a}) # {p}" if rng.random() < 0.7 else f"(sum({a}) {p}\n)"

@@ -100,10 +100,39 @@ def specs(draw):
         hidden = [n for n in graph if avail[n] == (n_hid,)]
         z = hidden[-1] if hidden else "v"
         terms.append(f"softmax_cross_entropy({z}, c)")
-    wrt = ["W", "v", "s"] + (["x"] if draw(st.booleans()) else [])
+    if draw(st.integers(0, 3)) == 0:
+        terms.append(draw(images(inputs, params, graph)))
+    wrt = ["W", "v", "s"] + (["K"] if "K" in params else []) + (["x"] if draw(st.booleans()) else [])
     return {"name": "random_spec", "inputs": inputs, "params": params, "graph": graph,
             "loss": " + ".join(terms), "wrt": wrt,
             "reduction": draw(st.sampled_from(["mean", "sum"]))}
+
+
+@st.composite
+def images(draw, inputs, params, graph):
+    """A convolution of an image input, maybe pooled and convolved again (adds them
+    to the spec's sections); returns a term of the loss reading the result."""
+    c, size = draw(st.integers(1, 2)), draw(st.integers(3, 6))
+    inputs["img"] = [c, size, size]
+    o, k = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    params["K"] = [o, c, k, k]
+    stride = draw(st.integers(1, 2))
+    padding = draw(st.sampled_from([0, 1] + (["'same'"] if stride == 1 else [])))
+    pad = k - 1 if padding == "'same'" else 2 * padding
+    out = (size + pad - k) // stride + 1
+    keywords = (f", stride={stride}" if stride != 1 else "") + (f", padding={padding}" if padding else "")
+    graph["cv"] = f"{draw(st.sampled_from(['tanh', 'relu', 'sin']))}(conv2d(img, K{keywords}))"
+    last = "cv"
+    if out >= 2 and draw(st.booleans()):
+        pool = draw(st.integers(2, out))
+        graph["pl"] = f"{draw(st.sampled_from(['max_pool2d', 'avg_pool2d']))}(cv, {pool}" + \
+            (f", stride={draw(st.integers(1, 2))})" if draw(st.booleans()) else ")")
+        last = "pl"
+    if draw(st.booleans()):
+        params["K2"] = [1, o, 1, 1]
+        graph["cv2"] = f"conv2d({last}, K2)"
+        last = "cv2"
+    return f"0.5 * sum({last} * {last})"
 
 
 def to_yaml(spec: dict) -> str:

@@ -24,25 +24,29 @@ import sympy as sp
 import bpcompile
 from bpcompile import ops, targets
 from bpcompile.frontend import graph
-from bpcompile.ops.functions import SHAPE
+from bpcompile.ops.functions import INT, SHAPE
 from bpcompile.targets.base import UnsupportedOp, lowering_table
 
 # A spec whose graph (forward and adjoint) makes every structural op: contract
 # (@, dot, and the GEMMs of their adjoints), reduce (sum, max, with an axis),
 # sum_to, broadcast, reshape (logsumexp), copy (the mask of max's adjoint), take
 # and scatter_add (cross_entropy), transpose, slice and unslice (v[0], A[1:, ::2]),
-# concat, zeros (a WRT param the loss ignores) and onehot.
+# concat, zeros (a WRT param the loss ignores), onehot, and windows and unwindow
+# (conv2d, and its adjoint with respect to its input).
 EVERY_OP = """\
 name: every_op
 inputs:
   A: [3, 4]
   x: [4]
   c: {classes: 3}
+  I: [2, 4, 4]
 params:
   W: [3, 4]
   u: [4]
   unused: [2]
+  K: [2, 2, 3, 3]
 graph:
+  C: conv2d(I, K, padding=1)
   D: A.T
   E: D * W.T
   z: W @ x
@@ -54,8 +58,8 @@ graph:
   o: onehot(c)
   j: concat(A[1:, ::2], W[:, 1:3], axis=0)
   h: z[0] + m[1] * q + s[2] + sum(l) + max(z) + sum(j * j)
-loss: h**2 + cross_entropy(p, c) - sum(o * log_softmax(z))
-wrt: [W, u, unused, A]
+loss: h**2 + cross_entropy(p, c) - sum(o * log_softmax(z)) + sum(C * C)
+wrt: [W, u, unused, A, K, I]
 """
 
 NON_STRUCTURAL = set(ops.LEAF_OPS) | {"map"}
@@ -239,7 +243,7 @@ def test_the_spies_see_printing(target, monkeypatch):
 
 @pytest.mark.parametrize("target", targets.names())
 @pytest.mark.parametrize("op", ["contract", "reduce", "take", "scatter_add", "transpose", "slice", "unslice",
-                                "concat"])
+                                "concat", "windows", "unwindow"])
 def test_a_missing_lowering_fails_at_compile_time(target, op, monkeypatch):
     t = targets.get(target)
     real = t.printer
@@ -338,7 +342,7 @@ def test_every_function_name_is_handled():
     assert set(ops.SPEC_FUNCTIONS) <= set(ops.FUNCTIONS)
     for name, f in ops.SPEC_FUNCTIONS.items():
         assert f.name == name and callable(f.lower) and f.arity >= 1
-        assert set(f.params) <= {ops.TENSOR, ops.LABEL, SHAPE}
+        assert set(f.params) <= {ops.TENSOR, ops.LABEL, INT, SHAPE}
 
 
 def _spec_calling(expr: str) -> str:
@@ -348,22 +352,30 @@ inputs:
   x: [3]
   M: [2, 3]
   c: {{classes: 3}}
+  I: [2, 4, 4]
 params:
   w: [3]
+  K: [3, 2, 3, 3]
+  k: [3, 2, 2]
 graph:
   h: {expr}
 loss: sum(x * w)
 """
 
 
-# a sample argument of each kind, for x ([3]) where it takes an array
-SAMPLE = {ops.TENSOR: "x", ops.LABEL: "c", SHAPE: "[1, 3]"}
+# the float arguments of the functions that need arrays of particular ranks
+# (an image [C, H, W] or a sequence [C, L], and a kernel of matching channels)
+_SAMPLE_TENSORS = {"conv1d": ["M", "k"], "conv2d": ["I", "K"], "max_pool2d": ["I"], "avg_pool2d": ["I"]}
+# a sample argument of each other kind
+SAMPLE = {ops.LABEL: "c", INT: "2", SHAPE: "[1, 3]"}
 
 
 def _sample_args(f) -> list:
-    """A call's arguments: one of each kind it takes, and for a variadic record one
-    more of its last kind (concat(x, x): more than one is what it is for)."""
-    args = [SAMPLE[kind] for kind in f.params]
+    """A call's arguments: one of each kind it takes (arrays of the ranks it needs),
+    and for a variadic record one more of its last kind (concat(x, x): more than
+    one is what it is for)."""
+    tensors = iter(_SAMPLE_TENSORS.get(f.name, []))
+    args = [SAMPLE[kind] if kind in SAMPLE else next(tensors, "x") for kind in f.params]
     return args + args[-1:] if f.variadic else args
 
 
@@ -382,7 +394,7 @@ def test_calls_are_checked_against_the_record(name):
     has always given."""
     f = ops.SPEC_FUNCTIONS[name]
     args = _sample_args(f)
-    least = [SAMPLE[kind] for kind in f.params]
+    least = args[:len(f.params)]
     wrong = least[:-1] if f.variadic else least + ["x"]
     with pytest.raises(bpcompile.SpecError) as e:
         bpcompile.compile(_spec_calling(f"{name}({', '.join(wrong)})"))
@@ -419,8 +431,9 @@ def test_a_new_spec_function_needs_only_its_record(monkeypatch):
     c = bpcompile.compile(_spec_calling("total(x) * 2"))
     m = c.load()
     import numpy as np
-    params = {"w": np.ones(3)}
-    assert np.isclose(m.loss(params, x=np.ones((2, 3)), M=np.ones((2, 2, 3)), c=np.zeros(2, int)), 3.0)
+    params = {"w": np.ones(3), "K": np.ones((3, 2, 3, 3)), "k": np.ones((3, 2, 2))}
+    assert np.isclose(m.loss(params, x=np.ones((2, 3)), M=np.ones((2, 2, 3)), c=np.zeros(2, int),
+                             I=np.ones((2, 2, 4, 4))), 3.0)
     with pytest.raises(bpcompile.SpecError, match=r"total\(\) takes 1 argument, got 2"):
         bpcompile.compile(_spec_calling("total(x, x)"))
 

@@ -384,6 +384,80 @@ def _softmax_cross_entropy_ref(P, I):
     return ce, ce * (1 + I["w"])
 
 
+# -- convolutions and pooling: references written from PyTorch's definitions, one
+# output position at a time (a cross-correlation; zero padding; 'same' pads the
+# kernel's size less one, the odd one after; windows that do not fit are dropped)
+
+def _pads(k, padding):
+    if padding == "same":
+        return ((k - 1) // 2, k - 1 - (k - 1) // 2)
+    if padding == "valid":
+        return (0, 0)
+    return (padding, padding)
+
+
+def conv_ref(x, w, stride=1, padding=0):
+    """conv1d / conv2d of one example: x [C, *S], w [O, C, *K] -> [O, *P]."""
+    kernel = w.shape[2:]
+    xp = np.pad(x, [(0, 0)] + [_pads(k, padding) for k in kernel])
+    positions = [(s - k) // stride + 1 for s, k in zip(xp.shape[1:], kernel)]
+    out = np.zeros((w.shape[0], *positions))
+    for p in np.ndindex(*positions):
+        window = xp[(slice(None), *(slice(i * stride, i * stride + k) for i, k in zip(p, kernel)))]
+        out[(slice(None), *p)] = np.tensordot(w, window, axes=len(kernel) + 1)
+    return out
+
+
+def pool_windows(x, k, stride=None):
+    """The k x k windows of x [C, H, W] moved by stride (default k): [C, P, Q, k*k]."""
+    stride = stride or k
+    P, Q = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    return np.array([[[x[c, i * stride:i * stride + k, j * stride:j * stride + k].ravel() for j in range(Q)]
+                      for i in range(P)] for c in range(x.shape[0])])
+
+
+def _conv2d_ref(P, I):
+    x, W, V, b = I["x"], P["W"], P["V"], P["b"]
+    z0 = conv_ref(x, W) + b
+    z1, z2 = conv_ref(x, W, 2), conv_ref(x, W, padding=1)
+    z3, z4 = conv_ref(x, W, padding="same"), conv_ref(x, W, 2, 1)
+    h = conv_ref(np.tanh(z0), V)
+    return z4, np.sum(z1 * z1) + np.sum(np.sin(z2)) + np.sum(z3 * z3) + np.sum(np.cos(z4)) + np.sum(h * h)
+
+
+def _conv1d_ref(P, I):
+    s, K, c, Q = I["s"], P["K"], P["c"], P["Q"]
+    y0 = conv_ref(s, K) + c
+    y1, y2 = conv_ref(s, K, 2, 1), conv_ref(s, K, padding="same")
+    y3 = conv_ref(np.tanh(y2), Q, padding="valid")
+    return y1, np.sum(y0 * y0) + np.sum(np.sin(y1)) + np.sum(np.cos(y2)) + np.sum(y3 * y3)
+
+
+def _max_pool_a(P, I):
+    return 10 * (P["W"] * I["x"])
+
+
+def _max_pool2d_ref(P, I):
+    a = _max_pool_a(P, I)
+    p0, p1 = pool_windows(a, 2).max(-1), pool_windows(a, 3, 1).max(-1)
+    p2 = pool_windows(-a, 3).max(-1)
+    return p1, np.sum(p0 * p0) / 100 + np.sum(np.sin(p1)) + np.sum(p2)
+
+
+def _max_pool2d_kinks(P, I):
+    """Each window's largest entry minus its second largest: a max's distance from a tie."""
+    a = _max_pool_a(P, I)
+    return np.concatenate([top_gap(w, -1).ravel() for w in
+                           (pool_windows(a, 2), pool_windows(a, 3, 1), pool_windows(-a, 3))])
+
+
+def _avg_pool2d_ref(P, I):
+    a = P["W"] * I["x"]
+    p0, p1 = pool_windows(a, 2).mean(-1), pool_windows(a, 3, 2).mean(-1)
+    p2 = pool_windows(np.tanh(a), 2, 1).mean(-1)
+    return p1, np.sum(p0 * p0) + np.sum(np.sin(p1)) + np.sum(p2 * p2)
+
+
 LABEL_SPEC = """\
 inputs:
   x: [3]
@@ -606,6 +680,70 @@ output: S
     "elu": elementwise_with_parameter("elu", elu, 0.5),
     "silu": elementwise("silu", lambda z: z * sigmoid(z)),
     "gelu": elementwise("gelu", gelu),
+    # convolutions (stride 1 and 2, padding 0, 1 and 'same', an even kernel) and
+    # pooling (tiling windows, overlapping ones, and a remainder dropped)
+    "conv2d": Row("""\
+inputs:
+  x: [2, 5, 5]
+params:
+  W: [3, 2, 2, 2]
+  V: [2, 3, 2, 2]
+  b: [3, 1, 1]
+graph:
+  z0: conv2d(x, W) + b
+  z1: conv2d(x, W, stride=2)
+  z2: conv2d(x, W, padding=1)
+  z3: conv2d(x, W, padding='same')
+  z4: conv2d(x, W, stride=2, padding=1)
+  h: conv2d(tanh(z0), V)
+loss: sum(z1 * z1) + sum(sin(z2)) + sum(z3 * z3) + sum(cos(z4)) + sum(h * h)
+wrt: [W, V, b, x]
+output: z4
+""", _conv2d_ref),
+    "conv1d": Row("""\
+inputs:
+  s: [2, 7]
+params:
+  K: [3, 2, 3]
+  Q: [2, 3, 2]
+  c: [3, 1]
+graph:
+  y0: conv1d(s, K) + c
+  y1: conv1d(s, K, stride=2, padding=1)
+  y2: conv1d(s, K, padding='same')
+  y3: conv1d(tanh(y2), Q, padding='valid')
+loss: sum(y0 * y0) + sum(sin(y1)) + sum(cos(y2)) + sum(y3 * y3)
+wrt: [K, Q, c, s]
+output: y1
+""", _conv1d_ref),
+    "max_pool2d": Row("""\
+inputs:
+  x: [2, 4, 4]
+params:
+  W: [2, 4, 4]
+graph:
+  a: 10 * (W * x)
+  p0: max_pool2d(a, 2)
+  p1: max_pool2d(a, 3, stride=1)
+  p2: max_pool2d(-a, 3)
+loss: sum(p0 * p0) / 100 + sum(sin(p1)) + sum(p2)
+wrt: [W, x]
+output: p1
+""", _max_pool2d_ref, kinks=_max_pool2d_kinks),
+    "avg_pool2d": Row("""\
+inputs:
+  x: [2, 5, 5]
+params:
+  W: [2, 5, 5]
+graph:
+  a: W * x
+  p0: avg_pool2d(a, 2)
+  p1: avg_pool2d(a, 3, stride=2)
+  p2: avg_pool2d(tanh(a), 2, stride=1)
+loss: sum(p0 * p0) + sum(sin(p1)) + sum(p2 * p2)
+wrt: [W, x]
+output: p1
+""", _avg_pool2d_ref),
 }
 
 ALL_ROWS = ROWS

@@ -228,6 +228,9 @@ class Graph:
         # out node -> (function, input node, label node or None) for the stable
         # softmax family, lowered into several nodes but one rule to a reader
         self.macros: dict = {}
+        # out node -> the display arguments after the arrays of a convolution's or a
+        # pooling's call (the kernel or pool size, stride=, padding=), for its rules
+        self.macro_keywords: dict = {}
 
     def node(self, i: int) -> dict:
         return self.g.nodes[i]
@@ -480,6 +483,22 @@ class Graph:
 
     def copy(self, x) -> int:
         return self.structural("copy", (x,), ())
+
+    def windows(self, x, kernel, stride, padding) -> int:
+        """The sliding windows of x's last len(kernel) axes (ops/structural.py: windows);
+        windows of size 1, moved by 1, with no padding are x itself, reshaped."""
+        kernel, stride = tuple(kernel), tuple(stride)
+        padding = tuple(tuple(p) for p in padding)
+        if all(k == 1 for k in kernel) and all(s == 1 for s in stride) and all(p == (0, 0) for p in padding):
+            shape = self.node(x)["shape"]
+            d = len(kernel)
+            return self.reshape(x, (*shape[:-d], *kernel, *shape[-d:]))
+        return self.structural("windows", (x,), (kernel, stride, padding))
+
+    def unwindow(self, g, spatial, kernel, stride, padding) -> int:
+        """Windows' adjoint: each window's entries added back where they were read."""
+        return self.structural("unwindow", (g,), (tuple(spatial), tuple(kernel), tuple(stride),
+                                                  tuple(tuple(p) for p in padding)))
 
 
 @dataclass

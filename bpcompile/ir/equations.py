@@ -251,6 +251,7 @@ class Namer:
         self.legend: dict = {}      # anonymous node -> its legend name (for its adjoint)
         self._legend_done = False
         self._prepared = False
+        self._calls = None
         self._counter = 0
         spec = low.spec
         self._taken = {*spec.inputs, *spec.params, *(nm for nm, _ in spec.graph), *low.named,
@@ -321,18 +322,35 @@ class Namer:
         elif node["op"] == "const":
             out = node["attrs"][0]
         else:
-            if node["op"] == "map":
+            macro = self.G.macros.get(n, ("",))
+            if macro[0] in WINDOW_MACROS:
+                out = window_call(self.G, n, self.sym)
+            elif node["op"] == "map":
                 out = node["attrs"][0].xreplace({arg_symbol(i): self.cache[a]
                                                  for i, a in enumerate(node["args"])})
             else:
                 out = self.structural_expr(n)
             text = show(out)
-            if len(text) > INLINE_LIMIT and n <= self._last_forward:
+            # the windows of a convolution's or a pooling's input, and a pooling's
+            # reduction of them, are part of its call (its rule reads them): written
+            # inline, never sub-results of their own
+            if len(text) > INLINE_LIMIT and n <= self._last_forward and n not in self._inside_calls():
                 name = self._fresh(SUBRESULT_PREFIX)
                 self.subresults[n] = name
                 self.definitions[n] = text
                 out = sp.Symbol(name, real=True)
         self.cache[n] = out
+
+    def _inside_calls(self) -> set:
+        """The windows nodes, and the reductions of a pooling, that convolutions and
+        poolings are made of."""
+        if self._calls is None:
+            G = self.G
+            self._calls = {n for n in G.g if G.node(n)["op"] == "windows"}
+            for m, (kind, _, _) in G.macros.items():
+                if kind in WINDOW_MACROS:
+                    self._calls |= {a for a in G.node(m)["args"] if G.node(a)["op"] in ("windows", "reduce")}
+        return self._calls
 
     def _fresh(self, prefix) -> str:
         while True:
@@ -446,6 +464,35 @@ def _macro_rule(kind, y, g, z, label):
 
 
 MACRO_RULES = ("softmax", "log_softmax", "logsumexp", "softmax_cross_entropy")
+# Convolutions and poolings (ops/functions.py): the windows of their input, then a
+# contraction or a reduction, read as one call and one rule per argument.
+WINDOW_MACROS = ("conv1d", "conv2d", "max_pool2d", "avg_pool2d")
+
+
+def window_call(G, m, sym) -> sp.Expr:
+    """The call a convolution or pooling node ``m`` was made by: ``conv2d(x, W, stride=2)``."""
+    kind, x, other = G.macros[m]
+    args = (sym(x),) if other is None else (sym(x), sym(other))
+    return call(kind, *args, *G.macro_keywords.get(m, ()))
+
+
+def _window_rule(G, namer, m, x) -> Term:
+    """The term of ``x_bar`` (x the input or the kernel) from the convolution or
+    pooling ``m``, as a call: the input's adjoint of a convolution is the transposed
+    convolution of ``m_bar`` with the kernel, the kernel's the correlation of the
+    input with ``m_bar`` (PyTorch's conv2d_weight); a max pooling's adjoint goes
+    to each window's maximum (ties split equally), an average's is spread evenly
+    over each window."""
+    kind, z, other = G.macros[m]
+    g = sp.Symbol(bar_name(namer, m), real=True)
+    kws = G.macro_keywords.get(m, ())
+    if kind.startswith("conv"):
+        if x == z:
+            return Term(call(f"conv_transpose{kind[4:]}", g, namer.sym(other), *kws), kind)
+        return Term(call(f"{kind}_weight", namer.sym(z), g, *kws), kind, batch_note(G, m, other))
+    if kind == "max_pool2d":
+        return Term(call("max_unpool2d", g, namer.sym(z), *kws), kind)
+    return Term(call("avg_unpool2d", g, *kws), kind)
 
 
 def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -> list:
@@ -485,14 +532,17 @@ def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -
                 rendered.append(Term(_bar(LOSS) / sp.Symbol("N", positive=True) if mean else _bar(LOSS),
                                      "mean over the batch" if mean else "sum over the batch"))
             elif (x, consumer) in collapsed.get(x, {}):
-                m = collapsed[x][(x, consumer)]
-                if m in macro_done:
-                    continue
-                macro_done.add(m)
-                kind, z, label = G.macros[m]
-                expr, why = _macro_rule(kind, namer.sym(m), sp.Symbol(bar_name(namer, m), real=True),
-                                        namer.sym(z), namer.sym(label) if label is not None else None)
-                rendered.append(Term(expr, why))
+                for m in collapsed[x][(x, consumer)]:
+                    if m in macro_done:
+                        continue
+                    macro_done.add(m)
+                    kind, z, label = G.macros[m]
+                    if kind in WINDOW_MACROS:
+                        rendered.append(_window_rule(G, namer, m, x))
+                        continue
+                    expr, why = _macro_rule(kind, namer.sym(m), sp.Symbol(bar_name(namer, m), real=True),
+                                            namer.sym(z), namer.sym(label) if label is not None else None)
+                    rendered.append(Term(expr, why))
             else:
                 rendered.append(term_expr(G, namer, x, consumer, rule, contribution))
         out.append(Equation(lhs, [(t.text, t.rule) for t in rendered], adj.bar[x], rendered))
@@ -525,19 +575,44 @@ def _between(g, z, m) -> set:
 
 
 def _macro_interiors(G, adj):
-    """The nodes inside each softmax-family function on the loss path, to be shown
-    as the function's one rule; a function whose interior is also read from
-    outside it is shown node by node."""
+    """The nodes inside each softmax-family function, convolution and pooling on the
+    loss path, to be shown as the function's one rule; a function whose interior is
+    also read from outside it is shown node by node.  Returns the hidden nodes and
+    {x: {(x, consumer): [functions whose rule stands for that term of x_bar]}}.
+
+    The windows of an input are one node for every convolution and pooling of it
+    with the same window sizes, stride and padding: each of them is a term of the
+    input's adjoint, its own rule."""
     hidden, collapsed = set(), {}
+    windowed = {}
     for m, (kind, z, label) in G.macros.items():
-        if m not in adj.bar or z not in adj.bar:
+        if m not in adj.bar:
+            continue
+        if kind in WINDOW_MACROS:
+            windowed[m] = _between(G.g, z, m)
+            continue
+        if z not in adj.bar:
             continue
         interior = _between(G.g, z, m)
         inside = interior | {m}
         if any(c not in inside and c in adj.bar for n in interior for c in G.g.successors(n)):
             continue
         hidden |= {n for n in interior if n in adj.bar}
-        collapsed.setdefault(z, {}).update({(z, c): m for c in G.g.successors(z) if c in inside})
+        for c in G.g.successors(z):
+            if c in inside:
+                collapsed.setdefault(z, {})[(z, c)] = [m]
+    around = set(windowed).union(*windowed.values())
+    for m, interior in windowed.items():
+        kind, z, other = G.macros[m]
+        if any(c not in around and c in adj.bar for n in interior for c in G.g.successors(n)):
+            continue
+        if z in adj.bar:
+            hidden |= {n for n in interior if n in adj.bar}
+            for c in G.g.successors(z):
+                if c in interior or c == m:
+                    collapsed.setdefault(z, {}).setdefault((z, c), []).append(m)
+        if other is not None and other in adj.bar:
+            collapsed.setdefault(other, {}).setdefault((other, m), []).append(m)
     return hidden, collapsed
 
 

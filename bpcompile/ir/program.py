@@ -25,6 +25,9 @@ from ..ops import arg_symbol, record_of
 
 MAX_FUSED = 24   # most operations one fused elementwise kernel takes in
 VIEW_OPS = ("reshape", "transpose", "slice", "broadcast")
+# kernels whose result may share memory with their argument in some target: the views,
+# and the windows of an array and their adjoint (NumPy: a reshape when the windows tile it)
+ALIAS_OPS = VIEW_OPS + ("windows", "unwindow")
 
 
 @dataclass(eq=False)
@@ -84,26 +87,37 @@ class Program:
 
 def mark_reuse(kernels, roots) -> None:
     """Let a kernel compute in the memory of an argument that nothing reads after
-    it: a temporary of the program's own, of the result's shape, not aliased by a
-    view, not returned.  Fewer live arrays, no allocation.  An elementwise kernel
-    records the argument in ``reuse``; a scatter_add updates its base in place
-    (``inplace``, and the base takes the result's name)."""
+    it: a temporary of the program's own, of the result's shape, not returned,
+    whose views (if any) are all read for the last time before it.  Fewer live
+    arrays, no allocation.  An elementwise kernel records the argument in
+    ``reuse``; a scatter_add updates its base in place (``inplace``, and the base
+    takes the result's name)."""
     def aliases(k):
         # a view, or an elementwise kernel that is one of its arguments unchanged
         # (exp(log(w)) is w): the printer writes ``a = w``, so a is w's memory
-        return k.op in VIEW_OPS or (k.op == "map" and not k.attrs[0] and isinstance(k.attrs[1], sp.Symbol))
+        return k.op in ALIAS_OPS or (k.op == "map" and not k.attrs[0] and isinstance(k.attrs[1], sp.Symbol))
 
-    last_read, viewed = {}, set()
+    last_read, views = {}, {}
     for i, k in enumerate(kernels):
         for a in k.args:
             last_read[a.name] = i
             if aliases(k):
-                viewed.add(a.name)
+                views.setdefault(a.name, []).append(k.out.name)
     owned = {k.out.name for k in kernels if not aliases(k)}
 
+    def sharing(name):
+        """The values that read ``name``'s memory: its views, their views, ..."""
+        found, stack = [], list(views.get(name, ()))
+        while stack:
+            v = stack.pop()
+            found.append(v)
+            stack.extend(views.get(v, ()))
+        return found
+
     def dead_after(a, i):
-        return (a.kind == "temp" and a.name in owned and a.name not in viewed and a.name not in roots
-                and last_read[a.name] == i)
+        # a view read by kernel i itself would be overwritten while it is read
+        return (a.kind == "temp" and a.name in owned and a.name not in roots and last_read[a.name] == i
+                and all(v not in roots and last_read.get(v, -1) < i for v in sharing(a.name)))
 
     for i, k in enumerate(kernels):
         if k.op == "scatter_add" and dead_after(k.args[0], i):

@@ -25,9 +25,10 @@ from typing import Callable
 
 import sympy as sp
 
-from .elementwise import arg_symbol
 from .. import limits
-from .structural import Contraction, concat_shape, normalize_axis, shape_text
+from .elementwise import arg_symbol
+from .notation import Kw
+from .structural import Contraction, concat_shape, normalize_axis, shape_text, window_sizes
 
 # The kinds of a positional argument.
 TENSOR = "tensor"   # a float array (an expression of the spec)
@@ -193,6 +194,125 @@ def _cross_entropy(L, c: CallSite):
     return out
 
 
+# -- convolutions and pooling: the windows of the input (im2col), then one contraction
+# with the kernel (a GEMM) or a reduction over each window.  Their VJPs are those of
+# the contraction, the reduction and the windows; the equations show each call as
+# one rule (``G.macros``, ``ir/equations.py``).
+
+# per-example subscripts: the kernel [O, C, *K], the windows [C, *K, *P] (P the output
+# positions), the output [O, *P]  ('n' is the batch axis of the printers: never used here)
+_CONV_INDICES = {1: ("i", "l"), 2: ("ij", "hw")}
+_SPATIAL = {1: "L", 2: "H, W"}
+_KERNEL = {1: "K", 2: "KH, KW"}
+
+
+def _check_stride(L, c, f, default=1) -> int:
+    stride = c.keywords.get("stride", default)
+    if stride < 1:
+        raise L.err(f"{f}(): stride must be at least 1, got stride={stride}")
+    return stride
+
+
+def _check_windows(L, f, x, tree, kernel, stride, padding, what) -> None:
+    """Every window fits the padded input, and the windows fit MAX_SHAPE_ELEMENTS."""
+    shape = L.G.node(x)["shape"]
+    spatial = shape[-len(kernel):]
+    for axis, (size, k, (lo, hi)) in enumerate(zip(spatial, kernel, padding)):
+        if size + lo + hi < k:
+            padded = f" ({size + lo + hi} with its padding)" if lo or hi else ""
+            raise L.err(f"{f}(): {what} {k} is larger than the input: {L.text(tree)!r} of shape "
+                        f"{shape_text(shape)} has size {size}{padded} along axis {len(shape) - len(kernel) + axis}")
+    positions = window_sizes(spatial, kernel, (stride,) * len(kernel), padding)
+    count = math.prod(shape[:-len(kernel)]) * math.prod(kernel) * math.prod(positions)
+    if count > limits.MAX_SHAPE_ELEMENTS:
+        raise L.err(f"{f}(): the windows of {L.text(tree)!r} have {count:,} elements per example, more than "
+                    f"MAX_SHAPE_ELEMENTS ({limits.MAX_SHAPE_ELEMENTS:,})")
+
+
+def _conv(d: int):
+    """conv1d / conv2d: x [C, *S] per example, w [O, C, *K] -> [O, *P]; PyTorch's
+    conv (a cross-correlation), zero padding, stride; padding='same' keeps the
+    size (stride 1 only, as PyTorch: an even kernel pads one more after than before)."""
+    f = f"conv{d}d"
+    k_idx, p_idx = _CONV_INDICES[d]
+
+    def lower(L, c: CallSite):
+        x, w = c.args
+        tx, tw = c.trees
+        sx, sw = L.G.node(x)["shape"], L.G.node(w)["shape"]
+        if len(sx) != d + 1:
+            raise L.err(f"{f}() takes an input of shape [C, {_SPATIAL[d]}] per example, but {L.text(tx)!r} "
+                        f"has shape {shape_text(sx)}")
+        if len(sw) != d + 2:
+            raise L.err(f"{f}() takes a kernel of shape [O, C, {_KERNEL[d]}], but {L.text(tw)!r} "
+                        f"has shape {shape_text(sw)}")
+        if sw[1] != sx[0]:
+            raise L.err(f"{f}(): channel mismatch: the kernel {L.text(tw)!r} of shape {shape_text(sw)} takes "
+                        f"{sw[1]} input channels, but {L.text(tx)!r} of shape {shape_text(sx)} has {sx[0]}")
+        stride = _check_stride(L, c, f)
+        kernel = sw[2:]
+        padding = c.keywords.get("padding", 0)
+        if padding == "same":
+            if stride != 1:
+                raise L.err(f"{f}(): padding='same' needs stride=1 (as in PyTorch: with a stride the output "
+                            f"cannot keep the input's size), got stride={stride}; give the padding as a number")
+            pads = tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel)
+        elif padding == "valid":
+            pads = ((0, 0),) * d
+        elif padding < 0:
+            raise L.err(f"{f}(): padding must be at least 0, got padding={padding}")
+        else:
+            pads = ((padding, padding),) * d
+        _check_windows(L, f, x, tx, kernel, stride, pads, "the kernel's size")
+        X = L.G.windows(x, kernel, (stride,) * d, pads)
+        out = L.G.contract(w, X, Contraction("oc" + k_idx, "c" + k_idx + p_idx, "o" + p_idx))
+        L.G.macros[out] = (f, x, w)
+        L.G.macro_keywords[out] = _call_keywords(stride, padding)
+        return out
+    return lower
+
+
+def _pool(kind: str):
+    """max_pool2d / avg_pool2d: x [C, H, W] per example -> the max or the mean of each
+    k x k window, moved by stride (default k); the remainder is dropped (PyTorch's
+    floor mode).  max's adjoint goes to each window's maximum, split equally between
+    tied entries (the reduction's rule: deterministic)."""
+    f = f"{kind}_pool2d"
+
+    def lower(L, c: CallSite):
+        x, k = c.args
+        tx = c.trees[0]
+        shape = L.G.node(x)["shape"]
+        if len(shape) != 3:
+            raise L.err(f"{f}() takes an input of shape [C, H, W] per example, but {L.text(tx)!r} "
+                        f"has shape {shape_text(shape)}")
+        if k < 1:
+            raise L.err(f"{f}(): the pool size must be at least 1, got {k}")
+        stride = _check_stride(L, c, f, default=k)
+        pads = ((0, 0), (0, 0))
+        _check_windows(L, f, x, tx, (k, k), stride, pads, "the pool size")
+        X = L.G.windows(x, (k, k), (stride, stride), pads)
+        out = L.G.reduce(X, "max" if kind == "max" else "sum", (1, 2))
+        if kind == "avg":
+            out = L.G.map(arg_symbol(0) / (k * k), [out], rule=f)
+        L.G.macros[out] = (f, x, None)
+        L.G.macro_keywords[out] = (sp.Integer(k),) + ((Kw(sp.Symbol("stride"), sp.Integer(stride)),)
+                                                       if stride != k else ())
+        return out
+    return lower
+
+
+def _call_keywords(stride, padding) -> tuple:
+    """stride= and padding= as a call displays them, where they are not the default."""
+    out = []
+    if stride != 1:
+        out.append(Kw(sp.Symbol("stride"), sp.Integer(stride)))
+    if padding not in (0, "valid"):
+        out.append(Kw(sp.Symbol("padding"), sp.Integer(padding) if isinstance(padding, int)
+                      else sp.Symbol(repr(padding))))
+    return tuple(out)
+
+
 def _of_x(fn):
     """The lowering of a function of one array: ``fn(G, x)``."""
     return lambda L, c: fn(L.G, c.args[0])
@@ -278,6 +398,10 @@ SPEC_FUNCTIONS = {f.name: f for f in (
     SpecFunction("flatten", (TENSOR,), _flatten),
     SpecFunction("concat", (TENSOR,), lambda L, c: _joined(L, c, False), keywords={"axis": AXIS}, variadic=True),
     SpecFunction("stack", (TENSOR,), lambda L, c: _joined(L, c, True), keywords={"axis": AXIS}, variadic=True),
+    SpecFunction("conv1d", (TENSOR, TENSOR), _conv(1), keywords={"stride": COUNT, "padding": PADDING}),
+    SpecFunction("conv2d", (TENSOR, TENSOR), _conv(2), keywords={"stride": COUNT, "padding": PADDING}),
+    SpecFunction("max_pool2d", (TENSOR, INT), _pool("max"), keywords={"stride": COUNT}),
+    SpecFunction("avg_pool2d", (TENSOR, INT), _pool("avg"), keywords={"stride": COUNT}),
 )}
 
 # Functions of the spec language that are not elementwise.

@@ -109,7 +109,18 @@ class GemmForm:
 
     ``out = op(left) @ op(right)`` with ``op`` a transpose where ``trans_*`` says,
     ``left``/``right`` naming operand 0 or 1.  ``outer`` marks a product with no
-    summed index (``d_bar x^T``); ``batched`` a leading batch index shared by all.
+    summed index (``d_bar x^T``); ``batched`` a leading batch index: one product
+    per entry of it.
+
+    As in TTGT, each of the three index groups (``m``: rows of the output, from
+    the left operand; ``n``: its columns, from the right; ``k``: summed) may be
+    several indices that stand together, in the same order, wherever they occur:
+    the operands are then read as matrices by a reshape, no copy
+    (``ocij,cijhw->ohw`` is ``W[o, (cij)] @ X[(cij), (hw)]``).  The batch index
+    ``batch`` leads every subscript that has it; it may be missing from one
+    operand (``broadcast``: that operand is the same matrix in every product) or
+    from the output (``summed``: the products are added up, as in a kernel's
+    gradient summed over the examples).
     """
 
     left: int
@@ -117,39 +128,111 @@ class GemmForm:
     trans_right: bool
     batched: bool
     outer: bool
+    m: str = ""
+    n: str = ""
+    k: str = ""
+    batch: str = ""
+    broadcast: int | None = None
+    summed: bool = False
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the operands are read as matrices through a reshape (a group of
+        several indices), or the batch index is broadcast or summed over: the
+        product is then printed from the groups (``ops.gemm_form``'s TTGT reading)."""
+        return (any(len(g) > 1 for g in (self.m, self.n, self.k)) or self.broadcast is not None
+                or self.summed)
 
 
 def gemm_form(sa: str, sb: str, so: str) -> GemmForm | None:
     """Classify einsum(sa, sb -> so) as in TTGT: batch, m, n and k indices.
 
-    Returns None when the contraction is not a single GEMM (then printers fall
-    back to a general einsum).
+    A contraction is one GEMM (or one batched GEMM) when its m, n and k groups
+    each stand together, in one order, in every subscript holding them; a
+    leading index may be a batch index shared by all three, one missing from an
+    operand (broadcast) or one missing from the output (summed).  One product
+    over all the indices is preferred to a batch of products: ``nij,jk->nik`` is
+    one GEMM with N*I rows.  Returns None when the contraction is no such
+    product (then printers fall back to a general einsum).
     """
+    form = _gemm_groups(sa, sb, so)
+    if form is not None:
+        return form
+    p = so[:1]
+    if p and (sa[:1] == p) != (sb[:1] == p) and p not in (sb if sa[:1] == p else sa):
+        # the leading index of the output and of one operand: a batch over which
+        # the other operand is broadcast (W @ X[n] for every example n)
+        plain = _gemm_groups(sa.replace(p, ""), sb.replace(p, ""), so[1:])
+        if plain is not None and not plain.outer:
+            return GemmForm(plain.left, plain.trans_left, plain.trans_right, True, False, plain.m, plain.n,
+                            plain.k, p, broadcast=1 if sa[:1] == p else 0)
+    p = sa[:1]
+    if p and sb[:1] == p and p not in so:
+        # the leading index of both operands, summed over: a sum of products
+        plain = _gemm_groups(sa[1:], sb[1:], so)
+        if plain is not None and not plain.outer:
+            return GemmForm(plain.left, plain.trans_left, plain.trans_right, True, False, plain.m, plain.n,
+                            plain.k, p, summed=True)
+    return None
+
+
+def gemm_plan(sa: str, sb: str, so: str, sizes: dict):
+    """The best GEMM reading of einsum(sa, sb -> so), given each index's size (None:
+    the batch size): ``(form, sa, sb, so)``, the subscripts those the form reads.
+
+    Indices of size 1 take no room in memory: read without them (a reshape), a
+    contraction may be one GEMM that is otherwise a sum of per-example products
+    (a kernel's gradient when the output is 1 x 1: ``nohw,ncijhw->ocij`` is
+    ``no,ncij->ocij``, z_bar^T @ X).  They are dropped when that gives a better
+    form: one product before a batch of them, a batch before a sum of them."""
+    def rank(form):
+        if form is None:
+            return 0
+        return 1 if form.summed else 2 if form.batched else 3
+
+    best = (gemm_form(sa, sb, so), sa, sb, so)
+    ones = {c for c, d in sizes.items() if d == 1}
+    if ones & set(sa + sb + so):
+        drop = [s.translate({ord(c): None for c in ones}) for s in (sa, sb, so)]
+        if all(drop[:2]):
+            form = gemm_form(*drop)
+            if rank(form) > rank(best[0]):
+                best = (form, *drop)
+    return best
+
+
+def _gemm_groups(sa: str, sb: str, so: str) -> GemmForm | None:
+    """``gemm_form`` with any batch index shared by all three subscripts."""
     batch = [c for c in so if c in sa and c in sb]
     m = [c for c in so if c in sa and c not in sb]
     n = [c for c in so if c in sb and c not in sa]
     k = [c for c in sa if c in sb and c not in so]
     alone = [c for c in sa + sb if c not in so and not (c in sa and c in sb)]
-    if alone or len(batch) > 1 or len(m) > 1 or len(n) > 1 or len(k) > 1:
+    if alone or len(batch) > 1:
         return None
     if batch and not all(s.index(batch[0]) == 0 for s in (sa, sb, so)):
         return None
+    b = "".join(batch)
     ca, cb, co = (s[len(batch):] for s in (sa, sb, so))
-    if co == "".join(m + n):
+    m, n, k = "".join(m), "".join(n), "".join(k)
+    if co == m + n:
         left, (cl, cr), (ml, nr) = 0, (ca, cb), (m, n)
-    elif co == "".join(n + m):
+    elif co == n + m:
         left, (cl, cr), (ml, nr) = 1, (cb, ca), (n, m)
     else:
         return None
-    if batch and (len(cl) < 2 or len(cr) < 2):
+    if b and (len(cl) < 2 or len(cr) < 2):
         return None  # batched matrix-vector products stay einsums: shapes stay unambiguous
     if not k:
-        if batch or not ml or not nr:
+        if b or not ml or not nr or len(ml) > 1 or len(nr) > 1:
             return None
-        return GemmForm(left, False, False, False, True)
-    trans_left = len(cl) == 2 and cl == "".join(k + ml)
-    trans_right = len(cr) == 2 and cr == "".join(nr + k)
-    return GemmForm(left, trans_left, trans_right, bool(batch), False)
+        return GemmForm(left, False, False, False, True, ml, nr)
+    kl = "".join(c for c in cl if c in k)   # the k group in the order the left operand holds it
+    if cl not in (ml + kl, kl + ml) or cr not in (kl + nr, nr + kl):
+        return None
+    trans_left = bool(ml) and cl == kl + ml
+    trans_right = bool(nr) and cr == nr + kl
+    return GemmForm(left, trans_left, trans_right, bool(b), False, ml, nr, kl, b)
 
 
 @dataclass(frozen=True)
@@ -268,7 +351,7 @@ def contraction_expr(form: Contraction, a, b) -> sp.Expr:
     """A contraction as the lectures write it: ``W @ x``, ``d_bar x^T``, ``W^T @ d_bar``;
     a scaling ``a*b``; ``dot(a, b)``; else index notation ``sum_j a[i,j]*b[j]``."""
     g = gemm_form(form.a, form.b, form.out)
-    if g is None:
+    if g is None or g.grouped:
         if form.out == "" and form.a == form.b and len(form.a) == 1:
             return call("dot", a, b)
         if "" in (form.a, form.b) and set(form.a + form.b) == set(form.out) \
@@ -695,6 +778,95 @@ CONCAT = StructuralOp(
     symbol="concat")
 
 
+# -- windows: the sliding windows of an array (im2col) and their adjoint, unwindow (col2im)
+#
+# windows(x; kernel, stride, padding) reads the last d = len(kernel) axes of x,
+# zero-padded by padding[a] = (before, after) on axis a, through a window of size
+# kernel moved by stride: per example [*lead, *S] -> [*lead, *kernel, *O] with
+# O[a] = (S[a] + before + after - kernel[a]) // stride[a] + 1 (the remainder is
+# dropped, as PyTorch's floor mode).  Entry [..., *k, *o] is x_padded[..., o*stride + k].
+# A convolution is a contraction of the windows with the kernel (one GEMM), and a
+# pooling a reduction over the window's axes.  unwindow(g; shape, kernel, stride,
+# padding) is its adjoint: each window's entries added back onto the positions
+# they were read from (positions in the padding dropped), of per-example shape
+# [*lead, *S]; the adjoint of unwindow is windows.
+
+
+def window_sizes(spatial, kernel, stride, padding) -> tuple:
+    """The number of window positions along each axis: O in the note above."""
+    return tuple((s + lo + hi - k) // st + 1 for s, k, st, (lo, hi) in zip(spatial, kernel, stride, padding))
+
+
+def windows_tile(spatial, kernel, stride, padding) -> bool:
+    """Whether the windows tile the input, side by side: no padding, and along each
+    axis a stride equal to the window's size (or a single window).  They are then a
+    reshape of the input (its remainder dropped), and unwindow the reshape back."""
+    return all(p == (0, 0) for p in padding) and all(
+        st == k or o == 1 for k, st, o in zip(kernel, stride, window_sizes(spatial, kernel, stride, padding)))
+
+
+def _windows_shape(args, attrs):
+    kernel, stride, padding = attrs
+    shape = args[0]["shape"]
+    d = len(kernel)
+    return (*shape[:-d], *kernel, *window_sizes(shape[-d:], kernel, stride, padding)), args[0]["batched"]
+
+
+def _unwindow_shape(args, attrs):
+    spatial, kernel, stride, padding = attrs
+    d = len(kernel)
+    return (*args[0]["shape"][:-2 * d], *spatial), args[0]["batched"]
+
+
+def window_keywords(kernel, stride, padding) -> list:
+    """The display arguments after the array: the kernel, and stride= and padding=
+    where they are not 1 and 0 (``windows(x, [5, 5], stride=2)``)."""
+    def value(v):
+        return sp.Integer(v[0]) if len(set(v)) == 1 else sp.Symbol("[" + ", ".join(map(str, v)) + "]")
+
+    out = [sp.Symbol("[" + ", ".join(map(str, kernel)) + "]")]
+    if any(s != 1 for s in stride):
+        out.append(Kw(sp.Symbol("stride"), value(stride)))
+    if any(p != (0, 0) for p in padding):
+        symmetric = all(lo == hi for lo, hi in padding)
+        out.append(Kw(sp.Symbol("padding"), value([lo for lo, _ in padding]) if symmetric else
+                      sp.Symbol("[" + ", ".join(f"({lo}, {hi})" for lo, hi in padding) + "]")))
+    return out
+
+
+def _window_summary(what):
+    def summary(k, a):
+        kernel, stride, padding = k.attrs[-3:]
+        return show(call(what, a[0], *window_keywords(kernel, stride, padding)))
+    return summary
+
+
+def _windows_vjp(G, n, pos, g):
+    kernel, stride, padding = G.node(n)["attrs"]
+    spatial = G.node(G.node(n)["args"][0])["shape"][-len(kernel):]
+    return G.unwindow(G.materialize(g, n), spatial, kernel, stride, padding)
+
+
+def _unwindow_vjp(G, n, pos, g):
+    _, kernel, stride, padding = G.node(n)["attrs"]
+    return G.windows(G.materialize(g, n), kernel, stride, padding)
+
+
+WINDOWS = StructuralOp(
+    "windows", _windows_shape, _windows_vjp,
+    text=lambda G, n, a: call("windows", a[0], *window_keywords(*G.node(n)["attrs"])),
+    term=lambda G, n, x, g, sym, rule: (call("unwindow", g, *window_keywords(*G.node(n)["attrs"])), rule, ""),
+    label=lambda G, n, pos, atom: "unwindow", summary=_window_summary("windows"), symbol="windows")
+
+
+UNWINDOW = StructuralOp(
+    "unwindow", _unwindow_shape, _unwindow_vjp,
+    text=lambda G, n, a: call("unwindow", a[0], *window_keywords(*G.node(n)["attrs"][1:])),
+    term=lambda G, n, x, g, sym, rule: (call("windows", g, *window_keywords(*G.node(n)["attrs"][1:])), rule, ""),
+    label=lambda G, n, pos, atom: "windows", summary=_window_summary("unwindow"), cost=_input_size,
+    rule="windows")
+
+
 # -- zeros and onehot: no argument to differentiate
 
 ZEROS = StructuralOp("zeros", _as_shape, None)
@@ -704,7 +876,7 @@ ONEHOT = StructuralOp("onehot", lambda args, attrs: ((attrs[0],), True), None)
 # name -> record, for every op of the graph that is not elementwise and not a leaf
 STRUCTURAL_OPS = {op.name: op for op in (
     CONTRACT, REDUCE, SUM_TO, BROADCAST, RESHAPE, COPY, TAKE, SCATTER_ADD, TRANSPOSE, SLICE, UNSLICE,
-    CONCAT, ZEROS, ONEHOT,
+    CONCAT, WINDOWS, UNWINDOW, ZEROS, ONEHOT,
 )}
 # the leaves and the elementwise map: every other op of the graph
 LEAF_OPS = ("input", "param", "const", "batch_size")

@@ -28,7 +28,7 @@ from pathlib import Path
 import networkx as nx
 
 from ..compiler import Compiled, write_atomic
-from ..ir.equations import Namer, show
+from ..ir.equations import WINDOW_MACROS, Namer, show
 from ..escape import dot_str
 from ..ops import OUT, STRUCTURAL_OPS, arg_symbol, local_derivative
 
@@ -87,6 +87,8 @@ def picture_graph(compiled: Compiled) -> nx.DiGraph:
         rule = node["rule"]
         record = STRUCTURAL_OPS.get(op)
         symbol = record.symbol if record is not None and record.symbol else SYMBOLS.get(rule, rule)
+        if G.macros.get(n, ("",))[0] in WINDOW_MACROS:
+            symbol = G.macros[n][0]    # a convolution or a pooling, by its function's name
         if kind in ("input", "param"):
             label = name
         elif name is not None:

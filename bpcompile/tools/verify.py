@@ -957,17 +957,24 @@ class _Checks:
 # The small instance
 
 
+SMALL_TRIES = 4         # caps SMALL, SMALL + 1, ... tried for a small instance that compiles
+
+
 def small_instance(spec: Spec, compiled=None):
     """The spec with every dimension shrunk to at most SMALL, compiled; or the spec
-    itself (``compiled``, when given) when it is already small or the shrunk one
-    does not compile."""
+    itself (``compiled``, when given) when it is already small or no shrunk one
+    compiles.  A shrunk instance may not compile where sizes must fit together
+    (a convolution's or a pooling's windows larger than its shrunk input): the
+    next few caps are tried before the spec itself is used."""
     data = spec.data   # parsed once, within the reader's limits (_shrink copies it)
-    small = _shrink(data)
-    if small != data:
+    for cap in range(SMALL, SMALL + SMALL_TRIES):
+        small = _shrink(data, cap)
+        if small == data:
+            break
         try:
             return compile(parse_spec(small, file=spec.file))
         except SpecError:
-            pass
+            continue
     return compiled if compiled is not None else compile(spec)
 
 
@@ -1089,8 +1096,15 @@ def _sum(x, axis=None, keepdims=False):
 
 def _max_of(values):
     """The largest of ``values``, pairwise as max(a, b) = (a + b + |a - b|) / 2:
-    exact, and far cheaper for SymPy to differentiate than a Max of many terms."""
-    return functools.reduce(lambda a, b: (a + b + sp.Abs(a - b)) / 2, values)
+    exact, and far cheaper for SymPy to differentiate than a Max of many terms.
+    The pairs form a balanced tree: each level doubles the expression (a and b
+    stand twice in it), so its depth, log2 of the count, bounds the size (a
+    chain over a pooling's 3 x 3 window nested 8 deep took SymPy minutes)."""
+    values = list(values)
+    while len(values) > 1:
+        values = [(a + b + sp.Abs(a - b)) / 2 for a, b in zip(values[::2], values[1::2])] + \
+            ([values[-1]] if len(values) % 2 else [])
+    return values[0]
 
 
 def _max(x, axis=None):
@@ -1102,6 +1116,51 @@ def _max(x, axis=None):
 
 def _logsumexp(z, keepdims=False):
     return _elementwise(sp.log)(_sum(_elementwise(sp.exp)(z), -1, keepdims))
+
+
+def _pads(kernel, padding) -> list:
+    """(before, after) per axis: an integer on both sides; 'same' (stride 1) the
+    kernel's size less one, the extra one after, as PyTorch; 'valid' none."""
+    if padding == "same":
+        return [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel]
+    if padding == "valid":
+        return [(0, 0)] * len(kernel)
+    return [(padding, padding)] * len(kernel)
+
+
+def _windows_of(x, kernel, stride, pads):
+    """{position: the window of x there}, x [C, *S] zero-padded, windows [C, *kernel]
+    moved by stride: the definition, one window at a time (small sizes only)."""
+    padded = np.pad(x, [(0, 0), *pads])
+    positions = [(s - k) // stride + 1 for s, k in zip(padded.shape[1:], kernel)]
+    return {p: padded[(slice(None), *(slice(i * stride, i * stride + k) for i, k in zip(p, kernel)))]
+            for p in np.ndindex(*positions)}, positions
+
+
+def _conv(x, w, stride=1, padding=0):
+    """conv1d / conv2d as PyTorch defines them (a cross-correlation): out[o, p] is the
+    sum over c and the kernel's offsets of w[o, c, k] * x_padded[c, p*stride + k]."""
+    kernel = w.shape[2:]
+    windows, positions = _windows_of(x, kernel, stride, _pads(kernel, padding))
+    out = np.empty((w.shape[0], *positions), dtype=x.dtype if x.dtype == object else np.float64)
+    for p, window in windows.items():
+        for o in range(w.shape[0]):
+            out[(o, *p)] = np.sum(w[o] * window)
+    return out
+
+
+def _pool(reduce):
+    """max_pool2d / avg_pool2d: each k x k window of each channel, moved by stride
+    (default k), reduced; the windows that do not fit are dropped."""
+    def pool(x, k, stride=None):
+        k = int(np.asarray(k, dtype=object)[()])
+        windows, positions = _windows_of(x, (k, k), stride or k, [(0, 0), (0, 0)])
+        out = np.empty((x.shape[0], *positions), dtype=x.dtype if x.dtype == object else np.float64)
+        for p, window in windows.items():
+            for c in range(x.shape[0]):
+                out[(c, *p)] = reduce(window[c].reshape(-1))
+        return out
+    return pool
 
 
 _ELEMENTWISE = {
@@ -1142,6 +1201,10 @@ _FUNCTIONS = {
     "flatten": lambda x: _obj(np.ravel(x)),
     "concat": lambda *xs, axis=0: _obj(np.concatenate(xs, axis=axis)),
     "stack": lambda *xs, axis=0: _obj(np.stack(xs, axis=axis)),
+    "conv1d": _conv,
+    "conv2d": _conv,
+    "max_pool2d": _pool(lambda v: _max_of(list(v))),
+    "avg_pool2d": _pool(lambda v: sp.Add(*v) / len(v)),
 }
 
 def _integer(node) -> int:
@@ -1211,10 +1274,15 @@ class _Expander:
                           if isinstance(i, ast.Slice) else _integer(i) for i in items)
             return self.wrap(self.eval(t.value, env)[index])
         if isinstance(t, ast.Call):
-            # a list argument is a shape (reshape's); every keyword is an integer (axis=k)
+            # a list argument is a shape (reshape's); a keyword is an integer (axis=, stride=,
+            # padding=) or a padding mode
             args = [tuple(_integer(e) for e in a.elts) if isinstance(a, ast.List) else self.eval(a, env)
                     for a in t.args]
-            kwargs = {kw.arg: _integer(kw.value) for kw in t.keywords}
+            kwargs = {}
+            for kw in t.keywords:
+                v = kw.value
+                kwargs[kw.arg] = v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) \
+                    else _integer(v)
             return self.functions[t.func.id](*args, **kwargs)
         raise TypeError(f"unexpected {type(t).__name__} in a checked spec")
 
@@ -1270,6 +1338,10 @@ _NUMERIC = {
     "flatten": np.ravel,
     "concat": lambda *xs, axis=0: np.concatenate(xs, axis=axis),
     "stack": lambda *xs, axis=0: np.stack(xs, axis=axis),
+    "conv1d": _conv,
+    "conv2d": _conv,
+    "max_pool2d": _pool(np.max),
+    "avg_pool2d": _pool(np.mean),
 }
 
 

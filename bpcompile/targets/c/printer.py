@@ -65,7 +65,9 @@ class C(CStyle):
     def gemm(self, g):
         # our blocked kernel (clike/gemm.py), or CBLAS's when built with -DBPC_CBLAS
         what = f"{g.out} = {g.left}{'^T' if g.trans_left else ''} @ {g.right}{'^T' if g.trans_right else ''}"
-        return [line_comment(what + (", per example" if g.batched else "") + " (GEMM)"), gemm_call(g)]
+        per = (" for each of " + str(g.count) if g.count != "N" else ", per example") if g.batched else ""
+        per += ", summed" if g.accumulate else ""
+        return [line_comment(what + per + " (GEMM)"), gemm_call(g)]
 
 
 LANG = C()

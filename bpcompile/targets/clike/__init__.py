@@ -14,6 +14,7 @@ by what they do:
   contractions;
 * ``contractions.py``: contract, as a GEMM when it is one and the language has
   one, else as a reduction;
+* ``windows.py``: windows and unwindow (im2col and col2im), one element kernel each;
 * ``host.py``: storage (the caller's arrays, the workspace's buffers, aliases),
   reading a value inside a kernel, the entry point around the kernels and the
   workspace layout.
@@ -33,6 +34,7 @@ from .language import (CExprPrinter, CStyle, broadcast_strides, check_c_source, 
                        line_comment, offset, real_literal, row_strides, shape_text, size_of, token)
 from .module import CModule, KernelTable
 from .reductions import Reductions
+from .windows import WindowKernels
 
 __all__ = ["CExprPrinter", "CModule", "CStyle", "FunctionPrinter", "Gemm", "KernelTable", "PrintedModule",
            "broadcast_strides", "check_c_source", "count_expr", "full_dims", "host_scalars", "ident", "line_comment",
@@ -42,7 +44,7 @@ __all__ = ["CExprPrinter", "CModule", "CStyle", "FunctionPrinter", "Gemm", "Kern
 FUNCTIONS = ("predict", "loss", "value_and_grad")
 
 
-class FunctionPrinter(ElementwiseKernels, Reductions, Contractions, Storage):
+class FunctionPrinter(ElementwiseKernels, Reductions, Contractions, WindowKernels, Storage):
     """One entry point (predict, loss or value_and_grad) and its kernels."""
 
 

@@ -320,8 +320,9 @@ def gemm_source(dtypes=("float64",), *, linkage: str = "static ") -> str:
 
 def gemm_call(g: Gemm, out: str | None = None, left: str | None = None, right: str | None = None) -> str:
     """The C line computing the row-major GEMM ``g``, out = op(left) @ op(right)
-    (alpha 1, beta 0), per example in a loop over the batch ``N`` when
-    ``g.batched``.  The operand names are ``g``'s unless given."""
+    (alpha 1, beta 0), in a loop over the batch (``g.count`` products) when
+    ``g.batched``; accumulated into one output, beta 1 after the first product,
+    when ``g.accumulate``.  The operand names are ``g``'s unless given."""
     out, left, right = out or g.out, left or g.left, right or g.right
     one, zero = real_literal(1, g.dtype), real_literal(0, g.dtype)
     f = gemm_name(g.dtype)
@@ -329,7 +330,11 @@ def gemm_call(g: Gemm, out: str | None = None, left: str | None = None, right: s
     if not g.batched:
         return (f"{f}({tl}, {tr}, {g.m}, {g.n}, {g.k}, {one}, {left}, {g.ld_left}, {right}, {g.ld_right}, "
                 f"{zero}, {out}, {g.n});")
-    return (f"for (int _ex = 0; _ex < N; _ex++) "
-            f"{f}({tl}, {tr}, {g.m}, {g.n}, {g.k}, {one}, {left} + (size_t)_ex * {g.stride_left}, {g.ld_left}, "
-            f"{right} + (size_t)_ex * {g.stride_right}, {g.ld_right}, {zero}, "
-            f"{out} + (size_t)_ex * {g.stride_out}, {g.n});")
+
+    def at(name, stride):
+        return f"{name} + (size_t)_ex * {stride}" if stride else name
+
+    beta = f"_ex ? {one} : {zero}" if g.accumulate else zero
+    return (f"for (int _ex = 0; _ex < {g.count}; _ex++) "
+            f"{f}({tl}, {tr}, {g.m}, {g.n}, {g.k}, {one}, {at(left, g.stride_left)}, {g.ld_left}, "
+            f"{at(right, g.stride_right)}, {g.ld_right}, {beta}, {at(out, g.stride_out)}, {g.n});")

@@ -10,9 +10,14 @@ below, which states how CUDA differs from C99 (``clike.CStyle``):
 * reductions (``reduce``, ``sum_to``: softmax rows, bias gradients, the loss) and
   contractions that are not one GEMM are block reductions: one block per output
   element, a shared-memory tree between ``__syncthreads()``;
-* contractions that are one GEMM (``ops.gemm_form``) go to cuBLAS; the arrays are
-  row-major, cuBLAS is column-major, so ``C = op(A) op(B)`` is computed as
-  ``C^T = op(B)^T op(A)^T`` by swapping the operands;
+* contractions that are one GEMM (``ops.gemm_plan``) go to cuBLAS (a strided
+  batched GEMM per example, stride 0 for an operand the examples share; a sum of
+  per-example products, a convolution kernel's gradient, as one GEMM per example
+  accumulating into the output); the arrays are row-major, cuBLAS is column-major,
+  so ``C = op(A) op(B)`` is computed as ``C^T = op(B)^T op(A)^T`` by swapping the
+  operands;
+* windows and unwindow (im2col and col2im of a convolution) are element kernels
+  (``clike/windows.py``);
 * take / scatter_add / onehot / transpose / slice / unslice / concat / broadcast
   are small index kernels, copy and zeros are cudaMemcpyAsync / cudaMemsetAsync, reshape is
   an alias of the same memory.
@@ -123,11 +128,19 @@ class Cuda(CStyle):
         lines = [line_comment(f"cuBLAS is column-major: it computes {g.out}^T = "
                               f"{g.right}{'^T' if not g.trans_right else ''} @ "
                               f"{g.left}{'^T' if not g.trans_left else ''}")]
-        if g.batched:
+        if g.accumulate:
+            # a sum of products into one output: one GEMM per product, beta 1 after the first
+            lines.append(
+                f"for (int _ex = 0; _ex < {g.count}; _ex++) "
+                f"CHECK_CUBLAS(cublas{t}gemm(ws->blas, {op_r}, {op_l}, {g.n}, {g.m}, {g.k}, &_one, "
+                f"{_at(g.right, g.stride_right)}, {g.ld_right}, "
+                f"{_at(g.left, g.stride_left)}, {g.ld_left}, _ex ? &_one : &_zero, "
+                f"{g.out}, {g.n}));")
+        elif g.batched:
             lines.append(
                 f"CHECK_CUBLAS(cublas{t}gemmStridedBatched(ws->blas, {op_r}, {op_l}, {g.n}, {g.m}, {g.k}, &_one, "
                 f"{g.right}, {g.ld_right}, {g.stride_right}, {g.left}, {g.ld_left}, {g.stride_left}, &_zero, "
-                f"{g.out}, {g.n}, {g.stride_out}, N));")
+                f"{g.out}, {g.n}, {g.stride_out}, {g.count}));")
         else:
             lines.append(
                 f"CHECK_CUBLAS(cublas{t}gemm(ws->blas, {op_r}, {op_l}, {g.n}, {g.m}, {g.k}, &_one, "
@@ -157,6 +170,11 @@ class Cuda(CStyle):
 
 
 CUDA = Cuda()
+
+
+def _at(name: str, stride: int) -> str:
+    """The operand of the ``_ex``-th product of a batch (the same one when stride is 0)."""
+    return f"{name} + (size_t)_ex * {stride}" if stride else name
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@ a subclass of SymPy's NumPy printer; contractions become ``@`` with transposes
 from __future__ import annotations
 
 import ast
+import itertools
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from ... import names
 from ...ops.notation import print_add
 from ...escape import py_comment, py_docstring, py_str
 from ...ops import broadcast_shapes, gemm_form, key_text, numpy_inplace
+from ...ops.structural import gemm_plan, window_sizes, windows_tile
 from ...ir.program import Kernel, Program, Value
 from ..base import Code, lowering_table, lowers, template_environment
 from ..python import init_line, literal
@@ -127,11 +130,13 @@ def template(step: str) -> str:
     return INPLACE.get(step, step)
 
 
-def inplace_steps(expr, name: str):
+def inplace_steps(expr, name: str, smaller=None):
     """``expr`` as a sequence of in-place steps on the one leaf called ``name``
     (which appears once): [(step, other operand)], innermost first, a step an
     arithmetic step of INPLACE or a function's own template.  None when some node
-    on the way has no in-place form."""
+    on the way has no in-place form.  ``smaller(e)``: whether ``e`` broadcasts from
+    fewer entries than the result; a product by such a quotient is one step, the
+    quotient computed at its own size (``t *= g/count``: one pass over t, not two)."""
     steps = []
     node = expr
     while not (isinstance(node, sp.Symbol) and node.name == name):
@@ -150,12 +155,15 @@ def inplace_steps(expr, name: str):
                 steps.append(("add", rest))
         elif node.is_Mul:
             num, den = sp.fraction(sp.Mul(*others))
-            if den != 1:
-                steps.append(("div", den))
-            if num == -1:
-                steps.append(("neg", None))
-            elif num != 1:
-                steps.append(("mul", num))
+            if den != 1 and num not in (1, -1) and smaller is not None and smaller(num / den):
+                steps.append(("mul", num / den))
+            else:
+                if den != 1:
+                    steps.append(("div", den))
+                if num == -1:
+                    steps.append(("neg", None))
+                elif num != 1:
+                    steps.append(("mul", num))
         elif node.is_Pow:
             if inner is not node.base:
                 return None
@@ -236,7 +244,7 @@ class NumpyPrinter:
         leaf_text = {a.name: self.aligned(a, k.out.rank) for a in k.args}
         printer = ExprPrinter(leaf_text, self.helpers)
         lines = [f"{name} = {printer.doprint(e)}" for name, e in temps]
-        steps = inplace_steps(expr, k.reuse.name) if k.reuse is not None else None
+        steps = inplace_steps(expr, k.reuse.name, self.smaller_than(k)) if k.reuse is not None else None
         present = {sym.name for e in [expr, *(e for _, e in temps)] for sym in e.free_symbols}
         read = [a for a in k.args if a.name in present]
         if (broadcast_shapes([a.shape for a in read], str), any(a.batched for a in read)) \
@@ -259,6 +267,20 @@ class NumpyPrinter:
             lines.append(template(op).format(o=out, r=printer.doprint(operand) if operand is not None else ""))
         return lines
 
+    @staticmethod
+    def smaller_than(k: Kernel):
+        """For a map kernel: whether an expression of its arguments broadcasts from
+        fewer entries than the kernel's result (a batch axis counted as more)."""
+        values = {a.name: a for a in k.args}
+
+        def smaller(e) -> bool:
+            leaves = [values[sym.name] for sym in e.free_symbols if sym.name in values]
+            shape = broadcast_shapes([a.shape for a in leaves], str)
+            batched = any(a.batched for a in leaves)
+            return (batched, math.prod(shape)) < (k.out.batched, math.prod(k.out.shape)) and \
+                (not batched or math.prod(shape) < math.prod(k.out.shape))
+        return smaller
+
     @lowers("contract")
     def lower_contract(self, k, out, args):
         form, out_batched = k.attrs
@@ -266,16 +288,133 @@ class NumpyPrinter:
         sa = ("n" if a.batched else "") + form.a
         sb = ("n" if b.batched else "") + form.b
         so = ("n" if out_batched else "") + form.out
-        return [f"{out} = {contraction(sa, sb, so, args[0], args[1])}"]
+        sizes = {"n": None, **dict(zip(form.a, a.shape)), **dict(zip(form.b, b.shape))}
+        return [f"{out} = {contraction(sa, sb, so, args[0], args[1], sizes)}"]
+
+    @lowers("windows")
+    def lower_windows(self, k, out, args):
+        """im2col: x [.., *S] -> [.., *kernel, *positions].  Windows that tile the input
+        (stride = kernel, no padding) are a reshape of it, a view; any others are
+        NumPy's sliding windows of the padded input, copied once into a contiguous
+        array (the convolution's GEMM reads it as a matrix, twice: forward and for
+        the kernel's gradient)."""
+        kernel, stride, padding = k.attrs
+        x = k.args[0]
+        d = len(kernel)
+        lead = x.rank - d                      # the axes before the windowed ones (batch included)
+        spatial = x.shape[-d:]
+        positions = window_sizes(spatial, kernel, stride, padding)
+        keep = [":"] * lead
+        if windows_tile(spatial, kernel, stride, padding):
+            used = [o * kk for o, kk in zip(positions, kernel)]
+            src = args[0]
+            if tuple(used) != tuple(spatial):   # the remainder is dropped (floor mode)
+                src = f"{src}[{', '.join(keep + [f':{u}' for u in used])}]"
+            split = [f"{o}, {kk}" for o, kk in zip(positions, kernel)]
+            order = [*range(lead), *(lead + 2 * i + 1 for i in range(d)), *(lead + 2 * i for i in range(d))]
+            return [f"# the {' x '.join(map(str, kernel))} windows tile {args[0]}: a reshape, no copy",
+                    f"{out} = {src}.reshape({self.dims(x, lead)}{', '.join(split)})"
+                    f".transpose({', '.join(map(str, order))})"]
+        lines = [f"# the {' x '.join(map(str, kernel))} windows of {args[0]}"
+                 + (f", moved by {', '.join(map(str, stride))}" if any(st != 1 for st in stride) else "")
+                 + (f", padded by {_padding_text(padding)}" if any(p != (0, 0) for p in padding) else "")
+                 + ", one column per output position (im2col)"]
+        src = args[0]
+        if any(p != (0, 0) for p in padding):
+            pads = ", ".join(["(0, 0)"] * lead + [f"({lo}, {hi})" for lo, hi in padding])
+            lines.append(f"{out} = np.pad({src}, ({pads}))")
+            src = out
+        view = f"np.lib.stride_tricks.sliding_window_view({src}, {_tuple(kernel)}, axis={_tuple(range(lead, lead + d))})"
+        if any(st != 1 for st in stride):
+            view += "[" + ", ".join(keep + [f"::{st}" for st in stride]) + "]"
+        order = [*range(lead), *(lead + d + i for i in range(d)), *(lead + i for i in range(d))]
+        lines.append(f"{out} = {view}.transpose({', '.join(map(str, order))}).copy()")
+        return lines
+
+    @lowers("unwindow")
+    def lower_unwindow(self, k, out, args):
+        """col2im: g [.., *kernel, *positions] added back onto [.., *S].  Windows that
+        tile the input are undone by a reshape; any others by a loop over the kernel's
+        offsets, each a strided slice-add of every window's entry at that offset (no
+        loop over examples, channels or positions), the padding cropped at the end."""
+        spatial, kernel, stride, padding = k.attrs
+        g = k.args[0]
+        d = len(kernel)
+        lead = g.rank - 2 * d
+        positions = window_sizes(spatial, kernel, stride, padding)
+        keep = [":"] * lead
+        if windows_tile(spatial, kernel, stride, padding):
+            used = [o * kk for o, kk in zip(positions, kernel)]
+            order = [*range(lead), *(j for i in range(d) for j in (lead + d + i, lead + i))]
+            tiled = (f"{args[0]}.transpose({', '.join(map(str, order))})"
+                     f".reshape({self.dims(g, lead)}{', '.join(map(str, used))})")
+            if tuple(used) == tuple(spatial):
+                return ["# the windows tiled the input: a reshape back", f"{out} = {tiled}"]
+            return ["# the windows tiled the input but for its last rows or columns, which get zeros",
+                    f"{out} = np.zeros({batched_shape(k.out)}, DTYPE)",
+                    f"{out}[{', '.join(keep + [f':{u}' for u in used])}] = {tiled}"]
+        padded = [s + lo + hi for s, (lo, hi) in zip(spatial, padding)]
+        full = "(" + self.dims(g, lead) + ", ".join(map(str, padded)) + ")"
+        crop = any(p != (0, 0) for p in padding)
+        acc = "_acc" if crop else out
+        offsets = [f"_k{i}" for i in range(d)]
+        target = ", ".join(keep + [f"{o}:{o} + {p * st if st != 1 else p}" + (f":{st}" if st != 1 else "")
+                                   for o, p, st in zip(offsets, positions, stride)])
+        lines = [f"# each window's entries added back where they were read (col2im): a loop over the "
+                 f"{' x '.join(map(str, kernel))} offsets",
+                 f"{acc} = np.zeros({full}, DTYPE)"]
+        indent = ""
+        for o, kk in zip(offsets, kernel):
+            lines.append(f"{indent}for {o} in range({kk}):")
+            indent += "    "
+        lines.append(f"{indent}{acc}[{target}] += {args[0]}[{', '.join(keep + offsets)}]")
+        if crop:
+            window = ", ".join(keep + [f"{lo}:{lo + s}" for s, (lo, _) in zip(spatial, padding)])
+            lines.append(f"{out} = {acc}[{window}]   # the padding cropped")
+        return lines
+
+    @staticmethod
+    def dims(v: Value, lead: int) -> str:
+        """The first ``lead`` dims of ``v`` (N for the batch), each followed by ', '."""
+        dims = (["N"] if v.batched else []) + [str(d) for d in v.shape]
+        return "".join(f"{d}, " for d in dims[:lead])
 
     @lowers("reduce")
     def lower_reduce(self, k, out, args):
         kind, axes, keepdims, _ = k.attrs
         off = 1 if k.args[0].batched else 0
         ax = tuple(a + off for a in axes)
+        x = k.args[0]
+        count = math.prod(x.shape[a] for a in axes)
+        if 1 < count <= UNROLL_REDUCE and max(axes) < len(x.shape) - 1:
+            return self.unrolled_reduce(k, out, args[0], ax, count)
         axis = str(ax[0]) if len(ax) == 1 else str(ax)
         kd = ", keepdims=True" if keepdims else ""
         return [f"{out} = {args[0]}.{kind}(axis={axis}{kd})"]
+
+    def unrolled_reduce(self, k, out, x, ax, count):
+        """A reduction over a few entries along inner axes (a pooling's window): one
+        elementwise step per entry, over slices.  NumPy reduces a short inner axis
+        one element at a time (``.max(axis=(2, 3))`` of a 2 x 2 window is some 80
+        times slower than three ``np.maximum`` of slices)."""
+        kind, axes, keepdims, _ = k.attrs
+        shape = (["N"] if k.args[0].batched else []) + list(k.args[0].shape)
+        entries = []
+        for idx in itertools.product(*(range(int(shape[a])) for a in ax)):
+            at = dict(zip(ax, idx))
+            parts = [str(at[a]) if a in at else ":" for a in range(max(ax) + 1)]
+            entries.append(f"{x}[{', '.join(parts)}]")
+        lines = [f"# the {kind} over the {count} entries of axes {', '.join(map(str, ax))}, one slice at a time"]
+        if kind == "max":
+            lines.append(f"{out} = np.maximum({entries[0]}, {entries[1]})")
+            lines += [f"np.maximum({out}, {e}, out={out})" for e in entries[2:]]
+        else:
+            lines.append(f"{out} = {entries[0]} + {entries[1]}")
+            lines += [f"{out} += {e}" for e in entries[2:]]
+        if keepdims:
+            parts = ["None" if a in ax else ":" for a in range(max(ax) + 1)]
+            lines.append(f"{out} = {out}[{', '.join(parts)}]")
+        return lines
 
     @lowers("sum_to")
     def lower_sum_to(self, k, out, args):
@@ -393,16 +532,64 @@ class NumpyPrinter:
         return [f"{out} = np.array({args[0]}, DTYPE)"]
 
 
-def contraction(sa: str, sb: str, so: str, a: str, b: str) -> str:
-    """NumPy for einsum(sa,sb->so): ``@`` with transposes when it is one GEMM, else einsum."""
-    form = gemm_form(sa, sb, so)
+def contraction(sa: str, sb: str, so: str, a: str, b: str, sizes: dict | None = None) -> str:
+    """NumPy for einsum(sa,sb->so): ``@`` with transposes when it is one GEMM, else einsum.
+
+    A GEMM over groups of indices (``ops.gemm_form``: a convolution's ``W[o, (cij)] @
+    X[n, (cij), (hw)]``) reads each operand as a matrix (a stack of them along the
+    batch index) through a reshape, and its result back; ``sizes`` gives each
+    index's size (None: the batch size N)."""
+    form, ra, rb, ro = gemm_plan(sa, sb, so, sizes) if sizes is not None else (gemm_form(sa, sb, so), sa, sb, so)
     if form is None:
         return f"np.einsum('{sa},{sb}->{so}', {a}, {b})"
     left, right = (a, b) if form.left == 0 else (b, a)
-    if form.outer:
+    if form.outer and (ra, rb) == (sa, sb):
         return f"np.outer({left}, {right})"
-    t = ".swapaxes(-1, -2)" if form.batched else ".T"
-    return f"{left}{t if form.trans_left else ''} @ {right}{t if form.trans_right else ''}"
+    if not form.grouped and (ra, rb, ro) == (sa, sb, so):
+        t = ".swapaxes(-1, -2)" if form.batched else ".T"
+        return f"{left}{t if form.trans_left else ''} @ {right}{t if form.trans_right else ''}"
+    # the operands as matrices by reshapes (TTGT), read by their original subscripts
+    sl, sr = (sa, sb) if form.left == 0 else (sb, sa)
+
+    def size(group):
+        ints = math.prod(sizes[c] for c in group if sizes[c] is not None)
+        if any(sizes[c] is None for c in group):
+            return "N" if ints == 1 else f"N * {ints}"
+        return str(ints)
+
+    def matrix(text, subs, rows, cols, trans):
+        """An operand as a matrix [rows x cols] (stored [cols x rows] when ``trans``),
+        one per entry of the batch index when it has it."""
+        stored = (cols, rows) if trans else (rows, cols)
+        dims = ([size(form.batch)] if form.batch in subs and form.batch else []) + [size(g) for g in stored]
+        if dims != [size(c) for c in subs]:
+            text = f"{text}.reshape({', '.join(dims)})"
+        if trans:
+            text += ".swapaxes(-1, -2)" if len(dims) == 3 else ".T"
+        return text
+
+    product = (f"{matrix(left, sl, form.m, form.k, form.trans_left)} @ "
+               f"{matrix(right, sr, form.k, form.n, form.trans_right)}")
+    result = [size(form.batch)] if form.batch and not form.summed else []
+    result += [size(form.m), size(form.n)]
+    if form.summed:
+        product = f"({product}).sum(axis=0)"
+    if result != [size(c) for c in so]:
+        product = product if form.summed else f"({product})"
+        product += f".reshape({', '.join(size(c) for c in so)}{',' if len(so) == 1 else ''})" if so else ".reshape(())"
+    return product
+
+
+def _tuple(values) -> str:
+    """A tuple of ints as Python writes it: ``(5, 5)``, ``(3,)``."""
+    values = list(values)
+    return f"({values[0]},)" if len(values) == 1 else "(" + ", ".join(map(str, values)) + ")"
+
+
+def _padding_text(padding) -> str:
+    """``1`` (every side), or ``(0, 1), (0, 1)`` (before and after, per axis)."""
+    sides = {p for pair in padding for p in pair}
+    return str(sides.pop()) if len(sides) == 1 else ", ".join(f"({lo}, {hi})" for lo, hi in padding)
 
 
 # ---------------------------------------------------------------------------
@@ -440,6 +627,7 @@ def _signature(*parts) -> str:
 # once): elementwise maps, views and reductions; a GEMM keeps a line of its own.
 FOLDABLE = ("map", "reshape", "slice", "transpose", "reduce", "sum_to")
 FOLD_WIDTH = 40   # the longest expression folded into another line
+UNROLL_REDUCE = 16   # a reduction over at most this many entries of inner axes is unrolled over slices
 
 
 def reads(k: Kernel) -> dict:
