@@ -44,8 +44,8 @@ def random_point(module, n=4, seed=0, scale=1.0):
               for k, s in module.PARAM_SHAPES.items()}
     inputs = {}
     for k, s in module.INPUT_SHAPES.items():
-        if k in module.LABEL_CLASSES:
-            inputs[k] = rng.integers(0, module.LABEL_CLASSES[k], n)
+        if k in module.LABEL_CLASSES:   # labels [N], tokens [N, T]
+            inputs[k] = rng.integers(0, module.LABEL_CLASSES[k], (n, *s))
         else:
             inputs[k] = rng.standard_normal((n, *s)).astype(module.DTYPE)
     return params, inputs

@@ -29,17 +29,19 @@ from bpcompile.targets.base import UnsupportedOp, lowering_table
 # A spec whose graph (forward and adjoint) makes every structural op: contract
 # (@, dot, and the GEMMs of their adjoints), reduce (sum, max, with an axis),
 # sum_to, broadcast, reshape (logsumexp), copy (the mask of max's adjoint), take
-# and scatter_add (cross_entropy), transpose, index and embed (v[0]), zeros (a WRT
-# param the loss ignores) and onehot.
+# and scatter_add (cross_entropy), transpose, index and embed (v[0]), gather and
+# scatter_rows (Em[t]), zeros (a WRT param the loss ignores) and onehot.
 EVERY_OP = """\
 name: every_op
 inputs:
   A: [3, 4]
   x: [4]
   c: {classes: 3}
+  t: {classes: 5, shape: [2]}
 params:
   W: [3, 4]
   u: [4]
+  Em: [5, 4]
   unused: [2]
 graph:
   D: A.T
@@ -52,8 +54,9 @@ graph:
   l: logsumexp(A)
   o: onehot(c)
   h: z[0] + m[1] * q + s[2] + sum(l) + max(z)
-loss: h**2 + cross_entropy(p, c) - sum(o * log_softmax(z))
-wrt: [W, u, unused, A]
+  k: tanh(Em[t] @ x)
+loss: h**2 + cross_entropy(p, c) - sum(o * log_softmax(z)) + sum(k)
+wrt: [W, u, Em, unused, A]
 """
 
 NON_STRUCTURAL = set(ops.LEAF_OPS) | {"map"}
@@ -335,7 +338,7 @@ def test_every_function_name_is_handled():
     assert set(ops.SPEC_FUNCTIONS) <= set(ops.FUNCTIONS)
     for name, f in ops.SPEC_FUNCTIONS.items():
         assert f.name == name and callable(f.lower) and f.arity >= 1
-        assert set(f.params) <= {ops.TENSOR, ops.LABEL}
+        assert set(f.params) <= {ops.TENSOR, ops.LABEL, ops.INTEGER}
 
 
 def _spec_calling(expr: str) -> str:
@@ -354,7 +357,7 @@ loss: sum(x * w)
 
 
 def _sample_args(f) -> list:
-    return ["c" if kind == ops.LABEL else "x" for kind in f.params]
+    return ["c" if kind in (ops.LABEL, ops.INTEGER) else "x" for kind in f.params]
 
 
 @pytest.mark.parametrize("name", list(ops.SPEC_FUNCTIONS))
@@ -387,6 +390,11 @@ def test_calls_are_checked_against_the_record(name):
             bpcompile.compile(_spec_calling(f"{name}({', '.join(['x'] * f.arity)})"))
         assert f"{name}() needs an integer class label input (declared as {{classes: K}}), got 'x'" \
             in str(e.value)
+    if ops.INTEGER in f.params:
+        with pytest.raises(bpcompile.SpecError) as e:      # a float array where the label or tokens go
+            bpcompile.compile(_spec_calling(f"{name}({', '.join(['x'] * f.arity)})"))
+        assert (f"{name}() needs an integer input, a class label (declared as {{classes: K}}) or tokens "
+                "({classes: V, shape: [T]}), got 'x'") in str(e.value)
     if f.vector:
         with pytest.raises(bpcompile.SpecError) as e:
             bpcompile.compile(_spec_calling(f"{name}(sum(x))"))

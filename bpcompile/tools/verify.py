@@ -552,7 +552,8 @@ def _shapes(spec: Spec, n: int) -> dict:
 
 
 def _labels(spec: Spec, rng, n: int) -> dict:
-    return {nm: rng.integers(0, d.classes, n) for nm, d in spec.inputs.items() if d.is_label}
+    """Random integer inputs: a label per example, or T tokens per example."""
+    return {nm: rng.integers(0, d.classes, (n, *d.shape)) for nm, d in spec.inputs.items() if d.is_label}
 
 
 def _candidates(spec, rng, n, labels, float32) -> list:
@@ -960,10 +961,18 @@ class _Checks:
 def small_instance(spec: Spec, compiled=None):
     """The spec with every dimension shrunk to at most SMALL, compiled; or the spec
     itself (``compiled``, when given) when it is already small or the shrunk one
-    does not compile."""
+    does not compile.  A spec whose graph reads the positions of a token input by
+    constant index (``e[5]`` of ``e = E[tokens]``) does not compile with fewer
+    tokens: it is tried again with the token counts (and every dimension equal to
+    one) kept, everything else shrunk."""
     data = spec.data   # parsed once, within the reader's limits (_shrink copies it)
-    small = _shrink(data)
-    if small != data:
+    tries = [_shrink(data)]
+    tokens = {d.shape[0] for d in spec.inputs.values() if d.is_tokens}
+    if tokens:
+        tries.append(_shrink(data, keep=tokens))
+    for small in tries:
+        if small == data:
+            break
         try:
             return compile(parse_spec(small, file=spec.file))
         except SpecError:
@@ -971,19 +980,24 @@ def small_instance(spec: Spec, compiled=None):
     return compiled if compiled is not None else compile(spec)
 
 
-def _shrink(data: dict, cap: int = SMALL) -> dict:
-    """Shrink every dimension d to min(d, cap): equal dimensions stay equal, so
-    shapes that matched (or broadcast) still do.  Class counts (at least 2) and
-    the units of ``layers:`` are dimensions too."""
+def _shrink(data: dict, cap: int = SMALL, keep=frozenset()) -> dict:
+    """Shrink every dimension d to min(d, cap), except those in ``keep``: equal
+    dimensions stay equal, so shapes that matched (or broadcast) still do.  Class
+    counts (at least 2; an embedding's first axis matches its tokens' classes),
+    the token counts of token inputs and the units of ``layers:`` are dimensions
+    too."""
     def dims(shape):
-        return [min(d, cap) for d in shape]
+        return [d if d in keep else min(d, cap) for d in shape]
 
     out = copy.deepcopy(data)
     for nm, v in out["inputs"].items():
         if isinstance(v, list):
             out["inputs"][nm] = dims(v)
         else:
-            v["classes"] = min(v["classes"], max(cap, 2))
+            if v["classes"] not in keep:
+                v["classes"] = min(v["classes"], max(cap, 2))
+            if "shape" in v:
+                v["shape"] = dims(v["shape"])
     for nm, v in (out.get("params") or {}).items():
         if isinstance(v, list):
             out["params"][nm] = dims(v)
@@ -1068,6 +1082,21 @@ class _Label:
     classes: int
 
 
+@dataclass(frozen=True)
+class _Tokens:
+    """The integer tokens of one example, and their number of classes."""
+
+    values: tuple
+    classes: int
+
+
+def _onehot(lab, one, zero):
+    """onehot(label): [K]; onehot(tokens): [T, K] (rows of ``one`` and ``zero``)."""
+    if isinstance(lab, _Tokens):
+        return [[one if k == v else zero for k in range(lab.classes)] for v in lab.values]
+    return [one if k == lab.value else zero for k in range(lab.classes)]
+
+
 def _obj(x) -> np.ndarray:
     return np.asarray(x, dtype=object)
 
@@ -1134,7 +1163,7 @@ _FUNCTIONS = {
     "softmax": lambda z: _elementwise(sp.exp)(z) / _sum(_elementwise(sp.exp)(z), -1, True),
     "log_softmax": lambda z: z - _logsumexp(z, True),
     "logsumexp": _logsumexp,
-    "onehot": lambda lab: _obj([sp.Integer(int(k == lab.value)) for k in range(lab.classes)]),
+    "onehot": lambda lab: _obj(_onehot(lab, sp.Integer(1), sp.Integer(0))),
     "dot": lambda a, b: _sum(a * b),
     "cross_entropy": lambda p, lab: _obj(-sp.log(p[lab.value])),
     "softmax_cross_entropy": lambda z, lab: _logsumexp(z) - z[lab.value],
@@ -1175,7 +1204,8 @@ class _Expander:
         per_example = []
         for k in range(n):
             env = {nm: self.wrap(leaves[nm][k]) for nm, d in self.spec.inputs.items() if not d.is_label}
-            env.update({nm: _Label(int(labels[nm][k]), d.classes)
+            env.update({nm: _Tokens(tuple(int(v) for v in labels[nm][k]), d.classes) if d.is_tokens
+                        else _Label(int(labels[nm][k]), d.classes)
                         for nm, d in self.spec.inputs.items() if d.is_label})
             env.update({nm: leaves[nm] for nm in self.spec.params})
             for nm, expr in self.spec.graph:
@@ -1196,8 +1226,14 @@ class _Expander:
             return self.wrap(self.binary[type(t.op)](self.eval(t.left, env), self.eval(t.right, env)))
         if isinstance(t, ast.Attribute):   # .T, the only attribute of the language
             return self.eval(t.value, env).T
-        if isinstance(t, ast.Subscript):   # v[i], one integer constant
+        if isinstance(t, ast.Subscript):   # v[i], one integer constant; E[tokens], E[label]
             i = t.slice
+            if isinstance(i, ast.Name):   # the rows of E at the example's tokens (or label)
+                picked = env[i.id]
+                rows = self.eval(t.value, env)
+                if isinstance(picked, _Tokens):
+                    return self.wrap(np.stack([rows[v] for v in picked.values]))
+                return self.wrap(rows[picked.value])
             index = -i.operand.value if isinstance(i, ast.UnaryOp) else i.value
             return self.wrap(self.eval(t.value, env)[index])
         if isinstance(t, ast.Call):
@@ -1253,7 +1289,7 @@ _NUMERIC = {
     "softmax": _nsoftmax,
     "log_softmax": lambda z: z - _nlogsumexp(z, True),
     "logsumexp": _nlogsumexp,
-    "onehot": lambda lab: (np.arange(lab.classes) == lab.value).astype(np.float64),
+    "onehot": lambda lab: np.array(_onehot(lab, 1.0, 0.0), dtype=np.float64),
     "dot": lambda a, b: np.sum(a * b),
     "cross_entropy": lambda p, lab: -np.log(p[lab.value]),
     "softmax_cross_entropy": lambda z, lab: _nlogsumexp(z) - z[lab.value],

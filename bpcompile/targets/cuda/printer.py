@@ -13,9 +13,10 @@ below, which states how CUDA differs from C99 (``clike.CStyle``):
 * contractions that are one GEMM (``ops.gemm_form``) go to cuBLAS; the arrays are
   row-major, cuBLAS is column-major, so ``C = op(A) op(B)`` is computed as
   ``C^T = op(B)^T op(A)^T`` by swapping the operands;
-* take / scatter_add / onehot / transpose / index / embed / broadcast are small
-  index kernels, copy and zeros are cudaMemcpyAsync / cudaMemsetAsync, reshape is
-  an alias of the same memory.
+* take / scatter_add / gather / onehot / transpose / index / embed / broadcast
+  are small index kernels, scatter_rows (an embedding's gradient) one thread per
+  element adding with atomicAdd, copy and zeros are cudaMemcpyAsync /
+  cudaMemsetAsync, reshape is an alias of the same memory.
 
 Every temporary lives in one arena allocated by ``<name>_workspace_create(N)``;
 the three functions share it (one call at a time per workspace).  Gradients and
@@ -60,6 +61,10 @@ class Cuda(CStyle):
     reserved_prefixes = ("cuda", "cublas", "CUBLAS", "CUDA") + CStyle.reserved_prefixes
     reduction_note = "one block per output element"
     scatter_note = "one thread per example"
+    scatter_rows_note = ("one thread per element, atomicAdd (on double: compute capability 6.0). Not "
+                         "deterministic:",
+                         "where tokens repeat, the order of the additions varies, and so may the sums' "
+                         "last bits, run to run")
     shared = "__shared__"            # a block's shared memory
     barrier = "__syncthreads();"     # every thread of the block waits here
 
@@ -111,6 +116,9 @@ class Cuda(CStyle):
             f"    {self.barrier}  // _s is reused for the next output",
             "}",
         ]
+
+    def accumulate(self, target, value):
+        return f"atomicAdd(&{target}, {value});"
 
     def launch_reduction(self, kernel, count, args, red_dims):
         return self._launch(kernel, f"bp_blocks({count})", self.reduction_block(red_dims), args)
