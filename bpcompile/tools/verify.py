@@ -89,6 +89,9 @@ SMALL = 3               # dimensions are shrunk to at most this for the expansio
 N_SYMPY, N_FD = 2, 3    # batch sizes of the two checks
 POINTS = 3              # random points at which the expansion's derivative is compared
 SYMBOLIC_LIMIT = 100    # the most entries (symbols) an expansion may have
+EXPANSION_LIMIT = 20_000   # the most operations (counted as a tree) of one graph line's expansion
+                           # at SMALL before a recurrence is expanded at width 1 instead (NARROW)
+NARROW = 1              # the width of the state of a recurrence expanded over its steps
 SYMPY_SECONDS = 30.0    # the time budget of the SymPy expansion (it grows with the loss's nesting)
 SAMPLE = 20             # entries per name checked by finite differences
 FD_ELEMENTS = 50_000_000   # the most entries (params, and inputs at N_FD) the checks evaluate
@@ -175,6 +178,7 @@ def verify(spec, module=None, *, seed: int = 0, timeout: float = TIMEOUT) -> Rep
         spec = compiled.spec
     with tempfile.TemporaryDirectory(prefix="bpcompile_verify_") as work:
         work = Path(work)
+        narrow = None
         if module is None:
             files = {"real": _write_module(work / "real", compiled)}
             shrunk = small_instance(spec, compiled)
@@ -182,6 +186,7 @@ def verify(spec, module=None, *, seed: int = 0, timeout: float = TIMEOUT) -> Rep
             if shrunk is not compiled:
                 files["small"] = _write_module(work / "small", shrunk)
                 small_spec = shrunk.spec
+                narrow = _narrow_instance(spec, shrunk.spec)
             given = loaded = None
         elif isinstance(module, (str, os.PathLike)):
             given = Path(module)
@@ -195,7 +200,7 @@ def verify(spec, module=None, *, seed: int = 0, timeout: float = TIMEOUT) -> Rep
         try:
             # np.errstate: points outside a log's or sqrt's domain are found by their NaNs
             with np.errstate(all="ignore"):
-                rows = _Checks(spec, small_spec, child, rng, notes, given).run()
+                rows = _Checks(spec, small_spec, child, rng, notes, given, narrow).run()
         except _ChildFailure as e:
             rows = [Row("module", (), "run", math.nan, math.nan, False, str(e))]
     names = {nm: i for i, nm in enumerate(("module", "L") + spec.wrt)}
@@ -721,9 +726,10 @@ class _Checks:
     3. (when a difference fails) the stencils again with a step 100 times smaller,
        as a step across a kink (relu, abs, max) spoils a difference."""
 
-    def __init__(self, spec, small_spec, child, rng, notes, given):
+    def __init__(self, spec, small_spec, child, rng, notes, given, narrow=None):
         self.spec, self.small_spec, self.child = spec, small_spec, child
         self.rng, self.notes, self.given = rng, notes, given
+        self.narrow = narrow    # the instance to expand when small_spec's expansion is too large
         self.small = "small" if "small" in child.files else "real"
         self.f32 = spec.dtype == "float32"
         self.entries = []       # (name, shape, check, (abs errors, rel errors))
@@ -838,8 +844,22 @@ class _Checks:
         self.notes.append(f"sympy: the loss expanded at N={n}, {sizes}, every entry a symbol; "
                           f"{POINTS} random points")
         labels = _labels(spec, rng, n)
+        limit = EXPANSION_LIMIT if self.narrow is not None else None
         try:
-            evaluate = _deep(lambda: _expansion(spec, shapes, labels, n), SYMPY_SECONDS)
+            evaluate = _deep(lambda: _expansion(spec, shapes, labels, n, limit), SYMPY_SECONDS)
+        except _TooLarge as e:
+            # an unrolled recurrence: its state, read whole at every step, multiplies the
+            # expansion by its width per step; expanded again at width NARROW
+            compiled, self.narrow = self.narrow, None
+            self.child.files["small"] = _write_module(self.child.work / "narrow", compiled)
+            self.small_spec = compiled.spec
+            self.notes.pop()
+            plan = self._plan_sympy()
+            if plan is not None:
+                self.notes[-1] += (f" (at width {NARROW}: at width {SMALL} one graph line expands to more than "
+                                   f"{EXPANSION_LIMIT:,} operations, {e.key} of a recurrence over the "
+                                   "token positions)")
+            return plan
         except RecursionError:
             self.notes[-1] = ("sympy: skipped: the expansion nests too deeply for SymPy; "
                               "finite differences check it")
@@ -980,22 +1000,39 @@ def small_instance(spec: Spec, compiled=None):
     return compiled if compiled is not None else compile(spec)
 
 
+def _narrow_instance(spec: Spec, small: Spec):
+    """For a spec whose small instance kept its token counts (its graph reads the
+    positions of a sequence one by one: an unrolled recurrence, most likely), the
+    instance with every other dimension NARROW (class counts 2), compiled; else None."""
+    tokens = {d.shape[0] for d in spec.inputs.values() if d.is_tokens}
+    if not tokens or not any(d.is_tokens and d.shape[0] in tokens for d in small.inputs.values()):
+        return None
+    try:
+        return compile(parse_spec(_shrink(spec.data, NARROW, keep=tokens), file=spec.file))
+    except SpecError:
+        return None
+
+
 def _shrink(data: dict, cap: int = SMALL, keep=frozenset()) -> dict:
     """Shrink every dimension d to min(d, cap), except those in ``keep``: equal
     dimensions stay equal, so shapes that matched (or broadcast) still do.  Class
-    counts (at least 2; an embedding's first axis matches its tokens' classes),
-    the token counts of token inputs and the units of ``layers:`` are dimensions
-    too."""
+    counts (and every dimension equal to one: an embedding's first axis is its
+    tokens' classes) shrink to at least 2; the token counts of token inputs and the
+    units of ``layers:`` are dimensions too."""
+    classes = {v["classes"] for v in data["inputs"].values() if isinstance(v, dict)}
+
+    def small(d):
+        return d if d in keep else min(d, max(cap, 2)) if d in classes else min(d, cap)
+
     def dims(shape):
-        return [d if d in keep else min(d, cap) for d in shape]
+        return [small(d) for d in shape]
 
     out = copy.deepcopy(data)
     for nm, v in out["inputs"].items():
         if isinstance(v, list):
             out["inputs"][nm] = dims(v)
         else:
-            if v["classes"] not in keep:
-                v["classes"] = min(v["classes"], max(cap, 2))
+            v["classes"] = small(v["classes"])
             if "shape" in v:
                 v["shape"] = dims(v["shape"])
     for nm, v in (out.get("params") or {}).items():
@@ -1005,7 +1042,7 @@ def _shrink(data: dict, cap: int = SMALL, keep=frozenset()) -> dict:
             v["shape"] = dims(v["shape"])
     for layer in out.get("layers") or ():
         if "dense" in layer:
-            layer["dense"] = min(layer["dense"], cap)
+            layer["dense"] = small(layer["dense"])
     return out
 
 
@@ -1015,6 +1052,36 @@ def _shrink(data: dict, cap: int = SMALL, keep=frozenset()) -> dict:
 
 class _OverBudget(Exception):
     """The SymPy expansion took longer than its time budget."""
+
+
+class _TooLarge(Exception):
+    """One graph line's expansion has more than its limit of operations (``key``: the line)."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _tree_size(values, sizes: dict) -> int:
+    """The operations of the SymPy expressions ``values`` counted as trees (each
+    repeated subexpression once per occurrence: what an expansion without sharing
+    would hold), memoized over distinct subexpressions in ``sizes``."""
+    total = 0
+    for root in values:
+        stack = [root]
+        while stack:
+            e = stack[-1]
+            if e in sizes:
+                stack.pop()
+                continue
+            pending = [a for a in e.args if a not in sizes]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            sizes[e] = 1 + sum(sizes[a] for a in e.args)
+        total += sizes[root]
+    return total
 
 
 def _deep(fn, seconds=None):
@@ -1047,18 +1114,75 @@ def _deep(fn, seconds=None):
     return result["value"]
 
 
-def _expansion(spec, shapes, labels, n):
+def _diff(expr, symbols) -> list:
+    """``[sp.diff(expr, s) for s in symbols]``, the chain rule applied once per distinct
+    subexpression of ``expr``.
+
+    The expansion is a tree whose repeated parts are one SymPy object: the state of
+    a recurrence (``h1 = tanh(U @ h0 + ...)``, ``h2 = tanh(U @ h1 + ...)``) is read
+    by every entry of the next one.  ``sp.diff`` differentiates each occurrence
+    again, in time exponential in the number of steps; here each distinct
+    subexpression is differentiated once per symbol (with SymPy's own derivative of
+    each function: the same expressions ``sp.diff`` builds, shared)."""
+    order, seen, stack = [], set(), [(expr, False)]
+    while stack:   # the distinct subexpressions, each after its arguments
+        e, done = stack.pop()
+        if done:
+            order.append(e)
+        elif e not in seen:
+            seen.add(e)
+            stack.append((e, True))
+            stack.extend((a, False) for a in e.args if a not in seen)
+    free = {}
+    for e in order:
+        free[e] = frozenset([e]) if e.is_Symbol else frozenset().union(*(free[a] for a in e.args))
+    out = []
+    for s in symbols:
+        d = {}
+        for e in order:
+            if s not in free[e]:
+                d[e] = sp.S.Zero
+            elif e == s:
+                d[e] = sp.S.One
+            elif e.is_Add:
+                d[e] = sp.Add(*[d[a] for a in e.args])
+            elif e.is_Mul:
+                d[e] = sp.Add(*[sp.Mul(d[a], *e.args[:i], *e.args[i + 1:])
+                                for i, a in enumerate(e.args) if d[a] != 0])
+            else:   # f(args): the sum over its arguments of df/darg (SymPy's rule) * darg
+                terms = []
+                for i, a in enumerate(e.args):
+                    if d[a] != 0:
+                        x = sp.Dummy(real=True)
+                        partial = e.func(*e.args[:i], x, *e.args[i + 1:]).diff(x).xreplace({x: a})
+                        terms.append(partial * d[a])
+                d[e] = sp.Add(*terms)
+        out.append(d[expr])
+    return out
+
+
+def _expansion(spec, shapes, labels, n, limit=None):
     """Expand the loss with a symbol for every entry of every float leaf and
     differentiate it by each entry of each WRT name.  Returns a function
-    ``point -> (loss, {name: gradient})`` evaluating the result."""
+    ``point -> (loss, {name: gradient})`` evaluating the result.  With ``limit``,
+    raises _TooLarge as soon as one graph line expands to more operations (as a
+    tree): before SymPy, whose queries walk the tree, spends exponential time on it."""
     leaves = {}
     for nm, shape in shapes.items():
         leaves[nm] = np.empty(shape, dtype=object)
         for idx in np.ndindex(*shape):
             leaves[nm][idx] = sp.Symbol(nm + (f"[{','.join(map(str, idx))}]" if idx else ""), real=True)
     symbols = [s for nm in shapes for s in leaves[nm].reshape(-1)]
-    loss = sp.sympify(_Expander(spec).loss(leaves, labels, n))
-    derivatives = [sp.diff(loss, s) for nm in spec.wrt for s in leaves[nm].reshape(-1)]
+    guard = None
+    if limit is not None:
+        sizes: dict = {}
+
+        def guard(key, value):
+            entries = [sp.sympify(v) for v in np.asarray(value, dtype=object).reshape(-1)]
+            if _tree_size(entries, sizes) > limit:
+                raise _TooLarge(key)
+    loss = sp.sympify(_Expander(spec).loss(leaves, labels, n, guard))
+    derivatives = _diff(loss, [s for nm in spec.wrt for s in leaves[nm].reshape(-1)])
     f = sp.lambdify([symbols], [loss, *derivatives], modules="numpy", cse=True, dummify=True)
 
     def evaluate(point):
@@ -1199,8 +1323,9 @@ class _Expander:
     def total(per_example):
         return sp.Add(*per_example)
 
-    def loss(self, leaves: dict, labels: dict, n: int):
-        """The batch loss as one SymPy expression."""
+    def loss(self, leaves: dict, labels: dict, n: int, after_line=None):
+        """The batch loss as one SymPy expression; ``after_line(key, value)`` is called
+        with each graph line's value as it is made."""
         per_example = []
         for k in range(n):
             env = {nm: self.wrap(leaves[nm][k]) for nm, d in self.spec.inputs.items() if not d.is_label}
@@ -1210,6 +1335,8 @@ class _Expander:
             env.update({nm: leaves[nm] for nm in self.spec.params})
             for nm, expr in self.spec.graph:
                 env[nm] = self.eval(expr.tree, env)
+                if after_line is not None:
+                    after_line(expr.key, env[nm])
             per_example.append(self.wrap(self.eval(self.spec.loss.tree, env))[()])
         total = self.total(per_example)
         return total / n if self.spec.reduction == "mean" else total
