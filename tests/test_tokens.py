@@ -171,9 +171,12 @@ def _batched_scatter(index, B):
 
 
 def test_scatter_form_by_size():
+    """Where the one-hot GEMM and the bincount cross (benchmarks/bench_scatter_add.py)."""
     assert scatter_form(3, 16, "float64") == "onehot" and scatter_form(16, 16, "float64") == "onehot"
     assert scatter_form(17, 16, "float64") == "bincount" and scatter_form(32, 16, "float32") == "onehot"
-    assert scatter_form(8, 1, "float64") == "bincount"       # a column: bincount is one pass
+    assert scatter_form(30, 256, "float64") == "onehot" and scatter_form(33, 256, "float64") == "bincount"
+    assert scatter_form(4, 1, "float64") == "onehot" and scatter_form(5, 1, "float64") == "bincount"
+    assert scatter_form(64, 256, "float32") == "onehot" and scatter_form(65, 256, "float32") == "bincount"
     assert scatter_form(30000, 256, "float32") == "bincount"
 
 

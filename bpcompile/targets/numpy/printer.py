@@ -422,18 +422,21 @@ class NumpyPrinter:
 
 
 # The scatter-add of a gather's adjoint (E_bar[v] = the sum of the rows of e_bar at
-# the tokens equal to v), by the sizes known at compile time; measured in
-# benchmarks/bench_scatter_add.py against np.add.at (4-8 times slower than
+# the tokens equal to v), by the sizes known at compile time (V rows of D entries;
+# the number of tokens N*T is known only at run time).  Measured in
+# benchmarks/bench_scatter_add.py against np.add.at (3-5 times slower than
 # bincount), a bincount per column and sorting + np.add.reduceat: a one-hot GEMM
-# wins for a small table (V up to about 16 rows in float64, 32 in float32, and
-# not above 4 per column), one bincount over flat indices everywhere else.
-ONEHOT_ROWS = {"float64": 16, "float32": 32}
+# (V*N*T*D multiply-adds, in BLAS) wins for a small table, one bincount over flat
+# indices (about 3 ns per entry added, in float64) everywhere else.  Where they
+# cross, V grows about as the square root of D, up to a cap: (cap, factor) by dtype.
+ONEHOT_ROWS = {"float64": (32, 4), "float32": (64, 8)}
 
 
 def scatter_form(V: int, D: int, dtype: str) -> str:
     """``"onehot"`` or ``"bincount"``: the NumPy form of a scatter-add of rows of D
     entries into V rows."""
-    return "onehot" if V <= min(ONEHOT_ROWS[dtype], 4 * D) else "bincount"
+    cap, factor = ONEHOT_ROWS[dtype]
+    return "onehot" if V <= min(cap, factor * math.sqrt(D)) else "bincount"
 
 
 def contraction(sa: str, sb: str, so: str, a: str, b: str) -> str:
