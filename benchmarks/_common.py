@@ -73,8 +73,8 @@ def random_batch(module, n, seed=0):
     rng = np.random.default_rng(seed)
     inputs = {}
     for k, s in module.INPUT_SHAPES.items():
-        if k in module.LABEL_CLASSES:
-            inputs[k] = rng.integers(0, module.LABEL_CLASSES[k], n)
+        if k in module.LABEL_CLASSES:   # labels [N], tokens [N, T]
+            inputs[k] = rng.integers(0, module.LABEL_CLASSES[k], (n, *s))
         else:
             inputs[k] = rng.standard_normal((n, *s)).astype(module.DTYPE)
     return inputs

@@ -326,7 +326,16 @@ def _bases():
         "loss": "softmax_cross_entropy(f, label)",
         "output": "f",
     }
-    return {"tanh": tanh, "cls": cls, "tiny": tiny, "mix": mix, "cnn": cnn}
+    tok = {
+        "name": "token_rnn",
+        "inputs": {"tokens": {"classes": 5, "shape": [3]}, "label": {"classes": 2}},
+        "params": {"E": {"shape": [5, 4], "init": "normal(0.5)"}, "U": [4, 4], "V": [2, 4]},
+        "graph": {"e": "E[tokens]", "h0": "tanh(e[0])", "h1": "tanh(e[1] + U @ h0)", "h2": "tanh(e[2] + U @ h1)",
+                  "z": "V @ h2"},
+        "loss": "softmax_cross_entropy(z, label) + sum(onehot(tokens) @ E) / 10",
+        "output": "z",
+    }
+    return {"tanh": tanh, "cls": cls, "tiny": tiny, "mix": mix, "cnn": cnn, "tok": tok}
 
 
 @functools.lru_cache(maxsize=None)
@@ -373,6 +382,7 @@ def _conv_structures(img, kernel, n):
 BASES = _bases()
 # per base: (a vector node/input, another vector of the same shape, a scalar) usable in expressions
 EXPR_OPERANDS = {"tanh": ("e", "a", "y"), "cls": ("x", "x", "x[0]"), "tiny": ("p", "x", "p[0]"), "cnn": ("f", "f", "f[0]"),
+                 "tok": ("h1", "h2", "h0[1]"),
                  "mix": ("h", "q", "t")}
 
 
@@ -576,6 +586,9 @@ def _inject(rng, spec, base_key, comments):
     if site == "classes":
         spec["inputs"]["lbl"] = {"classes": Raw(rng.choice(YAML_NUMBERS))}
         spec["loss"] = f"{spec['loss']} + sum(onehot(lbl))"
+        if rng.random() < 0.5:   # tokens: onehot(lbl) is [T, classes]
+            spec["inputs"]["lbl"]["shape"] = rng.choice([[2], [Raw(rng.choice(YAML_NUMBERS))], [2, 2]])
+            return "classes:tokens"
         return "classes"
     if site == "init":
         if not spec.get("params"):
@@ -1306,7 +1319,7 @@ for i, (path, kind, cwd) in enumerate(items):
             rng = np.random.default_rng(0)
             params = mod.init_params(0)
             labels = getattr(mod, "LABEL_CLASSES", {})
-            inputs = {k: (rng.integers(0, labels[k], 3) if k in labels else
+            inputs = {k: (rng.integers(0, labels[k], (3, *s)) if k in labels else
                           rng.standard_normal((3, *s)).astype(mod.DTYPE)) for k, s in mod.INPUT_SHAPES.items()}
             mod.predict(params, **inputs)
             value, grads = mod.value_and_grad(params, **inputs)

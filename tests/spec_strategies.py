@@ -12,6 +12,9 @@ UNARY = ["tanh({a})", "sigmoid({a})", "sin({a})", "cos({a})", "softplus({a})", "
 BINARY = ["{a} + {b}", "{a} - {b}", "{a} * {b}", "{a} / (1 + square({b}))", "0.5 * {a} - {b}**2"]
 VECTOR = ["softmax({a})", "log_softmax({a})", "tanh({a}) * softmax({a})"]
 REDUCE = ["sum({a})", "mean({a})", "logsumexp({a})", "dot({a}, {a})"]
+# with a token input t [T] of K classes and a param E [K, n_hid]: vectors of n_hid
+GATHER = ["sum(E[t], axis=0)", "E[t][{j}]", "mean(tanh(E[t] * {a}), axis=0)", "sum(onehot(t) @ E, axis=0)",
+          "max(E[t] + {a}, axis=0)"]
 
 
 @st.composite
@@ -37,6 +40,11 @@ def specs(draw):
     use_label = draw(st.booleans())
     if use_label:
         inputs["c"] = {"classes": n_hid}
+    use_tokens = draw(st.booleans())
+    if use_tokens:
+        n_tok = draw(st.integers(1, 4))
+        inputs["t"] = {"classes": draw(st.integers(2, 5)), "shape": [n_tok]}
+        params["E"] = [inputs["t"]["classes"], n_hid]
     # nodes available so far: name -> shape
     avail = {"x": (n_in,), "y": (), "W": (n_hid, n_in), "v": (n_hid,), "s": ()}
     graph = {}
@@ -44,7 +52,8 @@ def specs(draw):
         vectors = [n for n, s in avail.items() if len(s) == 1]
         scalars = [n for n, s in avail.items() if s == ()]
         kind = draw(st.sampled_from(["unary", "binary", "matmul", "vector", "reduce", "scale",
-                                     "slice", "concat", "reshape", "partial"]))
+                                     "slice", "concat", "reshape", "partial"]
+                                    + ["gather"] * (2 * use_tokens)))
         if kind == "slice":
             a = draw(st.sampled_from(vectors))
             expr, shape = draw(slices(a, avail[a][0]))
@@ -65,6 +74,10 @@ def specs(draw):
             lo = draw(st.integers(0, n_in - 1))
             hi = draw(st.integers(lo + 1, n_in))
             expr, shape = f"W[:, {lo}:{hi}] @ {a}[{lo}:{hi}]", (n_hid,)
+        elif kind == "gather":
+            a = draw(st.sampled_from(sorted(n for n in vectors if avail[n] == (n_hid,)) or ["v"]))
+            j = draw(st.integers(0, n_tok - 1))
+            expr, shape = draw(st.sampled_from(GATHER)).format(a=a, j=j), (n_hid,)
         elif kind == "matmul":
             a = draw(st.sampled_from([n for n in vectors if avail[n] == (n_in,)]))
             expr, shape = f"W @ {a}", (n_hid,)
@@ -102,7 +115,8 @@ def specs(draw):
         terms.append(f"softmax_cross_entropy({z}, c)")
     if draw(st.integers(0, 3)) == 0:
         terms.append(draw(images(inputs, params, graph)))
-    wrt = ["W", "v", "s"] + (["K"] if "K" in params else []) + (["x"] if draw(st.booleans()) else [])
+    wrt = ["W", "v", "s"] + (["K"] if "K" in params else []) + (["E"] if use_tokens else []) \
+        + (["x"] if draw(st.booleans()) else [])
     return {"name": "random_spec", "inputs": inputs, "params": params, "graph": graph,
             "loss": " + ".join(terms), "wrt": wrt,
             "reduction": draw(st.sampled_from(["mean", "sum"]))}
@@ -151,6 +165,13 @@ MUTATIONS = [
     ("syntax", lambda t: t.replace("loss: ", "loss: (((", 1)),
     ("call of attribute", lambda t: t.replace("loss: ", "loss: x.sum() + ", 1)),
     ("wrt label", lambda t: t.replace("wrt: [", "wrt: [y_label, ", 1).replace("inputs:\n", "inputs:\n  y_label: {classes: 2}\n", 1)),
+    ("tokens as float", lambda t: t.replace("inputs:\n", "inputs:\n  tk: {classes: 3, shape: [2]}\n", 1)
+        .replace("loss: ", "loss: sum(tk * 2) + ", 1)),
+    ("gather by a float", lambda t: t.replace("loss: ", "loss: sum(W[x]) + ", 1)),
+    ("gather of the wrong table", lambda t: t.replace("inputs:\n", "inputs:\n  tk: {classes: 7, shape: [2]}\n", 1)
+        .replace("loss: ", "loss: sum(W[tk]) + ", 1)),
+    ("tokens as a label", lambda t: t.replace("inputs:\n", "inputs:\n  tk: {classes: 2, shape: [2]}\n", 1)
+        .replace("loss: ", "loss: softmax_cross_entropy(v, tk) + ", 1)),
     ("duplicate key", lambda t: t.replace("params:\n", "params:\n  s: []\n", 1)),
     ("empty", lambda t: ""),
     ("division by zero", lambda t: t.replace("loss: ", "loss: y / (x[0] - x[0]) + ", 1)),

@@ -80,3 +80,12 @@ def test_bench_compile_time_quick():
     assert re.search(rf"^in process: 128 layers {NUM} s", out, re.M), out
     assert re.search(rf"^command: bpcompile compile of the 128-layer chain {NUM} s", out, re.M), out
     assert re.search(rf"^command: bpcompile verify of the \d+ examples {NUM} s", out, re.M), out
+
+
+def test_bench_scatter_add_quick():
+    out = run_script("bench_scatter_add.py", "--quick")
+    for dtype in ("float64", "float32"):
+        for V, D, M in ((30, 16, 64), (1000, 64, 1000)):
+            row = (rf"^{dtype}\s+{V}\s+{D}\s+{M}\s+" + r"\s+".join([NUM] * 5)
+                   + rf"\s+\S+\s+(onehot@|bincount) \({NUM}x the fastest\)$")
+            assert re.search(row, out, re.M), f"no row for {dtype} {V} {D} {M}:\n{out}"

@@ -299,9 +299,10 @@ def driver(spec) -> str:
         lines.append(f"    {real}* p_{p} = fill({int(np.prod(d.shape))}, &s);")
         args.append(f"p_{p}")
     for i, d in spec.inputs.items():
-        if d.is_label:
-            lines.append(f"    int* i_{i} = (int*)malloc(N * sizeof(int));")
-            lines.append(f"    for (int k = 0; k < N; k++) i_{i}[k] = k % {d.classes};")
+        if d.is_label:   # a label, or tokens: N * T of them
+            size = f"N * {int(np.prod(d.shape))}" if d.shape else "N"
+            lines.append(f"    int* i_{i} = (int*)malloc({size} * sizeof(int));")
+            lines.append(f"    for (int k = 0; k < {size}; k++) i_{i}[k] = (k * 7 + 3) % {d.classes};")
         else:
             lines.append(f"    {real}* i_{i} = fill((size_t)N * {int(np.prod(d.shape))}, &s);")
         args.append(f"i_{i}")
@@ -321,7 +322,7 @@ def driver(spec) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("key", ["digits_mlp", "cov_matrix"])
+@pytest.mark.parametrize("key", ["digits_mlp", "cov_matrix", "brackets_rnn"])
 def test_runs_clean_under_sanitizers(key, c_dir, tmp_path):
     if GCC is None:
         pytest.skip("gcc is not installed")

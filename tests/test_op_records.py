@@ -31,8 +31,8 @@ from bpcompile.targets.base import UnsupportedOp, lowering_table
 # (@, dot, and the GEMMs of their adjoints), reduce (sum, max, with an axis),
 # sum_to, broadcast, reshape (logsumexp), copy (the mask of max's adjoint), take
 # and scatter_add (cross_entropy), transpose, slice and unslice (v[0], A[1:, ::2]),
-# concat, zeros (a WRT param the loss ignores), onehot, and windows and unwindow
-# (conv2d, and its adjoint with respect to its input).
+# concat, gather and scatter_rows (Em[t]), zeros (a WRT param the loss ignores),
+# onehot, and windows and unwindow (conv2d, and its adjoint with respect to its input).
 EVERY_OP = """\
 name: every_op
 inputs:
@@ -40,9 +40,11 @@ inputs:
   x: [4]
   c: {classes: 3}
   I: [2, 4, 4]
+  t: {classes: 5, shape: [2]}
 params:
   W: [3, 4]
   u: [4]
+  Em: [5, 4]
   unused: [2]
   K: [2, 2, 3, 3]
 graph:
@@ -58,8 +60,9 @@ graph:
   o: onehot(c)
   j: concat(A[1:, ::2], W[:, 1:3], axis=0)
   h: z[0] + m[1] * q + s[2] + sum(l) + max(z) + sum(j * j)
-loss: h**2 + cross_entropy(p, c) - sum(o * log_softmax(z)) + sum(C * C)
-wrt: [W, u, unused, A, K, I]
+  k: tanh(Em[t] @ x)
+loss: h**2 + cross_entropy(p, c) - sum(o * log_softmax(z)) + sum(C * C) + sum(k)
+wrt: [W, u, Em, unused, A, K, I]
 """
 
 NON_STRUCTURAL = set(ops.LEAF_OPS) | {"map"}
@@ -342,7 +345,7 @@ def test_every_function_name_is_handled():
     assert set(ops.SPEC_FUNCTIONS) <= set(ops.FUNCTIONS)
     for name, f in ops.SPEC_FUNCTIONS.items():
         assert f.name == name and callable(f.lower) and f.arity >= 1
-        assert set(f.params) <= {ops.TENSOR, ops.LABEL, INT, SHAPE}
+        assert set(f.params) <= {ops.TENSOR, ops.LABEL, ops.INTEGER, INT, SHAPE}
 
 
 def _spec_calling(expr: str) -> str:
@@ -367,7 +370,7 @@ loss: sum(x * w)
 # (an image [C, H, W] or a sequence [C, L], and a kernel of matching channels)
 _SAMPLE_TENSORS = {"conv1d": ["M", "k"], "conv2d": ["I", "K"], "max_pool2d": ["I"], "avg_pool2d": ["I"]}
 # a sample argument of each other kind
-SAMPLE = {ops.LABEL: "c", INT: "2", SHAPE: "[1, 3]"}
+SAMPLE = {ops.LABEL: "c", ops.INTEGER: "c", INT: "2", SHAPE: "[1, 3]"}
 
 
 def _sample_args(f) -> list:
@@ -410,6 +413,11 @@ def test_calls_are_checked_against_the_record(name):
             bpcompile.compile(_spec_calling(f"{name}({', '.join(['x'] * f.arity)})"))
         assert f"{name}() needs an integer class label input (declared as {{classes: K}}), got 'x'" \
             in str(e.value)
+    if ops.INTEGER in f.params:
+        with pytest.raises(bpcompile.SpecError) as e:      # a float array where the label or tokens go
+            bpcompile.compile(_spec_calling(f"{name}({', '.join(['x'] * f.arity)})"))
+        assert (f"{name}() needs an integer input, a class label (declared as {{classes: K}}) or tokens "
+                "({classes: V, shape: [T]}), got 'x'") in str(e.value)
     if f.vector:
         with pytest.raises(bpcompile.SpecError) as e:
             bpcompile.compile(_spec_calling(f"{name}(sum(x))"))

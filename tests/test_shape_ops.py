@@ -111,7 +111,7 @@ def test_slices_the_language_takes(expr):
 
 
 @pytest.mark.parametrize("expr", [
-    "x[a]", "x[v]", "x[1+1:3]", "x[0:2**63]", "x[...]", "x[None]", "x[:, None]", "x[1.5:]", "x[True:]",
+    "x[1+1:3]", "x[0:2**63]", "x[...]", "x[None]", "x[:, None]", "x[1.5:]", "x[True:]",
     "x[()]", "x[0:3:+1]", "x[len(x):]", "x[0, 0, 0, 0, 0]", "x[[0, 1]]", "x[{0}]",
 ])
 def test_the_whitelist_refuses_other_indices(expr):

@@ -54,6 +54,7 @@ OPERATOR_FORMS = {
     ".T": r"\.T\b",          # transpose (ast.Attribute)
     "index": r"\w\[-?\d+\]",  # indexing by an integer constant (ast.Subscript)
     "slice": r"\w\[[^\]]*:",   # slicing by constant ranges, v[2:5], X[:, 0:3] (ast.Subscript, ast.Slice)
+    "gather": r"\w\[[A-Za-z_]\w*\]",  # rows picked by an integer input, E[tokens] (ast.Subscript)
     "neg": r"(^|[^\w\])])-\s*[\w(]",  # unary minus (ast.UnaryOp)
 }
 
@@ -351,6 +352,19 @@ def _stack_ref(P, I):
     return S, np.sum(S * S * X[:, :2]) + np.sum(np.tanh(T) * X) + np.sum(u * u)
 
 
+def _gather_ref(P, I):
+    E, F, G, W, x = P["E"], P["F"], P["G"], P["W"], I["x"]
+    tokens, words, c = I["tokens"], I["words"], I["c"]
+    e, f, g = E[tokens], F[words], G[tokens]
+    B = W * x
+    b, r, q = B[tokens], B[c], E[c]
+    o = np.eye(3)[tokens]
+    h = np.tanh(e @ q + g)
+    loss = (np.sum(h * h) + 0.5 * np.sum(f * f) + np.sum(b * b) + np.dot(r, x) + np.sum(o @ G)
+            + np.sum(e[1] * e[3]))
+    return h, loss
+
+
 def _neg_ref(P, I):
     W, s, x, u = P["W"], P["s"], I["x"], I["u"]
     a = -(W @ x)
@@ -542,6 +556,33 @@ loss: h * h + sum(r * x) + x[2] + v[-2] * a[1]
 wrt: [W, v, x]
 output: h
 """, _index_ref),
+    # tables of V = 3 (NumPy's adjoint: a one-hot GEMM) and V = 20 (a bincount), of
+    # one, two and three axes, one table per example (B: batched), by tokens and by a label
+    "gather": Row("""\
+inputs:
+  x: [3]
+  tokens: {classes: 3, shape: [4]}
+  words: {classes: 20, shape: [5]}
+  c: {classes: 3}
+params:
+  E: [3, 2]
+  F: [20, 2, 2]
+  G: [3]
+  W: [3, 3]
+graph:
+  e: E[tokens]
+  f: F[words]
+  g: G[tokens]
+  B: W * x
+  b: B[tokens]
+  r: B[c]
+  q: E[c]
+  o: onehot(tokens)
+  h: tanh(e @ q + g)
+loss: sum(h * h) + sum(f * f) * 0.5 + sum(b * b) + dot(r, x) + sum(o @ G) + sum(e[1] * e[3])
+wrt: [E, F, G, W, x]
+output: h
+""", _gather_ref),
     "neg": Row("""\
 inputs:
   x: [3]
@@ -773,7 +814,7 @@ def draw_point(module, row, seed=0, n=N):
         inputs = {}
         for k, s in module.INPUT_SHAPES.items():
             if k in module.LABEL_CLASSES:
-                inputs[k] = rng.integers(0, module.LABEL_CLASSES[k], n)
+                inputs[k] = rng.integers(0, module.LABEL_CLASSES[k], (n, *s))
             elif row.domain == "positive":
                 inputs[k] = rng.uniform(0.5, 1.5, (n, *s))
             else:

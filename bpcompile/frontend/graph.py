@@ -24,7 +24,7 @@ from .. import limits
 from .. import ops
 from ..errors import SpecError
 from ..ops import Contraction, arg_symbol
-from ..ops.functions import INT, LABEL, SHAPE, SPEC_FUNCTIONS, CallSite, log_softmax
+from ..ops.functions import INT, INTEGER, LABEL, SHAPE, SPEC_FUNCTIONS, CallSite, log_softmax
 from ..ops.structural import shape_text as _fmt
 from .spec import Expr, Spec, literal
 
@@ -481,6 +481,16 @@ class Graph:
             return args[0]
         return self.structural("concat", tuple(args), (axis,), rule=rule)
 
+    def gather(self, x, index) -> int:
+        """``x[index]``: rows of ``x`` (its first axis) picked by the integer input
+        ``index``, per example; an ``x`` without the batch axis is one table for all."""
+        return self.structural("gather", (x, index), ())
+
+    def scatter_rows(self, g, index, shape, batched) -> int:
+        """Zeros of ``shape`` (the gathered array's; ``batched`` its batch flag) with each
+        row of ``g`` added at the row its ``index`` names: the adjoint of ``gather``."""
+        return self.structural("scatter_rows", (g, index), (tuple(shape), batched))
+
     def copy(self, x) -> int:
         return self.structural("copy", (x,), ())
 
@@ -559,6 +569,9 @@ class _Expressions:
 
     def float_operand(self, tree, value, what):
         if not isinstance(value, sp.Basic) and self.node(value)["dtype"] == "int":
+            if self.node(value)["shape"]:
+                raise self.err(f"'{self.text(tree)}' is an integer token input and cannot be used in {what}; "
+                               f"index an embedding by it, as in E[{self.text(tree)}], or use onehot()")
             raise self.err(f"'{self.text(tree)}' is an integer class label and cannot be used in {what}; "
                            "use it in onehot(), cross_entropy() or softmax_cross_entropy()")
         return value
@@ -610,8 +623,9 @@ class _Expressions:
         return self.float_operand(tree, v, what)
 
     def binop(self, t):
-        left = self.float_operand(t.left, self.visit(t.left), "arithmetic")
-        right = self.float_operand(t.right, self.visit(t.right), "arithmetic")
+        what = "a matrix product" if isinstance(t.op, ast.MatMult) else "arithmetic"
+        left = self.float_operand(t.left, self.visit(t.left), what)
+        right = self.float_operand(t.right, self.visit(t.right), what)
         if isinstance(t.op, ast.MatMult):
             for side, v in ((t.left, left), (t.right, right)):
                 if isinstance(v, sp.Basic):
@@ -653,12 +667,36 @@ class _Expressions:
 
     def subscript(self, t):
         """``v[i]``, ``v[2:5]``, ``X[:, 0:3]``, ``X[0, 1:3]``: constant indices and
-        slices (the whitelist, spec._check_index, has checked their form)."""
+        slices (the whitelist, spec._check_index, has checked their form); ``E[tokens]``:
+        a gather of rows by an integer input."""
+        if isinstance(t.slice, ast.Name):
+            return self.gather(t)
         v = self.tensor(t.value, "indexing")
         items = t.slice.elts if isinstance(t.slice, ast.Tuple) else [t.slice]
         key = ops.slice_key(self.node(v)["shape"], [index_item(i) for i in items],
                             lambda: repr(self.text(t.value)))
         return self.G.slice(v, key)
+
+
+    def gather(self, t):
+        """``E[tokens]``: the rows of E (its first axis, of the input's V classes)
+        picked by an integer input: tokens [T] give [T, ...], a label [] gives one row."""
+        index = self.visit(t.slice)
+        shown = self.text(t.slice)
+        if isinstance(index, sp.Basic) or self.node(index)["dtype"] != "int":
+            kind = "a number" if isinstance(index, sp.Basic) else \
+                {"input": "a float input", "param": "a param"}.get(self.node(index)["op"], "a float graph node")
+            raise self.err(f"an index is an integer constant, as in v[0], or an integer input, as in E[tokens] "
+                           f"(declared {{classes: V, shape: [T]}}); '{shown}' is {kind}")
+        v = self.tensor(t.value, "indexing")
+        shape = self.node(v)["shape"]
+        classes = self.labels[index]
+        if not shape:
+            raise self.err(f"cannot index {self.text(t.value)!r} by '{shown}': it is a scalar")
+        if shape[0] != classes:
+            raise self.err(f"the first axis of {self.text(t.value)!r} (shape {_fmt(shape)}) must be the "
+                           f"{classes} classes of '{shown}' to be indexed by it")
+        return self.G.gather(v, index)
 
 
 def index_item(node):
@@ -721,8 +759,8 @@ class _Calls:
         args = []
         for pos, tree in enumerate(t.args):
             kind = function.kind(pos)
-            if kind == LABEL:
-                args.append(self.label_arg(tree, f))
+            if kind in (LABEL, INTEGER):
+                args.append(self.label_arg(tree, f, kind))
             elif kind in (INT, SHAPE):
                 args.append(literal(tree))
             else:
@@ -736,11 +774,18 @@ class _Calls:
         if n < function.arity or (n > function.arity and not function.variadic):
             raise self.err(f"{function.name}() takes {function.arity_text()}, got {n}")
 
-    def label_arg(self, tree, f):
+    def label_arg(self, tree, f, kind=LABEL):
+        """An integer input argument: a class label (LABEL), or also tokens (INTEGER)."""
         v = self.visit(tree)
         if isinstance(v, sp.Basic) or v not in self.labels:
+            if kind == INTEGER:
+                raise self.err(f"{f}() needs an integer input, a class label (declared as {{classes: K}}) "
+                               f"or tokens ({{classes: V, shape: [T]}}), got {self.text(tree)!r}")
             raise self.err(f"{f}() needs an integer class label input (declared as {{classes: K}}), "
                            f"got {self.text(tree)!r}")
+        if kind == LABEL and self.node(v)["shape"]:
+            raise self.err(f"{f}() needs one integer class label per example (declared as {{classes: K}}), "
+                           f"but {self.text(tree)!r} is a token input of shape {_fmt(self.node(v)['shape'])}")
         return v
 
     def stable_log(self, x):
@@ -768,7 +813,7 @@ class _Lowering(_Expressions, _Calls):
         self.spec = spec
         self.G = Graph(spec.dtype)
         self.scope: dict = {}      # name -> node id
-        self.labels: dict = {}     # label node -> classes
+        self.labels: dict = {}     # integer input node (a label, or tokens) -> classes
         self.pending: set = set()  # graph names not defined yet
         self.defining = None       # the graph name being lowered
 

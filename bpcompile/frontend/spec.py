@@ -39,13 +39,24 @@ ACTIVATIONS = tuple(nm for nm, op in ELEMENTWISE.items() if op.activation) + ("l
 
 @dataclass(frozen=True)
 class InputDecl:
+    """An input: floats of ``shape`` per example; or, with ``classes``, integers in
+    [0, classes): one class label (shape ``()``, ``{classes: K}``) or T tokens
+    (shape ``(T,)``, ``{classes: V, shape: [T]}``)."""
     name: str
     shape: tuple
-    classes: int | None = None   # an integer class label in [0, classes)
+    classes: int | None = None
 
     @property
     def is_label(self) -> bool:
+        """An integer input: a class label, or tokens (``is_tokens``).  Everything that
+        holds for labels (int32 arrays, checked in range, never differentiated, never
+        a float operand) holds for tokens too."""
         return self.classes is not None
+
+    @property
+    def is_tokens(self) -> bool:
+        """Integer tokens, T per example (``{classes: V, shape: [T]}``)."""
+        return self.classes is not None and self.shape != ()
 
 
 @dataclass(frozen=True)
@@ -502,8 +513,8 @@ class _Document:
             self.scope.reference(output, "output")
             if output not in self.scope.declared:
                 raise self.err(f"output '{output}' is not a graph node, input or param", "output")
-            if self.scope.declared[output] == "label":
-                raise self.err(f"output '{output}' is an integer label", "output")
+            if self.scope.declared[output] in ("label", "token input"):
+                raise self.err(f"output '{output}' is an integer {self.scope.declared[output]}", "output")
         return output
 
     def wrt(self, value, inputs, params):
@@ -521,7 +532,8 @@ class _Document:
                 continue
             if nm in inputs:
                 if inputs[nm].is_label:
-                    raise self.err(f"cannot differentiate with respect to '{nm}': it is an integer class label",
+                    what = "token input" if inputs[nm].is_tokens else "class label"
+                    raise self.err(f"cannot differentiate with respect to '{nm}': it is an integer {what}",
                                    "wrt")
                 continue
             raise self.err(f"wrt names '{nm}', which is not a param or input", "wrt")
@@ -562,15 +574,20 @@ class _Declarations:
         for nm, v in section.items():
             key = f"inputs.{nm}"
             if isinstance(v, dict):
-                if set(v) != {"classes"}:
-                    raise self.err("an input is a shape list or {classes: K}", key)
+                if "classes" not in v or set(v) - {"classes", "shape"}:
+                    raise self.err("an input is a shape list, {classes: K} (a class label) or "
+                                   "{classes: V, shape: [T]} (T tokens)", key)
                 k = v["classes"]
                 if not isinstance(k, int) or isinstance(k, bool) or k < 2:
                     raise self.err(f"classes must be an integer >= 2, got {show(k)}", key)
                 if k > limits.MAX_CLASSES:
                     raise self.err(_limit("MAX_CLASSES", "the number of classes"), key)
-                self.scope.declare(nm, "label", key)
-                out[nm] = InputDecl(nm, (), k)
+                shape = self.shape(v["shape"], f"{key}.shape") if "shape" in v else ()
+                if len(shape) > 1:
+                    raise self.err(f"tokens have one axis, as in {{classes: {k}, shape: [T]}}; "
+                                   f"got shape {list(shape)}", f"{key}.shape")
+                self.scope.declare(nm, "token input" if shape else "label", key)
+                out[nm] = InputDecl(nm, shape, k)
             else:
                 shape = self.shape(v, key)
                 self.scope.declare(nm, "input", key)
@@ -890,13 +907,17 @@ def literal(node):
     return node.value
 
 
-_INDEX_FORMS = "v[0], v[2:5], v[-3:], v[::2], X[:, 0:3] or X[0, 1:3]"
+_INDEX_FORMS = "v[0], v[2:5], v[-3:], v[::2], X[:, 0:3] or X[0, 1:3], or an integer input, as in E[tokens]"
 
 
 def _check_index(index, seg, err):
     """Refuse an index that is not integer constants and slices of them, as written:
     ``v[0]``, ``v[2:5]``, ``v[::2]``, ``X[:, 0:3]``, ``X[0, 1:3]`` (their ranges are
-    the lowering's: graph.py)."""
+    the lowering's: graph.py), or a name: ``E[tokens]``, a gather of rows by an
+    integer input (graph.py checks that the name is one)."""
+    if isinstance(index, ast.Name):
+        return
+
     def problem():
         return f"indexing takes integer constants and slices of them, as in {_INDEX_FORMS}: {show(seg())}"
 

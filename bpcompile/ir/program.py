@@ -443,20 +443,23 @@ class _Notes:
         """Each adjoint equation goes above the kernels computing its node: the
         kernel that writes the node and the backward kernels feeding it that no
         earlier equation took (its helpers: a reciprocal, a reshape), the first of
-        them in program order.  An equation whose node needs no kernel of its own
+        them in program order that no other equation's node is written after (the
+        gradient of a weight tied across the steps of a recurrence sums a helper
+        per step: its equation stands above the last run of them, not above the
+        first step's).  An equation whose node needs no kernel of its own
         (``L_bar = 1``) waits for the next one that does; one whose node an
         earlier equation took joins that equation's notes."""
         G = self.G
-        taken: dict = {}   # kernel node -> home of the equation that took it
+        taken: dict = {}   # kernel node -> the kernel of the equation that took it
+        placed: list = []  # (equation texts, its node's kernel, the kernels it took or None)
         waiting: list = []
-        last_home = None
         for eq in adjoint_equations(self.low, self.adj, self.namer):
             waiting.append(eq.text())
             if eq.node not in order_set or G.node(eq.node)["op"] in LEAF_OPS:
                 continue
             owner = kernel_of(eq.node)
             if owner in taken:
-                home = taken[owner]
+                placed.append((waiting, taken[owner], None))
             else:
                 part, stack, seen = [owner], [owner], {owner}
                 while stack:
@@ -468,14 +471,22 @@ class _Notes:
                         part.append(p)
                         stack.append(p)
                 # inlined nodes are part of a kernel, not kernels: the home is a kernel
-                home = min(kernel_of(p) for p in part)
-                for p in part:
-                    taken.setdefault(kernel_of(p), home)
-            notes.setdefault(home, []).extend(waiting)
+                kernels = {kernel_of(p) for p in part}
+                for k in kernels:
+                    taken.setdefault(k, owner)
+                placed.append((waiting, owner, kernels))
             waiting = []
-            last_home = home
-        if waiting and last_home is not None:
-            notes[last_home].extend(waiting)
+        owners = sorted({owner for _, owner, kernels in placed if kernels is not None})
+        home: dict = {}
+        for _, owner, kernels in placed:
+            if kernels is not None:
+                i = bisect.bisect_left(owners, owner)
+                after = owners[i - 1] if i > 0 else -1   # the last other equation's node before this one's
+                home[owner] = min((k for k in kernels if k > after), default=owner)
+        for texts, owner, _ in placed:
+            notes.setdefault(home[owner], []).extend(texts)
+        if waiting and placed:
+            notes[home[placed[-1][1]]].extend(waiting)
 
     def forward_text(self, n):
         """The right-hand side of forward node n's equation: its spec line, else its expression."""

@@ -12,7 +12,7 @@ from .elementwise import (
     BINARY, ELEMENTWISE, INTERNAL, OUT, Elementwise, arg_symbol, equal, local_derivative, numpy_inplace,
     record_of, relu, sigmoid, softplus, stable_log, step,
 )
-from .functions import LABEL, SPEC_FUNCTIONS, STRUCTURAL_FUNCTIONS, TENSOR, CallSite, SpecFunction
+from .functions import INTEGER, LABEL, SPEC_FUNCTIONS, STRUCTURAL_FUNCTIONS, TENSOR, CallSite, SpecFunction
 from .structural import (
     LEAF_OPS, STRUCTURAL_OPS, Contraction, GemmForm, Scatter, StructuralOp, broadcast_shapes,
     contraction_shape, gemm_form, is_index, key_text, matmul_contraction, normalize_axis, reduce_shape, shape_text,
@@ -22,7 +22,7 @@ from .structural import (
 # Every function name of the spec language: the elementwise ones, then the structural.
 FUNCTIONS = tuple(ELEMENTWISE) + STRUCTURAL_FUNCTIONS
 
-__all__ = ["BINARY", "ELEMENTWISE", "Elementwise", "FUNCTIONS", "INTERNAL", "LABEL", "LEAF_OPS", "OUT", "SPEC_FUNCTIONS",
+__all__ = ["BINARY", "ELEMENTWISE", "Elementwise", "FUNCTIONS", "INTEGER", "INTERNAL", "LABEL", "LEAF_OPS", "OUT", "SPEC_FUNCTIONS",
            "STRUCTURAL_FUNCTIONS", "STRUCTURAL_OPS", "TENSOR", "CallSite", "Contraction", "GemmForm", "Scatter",
            "SpecFunction", "StructuralOp", "arg_symbol", "broadcast_shapes", "contraction_shape", "equal", "gemm_form",
            "is_index", "key_text", "local_derivative", "matmul_contraction", "normalize_axis", "numpy_inplace",

@@ -7,8 +7,8 @@ arguments, and hands them to the record's ``lower``; ``STRUCTURAL_FUNCTIONS`` an
 ``ops.FUNCTIONS`` (every function name of the spec language) come from the table.
 
 A ``lower`` is written against the lowering ``L`` as the VJP rules are against the
-graph builder: ``L.G`` is the graph builder, ``L.labels`` maps a label input's
-node to its number of classes, ``L.err(message)`` makes a SpecError, and
+graph builder: ``L.G`` is the graph builder, ``L.labels`` maps an integer input's
+node (a label, or tokens) to its number of classes, ``L.err(message)`` makes a SpecError, and
 ``L.text(tree)`` / ``L.describe((tree, node), ...)`` quote the spec.
 
 The softmax family is lowered stably: the row max is subtracted (a constant for
@@ -33,6 +33,7 @@ from .structural import Contraction, concat_shape, normalize_axis, shape_text, w
 # The kinds of a positional argument.
 TENSOR = "tensor"   # a float array (an expression of the spec)
 LABEL = "label"     # an integer class label input ({classes: K})
+INTEGER = "integer"  # a class label, or integer tokens ({classes: V, shape: [T]})
 INT = "int"         # an integer constant, written as a number (a pool size: max_pool2d(x, 2))
 SHAPE = "shape"     # a list of integer constants (a shape: reshape(x, [2, 3]))
 
@@ -48,7 +49,7 @@ class CallSite:
     """A call of a spec function, its arguments lowered."""
 
     name: str
-    args: tuple               # per argument: its node (TENSOR, LABEL), int (INT) or tuple of ints (SHAPE)
+    args: tuple               # per argument: its node (TENSOR, LABEL, INTEGER), int (INT) or tuple of ints (SHAPE)
     trees: tuple              # the arguments as written (ast nodes, for messages)
     keywords: dict = field(default_factory=dict)   # keyword -> value (an int, or a PADDING string)
 
@@ -57,7 +58,7 @@ class CallSite:
 class SpecFunction:
     """One structural function of the spec language.
 
-    ``params``: the kind of each positional argument (TENSOR, LABEL, INT, SHAPE);
+    ``params``: the kind of each positional argument (TENSOR, LABEL, INTEGER, INT, SHAPE);
     ``variadic``: the last kind repeats (one or more arguments of it: concat);
     ``keywords``: keyword name -> kind (AXIS, COUNT, PADDING), each optional;
     ``vector``: its first argument needs an axis (the function works on the last
@@ -124,6 +125,7 @@ def _dot(L, c: CallSite):
 
 
 def _onehot(L, c: CallSite):
+    """onehot(label): [K]; onehot(tokens): [T, V], a one-hot row per token."""
     label = c.args[0]
     return L.G.onehot(label, L.labels[label])
 
@@ -390,7 +392,7 @@ SPEC_FUNCTIONS = {f.name: f for f in (
     SpecFunction("softmax", (TENSOR,), _of_x(softmax), vector=True),
     SpecFunction("log_softmax", (TENSOR,), _of_x(log_softmax), vector=True),
     SpecFunction("logsumexp", (TENSOR,), _of_x(logsumexp), vector=True),
-    SpecFunction("onehot", (LABEL,), _onehot),
+    SpecFunction("onehot", (INTEGER,), _onehot),
     SpecFunction("dot", (TENSOR, TENSOR), _dot),
     SpecFunction("cross_entropy", (TENSOR, LABEL), _cross_entropy),
     SpecFunction("softmax_cross_entropy", (TENSOR, LABEL), _cross_entropy),

@@ -1,4 +1,4 @@
-"""Structural ops (contraction, reductions, indexing, ...): one record each.
+"""Structural ops (contraction, reductions, indexing, gathers, ...): one record each.
 
 A ``StructuralOp`` holds everything the compiler knows of one op of the graph that
 is not elementwise: its shape rule (the graph builder in ``frontend/graph.py``
@@ -867,16 +867,68 @@ UNWINDOW = StructuralOp(
     rule="windows")
 
 
-# -- zeros and onehot: no argument to differentiate
+# -- gather: x[tokens], the rows of x (its first axis) picked per example by an
+#    integer input: tokens [T] give [T, ...], a label [] one row (attrs: none)
+
+def _gather_shape(args, attrs):
+    x, index = args
+    return index["shape"] + x["shape"][1:], True
+
+
+def _gather_vjp(G, n, pos, g):
+    if pos == 1:
+        return None  # integer tokens
+    x, index = G.node(n)["args"]
+    return G.scatter_rows(G.materialize(g, n), index, G.node(x)["shape"], G.node(x)["batched"])
+
+
+def _gather_term(G, n, x, g, sym, rule):
+    index = G.node(n)["args"][1]
+    summed = "over the batch and where tokens repeat" if not G.node(x)["batched"] else "where tokens repeat"
+    return g, "gather", f"added at rows [{sym(index)}] (summed {summed}; zero elsewhere)"
+
+
+def _gather_summary(k, a):
+    return f"{a[0]}[{a[1]}] (rows picked by {a[1]})"
+
+
+GATHER = StructuralOp(
+    "gather", _gather_shape, _gather_vjp,
+    text=lambda G, n, a: Index(a[0], a[1]), term=_gather_term,
+    label=lambda G, n, pos, atom: f"rows [{atom(G.node(n)['args'][1])}]",
+    summary=_gather_summary, symbol="[tokens]")
+
+
+# -- scatter_rows: zeros of the gathered array's shape, each row of g added at the row
+#    its token names, summed where tokens repeat (and over the batch for an array
+#    without one): the adjoint of gather (attrs: shape, batched)
+
+def _scatter_rows_vjp(G, n, pos, g):
+    if pos == 1:
+        return None
+    return G.gather(G.materialize(g, n), G.node(n)["args"][1])
+
+
+def _scatter_rows_summary(k, a):
+    over = " and the batch" if k.args[0].batched and not k.out.batched else ""
+    return f"{a[0]} added at rows [{a[1]}] of zeros of shape {list(k.out.shape)} (summed over repeats{over})"
+
+
+SCATTER_ROWS = StructuralOp(
+    "scatter_rows", _as_shape, _scatter_rows_vjp,
+    summary=_scatter_rows_summary, cost=_input_size, rule="gather")
+
+
+# -- zeros and onehot: no argument to differentiate (onehot of tokens [T]: [T, K])
 
 ZEROS = StructuralOp("zeros", _as_shape, None)
-ONEHOT = StructuralOp("onehot", lambda args, attrs: ((attrs[0],), True), None)
+ONEHOT = StructuralOp("onehot", lambda args, attrs: (args[0]["shape"] + (attrs[0],), True), None)
 
 
 # name -> record, for every op of the graph that is not elementwise and not a leaf
 STRUCTURAL_OPS = {op.name: op for op in (
     CONTRACT, REDUCE, SUM_TO, BROADCAST, RESHAPE, COPY, TAKE, SCATTER_ADD, TRANSPOSE, SLICE, UNSLICE,
-    CONCAT, WINDOWS, UNWINDOW, ZEROS, ONEHOT,
+    CONCAT, WINDOWS, UNWINDOW, GATHER, SCATTER_ROWS, ZEROS, ONEHOT,
 )}
 # the leaves and the elementwise map: every other op of the graph
 LEAF_OPS = ("input", "param", "const", "batch_size")

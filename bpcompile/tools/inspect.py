@@ -277,7 +277,7 @@ def expand_example(spec):
         entries = [sp.Symbol(f"{nm}{i}", real=True) for i in range(int(np.prod(shape, dtype=int)))]
         leaves[nm] = np.array(entries, dtype=object).reshape(shape)
         symbols[nm] = entries
-    labels = {nm: np.zeros(1, dtype=int) for nm, d in spec.inputs.items() if d.is_label}
+    labels = {nm: np.zeros((1, *d.shape), dtype=int) for nm, d in spec.inputs.items() if d.is_label}
     loss = sp.sympify(_Expander(spec).loss(leaves, labels, 1))
     sizes = {nm: list(s[1:]) if nm in spec.inputs else list(s) for nm, s in shapes.items()}
     return loss, {nm: symbols[nm] for nm in spec.wrt}, sizes

@@ -89,6 +89,9 @@ SMALL = 3               # dimensions are shrunk to at most this for the expansio
 N_SYMPY, N_FD = 2, 3    # batch sizes of the two checks
 POINTS = 3              # random points at which the expansion's derivative is compared
 SYMBOLIC_LIMIT = 100    # the most entries (symbols) an expansion may have
+EXPANSION_LIMIT = 20_000   # the most operations (counted as a tree) of one graph line's expansion
+                           # at SMALL before a recurrence is expanded at width 1 instead (NARROW)
+NARROW = 1              # the width of the state of a recurrence expanded over its steps
 SYMPY_SECONDS = 30.0    # the time budget of the SymPy expansion (it grows with the loss's nesting)
 SAMPLE = 20             # entries per name checked by finite differences
 FD_ELEMENTS = 50_000_000   # the most entries (params, and inputs at N_FD) the checks evaluate
@@ -175,6 +178,7 @@ def verify(spec, module=None, *, seed: int = 0, timeout: float = TIMEOUT) -> Rep
         spec = compiled.spec
     with tempfile.TemporaryDirectory(prefix="bpcompile_verify_") as work:
         work = Path(work)
+        narrow = None
         if module is None:
             files = {"real": _write_module(work / "real", compiled)}
             shrunk = small_instance(spec, compiled)
@@ -182,6 +186,7 @@ def verify(spec, module=None, *, seed: int = 0, timeout: float = TIMEOUT) -> Rep
             if shrunk is not compiled:
                 files["small"] = _write_module(work / "small", shrunk)
                 small_spec = shrunk.spec
+                narrow = _narrow_instance(spec, shrunk.spec)
             given = loaded = None
         elif isinstance(module, (str, os.PathLike)):
             given = Path(module)
@@ -195,7 +200,7 @@ def verify(spec, module=None, *, seed: int = 0, timeout: float = TIMEOUT) -> Rep
         try:
             # np.errstate: points outside a log's or sqrt's domain are found by their NaNs
             with np.errstate(all="ignore"):
-                rows = _Checks(spec, small_spec, child, rng, notes, given).run()
+                rows = _Checks(spec, small_spec, child, rng, notes, given, narrow).run()
         except _ChildFailure as e:
             rows = [Row("module", (), "run", math.nan, math.nan, False, str(e))]
     names = {nm: i for i, nm in enumerate(("module", "L") + spec.wrt)}
@@ -552,7 +557,8 @@ def _shapes(spec: Spec, n: int) -> dict:
 
 
 def _labels(spec: Spec, rng, n: int) -> dict:
-    return {nm: rng.integers(0, d.classes, n) for nm, d in spec.inputs.items() if d.is_label}
+    """Random integer inputs: a label per example, or T tokens per example."""
+    return {nm: rng.integers(0, d.classes, (n, *d.shape)) for nm, d in spec.inputs.items() if d.is_label}
 
 
 def _candidates(spec, rng, n, labels, float32) -> list:
@@ -720,9 +726,10 @@ class _Checks:
     3. (when a difference fails) the stencils again with a step 100 times smaller,
        as a step across a kink (relu, abs, max) spoils a difference."""
 
-    def __init__(self, spec, small_spec, child, rng, notes, given):
+    def __init__(self, spec, small_spec, child, rng, notes, given, narrow=None):
         self.spec, self.small_spec, self.child = spec, small_spec, child
         self.rng, self.notes, self.given = rng, notes, given
+        self.narrow = narrow    # the instance to expand when small_spec's expansion is too large
         self.small = "small" if "small" in child.files else "real"
         self.f32 = spec.dtype == "float32"
         self.entries = []       # (name, shape, check, (abs errors, rel errors))
@@ -837,8 +844,22 @@ class _Checks:
         self.notes.append(f"sympy: the loss expanded at N={n}, {sizes}, every entry a symbol; "
                           f"{POINTS} random points")
         labels = _labels(spec, rng, n)
+        limit = EXPANSION_LIMIT if self.narrow is not None else None
         try:
-            evaluate = _deep(lambda: _expansion(spec, shapes, labels, n), SYMPY_SECONDS)
+            evaluate = _deep(lambda: _expansion(spec, shapes, labels, n, limit), SYMPY_SECONDS)
+        except _TooLarge as e:
+            # an unrolled recurrence: its state, read whole at every step, multiplies the
+            # expansion by its width per step; expanded again at width NARROW
+            compiled, self.narrow = self.narrow, None
+            self.child.files["small"] = _write_module(self.child.work / "narrow", compiled)
+            self.small_spec = compiled.spec
+            self.notes.pop()
+            plan = self._plan_sympy()
+            if plan is not None:
+                self.notes[-1] += (f" (at width {NARROW}: at width {SMALL} one graph line expands to more than "
+                                   f"{EXPANSION_LIMIT:,} operations, {e.key} of a recurrence over the "
+                                   "token positions)")
+            return plan
         except RecursionError:
             self.notes[-1] = ("sympy: skipped: the expansion nests too deeply for SymPy; "
                               "finite differences check it")
@@ -965,10 +986,16 @@ def small_instance(spec: Spec, compiled=None):
     itself (``compiled``, when given) when it is already small or no shrunk one
     compiles.  A shrunk instance may not compile where sizes must fit together
     (a convolution's or a pooling's windows larger than its shrunk input): the
-    next few caps are tried before the spec itself is used."""
+    next few caps are tried before the spec itself is used.  A spec whose graph
+    reads the positions of a token input by constant index (``e[5]`` of
+    ``e = E[tokens]``) does not compile with fewer tokens: it is tried again with
+    the token counts (and every dimension equal to one) kept, everything else shrunk."""
     data = spec.data   # parsed once, within the reader's limits (_shrink copies it)
-    for cap in range(SMALL, SMALL + SMALL_TRIES):
-        small = _shrink(data, cap)
+    tries = [_shrink(data, cap) for cap in range(SMALL, SMALL + SMALL_TRIES)]
+    tokens = {d.shape[0] for d in spec.inputs.values() if d.is_tokens}
+    if tokens:
+        tries.insert(1, _shrink(data, keep=tokens))   # the smallest instance first
+    for small in tries:
         if small == data:
             break
         try:
@@ -978,19 +1005,41 @@ def small_instance(spec: Spec, compiled=None):
     return compiled if compiled is not None else compile(spec)
 
 
-def _shrink(data: dict, cap: int = SMALL) -> dict:
-    """Shrink every dimension d to min(d, cap): equal dimensions stay equal, so
-    shapes that matched (or broadcast) still do.  Class counts (at least 2) and
-    the units of ``layers:`` are dimensions too."""
+def _narrow_instance(spec: Spec, small: Spec):
+    """For a spec whose small instance kept its token counts (its graph reads the
+    positions of a sequence one by one: an unrolled recurrence, most likely), the
+    instance with every other dimension NARROW (class counts 2), compiled; else None."""
+    tokens = {d.shape[0] for d in spec.inputs.values() if d.is_tokens}
+    if not tokens or not any(d.is_tokens and d.shape[0] in tokens for d in small.inputs.values()):
+        return None
+    try:
+        return compile(parse_spec(_shrink(spec.data, NARROW, keep=tokens), file=spec.file))
+    except SpecError:
+        return None
+
+
+def _shrink(data: dict, cap: int = SMALL, keep=frozenset()) -> dict:
+    """Shrink every dimension d to min(d, cap), except those in ``keep``: equal
+    dimensions stay equal, so shapes that matched (or broadcast) still do.  Class
+    counts (and every dimension equal to one: an embedding's first axis is its
+    tokens' classes) shrink to at least 2; the token counts of token inputs and the
+    units of ``layers:`` are dimensions too."""
+    classes = {v["classes"] for v in data["inputs"].values() if isinstance(v, dict)}
+
+    def small(d):
+        return d if d in keep else min(d, max(cap, 2)) if d in classes else min(d, cap)
+
     def dims(shape):
-        return [min(d, cap) for d in shape]
+        return [small(d) for d in shape]
 
     out = copy.deepcopy(data)
     for nm, v in out["inputs"].items():
         if isinstance(v, list):
             out["inputs"][nm] = dims(v)
         else:
-            v["classes"] = min(v["classes"], max(cap, 2))
+            v["classes"] = small(v["classes"])
+            if "shape" in v:
+                v["shape"] = dims(v["shape"])
     for nm, v in (out.get("params") or {}).items():
         if isinstance(v, list):
             out["params"][nm] = dims(v)
@@ -998,7 +1047,7 @@ def _shrink(data: dict, cap: int = SMALL) -> dict:
             v["shape"] = dims(v["shape"])
     for layer in out.get("layers") or ():
         if "dense" in layer:
-            layer["dense"] = min(layer["dense"], cap)
+            layer["dense"] = small(layer["dense"])
     return out
 
 
@@ -1008,6 +1057,36 @@ def _shrink(data: dict, cap: int = SMALL) -> dict:
 
 class _OverBudget(Exception):
     """The SymPy expansion took longer than its time budget."""
+
+
+class _TooLarge(Exception):
+    """One graph line's expansion has more than its limit of operations (``key``: the line)."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _tree_size(values, sizes: dict) -> int:
+    """The operations of the SymPy expressions ``values`` counted as trees (each
+    repeated subexpression once per occurrence: what an expansion without sharing
+    would hold), memoized over distinct subexpressions in ``sizes``."""
+    total = 0
+    for root in values:
+        stack = [root]
+        while stack:
+            e = stack[-1]
+            if e in sizes:
+                stack.pop()
+                continue
+            pending = [a for a in e.args if a not in sizes]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            sizes[e] = 1 + sum(sizes[a] for a in e.args)
+        total += sizes[root]
+    return total
 
 
 def _deep(fn, seconds=None):
@@ -1040,18 +1119,75 @@ def _deep(fn, seconds=None):
     return result["value"]
 
 
-def _expansion(spec, shapes, labels, n):
+def _diff(expr, symbols) -> list:
+    """``[sp.diff(expr, s) for s in symbols]``, the chain rule applied once per distinct
+    subexpression of ``expr``.
+
+    The expansion is a tree whose repeated parts are one SymPy object: the state of
+    a recurrence (``h1 = tanh(U @ h0 + ...)``, ``h2 = tanh(U @ h1 + ...)``) is read
+    by every entry of the next one.  ``sp.diff`` differentiates each occurrence
+    again, in time exponential in the number of steps; here each distinct
+    subexpression is differentiated once per symbol (with SymPy's own derivative of
+    each function: the same expressions ``sp.diff`` builds, shared)."""
+    order, seen, stack = [], set(), [(expr, False)]
+    while stack:   # the distinct subexpressions, each after its arguments
+        e, done = stack.pop()
+        if done:
+            order.append(e)
+        elif e not in seen:
+            seen.add(e)
+            stack.append((e, True))
+            stack.extend((a, False) for a in e.args if a not in seen)
+    free = {}
+    for e in order:
+        free[e] = frozenset([e]) if e.is_Symbol else frozenset().union(*(free[a] for a in e.args))
+    out = []
+    for s in symbols:
+        d = {}
+        for e in order:
+            if s not in free[e]:
+                d[e] = sp.S.Zero
+            elif e == s:
+                d[e] = sp.S.One
+            elif e.is_Add:
+                d[e] = sp.Add(*[d[a] for a in e.args])
+            elif e.is_Mul:
+                d[e] = sp.Add(*[sp.Mul(d[a], *e.args[:i], *e.args[i + 1:])
+                                for i, a in enumerate(e.args) if d[a] != 0])
+            else:   # f(args): the sum over its arguments of df/darg (SymPy's rule) * darg
+                terms = []
+                for i, a in enumerate(e.args):
+                    if d[a] != 0:
+                        x = sp.Dummy(real=True)
+                        partial = e.func(*e.args[:i], x, *e.args[i + 1:]).diff(x).xreplace({x: a})
+                        terms.append(partial * d[a])
+                d[e] = sp.Add(*terms)
+        out.append(d[expr])
+    return out
+
+
+def _expansion(spec, shapes, labels, n, limit=None):
     """Expand the loss with a symbol for every entry of every float leaf and
     differentiate it by each entry of each WRT name.  Returns a function
-    ``point -> (loss, {name: gradient})`` evaluating the result."""
+    ``point -> (loss, {name: gradient})`` evaluating the result.  With ``limit``,
+    raises _TooLarge as soon as one graph line expands to more operations (as a
+    tree): before SymPy, whose queries walk the tree, spends exponential time on it."""
     leaves = {}
     for nm, shape in shapes.items():
         leaves[nm] = np.empty(shape, dtype=object)
         for idx in np.ndindex(*shape):
             leaves[nm][idx] = sp.Symbol(nm + (f"[{','.join(map(str, idx))}]" if idx else ""), real=True)
     symbols = [s for nm in shapes for s in leaves[nm].reshape(-1)]
-    loss = sp.sympify(_Expander(spec).loss(leaves, labels, n))
-    derivatives = [sp.diff(loss, s) for nm in spec.wrt for s in leaves[nm].reshape(-1)]
+    guard = None
+    if limit is not None:
+        sizes: dict = {}
+
+        def guard(key, value):
+            entries = [sp.sympify(v) for v in np.asarray(value, dtype=object).reshape(-1)]
+            if _tree_size(entries, sizes) > limit:
+                raise _TooLarge(key)
+    loss = sp.sympify(_Expander(spec).loss(leaves, labels, n, guard))
+    derivatives = _diff(loss, [s for nm in spec.wrt for s in leaves[nm].reshape(-1)])
     f = sp.lambdify([symbols], [loss, *derivatives], modules="numpy", cse=True, dummify=True)
 
     def evaluate(point):
@@ -1073,6 +1209,21 @@ class _Label:
 
     value: int
     classes: int
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """The integer tokens of one example, and their number of classes."""
+
+    values: tuple
+    classes: int
+
+
+def _onehot(lab, one, zero):
+    """onehot(label): [K]; onehot(tokens): [T, K] (rows of ``one`` and ``zero``)."""
+    if isinstance(lab, _Tokens):
+        return [[one if k == v else zero for k in range(lab.classes)] for v in lab.values]
+    return [one if k == lab.value else zero for k in range(lab.classes)]
 
 
 def _obj(x) -> np.ndarray:
@@ -1193,7 +1344,7 @@ _FUNCTIONS = {
     "softmax": lambda z: _elementwise(sp.exp)(z) / _sum(_elementwise(sp.exp)(z), -1, True),
     "log_softmax": lambda z: z - _logsumexp(z, True),
     "logsumexp": _logsumexp,
-    "onehot": lambda lab: _obj([sp.Integer(int(k == lab.value)) for k in range(lab.classes)]),
+    "onehot": lambda lab: _obj(_onehot(lab, sp.Integer(1), sp.Integer(0))),
     "dot": lambda a, b: _sum(a * b),
     "cross_entropy": lambda p, lab: _obj(-sp.log(p[lab.value])),
     "softmax_cross_entropy": lambda z, lab: _logsumexp(z) - z[lab.value],
@@ -1242,16 +1393,20 @@ class _Expander:
     def total(per_example):
         return sp.Add(*per_example)
 
-    def loss(self, leaves: dict, labels: dict, n: int):
-        """The batch loss as one SymPy expression."""
+    def loss(self, leaves: dict, labels: dict, n: int, after_line=None):
+        """The batch loss as one SymPy expression; ``after_line(key, value)`` is called
+        with each graph line's value as it is made."""
         per_example = []
         for k in range(n):
             env = {nm: self.wrap(leaves[nm][k]) for nm, d in self.spec.inputs.items() if not d.is_label}
-            env.update({nm: _Label(int(labels[nm][k]), d.classes)
+            env.update({nm: _Tokens(tuple(int(v) for v in labels[nm][k]), d.classes) if d.is_tokens
+                        else _Label(int(labels[nm][k]), d.classes)
                         for nm, d in self.spec.inputs.items() if d.is_label})
             env.update({nm: leaves[nm] for nm in self.spec.params})
             for nm, expr in self.spec.graph:
                 env[nm] = self.eval(expr.tree, env)
+                if after_line is not None:
+                    after_line(expr.key, env[nm])
             per_example.append(self.wrap(self.eval(self.spec.loss.tree, env))[()])
         total = self.total(per_example)
         return total / n if self.spec.reduction == "mean" else total
@@ -1268,10 +1423,17 @@ class _Expander:
             return self.wrap(self.binary[type(t.op)](self.eval(t.left, env), self.eval(t.right, env)))
         if isinstance(t, ast.Attribute):   # .T, the only attribute of the language
             return self.eval(t.value, env).T
-        if isinstance(t, ast.Subscript):   # v[i], v[2:5], X[:, 0:3], X[0, 1:3]: NumPy's basic indexing
-            items = t.slice.elts if isinstance(t.slice, ast.Tuple) else [t.slice]
-            index = tuple(slice(*(None if b is None else _integer(b) for b in (i.lower, i.upper, i.step)))
-                          if isinstance(i, ast.Slice) else _integer(i) for i in items)
+        if isinstance(t, ast.Subscript):   # v[i], v[2:5], X[:, 0:3], X[0, 1:3]; E[tokens], E[label]
+            i = t.slice
+            if isinstance(i, ast.Name):   # the rows of E at the example's tokens (or label)
+                picked = env[i.id]
+                rows = self.eval(t.value, env)
+                if isinstance(picked, _Tokens):
+                    return self.wrap(np.stack([rows[v] for v in picked.values]))
+                return self.wrap(rows[picked.value])
+            items = i.elts if isinstance(i, ast.Tuple) else [i]     # NumPy's basic indexing
+            index = tuple(slice(*(None if b is None else _integer(b) for b in (e.lower, e.upper, e.step)))
+                          if isinstance(e, ast.Slice) else _integer(e) for e in items)
             return self.wrap(self.eval(t.value, env)[index])
         if isinstance(t, ast.Call):
             # a list argument is a shape (reshape's); a keyword is an integer (axis=, stride=,
@@ -1330,7 +1492,7 @@ _NUMERIC = {
     "softmax": _nsoftmax,
     "log_softmax": lambda z: z - _nlogsumexp(z, True),
     "logsumexp": _nlogsumexp,
-    "onehot": lambda lab: (np.arange(lab.classes) == lab.value).astype(np.float64),
+    "onehot": lambda lab: np.array(_onehot(lab, 1.0, 0.0), dtype=np.float64),
     "dot": lambda a, b: np.sum(a * b),
     "cross_entropy": lambda p, lab: -np.log(p[lab.value]),
     "softmax_cross_entropy": lambda z, lab: _nlogsumexp(z) - z[lab.value],

@@ -1,11 +1,13 @@
 """Elementwise and index kernels: one loop over the elements of the output.
 
 A fused elementwise ``map`` reads its arguments at the output's flat index
-(broadcasting by index arithmetic on the per-example shapes); take / onehot /
-transpose / slice / broadcast read one element each; unslice and concat write
-each element of their arguments into its place; scatter_add loops over the
-examples; copy and zeros are the language's memory operations and
-reshape is an alias of the same memory.
+(broadcasting by index arithmetic on the per-example shapes); take / gather /
+onehot / transpose / slice / broadcast read one element each; unslice and concat
+write each element of their arguments into its place; scatter_add loops over the
+examples, scatter_rows over the elements of the adjoint it adds up
+(``CStyle.accumulate``: atomically where the language runs in parallel); copy and
+zeros are the language's memory operations and reshape is an alias of the same
+memory.
 """
 
 from __future__ import annotations
@@ -113,6 +115,47 @@ class ElementwiseKernels:
             self.lang.loop("_i", "_n", body))
         self.lines.append(self.lang.launch(name, "(long long)N", [self.c(out)] + [a for _, a in inputs]
                                            + ["(long long)N"], out))
+
+    @lowers("gather")
+    def lower_gather(self, k: Kernel):
+        x, index = k.args
+        V, R, T = x.shape[0], size_of(x.shape[1:]), size_of(index.shape)
+        inputs: list = []
+        # _i runs over [N, T, ...rest]: position _i / R (an example's token), column _i % R
+        li = self.read(index, "_i" if R == 1 else f"_i / {R}", inputs)
+        at = " + ".join(t for t in (f"(_i / {T * R}) * {V * R}" if x.batched else "",
+                                    "_l" if R == 1 else f"_l * {R}", f"_i % {R}" if R != 1 else "") if t)
+        xi = self.read(x, at, inputs)
+        body = [f"const int _l = {li};",
+                f"{self.c(k.out)}[_i] = (0 <= _l && _l < {V}) ? {xi} : NAN;  // NaN for a token out of range"]
+        self.elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)}[{self.c(index)}]: rows picked by "
+                                            f"{self.c(index)}, per example"], inputs, body)
+
+    @lowers("scatter_rows")
+    def lower_scatter_rows(self, k: Kernel):
+        g, index = k.args
+        shape, batched = k.attrs
+        out = k.out
+        V, R, T = shape[0], size_of(shape[1:]), size_of(index.shape)
+        self.need(out)
+        self.lines.append(self.lang.zero(self.c(out), f"(size_t)({count_expr(full_dims(out))})"))
+        inputs: list = []
+        # _i runs over g [N, T, ...rest]: position _i / R adds its column _i % R at row tokens[position]
+        li = self.read(index, "_i" if R == 1 else f"_i / {R}", inputs)
+        gi = self.read(g, "_i", inputs)
+        at = " + ".join(t for t in (f"(_i / {T * R}) * {V * R}" if batched else "",
+                                    "_l" if R == 1 else f"_l * {R}", f"_i % {R}" if R != 1 else "") if t)
+        body = [f"const int _l = {li};",
+                f"if (0 <= _l && _l < {V}) " + self.lang.accumulate(f"{self.c(out)}[{at}]", gi)]
+        n = count_expr(full_dims(g))
+        params = [self.out_param(out)] + [p for p, _ in inputs] + ["long long _n"]
+        name = self.mod.kernels.add(
+            f"{self.c(out)}_scatter",
+            [f"{self.c(out)} = zeros {shape_text(out)}, each row of {self.c(g)} added at row "
+             f"{self.c(index)}[{'n, t' if index.shape else 'n'}]" + (" (summed over the batch)" if not batched else ""),
+             *self.lang.scatter_rows_note], params,
+            self.lang.loop("_i", "_n", body))
+        self.lines.append(self.lang.launch(name, n, [self.c(out)] + [a for _, a in inputs] + [n], g))
 
     @lowers("zeros")
     def lower_zeros(self, k: Kernel):

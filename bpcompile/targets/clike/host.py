@@ -113,7 +113,10 @@ def signature_parts(mod: CModule):
     params = [(f"const real* {mod.cname(p)}", f"{p} {list(d.shape)}") for p, d in spec.params.items()]
     inputs = []
     for nm, d in spec.inputs.items():
-        if d.is_label:
+        if d.is_tokens:
+            inputs.append((f"const int* {mod.cname(nm)}",
+                           f"{nm} [N{''.join(', ' + str(x) for x in d.shape)}], int32 tokens in [0, {d.classes})"))
+        elif d.is_label:
             inputs.append((f"const int* {mod.cname(nm)}", f"{nm} [N], int32 labels in [0, {d.classes})"))
         else:
             inputs.append((f"const real* {mod.cname(nm)}", f"{nm} [N{''.join(', ' + str(x) for x in d.shape)}]"))

@@ -304,6 +304,8 @@ class CStyle:
     # how the comment above a kernel says it is run
     reduction_note = "a loop per output element"
     scatter_note = "one iteration per example"
+    # how a scatter-add of rows (an embedding's gradient) adds up: comment lines
+    scatter_rows_note = ("one loop in order of position: the sums are deterministic",)
 
     def expr(self, dtype: str, leaf_text: dict) -> CExprPrinter:
         """The printer of elementwise math, leaves printed as ``leaf_text`` says."""
@@ -342,6 +344,11 @@ class CStyle:
     def launch_reduction(self, kernel: str, count: str, args: list, red_dims: list) -> str:
         """The host line running a reduction kernel over ``count`` outputs."""
         return f"{kernel}(" + ", ".join(args) + ");"
+
+    def accumulate(self, target: str, value: str) -> str:
+        """``target += value`` inside a per-element loop whose iterations may add into
+        one ``target`` (a scatter-add): plain in a serial loop, atomic in a parallel one."""
+        return f"{target} += {value};"
 
     def gemm(self, g) -> list | None:
         """The host lines of the row-major GEMM ``g`` (``contractions.Gemm``), or

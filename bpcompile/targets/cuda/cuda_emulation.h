@@ -16,7 +16,8 @@
 //   opens when every thread of the block has reached it.  Threads are resumed in
 //   a different order in successive rounds (ascending, then descending), so a
 //   read of shared memory that is not separated by a barrier from the write it
-//   needs sees a stale value in one of the rounds.  A barrier that some threads
+//   needs sees a stale value in one of the rounds.  atomicAdd (float, double) is a
+//   plain add: one fiber runs at a time.  A barrier that some threads
 //   of the block never reach (they returned) is a divergence: reported, and the
 //   process aborts, since on a GPU it is undefined behaviour.
 // * "Device" memory is host memory.  cudaMalloc fills fresh memory with 0xFF
@@ -168,6 +169,12 @@ void launch(dim3 grid, dim3 block, std::size_t /*shared_bytes*/, F&& body) {
 }  // namespace bp_emu
 
 inline void __syncthreads() { bp_emu::syncthreads(); }
+
+// atomicAdd: a fiber runs until a barrier or its end, never interrupted between the
+// read and the write, so a plain read-modify-write is atomic here (a race a GPU would
+// have without atomicAdd is not visible under the emulation: review such code).
+inline float atomicAdd(float* p, float v) { const float old = *p; *p = old + v; return old; }
+inline double atomicAdd(double* p, double v) { const double old = *p; *p = old + v; return old; }
 
 // ---------------------------------------------------------------------------
 // CUDA runtime

@@ -18,9 +18,10 @@ below, which states how CUDA differs from C99 (``clike.CStyle``):
   operands;
 * windows and unwindow (im2col and col2im of a convolution) are element kernels
   (``clike/windows.py``);
-* take / scatter_add / onehot / transpose / slice / unslice / concat / broadcast
-  are small index kernels, copy and zeros are cudaMemcpyAsync / cudaMemsetAsync, reshape is
-  an alias of the same memory.
+* take / scatter_add / gather / onehot / transpose / slice / unslice / concat /
+  broadcast are small index kernels, scatter_rows (an embedding's gradient) one
+  thread per element adding with atomicAdd, copy and zeros are cudaMemcpyAsync /
+  cudaMemsetAsync, reshape is an alias of the same memory.
 
 Every temporary lives in one arena allocated by ``<name>_workspace_create(N)``;
 the three functions share it (one call at a time per workspace).  Gradients and
@@ -65,6 +66,10 @@ class Cuda(CStyle):
     reserved_prefixes = ("cuda", "cublas", "CUBLAS", "CUDA") + CStyle.reserved_prefixes
     reduction_note = "one block per output element"
     scatter_note = "one thread per example"
+    scatter_rows_note = ("one thread per element, atomicAdd (on double: compute capability 6.0). Not "
+                         "deterministic:",
+                         "where tokens repeat, the order of the additions varies, and so may the sums' "
+                         "last bits, run to run")
     shared = "__shared__"            # a block's shared memory
     barrier = "__syncthreads();"     # every thread of the block waits here
 
@@ -116,6 +121,9 @@ class Cuda(CStyle):
             f"    {self.barrier}  // _s is reused for the next output",
             "}",
         ]
+
+    def accumulate(self, target, value):
+        return f"atomicAdd(&{target}, {value});"
 
     def launch_reduction(self, kernel, count, args, red_dims):
         return self._launch(kernel, f"bp_blocks({count})", self.reduction_block(red_dims), args)
