@@ -8,10 +8,14 @@ import yaml
 from hypothesis import strategies as st
 
 UNARY = ["tanh({a})", "sigmoid({a})", "sin({a})", "cos({a})", "softplus({a})", "square({a})",
-         "exp(-square({a}))", "log(1 + square({a}))", "sqrt(square({a}) + 1)", "relu({a}) + {a}"]
-BINARY = ["{a} + {b}", "{a} - {b}", "{a} * {b}", "{a} / (1 + square({b}))", "0.5 * {a} - {b}**2"]
+         "exp(-square({a}))", "log(1 + square({a}))", "sqrt(square({a}) + 1)", "relu({a}) + {a}",
+         "clip({a}, -0.5, 0.75)", "maximum({a}, 0.25) - minimum(-0.25, {a})"]
+BINARY = ["{a} + {b}", "{a} - {b}", "{a} * {b}", "{a} / (1 + square({b}))", "0.5 * {a} - {b}**2",
+          "maximum({a}, {b})", "minimum({a}, 2 * {b})"]
 VECTOR = ["softmax({a})", "log_softmax({a})", "tanh({a}) * softmax({a})"]
-REDUCE = ["sum({a})", "mean({a})", "logsumexp({a})", "dot({a}, {a})"]
+REDUCE = ["sum({a})", "mean({a})", "logsumexp({a})", "dot({a}, {a})", "var({a})"]
+# std's derivative is infinite at zero variance: only of vectors of two entries or more
+SPREAD = ["std({a})", "std({a}) * var({a})"]
 
 
 @st.composite
@@ -52,7 +56,8 @@ def specs(draw):
             expr, shape = f"s * {a} + v[0]", avail[a]
         else:
             a = draw(st.sampled_from(vectors))
-            expr, shape = draw(st.sampled_from(REDUCE)).format(a=a), ()
+            reductions = REDUCE + (SPREAD if avail[a][0] >= 2 else [])
+            expr, shape = draw(st.sampled_from(reductions)).format(a=a), ()
         name = f"n{i}"
         graph[name] = expr
         avail[name] = shape
@@ -92,6 +97,10 @@ MUTATIONS = [
     ("empty", lambda t: ""),
     ("division by zero", lambda t: t.replace("loss: ", "loss: y / (x[0] - x[0]) + ", 1)),
     ("infinite constant", lambda t: t.replace("loss: ", "loss: 1e999 * y + ", 1)),
+    ("clip lo above hi", lambda t: t.replace("loss: ", "loss: sum(clip(x, 1, 0.5)) + ", 1)),
+    ("clip tensor bound", lambda t: t.replace("loss: ", "loss: sum(clip(x, y, 1)) + ", 1)),
+    ("maximum arity", lambda t: t.replace("loss: ", "loss: sum(maximum(x)) + ", 1)),
+    ("var two arguments", lambda t: t.replace("loss: ", "loss: var(x, x) + ", 1)),
 ]
 
 
