@@ -395,3 +395,24 @@ def test_nvcc_compiles_them(tmp_path, cublas_include):
     for src, (rc, out) in nvcc_compile_all(sources, cublas_include).items():
         assert rc == 0, out
         assert "warning" not in out.lower().split("\n", 1)[1], out
+
+
+def test_a_kernel_reads_only_what_its_expression_keeps():
+    """std(M)**2: the adjoint of the variance is 2*s*L_n_bar/(2*s), and s cancels.
+    A fused kernel's arguments are the leaves left after folding (CUDA built with
+    -Werror refuses an unused parameter)."""
+    c = bpcompile.compile("""\
+name: cancels
+inputs: {x: [3]}
+params: {W: [2, 3]}
+graph:
+  M: W * x
+  s: std(M)
+loss: s * s
+""")
+    kernels = [k for k in c.programs["value_and_grad"].kernels if k.op == "map"]
+    assert kernels
+    for k in kernels:
+        temps, expr = k.attrs
+        read = {str(s) for e in [expr, *(e for _, e in temps)] for s in e.free_symbols}
+        assert {a.name for a in k.args} <= read, (k.out.name, [a.name for a in k.args], expr)
