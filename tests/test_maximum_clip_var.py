@@ -14,7 +14,8 @@ test_systematic.py do not reach, on every target.
 * How they read: the derivative forms in comments and LaTeX, var and std as one
   rule in the adjoint equations; std's derivative at zero variance (NaN, as
   documented) and the finite one of sqrt(var(x) + eps).
-* nvcc compiles them warning-free in device code of both dtypes.
+* nvcc compiles them warning-free in device code of both dtypes, and gcc/clang in
+  C99 with -Wall -Wextra -Wpedantic -Werror.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import importlib.util
 import os
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -395,6 +397,21 @@ def test_nvcc_compiles_them(tmp_path, cublas_include):
     for src, (rc, out) in nvcc_compile_all(sources, cublas_include).items():
         assert rc == 0, out
         assert "warning" not in out.lower().split("\n", 1)[1], out
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+def test_c_compiles_them_without_warnings(compiler, tmp_path):
+    """Forward and backward in C of both dtypes: -std=c99 -Wall -Wextra -Wpedantic -Werror."""
+    path = shutil.which(compiler)
+    if path is None:
+        pytest.skip(f"{compiler} is not installed")
+    for dtype in DTYPES:
+        name = f"extremes_{dtype}"
+        bpcompile.compile(ALL.format(name=name, dtype=dtype), target="c").write(tmp_path)
+        r = subprocess.run([path, "-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O2", "-c",
+                            str(tmp_path / f"{name}.c"), "-o", str(tmp_path / f"{name}.o")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and not r.stderr, f"{compiler} {name}.c:\n{r.stderr[:3000]}"
 
 
 def test_a_kernel_reads_only_what_its_expression_keeps():
