@@ -243,6 +243,11 @@ def _expr_structures(a, b, s):
             ("shape_big", f"sum(concat({a}, {b}, axis=-9223372036854775807))"),
             ("shape_mixed", f"sum(stack({a}, {b})[1:, ::2]) + sum(concat({a}, {a})[::3])"),
             ("shape_mixed", f"sum(reshape(stack({a}, {b}, {a}), [-1])[1::2] * concat({a}, {b}, {a})[::2])")]
+    for k in (10, 100, 1000):
+        out.append(("nest_maximum", "sum(" + "maximum(" * k + a + "".join(f", {b}{' * 0.5' * (i % 2)})"
+                                                                          for i in range(k)) + ")"))
+        out.append(("nest_clip", "sum(" + "clip(" * k + a + ", -1, 1)" * k + ")"))
+        out.append(("long_spread", " + ".join(f"{['var', 'std'][i % 2]}({a} * {i + 1})" for i in range(k))))
     for k in (7, 20, 60):
         out.append(("wide_deep", "sum(" + "tanh(" * k + f"{a} + {b}" + ")" * k + ")"))
         e = a
@@ -259,6 +264,10 @@ def _expr_structures(a, b, s):
         f"reshape({a}, [10**9, 10**9])", f"reshape({a}, [2**63])", f"reshape({a}, [-1])",
         "concat(axis=0)", f"max_pool2d({a}, 0)", "tanh()", f"tanh({a}, {a}, {a})", f"onehot({a})",
         "softmax()", "sum()", f"dot({a})", f"clip({a}, 1e999, -1e999)", f"leaky_relu({a}, 1e999)",
+        f"clip({a}, 1, 0)", f"clip({a}, {b}, 1)", f"clip({a}, 0, {s})", f"clip({a})", f"clip({a}, 0, 1, 2)",
+        f"clip({a}, 0, 1, axis=0)", f"maximum({a})", f"minimum({a}, {b}, {b})", f"maximum({a}, {b}, axis=0)",
+        f"maximum({a}, [1, 2])", f"var({a}, axis=5)", f"std({a}, {a})", f"var({a}, axis={a})", "std()",
+        f"maximum({a}, {a}[None])", f"minimum({a}, 1e999)", f"clip({a}, -1e999, 1e999)",
         f"{a}[0][0][0][0]", f"{a}.T.T.T.T", f"{a} @ {a} @ {a}", f"{a} < {b}", f"{a} and {b}",
         f"not {a}", f"~{a}", f"{a} % 2", f"{a} // 2", f"{a} << 2", f"{a} ^ {b}", f"{a}, {b}",
         f"({a}, )", f"{{{a}}}", f"{a}[0:2**63]", f"{a}[0:0]", f"{a}[2:1]", f"{a}[0:3:0]",
@@ -613,6 +622,8 @@ def _inject(rng, spec, base_key, comments):
             num = rng.choice(NUMBERS)
             tmpl = rng.choice(["{s} * ({n})", "{s} + {n}", "{s} ** ({n})", "sum({a}, axis={n})", "{a}[{n}]",
                                "tanh({n}) + {s}", "{n}", "maximum({n}, {s})", "clip({s}, {n}, {n})",
+                               "minimum({s}, {n})", "clip({a}, -({n}), {n})", "var({a} * ({n}))",
+                               "std({a}, axis=-1) * ({n})", "maximum({n}, {n})",
                                "{s} / ({n})", "sum({a} * ({n}))", "exp({n} * {s})", "{s} - {s} + ({n})",
                                "sum({a}[{n}:])", "sum({a}[:{n}])", "sum({a}[::{n}])", "sum({a}[{n}:{n}:{n}])",
                                "sum(reshape({a}, [{n}]))", "sum(reshape({a}, [{n}, -1]))",

@@ -8,10 +8,14 @@ import yaml
 from hypothesis import strategies as st
 
 UNARY = ["tanh({a})", "sigmoid({a})", "sin({a})", "cos({a})", "softplus({a})", "square({a})",
-         "exp(-square({a}))", "log(1 + square({a}))", "sqrt(square({a}) + 1)", "relu({a}) + {a}"]
-BINARY = ["{a} + {b}", "{a} - {b}", "{a} * {b}", "{a} / (1 + square({b}))", "0.5 * {a} - {b}**2"]
+         "exp(-square({a}))", "log(1 + square({a}))", "sqrt(square({a}) + 1)", "relu({a}) + {a}",
+         "clip({a}, -0.5, 0.75)", "maximum({a}, 0.25) - minimum(-0.25, {a})"]
+BINARY = ["{a} + {b}", "{a} - {b}", "{a} * {b}", "{a} / (1 + square({b}))", "0.5 * {a} - {b}**2",
+          "maximum({a}, {b})", "minimum({a}, 2 * {b})"]
 VECTOR = ["softmax({a})", "log_softmax({a})", "tanh({a}) * softmax({a})"]
-REDUCE = ["sum({a})", "mean({a})", "logsumexp({a})", "dot({a}, {a})"]
+REDUCE = ["sum({a})", "mean({a})", "logsumexp({a})", "dot({a}, {a})", "var({a})"]
+# std's derivative is infinite at zero variance: only of vectors of two entries or more
+SPREAD = ["std({a})", "std({a}) * var({a})"]
 # with a token input t [T] of K classes and a param E [K, n_hid]: vectors of n_hid
 GATHER = ["sum(E[t], axis=0)", "E[t][{j}]", "mean(tanh(E[t] * {a}), axis=0)", "sum(onehot(t) @ E, axis=0)",
           "max(E[t] + {a}, axis=0)"]
@@ -99,7 +103,8 @@ def specs(draw):
             expr, shape = f"s * {a} + v[0]", avail[a]
         else:
             a = draw(st.sampled_from(vectors))
-            expr, shape = draw(st.sampled_from(REDUCE)).format(a=a), ()
+            reductions = REDUCE + (SPREAD if avail[a][0] >= 2 else [])
+            expr, shape = draw(st.sampled_from(reductions)).format(a=a), ()
         name = f"n{i}"
         graph[name] = expr
         avail[name] = shape
@@ -180,6 +185,10 @@ MUTATIONS = [
     ("slice step", lambda t: t.replace("loss: ", "loss: sum(v[::-1]) + ", 1)),
     ("bad reshape", lambda t: t.replace("loss: ", "loss: sum(reshape(x, [7, 5])) + ", 1)),
     ("concat shapes", lambda t: t.replace("loss: ", "loss: sum(concat(x, W)) + ", 1)),
+    ("clip lo above hi", lambda t: t.replace("loss: ", "loss: sum(clip(x, 1, 0.5)) + ", 1)),
+    ("clip tensor bound", lambda t: t.replace("loss: ", "loss: sum(clip(x, y, 1)) + ", 1)),
+    ("maximum arity", lambda t: t.replace("loss: ", "loss: sum(maximum(x)) + ", 1)),
+    ("var two arguments", lambda t: t.replace("loss: ", "loss: var(x, x) + ", 1)),
 ]
 
 

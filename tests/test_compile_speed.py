@@ -23,7 +23,8 @@ DISPLAYS = [{arg_symbol(0): y, arg_symbol(1): g, OUT: w},
 def _expressions():
     for name, rec in ELEMENTWISE.items():
         args = [arg_symbol(i) for i in range(rec.arity)]
-        yield name, rec(*args, *(d for _, d in rec.params))
+        # a required parameter (clip's lo and hi, default None) takes 0, 1, ...: ascending
+        yield name, rec(*args, *(sp.Integer(k) if d is None else d for k, (_, d) in enumerate(rec.params)))
     for name, (fn, _) in BINARY.items():
         yield name, fn(arg_symbol(0), arg_symbol(1))
     yield "square of a difference", (arg_symbol(0) - arg_symbol(1)) ** 2 / 2

@@ -217,6 +217,77 @@ def binary(op, fn, domain="real", lconst="2", rconst="1.5"):
     return Row(BINARY_SPEC.format(op=op, lconst=lconst, rconst=rconst), ref, domain)
 
 
+EXTREMUM_SPEC = """\
+inputs:
+  x: [3]
+  u: [3]
+params:
+  A: [3, 3]
+  B: [3, 3]
+  V: [2, 3]
+  s: []
+graph:
+  a: A @ x
+  c: B @ x
+  h: {f}(a, c)
+  k: {f}(a, s)
+  m: {f}(0.25, c)
+  n: {f}(V * x, a)
+loss: sum(u * h) + sum(x * k) + sum(u * u * m) + sum(n * n)
+wrt: [A, B, V, s, x]
+output: h
+"""
+
+
+def extremum(f, fn):
+    """maximum/minimum of two tensors, of a tensor and a scalar param, of a number
+    and a tensor, and of a [2, 3] and a [3] that broadcast; the point keeps every
+    pair KINK_MARGIN from a tie, with each side ahead somewhere."""
+    def ref(P, I):
+        x, u, s = I["x"], I["u"], P["s"]
+        a, c, Vx = P["A"] @ x, P["B"] @ x, P["V"] * x
+        h = fn(a, c)
+        n = fn(Vx, a)
+        return h, np.sum(u * h) + np.sum(x * fn(a, s)) + np.sum(u * u * fn(0.25, c)) + np.sum(n * n)
+
+    def kinks(P, I):
+        x = I["x"]
+        a, c, Vx = P["A"] @ x, P["B"] @ x, P["V"] * x
+        return np.concatenate([a - c, a - P["s"], 0.25 - c, np.ravel(Vx - a)])
+    return Row(EXTREMUM_SPEC.format(f=f), ref, kinks=kinks, two_sided=True)
+
+
+CLIP_SPEC = """\
+inputs:
+  x: [3]
+  u: [3]
+params:
+  W: [3, 3]
+  b: [3]
+  s: []
+graph:
+  z: W @ x + b
+  h: clip(z, -0.25, 0.5)
+  h2: clip(s * z, -sqrt(2)/4, 1/4)
+loss: sum(u * h) + sum(h2 * h2)
+wrt: [W, b, s, x]
+output: h
+"""
+
+
+def _clip_ref(P, I):
+    z = P["W"] @ I["x"] + P["b"]
+    h = np.minimum(np.maximum(z, -0.25), 0.5)
+    h2 = np.minimum(np.maximum(P["s"] * z, -math.sqrt(2) / 4), 0.25)
+    return h, np.sum(I["u"] * h) + np.sum(h2 * h2)
+
+
+def _clip_kinks(P, I):
+    z = P["W"] @ I["x"] + P["b"]
+    sz = P["s"] * z
+    return np.concatenate([z + 0.25, z - 0.5, sz + math.sqrt(2) / 4, sz - 0.25])
+
+
 REDUCTION_SPEC = """\
 inputs:
   x: [3]
@@ -601,6 +672,8 @@ output: h
     "sum": reduction("sum", np.sum),
     "mean": reduction("mean", np.mean),
     "max": reduction("max", np.max, kink=True),
+    "var": reduction("var", np.var),
+    "std": reduction("std", np.std),
     # last-axis functions, of a vector and of a matrix's rows
     "softmax": last_axis("softmax", softmax),
     "log_softmax": last_axis("log_softmax", log_softmax),
@@ -785,6 +858,9 @@ loss: sum(p0 * p0) + sum(sin(p1)) + sum(p2 * p2)
 wrt: [W, x]
 output: p1
 """, _avg_pool2d_ref),
+    "maximum": extremum("maximum", np.maximum),
+    "minimum": extremum("minimum", np.minimum),
+    "clip": Row(CLIP_SPEC, _clip_ref, kinks=_clip_kinks, two_sided=True),
 }
 
 ALL_ROWS = ROWS

@@ -226,7 +226,8 @@ class Graph:
         # records the key that made it, so that late errors can name it
         self.key = None
         # out node -> (function, input node, label node or None) for the stable
-        # softmax family, lowered into several nodes but one rule to a reader
+        # softmax family, lowered into several nodes but one rule to a reader;
+        # (function, input node, reduced axes) for var and std
         self.macros: dict = {}
         # out node -> the display arguments after the arrays of a convolution's or a
         # pooling's call (the kernel or pool size, stride=, padding=), for its rules
@@ -719,18 +720,21 @@ class _Calls:
         return self.elementwise_call(t, ops.ELEMENTWISE[f])
 
     def elementwise_call(self, t, op):
-        """``f(x)``, ``f(x, c)``: an elementwise op (its record ``op`` in
-        ops.ELEMENTWISE), its tensor arguments first, then its constant parameters,
-        each a number or an expression of numbers (folded), else the default."""
+        """``f(x)``, ``f(x, c)``, ``maximum(a, b)``: an elementwise op (its record ``op``
+        in ops.ELEMENTWISE), its tensor arguments first (broadcasting), then its
+        constant parameters, each a number or an expression of numbers (folded),
+        else the default (a parameter without one must be given), checked by the
+        record's ``check``."""
         f = op.name
-        lo, hi = op.arity, op.arity + len(op.params)
+        arity = op.arity
+        lo, hi = arity + op.required, arity + len(op.params)
         if not lo <= len(t.args) <= hi:
             count = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi > lo + 1 else f"{lo} or {hi}"
             usage = f", as in {op.signature}" if op.params else ""
             raise self.err(f"{f}() takes {count} argument{'s' if hi > 1 else ''}{usage}, got {len(t.args)}")
-        args = [self.tensor(a, f"{f}()") for a in t.args[:lo]]
+        args = [self.tensor(a, f"{f}()") for a in t.args[:arity]]
         params = [d for _, d in op.params]
-        for k, tree in enumerate(t.args[lo:]):
+        for k, tree in enumerate(t.args[arity:]):
             value = self.visit(tree)
             if not isinstance(value, sp.Basic) and self.node(value)["op"] == "const" \
                     and not self.node(value)["shape"] and not self.node(value)["batched"]:
@@ -739,11 +743,15 @@ class _Calls:
                 raise self.err(f"the {op.params[k][0]} of {f}() must be a constant (a number, or an expression "
                                f"of numbers), but {self.text(tree)!r} depends on the inputs or params")
             params[k] = value
+        problem = op.check(*params) if op.check is not None else None
+        if problem:
+            raise self.err(f"{f}() {problem}")
         if f == "log":
             stable = self.stable_log(args[0])
             if stable is not None:
                 return stable
-        return self.G.map(op(*[arg_symbol(i) for i in range(lo)], *params), args, rule=f)
+        return self.G.map(op(*[arg_symbol(i) for i in range(arity)], *params), args, rule=f,
+                          describe=lambda: self.describe(*zip(t.args, args)))
 
     def function_call(self, function, t):
         """A call of a structural function, checked against its record and lowered by it.

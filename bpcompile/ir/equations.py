@@ -35,7 +35,7 @@ from ..ops.adjoint import Adjoints
 from ..escape import latex_text
 from ..frontend.graph import Lowered
 from ..ops import OUT, STRUCTURAL_OPS, Scatter, arg_symbol, local_derivative
-from ..ops.notation import _Display, call, show
+from ..ops.notation import Kw, _Display, call, show
 from ..ops.structural import batch_note
 
 LOSS = "L"            # the loss reduced over the batch
@@ -495,6 +495,22 @@ def _window_rule(G, namer, m, x) -> Term:
     return Term(call("avg_unpool2d", g, *kws), kind)
 
 
+def _spread_rule(kind, y, g, z, shape, axes) -> Term:
+    """The adjoint of z through y = var(z) or std(z) over ``axes`` of its ``shape``,
+    with n entries averaged: 2*(z - mean(z))*y_bar/n, and (z - mean(z))*y_bar/(n*y)
+    for std (the two-pass lowering's nodes, one rule to a reader)."""
+    n = 1
+    for a in axes:
+        n *= shape[a]
+    whole = len(axes) == len(shape)
+    mean = call("mean", z) if whole else call("mean", z, Kw(sp.Symbol("axis"), sp.Integer(axes[0] - len(shape))))
+    expr = 2 * g * (z - mean) / n if kind == "var" else g * (z - mean) / (n * y)
+    return Term(expr, kind, "" if whole else "(broadcast back over the averaged axis)")
+
+
+SPREAD_RULES = ("var", "std")
+
+
 def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -> list:
     """One equation per adjoint, in the order the reverse pass computes them.
 
@@ -536,12 +552,16 @@ def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -
                     if m in macro_done:
                         continue
                     macro_done.add(m)
-                    kind, z, label = G.macros[m]
+                    kind, z, extra = G.macros[m]
                     if kind in WINDOW_MACROS:
                         rendered.append(_window_rule(G, namer, m, x))
                         continue
-                    expr, why = _macro_rule(kind, namer.sym(m), sp.Symbol(bar_name(namer, m), real=True),
-                                            namer.sym(z), namer.sym(label) if label is not None else None)
+                    g = sp.Symbol(bar_name(namer, m), real=True)
+                    if kind in SPREAD_RULES:
+                        rendered.append(_spread_rule(kind, namer.sym(m), g, namer.sym(z), G.node(z)["shape"], extra))
+                        continue
+                    expr, why = _macro_rule(kind, namer.sym(m), g, namer.sym(z),
+                                            namer.sym(extra) if extra is not None else None)
                     rendered.append(Term(expr, why))
             else:
                 rendered.append(term_expr(G, namer, x, consumer, rule, contribution))

@@ -326,7 +326,12 @@ class _Scheduler:
             new = sp.Symbol(self.names.fresh(), real=True)
             rename[sym] = new
             temps.append((new.name, sub.xreplace(rename)))
-        return leaves, temps, reduced.xreplace(rename)
+        reduced = reduced.xreplace(rename)
+        # folding may cancel a leaf (2*s/(2*s) in std's adjoint through s*s): a
+        # kernel reads only the leaves left in its expressions (CUDA's -Werror
+        # refuses an unused parameter)
+        read = reduced.free_symbols.union(*(e.free_symbols for _, e in temps))
+        return [v for v in leaves if sp.Symbol(v.name, real=True) in read], temps, reduced
 
 
 class _Names:

@@ -38,7 +38,10 @@ class Elementwise:
 
     ``function(x, *params)`` builds its SymPy expression; ``params`` are the
     constant parameters after the ``arity`` tensor arguments, as (name, default),
-    each optional in the spec (``leaky_relu(x)``, ``leaky_relu(x, 0.2)``).
+    each optional in the spec (``leaky_relu(x)``, ``leaky_relu(x, 0.2)``) unless
+    its default is None (``clip(x, lo, hi)``: both required; required ones come
+    first).  ``check(*params)``: a problem with the parameters' values, in words
+    (``"needs lo <= hi, ..."``), or None; the spec reader makes it a SpecError.
     ``inplace``: how the NumPy printer applies the op to an array in its own
     memory, as steps innermost first; a step is a NumPy template of ``{o}`` (the
     array), or (arithmetic step of the printer, constant operand): sigmoid is
@@ -58,15 +61,22 @@ class Elementwise:
     inplace: tuple | None = None
     activation: bool = False
     repeats_argument: bool = False
+    check: Callable | None = None
 
     def __call__(self, *args) -> sp.Expr:
         return self.function(*args)
 
     @property
+    def required(self) -> int:
+        """The number of parameters the spec must give (those without a default)."""
+        return sum(1 for _, d in self.params if d is None)
+
+    @property
     def signature(self) -> str:
-        """``leaky_relu(x, slope=0.01)``: how the spec calls it."""
+        """``leaky_relu(x, slope=0.01)``, ``clip(x, lo, hi)``: how the spec calls it."""
         tensors = ["x"] if self.arity == 1 else [f"x{i + 1}" for i in range(self.arity)]
-        return f"{self.name}({', '.join(tensors + [f'{p}={_show(d)}' for p, d in self.params])})"
+        params = [p if d is None else f"{p}={_show(d)}" for p, d in self.params]
+        return f"{self.name}({', '.join(tensors + params)})"
 
 
 def _show(number) -> str:
@@ -81,12 +91,15 @@ INTERNAL: dict = {}
 
 
 def declare(name, doc, *, function=None, arity=1, params=(), inplace=None, internal=False, activation=False,
-            repeats_argument=False):
+            repeats_argument=False, check=None):
     """Register an elementwise op: ``declare(name, doc, function=sp.tanh, ...)`` for
     a SymPy function, or as the decorator of a class of ours."""
     def register(fn):
         assert name not in ELEMENTWISE and name not in INTERNAL, f"elementwise op {name!r} declared twice"
-        record = Elementwise(name, fn, doc, arity, tuple(params), _steps(inplace), activation, repeats_argument)
+        defaults = [d for _, d in params]
+        assert all(d is None for d in defaults[:defaults.count(None)]), f"{name}: required params come first"
+        record = Elementwise(name, fn, doc, arity, tuple(params), _steps(inplace), activation, repeats_argument,
+                             check)
         (INTERNAL if internal else ELEMENTWISE)[name] = record
         if isinstance(fn, type):
             _BY_FUNCTION[fn] = record
@@ -390,6 +403,107 @@ class gelu(_Expanded):
         return (1 + erf(x / sp.sqrt(2))) / 2 + x * sp.exp(-x**2 / 2) / sp.sqrt(2 * sp.pi)
 
 
+class _Extremum(_RealFunction):
+    """maximum(a, b) or minimum(a, b), elementwise: two tensor arguments that
+    broadcast as in NumPy, either of them may be a number (``maximum(x, 0.5)``).
+
+    The adjoint goes to the argument that is selected; at a tie (a == b) it is
+    split equally, 1/2 to each, as PyTorch and JAX do: the halves add up to the
+    derivative of maximum(x, x) = x, and neither argument is preferred for its
+    position.  The derivative is ``greater`` (1, 1/2 or 0) of the two arguments."""
+
+    nargs = 2
+    pick = None          # sp.Max or sp.Min, for numbers
+    numpy_name = c_name = latex_name = ""
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_Number and b.is_Number:
+            return cls.pick(a, b)
+        if a == b:
+            return a
+        return None
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        first = (argindex == 1) == (self.pick is sp.Max)   # d max/da and d min/db: a above b
+        return greater(a, b) if first else greater(b, a)
+
+    def _numpycode(self, printer):
+        a, b = self.args
+        return f"np.{self.numpy_name}({printer._print(a)}, {printer._print(b)})"
+
+    def _ccode(self, printer):
+        a, b = self.args
+        return f"{printer.fn(self.c_name)}({printer._print(a)}, {printer._print(b)})"
+
+    def _latex(self, printer, exp=None):
+        a, b = self.args
+        return _power(f"\\{self.latex_name}\\left({printer._print(a)}, {printer._print(b)}\\right)", exp)
+
+
+@declare("maximum", "the larger of a and b, elementwise (broadcasting); derivative 1 for the larger, "
+         "0 for the other, 1/2 each at a tie", arity=2)
+class maximum(_Extremum):
+    """maximum(a, b): the larger, elementwise; a tie splits the adjoint 1/2, 1/2."""
+
+    pick = sp.Max
+    numpy_name, c_name, latex_name = "maximum", "fmax", "max"
+
+
+@declare("minimum", "the smaller of a and b, elementwise (broadcasting); derivative 1 for the smaller, "
+         "0 for the other, 1/2 each at a tie", arity=2)
+class minimum(_Extremum):
+    """minimum(a, b): the smaller, elementwise; a tie splits the adjoint 1/2, 1/2."""
+
+    pick = sp.Min
+    numpy_name, c_name, latex_name = "minimum", "fmin", "min"
+
+
+def _clip_check(lo, hi):
+    if lo > hi:
+        return f"needs lo <= hi, but lo = {_show(lo)} is greater than hi = {_show(hi)}"
+    return None
+
+
+@declare("clip", "x limited to [lo, hi] (constants, lo <= hi); derivative 1 where lo <= x <= hi "
+         "(both ends included, as PyTorch's clamp), else 0",
+         params=(("lo", None), ("hi", None)), check=_clip_check)
+class clip(_RealFunction):
+    """clip(x, lo, hi) = min(max(x, lo), hi), lo and hi constants (numbers or
+    expressions of numbers, as elu's alpha) with lo <= hi.
+
+    Its derivative is 1 where lo <= x <= hi, both ends included (PyTorch's clamp:
+    at a boundary the adjoint passes through), and 0 outside.  It is written
+    equal(x, output): the output is x itself exactly where x is inside, and lo or
+    hi (not x) outside, so the rule needs no comparison with lo and hi."""
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, x, lo, hi):
+        if x.is_Number and lo.is_Number and hi.is_Number:
+            return sp.Min(sp.Max(x, lo), hi)
+        return None
+
+    def fdiff(self, argindex=1):
+        x, lo, hi = self.args
+        if argindex == 2:
+            return step(lo - x)
+        if argindex == 3:
+            return step(x - hi)
+        return equal(x, self)
+
+    def _numpycode(self, printer):
+        x, lo, hi = self.args
+        return f"np.clip({printer._print(x)}, {printer._print(lo)}, {printer._print(hi)})"
+
+    def _ccode(self, printer):
+        x, lo, hi = self.args
+        return (f"{printer.fn('fmin')}({printer.fn('fmax')}({printer._print(x)}, {printer._print(lo)}), "
+                f"{printer._print(hi)})")
+
+
 # ---------------------------------------------------------------------------
 # Functions the derivative rules produce (not in the spec language)
 
@@ -421,10 +535,11 @@ class step(_RealFunction):
         return _power(f"[{printer._print(self.args[0])} > 0]", exp)
 
 
-@declare("equal", "1 where a == b, else 0: routes the adjoint of max to the maximum",
-         arity=2, internal=True)
+@declare("equal", "1 where a == b, else 0: routes the adjoint of max to the maximum, and clip's to x "
+         "inside [lo, hi]", arity=2, internal=True)
 class equal(_RealFunction):
-    """1 where a == b, else 0 (routes the adjoint of max to the maximum)."""
+    """1 where a == b, else 0 (routes the adjoint of max to the maximum; clip's
+    derivative is equal(x, output))."""
 
     @classmethod
     def eval(cls, a, b):
@@ -446,6 +561,41 @@ class equal(_RealFunction):
 
     def _latex(self, printer, exp=None):
         return _power(f"[{printer._print(self.args[0])} = {printer._print(self.args[1])}]", exp)
+
+
+@declare("greater", "1 where a > b, 1/2 where a == b, else 0: the derivative of maximum and minimum "
+         "(a tie splits the adjoint equally)", arity=2, internal=True, repeats_argument=True)
+class greater(_RealFunction):
+    """greater(a, b): 1 where a > b, 1/2 where a == b, 0 where a < b.  d maximum(a, b)/da
+    is greater(a, b) and d/db is greater(b, a): at a tie each argument gets half."""
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_Number and b.is_Number:
+            return sp.S.One if a > b else sp.S.Zero if a < b else sp.S.Half
+        if a == b:
+            return sp.S.Half
+        return None
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero
+
+    def _numpycode(self, printer):
+        # DTYPE(0.5): np.where of a Python float and a boolean array would be float64
+        a, b = (printer._print(e) for e in self.args)
+        return f"np.where({a} == {b}, DTYPE(0.5), {a} > {b})"
+
+    def _ccode(self, printer):
+        a, b = (printer._print(e) for e in self.args)
+        return f"({a} > {b} ? {printer.lit(1)} : ({a} < {b} ? {printer.lit(0)} : {printer.lit(0.5)}))"
+
+    def _sympystr(self, printer):
+        a, b = (printer._print(e) for e in self.args)
+        return f"(({a} > {b}) + ({a} == {b})/2)"
+
+    def _latex(self, printer, exp=None):
+        a, b = (printer._print(e) for e in self.args)
+        return _power(f"\\left([{a} > {b}] + \\tfrac{{1}}{{2}}[{a} = {b}]\\right)", exp)
 
 
 @declare("where_positive", "a where c > 0, else b: the derivatives of leaky_relu and elu",
@@ -538,12 +688,17 @@ def local_derivative(expr: sp.Expr, i: int) -> sp.Expr:
     """d expr / d arg_i, rewritten in terms of the output (``OUT``) where it occurs.
 
     ``tanh(_0)`` gives ``1 - _out**2``; ``exp(_0)`` gives ``_out``; ``_0*_1``
-    gives ``_1``.  Replacing the output by its symbol is what lets the backward
-    pass reuse the forward value instead of recomputing it.
+    gives ``_1``; ``sqrt(_0)`` gives ``1/(2*_out)`` (SymPy writes its derivative
+    with ``_0**(-1/2)``, the output's reciprocal).  Replacing the output by its
+    symbol is what lets the backward pass reuse the forward value instead of
+    recomputing it.
     """
     d = sp.diff(expr, arg_symbol(i))
     if expr.is_Symbol or expr.is_Number:
         return d
-    return d.xreplace({expr: OUT})
+    subs = {expr: OUT}
+    if expr.is_Pow and expr.exp.is_Rational and not expr.exp.is_Integer:
+        subs[sp.Pow(expr.base, -expr.exp)] = 1 / OUT
+    return d.xreplace(subs)
 
 

@@ -14,7 +14,9 @@ node (a label, or tokens) to its number of classes, ``L.err(message)`` makes a S
 The softmax family is lowered stably: the row max is subtracted (a constant for
 the derivative: the terms through it cancel exactly), and each function's output
 node is recorded in ``G.macros``, so that the equations show its one rule and a
-log or a cross-entropy of a softmax takes the stable form.
+log or a cross-entropy of a softmax takes the stable form.  var and std are
+lowered in two passes (the mean, then the mean of the squared deviations) and
+recorded in ``G.macros`` too.
 """
 
 from __future__ import annotations
@@ -112,6 +114,52 @@ def _reduction(kind: str, mean: bool = False):
             out = L.G.map(arg_symbol(0) / count, [out], rule="mean")
         return out
     return lower
+
+
+# -- var, std: population variance and standard deviation, two-pass ---------------
+
+def _spread(std: bool):
+    """var(x, axis=k): the mean of the squared deviations from the mean, divided by
+    the count n (the population variance, NumPy's default); std = sqrt(var).
+
+    Two passes, as NumPy computes it: the mean first, then the mean of the squared
+    deviations (no cancellation, as E[x**2] - E[x]**2 would have).  The mean is a
+    constant for the derivative (``nograd``), as the row max of softmax is: its
+    terms cancel exactly (d var/d mean = -2/n * sum(x - mean) = 0), so the adjoint
+    is the existing rules' x_bar = 2*(x - mean)*var_bar/n, and
+    x_bar = (x - mean)*std_bar/(n*std) for std, whose derivative is infinite at
+    zero variance (every entry equal): there the gradient is not finite (0/0, NaN,
+    as in PyTorch and JAX); sqrt(var(x) + eps) has a finite one.  Each output is
+    recorded in ``G.macros`` with its reduced axes, so the equations show one rule."""
+    def lower(L, c: CallSite):
+        G, x = L.G, c.args[0]
+        shape = G.node(x)["shape"]
+        axis = c.keywords.get("axis")
+        if axis is None:
+            axes = tuple(range(len(shape)))
+        else:
+            axes = (normalize_axis(axis, len(shape), lambda: f"{L.text(c.trees[0])} of shape {shape_text(shape)}"),)
+        if not axes:
+            # one entry: no spread (a 0 of x's shape)
+            return G.map(arg_symbol(0) - arg_symbol(0), [x])
+        n = math.prod(shape[a] for a in axes)
+        total = G.reduce(x, "sum", axes, keepdims=True, nograd=True)
+        squares = G.map((arg_symbol(0) - arg_symbol(1) / n) ** 2, [x, total], rule="var")
+        var = G.map(arg_symbol(0) / n, [G.reduce(squares, "sum", axes)], rule="var")
+        _macro(G, var, "var", x, axes)
+        if not std:
+            return var
+        out = G.map(sp.sqrt(arg_symbol(0)), [var], rule="std")
+        _macro(G, out, "std", x, axes)
+        return out
+    return lower
+
+
+def _macro(G, out, kind, x, axes):
+    """Record ``out`` as the function ``kind`` of ``x`` over ``axes``, unless folding
+    made it something other than a node of its own (the var of a constant)."""
+    if G.node(out)["op"] == "map":
+        G.macros[out] = (kind, x, axes)
 
 
 # -- dot, onehot ------------------------------------------------------------------
@@ -389,6 +437,8 @@ SPEC_FUNCTIONS = {f.name: f for f in (
     SpecFunction("sum", (TENSOR,), _reduction("sum"), keywords={"axis": AXIS}),
     SpecFunction("mean", (TENSOR,), _reduction("sum", mean=True), keywords={"axis": AXIS}),
     SpecFunction("max", (TENSOR,), _reduction("max"), keywords={"axis": AXIS}),
+    SpecFunction("var", (TENSOR,), _spread(std=False), keywords={"axis": AXIS}),
+    SpecFunction("std", (TENSOR,), _spread(std=True), keywords={"axis": AXIS}),
     SpecFunction("softmax", (TENSOR,), _of_x(softmax), vector=True),
     SpecFunction("log_softmax", (TENSOR,), _of_x(log_softmax), vector=True),
     SpecFunction("logsumexp", (TENSOR,), _of_x(logsumexp), vector=True),

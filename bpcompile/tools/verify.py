@@ -1231,11 +1231,11 @@ def _obj(x) -> np.ndarray:
 
 
 def _elementwise(fn):
-    """``fn`` of SymPy scalars over an object array; a second argument (leaky_relu's
-    slope, elu's alpha) is a constant, a 0-d array of one SymPy number."""
-    def apply(x, *constants):
-        c = [np.asarray(v, dtype=object)[()] for v in constants]
-        return _obj(np.frompyfunc(lambda v: fn(v, *c), 1, 1)(x))
+    """``fn`` of SymPy scalars over object arrays, broadcast as NumPy broadcasts:
+    the tensor arguments (maximum's two), then the constants (leaky_relu's slope,
+    clip's lo and hi), each a 0-d array of one SymPy number."""
+    def apply(*args):
+        return _obj(np.frompyfunc(fn, len(args), 1)(*(_obj(a) for a in args)))
     return apply
 
 
@@ -1314,6 +1314,13 @@ def _pool(reduce):
     return pool
 
 
+def _var(x, axis=None):
+    """The population variance as the mean of the squares less the square of the
+    mean (exact in SymPy; the compiler computes it in two passes)."""
+    n = sp.Integer(x.size if axis is None else x.shape[axis])
+    return _obj(_sum(x * x, axis) / n - (_sum(x, axis) / n) ** 2)
+
+
 _ELEMENTWISE = {
     "tanh": sp.tanh,
     "sigmoid": lambda x: 1 / (1 + sp.exp(-x)),
@@ -1334,6 +1341,9 @@ _ELEMENTWISE = {
     "elu": lambda x, alpha=1: sp.Max(x, 0) + alpha * (sp.exp(sp.Min(x, 0)) - 1),
     "silu": lambda x: x / (1 + sp.exp(-x)),
     "gelu": lambda x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
+    "maximum": sp.Max,   # not (a + b + |a - b|)/2: maximum(y, 2**63) would lose y in float64
+    "minimum": sp.Min,
+    "clip": lambda x, lo, hi: sp.Min(sp.Max(x, lo), hi),
 }
 
 _FUNCTIONS = {
@@ -1341,6 +1351,8 @@ _FUNCTIONS = {
     "sum": _sum,
     "mean": lambda x, axis=None: _sum(x, axis) / sp.Integer(x.size if axis is None else x.shape[axis]),
     "max": _max,
+    "var": _var,
+    "std": lambda x, axis=None: _elementwise(sp.sqrt)(_var(x, axis)),
     "softmax": lambda z: _elementwise(sp.exp)(z) / _sum(_elementwise(sp.exp)(z), -1, True),
     "log_softmax": lambda z: z - _logsumexp(z, True),
     "logsumexp": _logsumexp,
@@ -1486,9 +1498,14 @@ _NUMERIC = {
     "elu": lambda x, alpha=1.0: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0))),
     "silu": lambda x: x / (1 + np.exp(-x)),
     "gelu": lambda x: x * (1 + _nerf(x / math.sqrt(2))) / 2,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "clip": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
     "sum": lambda x, axis=None: np.sum(x, axis=axis),
     "mean": lambda x, axis=None: np.mean(x, axis=axis),
     "max": lambda x, axis=None: np.max(x, axis=axis),
+    "var": lambda x, axis=None: np.var(x, axis=axis),
+    "std": lambda x, axis=None: np.std(x, axis=axis),
     "softmax": _nsoftmax,
     "log_softmax": lambda z: z - _nlogsumexp(z, True),
     "logsumexp": _nlogsumexp,

@@ -22,7 +22,7 @@ from sympy.printing.str import StrPrinter
 from ... import names
 from ...ops.notation import print_add
 from ...escape import py_comment, py_docstring, py_str
-from ...ops import broadcast_shapes, gemm_form, key_text, numpy_inplace
+from ...ops import broadcast_shapes, equal, gemm_form, key_text, numpy_inplace, step
 from ...ops.structural import gemm_plan, window_sizes, windows_tile
 from ...ir.program import Kernel, Program, Value
 from ..base import Code, lowering_table, lowers, template_environment
@@ -253,7 +253,12 @@ class NumpyPrinter:
             return lines + [f"{out} = np.empty({batched_shape(k.out)}, DTYPE)",
                             f"{out}[...] = {printer.doprint(expr)}"]
         if steps is None:
-            lines.append(f"{out} = {printer.doprint(expr)}")
+            text = printer.doprint(expr)
+            if isinstance(expr, (equal, step)):
+                # a comparison alone is a boolean array in NumPy (clip's derivative
+                # (x == h) times an adjoint of 1): the result is of the dtype
+                text = f"{text}.astype(DTYPE)"
+            lines.append(f"{out} = {text}")
             return lines
         formula = f"{out} = {fused_formula(temps, expr, {a.name: self.ref(a) for a in k.args})}"
         plain = len(steps) == 1 and template(steps[0][0]).startswith("{o} ")   # out += b says it all
