@@ -641,8 +641,8 @@ LAYER_KEYS = {
 # what the value of each integer key is, for messages
 LAYER_VALUES = {"dense": "the number of units", "conv2d": "the number of output channels",
                 "conv1d": "the number of output channels", "max_pool2d": "the window size",
-                "avg_pool2d": "the window size", "kernel": "the kernel size", "stride": "the stride",
-                "padding": "the padding"}
+                "avg_pool2d": "the window size", "kernel": "the kernel size", "stride": "the step between windows",
+                "padding": "the zeros added on each side"}
 # how many axes the input of each kind has, and what they are called (for messages)
 LAYER_INPUTS = {"dense": (1, "a vector"), "conv2d": (3, "a [C, H, W] input"), "conv1d": (2, "a [C, L] input"),
                 "max_pool2d": (3, "a [C, H, W] input"), "avg_pool2d": (3, "a [C, H, W] input")}
@@ -704,7 +704,7 @@ class _Layers:
         lines = []
         for i, item in enumerate(items, start=1):
             key = f"layers[{i - 1 + skipped}]"
-            kind = self.kind(item, key)
+            kind = self.kind(item, key)   # each kind is a method below, of the same arguments
             h, shape = getattr(self, kind)(i, item, h, shape, key, params, lines)
         return [(ln.name, read_expression(ln.text, ln.key, self.scope)) for ln in lines]
 
