@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import resource
 import sys
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,61 @@ def random_batch(module, n, seed=0):
         else:
             inputs[k] = rng.standard_normal((n, *s)).astype(module.DTYPE)
     return inputs
+
+
+def softmax_ce_backward_inplace(z, label, rows, N):
+    """z: logits [N, K], overwritten with dL/dz.  Returns the mean loss."""
+    z -= z.max(axis=1, keepdims=True)           # stable: shift by the row max
+    picked = z[rows, label]                     # shifted logit of the label
+    np.exp(z, out=z)                            # z <- exp(z - max)
+    s = z.sum(axis=1)
+    loss = (np.log(s).sum() - picked.sum()) / N
+    s *= N
+    np.reciprocal(s, out=s)
+    z *= s[:, None]                             # z <- softmax / N
+    z[rows, label] -= 1.0 / N                   # ... - onehot / N
+    return loss
+
+
+def calls_per_round(fn, target_s):
+    """How many calls make a round last about ``target_s`` seconds."""
+    n, t = 1, 0.0
+    while True:
+        t = timeit.timeit(fn, number=n)
+        if t >= target_s / 4 or n >= 1 << 20:
+            break
+        n *= 2
+    return max(1, int(n * target_s / max(t, 1e-9)))
+
+
+def _minflt():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_interleaved(fns, rounds, target_s, equal_blocks=False):
+    """Interleaved timing of several callables, the order rotated each round.
+
+    Each round times a block of back-to-back calls of every callable: one number
+    of calls for all (the fastest callable's block lasts about ``target_s``) or,
+    with ``equal_blocks``, a number per callable, so that every block lasts about
+    ``target_s`` (for callables of very different speeds).
+
+    Returns one (per-call times in seconds, minor page faults per call) pair per
+    callable; the faults are counted during the timed calls themselves (fresh
+    pages the kernel had to map: large temporaries that malloc got from mmap or
+    had trimmed off the heap).
+    """
+    for _ in range(3):  # warm caches, BLAS threads, allocator
+        for fn in fns:
+            fn()
+    numbers = [calls_per_round(fn, target_s) for fn in fns]
+    if not equal_blocks:
+        numbers = [max(numbers)] * len(fns)
+    times = [[] for _ in fns]
+    faults = [0] * len(fns)
+    for r in range(rounds):
+        for i in list(range(r % len(fns), len(fns))) + list(range(r % len(fns))):
+            f0 = _minflt()
+            times[i].append(timeit.timeit(fns[i], number=numbers[i]) / numbers[i])
+            faults[i] += _minflt() - f0
+    return [(t, f / (rounds * n)) for t, f, n in zip(times, faults, numbers)]

@@ -21,15 +21,14 @@ Nothing here asserts on timings.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
-import timeit
 
 import numpy as np
 
-from _common import SPECS, blas_info, random_batch, set_blas_threads
+from _common import (SPECS, blas_info, random_batch, set_blas_threads, softmax_ce_backward_inplace,
+                     time_interleaved)
 
 import bpcompile  # noqa: E402  (path set up by _common)
 
@@ -39,20 +38,6 @@ import bpcompile  # noqa: E402  (path set up by _common)
 # Fresh arrays per call (the returned gradients must not alias anything), but
 # every temporary is reused in place once its value is no longer needed.
 # ---------------------------------------------------------------------------
-
-def _softmax_ce_backward_inplace(z, label, rows, N):
-    """z: logits [N, K], overwritten with dL/dz.  Returns the mean loss."""
-    z -= z.max(axis=1, keepdims=True)           # stable: shift by the row max
-    picked = z[rows, label]                     # shifted logit of the label
-    np.exp(z, out=z)                            # z <- exp(z - max)
-    s = z.sum(axis=1)
-    loss = (np.log(s).sum() - picked.sum()) / N
-    s *= N
-    np.reciprocal(s, out=s)
-    z *= s[:, None]                             # z <- softmax / N
-    z[rows, label] -= 1.0 / N                   # ... - onehot / N
-    return loss
-
 
 def hand_digits(params, x, label):
     """64 -> 128 tanh -> 10, softmax cross-entropy, mean over the batch."""
@@ -64,7 +49,7 @@ def hand_digits(params, x, label):
     np.tanh(h1, out=h1)
     g = h1 @ W2.T
     g += b2
-    loss = _softmax_ce_backward_inplace(g, label, rows, N)
+    loss = softmax_ce_backward_inplace(g, label, rows, N)
     gW2 = g.T @ h1
     gb2 = g.sum(axis=0)
     d1 = g @ W2
@@ -91,7 +76,7 @@ def hand_mnist(params, x, label):
     np.maximum(h2, 0.0, out=h2)
     g = h2 @ W3.T
     g += b3
-    loss = _softmax_ce_backward_inplace(g, label, rows, N)
+    loss = softmax_ce_backward_inplace(g, label, rows, N)
     gW3 = g.T @ h2
     gb3 = g.sum(axis=0)
     d2 = g @ W3
@@ -123,43 +108,6 @@ def check_same(module, hand, params, inputs):
         assert gg[k].shape == gh[k].shape and gg[k].dtype == gh[k].dtype == np.float64, k
         np.testing.assert_allclose(gg[k], gh[k], rtol=1e-9, atol=1e-12, err_msg=k)
     return lg
-
-
-def calls_per_round(fn, target_s):
-    """How many calls make a round last about ``target_s`` seconds."""
-    n, t = 1, 0.0
-    while True:
-        t = timeit.timeit(fn, number=n)
-        if t >= target_s / 4 or n >= 1 << 20:
-            break
-        n *= 2
-    return max(1, int(n * target_s / max(t, 1e-9)))
-
-
-def _minflt():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def time_interleaved(fns, rounds, target_s):
-    """Interleaved timing of several callables, the order rotated each round.
-
-    Returns one (per-call times in seconds, minor page faults per call) pair per
-    callable; the faults are counted during the timed calls themselves (fresh
-    pages the kernel had to map: large temporaries that malloc got from mmap or
-    had trimmed off the heap).
-    """
-    for _ in range(3):  # warm caches, BLAS threads, allocator
-        for fn in fns:
-            fn()
-    number = max(calls_per_round(fn, target_s) for fn in fns)
-    times = [[] for _ in fns]
-    faults = [0] * len(fns)
-    for r in range(rounds):
-        for i in list(range(r % len(fns), len(fns))) + list(range(r % len(fns))):
-            f0 = _minflt()
-            times[i].append(timeit.timeit(fns[i], number=number) / number)
-            faults[i] += _minflt() - f0
-    return [(t, f / (rounds * number)) for t, f in zip(times, faults)]
 
 
 def print_check_costs(rows):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,78 @@ def test_bench_specs_compile(spec):
     module = bpcompile.compile(BENCH / "specs" / spec).load()
     assert set(module.WRT) >= {"W1", "b1", "W2", "b2"}
     assert module.REDUCTION == "mean"
+
+
+CONV_OPS = all(f in __import__("bpcompile").ops.FUNCTIONS for f in ("conv2d", "max_pool2d", "flatten"))
+
+
+@pytest.mark.skipif(not CONV_OPS, reason="conv2d, max_pool2d or flatten not in the spec language yet")
+def test_bench_lenet_spec_compiles():
+    import bpcompile
+    module = bpcompile.compile(BENCH / "specs" / "lenet_bench.yaml").load()
+    lenet = _bench_lenet()
+    assert {k: tuple(v) for k, v in module.PARAM_SHAPES.items()} == lenet.PARAM_SHAPES
+    params, x, label = lenet.make_batch(3, seed=1)
+    loss, grads = module.value_and_grad(params, x=x, label=label)
+    ref_loss, ref_grads = lenet.hand_lenet(params, x, label)
+    assert np.isclose(loss, ref_loss, rtol=1e-12)
+    for k, g in ref_grads.items():
+        np.testing.assert_allclose(grads[k], g, rtol=1e-9, atol=1e-12 * np.abs(g).max(), err_msg=k)
+
+
+def _bench_lenet():
+    """benchmarks/bench_lenet.py as a module (imported, it sets no thread variables)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    import bench_lenet
+    return bench_lenet
+
+
+def test_bench_lenet_hand_written_matches_finite_differences():
+    """The benchmark's bar, the hand-written LeNet backprop, checked on its own (the
+    benchmark checks the other contenders against it): central differences of the
+    loss on a few entries of every param, in float64."""
+    lenet = _bench_lenet()
+    params, x, label = lenet.make_batch(3, seed=2)
+    loss, grads = lenet.hand_lenet(params, x, label)
+    assert set(grads) == set(params) and all(grads[k].shape == v.shape for k, v in params.items())
+    rng = np.random.default_rng(0)
+    eps = 1e-6
+    for k, p in params.items():
+        for flat in rng.choice(p.size, size=min(4, p.size), replace=False):
+            idx = np.unravel_index(flat, p.shape)
+            old = p[idx]
+            p[idx] = old + eps
+            up = lenet.hand_lenet(params, x, label)[0]
+            p[idx] = old - eps
+            down = lenet.hand_lenet(params, x, label)[0]
+            p[idx] = old
+            assert abs((up - down) / (2 * eps) - grads[k][idx]) <= 1e-6 + 1e-5 * abs(grads[k][idx]), (k, idx)
+    # the loss itself: softmax cross-entropy of logits near 0 over 10 classes is about log(10)
+    assert 1.5 < loss < 3.5
+
+
+def test_bench_lenet_quick():
+    """Every contender that can run here is checked against the float64 reference and
+    timed; one that cannot (not installed, or the spec's ops not merged yet) says why."""
+    out = run_script("bench_lenet.py", "--quick", "--batch", "4", "--round-seconds", "0.002")
+    assert re.search(r"^# threads: pinned to CPU \d", out, re.M), out
+    available = {"generated": CONV_OPS, "hand": True,
+                 "torch": importlib.util.find_spec("torch") is not None,
+                 "jax": importlib.util.find_spec("jax") is not None}
+    for name, here in available.items():
+        for dtype in ("float32", "float64"):
+            if here:
+                assert f"# {name} {dtype}: ready in" in out and "loss and gradients match" in out, out
+                assert re.search(rf"^{name}\s+{dtype}\s+{NUM}\s+{NUM}\s", out, re.M), f"no row for {name}:\n{out}"
+            else:
+                assert re.search(rf"^{name}: skipped: .{{10,}}$", out, re.M), f"no reason for {name}:\n{out}"
+                assert re.search(rf"^{name}\s+{dtype}\s+skipped$", out, re.M), out
+    assert re.search(r"^  float32: hand/", out, re.M) and re.search(r"^  float64: hand/", out, re.M), out
+    goal = re.search(r"^goal generated/torch <= 1\.5: float32 (.*); float64 (.*)$", out, re.M)
+    assert goal, out
+    if CONV_OPS and available["torch"]:
+        assert all(re.match(rf"{NUM} \((met|not met)\)$", g) for g in goal.groups()), goal.group(0)
 
 
 def test_bench_numpy_quick():

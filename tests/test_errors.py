@@ -67,6 +67,10 @@ CASES = {
     "log of zero": (GOOD.replace("v @ h", "v @ h + log(0)"), ["graph.g", "undefined"]),
     "bad layers": ("name: m\ninputs: {x: [3], y: []}\nlayers: [{dense: 0}]\nloss: sum(z1)\n",
                    ["layers"]),
+    "conv layer on a vector": ("name: m\ninputs: {x: [3], c: {classes: 2}}\nlayers:\n  - {conv2d: 4, kernel: 3}\n"
+                               "loss: sum(z1)\n", ["bad.yaml:4: layers[0]", "conv2d needs a [C, H, W] input"]),
+    "dense layer on an image": ("name: m\ninputs: {x: [1, 6, 6], c: {classes: 2}}\nlayers:\n  - {max_pool2d: 2}\n"
+                                "  - {dense: 3}\nloss: sum(z2)\n", ["bad.yaml:5: layers[1]", "{flatten: true}"]),
 }
 
 

@@ -15,6 +15,7 @@ import pytest
 from conftest import EXAMPLES, ROOT
 
 import bpcompile
+from bpcompile.ops import FUNCTIONS
 
 pyflakes_api = pytest.importorskip("pyflakes.api", reason="pyflakes (the test extra) lints generated code")
 from pyflakes.reporter import Reporter  # noqa: E402
@@ -91,8 +92,16 @@ def test_checked_in_modules_pass_pyflakes(path):
     assert lint(path.read_text(), str(path.relative_to(ROOT))) == []
 
 
+# benchmark specs written ahead of the functions they call -> those functions
+AHEAD = {"lenet_bench": ("conv2d", "max_pool2d", "flatten")}
+
+
 def _specs():
-    out = [pytest.param(p, id=f"{p.parent.name}/{p.stem}") for p in EXAMPLES + BENCH_SPECS]
+    out = []
+    for p in EXAMPLES + BENCH_SPECS:
+        missing = [f for f in AHEAD.get(p.stem, ()) if f not in FUNCTIONS]
+        out.append(pytest.param(p, id=f"{p.parent.name}/{p.stem}", marks=pytest.mark.skipif(
+            bool(missing), reason=f"not in the spec language yet: {', '.join(missing)}")))
     out += [pytest.param(text, id=key) for key, text in CORNER_SPECS.items()]
     return out
 

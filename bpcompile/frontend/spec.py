@@ -645,9 +645,58 @@ class _Declarations:
         return (kind,)
 
 
+# The layers: shorthand's kinds of item: the key that names the kind -> every key
+# such an item may have.
+LAYER_KEYS = {
+    "dense": ("dense", "activation", "init"),
+    "conv2d": ("conv2d", "kernel", "stride", "padding", "activation", "init"),
+    "conv1d": ("conv1d", "kernel", "stride", "padding", "activation", "init"),
+    "max_pool2d": ("max_pool2d", "stride"),
+    "avg_pool2d": ("avg_pool2d", "stride"),
+    "flatten": ("flatten",),
+}
+# what the value of each integer key is, for messages
+LAYER_VALUES = {"dense": "the number of units", "conv2d": "the number of output channels",
+                "conv1d": "the number of output channels", "max_pool2d": "the window size",
+                "avg_pool2d": "the window size", "kernel": "the kernel size", "stride": "the step between windows",
+                "padding": "the zeros added on each side"}
+# how many axes the input of each kind has, and what they are called (for messages)
+LAYER_INPUTS = {"dense": (1, "a vector"), "conv2d": (3, "a [C, H, W] input"), "conv1d": (2, "a [C, L] input"),
+                "max_pool2d": (3, "a [C, H, W] input"), "avg_pool2d": (3, "a [C, H, W] input")}
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One graph line the shorthand writes: its node, its expression text, the item's key."""
+    name: str
+    text: str
+    key: str
+
+
 class _Layers:
-    """The layers: shorthand, a dense stack: layer i declares the params W{i} and b{i}
-    and the graph lines z{i} = W{i} @ h{i-1} + b{i}, then h{i} = activation(z{i})."""
+    """The layers: shorthand: a stack of layers on one float input, written out as
+    params and graph lines.  Item i (1-based, every item counted, a leading
+    ``{input: NAME}`` not) declares:
+
+    * ``{dense: U, activation: A}``: ``W{i}: [U, n]``, ``b{i}: [U]``, the lines
+      ``z{i} = W{i} @ h + b{i}`` and ``h{i} = A(z{i})`` (no h{i} when A is linear);
+    * ``{conv2d: O, kernel: K, stride: S, padding: P, activation: A}`` on a
+      [C, H, W] input: ``W{i}: [O, C, K, K]``, ``b{i}: [O]``, the lines
+      ``z{i} = conv2d(h, W{i}, stride=S, padding=P) + reshape(b{i}, [O, 1, 1])``
+      (the bias broadcast over each channel's pixels) and ``h{i} = A(z{i})``;
+      ``conv1d`` alike on a [C, L] input, with ``W{i}: [O, C, K]``;
+    * ``{max_pool2d: K, stride: S}`` (stride K unless given), ``avg_pool2d`` alike:
+      ``h{i} = max_pool2d(h, K)``;
+    * ``{flatten: true}``: ``h{i} = flatten(h)``.
+
+    The weights' init is glorot unless ``init:`` says otherwise (a convolution's fans
+    are C*K*K and O*K*K); biases start at zero.  The stack tracks the shape of what
+    each item makes (convolution output sizes with stride and padding, pooling
+    rounded down, flatten's product) to declare the weights' shapes, and every item
+    is checked before any line is read: a wrong item is one error naming
+    ``layers[i]`` (its position in the list as written), never a confusing one from
+    a line it would have written.
+    """
 
     def __init__(self, scope: _Scope, declarations: _Declarations):
         self.scope = scope
@@ -659,33 +708,22 @@ class _Layers:
         if not isinstance(section, list) or not section:
             raise self.err("layers is a list like [{dense: 128, activation: tanh}, {dense: 10}]", "layers")
         items = list(section)
+        skipped = 0
         if isinstance(items[0], dict) and set(items[0]) == {"input"}:
             source = self.named_source(items.pop(0)["input"], inputs)
+            skipped = 1
         else:
             source = self.only_float_input(inputs)
-        if len(inputs[source].shape) != 1:
-            raise self.err(f"layers input '{source}' must be a vector, has shape {list(inputs[source].shape)}",
+        if not inputs[source].shape:
+            raise self.err(f"layers input '{source}' is a scalar; it must be a vector, [C, L] or [C, H, W]",
                            "layers")
-        width = inputs[source].shape[0]
-        h = source
-        out = []
+        h, shape = source, inputs[source].shape
+        lines = []
         for i, item in enumerate(items, start=1):
-            key = f"layers[{i - 1 + (len(section) - len(items))}]"
-            units, act, winit = self.layer(item, width, key)
-            W, b, z = f"W{i}", f"b{i}", f"z{i}"
-            for nm, shape, init in ((W, (units, width), winit), (b, (units,), ("zeros",))):
-                self.scope.declare(nm, "param", key)
-                params[nm] = ParamDecl(nm, shape, init)
-            self.scope.declare(z, "node", key)
-            out.append((z, read_expression(f"{W} @ {h} + {b}", key, self.scope)))
-            h = z
-            if act != "linear":
-                hn = f"h{i}"
-                self.scope.declare(hn, "node", key)
-                out.append((hn, read_expression(f"{act}({z})", key, self.scope)))
-                h = hn
-            width = units
-        return out
+            key = f"layers[{i - 1 + skipped}]"
+            kind = self.kind(item, key)   # each kind is a method below, of the same arguments
+            h, shape = getattr(self, kind)(i, item, h, shape, key, params, lines)
+        return [(ln.name, read_expression(ln.text, ln.key, self.scope)) for ln in lines]
 
     def named_source(self, source, inputs):
         """The input of a stack that starts with {input: NAME}."""
@@ -702,20 +740,154 @@ class _Layers:
                            "layers")
         return floats[0]
 
-    def layer(self, item, width, key):
-        """One {dense: UNITS, activation: NAME, init: RULE} on an input of ``width``:
-        its units, its activation and the init rule of its weights."""
-        if not isinstance(item, dict) or "dense" not in item or set(item) - {"dense", "activation", "init"}:
-            raise self.err("a layer is {dense: UNITS, activation: NAME}", key)
-        units = item["dense"]
-        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
-            raise self.err(f"dense needs a positive number of units, got {show(units)}", key)
-        self.declarations.elements((units, width), key)
+    # -- one item: its kind and keys, its values, its input's shape
+
+    def kind(self, item, key) -> str:
+        """The kind of an item (the one key of LAYER_KEYS it has); its keys checked."""
+        usage = ("a layer is one of {dense: UNITS}, {conv2d: CHANNELS, kernel: K}, {conv1d: CHANNELS, kernel: K}, "
+                 "{max_pool2d: K}, {avg_pool2d: K}, {flatten: true}, each with activation: NAME where it has weights")
+        if not isinstance(item, dict):
+            raise self.err(f"{usage}; got {show(item)}", key)
+        kinds = [k for k in item if k in LAYER_KEYS]
+        if not kinds:
+            if "input" in item:
+                raise self.err("{input: NAME} is the first item of layers, and alone in its mapping", key)
+            raise self.err(usage, key)
+        if len(kinds) > 1:
+            raise self.err(f"a layer is one kind of layer, this one has {' and '.join(kinds)}", key)
+        kind = kinds[0]
+        for k in item:
+            if k not in LAYER_KEYS[kind]:
+                hint = difflib.get_close_matches(k, LAYER_KEYS[kind], n=1) if isinstance(k, str) else []
+                extra = f"; did you mean '{hint[0]}'?" if hint else f" (it takes {', '.join(LAYER_KEYS[kind])})"
+                raise self.err(f"unknown key {show(k)} in a {kind} layer{extra}", key)
+        return kind
+
+    def count(self, item, name, key, default=None) -> int:
+        """The positive integer ``item[name]``, or ``default`` when absent (required when None)."""
+        if name not in item:
+            if default is None:
+                raise self.err(f"this layer needs {name}: {LAYER_VALUES[name]}, a positive integer", key)
+            return default
+        return self.integer(item[name], name, 1, f"{key}.{name}")
+
+    def integer(self, value, name, smallest, key) -> int:
+        """An integer >= ``smallest`` (0 or 1) of an item, bounded like a shape's size."""
+        if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+            what = "a positive integer" if smallest else "an integer >= 0"
+            raise self.err(f"{name} ({LAYER_VALUES[name]}) must be {what}, got {show(value)}", key)
+        if value > limits.MAX_SHAPE_ELEMENTS:
+            raise self.err(_limit("MAX_SHAPE_ELEMENTS", f"{LAYER_VALUES[name]} ({show(value)})"), key)
+        return value
+
+    def activation(self, item, key) -> str:
         act = item.get("activation", "linear")
         if not isinstance(act, str) or act not in ACTIVATIONS:
-            raise self.err(f"unknown activation {show(act)}; use one of {', '.join(ACTIVATIONS)}", key)
-        winit = self.declarations.init(item["init"], f"{key}.init") if "init" in item else ("glorot",)
-        return units, act, winit
+            raise self.err(f"unknown activation {show(act)}; use one of {', '.join(ACTIVATIONS)}",
+                           f"{key}.activation" if "activation" in item else key)
+        return act
+
+    def needs(self, kind, h, shape, key):
+        """Refuse an input of the wrong number of axes for ``kind``."""
+        axes, what = LAYER_INPUTS[kind]
+        if len(shape) != axes:
+            hint = "; put {flatten: true} before it" if kind == "dense" and len(shape) > 1 else ""
+            raise self.err(f"{kind} needs {what}, but its input '{h}' has shape {list(shape)}{hint}", key)
+
+    def out_shape(self, shape, key):
+        """``shape``, once its number of elements is known to be within the limit."""
+        self.declarations.elements(shape, key)
+        return tuple(shape)
+
+    # -- the kinds: each declares its params, appends its lines, returns (node, shape)
+
+    def weights(self, i, shape, init, params, key):
+        """Declare W{i} (``init``) and b{i} (zeros, ``[shape[0]]``)."""
+        self.declarations.elements(shape, key)
+        for nm, sh, rule in ((f"W{i}", shape, init), (f"b{i}", shape[:1], ("zeros",))):
+            self.scope.declare(nm, "param", key)
+            params[nm] = ParamDecl(nm, tuple(sh), rule)
+
+    def line(self, lines, name, text, key):
+        self.scope.declare(name, "node", key)
+        lines.append(_Line(name, text, key))
+        return name
+
+    def activate(self, i, z, act, lines, key):
+        """h{i} = act(z{i}), or z{i} itself when the activation is linear."""
+        return z if act == "linear" else self.line(lines, f"h{i}", f"{act}({z})", key)
+
+    def dense(self, i, item, h, shape, key, params, lines):
+        units = self.count(item, "dense", key)
+        self.needs("dense", h, shape, key)
+        act = self.activation(item, key)
+        init = self.declarations.init(item["init"], f"{key}.init") if "init" in item else ("glorot",)
+        self.weights(i, (units, shape[0]), init, params, key)
+        z = self.line(lines, f"z{i}", f"W{i} @ {h} + b{i}", key)
+        return self.activate(i, z, act, lines, key), (units,)
+
+    def conv2d(self, i, item, h, shape, key, params, lines, kind="conv2d"):
+        channels = self.count(item, kind, key)
+        K = self.count(item, "kernel", key)
+        stride = self.count(item, "stride", key, default=1)
+        padding = self.padding(item, stride, key)
+        self.needs(kind, h, shape, key)
+        act = self.activation(item, key)
+        init = self.declarations.init(item["init"], f"{key}.init") if "init" in item else ("glorot",)
+        C, sizes = shape[0], shape[1:]
+        out = []
+        for n in sizes:
+            if padding == "same":
+                out.append(n)
+                continue
+            p = 0 if padding == "valid" else padding
+            if K > n + 2 * p:
+                padded = f" padded by {p} on each side" if p else ""
+                raise self.err(f"the kernel ({K}) is larger than its input '{h}' of shape {list(shape)}{padded}",
+                               key)
+            out.append((n + 2 * p - K) // stride + 1)
+        out = self.out_shape((channels, *out), key)
+        self.weights(i, (channels, C) + (K,) * len(sizes), init, params, key)
+        keywords = "".join(f", {k}={v!r}" for k, v in (("stride", stride), ("padding", padding))
+                           if k in item)
+        ones = ", 1" * len(sizes)
+        z = self.line(lines, f"z{i}", f"{kind}({h}, W{i}{keywords}) + reshape(b{i}, [{channels}{ones}])", key)
+        return self.activate(i, z, act, lines, key), out
+
+    def conv1d(self, i, item, h, shape, key, params, lines):
+        return self.conv2d(i, item, h, shape, key, params, lines, kind="conv1d")
+
+    def padding(self, item, stride, key):
+        """padding: a non-negative integer, 'same' (stride 1 only) or 'valid'; 0 if absent."""
+        if "padding" not in item:
+            return 0
+        value = item["padding"]
+        if isinstance(value, str) and value in PADDING_STRINGS:
+            if value == "same" and stride != 1:
+                raise self.err(f"padding 'same' needs stride 1, this layer has stride {stride}", f"{key}.padding")
+            return value
+        if isinstance(value, str):
+            raise self.err(f"padding must be an integer >= 0 or one of {', '.join(map(repr, PADDING_STRINGS))}, "
+                           f"got {show(value)}", f"{key}.padding")
+        return self.integer(value, "padding", 0, f"{key}.padding")
+
+    def max_pool2d(self, i, item, h, shape, key, params, lines, kind="max_pool2d"):
+        K = self.count(item, kind, key)
+        stride = self.count(item, "stride", key, default=K)
+        self.needs(kind, h, shape, key)
+        if any(K > n for n in shape[1:]):
+            raise self.err(f"the pooling window ({K}) is larger than its input '{h}' of shape {list(shape)}", key)
+        out = self.out_shape((shape[0], *((n - K) // stride + 1 for n in shape[1:])), key)
+        keywords = f", stride={stride}" if "stride" in item else ""
+        return self.line(lines, f"h{i}", f"{kind}({h}, {K}{keywords})", key), out
+
+    def avg_pool2d(self, i, item, h, shape, key, params, lines):
+        return self.max_pool2d(i, item, h, shape, key, params, lines, kind="avg_pool2d")
+
+    def flatten(self, i, item, h, shape, key, params, lines):
+        if item["flatten"] is not True:
+            raise self.err(f"flatten takes the value true, got {show(item['flatten'])}", f"{key}.flatten")
+        return self.line(lines, f"h{i}", f"flatten({h})", key), (math.prod(shape),)
 
 
 # ---------------------------------------------------------------------------
