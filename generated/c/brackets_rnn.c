@@ -774,10 +774,10 @@ static void t45_kernel(
 }
 
 // t47 = zeros [N, 16, 32] with [15] = t44
-static void t47_kernel(real* restrict t47, const real* restrict t44, long long _n)
+static void t47_place_kernel(real* restrict t47, const real* restrict t44, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t47[_i] = (_i / 32 % 16 == 15) ? t44[(_i / 512) * 32 + _i % 32] : 0;
+        t47[(_i / 32) * 512 + _i % 32 + 480] = t44[_i];
     }
 }
 
@@ -809,10 +809,10 @@ static void t49_kernel(
 }
 
 // t51 = zeros [N, 16, 32] with [14] = t48
-static void t51_kernel(real* restrict t51, const real* restrict t48, long long _n)
+static void t51_place_kernel(real* restrict t51, const real* restrict t48, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t51[_i] = (_i / 32 % 16 == 14) ? t48[(_i / 512) * 32 + _i % 32] : 0;
+        t51[(_i / 32) * 512 + _i % 32 + 448] = t48[_i];
     }
 }
 
@@ -844,10 +844,10 @@ static void t53_kernel(
 }
 
 // t55 = zeros [N, 16, 32] with [13] = t52
-static void t55_kernel(real* restrict t55, const real* restrict t52, long long _n)
+static void t55_place_kernel(real* restrict t55, const real* restrict t52, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t55[_i] = (_i / 32 % 16 == 13) ? t52[(_i / 512) * 32 + _i % 32] : 0;
+        t55[(_i / 32) * 512 + _i % 32 + 416] = t52[_i];
     }
 }
 
@@ -879,10 +879,10 @@ static void t57_kernel(
 }
 
 // t59 = zeros [N, 16, 32] with [12] = t56
-static void t59_kernel(real* restrict t59, const real* restrict t56, long long _n)
+static void t59_place_kernel(real* restrict t59, const real* restrict t56, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t59[_i] = (_i / 32 % 16 == 12) ? t56[(_i / 512) * 32 + _i % 32] : 0;
+        t59[(_i / 32) * 512 + _i % 32 + 384] = t56[_i];
     }
 }
 
@@ -914,10 +914,10 @@ static void t61_kernel(
 }
 
 // t63 = zeros [N, 16, 32] with [11] = t60
-static void t63_kernel(real* restrict t63, const real* restrict t60, long long _n)
+static void t63_place_kernel(real* restrict t63, const real* restrict t60, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t63[_i] = (_i / 32 % 16 == 11) ? t60[(_i / 512) * 32 + _i % 32] : 0;
+        t63[(_i / 32) * 512 + _i % 32 + 352] = t60[_i];
     }
 }
 
@@ -949,10 +949,10 @@ static void t65_kernel(
 }
 
 // t67 = zeros [N, 16, 32] with [10] = t64
-static void t67_kernel(real* restrict t67, const real* restrict t64, long long _n)
+static void t67_place_kernel(real* restrict t67, const real* restrict t64, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t67[_i] = (_i / 32 % 16 == 10) ? t64[(_i / 512) * 32 + _i % 32] : 0;
+        t67[(_i / 32) * 512 + _i % 32 + 320] = t64[_i];
     }
 }
 
@@ -984,10 +984,10 @@ static void t69_kernel(
 }
 
 // t71 = zeros [N, 16, 32] with [9] = t68
-static void t71_kernel(real* restrict t71, const real* restrict t68, long long _n)
+static void t71_place_kernel(real* restrict t71, const real* restrict t68, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t71[_i] = (_i / 32 % 16 == 9) ? t68[(_i / 512) * 32 + _i % 32] : 0;
+        t71[(_i / 32) * 512 + _i % 32 + 288] = t68[_i];
     }
 }
 
@@ -1019,10 +1019,10 @@ static void t73_kernel(
 }
 
 // t75 = zeros [N, 16, 32] with [8] = t72
-static void t75_kernel(real* restrict t75, const real* restrict t72, long long _n)
+static void t75_place_kernel(real* restrict t75, const real* restrict t72, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t75[_i] = (_i / 32 % 16 == 8) ? t72[(_i / 512) * 32 + _i % 32] : 0;
+        t75[(_i / 32) * 512 + _i % 32 + 256] = t72[_i];
     }
 }
 
@@ -1054,10 +1054,10 @@ static void t77_kernel(
 }
 
 // t79 = zeros [N, 16, 32] with [7] = t76
-static void t79_kernel(real* restrict t79, const real* restrict t76, long long _n)
+static void t79_place_kernel(real* restrict t79, const real* restrict t76, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t79[_i] = (_i / 32 % 16 == 7) ? t76[(_i / 512) * 32 + _i % 32] : 0;
+        t79[(_i / 32) * 512 + _i % 32 + 224] = t76[_i];
     }
 }
 
@@ -1089,10 +1089,10 @@ static void t81_kernel(
 }
 
 // t83 = zeros [N, 16, 32] with [6] = t80
-static void t83_kernel(real* restrict t83, const real* restrict t80, long long _n)
+static void t83_place_kernel(real* restrict t83, const real* restrict t80, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t83[_i] = (_i / 32 % 16 == 6) ? t80[(_i / 512) * 32 + _i % 32] : 0;
+        t83[(_i / 32) * 512 + _i % 32 + 192] = t80[_i];
     }
 }
 
@@ -1124,10 +1124,10 @@ static void t85_kernel(
 }
 
 // t87 = zeros [N, 16, 32] with [5] = t84
-static void t87_kernel(real* restrict t87, const real* restrict t84, long long _n)
+static void t87_place_kernel(real* restrict t87, const real* restrict t84, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t87[_i] = (_i / 32 % 16 == 5) ? t84[(_i / 512) * 32 + _i % 32] : 0;
+        t87[(_i / 32) * 512 + _i % 32 + 160] = t84[_i];
     }
 }
 
@@ -1159,10 +1159,10 @@ static void t89_kernel(
 }
 
 // t91 = zeros [N, 16, 32] with [4] = t88
-static void t91_kernel(real* restrict t91, const real* restrict t88, long long _n)
+static void t91_place_kernel(real* restrict t91, const real* restrict t88, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t91[_i] = (_i / 32 % 16 == 4) ? t88[(_i / 512) * 32 + _i % 32] : 0;
+        t91[(_i / 32) * 512 + _i % 32 + 128] = t88[_i];
     }
 }
 
@@ -1194,10 +1194,10 @@ static void t93_kernel(
 }
 
 // t95 = zeros [N, 16, 32] with [3] = t92
-static void t95_kernel(real* restrict t95, const real* restrict t92, long long _n)
+static void t95_place_kernel(real* restrict t95, const real* restrict t92, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t95[_i] = (_i / 32 % 16 == 3) ? t92[(_i / 512) * 32 + _i % 32] : 0;
+        t95[(_i / 32) * 512 + _i % 32 + 96] = t92[_i];
     }
 }
 
@@ -1229,10 +1229,10 @@ static void t97_kernel(
 }
 
 // t99 = zeros [N, 16, 32] with [2] = t96
-static void t99_kernel(real* restrict t99, const real* restrict t96, long long _n)
+static void t99_place_kernel(real* restrict t99, const real* restrict t96, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t99[_i] = (_i / 32 % 16 == 2) ? t96[(_i / 512) * 32 + _i % 32] : 0;
+        t99[(_i / 32) * 512 + _i % 32 + 64] = t96[_i];
     }
 }
 
@@ -1264,10 +1264,10 @@ static void t101_kernel(
 }
 
 // t103 = zeros [N, 16, 32] with [1] = t100
-static void t103_kernel(real* restrict t103, const real* restrict t100, long long _n)
+static void t103_place_kernel(real* restrict t103, const real* restrict t100, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t103[_i] = (_i / 32 % 16 == 1) ? t100[(_i / 512) * 32 + _i % 32] : 0;
+        t103[(_i / 32) * 512 + _i % 32 + 32] = t100[_i];
     }
 }
 
@@ -1299,10 +1299,10 @@ static void t105_kernel(
 }
 
 // t106 = zeros [N, 16, 32] with [0] = t104
-static void t106_kernel(real* restrict t106, const real* restrict t104, long long _n)
+static void t106_place_kernel(real* restrict t106, const real* restrict t104, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t106[_i] = (_i / 32 % 16 == 0) ? t104[(_i / 512) * 32 + _i % 32] : 0;
+        t106[(_i / 32) * 512 + _i % 32] = t104[_i];
     }
 }
 
@@ -2399,7 +2399,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h14_bar [N x 32] = t44 @ U, t44 [N x 32], U [32 x 32], row-major;
     // h14_bar = t44 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t44, 32, U, 32, 0.0, h14_bar, 32);
-    t47_kernel(t47, t44, (long long)N * 512);
+    memset(t47, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t47_place_kernel(t47, t44, (long long)N * 32);
     // q58_bar = h14_bar*(1 - h14**2)   # tanh
     // q57_bar = q58_bar   # add
     // q56_bar = q57_bar   # add
@@ -2413,7 +2414,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h13_bar [N x 32] = t48 @ U, t48 [N x 32], U [32 x 32], row-major;
     // h13_bar = t48 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t48, 32, U, 32, 0.0, h13_bar, 32);
-    t51_kernel(t51, t48, (long long)N * 512);
+    memset(t51, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t51_place_kernel(t51, t48, (long long)N * 32);
     // q54_bar = h13_bar*(1 - h13**2)   # tanh
     // q53_bar = q54_bar   # add
     // q52_bar = q53_bar   # add
@@ -2427,7 +2429,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h12_bar [N x 32] = t52 @ U, t52 [N x 32], U [32 x 32], row-major;
     // h12_bar = t52 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t52, 32, U, 32, 0.0, h12_bar, 32);
-    t55_kernel(t55, t52, (long long)N * 512);
+    memset(t55, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t55_place_kernel(t55, t52, (long long)N * 32);
     // q50_bar = h12_bar*(1 - h12**2)   # tanh
     // q49_bar = q50_bar   # add
     // q48_bar = q49_bar   # add
@@ -2441,7 +2444,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h11_bar [N x 32] = t56 @ U, t56 [N x 32], U [32 x 32], row-major;
     // h11_bar = t56 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t56, 32, U, 32, 0.0, h11_bar, 32);
-    t59_kernel(t59, t56, (long long)N * 512);
+    memset(t59, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t59_place_kernel(t59, t56, (long long)N * 32);
     // q46_bar = h11_bar*(1 - h11**2)   # tanh
     // q45_bar = q46_bar   # add
     // q44_bar = q45_bar   # add
@@ -2455,7 +2459,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h10_bar [N x 32] = t60 @ U, t60 [N x 32], U [32 x 32], row-major;
     // h10_bar = t60 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t60, 32, U, 32, 0.0, h10_bar, 32);
-    t63_kernel(t63, t60, (long long)N * 512);
+    memset(t63, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t63_place_kernel(t63, t60, (long long)N * 32);
     // q42_bar = h10_bar*(1 - h10**2)   # tanh
     // q41_bar = q42_bar   # add
     // q40_bar = q41_bar   # add
@@ -2469,7 +2474,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h9_bar [N x 32] = t64 @ U, t64 [N x 32], U [32 x 32], row-major;
     // h9_bar = t64 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t64, 32, U, 32, 0.0, h9_bar, 32);
-    t67_kernel(t67, t64, (long long)N * 512);
+    memset(t67, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t67_place_kernel(t67, t64, (long long)N * 32);
     // q38_bar = h9_bar*(1 - h9**2)   # tanh
     // q37_bar = q38_bar   # add
     // q36_bar = q37_bar   # add
@@ -2483,7 +2489,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h8_bar [N x 32] = t68 @ U, t68 [N x 32], U [32 x 32], row-major;
     // h8_bar = t68 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t68, 32, U, 32, 0.0, h8_bar, 32);
-    t71_kernel(t71, t68, (long long)N * 512);
+    memset(t71, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t71_place_kernel(t71, t68, (long long)N * 32);
     // q34_bar = h8_bar*(1 - h8**2)   # tanh
     // q33_bar = q34_bar   # add
     // q32_bar = q33_bar   # add
@@ -2497,7 +2504,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h7_bar [N x 32] = t72 @ U, t72 [N x 32], U [32 x 32], row-major;
     // h7_bar = t72 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t72, 32, U, 32, 0.0, h7_bar, 32);
-    t75_kernel(t75, t72, (long long)N * 512);
+    memset(t75, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t75_place_kernel(t75, t72, (long long)N * 32);
     // q30_bar = h7_bar*(1 - h7**2)   # tanh
     // q29_bar = q30_bar   # add
     // q28_bar = q29_bar   # add
@@ -2511,7 +2519,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h6_bar [N x 32] = t76 @ U, t76 [N x 32], U [32 x 32], row-major;
     // h6_bar = t76 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t76, 32, U, 32, 0.0, h6_bar, 32);
-    t79_kernel(t79, t76, (long long)N * 512);
+    memset(t79, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t79_place_kernel(t79, t76, (long long)N * 32);
     // q26_bar = h6_bar*(1 - h6**2)   # tanh
     // q25_bar = q26_bar   # add
     // q24_bar = q25_bar   # add
@@ -2525,7 +2534,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h5_bar [N x 32] = t80 @ U, t80 [N x 32], U [32 x 32], row-major;
     // h5_bar = t80 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t80, 32, U, 32, 0.0, h5_bar, 32);
-    t83_kernel(t83, t80, (long long)N * 512);
+    memset(t83, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t83_place_kernel(t83, t80, (long long)N * 32);
     // q22_bar = h5_bar*(1 - h5**2)   # tanh
     // q21_bar = q22_bar   # add
     // q20_bar = q21_bar   # add
@@ -2539,7 +2549,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h4_bar [N x 32] = t84 @ U, t84 [N x 32], U [32 x 32], row-major;
     // h4_bar = t84 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t84, 32, U, 32, 0.0, h4_bar, 32);
-    t87_kernel(t87, t84, (long long)N * 512);
+    memset(t87, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t87_place_kernel(t87, t84, (long long)N * 32);
     // q18_bar = h4_bar*(1 - h4**2)   # tanh
     // q17_bar = q18_bar   # add
     // q16_bar = q17_bar   # add
@@ -2553,7 +2564,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h3_bar [N x 32] = t88 @ U, t88 [N x 32], U [32 x 32], row-major;
     // h3_bar = t88 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t88, 32, U, 32, 0.0, h3_bar, 32);
-    t91_kernel(t91, t88, (long long)N * 512);
+    memset(t91, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t91_place_kernel(t91, t88, (long long)N * 32);
     // q14_bar = h3_bar*(1 - h3**2)   # tanh
     // q13_bar = q14_bar   # add
     // q12_bar = q13_bar   # add
@@ -2567,7 +2579,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h2_bar [N x 32] = t92 @ U, t92 [N x 32], U [32 x 32], row-major;
     // h2_bar = t92 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t92, 32, U, 32, 0.0, h2_bar, 32);
-    t95_kernel(t95, t92, (long long)N * 512);
+    memset(t95, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t95_place_kernel(t95, t92, (long long)N * 32);
     // q10_bar = h2_bar*(1 - h2**2)   # tanh
     // q9_bar = q10_bar   # add
     // q8_bar = q9_bar   # add
@@ -2581,7 +2594,8 @@ int brackets_rnn_value_and_grad(
     // GEMM: h1_bar [N x 32] = t96 @ U, t96 [N x 32], U [32 x 32], row-major;
     // h1_bar = t96 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t96, 32, U, 32, 0.0, h1_bar, 32);
-    t99_kernel(t99, t96, (long long)N * 512);
+    memset(t99, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t99_place_kernel(t99, t96, (long long)N * 32);
     // q6_bar = h1_bar*(1 - h1**2)   # tanh
     // q5_bar = q6_bar   # add
     // q4_bar = q5_bar   # add
@@ -2595,13 +2609,15 @@ int brackets_rnn_value_and_grad(
     // GEMM: h0_bar [N x 32] = t100 @ U, t100 [N x 32], U [32 x 32], row-major;
     // h0_bar = t100 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t100, 32, U, 32, 0.0, h0_bar, 32);
-    t103_kernel(t103, t100, (long long)N * 512);
+    memset(t103, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t103_place_kernel(t103, t100, (long long)N * 32);
     // q2_bar = h0_bar*(1 - h0**2)   # tanh
     // q1_bar = q2_bar   # add
     t104_kernel(t104, h0, h0_bar, (long long)N * 32);
     t105_kernel(t105, t104, 32, (long long)N);
     // e_bar = q59_bar at [15] (zero elsewhere) + q55_bar at [14] (zero elsewhere) + q51_bar at [13] (zero elsewhere) + q47_bar at [12] (zero elsewhere) + q43_bar at [11] (zero elsewhere) + q39_bar at [10] (zero elsewhere) + q35_bar at [9] (zero elsewhere) + q31_bar at [8] (zero elsewhere) + q27_bar at [7] (zero elsewhere) + q23_bar at [6] (zero elsewhere) + q19_bar at [5] (zero elsewhere) + q15_bar at [4] (zero elsewhere) + q11_bar at [3] (zero elsewhere) + q7_bar at [2] (zero elsewhere) + q3_bar at [1] (zero elsewhere) + q1_bar at [0] (zero elsewhere)   # sum over consumers (index x16)
-    t106_kernel(t106, t104, (long long)N * 512);
+    memset(t106, 0, sizeof(real) * (size_t)((long long)N * 512));
+    t106_place_kernel(t106, t104, (long long)N * 32);
     e_bar_kernel(e_bar, t47, t51, t55, t59, t63, t67, t71, t75, t79, t83, t87, t91, t95, t99, t103, t106, (long long)N * 512);
     // E_bar = e_bar added at rows [tokens] (summed over the batch and where tokens repeat; zero elsewhere)   # gather
     memset(E_bar, 0, sizeof(real) * (size_t)(128));

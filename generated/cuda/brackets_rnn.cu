@@ -962,11 +962,11 @@ static __global__ void t45(
 }
 
 // t47 = zeros [N, 16, 32] with [15] = t44
-static __global__ void t47(real* __restrict__ t47, const real* __restrict__ t44, long long _n)
+static __global__ void t47_place(real* __restrict__ t47, const real* __restrict__ t44, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t47[_i] = (_i / 32 % 16 == 15) ? t44[(_i / 512) * 32 + _i % 32] : 0;
+        t47[(_i / 32) * 512 + _i % 32 + 480] = t44[_i];
     }
 }
 
@@ -1008,11 +1008,11 @@ static __global__ void t49(
 }
 
 // t51 = zeros [N, 16, 32] with [14] = t48
-static __global__ void t51(real* __restrict__ t51, const real* __restrict__ t48, long long _n)
+static __global__ void t51_place(real* __restrict__ t51, const real* __restrict__ t48, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t51[_i] = (_i / 32 % 16 == 14) ? t48[(_i / 512) * 32 + _i % 32] : 0;
+        t51[(_i / 32) * 512 + _i % 32 + 448] = t48[_i];
     }
 }
 
@@ -1054,11 +1054,11 @@ static __global__ void t53(
 }
 
 // t55 = zeros [N, 16, 32] with [13] = t52
-static __global__ void t55(real* __restrict__ t55, const real* __restrict__ t52, long long _n)
+static __global__ void t55_place(real* __restrict__ t55, const real* __restrict__ t52, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t55[_i] = (_i / 32 % 16 == 13) ? t52[(_i / 512) * 32 + _i % 32] : 0;
+        t55[(_i / 32) * 512 + _i % 32 + 416] = t52[_i];
     }
 }
 
@@ -1100,11 +1100,11 @@ static __global__ void t57(
 }
 
 // t59 = zeros [N, 16, 32] with [12] = t56
-static __global__ void t59(real* __restrict__ t59, const real* __restrict__ t56, long long _n)
+static __global__ void t59_place(real* __restrict__ t59, const real* __restrict__ t56, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t59[_i] = (_i / 32 % 16 == 12) ? t56[(_i / 512) * 32 + _i % 32] : 0;
+        t59[(_i / 32) * 512 + _i % 32 + 384] = t56[_i];
     }
 }
 
@@ -1146,11 +1146,11 @@ static __global__ void t61(
 }
 
 // t63 = zeros [N, 16, 32] with [11] = t60
-static __global__ void t63(real* __restrict__ t63, const real* __restrict__ t60, long long _n)
+static __global__ void t63_place(real* __restrict__ t63, const real* __restrict__ t60, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t63[_i] = (_i / 32 % 16 == 11) ? t60[(_i / 512) * 32 + _i % 32] : 0;
+        t63[(_i / 32) * 512 + _i % 32 + 352] = t60[_i];
     }
 }
 
@@ -1192,11 +1192,11 @@ static __global__ void t65(
 }
 
 // t67 = zeros [N, 16, 32] with [10] = t64
-static __global__ void t67(real* __restrict__ t67, const real* __restrict__ t64, long long _n)
+static __global__ void t67_place(real* __restrict__ t67, const real* __restrict__ t64, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t67[_i] = (_i / 32 % 16 == 10) ? t64[(_i / 512) * 32 + _i % 32] : 0;
+        t67[(_i / 32) * 512 + _i % 32 + 320] = t64[_i];
     }
 }
 
@@ -1238,11 +1238,11 @@ static __global__ void t69(
 }
 
 // t71 = zeros [N, 16, 32] with [9] = t68
-static __global__ void t71(real* __restrict__ t71, const real* __restrict__ t68, long long _n)
+static __global__ void t71_place(real* __restrict__ t71, const real* __restrict__ t68, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t71[_i] = (_i / 32 % 16 == 9) ? t68[(_i / 512) * 32 + _i % 32] : 0;
+        t71[(_i / 32) * 512 + _i % 32 + 288] = t68[_i];
     }
 }
 
@@ -1284,11 +1284,11 @@ static __global__ void t73(
 }
 
 // t75 = zeros [N, 16, 32] with [8] = t72
-static __global__ void t75(real* __restrict__ t75, const real* __restrict__ t72, long long _n)
+static __global__ void t75_place(real* __restrict__ t75, const real* __restrict__ t72, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t75[_i] = (_i / 32 % 16 == 8) ? t72[(_i / 512) * 32 + _i % 32] : 0;
+        t75[(_i / 32) * 512 + _i % 32 + 256] = t72[_i];
     }
 }
 
@@ -1330,11 +1330,11 @@ static __global__ void t77(
 }
 
 // t79 = zeros [N, 16, 32] with [7] = t76
-static __global__ void t79(real* __restrict__ t79, const real* __restrict__ t76, long long _n)
+static __global__ void t79_place(real* __restrict__ t79, const real* __restrict__ t76, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t79[_i] = (_i / 32 % 16 == 7) ? t76[(_i / 512) * 32 + _i % 32] : 0;
+        t79[(_i / 32) * 512 + _i % 32 + 224] = t76[_i];
     }
 }
 
@@ -1376,11 +1376,11 @@ static __global__ void t81(
 }
 
 // t83 = zeros [N, 16, 32] with [6] = t80
-static __global__ void t83(real* __restrict__ t83, const real* __restrict__ t80, long long _n)
+static __global__ void t83_place(real* __restrict__ t83, const real* __restrict__ t80, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t83[_i] = (_i / 32 % 16 == 6) ? t80[(_i / 512) * 32 + _i % 32] : 0;
+        t83[(_i / 32) * 512 + _i % 32 + 192] = t80[_i];
     }
 }
 
@@ -1422,11 +1422,11 @@ static __global__ void t85(
 }
 
 // t87 = zeros [N, 16, 32] with [5] = t84
-static __global__ void t87(real* __restrict__ t87, const real* __restrict__ t84, long long _n)
+static __global__ void t87_place(real* __restrict__ t87, const real* __restrict__ t84, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t87[_i] = (_i / 32 % 16 == 5) ? t84[(_i / 512) * 32 + _i % 32] : 0;
+        t87[(_i / 32) * 512 + _i % 32 + 160] = t84[_i];
     }
 }
 
@@ -1468,11 +1468,11 @@ static __global__ void t89(
 }
 
 // t91 = zeros [N, 16, 32] with [4] = t88
-static __global__ void t91(real* __restrict__ t91, const real* __restrict__ t88, long long _n)
+static __global__ void t91_place(real* __restrict__ t91, const real* __restrict__ t88, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t91[_i] = (_i / 32 % 16 == 4) ? t88[(_i / 512) * 32 + _i % 32] : 0;
+        t91[(_i / 32) * 512 + _i % 32 + 128] = t88[_i];
     }
 }
 
@@ -1514,11 +1514,11 @@ static __global__ void t93(
 }
 
 // t95 = zeros [N, 16, 32] with [3] = t92
-static __global__ void t95(real* __restrict__ t95, const real* __restrict__ t92, long long _n)
+static __global__ void t95_place(real* __restrict__ t95, const real* __restrict__ t92, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t95[_i] = (_i / 32 % 16 == 3) ? t92[(_i / 512) * 32 + _i % 32] : 0;
+        t95[(_i / 32) * 512 + _i % 32 + 96] = t92[_i];
     }
 }
 
@@ -1560,11 +1560,11 @@ static __global__ void t97(
 }
 
 // t99 = zeros [N, 16, 32] with [2] = t96
-static __global__ void t99(real* __restrict__ t99, const real* __restrict__ t96, long long _n)
+static __global__ void t99_place(real* __restrict__ t99, const real* __restrict__ t96, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t99[_i] = (_i / 32 % 16 == 2) ? t96[(_i / 512) * 32 + _i % 32] : 0;
+        t99[(_i / 32) * 512 + _i % 32 + 64] = t96[_i];
     }
 }
 
@@ -1606,11 +1606,14 @@ static __global__ void t101(
 }
 
 // t103 = zeros [N, 16, 32] with [1] = t100
-static __global__ void t103(real* __restrict__ t103, const real* __restrict__ t100, long long _n)
+static __global__ void t103_place(
+    real* __restrict__ t103,
+    const real* __restrict__ t100,
+    long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t103[_i] = (_i / 32 % 16 == 1) ? t100[(_i / 512) * 32 + _i % 32] : 0;
+        t103[(_i / 32) * 512 + _i % 32 + 32] = t100[_i];
     }
 }
 
@@ -1652,11 +1655,14 @@ static __global__ void t105(
 }
 
 // t106 = zeros [N, 16, 32] with [0] = t104
-static __global__ void t106(real* __restrict__ t106, const real* __restrict__ t104, long long _n)
+static __global__ void t106_place(
+    real* __restrict__ t106,
+    const real* __restrict__ t104,
+    long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t106[_i] = (_i / 32 % 16 == 0) ? t104[(_i / 512) * 32 + _i % 32] : 0;
+        t106[(_i / 32) * 512 + _i % 32] = t104[_i];
     }
 }
 
@@ -2816,7 +2822,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h14_bar [N x 32] = t44 @ U, t44 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h14_bar^T = U^T @ t44^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t44, 32, &_zero, h14_bar, 32));
-    LAUNCH(kernels::t47, bp_grid((long long)N * 512), 256, 0, t47, t44, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t47, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t47_place, bp_grid((long long)N * 32), 256, 0, t47, t44, (long long)N * 32);
     // q58_bar = h14_bar*(1 - h14**2)   # tanh
     // q57_bar = q58_bar   # add
     // q56_bar = q57_bar   # add
@@ -2830,7 +2837,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h13_bar [N x 32] = t48 @ U, t48 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h13_bar^T = U^T @ t48^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t48, 32, &_zero, h13_bar, 32));
-    LAUNCH(kernels::t51, bp_grid((long long)N * 512), 256, 0, t51, t48, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t51, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t51_place, bp_grid((long long)N * 32), 256, 0, t51, t48, (long long)N * 32);
     // q54_bar = h13_bar*(1 - h13**2)   # tanh
     // q53_bar = q54_bar   # add
     // q52_bar = q53_bar   # add
@@ -2844,7 +2852,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h12_bar [N x 32] = t52 @ U, t52 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h12_bar^T = U^T @ t52^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t52, 32, &_zero, h12_bar, 32));
-    LAUNCH(kernels::t55, bp_grid((long long)N * 512), 256, 0, t55, t52, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t55, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t55_place, bp_grid((long long)N * 32), 256, 0, t55, t52, (long long)N * 32);
     // q50_bar = h12_bar*(1 - h12**2)   # tanh
     // q49_bar = q50_bar   # add
     // q48_bar = q49_bar   # add
@@ -2858,7 +2867,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h11_bar [N x 32] = t56 @ U, t56 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h11_bar^T = U^T @ t56^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t56, 32, &_zero, h11_bar, 32));
-    LAUNCH(kernels::t59, bp_grid((long long)N * 512), 256, 0, t59, t56, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t59, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t59_place, bp_grid((long long)N * 32), 256, 0, t59, t56, (long long)N * 32);
     // q46_bar = h11_bar*(1 - h11**2)   # tanh
     // q45_bar = q46_bar   # add
     // q44_bar = q45_bar   # add
@@ -2872,7 +2882,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h10_bar [N x 32] = t60 @ U, t60 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h10_bar^T = U^T @ t60^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t60, 32, &_zero, h10_bar, 32));
-    LAUNCH(kernels::t63, bp_grid((long long)N * 512), 256, 0, t63, t60, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t63, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t63_place, bp_grid((long long)N * 32), 256, 0, t63, t60, (long long)N * 32);
     // q42_bar = h10_bar*(1 - h10**2)   # tanh
     // q41_bar = q42_bar   # add
     // q40_bar = q41_bar   # add
@@ -2886,7 +2897,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h9_bar [N x 32] = t64 @ U, t64 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h9_bar^T = U^T @ t64^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t64, 32, &_zero, h9_bar, 32));
-    LAUNCH(kernels::t67, bp_grid((long long)N * 512), 256, 0, t67, t64, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t67, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t67_place, bp_grid((long long)N * 32), 256, 0, t67, t64, (long long)N * 32);
     // q38_bar = h9_bar*(1 - h9**2)   # tanh
     // q37_bar = q38_bar   # add
     // q36_bar = q37_bar   # add
@@ -2900,7 +2912,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h8_bar [N x 32] = t68 @ U, t68 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h8_bar^T = U^T @ t68^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t68, 32, &_zero, h8_bar, 32));
-    LAUNCH(kernels::t71, bp_grid((long long)N * 512), 256, 0, t71, t68, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t71, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t71_place, bp_grid((long long)N * 32), 256, 0, t71, t68, (long long)N * 32);
     // q34_bar = h8_bar*(1 - h8**2)   # tanh
     // q33_bar = q34_bar   # add
     // q32_bar = q33_bar   # add
@@ -2914,7 +2927,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h7_bar [N x 32] = t72 @ U, t72 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h7_bar^T = U^T @ t72^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t72, 32, &_zero, h7_bar, 32));
-    LAUNCH(kernels::t75, bp_grid((long long)N * 512), 256, 0, t75, t72, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t75, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t75_place, bp_grid((long long)N * 32), 256, 0, t75, t72, (long long)N * 32);
     // q30_bar = h7_bar*(1 - h7**2)   # tanh
     // q29_bar = q30_bar   # add
     // q28_bar = q29_bar   # add
@@ -2928,7 +2942,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h6_bar [N x 32] = t76 @ U, t76 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h6_bar^T = U^T @ t76^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t76, 32, &_zero, h6_bar, 32));
-    LAUNCH(kernels::t79, bp_grid((long long)N * 512), 256, 0, t79, t76, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t79, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t79_place, bp_grid((long long)N * 32), 256, 0, t79, t76, (long long)N * 32);
     // q26_bar = h6_bar*(1 - h6**2)   # tanh
     // q25_bar = q26_bar   # add
     // q24_bar = q25_bar   # add
@@ -2942,7 +2957,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h5_bar [N x 32] = t80 @ U, t80 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h5_bar^T = U^T @ t80^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t80, 32, &_zero, h5_bar, 32));
-    LAUNCH(kernels::t83, bp_grid((long long)N * 512), 256, 0, t83, t80, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t83, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t83_place, bp_grid((long long)N * 32), 256, 0, t83, t80, (long long)N * 32);
     // q22_bar = h5_bar*(1 - h5**2)   # tanh
     // q21_bar = q22_bar   # add
     // q20_bar = q21_bar   # add
@@ -2956,7 +2972,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h4_bar [N x 32] = t84 @ U, t84 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h4_bar^T = U^T @ t84^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t84, 32, &_zero, h4_bar, 32));
-    LAUNCH(kernels::t87, bp_grid((long long)N * 512), 256, 0, t87, t84, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t87, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t87_place, bp_grid((long long)N * 32), 256, 0, t87, t84, (long long)N * 32);
     // q18_bar = h4_bar*(1 - h4**2)   # tanh
     // q17_bar = q18_bar   # add
     // q16_bar = q17_bar   # add
@@ -2970,7 +2987,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h3_bar [N x 32] = t88 @ U, t88 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h3_bar^T = U^T @ t88^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t88, 32, &_zero, h3_bar, 32));
-    LAUNCH(kernels::t91, bp_grid((long long)N * 512), 256, 0, t91, t88, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t91, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t91_place, bp_grid((long long)N * 32), 256, 0, t91, t88, (long long)N * 32);
     // q14_bar = h3_bar*(1 - h3**2)   # tanh
     // q13_bar = q14_bar   # add
     // q12_bar = q13_bar   # add
@@ -2984,7 +3002,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h2_bar [N x 32] = t92 @ U, t92 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h2_bar^T = U^T @ t92^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t92, 32, &_zero, h2_bar, 32));
-    LAUNCH(kernels::t95, bp_grid((long long)N * 512), 256, 0, t95, t92, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t95, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t95_place, bp_grid((long long)N * 32), 256, 0, t95, t92, (long long)N * 32);
     // q10_bar = h2_bar*(1 - h2**2)   # tanh
     // q9_bar = q10_bar   # add
     // q8_bar = q9_bar   # add
@@ -2998,7 +3017,8 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h1_bar [N x 32] = t96 @ U, t96 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h1_bar^T = U^T @ t96^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t96, 32, &_zero, h1_bar, 32));
-    LAUNCH(kernels::t99, bp_grid((long long)N * 512), 256, 0, t99, t96, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t99, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t99_place, bp_grid((long long)N * 32), 256, 0, t99, t96, (long long)N * 32);
     // q6_bar = h1_bar*(1 - h1**2)   # tanh
     // q5_bar = q6_bar   # add
     // q4_bar = q5_bar   # add
@@ -3012,13 +3032,15 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h0_bar [N x 32] = t100 @ U, t100 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h0_bar^T = U^T @ t100^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t100, 32, &_zero, h0_bar, 32));
-    LAUNCH(kernels::t103, bp_grid((long long)N * 512), 256, 0, t103, t100, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t103, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t103_place, bp_grid((long long)N * 32), 256, 0, t103, t100, (long long)N * 32);
     // q2_bar = h0_bar*(1 - h0**2)   # tanh
     // q1_bar = q2_bar   # add
     LAUNCH(kernels::t104, bp_grid((long long)N * 32), 256, 0, t104, h0, h0_bar, (long long)N * 32);
     LAUNCH(kernels::t105, bp_blocks(32), 256, 0, t105, t104, 32, (long long)N);
     // e_bar = q59_bar at [15] (zero elsewhere) + q55_bar at [14] (zero elsewhere) + q51_bar at [13] (zero elsewhere) + q47_bar at [12] (zero elsewhere) + q43_bar at [11] (zero elsewhere) + q39_bar at [10] (zero elsewhere) + q35_bar at [9] (zero elsewhere) + q31_bar at [8] (zero elsewhere) + q27_bar at [7] (zero elsewhere) + q23_bar at [6] (zero elsewhere) + q19_bar at [5] (zero elsewhere) + q15_bar at [4] (zero elsewhere) + q11_bar at [3] (zero elsewhere) + q7_bar at [2] (zero elsewhere) + q3_bar at [1] (zero elsewhere) + q1_bar at [0] (zero elsewhere)   # sum over consumers (index x16)
-    LAUNCH(kernels::t106, bp_grid((long long)N * 512), 256, 0, t106, t104, (long long)N * 512);
+    CHECK_CUDA(cudaMemsetAsync(t106, 0, sizeof(real) * (size_t)((long long)N * 512)));
+    LAUNCH(kernels::t106_place, bp_grid((long long)N * 32), 256, 0, t106, t104, (long long)N * 32);
     LAUNCH(kernels::e_bar, bp_grid((long long)N * 512), 256, 0, e_bar, t47, t51, t55, t59, t63, t67, t71, t75, t79, t83, t87, t91, t95, t99, t103, t106, (long long)N * 512);
     // E_bar = e_bar added at rows [tokens] (summed over the batch and where tokens repeat; zero elsewhere)   # gather
     CHECK_CUDA(cudaMemsetAsync(E_bar, 0, sizeof(real) * (size_t)(128)));
