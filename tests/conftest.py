@@ -37,6 +37,25 @@ loss: (y - g)**2
 """
 
 
+def compile_error_line(spec_text: str, tmp_path: Path, capsys, monkeypatch) -> str:
+    """``bpcompile compile bad.yaml -o out`` on ``spec_text``, asserting the
+    contract for bad input: exit 2, nothing on stdout, no traceback, one line on
+    stderr naming the file, and nothing written.  Returns that line."""
+    from bpcompile.cli import main
+    (tmp_path / "bad.yaml").write_text(spec_text)
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["compile", "bad.yaml", "-o", "out"])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and "Traceback" not in err, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "bad.yaml" in lines[0], err
+    assert not (tmp_path / "out").exists()
+    return lines[0]
+
+
 # The scale of the random params of a module where 1 would not do.  The RNN's 16
 # tied steps are chaotic with recurrent weights of scale 1: its gradient is right
 # (a difference of step 1e-6 agrees to 1e-7), but differences of step 1e-3 miss

@@ -97,15 +97,20 @@ class SpecFunction:
 
 # -- reductions: sum, mean, max, over every axis or one (axis=k) ----------------
 
+def _reduced_axes(L, c: CallSite, shape) -> tuple:
+    """The axes a reduction's call reduces: ``axis=k`` (negative counts from the
+    end, checked against the first argument's shape), or every axis."""
+    axis = c.keywords.get("axis")
+    if axis is None:
+        return tuple(range(len(shape)))
+    return (normalize_axis(axis, len(shape), lambda: f"{L.text(c.trees[0])} of shape {shape_text(shape)}"),)
+
+
 def _reduction(kind: str, mean: bool = False):
     def lower(L, c: CallSite):
         x = c.args[0]
         shape = L.G.node(x)["shape"]
-        axis = c.keywords.get("axis")
-        if axis is None:
-            axes = tuple(range(len(shape)))
-        else:
-            axes = (normalize_axis(axis, len(shape), lambda: f"{L.text(c.trees[0])} of shape {shape_text(shape)}"),)
+        axes = _reduced_axes(L, c, shape)
         if not axes:
             return x
         out = L.G.reduce(x, kind, axes)
@@ -134,11 +139,7 @@ def _spread(std: bool):
     def lower(L, c: CallSite):
         G, x = L.G, c.args[0]
         shape = G.node(x)["shape"]
-        axis = c.keywords.get("axis")
-        if axis is None:
-            axes = tuple(range(len(shape)))
-        else:
-            axes = (normalize_axis(axis, len(shape), lambda: f"{L.text(c.trees[0])} of shape {shape_text(shape)}"),)
+        axes = _reduced_axes(L, c, shape)
         if not axes:
             # one entry: no spread (a 0 of x's shape)
             return G.map(arg_symbol(0) - arg_symbol(0), [x])
