@@ -142,7 +142,7 @@ def images(draw, inputs, params, graph):
     keywords = (f", stride={stride}" if stride != 1 else "") + (f", padding={padding}" if padding else "")
     graph["cv"] = f"{draw(st.sampled_from(['tanh', 'relu', 'sin']))}(conv2d(img, K{keywords}))"
     last = "cv"
-    if out >= 2 and draw(st.booleans()):
+    if out >= 2 and draw(st.integers(0, 3)) > 0:   # pooled three times in four: its routing is what breaks
         pool = draw(st.integers(2, out))
         graph["pl"] = f"{draw(st.sampled_from(['max_pool2d', 'avg_pool2d']))}(cv, {pool}" + \
             (f", stride={draw(st.integers(1, 2))})" if draw(st.booleans()) else ")")
