@@ -121,7 +121,7 @@ def _batch_product(G: Graph, c: int, nt: dict):
 
 def accumulate(G: Graph, n: int, contributions: list):
     """The sum of a node's contributions: one elementwise sum, then any scatters."""
-    dense = [c for c in contributions if not isinstance(c, Scatter)]
+    dense = join_unslices(G, n, [c for c in contributions if not isinstance(c, Scatter)])
     scatters = [c for c in contributions if isinstance(c, Scatter)]
     total = None
     if len(dense) == 1:
@@ -141,3 +141,59 @@ def accumulate(G: Graph, n: int, contributions: list):
         # over the right number of copies
         total = G.materialize(total, n)
     return total
+
+
+def _unslice_window(G: Graph, c: int, shape: tuple):
+    """(axis, start, stop, indexed) when ``c`` is zeros of ``shape`` but for one run
+    of entries along one axis (``e[t]``, ``v[2:5]``, ``X[:, 0:3]``; step 1), else None."""
+    node = G.node(c)
+    if node["op"] != "unslice" or tuple(node["attrs"][0]) != tuple(shape):
+        return None
+    key = node["attrs"][1]
+    axis = len(key) - 1
+    if axis < 0 or any(k != (0, d, 1) for k, d in zip(key[:axis], shape)):
+        return None
+    last = key[axis]
+    if isinstance(last, tuple):
+        start, stop, step = last
+        return None if step != 1 else (axis, start, stop, False)
+    return axis, last, last + 1, True
+
+
+def join_unslices(G: Graph, n: int, dense: list) -> list:
+    """Contributions that each fill one run of an axis of ``n`` (the adjoints of
+    ``e[0]``, ``e[1]``, ... of an unrolled sequence) joined into one array, ``e_bar =
+    concat(q1_bar, q3_bar, ...)``, zeros only in the gaps: their sum as one array of
+    ``n``'s size instead of one zero-filled array per consumer (quadratic in the
+    sequence length).  Contributions on the same run are summed first; runs that
+    overlap otherwise, and a lone run, are left to the plain sum."""
+    node = G.node(n)
+    shape, batched = tuple(node["shape"]), node["batched"]
+    by_axis: dict = {}
+    for c in dense:
+        w = _unslice_window(G, c, shape)
+        if w is not None:
+            by_axis.setdefault(w[0], []).append((w[1], w[2], w[3], c))
+    joined, rest = [], list(dense)
+    for axis, runs in sorted(by_axis.items()):
+        spans = sorted({(start, stop) for start, stop, _, _ in runs})
+        if len(spans) < 2 or any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+            continue
+        pieces, at = [], 0
+        for start, stop in spans:
+            if start > at:
+                pieces.append(G.zeros(shape[:axis] + (start - at,) + shape[axis + 1:], batched))
+            here = []
+            for s0, s1, indexed, c in runs:
+                if (s0, s1) == (start, stop):
+                    g = G.node(c)["args"][0]
+                    here.append(G.reshape(g, shape[:axis] + (1,) + shape[axis + 1:]) if indexed else g)
+            pieces.append(here[0] if len(here) == 1 else
+                          G.map(sp.Add(*[arg_symbol(i) for i in range(len(here))]), here, rule="sum over consumers"))
+            at = stop
+        if at < shape[axis]:
+            pieces.append(G.zeros(shape[:axis] + (shape[axis] - at,) + shape[axis + 1:], batched))
+        joined.append(G.concat(pieces, axis, rule="sum over consumers"))
+        used = {c for _, _, _, c in runs}
+        rest = [c for c in rest if c not in used]
+    return joined + rest

@@ -773,93 +773,96 @@ static void t45_kernel(
     }
 }
 
-// t47 = zeros [N, 16, 32] with [15] = t44
-static void t47_place_kernel(real* restrict t47, const real* restrict t44, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t47[(_i / 32) * 512 + _i % 32 + 480] = t44[_i];
-    }
-}
-
-// t48 = h14_bar*(1.0 - (h14*h14))  (elementwise over [N, 32])
-static void t48_kernel(
-    real* restrict t48,
+// t47 = h14_bar*(1.0 - (h14*h14))  (elementwise over [N, 32])
+static void t47_kernel(
+    real* restrict t47,
     const real* restrict h14,
     const real* restrict h14_bar,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t48[_i] = h14_bar[_i]*(1.0 - (h14[_i]*h14[_i]));
+        t47[_i] = h14_bar[_i]*(1.0 - (h14[_i]*h14[_i]));
     }
 }
 
-// t49 = t48 summed over the batch to [32], a loop per output element
-static void t49_kernel(
-    real* restrict t49,
-    const real* restrict t48,
+// t48 = t47 summed over the batch to [32], a loop per output element
+static void t48_kernel(
+    real* restrict t48,
+    const real* restrict t47,
     long long _n_out,
     long long _n_red)
 {
     for (long long _o = 0; _o < _n_out; _o++) {
         real _acc = 0;
         for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t48[_o + _r * 32];
-        t49[_o] = _acc;
+            _acc += t47[_o + _r * 32];
+        t48[_o] = _acc;
     }
 }
 
-// t51 = zeros [N, 16, 32] with [14] = t48
-static void t51_place_kernel(real* restrict t51, const real* restrict t48, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t51[(_i / 32) * 512 + _i % 32 + 448] = t48[_i];
-    }
-}
-
-// t52 = h13_bar*(1.0 - (h13*h13))  (elementwise over [N, 32])
-static void t52_kernel(
-    real* restrict t52,
+// t50 = h13_bar*(1.0 - (h13*h13))  (elementwise over [N, 32])
+static void t50_kernel(
+    real* restrict t50,
     const real* restrict h13,
     const real* restrict h13_bar,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t52[_i] = h13_bar[_i]*(1.0 - (h13[_i]*h13[_i]));
+        t50[_i] = h13_bar[_i]*(1.0 - (h13[_i]*h13[_i]));
     }
 }
 
-// t53 = t52 summed over the batch to [32], a loop per output element
-static void t53_kernel(
-    real* restrict t53,
-    const real* restrict t52,
+// t51 = t50 summed over the batch to [32], a loop per output element
+static void t51_kernel(
+    real* restrict t51,
+    const real* restrict t50,
     long long _n_out,
     long long _n_red)
 {
     for (long long _o = 0; _o < _n_out; _o++) {
         real _acc = 0;
         for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t52[_o + _r * 32];
-        t53[_o] = _acc;
+            _acc += t50[_o + _r * 32];
+        t51[_o] = _acc;
     }
 }
 
-// t55 = zeros [N, 16, 32] with [13] = t52
-static void t55_place_kernel(real* restrict t55, const real* restrict t52, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t55[(_i / 32) * 512 + _i % 32 + 416] = t52[_i];
-    }
-}
-
-// t56 = h12_bar*(1.0 - (h12*h12))  (elementwise over [N, 32])
-static void t56_kernel(
-    real* restrict t56,
+// t53 = h12_bar*(1.0 - (h12*h12))  (elementwise over [N, 32])
+static void t53_kernel(
+    real* restrict t53,
     const real* restrict h12,
     const real* restrict h12_bar,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t56[_i] = h12_bar[_i]*(1.0 - (h12[_i]*h12[_i]));
+        t53[_i] = h12_bar[_i]*(1.0 - (h12[_i]*h12[_i]));
+    }
+}
+
+// t54 = t53 summed over the batch to [32], a loop per output element
+static void t54_kernel(
+    real* restrict t54,
+    const real* restrict t53,
+    long long _n_out,
+    long long _n_red)
+{
+    for (long long _o = 0; _o < _n_out; _o++) {
+        real _acc = 0;
+        for (long long _r = 0; _r < _n_red; _r++)
+            _acc += t53[_o + _r * 32];
+        t54[_o] = _acc;
+    }
+}
+
+// t56 = h11_bar*(1.0 - (h11*h11))  (elementwise over [N, 32])
+static void t56_kernel(
+    real* restrict t56,
+    const real* restrict h11,
+    const real* restrict h11_bar,
+    long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        t56[_i] = h11_bar[_i]*(1.0 - (h11[_i]*h11[_i]));
     }
 }
 
@@ -878,93 +881,96 @@ static void t57_kernel(
     }
 }
 
-// t59 = zeros [N, 16, 32] with [12] = t56
-static void t59_place_kernel(real* restrict t59, const real* restrict t56, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t59[(_i / 32) * 512 + _i % 32 + 384] = t56[_i];
-    }
-}
-
-// t60 = h11_bar*(1.0 - (h11*h11))  (elementwise over [N, 32])
-static void t60_kernel(
-    real* restrict t60,
-    const real* restrict h11,
-    const real* restrict h11_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t60[_i] = h11_bar[_i]*(1.0 - (h11[_i]*h11[_i]));
-    }
-}
-
-// t61 = t60 summed over the batch to [32], a loop per output element
-static void t61_kernel(
-    real* restrict t61,
-    const real* restrict t60,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t60[_o + _r * 32];
-        t61[_o] = _acc;
-    }
-}
-
-// t63 = zeros [N, 16, 32] with [11] = t60
-static void t63_place_kernel(real* restrict t63, const real* restrict t60, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t63[(_i / 32) * 512 + _i % 32 + 352] = t60[_i];
-    }
-}
-
-// t64 = h10_bar*(1.0 - (h10*h10))  (elementwise over [N, 32])
-static void t64_kernel(
-    real* restrict t64,
+// t59 = h10_bar*(1.0 - (h10*h10))  (elementwise over [N, 32])
+static void t59_kernel(
+    real* restrict t59,
     const real* restrict h10,
     const real* restrict h10_bar,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t64[_i] = h10_bar[_i]*(1.0 - (h10[_i]*h10[_i]));
+        t59[_i] = h10_bar[_i]*(1.0 - (h10[_i]*h10[_i]));
     }
 }
 
-// t65 = t64 summed over the batch to [32], a loop per output element
-static void t65_kernel(
-    real* restrict t65,
-    const real* restrict t64,
+// t60 = t59 summed over the batch to [32], a loop per output element
+static void t60_kernel(
+    real* restrict t60,
+    const real* restrict t59,
     long long _n_out,
     long long _n_red)
 {
     for (long long _o = 0; _o < _n_out; _o++) {
         real _acc = 0;
         for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t64[_o + _r * 32];
-        t65[_o] = _acc;
+            _acc += t59[_o + _r * 32];
+        t60[_o] = _acc;
     }
 }
 
-// t67 = zeros [N, 16, 32] with [10] = t64
-static void t67_place_kernel(real* restrict t67, const real* restrict t64, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t67[(_i / 32) * 512 + _i % 32 + 320] = t64[_i];
-    }
-}
-
-// t68 = h9_bar*(1.0 - (h9*h9))  (elementwise over [N, 32])
-static void t68_kernel(
-    real* restrict t68,
+// t62 = h9_bar*(1.0 - (h9*h9))  (elementwise over [N, 32])
+static void t62_kernel(
+    real* restrict t62,
     const real* restrict h9,
     const real* restrict h9_bar,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t68[_i] = h9_bar[_i]*(1.0 - (h9[_i]*h9[_i]));
+        t62[_i] = h9_bar[_i]*(1.0 - (h9[_i]*h9[_i]));
+    }
+}
+
+// t63 = t62 summed over the batch to [32], a loop per output element
+static void t63_kernel(
+    real* restrict t63,
+    const real* restrict t62,
+    long long _n_out,
+    long long _n_red)
+{
+    for (long long _o = 0; _o < _n_out; _o++) {
+        real _acc = 0;
+        for (long long _r = 0; _r < _n_red; _r++)
+            _acc += t62[_o + _r * 32];
+        t63[_o] = _acc;
+    }
+}
+
+// t65 = h8_bar*(1.0 - (h8*h8))  (elementwise over [N, 32])
+static void t65_kernel(
+    real* restrict t65,
+    const real* restrict h8,
+    const real* restrict h8_bar,
+    long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        t65[_i] = h8_bar[_i]*(1.0 - (h8[_i]*h8[_i]));
+    }
+}
+
+// t66 = t65 summed over the batch to [32], a loop per output element
+static void t66_kernel(
+    real* restrict t66,
+    const real* restrict t65,
+    long long _n_out,
+    long long _n_red)
+{
+    for (long long _o = 0; _o < _n_out; _o++) {
+        real _acc = 0;
+        for (long long _r = 0; _r < _n_red; _r++)
+            _acc += t65[_o + _r * 32];
+        t66[_o] = _acc;
+    }
+}
+
+// t68 = h7_bar*(1.0 - (h7*h7))  (elementwise over [N, 32])
+static void t68_kernel(
+    real* restrict t68,
+    const real* restrict h7,
+    const real* restrict h7_bar,
+    long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        t68[_i] = h7_bar[_i]*(1.0 - (h7[_i]*h7[_i]));
     }
 }
 
@@ -983,93 +989,96 @@ static void t69_kernel(
     }
 }
 
-// t71 = zeros [N, 16, 32] with [9] = t68
-static void t71_place_kernel(real* restrict t71, const real* restrict t68, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t71[(_i / 32) * 512 + _i % 32 + 288] = t68[_i];
-    }
-}
-
-// t72 = h8_bar*(1.0 - (h8*h8))  (elementwise over [N, 32])
-static void t72_kernel(
-    real* restrict t72,
-    const real* restrict h8,
-    const real* restrict h8_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t72[_i] = h8_bar[_i]*(1.0 - (h8[_i]*h8[_i]));
-    }
-}
-
-// t73 = t72 summed over the batch to [32], a loop per output element
-static void t73_kernel(
-    real* restrict t73,
-    const real* restrict t72,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t72[_o + _r * 32];
-        t73[_o] = _acc;
-    }
-}
-
-// t75 = zeros [N, 16, 32] with [8] = t72
-static void t75_place_kernel(real* restrict t75, const real* restrict t72, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t75[(_i / 32) * 512 + _i % 32 + 256] = t72[_i];
-    }
-}
-
-// t76 = h7_bar*(1.0 - (h7*h7))  (elementwise over [N, 32])
-static void t76_kernel(
-    real* restrict t76,
-    const real* restrict h7,
-    const real* restrict h7_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t76[_i] = h7_bar[_i]*(1.0 - (h7[_i]*h7[_i]));
-    }
-}
-
-// t77 = t76 summed over the batch to [32], a loop per output element
-static void t77_kernel(
-    real* restrict t77,
-    const real* restrict t76,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t76[_o + _r * 32];
-        t77[_o] = _acc;
-    }
-}
-
-// t79 = zeros [N, 16, 32] with [7] = t76
-static void t79_place_kernel(real* restrict t79, const real* restrict t76, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t79[(_i / 32) * 512 + _i % 32 + 224] = t76[_i];
-    }
-}
-
-// t80 = h6_bar*(1.0 - (h6*h6))  (elementwise over [N, 32])
-static void t80_kernel(
-    real* restrict t80,
+// t71 = h6_bar*(1.0 - (h6*h6))  (elementwise over [N, 32])
+static void t71_kernel(
+    real* restrict t71,
     const real* restrict h6,
     const real* restrict h6_bar,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t80[_i] = h6_bar[_i]*(1.0 - (h6[_i]*h6[_i]));
+        t71[_i] = h6_bar[_i]*(1.0 - (h6[_i]*h6[_i]));
+    }
+}
+
+// t72 = t71 summed over the batch to [32], a loop per output element
+static void t72_kernel(
+    real* restrict t72,
+    const real* restrict t71,
+    long long _n_out,
+    long long _n_red)
+{
+    for (long long _o = 0; _o < _n_out; _o++) {
+        real _acc = 0;
+        for (long long _r = 0; _r < _n_red; _r++)
+            _acc += t71[_o + _r * 32];
+        t72[_o] = _acc;
+    }
+}
+
+// t74 = h5_bar*(1.0 - (h5*h5))  (elementwise over [N, 32])
+static void t74_kernel(
+    real* restrict t74,
+    const real* restrict h5,
+    const real* restrict h5_bar,
+    long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        t74[_i] = h5_bar[_i]*(1.0 - (h5[_i]*h5[_i]));
+    }
+}
+
+// t75 = t74 summed over the batch to [32], a loop per output element
+static void t75_kernel(
+    real* restrict t75,
+    const real* restrict t74,
+    long long _n_out,
+    long long _n_red)
+{
+    for (long long _o = 0; _o < _n_out; _o++) {
+        real _acc = 0;
+        for (long long _r = 0; _r < _n_red; _r++)
+            _acc += t74[_o + _r * 32];
+        t75[_o] = _acc;
+    }
+}
+
+// t77 = h4_bar*(1.0 - (h4*h4))  (elementwise over [N, 32])
+static void t77_kernel(
+    real* restrict t77,
+    const real* restrict h4,
+    const real* restrict h4_bar,
+    long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        t77[_i] = h4_bar[_i]*(1.0 - (h4[_i]*h4[_i]));
+    }
+}
+
+// t78 = t77 summed over the batch to [32], a loop per output element
+static void t78_kernel(
+    real* restrict t78,
+    const real* restrict t77,
+    long long _n_out,
+    long long _n_red)
+{
+    for (long long _o = 0; _o < _n_out; _o++) {
+        real _acc = 0;
+        for (long long _r = 0; _r < _n_red; _r++)
+            _acc += t77[_o + _r * 32];
+        t78[_o] = _acc;
+    }
+}
+
+// t80 = h3_bar*(1.0 - (h3*h3))  (elementwise over [N, 32])
+static void t80_kernel(
+    real* restrict t80,
+    const real* restrict h3,
+    const real* restrict h3_bar,
+    long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        t80[_i] = h3_bar[_i]*(1.0 - (h3[_i]*h3[_i]));
     }
 }
 
@@ -1088,247 +1097,212 @@ static void t81_kernel(
     }
 }
 
-// t83 = zeros [N, 16, 32] with [6] = t80
-static void t83_place_kernel(real* restrict t83, const real* restrict t80, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t83[(_i / 32) * 512 + _i % 32 + 192] = t80[_i];
-    }
-}
-
-// t84 = h5_bar*(1.0 - (h5*h5))  (elementwise over [N, 32])
-static void t84_kernel(
-    real* restrict t84,
-    const real* restrict h5,
-    const real* restrict h5_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t84[_i] = h5_bar[_i]*(1.0 - (h5[_i]*h5[_i]));
-    }
-}
-
-// t85 = t84 summed over the batch to [32], a loop per output element
-static void t85_kernel(
-    real* restrict t85,
-    const real* restrict t84,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t84[_o + _r * 32];
-        t85[_o] = _acc;
-    }
-}
-
-// t87 = zeros [N, 16, 32] with [5] = t84
-static void t87_place_kernel(real* restrict t87, const real* restrict t84, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t87[(_i / 32) * 512 + _i % 32 + 160] = t84[_i];
-    }
-}
-
-// t88 = h4_bar*(1.0 - (h4*h4))  (elementwise over [N, 32])
-static void t88_kernel(
-    real* restrict t88,
-    const real* restrict h4,
-    const real* restrict h4_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t88[_i] = h4_bar[_i]*(1.0 - (h4[_i]*h4[_i]));
-    }
-}
-
-// t89 = t88 summed over the batch to [32], a loop per output element
-static void t89_kernel(
-    real* restrict t89,
-    const real* restrict t88,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t88[_o + _r * 32];
-        t89[_o] = _acc;
-    }
-}
-
-// t91 = zeros [N, 16, 32] with [4] = t88
-static void t91_place_kernel(real* restrict t91, const real* restrict t88, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t91[(_i / 32) * 512 + _i % 32 + 128] = t88[_i];
-    }
-}
-
-// t92 = h3_bar*(1.0 - (h3*h3))  (elementwise over [N, 32])
-static void t92_kernel(
-    real* restrict t92,
-    const real* restrict h3,
-    const real* restrict h3_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t92[_i] = h3_bar[_i]*(1.0 - (h3[_i]*h3[_i]));
-    }
-}
-
-// t93 = t92 summed over the batch to [32], a loop per output element
-static void t93_kernel(
-    real* restrict t93,
-    const real* restrict t92,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t92[_o + _r * 32];
-        t93[_o] = _acc;
-    }
-}
-
-// t95 = zeros [N, 16, 32] with [3] = t92
-static void t95_place_kernel(real* restrict t95, const real* restrict t92, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t95[(_i / 32) * 512 + _i % 32 + 96] = t92[_i];
-    }
-}
-
-// t96 = h2_bar*(1.0 - (h2*h2))  (elementwise over [N, 32])
-static void t96_kernel(
-    real* restrict t96,
+// t83 = h2_bar*(1.0 - (h2*h2))  (elementwise over [N, 32])
+static void t83_kernel(
+    real* restrict t83,
     const real* restrict h2,
     const real* restrict h2_bar,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t96[_i] = h2_bar[_i]*(1.0 - (h2[_i]*h2[_i]));
+        t83[_i] = h2_bar[_i]*(1.0 - (h2[_i]*h2[_i]));
     }
 }
 
-// t97 = t96 summed over the batch to [32], a loop per output element
-static void t97_kernel(
-    real* restrict t97,
-    const real* restrict t96,
+// t84 = t83 summed over the batch to [32], a loop per output element
+static void t84_kernel(
+    real* restrict t84,
+    const real* restrict t83,
     long long _n_out,
     long long _n_red)
 {
     for (long long _o = 0; _o < _n_out; _o++) {
         real _acc = 0;
         for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t96[_o + _r * 32];
-        t97[_o] = _acc;
+            _acc += t83[_o + _r * 32];
+        t84[_o] = _acc;
     }
 }
 
-// t99 = zeros [N, 16, 32] with [2] = t96
-static void t99_place_kernel(real* restrict t99, const real* restrict t96, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t99[(_i / 32) * 512 + _i % 32 + 64] = t96[_i];
-    }
-}
-
-// t100 = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 32])
-static void t100_kernel(
-    real* restrict t100,
+// t86 = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 32])
+static void t86_kernel(
+    real* restrict t86,
     const real* restrict h1,
     const real* restrict h1_bar,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t100[_i] = h1_bar[_i]*(1.0 - (h1[_i]*h1[_i]));
+        t86[_i] = h1_bar[_i]*(1.0 - (h1[_i]*h1[_i]));
     }
 }
 
-// t101 = t100 summed over the batch to [32], a loop per output element
-static void t101_kernel(
-    real* restrict t101,
-    const real* restrict t100,
+// t87 = t86 summed over the batch to [32], a loop per output element
+static void t87_kernel(
+    real* restrict t87,
+    const real* restrict t86,
     long long _n_out,
     long long _n_red)
 {
     for (long long _o = 0; _o < _n_out; _o++) {
         real _acc = 0;
         for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t100[_o + _r * 32];
-        t101[_o] = _acc;
+            _acc += t86[_o + _r * 32];
+        t87[_o] = _acc;
     }
 }
 
-// t103 = zeros [N, 16, 32] with [1] = t100
-static void t103_place_kernel(real* restrict t103, const real* restrict t100, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t103[(_i / 32) * 512 + _i % 32 + 32] = t100[_i];
-    }
-}
-
-// t104 = h0_bar*(1.0 - (h0*h0))  (elementwise over [N, 32])
-static void t104_kernel(
-    real* restrict t104,
+// t89 = h0_bar*(1.0 - (h0*h0))  (elementwise over [N, 32])
+static void t89_kernel(
+    real* restrict t89,
     const real* restrict h0,
     const real* restrict h0_bar,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t104[_i] = h0_bar[_i]*(1.0 - (h0[_i]*h0[_i]));
+        t89[_i] = h0_bar[_i]*(1.0 - (h0[_i]*h0[_i]));
     }
 }
 
-// t105 = t104 summed over the batch to [32], a loop per output element
-static void t105_kernel(
-    real* restrict t105,
-    const real* restrict t104,
+// t90 = t89 summed over the batch to [32], a loop per output element
+static void t90_kernel(
+    real* restrict t90,
+    const real* restrict t89,
     long long _n_out,
     long long _n_red)
 {
     for (long long _o = 0; _o < _n_out; _o++) {
         real _acc = 0;
         for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t104[_o + _r * 32];
-        t105[_o] = _acc;
+            _acc += t89[_o + _r * 32];
+        t90[_o] = _acc;
     }
 }
 
-// t106 = zeros [N, 16, 32] with [0] = t104
-static void t106_place_kernel(real* restrict t106, const real* restrict t104, long long _n)
+// e_bar[:1] = t91
+static void e_bar_place_kernel(real* restrict e_bar, const real* restrict t91, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        t106[(_i / 32) * 512 + _i % 32] = t104[_i];
+        e_bar[(_i / 32) * 512 + _i % 32] = t91[_i];
     }
 }
 
-// e_bar: elementwise over [N, 16, 32]
-static void e_bar_kernel(
-    real* restrict e_bar,
-    const real* restrict t47,
-    const real* restrict t51,
-    const real* restrict t55,
-    const real* restrict t59,
-    const real* restrict t63,
-    const real* restrict t67,
-    const real* restrict t71,
-    const real* restrict t75,
-    const real* restrict t79,
-    const real* restrict t83,
-    const real* restrict t87,
-    const real* restrict t91,
-    const real* restrict t95,
-    const real* restrict t99,
-    const real* restrict t103,
-    const real* restrict t106,
-    long long _n)
+// e_bar[1:2] = t92
+static void e_bar_place_kernel_2(real* restrict e_bar, const real* restrict t92, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        e_bar[_i] = t103[_i] + t106[_i] + t47[_i] + t51[_i] + t55[_i] + t59[_i] + t63[_i] + t67[_i] + t71[_i] + t75[_i] + t79[_i] + t83[_i] + t87[_i] + t91[_i] + t95[_i] + t99[_i];
+        e_bar[(_i / 32) * 512 + _i % 32 + 32] = t92[_i];
+    }
+}
+
+// e_bar[2:3] = t93
+static void e_bar_place_kernel_3(real* restrict e_bar, const real* restrict t93, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 64] = t93[_i];
+    }
+}
+
+// e_bar[3:4] = t94
+static void e_bar_place_kernel_4(real* restrict e_bar, const real* restrict t94, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 96] = t94[_i];
+    }
+}
+
+// e_bar[4:5] = t95
+static void e_bar_place_kernel_5(real* restrict e_bar, const real* restrict t95, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 128] = t95[_i];
+    }
+}
+
+// e_bar[5:6] = t96
+static void e_bar_place_kernel_6(real* restrict e_bar, const real* restrict t96, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 160] = t96[_i];
+    }
+}
+
+// e_bar[6:7] = t97
+static void e_bar_place_kernel_7(real* restrict e_bar, const real* restrict t97, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 192] = t97[_i];
+    }
+}
+
+// e_bar[7:8] = t98
+static void e_bar_place_kernel_8(real* restrict e_bar, const real* restrict t98, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 224] = t98[_i];
+    }
+}
+
+// e_bar[8:9] = t99
+static void e_bar_place_kernel_9(real* restrict e_bar, const real* restrict t99, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 256] = t99[_i];
+    }
+}
+
+// e_bar[9:10] = t100
+static void e_bar_place_kernel_10(real* restrict e_bar, const real* restrict t100, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 288] = t100[_i];
+    }
+}
+
+// e_bar[10:11] = t101
+static void e_bar_place_kernel_11(real* restrict e_bar, const real* restrict t101, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 320] = t101[_i];
+    }
+}
+
+// e_bar[11:12] = t102
+static void e_bar_place_kernel_12(real* restrict e_bar, const real* restrict t102, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 352] = t102[_i];
+    }
+}
+
+// e_bar[12:13] = t103
+static void e_bar_place_kernel_13(real* restrict e_bar, const real* restrict t103, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 384] = t103[_i];
+    }
+}
+
+// e_bar[13:14] = t104
+static void e_bar_place_kernel_14(real* restrict e_bar, const real* restrict t104, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 416] = t104[_i];
+    }
+}
+
+// e_bar[14:15] = t105
+static void e_bar_place_kernel_15(real* restrict e_bar, const real* restrict t105, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 448] = t105[_i];
+    }
+}
+
+// e_bar[15:] = t106
+static void e_bar_place_kernel_16(real* restrict e_bar, const real* restrict t106, long long _n)
+{
+    for (long long _i = 0; _i < _n; _i++) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 480] = t106[_i];
     }
 }
 
@@ -1350,25 +1324,25 @@ static void E_bar_scatter_kernel(
 static void b_bar_kernel(
     real* restrict b_bar,
     const real* restrict t45,
-    const real* restrict t49,
-    const real* restrict t53,
+    const real* restrict t48,
+    const real* restrict t51,
+    const real* restrict t54,
     const real* restrict t57,
-    const real* restrict t61,
-    const real* restrict t65,
+    const real* restrict t60,
+    const real* restrict t63,
+    const real* restrict t66,
     const real* restrict t69,
-    const real* restrict t73,
-    const real* restrict t77,
+    const real* restrict t72,
+    const real* restrict t75,
+    const real* restrict t78,
     const real* restrict t81,
-    const real* restrict t85,
-    const real* restrict t89,
-    const real* restrict t93,
-    const real* restrict t97,
-    const real* restrict t101,
-    const real* restrict t105,
+    const real* restrict t84,
+    const real* restrict t87,
+    const real* restrict t90,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        b_bar[_i] = t101[_i] + t105[_i] + t45[_i] + t49[_i] + t53[_i] + t57[_i] + t61[_i] + t65[_i] + t69[_i] + t73[_i] + t77[_i] + t81[_i] + t85[_i] + t89[_i] + t93[_i] + t97[_i];
+        b_bar[_i] = t45[_i] + t48[_i] + t51[_i] + t54[_i] + t57[_i] + t60[_i] + t63[_i] + t66[_i] + t69[_i] + t72[_i] + t75[_i] + t78[_i] + t81[_i] + t84[_i] + t87[_i] + t90[_i];
     }
 }
 
@@ -1376,24 +1350,24 @@ static void b_bar_kernel(
 static void U_bar_kernel(
     real* restrict U_bar,
     const real* restrict t46,
-    const real* restrict t50,
-    const real* restrict t54,
+    const real* restrict t49,
+    const real* restrict t52,
+    const real* restrict t55,
     const real* restrict t58,
-    const real* restrict t62,
-    const real* restrict t66,
+    const real* restrict t61,
+    const real* restrict t64,
+    const real* restrict t67,
     const real* restrict t70,
-    const real* restrict t74,
-    const real* restrict t78,
+    const real* restrict t73,
+    const real* restrict t76,
+    const real* restrict t79,
     const real* restrict t82,
-    const real* restrict t86,
-    const real* restrict t90,
-    const real* restrict t94,
-    const real* restrict t98,
-    const real* restrict t102,
+    const real* restrict t85,
+    const real* restrict t88,
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        U_bar[_i] = t102[_i] + t46[_i] + t50[_i] + t54[_i] + t58[_i] + t62[_i] + t66[_i] + t70[_i] + t74[_i] + t78[_i] + t82[_i] + t86[_i] + t90[_i] + t94[_i] + t98[_i];
+        U_bar[_i] = t46[_i] + t49[_i] + t52[_i] + t55[_i] + t58[_i] + t61[_i] + t64[_i] + t67[_i] + t70[_i] + t73[_i] + t76[_i] + t79[_i] + t82[_i] + t85[_i] + t88[_i];
     }
 }
 
@@ -1402,7 +1376,7 @@ typedef struct brackets_rnn_workspace {
     int N;                 // the batch size
     struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34; } predict;
     struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34, *t35, *L_n, *t38, *L; } loss;
-    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34, *t35, *L_n, *t38, *L, *t41, *z_bar, *h15_bar, *t44, *t45, *t46, *h14_bar, *t47, *t48, *t49, *t50, *h13_bar, *t51, *t52, *t53, *t54, *h12_bar, *t55, *t56, *t57, *t58, *h11_bar, *t59, *t60, *t61, *t62, *h10_bar, *t63, *t64, *t65, *t66, *h9_bar, *t67, *t68, *t69, *t70, *h8_bar, *t71, *t72, *t73, *t74, *h7_bar, *t75, *t76, *t77, *t78, *h6_bar, *t79, *t80, *t81, *t82, *h5_bar, *t83, *t84, *t85, *t86, *h4_bar, *t87, *t88, *t89, *t90, *h3_bar, *t91, *t92, *t93, *t94, *h2_bar, *t95, *t96, *t97, *t98, *h1_bar, *t99, *t100, *t101, *t102, *h0_bar, *t103, *t104, *t105, *t106, *e_bar; } value_and_grad;
+    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34, *t35, *L_n, *t38, *L, *t41, *z_bar, *h15_bar, *t44, *t45, *t46, *h14_bar, *t47, *t48, *t49, *h13_bar, *t50, *t51, *t52, *h12_bar, *t53, *t54, *t55, *h11_bar, *t56, *t57, *t58, *h10_bar, *t59, *t60, *t61, *h9_bar, *t62, *t63, *t64, *h8_bar, *t65, *t66, *t67, *h7_bar, *t68, *t69, *t70, *h6_bar, *t71, *t72, *t73, *h5_bar, *t74, *t75, *t76, *h4_bar, *t77, *t78, *t79, *h3_bar, *t80, *t81, *t82, *h2_bar, *t83, *t84, *t85, *h1_bar, *t86, *t87, *t88, *h0_bar, *t89, *t90, *e_bar; } value_and_grad;
 } brackets_rnn_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -1601,80 +1575,64 @@ static size_t brackets_rnn_layout(brackets_rnn_workspace* ws, char* base)
     ws->value_and_grad.t45 = bp_carve(base, &off, 32);
     ws->value_and_grad.t46 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h14_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t47 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t48 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t49 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t50 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t47 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t48 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t49 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h13_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t51 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t52 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t53 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t54 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t50 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t51 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t52 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h12_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t55 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t53 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t54 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t55 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h11_bar = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t56 = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t57 = bp_carve(base, &off, 32);
     ws->value_and_grad.t58 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h11_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t59 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t60 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t61 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t62 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h10_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t63 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t64 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t65 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t66 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t59 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t60 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t61 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h9_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t67 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t62 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t63 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t64 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h8_bar = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t65 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t66 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t67 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h7_bar = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t68 = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t69 = bp_carve(base, &off, 32);
     ws->value_and_grad.t70 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h8_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t71 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t72 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t73 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t74 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h7_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t75 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t76 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t77 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t78 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h6_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t79 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t71 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t72 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t73 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h5_bar = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t74 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t75 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t76 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t77 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t78 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t79 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h3_bar = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t80 = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t81 = bp_carve(base, &off, 32);
     ws->value_and_grad.t82 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h5_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t83 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t84 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t85 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t86 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t87 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t88 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t89 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t90 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h3_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t91 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t92 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t93 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t94 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t95 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t96 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t97 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t98 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t83 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t84 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t85 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t99 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t100 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t101 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t102 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t86 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t87 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t88 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h0_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t103 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t104 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t105 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t106 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t89 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t90 = bp_carve(base, &off, 32);
     ws->value_and_grad.e_bar = bp_carve(base, &off, N * 512);
     if (off > top) top = off;
     return top > off ? top : off;
@@ -2177,81 +2135,81 @@ int brackets_rnn_value_and_grad(
     real* const t47 = ws->value_and_grad.t47;
     real* const t48 = ws->value_and_grad.t48;
     real* const t49 = ws->value_and_grad.t49;
-    real* const t50 = ws->value_and_grad.t50;
     real* const h13_bar = ws->value_and_grad.h13_bar;
+    real* const t50 = ws->value_and_grad.t50;
     real* const t51 = ws->value_and_grad.t51;
     real* const t52 = ws->value_and_grad.t52;
+    real* const h12_bar = ws->value_and_grad.h12_bar;
     real* const t53 = ws->value_and_grad.t53;
     real* const t54 = ws->value_and_grad.t54;
-    real* const h12_bar = ws->value_and_grad.h12_bar;
     real* const t55 = ws->value_and_grad.t55;
+    real* const h11_bar = ws->value_and_grad.h11_bar;
     real* const t56 = ws->value_and_grad.t56;
     real* const t57 = ws->value_and_grad.t57;
     real* const t58 = ws->value_and_grad.t58;
-    real* const h11_bar = ws->value_and_grad.h11_bar;
+    real* const h10_bar = ws->value_and_grad.h10_bar;
     real* const t59 = ws->value_and_grad.t59;
     real* const t60 = ws->value_and_grad.t60;
     real* const t61 = ws->value_and_grad.t61;
+    real* const h9_bar = ws->value_and_grad.h9_bar;
     real* const t62 = ws->value_and_grad.t62;
-    real* const h10_bar = ws->value_and_grad.h10_bar;
     real* const t63 = ws->value_and_grad.t63;
     real* const t64 = ws->value_and_grad.t64;
+    real* const h8_bar = ws->value_and_grad.h8_bar;
     real* const t65 = ws->value_and_grad.t65;
     real* const t66 = ws->value_and_grad.t66;
-    real* const h9_bar = ws->value_and_grad.h9_bar;
     real* const t67 = ws->value_and_grad.t67;
+    real* const h7_bar = ws->value_and_grad.h7_bar;
     real* const t68 = ws->value_and_grad.t68;
     real* const t69 = ws->value_and_grad.t69;
     real* const t70 = ws->value_and_grad.t70;
-    real* const h8_bar = ws->value_and_grad.h8_bar;
+    real* const h6_bar = ws->value_and_grad.h6_bar;
     real* const t71 = ws->value_and_grad.t71;
     real* const t72 = ws->value_and_grad.t72;
     real* const t73 = ws->value_and_grad.t73;
+    real* const h5_bar = ws->value_and_grad.h5_bar;
     real* const t74 = ws->value_and_grad.t74;
-    real* const h7_bar = ws->value_and_grad.h7_bar;
     real* const t75 = ws->value_and_grad.t75;
     real* const t76 = ws->value_and_grad.t76;
+    real* const h4_bar = ws->value_and_grad.h4_bar;
     real* const t77 = ws->value_and_grad.t77;
     real* const t78 = ws->value_and_grad.t78;
-    real* const h6_bar = ws->value_and_grad.h6_bar;
     real* const t79 = ws->value_and_grad.t79;
+    real* const h3_bar = ws->value_and_grad.h3_bar;
     real* const t80 = ws->value_and_grad.t80;
     real* const t81 = ws->value_and_grad.t81;
     real* const t82 = ws->value_and_grad.t82;
-    real* const h5_bar = ws->value_and_grad.h5_bar;
+    real* const h2_bar = ws->value_and_grad.h2_bar;
     real* const t83 = ws->value_and_grad.t83;
     real* const t84 = ws->value_and_grad.t84;
     real* const t85 = ws->value_and_grad.t85;
+    real* const h1_bar = ws->value_and_grad.h1_bar;
     real* const t86 = ws->value_and_grad.t86;
-    real* const h4_bar = ws->value_and_grad.h4_bar;
     real* const t87 = ws->value_and_grad.t87;
     real* const t88 = ws->value_and_grad.t88;
+    real* const h0_bar = ws->value_and_grad.h0_bar;
     real* const t89 = ws->value_and_grad.t89;
     real* const t90 = ws->value_and_grad.t90;
-    real* const h3_bar = ws->value_and_grad.h3_bar;
-    real* const t91 = ws->value_and_grad.t91;
-    real* const t92 = ws->value_and_grad.t92;
-    real* const t93 = ws->value_and_grad.t93;
-    real* const t94 = ws->value_and_grad.t94;
-    real* const h2_bar = ws->value_and_grad.h2_bar;
-    real* const t95 = ws->value_and_grad.t95;
-    real* const t96 = ws->value_and_grad.t96;
-    real* const t97 = ws->value_and_grad.t97;
-    real* const t98 = ws->value_and_grad.t98;
-    real* const h1_bar = ws->value_and_grad.h1_bar;
-    real* const t99 = ws->value_and_grad.t99;
-    real* const t100 = ws->value_and_grad.t100;
-    real* const t101 = ws->value_and_grad.t101;
-    real* const t102 = ws->value_and_grad.t102;
-    real* const h0_bar = ws->value_and_grad.h0_bar;
-    real* const t103 = ws->value_and_grad.t103;
-    real* const t104 = ws->value_and_grad.t104;
-    real* const t105 = ws->value_and_grad.t105;
-    real* const t106 = ws->value_and_grad.t106;
     real* const e_bar = ws->value_and_grad.e_bar;
     const real* const t36 = t32;
     const real* const t37 = t34;
     const real* const t42 = t41;
+    const real* const t91 = t89;
+    const real* const t92 = t86;
+    const real* const t93 = t83;
+    const real* const t94 = t80;
+    const real* const t95 = t77;
+    const real* const t96 = t74;
+    const real* const t97 = t71;
+    const real* const t98 = t68;
+    const real* const t99 = t65;
+    const real* const t100 = t62;
+    const real* const t101 = t59;
+    const real* const t102 = t56;
+    const real* const t103 = t53;
+    const real* const t104 = t50;
+    const real* const t105 = t47;
+    const real* const t106 = t44;
 
     // forward pass
     // e = E[tokens]
@@ -2399,233 +2357,232 @@ int brackets_rnn_value_and_grad(
     // GEMM: h14_bar [N x 32] = t44 @ U, t44 [N x 32], U [32 x 32], row-major;
     // h14_bar = t44 @ U (GEMM)
     bp_dgemm(0, 0, N, 32, 32, 1.0, t44, 32, U, 32, 0.0, h14_bar, 32);
-    memset(t47, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t47_place_kernel(t47, t44, (long long)N * 32);
     // q58_bar = h14_bar*(1 - h14**2)   # tanh
     // q57_bar = q58_bar   # add
     // q56_bar = q57_bar   # add
     // q55_bar = q57_bar   # add
-    t48_kernel(t48, h14, h14_bar, (long long)N * 32);
-    t49_kernel(t49, t48, 32, (long long)N);
-    // GEMM: t50 [32 x 32] = t48^T @ h13, t48 [N x 32], h13 [N x 32], row-major;
-    // t50 = t48^T @ h13 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t48, 32, h13, 32, 0.0, t50, 32);
+    t47_kernel(t47, h14, h14_bar, (long long)N * 32);
+    t48_kernel(t48, t47, 32, (long long)N);
+    // GEMM: t49 [32 x 32] = t47^T @ h13, t47 [N x 32], h13 [N x 32], row-major;
+    // t49 = t47^T @ h13 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t47, 32, h13, 32, 0.0, t49, 32);
     // h13_bar = U^T @ q56_bar   # matmul
-    // GEMM: h13_bar [N x 32] = t48 @ U, t48 [N x 32], U [32 x 32], row-major;
-    // h13_bar = t48 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t48, 32, U, 32, 0.0, h13_bar, 32);
-    memset(t51, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t51_place_kernel(t51, t48, (long long)N * 32);
+    // GEMM: h13_bar [N x 32] = t47 @ U, t47 [N x 32], U [32 x 32], row-major;
+    // h13_bar = t47 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t47, 32, U, 32, 0.0, h13_bar, 32);
     // q54_bar = h13_bar*(1 - h13**2)   # tanh
     // q53_bar = q54_bar   # add
     // q52_bar = q53_bar   # add
     // q51_bar = q53_bar   # add
-    t52_kernel(t52, h13, h13_bar, (long long)N * 32);
-    t53_kernel(t53, t52, 32, (long long)N);
-    // GEMM: t54 [32 x 32] = t52^T @ h12, t52 [N x 32], h12 [N x 32], row-major;
-    // t54 = t52^T @ h12 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t52, 32, h12, 32, 0.0, t54, 32);
+    t50_kernel(t50, h13, h13_bar, (long long)N * 32);
+    t51_kernel(t51, t50, 32, (long long)N);
+    // GEMM: t52 [32 x 32] = t50^T @ h12, t50 [N x 32], h12 [N x 32], row-major;
+    // t52 = t50^T @ h12 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t50, 32, h12, 32, 0.0, t52, 32);
     // h12_bar = U^T @ q52_bar   # matmul
-    // GEMM: h12_bar [N x 32] = t52 @ U, t52 [N x 32], U [32 x 32], row-major;
-    // h12_bar = t52 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t52, 32, U, 32, 0.0, h12_bar, 32);
-    memset(t55, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t55_place_kernel(t55, t52, (long long)N * 32);
+    // GEMM: h12_bar [N x 32] = t50 @ U, t50 [N x 32], U [32 x 32], row-major;
+    // h12_bar = t50 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t50, 32, U, 32, 0.0, h12_bar, 32);
     // q50_bar = h12_bar*(1 - h12**2)   # tanh
     // q49_bar = q50_bar   # add
     // q48_bar = q49_bar   # add
     // q47_bar = q49_bar   # add
-    t56_kernel(t56, h12, h12_bar, (long long)N * 32);
-    t57_kernel(t57, t56, 32, (long long)N);
-    // GEMM: t58 [32 x 32] = t56^T @ h11, t56 [N x 32], h11 [N x 32], row-major;
-    // t58 = t56^T @ h11 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t56, 32, h11, 32, 0.0, t58, 32);
+    t53_kernel(t53, h12, h12_bar, (long long)N * 32);
+    t54_kernel(t54, t53, 32, (long long)N);
+    // GEMM: t55 [32 x 32] = t53^T @ h11, t53 [N x 32], h11 [N x 32], row-major;
+    // t55 = t53^T @ h11 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t53, 32, h11, 32, 0.0, t55, 32);
     // h11_bar = U^T @ q48_bar   # matmul
-    // GEMM: h11_bar [N x 32] = t56 @ U, t56 [N x 32], U [32 x 32], row-major;
-    // h11_bar = t56 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t56, 32, U, 32, 0.0, h11_bar, 32);
-    memset(t59, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t59_place_kernel(t59, t56, (long long)N * 32);
+    // GEMM: h11_bar [N x 32] = t53 @ U, t53 [N x 32], U [32 x 32], row-major;
+    // h11_bar = t53 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t53, 32, U, 32, 0.0, h11_bar, 32);
     // q46_bar = h11_bar*(1 - h11**2)   # tanh
     // q45_bar = q46_bar   # add
     // q44_bar = q45_bar   # add
     // q43_bar = q45_bar   # add
-    t60_kernel(t60, h11, h11_bar, (long long)N * 32);
-    t61_kernel(t61, t60, 32, (long long)N);
-    // GEMM: t62 [32 x 32] = t60^T @ h10, t60 [N x 32], h10 [N x 32], row-major;
-    // t62 = t60^T @ h10 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t60, 32, h10, 32, 0.0, t62, 32);
+    t56_kernel(t56, h11, h11_bar, (long long)N * 32);
+    t57_kernel(t57, t56, 32, (long long)N);
+    // GEMM: t58 [32 x 32] = t56^T @ h10, t56 [N x 32], h10 [N x 32], row-major;
+    // t58 = t56^T @ h10 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t56, 32, h10, 32, 0.0, t58, 32);
     // h10_bar = U^T @ q44_bar   # matmul
-    // GEMM: h10_bar [N x 32] = t60 @ U, t60 [N x 32], U [32 x 32], row-major;
-    // h10_bar = t60 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t60, 32, U, 32, 0.0, h10_bar, 32);
-    memset(t63, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t63_place_kernel(t63, t60, (long long)N * 32);
+    // GEMM: h10_bar [N x 32] = t56 @ U, t56 [N x 32], U [32 x 32], row-major;
+    // h10_bar = t56 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t56, 32, U, 32, 0.0, h10_bar, 32);
     // q42_bar = h10_bar*(1 - h10**2)   # tanh
     // q41_bar = q42_bar   # add
     // q40_bar = q41_bar   # add
     // q39_bar = q41_bar   # add
-    t64_kernel(t64, h10, h10_bar, (long long)N * 32);
-    t65_kernel(t65, t64, 32, (long long)N);
-    // GEMM: t66 [32 x 32] = t64^T @ h9, t64 [N x 32], h9 [N x 32], row-major;
-    // t66 = t64^T @ h9 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t64, 32, h9, 32, 0.0, t66, 32);
+    t59_kernel(t59, h10, h10_bar, (long long)N * 32);
+    t60_kernel(t60, t59, 32, (long long)N);
+    // GEMM: t61 [32 x 32] = t59^T @ h9, t59 [N x 32], h9 [N x 32], row-major;
+    // t61 = t59^T @ h9 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t59, 32, h9, 32, 0.0, t61, 32);
     // h9_bar = U^T @ q40_bar   # matmul
-    // GEMM: h9_bar [N x 32] = t64 @ U, t64 [N x 32], U [32 x 32], row-major;
-    // h9_bar = t64 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t64, 32, U, 32, 0.0, h9_bar, 32);
-    memset(t67, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t67_place_kernel(t67, t64, (long long)N * 32);
+    // GEMM: h9_bar [N x 32] = t59 @ U, t59 [N x 32], U [32 x 32], row-major;
+    // h9_bar = t59 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t59, 32, U, 32, 0.0, h9_bar, 32);
     // q38_bar = h9_bar*(1 - h9**2)   # tanh
     // q37_bar = q38_bar   # add
     // q36_bar = q37_bar   # add
     // q35_bar = q37_bar   # add
-    t68_kernel(t68, h9, h9_bar, (long long)N * 32);
-    t69_kernel(t69, t68, 32, (long long)N);
-    // GEMM: t70 [32 x 32] = t68^T @ h8, t68 [N x 32], h8 [N x 32], row-major;
-    // t70 = t68^T @ h8 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t68, 32, h8, 32, 0.0, t70, 32);
+    t62_kernel(t62, h9, h9_bar, (long long)N * 32);
+    t63_kernel(t63, t62, 32, (long long)N);
+    // GEMM: t64 [32 x 32] = t62^T @ h8, t62 [N x 32], h8 [N x 32], row-major;
+    // t64 = t62^T @ h8 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t62, 32, h8, 32, 0.0, t64, 32);
     // h8_bar = U^T @ q36_bar   # matmul
-    // GEMM: h8_bar [N x 32] = t68 @ U, t68 [N x 32], U [32 x 32], row-major;
-    // h8_bar = t68 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t68, 32, U, 32, 0.0, h8_bar, 32);
-    memset(t71, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t71_place_kernel(t71, t68, (long long)N * 32);
+    // GEMM: h8_bar [N x 32] = t62 @ U, t62 [N x 32], U [32 x 32], row-major;
+    // h8_bar = t62 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t62, 32, U, 32, 0.0, h8_bar, 32);
     // q34_bar = h8_bar*(1 - h8**2)   # tanh
     // q33_bar = q34_bar   # add
     // q32_bar = q33_bar   # add
     // q31_bar = q33_bar   # add
-    t72_kernel(t72, h8, h8_bar, (long long)N * 32);
-    t73_kernel(t73, t72, 32, (long long)N);
-    // GEMM: t74 [32 x 32] = t72^T @ h7, t72 [N x 32], h7 [N x 32], row-major;
-    // t74 = t72^T @ h7 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t72, 32, h7, 32, 0.0, t74, 32);
+    t65_kernel(t65, h8, h8_bar, (long long)N * 32);
+    t66_kernel(t66, t65, 32, (long long)N);
+    // GEMM: t67 [32 x 32] = t65^T @ h7, t65 [N x 32], h7 [N x 32], row-major;
+    // t67 = t65^T @ h7 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t65, 32, h7, 32, 0.0, t67, 32);
     // h7_bar = U^T @ q32_bar   # matmul
-    // GEMM: h7_bar [N x 32] = t72 @ U, t72 [N x 32], U [32 x 32], row-major;
-    // h7_bar = t72 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t72, 32, U, 32, 0.0, h7_bar, 32);
-    memset(t75, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t75_place_kernel(t75, t72, (long long)N * 32);
+    // GEMM: h7_bar [N x 32] = t65 @ U, t65 [N x 32], U [32 x 32], row-major;
+    // h7_bar = t65 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t65, 32, U, 32, 0.0, h7_bar, 32);
     // q30_bar = h7_bar*(1 - h7**2)   # tanh
     // q29_bar = q30_bar   # add
     // q28_bar = q29_bar   # add
     // q27_bar = q29_bar   # add
-    t76_kernel(t76, h7, h7_bar, (long long)N * 32);
-    t77_kernel(t77, t76, 32, (long long)N);
-    // GEMM: t78 [32 x 32] = t76^T @ h6, t76 [N x 32], h6 [N x 32], row-major;
-    // t78 = t76^T @ h6 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t76, 32, h6, 32, 0.0, t78, 32);
+    t68_kernel(t68, h7, h7_bar, (long long)N * 32);
+    t69_kernel(t69, t68, 32, (long long)N);
+    // GEMM: t70 [32 x 32] = t68^T @ h6, t68 [N x 32], h6 [N x 32], row-major;
+    // t70 = t68^T @ h6 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t68, 32, h6, 32, 0.0, t70, 32);
     // h6_bar = U^T @ q28_bar   # matmul
-    // GEMM: h6_bar [N x 32] = t76 @ U, t76 [N x 32], U [32 x 32], row-major;
-    // h6_bar = t76 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t76, 32, U, 32, 0.0, h6_bar, 32);
-    memset(t79, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t79_place_kernel(t79, t76, (long long)N * 32);
+    // GEMM: h6_bar [N x 32] = t68 @ U, t68 [N x 32], U [32 x 32], row-major;
+    // h6_bar = t68 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t68, 32, U, 32, 0.0, h6_bar, 32);
     // q26_bar = h6_bar*(1 - h6**2)   # tanh
     // q25_bar = q26_bar   # add
     // q24_bar = q25_bar   # add
     // q23_bar = q25_bar   # add
-    t80_kernel(t80, h6, h6_bar, (long long)N * 32);
-    t81_kernel(t81, t80, 32, (long long)N);
-    // GEMM: t82 [32 x 32] = t80^T @ h5, t80 [N x 32], h5 [N x 32], row-major;
-    // t82 = t80^T @ h5 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t80, 32, h5, 32, 0.0, t82, 32);
+    t71_kernel(t71, h6, h6_bar, (long long)N * 32);
+    t72_kernel(t72, t71, 32, (long long)N);
+    // GEMM: t73 [32 x 32] = t71^T @ h5, t71 [N x 32], h5 [N x 32], row-major;
+    // t73 = t71^T @ h5 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t71, 32, h5, 32, 0.0, t73, 32);
     // h5_bar = U^T @ q24_bar   # matmul
-    // GEMM: h5_bar [N x 32] = t80 @ U, t80 [N x 32], U [32 x 32], row-major;
-    // h5_bar = t80 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t80, 32, U, 32, 0.0, h5_bar, 32);
-    memset(t83, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t83_place_kernel(t83, t80, (long long)N * 32);
+    // GEMM: h5_bar [N x 32] = t71 @ U, t71 [N x 32], U [32 x 32], row-major;
+    // h5_bar = t71 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t71, 32, U, 32, 0.0, h5_bar, 32);
     // q22_bar = h5_bar*(1 - h5**2)   # tanh
     // q21_bar = q22_bar   # add
     // q20_bar = q21_bar   # add
     // q19_bar = q21_bar   # add
-    t84_kernel(t84, h5, h5_bar, (long long)N * 32);
-    t85_kernel(t85, t84, 32, (long long)N);
-    // GEMM: t86 [32 x 32] = t84^T @ h4, t84 [N x 32], h4 [N x 32], row-major;
-    // t86 = t84^T @ h4 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t84, 32, h4, 32, 0.0, t86, 32);
+    t74_kernel(t74, h5, h5_bar, (long long)N * 32);
+    t75_kernel(t75, t74, 32, (long long)N);
+    // GEMM: t76 [32 x 32] = t74^T @ h4, t74 [N x 32], h4 [N x 32], row-major;
+    // t76 = t74^T @ h4 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t74, 32, h4, 32, 0.0, t76, 32);
     // h4_bar = U^T @ q20_bar   # matmul
-    // GEMM: h4_bar [N x 32] = t84 @ U, t84 [N x 32], U [32 x 32], row-major;
-    // h4_bar = t84 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t84, 32, U, 32, 0.0, h4_bar, 32);
-    memset(t87, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t87_place_kernel(t87, t84, (long long)N * 32);
+    // GEMM: h4_bar [N x 32] = t74 @ U, t74 [N x 32], U [32 x 32], row-major;
+    // h4_bar = t74 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t74, 32, U, 32, 0.0, h4_bar, 32);
     // q18_bar = h4_bar*(1 - h4**2)   # tanh
     // q17_bar = q18_bar   # add
     // q16_bar = q17_bar   # add
     // q15_bar = q17_bar   # add
-    t88_kernel(t88, h4, h4_bar, (long long)N * 32);
-    t89_kernel(t89, t88, 32, (long long)N);
-    // GEMM: t90 [32 x 32] = t88^T @ h3, t88 [N x 32], h3 [N x 32], row-major;
-    // t90 = t88^T @ h3 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t88, 32, h3, 32, 0.0, t90, 32);
+    t77_kernel(t77, h4, h4_bar, (long long)N * 32);
+    t78_kernel(t78, t77, 32, (long long)N);
+    // GEMM: t79 [32 x 32] = t77^T @ h3, t77 [N x 32], h3 [N x 32], row-major;
+    // t79 = t77^T @ h3 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t77, 32, h3, 32, 0.0, t79, 32);
     // h3_bar = U^T @ q16_bar   # matmul
-    // GEMM: h3_bar [N x 32] = t88 @ U, t88 [N x 32], U [32 x 32], row-major;
-    // h3_bar = t88 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t88, 32, U, 32, 0.0, h3_bar, 32);
-    memset(t91, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t91_place_kernel(t91, t88, (long long)N * 32);
+    // GEMM: h3_bar [N x 32] = t77 @ U, t77 [N x 32], U [32 x 32], row-major;
+    // h3_bar = t77 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t77, 32, U, 32, 0.0, h3_bar, 32);
     // q14_bar = h3_bar*(1 - h3**2)   # tanh
     // q13_bar = q14_bar   # add
     // q12_bar = q13_bar   # add
     // q11_bar = q13_bar   # add
-    t92_kernel(t92, h3, h3_bar, (long long)N * 32);
-    t93_kernel(t93, t92, 32, (long long)N);
-    // GEMM: t94 [32 x 32] = t92^T @ h2, t92 [N x 32], h2 [N x 32], row-major;
-    // t94 = t92^T @ h2 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t92, 32, h2, 32, 0.0, t94, 32);
+    t80_kernel(t80, h3, h3_bar, (long long)N * 32);
+    t81_kernel(t81, t80, 32, (long long)N);
+    // GEMM: t82 [32 x 32] = t80^T @ h2, t80 [N x 32], h2 [N x 32], row-major;
+    // t82 = t80^T @ h2 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t80, 32, h2, 32, 0.0, t82, 32);
     // h2_bar = U^T @ q12_bar   # matmul
-    // GEMM: h2_bar [N x 32] = t92 @ U, t92 [N x 32], U [32 x 32], row-major;
-    // h2_bar = t92 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t92, 32, U, 32, 0.0, h2_bar, 32);
-    memset(t95, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t95_place_kernel(t95, t92, (long long)N * 32);
+    // GEMM: h2_bar [N x 32] = t80 @ U, t80 [N x 32], U [32 x 32], row-major;
+    // h2_bar = t80 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t80, 32, U, 32, 0.0, h2_bar, 32);
     // q10_bar = h2_bar*(1 - h2**2)   # tanh
     // q9_bar = q10_bar   # add
     // q8_bar = q9_bar   # add
     // q7_bar = q9_bar   # add
-    t96_kernel(t96, h2, h2_bar, (long long)N * 32);
-    t97_kernel(t97, t96, 32, (long long)N);
-    // GEMM: t98 [32 x 32] = t96^T @ h1, t96 [N x 32], h1 [N x 32], row-major;
-    // t98 = t96^T @ h1 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t96, 32, h1, 32, 0.0, t98, 32);
+    t83_kernel(t83, h2, h2_bar, (long long)N * 32);
+    t84_kernel(t84, t83, 32, (long long)N);
+    // GEMM: t85 [32 x 32] = t83^T @ h1, t83 [N x 32], h1 [N x 32], row-major;
+    // t85 = t83^T @ h1 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t83, 32, h1, 32, 0.0, t85, 32);
     // h1_bar = U^T @ q8_bar   # matmul
-    // GEMM: h1_bar [N x 32] = t96 @ U, t96 [N x 32], U [32 x 32], row-major;
-    // h1_bar = t96 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t96, 32, U, 32, 0.0, h1_bar, 32);
-    memset(t99, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t99_place_kernel(t99, t96, (long long)N * 32);
+    // GEMM: h1_bar [N x 32] = t83 @ U, t83 [N x 32], U [32 x 32], row-major;
+    // h1_bar = t83 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t83, 32, U, 32, 0.0, h1_bar, 32);
     // q6_bar = h1_bar*(1 - h1**2)   # tanh
     // q5_bar = q6_bar   # add
     // q4_bar = q5_bar   # add
     // q3_bar = q5_bar   # add
-    t100_kernel(t100, h1, h1_bar, (long long)N * 32);
-    t101_kernel(t101, t100, 32, (long long)N);
-    // GEMM: t102 [32 x 32] = t100^T @ h0, t100 [N x 32], h0 [N x 32], row-major;
-    // t102 = t100^T @ h0 (GEMM)
-    bp_dgemm(1, 0, 32, 32, N, 1.0, t100, 32, h0, 32, 0.0, t102, 32);
+    t86_kernel(t86, h1, h1_bar, (long long)N * 32);
+    t87_kernel(t87, t86, 32, (long long)N);
+    // GEMM: t88 [32 x 32] = t86^T @ h0, t86 [N x 32], h0 [N x 32], row-major;
+    // t88 = t86^T @ h0 (GEMM)
+    bp_dgemm(1, 0, 32, 32, N, 1.0, t86, 32, h0, 32, 0.0, t88, 32);
     // h0_bar = U^T @ q4_bar   # matmul
-    // GEMM: h0_bar [N x 32] = t100 @ U, t100 [N x 32], U [32 x 32], row-major;
-    // h0_bar = t100 @ U (GEMM)
-    bp_dgemm(0, 0, N, 32, 32, 1.0, t100, 32, U, 32, 0.0, h0_bar, 32);
-    memset(t103, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t103_place_kernel(t103, t100, (long long)N * 32);
+    // GEMM: h0_bar [N x 32] = t86 @ U, t86 [N x 32], U [32 x 32], row-major;
+    // h0_bar = t86 @ U (GEMM)
+    bp_dgemm(0, 0, N, 32, 32, 1.0, t86, 32, U, 32, 0.0, h0_bar, 32);
     // q2_bar = h0_bar*(1 - h0**2)   # tanh
     // q1_bar = q2_bar   # add
-    t104_kernel(t104, h0, h0_bar, (long long)N * 32);
-    t105_kernel(t105, t104, 32, (long long)N);
+    t89_kernel(t89, h0, h0_bar, (long long)N * 32);
+    t90_kernel(t90, t89, 32, (long long)N);
     // e_bar = q59_bar at [15] (zero elsewhere) + q55_bar at [14] (zero elsewhere) + q51_bar at [13] (zero elsewhere) + q47_bar at [12] (zero elsewhere) + q43_bar at [11] (zero elsewhere) + q39_bar at [10] (zero elsewhere) + q35_bar at [9] (zero elsewhere) + q31_bar at [8] (zero elsewhere) + q27_bar at [7] (zero elsewhere) + q23_bar at [6] (zero elsewhere) + q19_bar at [5] (zero elsewhere) + q15_bar at [4] (zero elsewhere) + q11_bar at [3] (zero elsewhere) + q7_bar at [2] (zero elsewhere) + q3_bar at [1] (zero elsewhere) + q1_bar at [0] (zero elsewhere)   # sum over consumers (index x16)
-    memset(t106, 0, sizeof(real) * (size_t)((long long)N * 512));
-    t106_place_kernel(t106, t104, (long long)N * 32);
-    e_bar_kernel(e_bar, t47, t51, t55, t59, t63, t67, t71, t75, t79, t83, t87, t91, t95, t99, t103, t106, (long long)N * 512);
+    // t91 is t89 reshaped to [N, 1, 32]: the same memory
+    // t92 is t86 reshaped to [N, 1, 32]: the same memory
+    // t93 is t83 reshaped to [N, 1, 32]: the same memory
+    // t94 is t80 reshaped to [N, 1, 32]: the same memory
+    // t95 is t77 reshaped to [N, 1, 32]: the same memory
+    // t96 is t74 reshaped to [N, 1, 32]: the same memory
+    // t97 is t71 reshaped to [N, 1, 32]: the same memory
+    // t98 is t68 reshaped to [N, 1, 32]: the same memory
+    // t99 is t65 reshaped to [N, 1, 32]: the same memory
+    // t100 is t62 reshaped to [N, 1, 32]: the same memory
+    // t101 is t59 reshaped to [N, 1, 32]: the same memory
+    // t102 is t56 reshaped to [N, 1, 32]: the same memory
+    // t103 is t53 reshaped to [N, 1, 32]: the same memory
+    // t104 is t50 reshaped to [N, 1, 32]: the same memory
+    // t105 is t47 reshaped to [N, 1, 32]: the same memory
+    // t106 is t44 reshaped to [N, 1, 32]: the same memory
+    e_bar_place_kernel(e_bar, t91, (long long)N * 32);
+    e_bar_place_kernel_2(e_bar, t92, (long long)N * 32);
+    e_bar_place_kernel_3(e_bar, t93, (long long)N * 32);
+    e_bar_place_kernel_4(e_bar, t94, (long long)N * 32);
+    e_bar_place_kernel_5(e_bar, t95, (long long)N * 32);
+    e_bar_place_kernel_6(e_bar, t96, (long long)N * 32);
+    e_bar_place_kernel_7(e_bar, t97, (long long)N * 32);
+    e_bar_place_kernel_8(e_bar, t98, (long long)N * 32);
+    e_bar_place_kernel_9(e_bar, t99, (long long)N * 32);
+    e_bar_place_kernel_10(e_bar, t100, (long long)N * 32);
+    e_bar_place_kernel_11(e_bar, t101, (long long)N * 32);
+    e_bar_place_kernel_12(e_bar, t102, (long long)N * 32);
+    e_bar_place_kernel_13(e_bar, t103, (long long)N * 32);
+    e_bar_place_kernel_14(e_bar, t104, (long long)N * 32);
+    e_bar_place_kernel_15(e_bar, t105, (long long)N * 32);
+    e_bar_place_kernel_16(e_bar, t106, (long long)N * 32);
     // E_bar = e_bar added at rows [tokens] (summed over the batch and where tokens repeat; zero elsewhere)   # gather
     memset(E_bar, 0, sizeof(real) * (size_t)(128));
     E_bar_scatter_kernel(E_bar, tokens, e_bar, (long long)N * 512);
     // b_bar = q62_bar (summed over the batch) + q58_bar (summed over the batch) + q54_bar (summed over the batch) + q50_bar (summed over the batch) + q46_bar (summed over the batch) + q42_bar (summed over the batch) + q38_bar (summed over the batch) + q34_bar (summed over the batch) + q30_bar (summed over the batch) + q26_bar (summed over the batch) + q22_bar (summed over the batch) + q18_bar (summed over the batch) + q14_bar (summed over the batch) + q10_bar (summed over the batch) + q6_bar (summed over the batch) + q2_bar (summed over the batch)   # sum over consumers (add x16)
-    b_bar_kernel(b_bar, t45, t49, t53, t57, t61, t65, t69, t73, t77, t81, t85, t89, t93, t97, t101, t105, 32);
+    b_bar_kernel(b_bar, t45, t48, t51, t54, t57, t60, t63, t66, t69, t72, t75, t78, t81, t84, t87, t90, 32);
     // U_bar = q60_bar h14^T (summed over the batch) + q56_bar h13^T (summed over the batch) + q52_bar h12^T (summed over the batch) + q48_bar h11^T (summed over the batch) + q44_bar h10^T (summed over the batch) + q40_bar h9^T (summed over the batch) + q36_bar h8^T (summed over the batch) + q32_bar h7^T (summed over the batch) + q28_bar h6^T (summed over the batch) + q24_bar h5^T (summed over the batch) + q20_bar h4^T (summed over the batch) + q16_bar h3^T (summed over the batch) + q12_bar h2^T (summed over the batch) + q8_bar h1^T (summed over the batch) + q4_bar h0^T (summed over the batch)   # sum over consumers (matmul x15)
-    U_bar_kernel(U_bar, t46, t50, t54, t58, t62, t66, t70, t74, t78, t82, t86, t90, t94, t98, t102, 1024);
+    U_bar_kernel(U_bar, t46, t49, t52, t55, t58, t61, t64, t67, t70, t73, t76, t79, t82, t85, t88, 1024);
 
     *loss_out = (double)L[0];
     return 0;

@@ -52,7 +52,7 @@ OUTPUT_SHAPE = (True, (2,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('tokens',), 'loss': ('tokens', 'label'), 'value_and_grad': ('tokens', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "b0cb1ceed7c9d0f887f3b42d3c96fd9703d2d5919bedf5a7f9de8b2bacba2628"  # the .c this loader was generated with
+SOURCE_SHA256 = "8f90a5eecd5a060463af464f965526d6c13e51a59659cb280154254cb5f0c1c3"  # the .c this loader was generated with
 HEADER_SHA256 = "e1af7ca8853a41aafe15d6b22c36f3dbd84d018effec3e245c145cda6f8ac712"  # and its .h
 DEFAULT_CFLAGS = "-O3"   # portable; -O3 -march=native -ffp-contract=fast is faster (README)
 KEEP_WORKSPACES = 4

@@ -961,32 +961,23 @@ static __global__ void t45(
     }
 }
 
-// t47 = zeros [N, 16, 32] with [15] = t44
-static __global__ void t47_place(real* __restrict__ t47, const real* __restrict__ t44, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t47[(_i / 32) * 512 + _i % 32 + 480] = t44[_i];
-    }
-}
-
-// t48 = h14_bar*(1.0 - (h14*h14))  (elementwise over [N, 32])
-static __global__ void t48(
-    real* __restrict__ t48,
+// t47 = h14_bar*(1.0 - (h14*h14))  (elementwise over [N, 32])
+static __global__ void t47(
+    real* __restrict__ t47,
     const real* __restrict__ h14,
     const real* __restrict__ h14_bar,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t48[_i] = h14_bar[_i]*(1.0 - (h14[_i]*h14[_i]));
+        t47[_i] = h14_bar[_i]*(1.0 - (h14[_i]*h14[_i]));
     }
 }
 
-// t49 = t48 summed over the batch to [32], one block per output element
-static __global__ void t49(
-    real* __restrict__ t49,
-    const real* __restrict__ t48,
+// t48 = t47 summed over the batch to [32], one block per output element
+static __global__ void t48(
+    real* __restrict__ t48,
+    const real* __restrict__ t47,
     long long _n_out,
     long long _n_red)
 {
@@ -994,7 +985,7 @@ static __global__ void t49(
     for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
         real _acc = 0;
         for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t48[_o + _r * 32];
+            _acc += t47[_o + _r * 32];
         _s[threadIdx.x] = _acc;
         __syncthreads();
         for (unsigned _w = 128; _w > 0; _w /= 2) {
@@ -1002,37 +993,28 @@ static __global__ void t49(
                 _s[threadIdx.x] += _s[threadIdx.x + _w];
             __syncthreads();
         }
-        if (threadIdx.x == 0) t49[_o] = _s[0];
+        if (threadIdx.x == 0) t48[_o] = _s[0];
         __syncthreads();  // _s is reused for the next output
     }
 }
 
-// t51 = zeros [N, 16, 32] with [14] = t48
-static __global__ void t51_place(real* __restrict__ t51, const real* __restrict__ t48, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t51[(_i / 32) * 512 + _i % 32 + 448] = t48[_i];
-    }
-}
-
-// t52 = h13_bar*(1.0 - (h13*h13))  (elementwise over [N, 32])
-static __global__ void t52(
-    real* __restrict__ t52,
+// t50 = h13_bar*(1.0 - (h13*h13))  (elementwise over [N, 32])
+static __global__ void t50(
+    real* __restrict__ t50,
     const real* __restrict__ h13,
     const real* __restrict__ h13_bar,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t52[_i] = h13_bar[_i]*(1.0 - (h13[_i]*h13[_i]));
+        t50[_i] = h13_bar[_i]*(1.0 - (h13[_i]*h13[_i]));
     }
 }
 
-// t53 = t52 summed over the batch to [32], one block per output element
-static __global__ void t53(
-    real* __restrict__ t53,
-    const real* __restrict__ t52,
+// t51 = t50 summed over the batch to [32], one block per output element
+static __global__ void t51(
+    real* __restrict__ t51,
+    const real* __restrict__ t50,
     long long _n_out,
     long long _n_red)
 {
@@ -1040,7 +1022,7 @@ static __global__ void t53(
     for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
         real _acc = 0;
         for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t52[_o + _r * 32];
+            _acc += t50[_o + _r * 32];
         _s[threadIdx.x] = _acc;
         __syncthreads();
         for (unsigned _w = 128; _w > 0; _w /= 2) {
@@ -1048,30 +1030,58 @@ static __global__ void t53(
                 _s[threadIdx.x] += _s[threadIdx.x + _w];
             __syncthreads();
         }
-        if (threadIdx.x == 0) t53[_o] = _s[0];
+        if (threadIdx.x == 0) t51[_o] = _s[0];
         __syncthreads();  // _s is reused for the next output
     }
 }
 
-// t55 = zeros [N, 16, 32] with [13] = t52
-static __global__ void t55_place(real* __restrict__ t55, const real* __restrict__ t52, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t55[(_i / 32) * 512 + _i % 32 + 416] = t52[_i];
-    }
-}
-
-// t56 = h12_bar*(1.0 - (h12*h12))  (elementwise over [N, 32])
-static __global__ void t56(
-    real* __restrict__ t56,
+// t53 = h12_bar*(1.0 - (h12*h12))  (elementwise over [N, 32])
+static __global__ void t53(
+    real* __restrict__ t53,
     const real* __restrict__ h12,
     const real* __restrict__ h12_bar,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t56[_i] = h12_bar[_i]*(1.0 - (h12[_i]*h12[_i]));
+        t53[_i] = h12_bar[_i]*(1.0 - (h12[_i]*h12[_i]));
+    }
+}
+
+// t54 = t53 summed over the batch to [32], one block per output element
+static __global__ void t54(
+    real* __restrict__ t54,
+    const real* __restrict__ t53,
+    long long _n_out,
+    long long _n_red)
+{
+    __shared__ real _s[256];
+    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
+        real _acc = 0;
+        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
+            _acc += t53[_o + _r * 32];
+        _s[threadIdx.x] = _acc;
+        __syncthreads();
+        for (unsigned _w = 128; _w > 0; _w /= 2) {
+            if (threadIdx.x < _w)
+                _s[threadIdx.x] += _s[threadIdx.x + _w];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) t54[_o] = _s[0];
+        __syncthreads();  // _s is reused for the next output
+    }
+}
+
+// t56 = h11_bar*(1.0 - (h11*h11))  (elementwise over [N, 32])
+static __global__ void t56(
+    real* __restrict__ t56,
+    const real* __restrict__ h11,
+    const real* __restrict__ h11_bar,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        t56[_i] = h11_bar[_i]*(1.0 - (h11[_i]*h11[_i]));
     }
 }
 
@@ -1099,78 +1109,23 @@ static __global__ void t57(
     }
 }
 
-// t59 = zeros [N, 16, 32] with [12] = t56
-static __global__ void t59_place(real* __restrict__ t59, const real* __restrict__ t56, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t59[(_i / 32) * 512 + _i % 32 + 384] = t56[_i];
-    }
-}
-
-// t60 = h11_bar*(1.0 - (h11*h11))  (elementwise over [N, 32])
-static __global__ void t60(
-    real* __restrict__ t60,
-    const real* __restrict__ h11,
-    const real* __restrict__ h11_bar,
-    long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t60[_i] = h11_bar[_i]*(1.0 - (h11[_i]*h11[_i]));
-    }
-}
-
-// t61 = t60 summed over the batch to [32], one block per output element
-static __global__ void t61(
-    real* __restrict__ t61,
-    const real* __restrict__ t60,
-    long long _n_out,
-    long long _n_red)
-{
-    __shared__ real _s[256];
-    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
-        real _acc = 0;
-        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t60[_o + _r * 32];
-        _s[threadIdx.x] = _acc;
-        __syncthreads();
-        for (unsigned _w = 128; _w > 0; _w /= 2) {
-            if (threadIdx.x < _w)
-                _s[threadIdx.x] += _s[threadIdx.x + _w];
-            __syncthreads();
-        }
-        if (threadIdx.x == 0) t61[_o] = _s[0];
-        __syncthreads();  // _s is reused for the next output
-    }
-}
-
-// t63 = zeros [N, 16, 32] with [11] = t60
-static __global__ void t63_place(real* __restrict__ t63, const real* __restrict__ t60, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t63[(_i / 32) * 512 + _i % 32 + 352] = t60[_i];
-    }
-}
-
-// t64 = h10_bar*(1.0 - (h10*h10))  (elementwise over [N, 32])
-static __global__ void t64(
-    real* __restrict__ t64,
+// t59 = h10_bar*(1.0 - (h10*h10))  (elementwise over [N, 32])
+static __global__ void t59(
+    real* __restrict__ t59,
     const real* __restrict__ h10,
     const real* __restrict__ h10_bar,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t64[_i] = h10_bar[_i]*(1.0 - (h10[_i]*h10[_i]));
+        t59[_i] = h10_bar[_i]*(1.0 - (h10[_i]*h10[_i]));
     }
 }
 
-// t65 = t64 summed over the batch to [32], one block per output element
-static __global__ void t65(
-    real* __restrict__ t65,
-    const real* __restrict__ t64,
+// t60 = t59 summed over the batch to [32], one block per output element
+static __global__ void t60(
+    real* __restrict__ t60,
+    const real* __restrict__ t59,
     long long _n_out,
     long long _n_red)
 {
@@ -1178,7 +1133,7 @@ static __global__ void t65(
     for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
         real _acc = 0;
         for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t64[_o + _r * 32];
+            _acc += t59[_o + _r * 32];
         _s[threadIdx.x] = _acc;
         __syncthreads();
         for (unsigned _w = 128; _w > 0; _w /= 2) {
@@ -1186,30 +1141,95 @@ static __global__ void t65(
                 _s[threadIdx.x] += _s[threadIdx.x + _w];
             __syncthreads();
         }
-        if (threadIdx.x == 0) t65[_o] = _s[0];
+        if (threadIdx.x == 0) t60[_o] = _s[0];
         __syncthreads();  // _s is reused for the next output
     }
 }
 
-// t67 = zeros [N, 16, 32] with [10] = t64
-static __global__ void t67_place(real* __restrict__ t67, const real* __restrict__ t64, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t67[(_i / 32) * 512 + _i % 32 + 320] = t64[_i];
-    }
-}
-
-// t68 = h9_bar*(1.0 - (h9*h9))  (elementwise over [N, 32])
-static __global__ void t68(
-    real* __restrict__ t68,
+// t62 = h9_bar*(1.0 - (h9*h9))  (elementwise over [N, 32])
+static __global__ void t62(
+    real* __restrict__ t62,
     const real* __restrict__ h9,
     const real* __restrict__ h9_bar,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t68[_i] = h9_bar[_i]*(1.0 - (h9[_i]*h9[_i]));
+        t62[_i] = h9_bar[_i]*(1.0 - (h9[_i]*h9[_i]));
+    }
+}
+
+// t63 = t62 summed over the batch to [32], one block per output element
+static __global__ void t63(
+    real* __restrict__ t63,
+    const real* __restrict__ t62,
+    long long _n_out,
+    long long _n_red)
+{
+    __shared__ real _s[256];
+    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
+        real _acc = 0;
+        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
+            _acc += t62[_o + _r * 32];
+        _s[threadIdx.x] = _acc;
+        __syncthreads();
+        for (unsigned _w = 128; _w > 0; _w /= 2) {
+            if (threadIdx.x < _w)
+                _s[threadIdx.x] += _s[threadIdx.x + _w];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) t63[_o] = _s[0];
+        __syncthreads();  // _s is reused for the next output
+    }
+}
+
+// t65 = h8_bar*(1.0 - (h8*h8))  (elementwise over [N, 32])
+static __global__ void t65(
+    real* __restrict__ t65,
+    const real* __restrict__ h8,
+    const real* __restrict__ h8_bar,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        t65[_i] = h8_bar[_i]*(1.0 - (h8[_i]*h8[_i]));
+    }
+}
+
+// t66 = t65 summed over the batch to [32], one block per output element
+static __global__ void t66(
+    real* __restrict__ t66,
+    const real* __restrict__ t65,
+    long long _n_out,
+    long long _n_red)
+{
+    __shared__ real _s[256];
+    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
+        real _acc = 0;
+        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
+            _acc += t65[_o + _r * 32];
+        _s[threadIdx.x] = _acc;
+        __syncthreads();
+        for (unsigned _w = 128; _w > 0; _w /= 2) {
+            if (threadIdx.x < _w)
+                _s[threadIdx.x] += _s[threadIdx.x + _w];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) t66[_o] = _s[0];
+        __syncthreads();  // _s is reused for the next output
+    }
+}
+
+// t68 = h7_bar*(1.0 - (h7*h7))  (elementwise over [N, 32])
+static __global__ void t68(
+    real* __restrict__ t68,
+    const real* __restrict__ h7,
+    const real* __restrict__ h7_bar,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        t68[_i] = h7_bar[_i]*(1.0 - (h7[_i]*h7[_i]));
     }
 }
 
@@ -1237,117 +1257,127 @@ static __global__ void t69(
     }
 }
 
-// t71 = zeros [N, 16, 32] with [9] = t68
-static __global__ void t71_place(real* __restrict__ t71, const real* __restrict__ t68, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t71[(_i / 32) * 512 + _i % 32 + 288] = t68[_i];
-    }
-}
-
-// t72 = h8_bar*(1.0 - (h8*h8))  (elementwise over [N, 32])
-static __global__ void t72(
-    real* __restrict__ t72,
-    const real* __restrict__ h8,
-    const real* __restrict__ h8_bar,
-    long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t72[_i] = h8_bar[_i]*(1.0 - (h8[_i]*h8[_i]));
-    }
-}
-
-// t73 = t72 summed over the batch to [32], one block per output element
-static __global__ void t73(
-    real* __restrict__ t73,
-    const real* __restrict__ t72,
-    long long _n_out,
-    long long _n_red)
-{
-    __shared__ real _s[256];
-    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
-        real _acc = 0;
-        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t72[_o + _r * 32];
-        _s[threadIdx.x] = _acc;
-        __syncthreads();
-        for (unsigned _w = 128; _w > 0; _w /= 2) {
-            if (threadIdx.x < _w)
-                _s[threadIdx.x] += _s[threadIdx.x + _w];
-            __syncthreads();
-        }
-        if (threadIdx.x == 0) t73[_o] = _s[0];
-        __syncthreads();  // _s is reused for the next output
-    }
-}
-
-// t75 = zeros [N, 16, 32] with [8] = t72
-static __global__ void t75_place(real* __restrict__ t75, const real* __restrict__ t72, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t75[(_i / 32) * 512 + _i % 32 + 256] = t72[_i];
-    }
-}
-
-// t76 = h7_bar*(1.0 - (h7*h7))  (elementwise over [N, 32])
-static __global__ void t76(
-    real* __restrict__ t76,
-    const real* __restrict__ h7,
-    const real* __restrict__ h7_bar,
-    long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t76[_i] = h7_bar[_i]*(1.0 - (h7[_i]*h7[_i]));
-    }
-}
-
-// t77 = t76 summed over the batch to [32], one block per output element
-static __global__ void t77(
-    real* __restrict__ t77,
-    const real* __restrict__ t76,
-    long long _n_out,
-    long long _n_red)
-{
-    __shared__ real _s[256];
-    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
-        real _acc = 0;
-        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t76[_o + _r * 32];
-        _s[threadIdx.x] = _acc;
-        __syncthreads();
-        for (unsigned _w = 128; _w > 0; _w /= 2) {
-            if (threadIdx.x < _w)
-                _s[threadIdx.x] += _s[threadIdx.x + _w];
-            __syncthreads();
-        }
-        if (threadIdx.x == 0) t77[_o] = _s[0];
-        __syncthreads();  // _s is reused for the next output
-    }
-}
-
-// t79 = zeros [N, 16, 32] with [7] = t76
-static __global__ void t79_place(real* __restrict__ t79, const real* __restrict__ t76, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t79[(_i / 32) * 512 + _i % 32 + 224] = t76[_i];
-    }
-}
-
-// t80 = h6_bar*(1.0 - (h6*h6))  (elementwise over [N, 32])
-static __global__ void t80(
-    real* __restrict__ t80,
+// t71 = h6_bar*(1.0 - (h6*h6))  (elementwise over [N, 32])
+static __global__ void t71(
+    real* __restrict__ t71,
     const real* __restrict__ h6,
     const real* __restrict__ h6_bar,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t80[_i] = h6_bar[_i]*(1.0 - (h6[_i]*h6[_i]));
+        t71[_i] = h6_bar[_i]*(1.0 - (h6[_i]*h6[_i]));
+    }
+}
+
+// t72 = t71 summed over the batch to [32], one block per output element
+static __global__ void t72(
+    real* __restrict__ t72,
+    const real* __restrict__ t71,
+    long long _n_out,
+    long long _n_red)
+{
+    __shared__ real _s[256];
+    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
+        real _acc = 0;
+        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
+            _acc += t71[_o + _r * 32];
+        _s[threadIdx.x] = _acc;
+        __syncthreads();
+        for (unsigned _w = 128; _w > 0; _w /= 2) {
+            if (threadIdx.x < _w)
+                _s[threadIdx.x] += _s[threadIdx.x + _w];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) t72[_o] = _s[0];
+        __syncthreads();  // _s is reused for the next output
+    }
+}
+
+// t74 = h5_bar*(1.0 - (h5*h5))  (elementwise over [N, 32])
+static __global__ void t74(
+    real* __restrict__ t74,
+    const real* __restrict__ h5,
+    const real* __restrict__ h5_bar,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        t74[_i] = h5_bar[_i]*(1.0 - (h5[_i]*h5[_i]));
+    }
+}
+
+// t75 = t74 summed over the batch to [32], one block per output element
+static __global__ void t75(
+    real* __restrict__ t75,
+    const real* __restrict__ t74,
+    long long _n_out,
+    long long _n_red)
+{
+    __shared__ real _s[256];
+    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
+        real _acc = 0;
+        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
+            _acc += t74[_o + _r * 32];
+        _s[threadIdx.x] = _acc;
+        __syncthreads();
+        for (unsigned _w = 128; _w > 0; _w /= 2) {
+            if (threadIdx.x < _w)
+                _s[threadIdx.x] += _s[threadIdx.x + _w];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) t75[_o] = _s[0];
+        __syncthreads();  // _s is reused for the next output
+    }
+}
+
+// t77 = h4_bar*(1.0 - (h4*h4))  (elementwise over [N, 32])
+static __global__ void t77(
+    real* __restrict__ t77,
+    const real* __restrict__ h4,
+    const real* __restrict__ h4_bar,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        t77[_i] = h4_bar[_i]*(1.0 - (h4[_i]*h4[_i]));
+    }
+}
+
+// t78 = t77 summed over the batch to [32], one block per output element
+static __global__ void t78(
+    real* __restrict__ t78,
+    const real* __restrict__ t77,
+    long long _n_out,
+    long long _n_red)
+{
+    __shared__ real _s[256];
+    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
+        real _acc = 0;
+        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
+            _acc += t77[_o + _r * 32];
+        _s[threadIdx.x] = _acc;
+        __syncthreads();
+        for (unsigned _w = 128; _w > 0; _w /= 2) {
+            if (threadIdx.x < _w)
+                _s[threadIdx.x] += _s[threadIdx.x + _w];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) t78[_o] = _s[0];
+        __syncthreads();  // _s is reused for the next output
+    }
+}
+
+// t80 = h3_bar*(1.0 - (h3*h3))  (elementwise over [N, 32])
+static __global__ void t80(
+    real* __restrict__ t80,
+    const real* __restrict__ h3,
+    const real* __restrict__ h3_bar,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        t80[_i] = h3_bar[_i]*(1.0 - (h3[_i]*h3[_i]));
     }
 }
 
@@ -1375,170 +1405,23 @@ static __global__ void t81(
     }
 }
 
-// t83 = zeros [N, 16, 32] with [6] = t80
-static __global__ void t83_place(real* __restrict__ t83, const real* __restrict__ t80, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t83[(_i / 32) * 512 + _i % 32 + 192] = t80[_i];
-    }
-}
-
-// t84 = h5_bar*(1.0 - (h5*h5))  (elementwise over [N, 32])
-static __global__ void t84(
-    real* __restrict__ t84,
-    const real* __restrict__ h5,
-    const real* __restrict__ h5_bar,
-    long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t84[_i] = h5_bar[_i]*(1.0 - (h5[_i]*h5[_i]));
-    }
-}
-
-// t85 = t84 summed over the batch to [32], one block per output element
-static __global__ void t85(
-    real* __restrict__ t85,
-    const real* __restrict__ t84,
-    long long _n_out,
-    long long _n_red)
-{
-    __shared__ real _s[256];
-    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
-        real _acc = 0;
-        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t84[_o + _r * 32];
-        _s[threadIdx.x] = _acc;
-        __syncthreads();
-        for (unsigned _w = 128; _w > 0; _w /= 2) {
-            if (threadIdx.x < _w)
-                _s[threadIdx.x] += _s[threadIdx.x + _w];
-            __syncthreads();
-        }
-        if (threadIdx.x == 0) t85[_o] = _s[0];
-        __syncthreads();  // _s is reused for the next output
-    }
-}
-
-// t87 = zeros [N, 16, 32] with [5] = t84
-static __global__ void t87_place(real* __restrict__ t87, const real* __restrict__ t84, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t87[(_i / 32) * 512 + _i % 32 + 160] = t84[_i];
-    }
-}
-
-// t88 = h4_bar*(1.0 - (h4*h4))  (elementwise over [N, 32])
-static __global__ void t88(
-    real* __restrict__ t88,
-    const real* __restrict__ h4,
-    const real* __restrict__ h4_bar,
-    long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t88[_i] = h4_bar[_i]*(1.0 - (h4[_i]*h4[_i]));
-    }
-}
-
-// t89 = t88 summed over the batch to [32], one block per output element
-static __global__ void t89(
-    real* __restrict__ t89,
-    const real* __restrict__ t88,
-    long long _n_out,
-    long long _n_red)
-{
-    __shared__ real _s[256];
-    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
-        real _acc = 0;
-        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t88[_o + _r * 32];
-        _s[threadIdx.x] = _acc;
-        __syncthreads();
-        for (unsigned _w = 128; _w > 0; _w /= 2) {
-            if (threadIdx.x < _w)
-                _s[threadIdx.x] += _s[threadIdx.x + _w];
-            __syncthreads();
-        }
-        if (threadIdx.x == 0) t89[_o] = _s[0];
-        __syncthreads();  // _s is reused for the next output
-    }
-}
-
-// t91 = zeros [N, 16, 32] with [4] = t88
-static __global__ void t91_place(real* __restrict__ t91, const real* __restrict__ t88, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t91[(_i / 32) * 512 + _i % 32 + 128] = t88[_i];
-    }
-}
-
-// t92 = h3_bar*(1.0 - (h3*h3))  (elementwise over [N, 32])
-static __global__ void t92(
-    real* __restrict__ t92,
-    const real* __restrict__ h3,
-    const real* __restrict__ h3_bar,
-    long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t92[_i] = h3_bar[_i]*(1.0 - (h3[_i]*h3[_i]));
-    }
-}
-
-// t93 = t92 summed over the batch to [32], one block per output element
-static __global__ void t93(
-    real* __restrict__ t93,
-    const real* __restrict__ t92,
-    long long _n_out,
-    long long _n_red)
-{
-    __shared__ real _s[256];
-    for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
-        real _acc = 0;
-        for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t92[_o + _r * 32];
-        _s[threadIdx.x] = _acc;
-        __syncthreads();
-        for (unsigned _w = 128; _w > 0; _w /= 2) {
-            if (threadIdx.x < _w)
-                _s[threadIdx.x] += _s[threadIdx.x + _w];
-            __syncthreads();
-        }
-        if (threadIdx.x == 0) t93[_o] = _s[0];
-        __syncthreads();  // _s is reused for the next output
-    }
-}
-
-// t95 = zeros [N, 16, 32] with [3] = t92
-static __global__ void t95_place(real* __restrict__ t95, const real* __restrict__ t92, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t95[(_i / 32) * 512 + _i % 32 + 96] = t92[_i];
-    }
-}
-
-// t96 = h2_bar*(1.0 - (h2*h2))  (elementwise over [N, 32])
-static __global__ void t96(
-    real* __restrict__ t96,
+// t83 = h2_bar*(1.0 - (h2*h2))  (elementwise over [N, 32])
+static __global__ void t83(
+    real* __restrict__ t83,
     const real* __restrict__ h2,
     const real* __restrict__ h2_bar,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t96[_i] = h2_bar[_i]*(1.0 - (h2[_i]*h2[_i]));
+        t83[_i] = h2_bar[_i]*(1.0 - (h2[_i]*h2[_i]));
     }
 }
 
-// t97 = t96 summed over the batch to [32], one block per output element
-static __global__ void t97(
-    real* __restrict__ t97,
-    const real* __restrict__ t96,
+// t84 = t83 summed over the batch to [32], one block per output element
+static __global__ void t84(
+    real* __restrict__ t84,
+    const real* __restrict__ t83,
     long long _n_out,
     long long _n_red)
 {
@@ -1546,7 +1429,7 @@ static __global__ void t97(
     for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
         real _acc = 0;
         for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t96[_o + _r * 32];
+            _acc += t83[_o + _r * 32];
         _s[threadIdx.x] = _acc;
         __syncthreads();
         for (unsigned _w = 128; _w > 0; _w /= 2) {
@@ -1554,37 +1437,28 @@ static __global__ void t97(
                 _s[threadIdx.x] += _s[threadIdx.x + _w];
             __syncthreads();
         }
-        if (threadIdx.x == 0) t97[_o] = _s[0];
+        if (threadIdx.x == 0) t84[_o] = _s[0];
         __syncthreads();  // _s is reused for the next output
     }
 }
 
-// t99 = zeros [N, 16, 32] with [2] = t96
-static __global__ void t99_place(real* __restrict__ t99, const real* __restrict__ t96, long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t99[(_i / 32) * 512 + _i % 32 + 64] = t96[_i];
-    }
-}
-
-// t100 = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 32])
-static __global__ void t100(
-    real* __restrict__ t100,
+// t86 = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 32])
+static __global__ void t86(
+    real* __restrict__ t86,
     const real* __restrict__ h1,
     const real* __restrict__ h1_bar,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t100[_i] = h1_bar[_i]*(1.0 - (h1[_i]*h1[_i]));
+        t86[_i] = h1_bar[_i]*(1.0 - (h1[_i]*h1[_i]));
     }
 }
 
-// t101 = t100 summed over the batch to [32], one block per output element
-static __global__ void t101(
-    real* __restrict__ t101,
-    const real* __restrict__ t100,
+// t87 = t86 summed over the batch to [32], one block per output element
+static __global__ void t87(
+    real* __restrict__ t87,
+    const real* __restrict__ t86,
     long long _n_out,
     long long _n_red)
 {
@@ -1592,7 +1466,7 @@ static __global__ void t101(
     for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
         real _acc = 0;
         for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t100[_o + _r * 32];
+            _acc += t86[_o + _r * 32];
         _s[threadIdx.x] = _acc;
         __syncthreads();
         for (unsigned _w = 128; _w > 0; _w /= 2) {
@@ -1600,40 +1474,28 @@ static __global__ void t101(
                 _s[threadIdx.x] += _s[threadIdx.x + _w];
             __syncthreads();
         }
-        if (threadIdx.x == 0) t101[_o] = _s[0];
+        if (threadIdx.x == 0) t87[_o] = _s[0];
         __syncthreads();  // _s is reused for the next output
     }
 }
 
-// t103 = zeros [N, 16, 32] with [1] = t100
-static __global__ void t103_place(
-    real* __restrict__ t103,
-    const real* __restrict__ t100,
-    long long _n)
-{
-    const long long _stride = (long long)gridDim.x * blockDim.x;
-    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t103[(_i / 32) * 512 + _i % 32 + 32] = t100[_i];
-    }
-}
-
-// t104 = h0_bar*(1.0 - (h0*h0))  (elementwise over [N, 32])
-static __global__ void t104(
-    real* __restrict__ t104,
+// t89 = h0_bar*(1.0 - (h0*h0))  (elementwise over [N, 32])
+static __global__ void t89(
+    real* __restrict__ t89,
     const real* __restrict__ h0,
     const real* __restrict__ h0_bar,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t104[_i] = h0_bar[_i]*(1.0 - (h0[_i]*h0[_i]));
+        t89[_i] = h0_bar[_i]*(1.0 - (h0[_i]*h0[_i]));
     }
 }
 
-// t105 = t104 summed over the batch to [32], one block per output element
-static __global__ void t105(
-    real* __restrict__ t105,
-    const real* __restrict__ t104,
+// t90 = t89 summed over the batch to [32], one block per output element
+static __global__ void t90(
+    real* __restrict__ t90,
+    const real* __restrict__ t89,
     long long _n_out,
     long long _n_red)
 {
@@ -1641,7 +1503,7 @@ static __global__ void t105(
     for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
         real _acc = 0;
         for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += t104[_o + _r * 32];
+            _acc += t89[_o + _r * 32];
         _s[threadIdx.x] = _acc;
         __syncthreads();
         for (unsigned _w = 128; _w > 0; _w /= 2) {
@@ -1649,47 +1511,200 @@ static __global__ void t105(
                 _s[threadIdx.x] += _s[threadIdx.x + _w];
             __syncthreads();
         }
-        if (threadIdx.x == 0) t105[_o] = _s[0];
+        if (threadIdx.x == 0) t90[_o] = _s[0];
         __syncthreads();  // _s is reused for the next output
     }
 }
 
-// t106 = zeros [N, 16, 32] with [0] = t104
-static __global__ void t106_place(
-    real* __restrict__ t106,
+// e_bar[:1] = t91
+static __global__ void e_bar_place(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t91,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32] = t91[_i];
+    }
+}
+
+// e_bar[1:2] = t92
+static __global__ void e_bar_place_2(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t92,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 32] = t92[_i];
+    }
+}
+
+// e_bar[2:3] = t93
+static __global__ void e_bar_place_3(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t93,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 64] = t93[_i];
+    }
+}
+
+// e_bar[3:4] = t94
+static __global__ void e_bar_place_4(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t94,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 96] = t94[_i];
+    }
+}
+
+// e_bar[4:5] = t95
+static __global__ void e_bar_place_5(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t95,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 128] = t95[_i];
+    }
+}
+
+// e_bar[5:6] = t96
+static __global__ void e_bar_place_6(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t96,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 160] = t96[_i];
+    }
+}
+
+// e_bar[6:7] = t97
+static __global__ void e_bar_place_7(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t97,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 192] = t97[_i];
+    }
+}
+
+// e_bar[7:8] = t98
+static __global__ void e_bar_place_8(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t98,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 224] = t98[_i];
+    }
+}
+
+// e_bar[8:9] = t99
+static __global__ void e_bar_place_9(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t99,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 256] = t99[_i];
+    }
+}
+
+// e_bar[9:10] = t100
+static __global__ void e_bar_place_10(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t100,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 288] = t100[_i];
+    }
+}
+
+// e_bar[10:11] = t101
+static __global__ void e_bar_place_11(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t101,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 320] = t101[_i];
+    }
+}
+
+// e_bar[11:12] = t102
+static __global__ void e_bar_place_12(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t102,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 352] = t102[_i];
+    }
+}
+
+// e_bar[12:13] = t103
+static __global__ void e_bar_place_13(
+    real* __restrict__ e_bar,
+    const real* __restrict__ t103,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 384] = t103[_i];
+    }
+}
+
+// e_bar[13:14] = t104
+static __global__ void e_bar_place_14(
+    real* __restrict__ e_bar,
     const real* __restrict__ t104,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        t106[(_i / 32) * 512 + _i % 32] = t104[_i];
+        e_bar[(_i / 32) * 512 + _i % 32 + 416] = t104[_i];
     }
 }
 
-// e_bar: elementwise over [N, 16, 32]
-static __global__ void e_bar(
+// e_bar[14:15] = t105
+static __global__ void e_bar_place_15(
     real* __restrict__ e_bar,
-    const real* __restrict__ t47,
-    const real* __restrict__ t51,
-    const real* __restrict__ t55,
-    const real* __restrict__ t59,
-    const real* __restrict__ t63,
-    const real* __restrict__ t67,
-    const real* __restrict__ t71,
-    const real* __restrict__ t75,
-    const real* __restrict__ t79,
-    const real* __restrict__ t83,
-    const real* __restrict__ t87,
-    const real* __restrict__ t91,
-    const real* __restrict__ t95,
-    const real* __restrict__ t99,
-    const real* __restrict__ t103,
+    const real* __restrict__ t105,
+    long long _n)
+{
+    const long long _stride = (long long)gridDim.x * blockDim.x;
+    for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
+        e_bar[(_i / 32) * 512 + _i % 32 + 448] = t105[_i];
+    }
+}
+
+// e_bar[15:] = t106
+static __global__ void e_bar_place_16(
+    real* __restrict__ e_bar,
     const real* __restrict__ t106,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        e_bar[_i] = t103[_i] + t106[_i] + t47[_i] + t51[_i] + t55[_i] + t59[_i] + t63[_i] + t67[_i] + t71[_i] + t75[_i] + t79[_i] + t83[_i] + t87[_i] + t91[_i] + t95[_i] + t99[_i];
+        e_bar[(_i / 32) * 512 + _i % 32 + 480] = t106[_i];
     }
 }
 
@@ -1713,26 +1728,26 @@ static __global__ void E_bar_scatter(
 static __global__ void b_bar(
     real* __restrict__ b_bar,
     const real* __restrict__ t45,
-    const real* __restrict__ t49,
-    const real* __restrict__ t53,
+    const real* __restrict__ t48,
+    const real* __restrict__ t51,
+    const real* __restrict__ t54,
     const real* __restrict__ t57,
-    const real* __restrict__ t61,
-    const real* __restrict__ t65,
+    const real* __restrict__ t60,
+    const real* __restrict__ t63,
+    const real* __restrict__ t66,
     const real* __restrict__ t69,
-    const real* __restrict__ t73,
-    const real* __restrict__ t77,
+    const real* __restrict__ t72,
+    const real* __restrict__ t75,
+    const real* __restrict__ t78,
     const real* __restrict__ t81,
-    const real* __restrict__ t85,
-    const real* __restrict__ t89,
-    const real* __restrict__ t93,
-    const real* __restrict__ t97,
-    const real* __restrict__ t101,
-    const real* __restrict__ t105,
+    const real* __restrict__ t84,
+    const real* __restrict__ t87,
+    const real* __restrict__ t90,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        b_bar[_i] = t101[_i] + t105[_i] + t45[_i] + t49[_i] + t53[_i] + t57[_i] + t61[_i] + t65[_i] + t69[_i] + t73[_i] + t77[_i] + t81[_i] + t85[_i] + t89[_i] + t93[_i] + t97[_i];
+        b_bar[_i] = t45[_i] + t48[_i] + t51[_i] + t54[_i] + t57[_i] + t60[_i] + t63[_i] + t66[_i] + t69[_i] + t72[_i] + t75[_i] + t78[_i] + t81[_i] + t84[_i] + t87[_i] + t90[_i];
     }
 }
 
@@ -1740,25 +1755,25 @@ static __global__ void b_bar(
 static __global__ void U_bar(
     real* __restrict__ U_bar,
     const real* __restrict__ t46,
-    const real* __restrict__ t50,
-    const real* __restrict__ t54,
+    const real* __restrict__ t49,
+    const real* __restrict__ t52,
+    const real* __restrict__ t55,
     const real* __restrict__ t58,
-    const real* __restrict__ t62,
-    const real* __restrict__ t66,
+    const real* __restrict__ t61,
+    const real* __restrict__ t64,
+    const real* __restrict__ t67,
     const real* __restrict__ t70,
-    const real* __restrict__ t74,
-    const real* __restrict__ t78,
+    const real* __restrict__ t73,
+    const real* __restrict__ t76,
+    const real* __restrict__ t79,
     const real* __restrict__ t82,
-    const real* __restrict__ t86,
-    const real* __restrict__ t90,
-    const real* __restrict__ t94,
-    const real* __restrict__ t98,
-    const real* __restrict__ t102,
+    const real* __restrict__ t85,
+    const real* __restrict__ t88,
     long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        U_bar[_i] = t102[_i] + t46[_i] + t50[_i] + t54[_i] + t58[_i] + t62[_i] + t66[_i] + t70[_i] + t74[_i] + t78[_i] + t82[_i] + t86[_i] + t90[_i] + t94[_i] + t98[_i];
+        U_bar[_i] = t46[_i] + t49[_i] + t52[_i] + t55[_i] + t58[_i] + t61[_i] + t64[_i] + t67[_i] + t70[_i] + t73[_i] + t76[_i] + t79[_i] + t82[_i] + t85[_i] + t88[_i];
     }
 }
 
@@ -1770,7 +1785,7 @@ struct brackets_rnn_workspace {
     void* arena;           // every buffer below, in one allocation
     struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34; } predict;
     struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34, *t35, *L_n, *t38, *L; } loss;
-    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34, *t35, *L_n, *t38, *L, *t41, *z_bar, *h15_bar, *t44, *t45, *t46, *h14_bar, *t47, *t48, *t49, *t50, *h13_bar, *t51, *t52, *t53, *t54, *h12_bar, *t55, *t56, *t57, *t58, *h11_bar, *t59, *t60, *t61, *t62, *h10_bar, *t63, *t64, *t65, *t66, *h9_bar, *t67, *t68, *t69, *t70, *h8_bar, *t71, *t72, *t73, *t74, *h7_bar, *t75, *t76, *t77, *t78, *h6_bar, *t79, *t80, *t81, *t82, *h5_bar, *t83, *t84, *t85, *t86, *h4_bar, *t87, *t88, *t89, *t90, *h3_bar, *t91, *t92, *t93, *t94, *h2_bar, *t95, *t96, *t97, *t98, *h1_bar, *t99, *t100, *t101, *t102, *h0_bar, *t103, *t104, *t105, *t106, *e_bar; } value_and_grad;
+    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34, *t35, *L_n, *t38, *L, *t41, *z_bar, *h15_bar, *t44, *t45, *t46, *h14_bar, *t47, *t48, *t49, *h13_bar, *t50, *t51, *t52, *h12_bar, *t53, *t54, *t55, *h11_bar, *t56, *t57, *t58, *h10_bar, *t59, *t60, *t61, *h9_bar, *t62, *t63, *t64, *h8_bar, *t65, *t66, *t67, *h7_bar, *t68, *t69, *t70, *h6_bar, *t71, *t72, *t73, *h5_bar, *t74, *t75, *t76, *h4_bar, *t77, *t78, *t79, *h3_bar, *t80, *t81, *t82, *h2_bar, *t83, *t84, *t85, *h1_bar, *t86, *t87, *t88, *h0_bar, *t89, *t90, *e_bar; } value_and_grad;
 };
 
 // the next buffer of n elements of the arena at *off (256-byte aligned); NULL while sizing
@@ -1968,80 +1983,64 @@ static inline size_t brackets_rnn_layout(brackets_rnn_workspace* ws, char* base)
     ws->value_and_grad.t45 = bp_carve(base, &off, 32);
     ws->value_and_grad.t46 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h14_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t47 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t48 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t49 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t50 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t47 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t48 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t49 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h13_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t51 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t52 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t53 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t54 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t50 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t51 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t52 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h12_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t55 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t53 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t54 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t55 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h11_bar = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t56 = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t57 = bp_carve(base, &off, 32);
     ws->value_and_grad.t58 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h11_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t59 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t60 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t61 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t62 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h10_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t63 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t64 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t65 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t66 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t59 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t60 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t61 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h9_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t67 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t62 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t63 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t64 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h8_bar = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t65 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t66 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t67 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h7_bar = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t68 = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t69 = bp_carve(base, &off, 32);
     ws->value_and_grad.t70 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h8_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t71 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t72 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t73 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t74 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h7_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t75 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t76 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t77 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t78 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h6_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t79 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t71 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t72 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t73 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h5_bar = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t74 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t75 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t76 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t77 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t78 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t79 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.h3_bar = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t80 = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t81 = bp_carve(base, &off, 32);
     ws->value_and_grad.t82 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h5_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t83 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t84 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t85 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t86 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t87 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t88 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t89 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t90 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h3_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t91 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t92 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t93 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t94 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t95 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t96 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t97 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t98 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t83 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t84 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t85 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t99 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t100 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t101 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t102 = bp_carve(base, &off, 1024);
+    ws->value_and_grad.t86 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t87 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t88 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h0_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t103 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t104 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t105 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t106 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t89 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t90 = bp_carve(base, &off, 32);
     ws->value_and_grad.e_bar = bp_carve(base, &off, N * 512);
     if (off > top) top = off;
     return top > off ? top : off;
@@ -2600,81 +2599,81 @@ extern "C" int brackets_rnn_value_and_grad(
     real* const t47 = ws->value_and_grad.t47;
     real* const t48 = ws->value_and_grad.t48;
     real* const t49 = ws->value_and_grad.t49;
-    real* const t50 = ws->value_and_grad.t50;
     real* const h13_bar = ws->value_and_grad.h13_bar;
+    real* const t50 = ws->value_and_grad.t50;
     real* const t51 = ws->value_and_grad.t51;
     real* const t52 = ws->value_and_grad.t52;
+    real* const h12_bar = ws->value_and_grad.h12_bar;
     real* const t53 = ws->value_and_grad.t53;
     real* const t54 = ws->value_and_grad.t54;
-    real* const h12_bar = ws->value_and_grad.h12_bar;
     real* const t55 = ws->value_and_grad.t55;
+    real* const h11_bar = ws->value_and_grad.h11_bar;
     real* const t56 = ws->value_and_grad.t56;
     real* const t57 = ws->value_and_grad.t57;
     real* const t58 = ws->value_and_grad.t58;
-    real* const h11_bar = ws->value_and_grad.h11_bar;
+    real* const h10_bar = ws->value_and_grad.h10_bar;
     real* const t59 = ws->value_and_grad.t59;
     real* const t60 = ws->value_and_grad.t60;
     real* const t61 = ws->value_and_grad.t61;
+    real* const h9_bar = ws->value_and_grad.h9_bar;
     real* const t62 = ws->value_and_grad.t62;
-    real* const h10_bar = ws->value_and_grad.h10_bar;
     real* const t63 = ws->value_and_grad.t63;
     real* const t64 = ws->value_and_grad.t64;
+    real* const h8_bar = ws->value_and_grad.h8_bar;
     real* const t65 = ws->value_and_grad.t65;
     real* const t66 = ws->value_and_grad.t66;
-    real* const h9_bar = ws->value_and_grad.h9_bar;
     real* const t67 = ws->value_and_grad.t67;
+    real* const h7_bar = ws->value_and_grad.h7_bar;
     real* const t68 = ws->value_and_grad.t68;
     real* const t69 = ws->value_and_grad.t69;
     real* const t70 = ws->value_and_grad.t70;
-    real* const h8_bar = ws->value_and_grad.h8_bar;
+    real* const h6_bar = ws->value_and_grad.h6_bar;
     real* const t71 = ws->value_and_grad.t71;
     real* const t72 = ws->value_and_grad.t72;
     real* const t73 = ws->value_and_grad.t73;
+    real* const h5_bar = ws->value_and_grad.h5_bar;
     real* const t74 = ws->value_and_grad.t74;
-    real* const h7_bar = ws->value_and_grad.h7_bar;
     real* const t75 = ws->value_and_grad.t75;
     real* const t76 = ws->value_and_grad.t76;
+    real* const h4_bar = ws->value_and_grad.h4_bar;
     real* const t77 = ws->value_and_grad.t77;
     real* const t78 = ws->value_and_grad.t78;
-    real* const h6_bar = ws->value_and_grad.h6_bar;
     real* const t79 = ws->value_and_grad.t79;
+    real* const h3_bar = ws->value_and_grad.h3_bar;
     real* const t80 = ws->value_and_grad.t80;
     real* const t81 = ws->value_and_grad.t81;
     real* const t82 = ws->value_and_grad.t82;
-    real* const h5_bar = ws->value_and_grad.h5_bar;
+    real* const h2_bar = ws->value_and_grad.h2_bar;
     real* const t83 = ws->value_and_grad.t83;
     real* const t84 = ws->value_and_grad.t84;
     real* const t85 = ws->value_and_grad.t85;
+    real* const h1_bar = ws->value_and_grad.h1_bar;
     real* const t86 = ws->value_and_grad.t86;
-    real* const h4_bar = ws->value_and_grad.h4_bar;
     real* const t87 = ws->value_and_grad.t87;
     real* const t88 = ws->value_and_grad.t88;
+    real* const h0_bar = ws->value_and_grad.h0_bar;
     real* const t89 = ws->value_and_grad.t89;
     real* const t90 = ws->value_and_grad.t90;
-    real* const h3_bar = ws->value_and_grad.h3_bar;
-    real* const t91 = ws->value_and_grad.t91;
-    real* const t92 = ws->value_and_grad.t92;
-    real* const t93 = ws->value_and_grad.t93;
-    real* const t94 = ws->value_and_grad.t94;
-    real* const h2_bar = ws->value_and_grad.h2_bar;
-    real* const t95 = ws->value_and_grad.t95;
-    real* const t96 = ws->value_and_grad.t96;
-    real* const t97 = ws->value_and_grad.t97;
-    real* const t98 = ws->value_and_grad.t98;
-    real* const h1_bar = ws->value_and_grad.h1_bar;
-    real* const t99 = ws->value_and_grad.t99;
-    real* const t100 = ws->value_and_grad.t100;
-    real* const t101 = ws->value_and_grad.t101;
-    real* const t102 = ws->value_and_grad.t102;
-    real* const h0_bar = ws->value_and_grad.h0_bar;
-    real* const t103 = ws->value_and_grad.t103;
-    real* const t104 = ws->value_and_grad.t104;
-    real* const t105 = ws->value_and_grad.t105;
-    real* const t106 = ws->value_and_grad.t106;
     real* const e_bar = ws->value_and_grad.e_bar;
     const real* const t36 = t32;
     const real* const t37 = t34;
     const real* const t42 = t41;
+    const real* const t91 = t89;
+    const real* const t92 = t86;
+    const real* const t93 = t83;
+    const real* const t94 = t80;
+    const real* const t95 = t77;
+    const real* const t96 = t74;
+    const real* const t97 = t71;
+    const real* const t98 = t68;
+    const real* const t99 = t65;
+    const real* const t100 = t62;
+    const real* const t101 = t59;
+    const real* const t102 = t56;
+    const real* const t103 = t53;
+    const real* const t104 = t50;
+    const real* const t105 = t47;
+    const real* const t106 = t44;
 
     // forward pass
     // e = E[tokens]
@@ -2822,233 +2821,232 @@ extern "C" int brackets_rnn_value_and_grad(
     // GEMM: h14_bar [N x 32] = t44 @ U, t44 [N x 32], U [32 x 32], row-major;
     // cuBLAS is column-major: it computes h14_bar^T = U^T @ t44^T
     CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t44, 32, &_zero, h14_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t47, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t47_place, bp_grid((long long)N * 32), 256, 0, t47, t44, (long long)N * 32);
     // q58_bar = h14_bar*(1 - h14**2)   # tanh
     // q57_bar = q58_bar   # add
     // q56_bar = q57_bar   # add
     // q55_bar = q57_bar   # add
-    LAUNCH(kernels::t48, bp_grid((long long)N * 32), 256, 0, t48, h14, h14_bar, (long long)N * 32);
-    LAUNCH(kernels::t49, bp_blocks(32), 256, 0, t49, t48, 32, (long long)N);
-    // GEMM: t50 [32 x 32] = t48^T @ h13, t48 [N x 32], h13 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t50^T = h13^T @ t48
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h13, 32, t48, 32, &_zero, t50, 32));
+    LAUNCH(kernels::t47, bp_grid((long long)N * 32), 256, 0, t47, h14, h14_bar, (long long)N * 32);
+    LAUNCH(kernels::t48, bp_blocks(32), 256, 0, t48, t47, 32, (long long)N);
+    // GEMM: t49 [32 x 32] = t47^T @ h13, t47 [N x 32], h13 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t49^T = h13^T @ t47
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h13, 32, t47, 32, &_zero, t49, 32));
     // h13_bar = U^T @ q56_bar   # matmul
-    // GEMM: h13_bar [N x 32] = t48 @ U, t48 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h13_bar^T = U^T @ t48^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t48, 32, &_zero, h13_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t51, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t51_place, bp_grid((long long)N * 32), 256, 0, t51, t48, (long long)N * 32);
+    // GEMM: h13_bar [N x 32] = t47 @ U, t47 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h13_bar^T = U^T @ t47^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t47, 32, &_zero, h13_bar, 32));
     // q54_bar = h13_bar*(1 - h13**2)   # tanh
     // q53_bar = q54_bar   # add
     // q52_bar = q53_bar   # add
     // q51_bar = q53_bar   # add
-    LAUNCH(kernels::t52, bp_grid((long long)N * 32), 256, 0, t52, h13, h13_bar, (long long)N * 32);
-    LAUNCH(kernels::t53, bp_blocks(32), 256, 0, t53, t52, 32, (long long)N);
-    // GEMM: t54 [32 x 32] = t52^T @ h12, t52 [N x 32], h12 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t54^T = h12^T @ t52
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h12, 32, t52, 32, &_zero, t54, 32));
+    LAUNCH(kernels::t50, bp_grid((long long)N * 32), 256, 0, t50, h13, h13_bar, (long long)N * 32);
+    LAUNCH(kernels::t51, bp_blocks(32), 256, 0, t51, t50, 32, (long long)N);
+    // GEMM: t52 [32 x 32] = t50^T @ h12, t50 [N x 32], h12 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t52^T = h12^T @ t50
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h12, 32, t50, 32, &_zero, t52, 32));
     // h12_bar = U^T @ q52_bar   # matmul
-    // GEMM: h12_bar [N x 32] = t52 @ U, t52 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h12_bar^T = U^T @ t52^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t52, 32, &_zero, h12_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t55, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t55_place, bp_grid((long long)N * 32), 256, 0, t55, t52, (long long)N * 32);
+    // GEMM: h12_bar [N x 32] = t50 @ U, t50 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h12_bar^T = U^T @ t50^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t50, 32, &_zero, h12_bar, 32));
     // q50_bar = h12_bar*(1 - h12**2)   # tanh
     // q49_bar = q50_bar   # add
     // q48_bar = q49_bar   # add
     // q47_bar = q49_bar   # add
-    LAUNCH(kernels::t56, bp_grid((long long)N * 32), 256, 0, t56, h12, h12_bar, (long long)N * 32);
-    LAUNCH(kernels::t57, bp_blocks(32), 256, 0, t57, t56, 32, (long long)N);
-    // GEMM: t58 [32 x 32] = t56^T @ h11, t56 [N x 32], h11 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t58^T = h11^T @ t56
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h11, 32, t56, 32, &_zero, t58, 32));
+    LAUNCH(kernels::t53, bp_grid((long long)N * 32), 256, 0, t53, h12, h12_bar, (long long)N * 32);
+    LAUNCH(kernels::t54, bp_blocks(32), 256, 0, t54, t53, 32, (long long)N);
+    // GEMM: t55 [32 x 32] = t53^T @ h11, t53 [N x 32], h11 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t55^T = h11^T @ t53
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h11, 32, t53, 32, &_zero, t55, 32));
     // h11_bar = U^T @ q48_bar   # matmul
-    // GEMM: h11_bar [N x 32] = t56 @ U, t56 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h11_bar^T = U^T @ t56^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t56, 32, &_zero, h11_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t59, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t59_place, bp_grid((long long)N * 32), 256, 0, t59, t56, (long long)N * 32);
+    // GEMM: h11_bar [N x 32] = t53 @ U, t53 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h11_bar^T = U^T @ t53^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t53, 32, &_zero, h11_bar, 32));
     // q46_bar = h11_bar*(1 - h11**2)   # tanh
     // q45_bar = q46_bar   # add
     // q44_bar = q45_bar   # add
     // q43_bar = q45_bar   # add
-    LAUNCH(kernels::t60, bp_grid((long long)N * 32), 256, 0, t60, h11, h11_bar, (long long)N * 32);
-    LAUNCH(kernels::t61, bp_blocks(32), 256, 0, t61, t60, 32, (long long)N);
-    // GEMM: t62 [32 x 32] = t60^T @ h10, t60 [N x 32], h10 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t62^T = h10^T @ t60
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h10, 32, t60, 32, &_zero, t62, 32));
+    LAUNCH(kernels::t56, bp_grid((long long)N * 32), 256, 0, t56, h11, h11_bar, (long long)N * 32);
+    LAUNCH(kernels::t57, bp_blocks(32), 256, 0, t57, t56, 32, (long long)N);
+    // GEMM: t58 [32 x 32] = t56^T @ h10, t56 [N x 32], h10 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t58^T = h10^T @ t56
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h10, 32, t56, 32, &_zero, t58, 32));
     // h10_bar = U^T @ q44_bar   # matmul
-    // GEMM: h10_bar [N x 32] = t60 @ U, t60 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h10_bar^T = U^T @ t60^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t60, 32, &_zero, h10_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t63, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t63_place, bp_grid((long long)N * 32), 256, 0, t63, t60, (long long)N * 32);
+    // GEMM: h10_bar [N x 32] = t56 @ U, t56 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h10_bar^T = U^T @ t56^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t56, 32, &_zero, h10_bar, 32));
     // q42_bar = h10_bar*(1 - h10**2)   # tanh
     // q41_bar = q42_bar   # add
     // q40_bar = q41_bar   # add
     // q39_bar = q41_bar   # add
-    LAUNCH(kernels::t64, bp_grid((long long)N * 32), 256, 0, t64, h10, h10_bar, (long long)N * 32);
-    LAUNCH(kernels::t65, bp_blocks(32), 256, 0, t65, t64, 32, (long long)N);
-    // GEMM: t66 [32 x 32] = t64^T @ h9, t64 [N x 32], h9 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t66^T = h9^T @ t64
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h9, 32, t64, 32, &_zero, t66, 32));
+    LAUNCH(kernels::t59, bp_grid((long long)N * 32), 256, 0, t59, h10, h10_bar, (long long)N * 32);
+    LAUNCH(kernels::t60, bp_blocks(32), 256, 0, t60, t59, 32, (long long)N);
+    // GEMM: t61 [32 x 32] = t59^T @ h9, t59 [N x 32], h9 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t61^T = h9^T @ t59
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h9, 32, t59, 32, &_zero, t61, 32));
     // h9_bar = U^T @ q40_bar   # matmul
-    // GEMM: h9_bar [N x 32] = t64 @ U, t64 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h9_bar^T = U^T @ t64^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t64, 32, &_zero, h9_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t67, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t67_place, bp_grid((long long)N * 32), 256, 0, t67, t64, (long long)N * 32);
+    // GEMM: h9_bar [N x 32] = t59 @ U, t59 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h9_bar^T = U^T @ t59^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t59, 32, &_zero, h9_bar, 32));
     // q38_bar = h9_bar*(1 - h9**2)   # tanh
     // q37_bar = q38_bar   # add
     // q36_bar = q37_bar   # add
     // q35_bar = q37_bar   # add
-    LAUNCH(kernels::t68, bp_grid((long long)N * 32), 256, 0, t68, h9, h9_bar, (long long)N * 32);
-    LAUNCH(kernels::t69, bp_blocks(32), 256, 0, t69, t68, 32, (long long)N);
-    // GEMM: t70 [32 x 32] = t68^T @ h8, t68 [N x 32], h8 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t70^T = h8^T @ t68
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h8, 32, t68, 32, &_zero, t70, 32));
+    LAUNCH(kernels::t62, bp_grid((long long)N * 32), 256, 0, t62, h9, h9_bar, (long long)N * 32);
+    LAUNCH(kernels::t63, bp_blocks(32), 256, 0, t63, t62, 32, (long long)N);
+    // GEMM: t64 [32 x 32] = t62^T @ h8, t62 [N x 32], h8 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t64^T = h8^T @ t62
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h8, 32, t62, 32, &_zero, t64, 32));
     // h8_bar = U^T @ q36_bar   # matmul
-    // GEMM: h8_bar [N x 32] = t68 @ U, t68 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h8_bar^T = U^T @ t68^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t68, 32, &_zero, h8_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t71, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t71_place, bp_grid((long long)N * 32), 256, 0, t71, t68, (long long)N * 32);
+    // GEMM: h8_bar [N x 32] = t62 @ U, t62 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h8_bar^T = U^T @ t62^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t62, 32, &_zero, h8_bar, 32));
     // q34_bar = h8_bar*(1 - h8**2)   # tanh
     // q33_bar = q34_bar   # add
     // q32_bar = q33_bar   # add
     // q31_bar = q33_bar   # add
-    LAUNCH(kernels::t72, bp_grid((long long)N * 32), 256, 0, t72, h8, h8_bar, (long long)N * 32);
-    LAUNCH(kernels::t73, bp_blocks(32), 256, 0, t73, t72, 32, (long long)N);
-    // GEMM: t74 [32 x 32] = t72^T @ h7, t72 [N x 32], h7 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t74^T = h7^T @ t72
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h7, 32, t72, 32, &_zero, t74, 32));
+    LAUNCH(kernels::t65, bp_grid((long long)N * 32), 256, 0, t65, h8, h8_bar, (long long)N * 32);
+    LAUNCH(kernels::t66, bp_blocks(32), 256, 0, t66, t65, 32, (long long)N);
+    // GEMM: t67 [32 x 32] = t65^T @ h7, t65 [N x 32], h7 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t67^T = h7^T @ t65
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h7, 32, t65, 32, &_zero, t67, 32));
     // h7_bar = U^T @ q32_bar   # matmul
-    // GEMM: h7_bar [N x 32] = t72 @ U, t72 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h7_bar^T = U^T @ t72^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t72, 32, &_zero, h7_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t75, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t75_place, bp_grid((long long)N * 32), 256, 0, t75, t72, (long long)N * 32);
+    // GEMM: h7_bar [N x 32] = t65 @ U, t65 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h7_bar^T = U^T @ t65^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t65, 32, &_zero, h7_bar, 32));
     // q30_bar = h7_bar*(1 - h7**2)   # tanh
     // q29_bar = q30_bar   # add
     // q28_bar = q29_bar   # add
     // q27_bar = q29_bar   # add
-    LAUNCH(kernels::t76, bp_grid((long long)N * 32), 256, 0, t76, h7, h7_bar, (long long)N * 32);
-    LAUNCH(kernels::t77, bp_blocks(32), 256, 0, t77, t76, 32, (long long)N);
-    // GEMM: t78 [32 x 32] = t76^T @ h6, t76 [N x 32], h6 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t78^T = h6^T @ t76
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h6, 32, t76, 32, &_zero, t78, 32));
+    LAUNCH(kernels::t68, bp_grid((long long)N * 32), 256, 0, t68, h7, h7_bar, (long long)N * 32);
+    LAUNCH(kernels::t69, bp_blocks(32), 256, 0, t69, t68, 32, (long long)N);
+    // GEMM: t70 [32 x 32] = t68^T @ h6, t68 [N x 32], h6 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t70^T = h6^T @ t68
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h6, 32, t68, 32, &_zero, t70, 32));
     // h6_bar = U^T @ q28_bar   # matmul
-    // GEMM: h6_bar [N x 32] = t76 @ U, t76 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h6_bar^T = U^T @ t76^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t76, 32, &_zero, h6_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t79, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t79_place, bp_grid((long long)N * 32), 256, 0, t79, t76, (long long)N * 32);
+    // GEMM: h6_bar [N x 32] = t68 @ U, t68 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h6_bar^T = U^T @ t68^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t68, 32, &_zero, h6_bar, 32));
     // q26_bar = h6_bar*(1 - h6**2)   # tanh
     // q25_bar = q26_bar   # add
     // q24_bar = q25_bar   # add
     // q23_bar = q25_bar   # add
-    LAUNCH(kernels::t80, bp_grid((long long)N * 32), 256, 0, t80, h6, h6_bar, (long long)N * 32);
-    LAUNCH(kernels::t81, bp_blocks(32), 256, 0, t81, t80, 32, (long long)N);
-    // GEMM: t82 [32 x 32] = t80^T @ h5, t80 [N x 32], h5 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t82^T = h5^T @ t80
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h5, 32, t80, 32, &_zero, t82, 32));
+    LAUNCH(kernels::t71, bp_grid((long long)N * 32), 256, 0, t71, h6, h6_bar, (long long)N * 32);
+    LAUNCH(kernels::t72, bp_blocks(32), 256, 0, t72, t71, 32, (long long)N);
+    // GEMM: t73 [32 x 32] = t71^T @ h5, t71 [N x 32], h5 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t73^T = h5^T @ t71
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h5, 32, t71, 32, &_zero, t73, 32));
     // h5_bar = U^T @ q24_bar   # matmul
-    // GEMM: h5_bar [N x 32] = t80 @ U, t80 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h5_bar^T = U^T @ t80^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t80, 32, &_zero, h5_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t83, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t83_place, bp_grid((long long)N * 32), 256, 0, t83, t80, (long long)N * 32);
+    // GEMM: h5_bar [N x 32] = t71 @ U, t71 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h5_bar^T = U^T @ t71^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t71, 32, &_zero, h5_bar, 32));
     // q22_bar = h5_bar*(1 - h5**2)   # tanh
     // q21_bar = q22_bar   # add
     // q20_bar = q21_bar   # add
     // q19_bar = q21_bar   # add
-    LAUNCH(kernels::t84, bp_grid((long long)N * 32), 256, 0, t84, h5, h5_bar, (long long)N * 32);
-    LAUNCH(kernels::t85, bp_blocks(32), 256, 0, t85, t84, 32, (long long)N);
-    // GEMM: t86 [32 x 32] = t84^T @ h4, t84 [N x 32], h4 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t86^T = h4^T @ t84
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h4, 32, t84, 32, &_zero, t86, 32));
+    LAUNCH(kernels::t74, bp_grid((long long)N * 32), 256, 0, t74, h5, h5_bar, (long long)N * 32);
+    LAUNCH(kernels::t75, bp_blocks(32), 256, 0, t75, t74, 32, (long long)N);
+    // GEMM: t76 [32 x 32] = t74^T @ h4, t74 [N x 32], h4 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t76^T = h4^T @ t74
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h4, 32, t74, 32, &_zero, t76, 32));
     // h4_bar = U^T @ q20_bar   # matmul
-    // GEMM: h4_bar [N x 32] = t84 @ U, t84 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h4_bar^T = U^T @ t84^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t84, 32, &_zero, h4_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t87, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t87_place, bp_grid((long long)N * 32), 256, 0, t87, t84, (long long)N * 32);
+    // GEMM: h4_bar [N x 32] = t74 @ U, t74 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h4_bar^T = U^T @ t74^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t74, 32, &_zero, h4_bar, 32));
     // q18_bar = h4_bar*(1 - h4**2)   # tanh
     // q17_bar = q18_bar   # add
     // q16_bar = q17_bar   # add
     // q15_bar = q17_bar   # add
-    LAUNCH(kernels::t88, bp_grid((long long)N * 32), 256, 0, t88, h4, h4_bar, (long long)N * 32);
-    LAUNCH(kernels::t89, bp_blocks(32), 256, 0, t89, t88, 32, (long long)N);
-    // GEMM: t90 [32 x 32] = t88^T @ h3, t88 [N x 32], h3 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t90^T = h3^T @ t88
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h3, 32, t88, 32, &_zero, t90, 32));
+    LAUNCH(kernels::t77, bp_grid((long long)N * 32), 256, 0, t77, h4, h4_bar, (long long)N * 32);
+    LAUNCH(kernels::t78, bp_blocks(32), 256, 0, t78, t77, 32, (long long)N);
+    // GEMM: t79 [32 x 32] = t77^T @ h3, t77 [N x 32], h3 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t79^T = h3^T @ t77
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h3, 32, t77, 32, &_zero, t79, 32));
     // h3_bar = U^T @ q16_bar   # matmul
-    // GEMM: h3_bar [N x 32] = t88 @ U, t88 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h3_bar^T = U^T @ t88^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t88, 32, &_zero, h3_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t91, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t91_place, bp_grid((long long)N * 32), 256, 0, t91, t88, (long long)N * 32);
+    // GEMM: h3_bar [N x 32] = t77 @ U, t77 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h3_bar^T = U^T @ t77^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t77, 32, &_zero, h3_bar, 32));
     // q14_bar = h3_bar*(1 - h3**2)   # tanh
     // q13_bar = q14_bar   # add
     // q12_bar = q13_bar   # add
     // q11_bar = q13_bar   # add
-    LAUNCH(kernels::t92, bp_grid((long long)N * 32), 256, 0, t92, h3, h3_bar, (long long)N * 32);
-    LAUNCH(kernels::t93, bp_blocks(32), 256, 0, t93, t92, 32, (long long)N);
-    // GEMM: t94 [32 x 32] = t92^T @ h2, t92 [N x 32], h2 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t94^T = h2^T @ t92
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h2, 32, t92, 32, &_zero, t94, 32));
+    LAUNCH(kernels::t80, bp_grid((long long)N * 32), 256, 0, t80, h3, h3_bar, (long long)N * 32);
+    LAUNCH(kernels::t81, bp_blocks(32), 256, 0, t81, t80, 32, (long long)N);
+    // GEMM: t82 [32 x 32] = t80^T @ h2, t80 [N x 32], h2 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t82^T = h2^T @ t80
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h2, 32, t80, 32, &_zero, t82, 32));
     // h2_bar = U^T @ q12_bar   # matmul
-    // GEMM: h2_bar [N x 32] = t92 @ U, t92 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h2_bar^T = U^T @ t92^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t92, 32, &_zero, h2_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t95, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t95_place, bp_grid((long long)N * 32), 256, 0, t95, t92, (long long)N * 32);
+    // GEMM: h2_bar [N x 32] = t80 @ U, t80 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h2_bar^T = U^T @ t80^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t80, 32, &_zero, h2_bar, 32));
     // q10_bar = h2_bar*(1 - h2**2)   # tanh
     // q9_bar = q10_bar   # add
     // q8_bar = q9_bar   # add
     // q7_bar = q9_bar   # add
-    LAUNCH(kernels::t96, bp_grid((long long)N * 32), 256, 0, t96, h2, h2_bar, (long long)N * 32);
-    LAUNCH(kernels::t97, bp_blocks(32), 256, 0, t97, t96, 32, (long long)N);
-    // GEMM: t98 [32 x 32] = t96^T @ h1, t96 [N x 32], h1 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t98^T = h1^T @ t96
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h1, 32, t96, 32, &_zero, t98, 32));
+    LAUNCH(kernels::t83, bp_grid((long long)N * 32), 256, 0, t83, h2, h2_bar, (long long)N * 32);
+    LAUNCH(kernels::t84, bp_blocks(32), 256, 0, t84, t83, 32, (long long)N);
+    // GEMM: t85 [32 x 32] = t83^T @ h1, t83 [N x 32], h1 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t85^T = h1^T @ t83
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h1, 32, t83, 32, &_zero, t85, 32));
     // h1_bar = U^T @ q8_bar   # matmul
-    // GEMM: h1_bar [N x 32] = t96 @ U, t96 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h1_bar^T = U^T @ t96^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t96, 32, &_zero, h1_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t99, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t99_place, bp_grid((long long)N * 32), 256, 0, t99, t96, (long long)N * 32);
+    // GEMM: h1_bar [N x 32] = t83 @ U, t83 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h1_bar^T = U^T @ t83^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t83, 32, &_zero, h1_bar, 32));
     // q6_bar = h1_bar*(1 - h1**2)   # tanh
     // q5_bar = q6_bar   # add
     // q4_bar = q5_bar   # add
     // q3_bar = q5_bar   # add
-    LAUNCH(kernels::t100, bp_grid((long long)N * 32), 256, 0, t100, h1, h1_bar, (long long)N * 32);
-    LAUNCH(kernels::t101, bp_blocks(32), 256, 0, t101, t100, 32, (long long)N);
-    // GEMM: t102 [32 x 32] = t100^T @ h0, t100 [N x 32], h0 [N x 32], row-major;
-    // cuBLAS is column-major: it computes t102^T = h0^T @ t100
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h0, 32, t100, 32, &_zero, t102, 32));
+    LAUNCH(kernels::t86, bp_grid((long long)N * 32), 256, 0, t86, h1, h1_bar, (long long)N * 32);
+    LAUNCH(kernels::t87, bp_blocks(32), 256, 0, t87, t86, 32, (long long)N);
+    // GEMM: t88 [32 x 32] = t86^T @ h0, t86 [N x 32], h0 [N x 32], row-major;
+    // cuBLAS is column-major: it computes t88^T = h0^T @ t86
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 32, 32, N, &_one, h0, 32, t86, 32, &_zero, t88, 32));
     // h0_bar = U^T @ q4_bar   # matmul
-    // GEMM: h0_bar [N x 32] = t100 @ U, t100 [N x 32], U [32 x 32], row-major;
-    // cuBLAS is column-major: it computes h0_bar^T = U^T @ t100^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t100, 32, &_zero, h0_bar, 32));
-    CHECK_CUDA(cudaMemsetAsync(t103, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t103_place, bp_grid((long long)N * 32), 256, 0, t103, t100, (long long)N * 32);
+    // GEMM: h0_bar [N x 32] = t86 @ U, t86 [N x 32], U [32 x 32], row-major;
+    // cuBLAS is column-major: it computes h0_bar^T = U^T @ t86^T
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 32, N, 32, &_one, U, 32, t86, 32, &_zero, h0_bar, 32));
     // q2_bar = h0_bar*(1 - h0**2)   # tanh
     // q1_bar = q2_bar   # add
-    LAUNCH(kernels::t104, bp_grid((long long)N * 32), 256, 0, t104, h0, h0_bar, (long long)N * 32);
-    LAUNCH(kernels::t105, bp_blocks(32), 256, 0, t105, t104, 32, (long long)N);
+    LAUNCH(kernels::t89, bp_grid((long long)N * 32), 256, 0, t89, h0, h0_bar, (long long)N * 32);
+    LAUNCH(kernels::t90, bp_blocks(32), 256, 0, t90, t89, 32, (long long)N);
     // e_bar = q59_bar at [15] (zero elsewhere) + q55_bar at [14] (zero elsewhere) + q51_bar at [13] (zero elsewhere) + q47_bar at [12] (zero elsewhere) + q43_bar at [11] (zero elsewhere) + q39_bar at [10] (zero elsewhere) + q35_bar at [9] (zero elsewhere) + q31_bar at [8] (zero elsewhere) + q27_bar at [7] (zero elsewhere) + q23_bar at [6] (zero elsewhere) + q19_bar at [5] (zero elsewhere) + q15_bar at [4] (zero elsewhere) + q11_bar at [3] (zero elsewhere) + q7_bar at [2] (zero elsewhere) + q3_bar at [1] (zero elsewhere) + q1_bar at [0] (zero elsewhere)   # sum over consumers (index x16)
-    CHECK_CUDA(cudaMemsetAsync(t106, 0, sizeof(real) * (size_t)((long long)N * 512)));
-    LAUNCH(kernels::t106_place, bp_grid((long long)N * 32), 256, 0, t106, t104, (long long)N * 32);
-    LAUNCH(kernels::e_bar, bp_grid((long long)N * 512), 256, 0, e_bar, t47, t51, t55, t59, t63, t67, t71, t75, t79, t83, t87, t91, t95, t99, t103, t106, (long long)N * 512);
+    // t91 is t89 reshaped to [N, 1, 32]: the same memory
+    // t92 is t86 reshaped to [N, 1, 32]: the same memory
+    // t93 is t83 reshaped to [N, 1, 32]: the same memory
+    // t94 is t80 reshaped to [N, 1, 32]: the same memory
+    // t95 is t77 reshaped to [N, 1, 32]: the same memory
+    // t96 is t74 reshaped to [N, 1, 32]: the same memory
+    // t97 is t71 reshaped to [N, 1, 32]: the same memory
+    // t98 is t68 reshaped to [N, 1, 32]: the same memory
+    // t99 is t65 reshaped to [N, 1, 32]: the same memory
+    // t100 is t62 reshaped to [N, 1, 32]: the same memory
+    // t101 is t59 reshaped to [N, 1, 32]: the same memory
+    // t102 is t56 reshaped to [N, 1, 32]: the same memory
+    // t103 is t53 reshaped to [N, 1, 32]: the same memory
+    // t104 is t50 reshaped to [N, 1, 32]: the same memory
+    // t105 is t47 reshaped to [N, 1, 32]: the same memory
+    // t106 is t44 reshaped to [N, 1, 32]: the same memory
+    LAUNCH(kernels::e_bar_place, bp_grid((long long)N * 32), 256, 0, e_bar, t91, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_2, bp_grid((long long)N * 32), 256, 0, e_bar, t92, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_3, bp_grid((long long)N * 32), 256, 0, e_bar, t93, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_4, bp_grid((long long)N * 32), 256, 0, e_bar, t94, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_5, bp_grid((long long)N * 32), 256, 0, e_bar, t95, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_6, bp_grid((long long)N * 32), 256, 0, e_bar, t96, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_7, bp_grid((long long)N * 32), 256, 0, e_bar, t97, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_8, bp_grid((long long)N * 32), 256, 0, e_bar, t98, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_9, bp_grid((long long)N * 32), 256, 0, e_bar, t99, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_10, bp_grid((long long)N * 32), 256, 0, e_bar, t100, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_11, bp_grid((long long)N * 32), 256, 0, e_bar, t101, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_12, bp_grid((long long)N * 32), 256, 0, e_bar, t102, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_13, bp_grid((long long)N * 32), 256, 0, e_bar, t103, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_14, bp_grid((long long)N * 32), 256, 0, e_bar, t104, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_15, bp_grid((long long)N * 32), 256, 0, e_bar, t105, (long long)N * 32);
+    LAUNCH(kernels::e_bar_place_16, bp_grid((long long)N * 32), 256, 0, e_bar, t106, (long long)N * 32);
     // E_bar = e_bar added at rows [tokens] (summed over the batch and where tokens repeat; zero elsewhere)   # gather
     CHECK_CUDA(cudaMemsetAsync(E_bar, 0, sizeof(real) * (size_t)(128)));
     LAUNCH(kernels::E_bar_scatter, bp_grid((long long)N * 512), 256, 0, E_bar, tokens, e_bar, (long long)N * 512);
     // b_bar = q62_bar (summed over the batch) + q58_bar (summed over the batch) + q54_bar (summed over the batch) + q50_bar (summed over the batch) + q46_bar (summed over the batch) + q42_bar (summed over the batch) + q38_bar (summed over the batch) + q34_bar (summed over the batch) + q30_bar (summed over the batch) + q26_bar (summed over the batch) + q22_bar (summed over the batch) + q18_bar (summed over the batch) + q14_bar (summed over the batch) + q10_bar (summed over the batch) + q6_bar (summed over the batch) + q2_bar (summed over the batch)   # sum over consumers (add x16)
-    LAUNCH(kernels::b_bar, 1, 32, 0, b_bar, t45, t49, t53, t57, t61, t65, t69, t73, t77, t81, t85, t89, t93, t97, t101, t105, 32);
+    LAUNCH(kernels::b_bar, 1, 32, 0, b_bar, t45, t48, t51, t54, t57, t60, t63, t66, t69, t72, t75, t78, t81, t84, t87, t90, 32);
     // U_bar = q60_bar h14^T (summed over the batch) + q56_bar h13^T (summed over the batch) + q52_bar h12^T (summed over the batch) + q48_bar h11^T (summed over the batch) + q44_bar h10^T (summed over the batch) + q40_bar h9^T (summed over the batch) + q36_bar h8^T (summed over the batch) + q32_bar h7^T (summed over the batch) + q28_bar h6^T (summed over the batch) + q24_bar h5^T (summed over the batch) + q20_bar h4^T (summed over the batch) + q16_bar h3^T (summed over the batch) + q12_bar h2^T (summed over the batch) + q8_bar h1^T (summed over the batch) + q4_bar h0^T (summed over the batch)   # sum over consumers (matmul x15)
-    LAUNCH(kernels::U_bar, bp_grid(1024), 256, 0, U_bar, t46, t50, t54, t58, t62, t66, t70, t74, t78, t82, t86, t90, t94, t98, t102, 1024);
+    LAUNCH(kernels::U_bar, bp_grid(1024), 256, 0, U_bar, t46, t49, t52, t55, t58, t61, t64, t67, t70, t73, t76, t79, t82, t85, t88, 1024);
 
     // L to the host (this waits for the kernels above)
     real _loss;

@@ -57,7 +57,7 @@ TRAINED = ('E', 'U', 'b', 'V', 'c')  # the params the update steps change (WRT's
 GRAD_SHAPES = {'E': (False, (4, 32)), 'U': (False, (32, 32)), 'b': (False, (32,)), 'V': (False, (2, 32)), 'c': (False, (2,))}  # name -> (batched, per-example shape)
 OUTPUT_SHAPE = (True, (2,))  # predict's output: (batched, per-example shape)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".cu")
-SOURCE_SHA256 = "a063f58af998d6aa0954c185f3afc99c7a23524e772ddfbeedd6d76af2f648c4"  # the .cu this loader was generated with
+SOURCE_SHA256 = "935beac3c31bdaf06a734f136f34481ce53aa4824ba39fc87789a48e9b241fec"  # the .cu this loader was generated with
 USES_CUBLAS = True
 KEEP_WORKSPACES = 4
 
