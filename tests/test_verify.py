@@ -77,7 +77,8 @@ def test_every_example_verifies(path):
         checks = checks - {"sympy", "sympy/f32"}
     for name in spec.wrt:
         assert set(rows[name]) == checks, name
-    assert rows["L"]["value"].ok
+    if path.stem not in SYMPY_TOO_LARGE:   # the loss value row comes from the expansion
+        assert rows["L"]["value"].ok
 
 
 def test_cli_prints_a_table_and_exits_0():
