@@ -57,6 +57,11 @@ def by_name(report):
 # Good gradients pass
 
 
+# Examples whose shrunken graph is still too large for verify's SymPy expansion
+# (digits_cnn: 4917 entries at N=2, since the channel counts are not shrunk).
+SYMPY_TOO_LARGE = {"digits_cnn"}
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_every_example_verifies(path):
     report = bpcompile.verify(path)
@@ -64,9 +69,16 @@ def test_every_example_verifies(path):
     rows = by_name(report)
     spec = bpcompile.load_spec(path)
     checks = {"sympy", "fd"} | ({"sympy/f32", "fd/f32"} if spec.dtype == "float32" else set())
+    if path.stem in SYMPY_TOO_LARGE:
+        # the shrunken CNN still has thousands of weight entries: verify says so and
+        # leaves it to finite differences
+        assert any(n.startswith("sympy: skipped:") and "more than 100 to expand" in n
+                   for n in report.notes), report.notes
+        checks = checks - {"sympy", "sympy/f32"}
     for name in spec.wrt:
         assert set(rows[name]) == checks, name
-    assert rows["L"]["value"].ok
+    if path.stem not in SYMPY_TOO_LARGE:   # the loss value row comes from the expansion
+        assert rows["L"]["value"].ok
 
 
 def test_cli_prints_a_table_and_exits_0():
