@@ -8,7 +8,7 @@ is directly comparable with the MLP's.  Each minibatch is augmented by random
 shifts of up to one pixel in each direction (pad by one with zeros, crop 8x8 at
 a random offset), vectorised over the batch and seeded.
 
-    python examples/train_digits_cnn.py                  # 1x8x8 -> conv 16 -> conv 32 -> pool -> 10
+    python examples/train_digits_cnn.py                  # 1x8x8 -> conv 32 -> conv 64 -> pool -> 10
     python examples/train_digits_cnn.py --compile        # compile the spec in-process
 
 By default the module is imported from generated/digits_cnn.py, written by
@@ -74,7 +74,7 @@ def shift(x, rng, max_shift=1):
     return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols]
 
 
-def train(module, epochs=30, lr=2e-3, batch_size=32, seed=0, data=None, augment=True,
+def train(module, epochs=30, lr=4e-3, batch_size=32, seed=0, data=None, augment=True,
           progress=True):
     """Train ``module`` with Adam and cosine annealing; returns the history dict.
 
@@ -121,7 +121,7 @@ def train(module, epochs=30, lr=2e-3, batch_size=32, seed=0, data=None, augment=
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--lr", type=float, default=2e-3, help="Adam's initial step size (cosine-annealed)")
+    ap.add_argument("--lr", type=float, default=4e-3, help="Adam's initial step size (cosine-annealed)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-augment", action="store_true", help="train without the random shifts")

@@ -7,18 +7,18 @@ The spec:
 
     # Issue 12: a small CNN on scikit-learn's handwritten digits (load_digits: 1797
     # images of 8x8 pixels, fed as one channel [1, 8, 8], classes 0-9).  Two 3x3
-    # convolutions (16 then 32 channels) with 'same' padding keep the 8x8 grid, a 2x2 max pool halves it,
-    # and a dense layer reads the 32 x 4 x 4 = 512 features.
+    # convolutions (32 then 64 channels) with 'same' padding keep the 8x8 grid, a 2x2 max pool halves it,
+    # and a dense layer reads the 64 x 4 x 4 = 1024 features.
     # examples/train_digits_cnn.py trains it with the generated module's adam_step.
     name: digits_cnn
     inputs:
       x: [1, 8, 8]
       label: {classes: 10}
     layers:
-      - {conv2d: 16, kernel: 3, padding: same, activation: relu}   # W1 [16, 1, 3, 3], b1 [16]; h1 [16, 8, 8]
-      - {conv2d: 32, kernel: 3, padding: same, activation: relu}   # W2 [32, 16, 3, 3], b2 [32]; h2 [32, 8, 8]
-      - {max_pool2d: 2}                                            # h3 [32, 4, 4]
-      - {flatten: true}                                            # h4 [512]
+      - {conv2d: 32, kernel: 3, padding: same, activation: relu}   # W1 [32, 1, 3, 3], b1 [32]; h1 [32, 8, 8]
+      - {conv2d: 64, kernel: 3, padding: same, activation: relu}   # W2 [64, 32, 3, 3], b2 [64]; h2 [64, 8, 8]
+      - {max_pool2d: 2}                                            # h3 [64, 4, 4]
+      - {flatten: true}                                            # h4 [1024]
       - {dense: 10}                                                # z5 = W5 @ h4 + b5
     graph:
       y_hat: softmax(z5)
@@ -31,14 +31,14 @@ over the batch of the per-example loss L_n.
 
 Forward equations:
 
-    q1 = b1                                                        shape [16, 1, 1]
-    z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])   shape [16, 8, 8]
-    h1 = relu(z1)                                                  shape [16, 8, 8]
-    q2 = b2                                                        shape [32, 1, 1]
-    z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])   shape [32, 8, 8]
-    h2 = relu(z2)                                                  shape [32, 8, 8]
-    h3 = max_pool2d(h2, 2)                                         shape [32, 4, 4]
-    h4 = flatten(h3)                                               shape [512]
+    q1 = b1                                                        shape [32, 1, 1]
+    z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])   shape [32, 8, 8]
+    h1 = relu(z1)                                                  shape [32, 8, 8]
+    q2 = b2                                                        shape [64, 1, 1]
+    z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])   shape [64, 8, 8]
+    h2 = relu(z2)                                                  shape [64, 8, 8]
+    h3 = max_pool2d(h2, 2)                                         shape [64, 4, 4]
+    h4 = flatten(h3)                                               shape [1024]
     z5 = W5 @ h4 + b5                                              shape [10]
     y_hat = softmax(z5)                                            shape [10]
     L_n = cross_entropy(y_hat, label)                              shape []
@@ -77,7 +77,7 @@ import numpy as np
 
 NAME = 'digits_cnn'
 DTYPE = np.float64
-PARAM_SHAPES = {'W1': (16, 1, 3, 3), 'b1': (16,), 'W2': (32, 16, 3, 3), 'b2': (32,), 'W5': (10, 512), 'b5': (10,)}
+PARAM_SHAPES = {'W1': (32, 1, 3, 3), 'b1': (32,), 'W2': (64, 32, 3, 3), 'b2': (64,), 'W5': (10, 1024), 'b5': (10,)}
 INPUT_SHAPES = {'x': (1, 8, 8), 'label': ()}
 LABEL_CLASSES = {'label': 10}
 WRT = ('W1', 'b1', 'W2', 'b2', 'W5', 'b5')
@@ -179,11 +179,11 @@ def init_params(seed=0):
     """Fresh parameters: W1 glorot, b1 zeros, W2 glorot, b2 zeros, W5 glorot, b5 zeros."""
     rng = np.random.default_rng(seed)
     params = {}
-    params['W1'] = rng.uniform(-0.19802950859533486, 0.19802950859533486, (16, 1, 3, 3)).astype(DTYPE)  # glorot
-    params['b1'] = np.zeros((16,), DTYPE)
-    params['W2'] = rng.uniform(-0.11785113019775792, 0.11785113019775792, (32, 16, 3, 3)).astype(DTYPE)  # glorot
-    params['b2'] = np.zeros((32,), DTYPE)
-    params['W5'] = rng.uniform(-0.10721125348377948, 0.10721125348377948, (10, 512)).astype(DTYPE)  # glorot
+    params['W1'] = rng.uniform(-0.1421338109037403, 0.1421338109037403, (32, 1, 3, 3)).astype(DTYPE)  # glorot
+    params['b1'] = np.zeros((32,), DTYPE)
+    params['W2'] = rng.uniform(-0.08333333333333333, 0.08333333333333333, (64, 32, 3, 3)).astype(DTYPE)  # glorot
+    params['b2'] = np.zeros((64,), DTYPE)
+    params['W5'] = rng.uniform(-0.07617550741785384, 0.07617550741785384, (10, 1024)).astype(DTYPE)  # glorot
     params['b5'] = np.zeros((10,), DTYPE)
     return params
 
@@ -201,21 +201,21 @@ def predict(params, *, x, label=None, check=True):
     x = np.asarray(x, DTYPE)
     N = x.shape[0]
     # forward pass
-    # z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])
+    # z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     # the 3 x 3 windows of x, padded by 1, one column per output position (im2col)
     t0 = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     t0 = np.lib.stride_tricks.sliding_window_view(t0, (3, 3), axis=(2, 3)).transpose(0, 1, 4, 5, 2, 3).copy()
-    t1 = (W1.reshape(16, 9) @ t0.reshape(N, 9, 64)).reshape(N, 16, 8, 8)
+    t1 = (W1.reshape(32, 9) @ t0.reshape(N, 9, 64)).reshape(N, 32, 8, 8)
     # h1 = relu(z1)
     # fused, in place: h1 = relu(t1 + b1[:, None, None])
     h1 = t1  # in place: t1 is not read again
     h1 += b1[:, None, None]
     np.maximum(h1, 0, out=h1)
-    # z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])
+    # z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])
     # the 3 x 3 windows of h1, padded by 1, one column per output position (im2col)
     t3 = np.pad(h1, ((0, 0), (0, 0), (1, 1), (1, 1)))
     t3 = np.lib.stride_tricks.sliding_window_view(t3, (3, 3), axis=(2, 3)).transpose(0, 1, 4, 5, 2, 3).copy()
-    t4 = (W2.reshape(32, 144) @ t3.reshape(N, 144, 64)).reshape(N, 32, 8, 8)
+    t4 = (W2.reshape(64, 288) @ t3.reshape(N, 288, 64)).reshape(N, 64, 8, 8)
     # h2 = relu(z2)
     # fused, in place: h2 = relu(t4 + b2[:, None, None])
     h2 = t4  # in place: t4 is not read again
@@ -223,13 +223,13 @@ def predict(params, *, x, label=None, check=True):
     np.maximum(h2, 0, out=h2)
     # h3 = max_pool2d(h2, 2)
     # the 2 x 2 windows tile h2: a reshape, no copy
-    t6 = h2.reshape(N, 32, 4, 2, 4, 2).transpose(0, 1, 3, 5, 2, 4)
+    t6 = h2.reshape(N, 64, 4, 2, 4, 2).transpose(0, 1, 3, 5, 2, 4)
     # the max over the 4 entries of axes 2, 3, one slice at a time
     h3 = np.maximum(t6[:, :, 0, 0], t6[:, :, 0, 1])
     np.maximum(h3, t6[:, :, 1, 0], out=h3)
     np.maximum(h3, t6[:, :, 1, 1], out=h3)
     # h4 = flatten(h3)
-    h4 = h3.reshape((N, 512))
+    h4 = h3.reshape((N, 1024))
     # z5 = W5 @ h4 + b5
     t7 = h4 @ W5.T
     z5 = t7  # in place: t7 is not read again
@@ -261,21 +261,21 @@ def loss(params, *, x, label, check=True):
     N = x.shape[0]
     rows = np.arange(N)
     # forward pass
-    # z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])
+    # z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     # the 3 x 3 windows of x, padded by 1, one column per output position (im2col)
     t0 = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     t0 = np.lib.stride_tricks.sliding_window_view(t0, (3, 3), axis=(2, 3)).transpose(0, 1, 4, 5, 2, 3).copy()
-    t1 = (W1.reshape(16, 9) @ t0.reshape(N, 9, 64)).reshape(N, 16, 8, 8)
+    t1 = (W1.reshape(32, 9) @ t0.reshape(N, 9, 64)).reshape(N, 32, 8, 8)
     # h1 = relu(z1)
     # fused, in place: h1 = relu(t1 + b1[:, None, None])
     h1 = t1  # in place: t1 is not read again
     h1 += b1[:, None, None]
     np.maximum(h1, 0, out=h1)
-    # z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])
+    # z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])
     # the 3 x 3 windows of h1, padded by 1, one column per output position (im2col)
     t3 = np.pad(h1, ((0, 0), (0, 0), (1, 1), (1, 1)))
     t3 = np.lib.stride_tricks.sliding_window_view(t3, (3, 3), axis=(2, 3)).transpose(0, 1, 4, 5, 2, 3).copy()
-    t4 = (W2.reshape(32, 144) @ t3.reshape(N, 144, 64)).reshape(N, 32, 8, 8)
+    t4 = (W2.reshape(64, 288) @ t3.reshape(N, 288, 64)).reshape(N, 64, 8, 8)
     # h2 = relu(z2)
     # fused, in place: h2 = relu(t4 + b2[:, None, None])
     h2 = t4  # in place: t4 is not read again
@@ -283,13 +283,13 @@ def loss(params, *, x, label, check=True):
     np.maximum(h2, 0, out=h2)
     # h3 = max_pool2d(h2, 2)
     # the 2 x 2 windows tile h2: a reshape, no copy
-    t6 = h2.reshape(N, 32, 4, 2, 4, 2).transpose(0, 1, 3, 5, 2, 4)
+    t6 = h2.reshape(N, 64, 4, 2, 4, 2).transpose(0, 1, 3, 5, 2, 4)
     # the max over the 4 entries of axes 2, 3, one slice at a time
     h3 = np.maximum(t6[:, :, 0, 0], t6[:, :, 0, 1])
     np.maximum(h3, t6[:, :, 1, 0], out=h3)
     np.maximum(h3, t6[:, :, 1, 1], out=h3)
     # h4 = flatten(h3)
-    h4 = h3.reshape((N, 512))
+    h4 = h3.reshape((N, 1024))
     # z5 = W5 @ h4 + b5
     t7 = h4 @ W5.T
     z5 = t7  # in place: t7 is not read again
@@ -322,21 +322,21 @@ def value_and_grad(params, *, x, label, check=True):
     rows = np.arange(N)
     ones = np.ones(N, DTYPE)
     # forward pass
-    # z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])
+    # z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     # the 3 x 3 windows of x, padded by 1, one column per output position (im2col)
     t0 = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     t0 = np.lib.stride_tricks.sliding_window_view(t0, (3, 3), axis=(2, 3)).transpose(0, 1, 4, 5, 2, 3).copy()
-    t1 = (W1.reshape(16, 9) @ t0.reshape(N, 9, 64)).reshape(N, 16, 8, 8)
+    t1 = (W1.reshape(32, 9) @ t0.reshape(N, 9, 64)).reshape(N, 32, 8, 8)
     # h1 = relu(z1)
     # fused, in place: h1 = relu(t1 + b1[:, None, None])
     h1 = t1  # in place: t1 is not read again
     h1 += b1[:, None, None]
     np.maximum(h1, 0, out=h1)
-    # z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])
+    # z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])
     # the 3 x 3 windows of h1, padded by 1, one column per output position (im2col)
     t3 = np.pad(h1, ((0, 0), (0, 0), (1, 1), (1, 1)))
     t3 = np.lib.stride_tricks.sliding_window_view(t3, (3, 3), axis=(2, 3)).transpose(0, 1, 4, 5, 2, 3).copy()
-    t4 = (W2.reshape(32, 144) @ t3.reshape(N, 144, 64)).reshape(N, 32, 8, 8)
+    t4 = (W2.reshape(64, 288) @ t3.reshape(N, 288, 64)).reshape(N, 64, 8, 8)
     # h2 = relu(z2)
     # fused, in place: h2 = relu(t4 + b2[:, None, None])
     h2 = t4  # in place: t4 is not read again
@@ -344,13 +344,13 @@ def value_and_grad(params, *, x, label, check=True):
     np.maximum(h2, 0, out=h2)
     # h3 = max_pool2d(h2, 2)
     # the 2 x 2 windows tile h2: a reshape, no copy
-    t6 = h2.reshape(N, 32, 4, 2, 4, 2).transpose(0, 1, 3, 5, 2, 4)
+    t6 = h2.reshape(N, 64, 4, 2, 4, 2).transpose(0, 1, 3, 5, 2, 4)
     # the max over the 4 entries of axes 2, 3, one slice at a time
     h3 = np.maximum(t6[:, :, 0, 0], t6[:, :, 0, 1])
     np.maximum(h3, t6[:, :, 1, 0], out=h3)
     np.maximum(h3, t6[:, :, 1, 1], out=h3)
     # h4 = flatten(h3)
-    h4 = h3.reshape((N, 512))
+    h4 = h3.reshape((N, 1024))
     # z5 = W5 @ h4 + b5
     t7 = h4 @ W5.T
     z5 = t7  # in place: t7 is not read again
@@ -380,8 +380,8 @@ def value_and_grad(params, *, x, label, check=True):
     # h4_bar = W5^T @ z5_bar   # matmul
     h4_bar = z5_bar @ W5
     # h3_bar = h4_bar   # reshape
-    h3_bar = h4_bar.reshape((N, 32, 4, 4))
-    t22 = (t6 == h3.reshape((N, 32, 1, 1, 4, 4))).astype(DTYPE)
+    h3_bar = h4_bar.reshape((N, 64, 4, 4))
+    t22 = (t6 == h3.reshape((N, 64, 1, 1, 4, 4))).astype(DTYPE)
     t23 = np.array(t22, DTYPE)
     # the sum over the 4 entries of axes 2, 3, one slice at a time
     t24 = t23[:, :, 0, 0] + t23[:, :, 0, 1]
@@ -390,21 +390,21 @@ def value_and_grad(params, *, x, label, check=True):
     t24 = t24[:, :, None, None]
     # h2_bar = max_unpool2d(h3_bar, h2, 2)   # max_pool2d
     t25 = t23  # in place: t23 is not read again
-    t25 *= h3_bar.reshape((N, 32, 1, 1, 4, 4))/t24
+    t25 *= h3_bar.reshape((N, 64, 1, 1, 4, 4))/t24
     # the windows tiled the input: a reshape back
-    h2_bar = t25.transpose(0, 1, 4, 2, 5, 3).reshape(N, 32, 8, 8)
+    h2_bar = t25.transpose(0, 1, 4, 2, 5, 3).reshape(N, 64, 8, 8)
     # z2_bar = h2_bar*(h2 > 0)   # relu
     z2_bar = h2  # in place: h2 is not read again
     np.greater(z2_bar, 0, out=z2_bar)
     z2_bar *= h2_bar
     # q2_bar = z2_bar (summed over the batch)   # add
-    t26 = z2_bar.sum(axis=(0, 2, 3)).reshape((32, 1, 1))
+    t26 = z2_bar.sum(axis=(0, 2, 3)).reshape((64, 1, 1))
     # W2_bar = conv2d_weight(h1, z2_bar, padding='same') (summed over the batch)   # conv2d
-    W2_bar = (z2_bar.reshape(N, 32, 64) @ t3.reshape(N, 144, 64).swapaxes(-1, -2)).sum(axis=0).reshape(32, 16, 3, 3)
+    W2_bar = (z2_bar.reshape(N, 64, 64) @ t3.reshape(N, 288, 64).swapaxes(-1, -2)).sum(axis=0).reshape(64, 32, 3, 3)
     # h1_bar = conv_transpose2d(z2_bar, W2, padding='same')   # conv2d
-    t28 = (W2.reshape(32, 144).T @ z2_bar.reshape(N, 32, 64)).reshape(N, 16, 3, 3, 8, 8)
+    t28 = (W2.reshape(64, 288).T @ z2_bar.reshape(N, 64, 64)).reshape(N, 32, 3, 3, 8, 8)
     # each window's entries added back where they were read (col2im): a loop over the 3 x 3 offsets
-    _acc = np.zeros((N, 16, 10, 10), DTYPE)
+    _acc = np.zeros((N, 32, 10, 10), DTYPE)
     for _k0 in range(3):
         for _k1 in range(3):
             _acc[:, :, _k0:_k0 + 8, _k1:_k1 + 8] += t28[:, :, _k0, _k1]
@@ -414,9 +414,9 @@ def value_and_grad(params, *, x, label, check=True):
     np.greater(z1_bar, 0, out=z1_bar)
     z1_bar *= h1_bar
     # q1_bar = z1_bar (summed over the batch)   # add
-    t29 = z1_bar.sum(axis=(0, 2, 3)).reshape((16, 1, 1))
+    t29 = z1_bar.sum(axis=(0, 2, 3)).reshape((32, 1, 1))
     # W1_bar = conv2d_weight(x, z1_bar, padding='same') (summed over the batch)   # conv2d
-    W1_bar = (z1_bar.reshape(N, 16, 64) @ t0.reshape(N, 9, 64).swapaxes(-1, -2)).sum(axis=0).reshape(16, 1, 3, 3)
+    W1_bar = (z1_bar.reshape(N, 32, 64) @ t0.reshape(N, 9, 64).swapaxes(-1, -2)).sum(axis=0).reshape(32, 1, 3, 3)
     # b1_bar = q1_bar   # reshape
     b1_bar = np.array(t29[:, 0, 0], DTYPE)
     # b2_bar = q2_bar   # reshape

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bpcompile
-from conftest import EXAMPLES, finite_differences, random_point, rel_error
+from conftest import EXAMPLES, finite_differences, random_point, rel_error, some_entries
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -27,7 +27,10 @@ def test_example_matches_finite_differences(path, seed, compiled_examples):
     for name, g in grads.items():
         ref = params[name] if name in params else inputs[name]
         assert g.shape == ref.shape and g.dtype == m.DTYPE
-        assert rel_error(g, finite_differences(m, params, inputs, name)) <= 1e-6, name
+        at = some_entries(g.shape, 2000, seed)
+        rows = tuple(np.array(at).T)
+        fd = finite_differences(m, params, inputs, name, at=at)
+        assert rel_error(g[rows], fd[rows]) <= 1e-6, name
 
 
 def load(name, compiled_examples):

@@ -1,4 +1,4 @@
-"""Issue 12: the generated digits_cnn module (conv 16 -> conv 32 -> max pool -> dense 10
+"""Issue 12: the generated digits_cnn module (conv 32 -> conv 64 -> max pool -> dense 10
 on the 8x8 digits as [1, 8, 8] images) beats the MLP on train_digits.py's split
 (examples/train_digits_cnn.py)."""
 

@@ -254,7 +254,7 @@ static void t0_kernel(real* restrict t0, const real* restrict x, long long _n)
     }
 }
 
-// h1 = fmax(t1 + t2, 0.0)  (elementwise over [N, 16, 8, 8])
+// h1 = fmax(t1 + t2, 0.0)  (elementwise over [N, 32, 8, 8])
 static void h1_kernel(
     real* restrict h1,
     const real* restrict t1,
@@ -262,11 +262,11 @@ static void h1_kernel(
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        h1[_i] = fmax(t1[_i] + t2[_i / 64 % 16], 0.0);
+        h1[_i] = fmax(t1[_i] + t2[_i / 64 % 32], 0.0);
     }
 }
 
-// t3 = the 3 x 3 windows of h1, padding (1, 1), (1, 1) (im2col): [N, 16, 8, 8] -> [N, 16, 3, 3, 8, 8]
+// t3 = the 3 x 3 windows of h1, padding (1, 1), (1, 1) (im2col): [N, 32, 8, 8] -> [N, 32, 3, 3, 8, 8]
 static void t3_kernel(real* restrict t3, const real* restrict h1, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
@@ -285,7 +285,7 @@ static void t3_kernel(real* restrict t3, const real* restrict h1, long long _n)
     }
 }
 
-// h2 = fmax(t4 + t5, 0.0)  (elementwise over [N, 32, 8, 8])
+// h2 = fmax(t4 + t5, 0.0)  (elementwise over [N, 64, 8, 8])
 static void h2_kernel(
     real* restrict h2,
     const real* restrict t4,
@@ -293,11 +293,11 @@ static void h2_kernel(
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        h2[_i] = fmax(t4[_i] + t5[_i / 64 % 32], 0.0);
+        h2[_i] = fmax(t4[_i] + t5[_i / 64 % 64], 0.0);
     }
 }
 
-// t6 = the 2 x 2 windows of h2, stride 2, 2 (im2col): [N, 32, 8, 8] -> [N, 32, 2, 2, 4, 4]
+// t6 = the 2 x 2 windows of h2, stride 2, 2 (im2col): [N, 64, 8, 8] -> [N, 64, 2, 2, 4, 4]
 static void t6_kernel(real* restrict t6, const real* restrict h2, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
@@ -494,7 +494,7 @@ static void b5_bar_kernel(
     }
 }
 
-// t22 = (real)(t6 == t21)  (elementwise over [N, 32, 2, 2, 4, 4])
+// t22 = (real)(t6 == t21)  (elementwise over [N, 64, 2, 2, 4, 4])
 static void t22_kernel(
     real* restrict t22,
     const real* restrict t6,
@@ -521,7 +521,7 @@ static void t24_kernel(
     }
 }
 
-// t25 = t20*t23/t24  (elementwise over [N, 32, 2, 2, 4, 4])
+// t25 = t20*t23/t24  (elementwise over [N, 64, 2, 2, 4, 4])
 static void t25_kernel(
     real* restrict t25,
     const real* restrict t20,
@@ -534,7 +534,7 @@ static void t25_kernel(
     }
 }
 
-// h2_bar = the 2 x 2 windows t25 added back onto [N, 32, 8, 8], stride 2, 2 (col2im), each entry gathering the window entries that read it
+// h2_bar = the 2 x 2 windows t25 added back onto [N, 64, 8, 8], stride 2, 2 (col2im), each entry gathering the window entries that read it
 static void h2_bar_kernel(real* restrict h2_bar, const real* restrict t25, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
@@ -557,7 +557,7 @@ static void h2_bar_kernel(real* restrict h2_bar, const real* restrict t25, long 
     }
 }
 
-// z2_bar = h2_bar*(real)(h2 > 0.0)  (elementwise over [N, 32, 8, 8])
+// z2_bar = h2_bar*(real)(h2 > 0.0)  (elementwise over [N, 64, 8, 8])
 static void z2_bar_kernel(
     real* restrict z2_bar,
     const real* restrict h2,
@@ -569,7 +569,7 @@ static void z2_bar_kernel(
     }
 }
 
-// t26 = z2_bar summed over the batch to [32, 1, 1], a loop per output element
+// t26 = z2_bar summed over the batch to [64, 1, 1], a loop per output element
 static void t26_kernel(
     real* restrict t26,
     const real* restrict z2_bar,
@@ -579,12 +579,12 @@ static void t26_kernel(
     for (long long _o = 0; _o < _n_out; _o++) {
         real _acc = 0;
         for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z2_bar[_o * 64 + (_r / 64) * 2048 + _r % 64];
+            _acc += z2_bar[_o * 64 + (_r / 64) * 4096 + _r % 64];
         t26[_o] = _acc;
     }
 }
 
-// h1_bar = the 3 x 3 windows t28 added back onto [N, 16, 8, 8], padding (1, 1), (1, 1) (col2im), each entry gathering the window entries that read it
+// h1_bar = the 3 x 3 windows t28 added back onto [N, 32, 8, 8], padding (1, 1), (1, 1) (col2im), each entry gathering the window entries that read it
 static void h1_bar_kernel(real* restrict h1_bar, const real* restrict t28, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
@@ -607,7 +607,7 @@ static void h1_bar_kernel(real* restrict h1_bar, const real* restrict t28, long 
     }
 }
 
-// z1_bar = h1_bar*(real)(h1 > 0.0)  (elementwise over [N, 16, 8, 8])
+// z1_bar = h1_bar*(real)(h1 > 0.0)  (elementwise over [N, 32, 8, 8])
 static void z1_bar_kernel(
     real* restrict z1_bar,
     const real* restrict h1,
@@ -619,7 +619,7 @@ static void z1_bar_kernel(
     }
 }
 
-// t29 = z1_bar summed over the batch to [16, 1, 1], a loop per output element
+// t29 = z1_bar summed over the batch to [32, 1, 1], a loop per output element
 static void t29_kernel(
     real* restrict t29,
     const real* restrict z1_bar,
@@ -629,7 +629,7 @@ static void t29_kernel(
     for (long long _o = 0; _o < _n_out; _o++) {
         real _acc = 0;
         for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z1_bar[_o * 64 + (_r / 64) * 1024 + _r % 64];
+            _acc += z1_bar[_o * 64 + (_r / 64) * 2048 + _r % 64];
         t29[_o] = _acc;
     }
 }
@@ -661,13 +661,13 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     (void)base;
     off = 0;  // predict
     ws->predict.t0 = bp_carve(base, &off, N * 576);
-    ws->predict.t1 = bp_carve(base, &off, N * 1024);
-    ws->predict.h1 = bp_carve(base, &off, N * 1024);
-    ws->predict.t3 = bp_carve(base, &off, N * 9216);
-    ws->predict.t4 = bp_carve(base, &off, N * 2048);
-    ws->predict.h2 = bp_carve(base, &off, N * 2048);
-    ws->predict.t6 = bp_carve(base, &off, N * 2048);
-    ws->predict.h3 = bp_carve(base, &off, N * 512);
+    ws->predict.t1 = bp_carve(base, &off, N * 2048);
+    ws->predict.h1 = bp_carve(base, &off, N * 2048);
+    ws->predict.t3 = bp_carve(base, &off, N * 18432);
+    ws->predict.t4 = bp_carve(base, &off, N * 4096);
+    ws->predict.h2 = bp_carve(base, &off, N * 4096);
+    ws->predict.t6 = bp_carve(base, &off, N * 4096);
+    ws->predict.h3 = bp_carve(base, &off, N * 1024);
     ws->predict.t7 = bp_carve(base, &off, N * 10);
     ws->predict.z5 = bp_carve(base, &off, N * 10);
     ws->predict.t8 = bp_carve(base, &off, N);
@@ -676,13 +676,13 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 576);
-    ws->loss.t1 = bp_carve(base, &off, N * 1024);
-    ws->loss.h1 = bp_carve(base, &off, N * 1024);
-    ws->loss.t3 = bp_carve(base, &off, N * 9216);
-    ws->loss.t4 = bp_carve(base, &off, N * 2048);
-    ws->loss.h2 = bp_carve(base, &off, N * 2048);
-    ws->loss.t6 = bp_carve(base, &off, N * 2048);
-    ws->loss.h3 = bp_carve(base, &off, N * 512);
+    ws->loss.t1 = bp_carve(base, &off, N * 2048);
+    ws->loss.h1 = bp_carve(base, &off, N * 2048);
+    ws->loss.t3 = bp_carve(base, &off, N * 18432);
+    ws->loss.t4 = bp_carve(base, &off, N * 4096);
+    ws->loss.h2 = bp_carve(base, &off, N * 4096);
+    ws->loss.t6 = bp_carve(base, &off, N * 4096);
+    ws->loss.h3 = bp_carve(base, &off, N * 1024);
     ws->loss.t7 = bp_carve(base, &off, N * 10);
     ws->loss.z5 = bp_carve(base, &off, N * 10);
     ws->loss.t8 = bp_carve(base, &off, N);
@@ -695,13 +695,13 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     if (off > top) top = off;
     off = 0;  // value_and_grad
     ws->value_and_grad.t0 = bp_carve(base, &off, N * 576);
-    ws->value_and_grad.t1 = bp_carve(base, &off, N * 1024);
-    ws->value_and_grad.h1 = bp_carve(base, &off, N * 1024);
-    ws->value_and_grad.t3 = bp_carve(base, &off, N * 9216);
-    ws->value_and_grad.t4 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.h2 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.t6 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.h3 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t1 = bp_carve(base, &off, N * 2048);
+    ws->value_and_grad.h1 = bp_carve(base, &off, N * 2048);
+    ws->value_and_grad.t3 = bp_carve(base, &off, N * 18432);
+    ws->value_and_grad.t4 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.h2 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t6 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.h3 = bp_carve(base, &off, N * 1024);
     ws->value_and_grad.t7 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.z5 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.t8 = bp_carve(base, &off, N);
@@ -713,18 +713,18 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     ws->value_and_grad.L = bp_carve(base, &off, 1);
     ws->value_and_grad.t17 = bp_carve(base, &off, N);
     ws->value_and_grad.z5_bar = bp_carve(base, &off, N * 10);
-    ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t22 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.t23 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.t24 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t25 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.t26 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t28 = bp_carve(base, &off, N * 9216);
-    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 1024);
-    ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 1024);
-    ws->value_and_grad.t29 = bp_carve(base, &off, 16);
+    ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 1024);
+    ws->value_and_grad.t22 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t23 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t24 = bp_carve(base, &off, N * 1024);
+    ws->value_and_grad.t25 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t26 = bp_carve(base, &off, 64);
+    ws->value_and_grad.t28 = bp_carve(base, &off, N * 18432);
+    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 2048);
+    ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 2048);
+    ws->value_and_grad.t29 = bp_carve(base, &off, 32);
     if (off > top) top = off;
     return top > off ? top : off;
 }
@@ -753,11 +753,11 @@ const char* digits_cnn_error_string(int code)
 int digits_cnn_predict(
     int batch_size,    // N, the batch size (at least 1)
     void* workspace,   // digits_cnn_workspace_size(N) bytes of the caller's, aligned as a double
-    const real* W1,    // W1 [16, 1, 3, 3]
-    const real* b1,    // b1 [16]
-    const real* W2,    // W2 [32, 16, 3, 3]
-    const real* b2,    // b2 [32]
-    const real* W5,    // W5 [10, 512]
+    const real* W1,    // W1 [32, 1, 3, 3]
+    const real* b1,    // b1 [32]
+    const real* W2,    // W2 [64, 32, 3, 3]
+    const real* b2,    // b2 [64]
+    const real* W5,    // W5 [10, 1024]
     const real* b5,    // b5 [10]
     const real* x,     // x [N, 1, 8, 8]
     const int* label,  // label [N], int32 labels in [0, 10)
@@ -791,31 +791,31 @@ int digits_cnn_predict(
     const real* const h4 = h3;
 
     // forward pass
-    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])
+    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     t0_kernel(t0, x, (long long)N * 576);
-    // GEMM per example: t1 [16 x 64] = W1 @ t0, W1 [16 x 9], t0 [9 x 64], row-major;
+    // GEMM per example: t1 [32 x 64] = W1 @ t0, W1 [32 x 9], t0 [9 x 64], row-major;
     // t1 = W1 @ t0, per example (GEMM)
-    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 16, 64, 9, 1.0, W1, 9, t0 + (size_t)_ex * 576, 64, 0.0, t1 + (size_t)_ex * 1024, 64);
-    // t2 is b1 reshaped to [16, 1, 1]: the same memory
+    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 32, 64, 9, 1.0, W1, 9, t0 + (size_t)_ex * 576, 64, 0.0, t1 + (size_t)_ex * 2048, 64);
+    // t2 is b1 reshaped to [32, 1, 1]: the same memory
     // h1 = relu(z1)
-    h1_kernel(h1, t1, t2, (long long)N * 1024);
-    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])
-    t3_kernel(t3, h1, (long long)N * 9216);
-    // GEMM per example: t4 [32 x 64] = W2 @ t3, W2 [32 x 144], t3 [144 x 64], row-major;
+    h1_kernel(h1, t1, t2, (long long)N * 2048);
+    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])
+    t3_kernel(t3, h1, (long long)N * 18432);
+    // GEMM per example: t4 [64 x 64] = W2 @ t3, W2 [64 x 288], t3 [288 x 64], row-major;
     // t4 = W2 @ t3, per example (GEMM)
-    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 32, 64, 144, 1.0, W2, 144, t3 + (size_t)_ex * 9216, 64, 0.0, t4 + (size_t)_ex * 2048, 64);
-    // t5 is b2 reshaped to [32, 1, 1]: the same memory
+    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 64, 64, 288, 1.0, W2, 288, t3 + (size_t)_ex * 18432, 64, 0.0, t4 + (size_t)_ex * 4096, 64);
+    // t5 is b2 reshaped to [64, 1, 1]: the same memory
     // h2 = relu(z2)
-    h2_kernel(h2, t4, t5, (long long)N * 2048);
+    h2_kernel(h2, t4, t5, (long long)N * 4096);
     // h3 = max_pool2d(h2, 2)
-    t6_kernel(t6, h2, (long long)N * 2048);
-    h3_kernel(h3, t6, (long long)N * 512, 4);
+    t6_kernel(t6, h2, (long long)N * 4096);
+    h3_kernel(h3, t6, (long long)N * 1024, 4);
     // h4 = flatten(h3)
-    // h4 is h3 reshaped to [N, 512]: the same memory
+    // h4 is h3 reshaped to [N, 1024]: the same memory
     // z5 = W5 @ h4 + b5
-    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 512], W5 [10 x 512], row-major;
+    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 1024], W5 [10 x 1024], row-major;
     // t7 = h4 @ W5^T (GEMM)
-    bp_dgemm(0, 1, N, 10, 512, 1.0, h4, 512, W5, 512, 0.0, t7, 10);
+    bp_dgemm(0, 1, N, 10, 1024, 1.0, h4, 1024, W5, 1024, 0.0, t7, 10);
     z5_kernel(z5, b5, t7, (long long)N * 10);
     // y_hat = softmax(z5)
     t8_kernel(t8, z5, (long long)N, 10);
@@ -828,11 +828,11 @@ int digits_cnn_predict(
 int digits_cnn_loss(
     int batch_size,    // N, the batch size (at least 1)
     void* workspace,   // digits_cnn_workspace_size(N) bytes of the caller's, aligned as a double
-    const real* W1,    // W1 [16, 1, 3, 3]
-    const real* b1,    // b1 [16]
-    const real* W2,    // W2 [32, 16, 3, 3]
-    const real* b2,    // b2 [32]
-    const real* W5,    // W5 [10, 512]
+    const real* W1,    // W1 [32, 1, 3, 3]
+    const real* b1,    // b1 [32]
+    const real* W2,    // W2 [64, 32, 3, 3]
+    const real* b2,    // b2 [64]
+    const real* W5,    // W5 [10, 1024]
     const real* b5,    // b5 [10]
     const real* x,     // x [N, 1, 8, 8]
     const int* label,  // label [N], int32 labels in [0, 10)
@@ -871,31 +871,31 @@ int digits_cnn_loss(
     const real* const t13 = t10;
 
     // forward pass
-    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])
+    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     t0_kernel(t0, x, (long long)N * 576);
-    // GEMM per example: t1 [16 x 64] = W1 @ t0, W1 [16 x 9], t0 [9 x 64], row-major;
+    // GEMM per example: t1 [32 x 64] = W1 @ t0, W1 [32 x 9], t0 [9 x 64], row-major;
     // t1 = W1 @ t0, per example (GEMM)
-    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 16, 64, 9, 1.0, W1, 9, t0 + (size_t)_ex * 576, 64, 0.0, t1 + (size_t)_ex * 1024, 64);
-    // t2 is b1 reshaped to [16, 1, 1]: the same memory
+    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 32, 64, 9, 1.0, W1, 9, t0 + (size_t)_ex * 576, 64, 0.0, t1 + (size_t)_ex * 2048, 64);
+    // t2 is b1 reshaped to [32, 1, 1]: the same memory
     // h1 = relu(z1)
-    h1_kernel(h1, t1, t2, (long long)N * 1024);
-    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])
-    t3_kernel(t3, h1, (long long)N * 9216);
-    // GEMM per example: t4 [32 x 64] = W2 @ t3, W2 [32 x 144], t3 [144 x 64], row-major;
+    h1_kernel(h1, t1, t2, (long long)N * 2048);
+    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])
+    t3_kernel(t3, h1, (long long)N * 18432);
+    // GEMM per example: t4 [64 x 64] = W2 @ t3, W2 [64 x 288], t3 [288 x 64], row-major;
     // t4 = W2 @ t3, per example (GEMM)
-    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 32, 64, 144, 1.0, W2, 144, t3 + (size_t)_ex * 9216, 64, 0.0, t4 + (size_t)_ex * 2048, 64);
-    // t5 is b2 reshaped to [32, 1, 1]: the same memory
+    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 64, 64, 288, 1.0, W2, 288, t3 + (size_t)_ex * 18432, 64, 0.0, t4 + (size_t)_ex * 4096, 64);
+    // t5 is b2 reshaped to [64, 1, 1]: the same memory
     // h2 = relu(z2)
-    h2_kernel(h2, t4, t5, (long long)N * 2048);
+    h2_kernel(h2, t4, t5, (long long)N * 4096);
     // h3 = max_pool2d(h2, 2)
-    t6_kernel(t6, h2, (long long)N * 2048);
-    h3_kernel(h3, t6, (long long)N * 512, 4);
+    t6_kernel(t6, h2, (long long)N * 4096);
+    h3_kernel(h3, t6, (long long)N * 1024, 4);
     // h4 = flatten(h3)
-    // h4 is h3 reshaped to [N, 512]: the same memory
+    // h4 is h3 reshaped to [N, 1024]: the same memory
     // z5 = W5 @ h4 + b5
-    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 512], W5 [10 x 512], row-major;
+    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 1024], W5 [10 x 1024], row-major;
     // t7 = h4 @ W5^T (GEMM)
-    bp_dgemm(0, 1, N, 10, 512, 1.0, h4, 512, W5, 512, 0.0, t7, 10);
+    bp_dgemm(0, 1, N, 10, 1024, 1.0, h4, 1024, W5, 1024, 0.0, t7, 10);
     z5_kernel(z5, b5, t7, (long long)N * 10);
     // L_n = cross_entropy(y_hat, label)
     t8_kernel(t8, z5, (long long)N, 10);
@@ -916,20 +916,20 @@ int digits_cnn_loss(
 int digits_cnn_value_and_grad(
     int batch_size,    // N, the batch size (at least 1)
     void* workspace,   // digits_cnn_workspace_size(N) bytes of the caller's, aligned as a double
-    const real* W1,    // W1 [16, 1, 3, 3]
-    const real* b1,    // b1 [16]
-    const real* W2,    // W2 [32, 16, 3, 3]
-    const real* b2,    // b2 [32]
-    const real* W5,    // W5 [10, 512]
+    const real* W1,    // W1 [32, 1, 3, 3]
+    const real* b1,    // b1 [32]
+    const real* W2,    // W2 [64, 32, 3, 3]
+    const real* b2,    // b2 [64]
+    const real* W5,    // W5 [10, 1024]
     const real* b5,    // b5 [10]
     const real* x,     // x [N, 1, 8, 8]
     const int* label,  // label [N], int32 labels in [0, 10)
     double* loss_out,  // host: L
-    real* W1_bar,      // dL/dW1 [16, 1, 3, 3]
-    real* b1_bar,      // dL/db1 [16]
-    real* W2_bar,      // dL/dW2 [32, 16, 3, 3]
-    real* b2_bar,      // dL/db2 [32]
-    real* W5_bar,      // dL/dW5 [10, 512]
+    real* W1_bar,      // dL/dW1 [32, 1, 3, 3]
+    real* b1_bar,      // dL/db1 [32]
+    real* W2_bar,      // dL/dW2 [64, 32, 3, 3]
+    real* b2_bar,      // dL/db2 [64]
+    real* W5_bar,      // dL/dW5 [10, 1024]
     real* b5_bar)      // dL/db5 [10]
 {
     if (workspace == NULL || loss_out == NULL || W1_bar == NULL || b1_bar == NULL || W2_bar == NULL || b2_bar == NULL || W5_bar == NULL || b5_bar == NULL) return BP_ERROR_NULL_POINTER;
@@ -985,31 +985,31 @@ int digits_cnn_value_and_grad(
     const real* const t30 = t29;
 
     // forward pass
-    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])
+    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     t0_kernel(t0, x, (long long)N * 576);
-    // GEMM per example: t1 [16 x 64] = W1 @ t0, W1 [16 x 9], t0 [9 x 64], row-major;
+    // GEMM per example: t1 [32 x 64] = W1 @ t0, W1 [32 x 9], t0 [9 x 64], row-major;
     // t1 = W1 @ t0, per example (GEMM)
-    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 16, 64, 9, 1.0, W1, 9, t0 + (size_t)_ex * 576, 64, 0.0, t1 + (size_t)_ex * 1024, 64);
-    // t2 is b1 reshaped to [16, 1, 1]: the same memory
+    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 32, 64, 9, 1.0, W1, 9, t0 + (size_t)_ex * 576, 64, 0.0, t1 + (size_t)_ex * 2048, 64);
+    // t2 is b1 reshaped to [32, 1, 1]: the same memory
     // h1 = relu(z1)
-    h1_kernel(h1, t1, t2, (long long)N * 1024);
-    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])
-    t3_kernel(t3, h1, (long long)N * 9216);
-    // GEMM per example: t4 [32 x 64] = W2 @ t3, W2 [32 x 144], t3 [144 x 64], row-major;
+    h1_kernel(h1, t1, t2, (long long)N * 2048);
+    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])
+    t3_kernel(t3, h1, (long long)N * 18432);
+    // GEMM per example: t4 [64 x 64] = W2 @ t3, W2 [64 x 288], t3 [288 x 64], row-major;
     // t4 = W2 @ t3, per example (GEMM)
-    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 32, 64, 144, 1.0, W2, 144, t3 + (size_t)_ex * 9216, 64, 0.0, t4 + (size_t)_ex * 2048, 64);
-    // t5 is b2 reshaped to [32, 1, 1]: the same memory
+    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 0, 64, 64, 288, 1.0, W2, 288, t3 + (size_t)_ex * 18432, 64, 0.0, t4 + (size_t)_ex * 4096, 64);
+    // t5 is b2 reshaped to [64, 1, 1]: the same memory
     // h2 = relu(z2)
-    h2_kernel(h2, t4, t5, (long long)N * 2048);
+    h2_kernel(h2, t4, t5, (long long)N * 4096);
     // h3 = max_pool2d(h2, 2)
-    t6_kernel(t6, h2, (long long)N * 2048);
-    h3_kernel(h3, t6, (long long)N * 512, 4);
+    t6_kernel(t6, h2, (long long)N * 4096);
+    h3_kernel(h3, t6, (long long)N * 1024, 4);
     // h4 = flatten(h3)
-    // h4 is h3 reshaped to [N, 512]: the same memory
+    // h4 is h3 reshaped to [N, 1024]: the same memory
     // z5 = W5 @ h4 + b5
-    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 512], W5 [10 x 512], row-major;
+    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 1024], W5 [10 x 1024], row-major;
     // t7 = h4 @ W5^T (GEMM)
-    bp_dgemm(0, 1, N, 10, 512, 1.0, h4, 512, W5, 512, 0.0, t7, 10);
+    bp_dgemm(0, 1, N, 10, 1024, 1.0, h4, 1024, W5, 1024, 0.0, t7, 10);
     z5_kernel(z5, b5, t7, (long long)N * 10);
     // L_n = cross_entropy(y_hat, label)
     t8_kernel(t8, z5, (long long)N, 10);
@@ -1036,50 +1036,50 @@ int digits_cnn_value_and_grad(
     // b5_bar = z5_bar (summed over the batch)   # add
     b5_bar_kernel(b5_bar, z5_bar, 10, (long long)N);
     // W5_bar = z5_bar h4^T (summed over the batch)   # matmul
-    // GEMM: W5_bar [10 x 512] = z5_bar^T @ h4, z5_bar [N x 10], h4 [N x 512], row-major;
+    // GEMM: W5_bar [10 x 1024] = z5_bar^T @ h4, z5_bar [N x 10], h4 [N x 1024], row-major;
     // W5_bar = z5_bar^T @ h4 (GEMM)
-    bp_dgemm(1, 0, 10, 512, N, 1.0, z5_bar, 10, h4, 512, 0.0, W5_bar, 512);
+    bp_dgemm(1, 0, 10, 1024, N, 1.0, z5_bar, 10, h4, 1024, 0.0, W5_bar, 1024);
     // h4_bar = W5^T @ z5_bar   # matmul
-    // GEMM: h4_bar [N x 512] = z5_bar @ W5, z5_bar [N x 10], W5 [10 x 512], row-major;
+    // GEMM: h4_bar [N x 1024] = z5_bar @ W5, z5_bar [N x 10], W5 [10 x 1024], row-major;
     // h4_bar = z5_bar @ W5 (GEMM)
-    bp_dgemm(0, 0, N, 512, 10, 1.0, z5_bar, 10, W5, 512, 0.0, h4_bar, 512);
+    bp_dgemm(0, 0, N, 1024, 10, 1.0, z5_bar, 10, W5, 1024, 0.0, h4_bar, 1024);
     // h3_bar = h4_bar   # reshape
-    // h3_bar is h4_bar reshaped to [N, 32, 4, 4]: the same memory
+    // h3_bar is h4_bar reshaped to [N, 64, 4, 4]: the same memory
     // h2_bar = max_unpool2d(h3_bar, h2, 2)   # max_pool2d
-    // t20 is h3_bar reshaped to [N, 32, 1, 1, 4, 4]: the same memory
-    // t21 is h3 reshaped to [N, 32, 1, 1, 4, 4]: the same memory
-    t22_kernel(t22, t6, t21, (long long)N * 2048);
-    memcpy(t23, t22, sizeof(real) * (size_t)((long long)N * 2048));
-    t24_kernel(t24, t23, (long long)N * 512, 4);
-    t25_kernel(t25, t20, t23, t24, (long long)N * 2048);
-    h2_bar_kernel(h2_bar, t25, (long long)N * 2048);
+    // t20 is h3_bar reshaped to [N, 64, 1, 1, 4, 4]: the same memory
+    // t21 is h3 reshaped to [N, 64, 1, 1, 4, 4]: the same memory
+    t22_kernel(t22, t6, t21, (long long)N * 4096);
+    memcpy(t23, t22, sizeof(real) * (size_t)((long long)N * 4096));
+    t24_kernel(t24, t23, (long long)N * 1024, 4);
+    t25_kernel(t25, t20, t23, t24, (long long)N * 4096);
+    h2_bar_kernel(h2_bar, t25, (long long)N * 4096);
     // z2_bar = h2_bar*(h2 > 0)   # relu
-    z2_bar_kernel(z2_bar, h2, h2_bar, (long long)N * 2048);
+    z2_bar_kernel(z2_bar, h2, h2_bar, (long long)N * 4096);
     // q2_bar = z2_bar (summed over the batch)   # add
-    t26_kernel(t26, z2_bar, 32, (long long)N * 64);
+    t26_kernel(t26, z2_bar, 64, (long long)N * 64);
     // b2_bar = q2_bar   # reshape
-    // t27 is t26 reshaped to [32]: the same memory
+    // t27 is t26 reshaped to [64]: the same memory
     // W2_bar = conv2d_weight(h1, z2_bar, padding='same') (summed over the batch)   # conv2d
-    // GEMM per example, summed: W2_bar [32 x 144] = z2_bar @ t3^T, z2_bar [32 x 64], t3 [144 x 64], row-major;
+    // GEMM per example, summed: W2_bar [64 x 288] = z2_bar @ t3^T, z2_bar [64 x 64], t3 [288 x 64], row-major;
     // W2_bar = z2_bar @ t3^T, per example, summed (GEMM)
-    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 1, 32, 144, 64, 1.0, z2_bar + (size_t)_ex * 2048, 64, t3 + (size_t)_ex * 9216, 64, _ex ? 1.0 : 0.0, W2_bar, 144);
+    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 1, 64, 288, 64, 1.0, z2_bar + (size_t)_ex * 4096, 64, t3 + (size_t)_ex * 18432, 64, _ex ? 1.0 : 0.0, W2_bar, 288);
     // h1_bar = conv_transpose2d(z2_bar, W2, padding='same')   # conv2d
-    // GEMM per example: t28 [144 x 64] = W2^T @ z2_bar, W2 [32 x 144], z2_bar [32 x 64], row-major;
+    // GEMM per example: t28 [288 x 64] = W2^T @ z2_bar, W2 [64 x 288], z2_bar [64 x 64], row-major;
     // t28 = W2^T @ z2_bar, per example (GEMM)
-    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(1, 0, 144, 64, 32, 1.0, W2, 144, z2_bar + (size_t)_ex * 2048, 64, 0.0, t28 + (size_t)_ex * 9216, 64);
-    h1_bar_kernel(h1_bar, t28, (long long)N * 1024);
+    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(1, 0, 288, 64, 64, 1.0, W2, 288, z2_bar + (size_t)_ex * 4096, 64, 0.0, t28 + (size_t)_ex * 18432, 64);
+    h1_bar_kernel(h1_bar, t28, (long long)N * 2048);
     // z1_bar = h1_bar*(h1 > 0)   # relu
-    z1_bar_kernel(z1_bar, h1, h1_bar, (long long)N * 1024);
+    z1_bar_kernel(z1_bar, h1, h1_bar, (long long)N * 2048);
     // q1_bar = z1_bar (summed over the batch)   # add
-    t29_kernel(t29, z1_bar, 16, (long long)N * 64);
+    t29_kernel(t29, z1_bar, 32, (long long)N * 64);
     // b1_bar = q1_bar   # reshape
-    // t30 is t29 reshaped to [16]: the same memory
+    // t30 is t29 reshaped to [32]: the same memory
     // W1_bar = conv2d_weight(x, z1_bar, padding='same') (summed over the batch)   # conv2d
-    // GEMM per example, summed: W1_bar [16 x 9] = z1_bar @ t0^T, z1_bar [16 x 64], t0 [9 x 64], row-major;
+    // GEMM per example, summed: W1_bar [32 x 9] = z1_bar @ t0^T, z1_bar [32 x 64], t0 [9 x 64], row-major;
     // W1_bar = z1_bar @ t0^T, per example, summed (GEMM)
-    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 1, 16, 9, 64, 1.0, z1_bar + (size_t)_ex * 1024, 64, t0 + (size_t)_ex * 576, 64, _ex ? 1.0 : 0.0, W1_bar, 9);
-    memcpy(b1_bar, t30, sizeof(real) * (size_t)(16));
-    memcpy(b2_bar, t27, sizeof(real) * (size_t)(32));
+    for (int _ex = 0; _ex < N; _ex++) bp_dgemm(0, 1, 32, 9, 64, 1.0, z1_bar + (size_t)_ex * 2048, 64, t0 + (size_t)_ex * 576, 64, _ex ? 1.0 : 0.0, W1_bar, 9);
+    memcpy(b1_bar, t30, sizeof(real) * (size_t)(32));
+    memcpy(b2_bar, t27, sizeof(real) * (size_t)(64));
 
     *loss_out = (double)L[0];
     return 0;

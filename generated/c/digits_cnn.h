@@ -8,18 +8,18 @@
 //
 //     # Issue 12: a small CNN on scikit-learn's handwritten digits (load_digits: 1797
 //     # images of 8x8 pixels, fed as one channel [1, 8, 8], classes 0-9).  Two 3x3
-//     # convolutions (16 then 32 channels) with 'same' padding keep the 8x8 grid, a 2x2 max pool halves it,
-//     # and a dense layer reads the 32 x 4 x 4 = 512 features.
+//     # convolutions (32 then 64 channels) with 'same' padding keep the 8x8 grid, a 2x2 max pool halves it,
+//     # and a dense layer reads the 64 x 4 x 4 = 1024 features.
 //     # examples/train_digits_cnn.py trains it with the generated module's adam_step.
 //     name: digits_cnn
 //     inputs:
 //       x: [1, 8, 8]
 //       label: {classes: 10}
 //     layers:
-//       - {conv2d: 16, kernel: 3, padding: same, activation: relu}   # W1 [16, 1, 3, 3], b1 [16]; h1 [16, 8, 8]
-//       - {conv2d: 32, kernel: 3, padding: same, activation: relu}   # W2 [32, 16, 3, 3], b2 [32]; h2 [32, 8, 8]
-//       - {max_pool2d: 2}                                            # h3 [32, 4, 4]
-//       - {flatten: true}                                            # h4 [512]
+//       - {conv2d: 32, kernel: 3, padding: same, activation: relu}   # W1 [32, 1, 3, 3], b1 [32]; h1 [32, 8, 8]
+//       - {conv2d: 64, kernel: 3, padding: same, activation: relu}   # W2 [64, 32, 3, 3], b2 [64]; h2 [64, 8, 8]
+//       - {max_pool2d: 2}                                            # h3 [64, 4, 4]
+//       - {flatten: true}                                            # h4 [1024]
 //       - {dense: 10}                                                # z5 = W5 @ h4 + b5
 //     graph:
 //       y_hat: softmax(z5)
@@ -32,14 +32,14 @@
 //
 // Forward equations:
 //
-//     q1 = b1                                                        shape [16, 1, 1]
-//     z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])   shape [16, 8, 8]
-//     h1 = relu(z1)                                                  shape [16, 8, 8]
-//     q2 = b2                                                        shape [32, 1, 1]
-//     z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])   shape [32, 8, 8]
-//     h2 = relu(z2)                                                  shape [32, 8, 8]
-//     h3 = max_pool2d(h2, 2)                                         shape [32, 4, 4]
-//     h4 = flatten(h3)                                               shape [512]
+//     q1 = b1                                                        shape [32, 1, 1]
+//     z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])   shape [32, 8, 8]
+//     h1 = relu(z1)                                                  shape [32, 8, 8]
+//     q2 = b2                                                        shape [64, 1, 1]
+//     z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])   shape [64, 8, 8]
+//     h2 = relu(z2)                                                  shape [64, 8, 8]
+//     h3 = max_pool2d(h2, 2)                                         shape [64, 4, 4]
+//     h4 = flatten(h3)                                               shape [1024]
 //     z5 = W5 @ h4 + b5                                              shape [10]
 //     y_hat = softmax(z5)                                            shape [10]
 //     L_n = cross_entropy(y_hat, label)                              shape []
@@ -99,11 +99,11 @@ const char* digits_cnn_error_string(int code);
 int digits_cnn_predict(
     int batch_size,     // N, the batch size (at least 1)
     void* workspace,    // digits_cnn_workspace_size(N) bytes of the caller's, aligned as a double
-    const double* W1,   // W1 [16, 1, 3, 3]
-    const double* b1,   // b1 [16]
-    const double* W2,   // W2 [32, 16, 3, 3]
-    const double* b2,   // b2 [32]
-    const double* W5,   // W5 [10, 512]
+    const double* W1,   // W1 [32, 1, 3, 3]
+    const double* b1,   // b1 [32]
+    const double* W2,   // W2 [64, 32, 3, 3]
+    const double* b2,   // b2 [64]
+    const double* W5,   // W5 [10, 1024]
     const double* b5,   // b5 [10]
     const double* x,    // x [N, 1, 8, 8]
     const int* label,   // label [N], int32 labels in [0, 10)
@@ -113,11 +113,11 @@ int digits_cnn_predict(
 int digits_cnn_loss(
     int batch_size,     // N, the batch size (at least 1)
     void* workspace,    // digits_cnn_workspace_size(N) bytes of the caller's, aligned as a double
-    const double* W1,   // W1 [16, 1, 3, 3]
-    const double* b1,   // b1 [16]
-    const double* W2,   // W2 [32, 16, 3, 3]
-    const double* b2,   // b2 [32]
-    const double* W5,   // W5 [10, 512]
+    const double* W1,   // W1 [32, 1, 3, 3]
+    const double* b1,   // b1 [32]
+    const double* W2,   // W2 [64, 32, 3, 3]
+    const double* b2,   // b2 [64]
+    const double* W5,   // W5 [10, 1024]
     const double* b5,   // b5 [10]
     const double* x,    // x [N, 1, 8, 8]
     const int* label,   // label [N], int32 labels in [0, 10)
@@ -127,20 +127,20 @@ int digits_cnn_loss(
 int digits_cnn_value_and_grad(
     int batch_size,     // N, the batch size (at least 1)
     void* workspace,    // digits_cnn_workspace_size(N) bytes of the caller's, aligned as a double
-    const double* W1,   // W1 [16, 1, 3, 3]
-    const double* b1,   // b1 [16]
-    const double* W2,   // W2 [32, 16, 3, 3]
-    const double* b2,   // b2 [32]
-    const double* W5,   // W5 [10, 512]
+    const double* W1,   // W1 [32, 1, 3, 3]
+    const double* b1,   // b1 [32]
+    const double* W2,   // W2 [64, 32, 3, 3]
+    const double* b2,   // b2 [64]
+    const double* W5,   // W5 [10, 1024]
     const double* b5,   // b5 [10]
     const double* x,    // x [N, 1, 8, 8]
     const int* label,   // label [N], int32 labels in [0, 10)
     double* loss_out,   // host: L
-    double* W1_bar,     // dL/dW1 [16, 1, 3, 3]
-    double* b1_bar,     // dL/db1 [16]
-    double* W2_bar,     // dL/dW2 [32, 16, 3, 3]
-    double* b2_bar,     // dL/db2 [32]
-    double* W5_bar,     // dL/dW5 [10, 512]
+    double* W1_bar,     // dL/dW1 [32, 1, 3, 3]
+    double* b1_bar,     // dL/db1 [32]
+    double* W2_bar,     // dL/dW2 [64, 32, 3, 3]
+    double* b2_bar,     // dL/db2 [64]
+    double* W5_bar,     // dL/dW5 [10, 1024]
     double* b5_bar);    // dL/db5 [10]
 
 #ifdef __cplusplus

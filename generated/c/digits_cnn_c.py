@@ -41,19 +41,19 @@ import numpy as np
 
 NAME = 'digits_cnn'
 DTYPE = np.float64
-PARAM_SHAPES = {'W1': (16, 1, 3, 3), 'b1': (16,), 'W2': (32, 16, 3, 3), 'b2': (32,), 'W5': (10, 512), 'b5': (10,)}
+PARAM_SHAPES = {'W1': (32, 1, 3, 3), 'b1': (32,), 'W2': (64, 32, 3, 3), 'b2': (64,), 'W5': (10, 1024), 'b5': (10,)}
 INPUT_SHAPES = {'x': (1, 8, 8), 'label': ()}
 LABEL_CLASSES = {'label': 10}
 WRT = ('W1', 'b1', 'W2', 'b2', 'W5', 'b5')
 REDUCTION = 'mean'
 TRAINED = ('W1', 'b1', 'W2', 'b2', 'W5', 'b5')  # the params the update steps change (WRT's params)
-GRAD_SHAPES = {'W1': (False, (16, 1, 3, 3)), 'b1': (False, (16,)), 'W2': (False, (32, 16, 3, 3)), 'b2': (False, (32,)), 'W5': (False, (10, 512)), 'b5': (False, (10,))}  # name -> (batched, per-example shape)
+GRAD_SHAPES = {'W1': (False, (32, 1, 3, 3)), 'b1': (False, (32,)), 'W2': (False, (64, 32, 3, 3)), 'b2': (False, (64,)), 'W5': (False, (10, 1024)), 'b5': (False, (10,))}  # name -> (batched, per-example shape)
 OUTPUT_SHAPE = (True, (10,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x',), 'loss': ('x', 'label'), 'value_and_grad': ('x', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "053fbdd3af5c2f48e3b4552d769966881330852cae8e859fc96ec6140192acca"  # the .c this loader was generated with
-HEADER_SHA256 = "dd66d3d61deee0ab25bd7ed3a0132bb69589dab589389017d9f99ae855c5bde4"  # and its .h
+SOURCE_SHA256 = "bc2c47bc57b191bfe6d933f98464987790cacb7f88b68b89e5b8864654861a88"  # the .c this loader was generated with
+HEADER_SHA256 = "3e7fb17327a0b64a95e05cb7c6eab77eb04947def5ed77f8aa9d3632f6b5d139"  # and its .h
 DEFAULT_CFLAGS = "-O3"   # portable; -O3 -march=native -ffp-contract=fast is faster (README)
 KEEP_WORKSPACES = 4
 
@@ -157,11 +157,11 @@ def init_params(seed=0):
     """Fresh parameters (as the NumPy module makes them): W1 glorot, b1 zeros, W2 glorot, b2 zeros, W5 glorot, b5 zeros."""
     rng = np.random.default_rng(seed)
     params = {}
-    params['W1'] = rng.uniform(-0.19802950859533486, 0.19802950859533486, (16, 1, 3, 3)).astype(DTYPE)  # glorot
-    params['b1'] = np.zeros((16,), DTYPE)
-    params['W2'] = rng.uniform(-0.11785113019775792, 0.11785113019775792, (32, 16, 3, 3)).astype(DTYPE)  # glorot
-    params['b2'] = np.zeros((32,), DTYPE)
-    params['W5'] = rng.uniform(-0.10721125348377948, 0.10721125348377948, (10, 512)).astype(DTYPE)  # glorot
+    params['W1'] = rng.uniform(-0.1421338109037403, 0.1421338109037403, (32, 1, 3, 3)).astype(DTYPE)  # glorot
+    params['b1'] = np.zeros((32,), DTYPE)
+    params['W2'] = rng.uniform(-0.08333333333333333, 0.08333333333333333, (64, 32, 3, 3)).astype(DTYPE)  # glorot
+    params['b2'] = np.zeros((64,), DTYPE)
+    params['W5'] = rng.uniform(-0.07617550741785384, 0.07617550741785384, (10, 1024)).astype(DTYPE)  # glorot
     params['b5'] = np.zeros((10,), DTYPE)
     return params
 

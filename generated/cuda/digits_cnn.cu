@@ -7,18 +7,18 @@
 //
 //     # Issue 12: a small CNN on scikit-learn's handwritten digits (load_digits: 1797
 //     # images of 8x8 pixels, fed as one channel [1, 8, 8], classes 0-9).  Two 3x3
-//     # convolutions (16 then 32 channels) with 'same' padding keep the 8x8 grid, a 2x2 max pool halves it,
-//     # and a dense layer reads the 32 x 4 x 4 = 512 features.
+//     # convolutions (32 then 64 channels) with 'same' padding keep the 8x8 grid, a 2x2 max pool halves it,
+//     # and a dense layer reads the 64 x 4 x 4 = 1024 features.
 //     # examples/train_digits_cnn.py trains it with the generated module's adam_step.
 //     name: digits_cnn
 //     inputs:
 //       x: [1, 8, 8]
 //       label: {classes: 10}
 //     layers:
-//       - {conv2d: 16, kernel: 3, padding: same, activation: relu}   # W1 [16, 1, 3, 3], b1 [16]; h1 [16, 8, 8]
-//       - {conv2d: 32, kernel: 3, padding: same, activation: relu}   # W2 [32, 16, 3, 3], b2 [32]; h2 [32, 8, 8]
-//       - {max_pool2d: 2}                                            # h3 [32, 4, 4]
-//       - {flatten: true}                                            # h4 [512]
+//       - {conv2d: 32, kernel: 3, padding: same, activation: relu}   # W1 [32, 1, 3, 3], b1 [32]; h1 [32, 8, 8]
+//       - {conv2d: 64, kernel: 3, padding: same, activation: relu}   # W2 [64, 32, 3, 3], b2 [64]; h2 [64, 8, 8]
+//       - {max_pool2d: 2}                                            # h3 [64, 4, 4]
+//       - {flatten: true}                                            # h4 [1024]
 //       - {dense: 10}                                                # z5 = W5 @ h4 + b5
 //     graph:
 //       y_hat: softmax(z5)
@@ -31,14 +31,14 @@
 //
 // Forward equations:
 //
-//     q1 = b1                                                        shape [16, 1, 1]
-//     z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])   shape [16, 8, 8]
-//     h1 = relu(z1)                                                  shape [16, 8, 8]
-//     q2 = b2                                                        shape [32, 1, 1]
-//     z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])   shape [32, 8, 8]
-//     h2 = relu(z2)                                                  shape [32, 8, 8]
-//     h3 = max_pool2d(h2, 2)                                         shape [32, 4, 4]
-//     h4 = flatten(h3)                                               shape [512]
+//     q1 = b1                                                        shape [32, 1, 1]
+//     z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])   shape [32, 8, 8]
+//     h1 = relu(z1)                                                  shape [32, 8, 8]
+//     q2 = b2                                                        shape [64, 1, 1]
+//     z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])   shape [64, 8, 8]
+//     h2 = relu(z2)                                                  shape [64, 8, 8]
+//     h3 = max_pool2d(h2, 2)                                         shape [64, 4, 4]
+//     h4 = flatten(h3)                                               shape [1024]
 //     z5 = W5 @ h4 + b5                                              shape [10]
 //     y_hat = softmax(z5)                                            shape [10]
 //     L_n = cross_entropy(y_hat, label)                              shape []
@@ -162,7 +162,7 @@ static __global__ void t0(real* __restrict__ t0, const real* __restrict__ x, lon
     }
 }
 
-// h1 = fmax(t1 + t2, 0.0)  (elementwise over [N, 16, 8, 8])
+// h1 = fmax(t1 + t2, 0.0)  (elementwise over [N, 32, 8, 8])
 static __global__ void h1(
     real* __restrict__ h1,
     const real* __restrict__ t1,
@@ -171,11 +171,11 @@ static __global__ void h1(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        h1[_i] = fmax(t1[_i] + t2[_i / 64 % 16], 0.0);
+        h1[_i] = fmax(t1[_i] + t2[_i / 64 % 32], 0.0);
     }
 }
 
-// t3 = the 3 x 3 windows of h1, padding (1, 1), (1, 1) (im2col): [N, 16, 8, 8] -> [N, 16, 3, 3, 8, 8]
+// t3 = the 3 x 3 windows of h1, padding (1, 1), (1, 1) (im2col): [N, 32, 8, 8] -> [N, 32, 3, 3, 8, 8]
 static __global__ void t3(real* __restrict__ t3, const real* __restrict__ h1, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
@@ -195,7 +195,7 @@ static __global__ void t3(real* __restrict__ t3, const real* __restrict__ h1, lo
     }
 }
 
-// h2 = fmax(t4 + t5, 0.0)  (elementwise over [N, 32, 8, 8])
+// h2 = fmax(t4 + t5, 0.0)  (elementwise over [N, 64, 8, 8])
 static __global__ void h2(
     real* __restrict__ h2,
     const real* __restrict__ t4,
@@ -204,11 +204,11 @@ static __global__ void h2(
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
     for (long long _i = (long long)blockIdx.x * blockDim.x + threadIdx.x; _i < _n; _i += _stride) {
-        h2[_i] = fmax(t4[_i] + t5[_i / 64 % 32], 0.0);
+        h2[_i] = fmax(t4[_i] + t5[_i / 64 % 64], 0.0);
     }
 }
 
-// t6 = the 2 x 2 windows of h2, stride 2, 2 (im2col): [N, 32, 8, 8] -> [N, 32, 2, 2, 4, 4]
+// t6 = the 2 x 2 windows of h2, stride 2, 2 (im2col): [N, 64, 8, 8] -> [N, 64, 2, 2, 4, 4]
 static __global__ void t6(real* __restrict__ t6, const real* __restrict__ h2, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
@@ -468,7 +468,7 @@ static __global__ void b5_bar(
     }
 }
 
-// t22 = (real)(t6 == t21)  (elementwise over [N, 32, 2, 2, 4, 4])
+// t22 = (real)(t6 == t21)  (elementwise over [N, 64, 2, 2, 4, 4])
 static __global__ void t22(
     real* __restrict__ t22,
     const real* __restrict__ t6,
@@ -505,7 +505,7 @@ static __global__ void t24(
     }
 }
 
-// t25 = t20*t23/t24  (elementwise over [N, 32, 2, 2, 4, 4])
+// t25 = t20*t23/t24  (elementwise over [N, 64, 2, 2, 4, 4])
 static __global__ void t25(
     real* __restrict__ t25,
     const real* __restrict__ t20,
@@ -519,7 +519,7 @@ static __global__ void t25(
     }
 }
 
-// h2_bar = the 2 x 2 windows t25 added back onto [N, 32, 8, 8], stride 2, 2 (col2im), each entry gathering the window entries that read it
+// h2_bar = the 2 x 2 windows t25 added back onto [N, 64, 8, 8], stride 2, 2 (col2im), each entry gathering the window entries that read it
 static __global__ void h2_bar(real* __restrict__ h2_bar, const real* __restrict__ t25, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
@@ -543,7 +543,7 @@ static __global__ void h2_bar(real* __restrict__ h2_bar, const real* __restrict_
     }
 }
 
-// z2_bar = h2_bar*(real)(h2 > 0.0)  (elementwise over [N, 32, 8, 8])
+// z2_bar = h2_bar*(real)(h2 > 0.0)  (elementwise over [N, 64, 8, 8])
 static __global__ void z2_bar(
     real* __restrict__ z2_bar,
     const real* __restrict__ h2,
@@ -556,7 +556,7 @@ static __global__ void z2_bar(
     }
 }
 
-// t26 = z2_bar summed over the batch to [32, 1, 1], one block per output element
+// t26 = z2_bar summed over the batch to [64, 1, 1], one block per output element
 static __global__ void t26(
     real* __restrict__ t26,
     const real* __restrict__ z2_bar,
@@ -567,7 +567,7 @@ static __global__ void t26(
     for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
         real _acc = 0;
         for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += z2_bar[_o * 64 + (_r / 64) * 2048 + _r % 64];
+            _acc += z2_bar[_o * 64 + (_r / 64) * 4096 + _r % 64];
         _s[threadIdx.x] = _acc;
         __syncthreads();
         for (unsigned _w = 128; _w > 0; _w /= 2) {
@@ -580,7 +580,7 @@ static __global__ void t26(
     }
 }
 
-// h1_bar = the 3 x 3 windows t28 added back onto [N, 16, 8, 8], padding (1, 1), (1, 1) (col2im), each entry gathering the window entries that read it
+// h1_bar = the 3 x 3 windows t28 added back onto [N, 32, 8, 8], padding (1, 1), (1, 1) (col2im), each entry gathering the window entries that read it
 static __global__ void h1_bar(real* __restrict__ h1_bar, const real* __restrict__ t28, long long _n)
 {
     const long long _stride = (long long)gridDim.x * blockDim.x;
@@ -604,7 +604,7 @@ static __global__ void h1_bar(real* __restrict__ h1_bar, const real* __restrict_
     }
 }
 
-// z1_bar = h1_bar*(real)(h1 > 0.0)  (elementwise over [N, 16, 8, 8])
+// z1_bar = h1_bar*(real)(h1 > 0.0)  (elementwise over [N, 32, 8, 8])
 static __global__ void z1_bar(
     real* __restrict__ z1_bar,
     const real* __restrict__ h1,
@@ -617,7 +617,7 @@ static __global__ void z1_bar(
     }
 }
 
-// t29 = z1_bar summed over the batch to [16, 1, 1], one block per output element
+// t29 = z1_bar summed over the batch to [32, 1, 1], one block per output element
 static __global__ void t29(
     real* __restrict__ t29,
     const real* __restrict__ z1_bar,
@@ -628,7 +628,7 @@ static __global__ void t29(
     for (long long _o = blockIdx.x; _o < _n_out; _o += gridDim.x) {
         real _acc = 0;
         for (long long _r = threadIdx.x; _r < _n_red; _r += 256)
-            _acc += z1_bar[_o * 64 + (_r / 64) * 1024 + _r % 64];
+            _acc += z1_bar[_o * 64 + (_r / 64) * 2048 + _r % 64];
         _s[threadIdx.x] = _acc;
         __syncthreads();
         for (unsigned _w = 128; _w > 0; _w /= 2) {
@@ -670,13 +670,13 @@ static inline size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     (void)base;
     off = 0;  // predict
     ws->predict.t0 = bp_carve(base, &off, N * 576);
-    ws->predict.t1 = bp_carve(base, &off, N * 1024);
-    ws->predict.h1 = bp_carve(base, &off, N * 1024);
-    ws->predict.t3 = bp_carve(base, &off, N * 9216);
-    ws->predict.t4 = bp_carve(base, &off, N * 2048);
-    ws->predict.h2 = bp_carve(base, &off, N * 2048);
-    ws->predict.t6 = bp_carve(base, &off, N * 2048);
-    ws->predict.h3 = bp_carve(base, &off, N * 512);
+    ws->predict.t1 = bp_carve(base, &off, N * 2048);
+    ws->predict.h1 = bp_carve(base, &off, N * 2048);
+    ws->predict.t3 = bp_carve(base, &off, N * 18432);
+    ws->predict.t4 = bp_carve(base, &off, N * 4096);
+    ws->predict.h2 = bp_carve(base, &off, N * 4096);
+    ws->predict.t6 = bp_carve(base, &off, N * 4096);
+    ws->predict.h3 = bp_carve(base, &off, N * 1024);
     ws->predict.t7 = bp_carve(base, &off, N * 10);
     ws->predict.z5 = bp_carve(base, &off, N * 10);
     ws->predict.t8 = bp_carve(base, &off, N);
@@ -685,13 +685,13 @@ static inline size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 576);
-    ws->loss.t1 = bp_carve(base, &off, N * 1024);
-    ws->loss.h1 = bp_carve(base, &off, N * 1024);
-    ws->loss.t3 = bp_carve(base, &off, N * 9216);
-    ws->loss.t4 = bp_carve(base, &off, N * 2048);
-    ws->loss.h2 = bp_carve(base, &off, N * 2048);
-    ws->loss.t6 = bp_carve(base, &off, N * 2048);
-    ws->loss.h3 = bp_carve(base, &off, N * 512);
+    ws->loss.t1 = bp_carve(base, &off, N * 2048);
+    ws->loss.h1 = bp_carve(base, &off, N * 2048);
+    ws->loss.t3 = bp_carve(base, &off, N * 18432);
+    ws->loss.t4 = bp_carve(base, &off, N * 4096);
+    ws->loss.h2 = bp_carve(base, &off, N * 4096);
+    ws->loss.t6 = bp_carve(base, &off, N * 4096);
+    ws->loss.h3 = bp_carve(base, &off, N * 1024);
     ws->loss.t7 = bp_carve(base, &off, N * 10);
     ws->loss.z5 = bp_carve(base, &off, N * 10);
     ws->loss.t8 = bp_carve(base, &off, N);
@@ -704,13 +704,13 @@ static inline size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     if (off > top) top = off;
     off = 0;  // value_and_grad
     ws->value_and_grad.t0 = bp_carve(base, &off, N * 576);
-    ws->value_and_grad.t1 = bp_carve(base, &off, N * 1024);
-    ws->value_and_grad.h1 = bp_carve(base, &off, N * 1024);
-    ws->value_and_grad.t3 = bp_carve(base, &off, N * 9216);
-    ws->value_and_grad.t4 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.h2 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.t6 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.h3 = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.t1 = bp_carve(base, &off, N * 2048);
+    ws->value_and_grad.h1 = bp_carve(base, &off, N * 2048);
+    ws->value_and_grad.t3 = bp_carve(base, &off, N * 18432);
+    ws->value_and_grad.t4 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.h2 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t6 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.h3 = bp_carve(base, &off, N * 1024);
     ws->value_and_grad.t7 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.z5 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.t8 = bp_carve(base, &off, N);
@@ -722,18 +722,18 @@ static inline size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     ws->value_and_grad.L = bp_carve(base, &off, 1);
     ws->value_and_grad.t17 = bp_carve(base, &off, N);
     ws->value_and_grad.z5_bar = bp_carve(base, &off, N * 10);
-    ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t22 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.t23 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.t24 = bp_carve(base, &off, N * 512);
-    ws->value_and_grad.t25 = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 2048);
-    ws->value_and_grad.t26 = bp_carve(base, &off, 32);
-    ws->value_and_grad.t28 = bp_carve(base, &off, N * 9216);
-    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 1024);
-    ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 1024);
-    ws->value_and_grad.t29 = bp_carve(base, &off, 16);
+    ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 1024);
+    ws->value_and_grad.t22 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t23 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t24 = bp_carve(base, &off, N * 1024);
+    ws->value_and_grad.t25 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t26 = bp_carve(base, &off, 64);
+    ws->value_and_grad.t28 = bp_carve(base, &off, N * 18432);
+    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 2048);
+    ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 2048);
+    ws->value_and_grad.t29 = bp_carve(base, &off, 32);
     if (off > top) top = off;
     return top > off ? top : off;
 }
@@ -832,11 +832,11 @@ extern "C" int digits_cnn_workspace_batch_size(const digits_cnn_workspace* ws)
 
 extern "C" int digits_cnn_predict(
     digits_cnn_workspace* ws,  // workspace of batch size N
-    const real* W1,            // W1 [16, 1, 3, 3]
-    const real* b1,            // b1 [16]
-    const real* W2,            // W2 [32, 16, 3, 3]
-    const real* b2,            // b2 [32]
-    const real* W5,            // W5 [10, 512]
+    const real* W1,            // W1 [32, 1, 3, 3]
+    const real* b1,            // b1 [32]
+    const real* W2,            // W2 [64, 32, 3, 3]
+    const real* b2,            // b2 [64]
+    const real* W5,            // W5 [10, 1024]
     const real* b5,            // b5 [10]
     const real* x,             // x [N, 1, 8, 8]
     const int* label,          // label [N], int32 labels in [0, 10)
@@ -865,31 +865,31 @@ extern "C" int digits_cnn_predict(
     const real* const h4 = h3;
 
     // forward pass
-    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])
+    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     LAUNCH(kernels::t0, bp_grid((long long)N * 576), 256, 0, t0, x, (long long)N * 576);
-    // GEMM per example: t1 [16 x 64] = W1 @ t0, W1 [16 x 9], t0 [9 x 64], row-major;
+    // GEMM per example: t1 [32 x 64] = W1 @ t0, W1 [32 x 9], t0 [9 x 64], row-major;
     // cuBLAS is column-major: it computes t1^T = t0^T @ W1^T
-    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 16, 9, &_one, t0, 64, 576, W1, 9, 0, &_zero, t1, 64, 1024, N));
-    // t2 is b1 reshaped to [16, 1, 1]: the same memory
+    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 32, 9, &_one, t0, 64, 576, W1, 9, 0, &_zero, t1, 64, 2048, N));
+    // t2 is b1 reshaped to [32, 1, 1]: the same memory
     // h1 = relu(z1)
-    LAUNCH(kernels::h1, bp_grid((long long)N * 1024), 256, 0, h1, t1, t2, (long long)N * 1024);
-    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])
-    LAUNCH(kernels::t3, bp_grid((long long)N * 9216), 256, 0, t3, h1, (long long)N * 9216);
-    // GEMM per example: t4 [32 x 64] = W2 @ t3, W2 [32 x 144], t3 [144 x 64], row-major;
+    LAUNCH(kernels::h1, bp_grid((long long)N * 2048), 256, 0, h1, t1, t2, (long long)N * 2048);
+    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])
+    LAUNCH(kernels::t3, bp_grid((long long)N * 18432), 256, 0, t3, h1, (long long)N * 18432);
+    // GEMM per example: t4 [64 x 64] = W2 @ t3, W2 [64 x 288], t3 [288 x 64], row-major;
     // cuBLAS is column-major: it computes t4^T = t3^T @ W2^T
-    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 32, 144, &_one, t3, 64, 9216, W2, 144, 0, &_zero, t4, 64, 2048, N));
-    // t5 is b2 reshaped to [32, 1, 1]: the same memory
+    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 64, 288, &_one, t3, 64, 18432, W2, 288, 0, &_zero, t4, 64, 4096, N));
+    // t5 is b2 reshaped to [64, 1, 1]: the same memory
     // h2 = relu(z2)
-    LAUNCH(kernels::h2, bp_grid((long long)N * 2048), 256, 0, h2, t4, t5, (long long)N * 2048);
+    LAUNCH(kernels::h2, bp_grid((long long)N * 4096), 256, 0, h2, t4, t5, (long long)N * 4096);
     // h3 = max_pool2d(h2, 2)
-    LAUNCH(kernels::t6, bp_grid((long long)N * 2048), 256, 0, t6, h2, (long long)N * 2048);
-    LAUNCH(kernels::h3, bp_blocks((long long)N * 512), 32, 0, h3, t6, (long long)N * 512, 4);
+    LAUNCH(kernels::t6, bp_grid((long long)N * 4096), 256, 0, t6, h2, (long long)N * 4096);
+    LAUNCH(kernels::h3, bp_blocks((long long)N * 1024), 32, 0, h3, t6, (long long)N * 1024, 4);
     // h4 = flatten(h3)
-    // h4 is h3 reshaped to [N, 512]: the same memory
+    // h4 is h3 reshaped to [N, 1024]: the same memory
     // z5 = W5 @ h4 + b5
-    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 512], W5 [10 x 512], row-major;
+    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 1024], W5 [10 x 1024], row-major;
     // cuBLAS is column-major: it computes t7^T = W5 @ h4^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 10, N, 512, &_one, W5, 512, h4, 512, &_zero, t7, 10));
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 10, N, 1024, &_one, W5, 1024, h4, 1024, &_zero, t7, 10));
     LAUNCH(kernels::z5, bp_grid((long long)N * 10), 256, 0, z5, b5, t7, (long long)N * 10);
     // y_hat = softmax(z5)
     LAUNCH(kernels::t8, bp_blocks((long long)N), 32, 0, t8, z5, (long long)N, 10);
@@ -901,11 +901,11 @@ extern "C" int digits_cnn_predict(
 
 extern "C" int digits_cnn_loss(
     digits_cnn_workspace* ws,  // workspace of batch size N
-    const real* W1,            // W1 [16, 1, 3, 3]
-    const real* b1,            // b1 [16]
-    const real* W2,            // W2 [32, 16, 3, 3]
-    const real* b2,            // b2 [32]
-    const real* W5,            // W5 [10, 512]
+    const real* W1,            // W1 [32, 1, 3, 3]
+    const real* b1,            // b1 [32]
+    const real* W2,            // W2 [64, 32, 3, 3]
+    const real* b2,            // b2 [64]
+    const real* W5,            // W5 [10, 1024]
     const real* b5,            // b5 [10]
     const real* x,             // x [N, 1, 8, 8]
     const int* label,          // label [N], int32 labels in [0, 10)
@@ -939,31 +939,31 @@ extern "C" int digits_cnn_loss(
     const real* const t13 = t10;
 
     // forward pass
-    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])
+    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     LAUNCH(kernels::t0, bp_grid((long long)N * 576), 256, 0, t0, x, (long long)N * 576);
-    // GEMM per example: t1 [16 x 64] = W1 @ t0, W1 [16 x 9], t0 [9 x 64], row-major;
+    // GEMM per example: t1 [32 x 64] = W1 @ t0, W1 [32 x 9], t0 [9 x 64], row-major;
     // cuBLAS is column-major: it computes t1^T = t0^T @ W1^T
-    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 16, 9, &_one, t0, 64, 576, W1, 9, 0, &_zero, t1, 64, 1024, N));
-    // t2 is b1 reshaped to [16, 1, 1]: the same memory
+    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 32, 9, &_one, t0, 64, 576, W1, 9, 0, &_zero, t1, 64, 2048, N));
+    // t2 is b1 reshaped to [32, 1, 1]: the same memory
     // h1 = relu(z1)
-    LAUNCH(kernels::h1, bp_grid((long long)N * 1024), 256, 0, h1, t1, t2, (long long)N * 1024);
-    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])
-    LAUNCH(kernels::t3, bp_grid((long long)N * 9216), 256, 0, t3, h1, (long long)N * 9216);
-    // GEMM per example: t4 [32 x 64] = W2 @ t3, W2 [32 x 144], t3 [144 x 64], row-major;
+    LAUNCH(kernels::h1, bp_grid((long long)N * 2048), 256, 0, h1, t1, t2, (long long)N * 2048);
+    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])
+    LAUNCH(kernels::t3, bp_grid((long long)N * 18432), 256, 0, t3, h1, (long long)N * 18432);
+    // GEMM per example: t4 [64 x 64] = W2 @ t3, W2 [64 x 288], t3 [288 x 64], row-major;
     // cuBLAS is column-major: it computes t4^T = t3^T @ W2^T
-    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 32, 144, &_one, t3, 64, 9216, W2, 144, 0, &_zero, t4, 64, 2048, N));
-    // t5 is b2 reshaped to [32, 1, 1]: the same memory
+    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 64, 288, &_one, t3, 64, 18432, W2, 288, 0, &_zero, t4, 64, 4096, N));
+    // t5 is b2 reshaped to [64, 1, 1]: the same memory
     // h2 = relu(z2)
-    LAUNCH(kernels::h2, bp_grid((long long)N * 2048), 256, 0, h2, t4, t5, (long long)N * 2048);
+    LAUNCH(kernels::h2, bp_grid((long long)N * 4096), 256, 0, h2, t4, t5, (long long)N * 4096);
     // h3 = max_pool2d(h2, 2)
-    LAUNCH(kernels::t6, bp_grid((long long)N * 2048), 256, 0, t6, h2, (long long)N * 2048);
-    LAUNCH(kernels::h3, bp_blocks((long long)N * 512), 32, 0, h3, t6, (long long)N * 512, 4);
+    LAUNCH(kernels::t6, bp_grid((long long)N * 4096), 256, 0, t6, h2, (long long)N * 4096);
+    LAUNCH(kernels::h3, bp_blocks((long long)N * 1024), 32, 0, h3, t6, (long long)N * 1024, 4);
     // h4 = flatten(h3)
-    // h4 is h3 reshaped to [N, 512]: the same memory
+    // h4 is h3 reshaped to [N, 1024]: the same memory
     // z5 = W5 @ h4 + b5
-    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 512], W5 [10 x 512], row-major;
+    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 1024], W5 [10 x 1024], row-major;
     // cuBLAS is column-major: it computes t7^T = W5 @ h4^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 10, N, 512, &_one, W5, 512, h4, 512, &_zero, t7, 10));
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 10, N, 1024, &_one, W5, 1024, h4, 1024, &_zero, t7, 10));
     LAUNCH(kernels::z5, bp_grid((long long)N * 10), 256, 0, z5, b5, t7, (long long)N * 10);
     // L_n = cross_entropy(y_hat, label)
     LAUNCH(kernels::t8, bp_blocks((long long)N), 32, 0, t8, z5, (long long)N, 10);
@@ -986,20 +986,20 @@ extern "C" int digits_cnn_loss(
 
 extern "C" int digits_cnn_value_and_grad(
     digits_cnn_workspace* ws,  // workspace of batch size N
-    const real* W1,            // W1 [16, 1, 3, 3]
-    const real* b1,            // b1 [16]
-    const real* W2,            // W2 [32, 16, 3, 3]
-    const real* b2,            // b2 [32]
-    const real* W5,            // W5 [10, 512]
+    const real* W1,            // W1 [32, 1, 3, 3]
+    const real* b1,            // b1 [32]
+    const real* W2,            // W2 [64, 32, 3, 3]
+    const real* b2,            // b2 [64]
+    const real* W5,            // W5 [10, 1024]
     const real* b5,            // b5 [10]
     const real* x,             // x [N, 1, 8, 8]
     const int* label,          // label [N], int32 labels in [0, 10)
     double* loss_out,          // host: L
-    real* W1_bar,              // dL/dW1 [16, 1, 3, 3]
-    real* b1_bar,              // dL/db1 [16]
-    real* W2_bar,              // dL/dW2 [32, 16, 3, 3]
-    real* b2_bar,              // dL/db2 [32]
-    real* W5_bar,              // dL/dW5 [10, 512]
+    real* W1_bar,              // dL/dW1 [32, 1, 3, 3]
+    real* b1_bar,              // dL/db1 [32]
+    real* W2_bar,              // dL/dW2 [64, 32, 3, 3]
+    real* b2_bar,              // dL/db2 [64]
+    real* W5_bar,              // dL/dW5 [10, 1024]
     real* b5_bar)              // dL/db5 [10]
 {
     if (ws == NULL) return BP_ERROR_NULL_POINTER;
@@ -1050,31 +1050,31 @@ extern "C" int digits_cnn_value_and_grad(
     const real* const t30 = t29;
 
     // forward pass
-    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [16, 1, 1])
+    // z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     LAUNCH(kernels::t0, bp_grid((long long)N * 576), 256, 0, t0, x, (long long)N * 576);
-    // GEMM per example: t1 [16 x 64] = W1 @ t0, W1 [16 x 9], t0 [9 x 64], row-major;
+    // GEMM per example: t1 [32 x 64] = W1 @ t0, W1 [32 x 9], t0 [9 x 64], row-major;
     // cuBLAS is column-major: it computes t1^T = t0^T @ W1^T
-    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 16, 9, &_one, t0, 64, 576, W1, 9, 0, &_zero, t1, 64, 1024, N));
-    // t2 is b1 reshaped to [16, 1, 1]: the same memory
+    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 32, 9, &_one, t0, 64, 576, W1, 9, 0, &_zero, t1, 64, 2048, N));
+    // t2 is b1 reshaped to [32, 1, 1]: the same memory
     // h1 = relu(z1)
-    LAUNCH(kernels::h1, bp_grid((long long)N * 1024), 256, 0, h1, t1, t2, (long long)N * 1024);
-    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [32, 1, 1])
-    LAUNCH(kernels::t3, bp_grid((long long)N * 9216), 256, 0, t3, h1, (long long)N * 9216);
-    // GEMM per example: t4 [32 x 64] = W2 @ t3, W2 [32 x 144], t3 [144 x 64], row-major;
+    LAUNCH(kernels::h1, bp_grid((long long)N * 2048), 256, 0, h1, t1, t2, (long long)N * 2048);
+    // z2 = conv2d(h1, W2, padding='same') + reshape(b2, [64, 1, 1])
+    LAUNCH(kernels::t3, bp_grid((long long)N * 18432), 256, 0, t3, h1, (long long)N * 18432);
+    // GEMM per example: t4 [64 x 64] = W2 @ t3, W2 [64 x 288], t3 [288 x 64], row-major;
     // cuBLAS is column-major: it computes t4^T = t3^T @ W2^T
-    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 32, 144, &_one, t3, 64, 9216, W2, 144, 0, &_zero, t4, 64, 2048, N));
-    // t5 is b2 reshaped to [32, 1, 1]: the same memory
+    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 64, 64, 288, &_one, t3, 64, 18432, W2, 288, 0, &_zero, t4, 64, 4096, N));
+    // t5 is b2 reshaped to [64, 1, 1]: the same memory
     // h2 = relu(z2)
-    LAUNCH(kernels::h2, bp_grid((long long)N * 2048), 256, 0, h2, t4, t5, (long long)N * 2048);
+    LAUNCH(kernels::h2, bp_grid((long long)N * 4096), 256, 0, h2, t4, t5, (long long)N * 4096);
     // h3 = max_pool2d(h2, 2)
-    LAUNCH(kernels::t6, bp_grid((long long)N * 2048), 256, 0, t6, h2, (long long)N * 2048);
-    LAUNCH(kernels::h3, bp_blocks((long long)N * 512), 32, 0, h3, t6, (long long)N * 512, 4);
+    LAUNCH(kernels::t6, bp_grid((long long)N * 4096), 256, 0, t6, h2, (long long)N * 4096);
+    LAUNCH(kernels::h3, bp_blocks((long long)N * 1024), 32, 0, h3, t6, (long long)N * 1024, 4);
     // h4 = flatten(h3)
-    // h4 is h3 reshaped to [N, 512]: the same memory
+    // h4 is h3 reshaped to [N, 1024]: the same memory
     // z5 = W5 @ h4 + b5
-    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 512], W5 [10 x 512], row-major;
+    // GEMM: t7 [N x 10] = h4 @ W5^T, h4 [N x 1024], W5 [10 x 1024], row-major;
     // cuBLAS is column-major: it computes t7^T = W5 @ h4^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 10, N, 512, &_one, W5, 512, h4, 512, &_zero, t7, 10));
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 10, N, 1024, &_one, W5, 1024, h4, 1024, &_zero, t7, 10));
     LAUNCH(kernels::z5, bp_grid((long long)N * 10), 256, 0, z5, b5, t7, (long long)N * 10);
     // L_n = cross_entropy(y_hat, label)
     LAUNCH(kernels::t8, bp_blocks((long long)N), 32, 0, t8, z5, (long long)N, 10);
@@ -1101,50 +1101,50 @@ extern "C" int digits_cnn_value_and_grad(
     // b5_bar = z5_bar (summed over the batch)   # add
     LAUNCH(kernels::b5_bar, bp_blocks(10), 256, 0, b5_bar, z5_bar, 10, (long long)N);
     // W5_bar = z5_bar h4^T (summed over the batch)   # matmul
-    // GEMM: W5_bar [10 x 512] = z5_bar^T @ h4, z5_bar [N x 10], h4 [N x 512], row-major;
+    // GEMM: W5_bar [10 x 1024] = z5_bar^T @ h4, z5_bar [N x 10], h4 [N x 1024], row-major;
     // cuBLAS is column-major: it computes W5_bar^T = h4^T @ z5_bar
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 512, 10, N, &_one, h4, 512, z5_bar, 10, &_zero, W5_bar, 512));
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 1024, 10, N, &_one, h4, 1024, z5_bar, 10, &_zero, W5_bar, 1024));
     // h4_bar = W5^T @ z5_bar   # matmul
-    // GEMM: h4_bar [N x 512] = z5_bar @ W5, z5_bar [N x 10], W5 [10 x 512], row-major;
+    // GEMM: h4_bar [N x 1024] = z5_bar @ W5, z5_bar [N x 10], W5 [10 x 1024], row-major;
     // cuBLAS is column-major: it computes h4_bar^T = W5^T @ z5_bar^T
-    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 512, N, 10, &_one, W5, 512, z5_bar, 10, &_zero, h4_bar, 512));
+    CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_N, CUBLAS_OP_N, 1024, N, 10, &_one, W5, 1024, z5_bar, 10, &_zero, h4_bar, 1024));
     // h3_bar = h4_bar   # reshape
-    // h3_bar is h4_bar reshaped to [N, 32, 4, 4]: the same memory
+    // h3_bar is h4_bar reshaped to [N, 64, 4, 4]: the same memory
     // h2_bar = max_unpool2d(h3_bar, h2, 2)   # max_pool2d
-    // t20 is h3_bar reshaped to [N, 32, 1, 1, 4, 4]: the same memory
-    // t21 is h3 reshaped to [N, 32, 1, 1, 4, 4]: the same memory
-    LAUNCH(kernels::t22, bp_grid((long long)N * 2048), 256, 0, t22, t6, t21, (long long)N * 2048);
-    CHECK_CUDA(cudaMemcpyAsync(t23, t22, sizeof(real) * (size_t)((long long)N * 2048), cudaMemcpyDeviceToDevice));
-    LAUNCH(kernels::t24, bp_blocks((long long)N * 512), 32, 0, t24, t23, (long long)N * 512, 4);
-    LAUNCH(kernels::t25, bp_grid((long long)N * 2048), 256, 0, t25, t20, t23, t24, (long long)N * 2048);
-    LAUNCH(kernels::h2_bar, bp_grid((long long)N * 2048), 256, 0, h2_bar, t25, (long long)N * 2048);
+    // t20 is h3_bar reshaped to [N, 64, 1, 1, 4, 4]: the same memory
+    // t21 is h3 reshaped to [N, 64, 1, 1, 4, 4]: the same memory
+    LAUNCH(kernels::t22, bp_grid((long long)N * 4096), 256, 0, t22, t6, t21, (long long)N * 4096);
+    CHECK_CUDA(cudaMemcpyAsync(t23, t22, sizeof(real) * (size_t)((long long)N * 4096), cudaMemcpyDeviceToDevice));
+    LAUNCH(kernels::t24, bp_blocks((long long)N * 1024), 32, 0, t24, t23, (long long)N * 1024, 4);
+    LAUNCH(kernels::t25, bp_grid((long long)N * 4096), 256, 0, t25, t20, t23, t24, (long long)N * 4096);
+    LAUNCH(kernels::h2_bar, bp_grid((long long)N * 4096), 256, 0, h2_bar, t25, (long long)N * 4096);
     // z2_bar = h2_bar*(h2 > 0)   # relu
-    LAUNCH(kernels::z2_bar, bp_grid((long long)N * 2048), 256, 0, z2_bar, h2, h2_bar, (long long)N * 2048);
+    LAUNCH(kernels::z2_bar, bp_grid((long long)N * 4096), 256, 0, z2_bar, h2, h2_bar, (long long)N * 4096);
     // q2_bar = z2_bar (summed over the batch)   # add
-    LAUNCH(kernels::t26, bp_blocks(32), 256, 0, t26, z2_bar, 32, (long long)N * 64);
+    LAUNCH(kernels::t26, bp_blocks(64), 256, 0, t26, z2_bar, 64, (long long)N * 64);
     // b2_bar = q2_bar   # reshape
-    // t27 is t26 reshaped to [32]: the same memory
+    // t27 is t26 reshaped to [64]: the same memory
     // W2_bar = conv2d_weight(h1, z2_bar, padding='same') (summed over the batch)   # conv2d
-    // GEMM per example, summed: W2_bar [32 x 144] = z2_bar @ t3^T, z2_bar [32 x 64], t3 [144 x 64], row-major;
+    // GEMM per example, summed: W2_bar [64 x 288] = z2_bar @ t3^T, z2_bar [64 x 64], t3 [288 x 64], row-major;
     // cuBLAS is column-major: it computes W2_bar^T = t3 @ z2_bar^T
-    for (int _ex = 0; _ex < N; _ex++) CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 144, 32, 64, &_one, t3 + (size_t)_ex * 9216, 64, z2_bar + (size_t)_ex * 2048, 64, _ex ? &_one : &_zero, W2_bar, 144));
+    for (int _ex = 0; _ex < N; _ex++) CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 288, 64, 64, &_one, t3 + (size_t)_ex * 18432, 64, z2_bar + (size_t)_ex * 4096, 64, _ex ? &_one : &_zero, W2_bar, 288));
     // h1_bar = conv_transpose2d(z2_bar, W2, padding='same')   # conv2d
-    // GEMM per example: t28 [144 x 64] = W2^T @ z2_bar, W2 [32 x 144], z2_bar [32 x 64], row-major;
+    // GEMM per example: t28 [288 x 64] = W2^T @ z2_bar, W2 [64 x 288], z2_bar [64 x 64], row-major;
     // cuBLAS is column-major: it computes t28^T = z2_bar^T @ W2
-    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 64, 144, 32, &_one, z2_bar, 64, 2048, W2, 144, 0, &_zero, t28, 64, 9216, N));
-    LAUNCH(kernels::h1_bar, bp_grid((long long)N * 1024), 256, 0, h1_bar, t28, (long long)N * 1024);
+    CHECK_CUBLAS(cublasDgemmStridedBatched(ws->blas, CUBLAS_OP_N, CUBLAS_OP_T, 64, 288, 64, &_one, z2_bar, 64, 4096, W2, 288, 0, &_zero, t28, 64, 18432, N));
+    LAUNCH(kernels::h1_bar, bp_grid((long long)N * 2048), 256, 0, h1_bar, t28, (long long)N * 2048);
     // z1_bar = h1_bar*(h1 > 0)   # relu
-    LAUNCH(kernels::z1_bar, bp_grid((long long)N * 1024), 256, 0, z1_bar, h1, h1_bar, (long long)N * 1024);
+    LAUNCH(kernels::z1_bar, bp_grid((long long)N * 2048), 256, 0, z1_bar, h1, h1_bar, (long long)N * 2048);
     // q1_bar = z1_bar (summed over the batch)   # add
-    LAUNCH(kernels::t29, bp_blocks(16), 256, 0, t29, z1_bar, 16, (long long)N * 64);
+    LAUNCH(kernels::t29, bp_blocks(32), 256, 0, t29, z1_bar, 32, (long long)N * 64);
     // b1_bar = q1_bar   # reshape
-    // t30 is t29 reshaped to [16]: the same memory
+    // t30 is t29 reshaped to [32]: the same memory
     // W1_bar = conv2d_weight(x, z1_bar, padding='same') (summed over the batch)   # conv2d
-    // GEMM per example, summed: W1_bar [16 x 9] = z1_bar @ t0^T, z1_bar [16 x 64], t0 [9 x 64], row-major;
+    // GEMM per example, summed: W1_bar [32 x 9] = z1_bar @ t0^T, z1_bar [32 x 64], t0 [9 x 64], row-major;
     // cuBLAS is column-major: it computes W1_bar^T = t0 @ z1_bar^T
-    for (int _ex = 0; _ex < N; _ex++) CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 9, 16, 64, &_one, t0 + (size_t)_ex * 576, 64, z1_bar + (size_t)_ex * 1024, 64, _ex ? &_one : &_zero, W1_bar, 9));
-    CHECK_CUDA(cudaMemcpyAsync(b1_bar, t30, sizeof(real) * (size_t)(16), cudaMemcpyDeviceToDevice));
-    CHECK_CUDA(cudaMemcpyAsync(b2_bar, t27, sizeof(real) * (size_t)(32), cudaMemcpyDeviceToDevice));
+    for (int _ex = 0; _ex < N; _ex++) CHECK_CUBLAS(cublasDgemm(ws->blas, CUBLAS_OP_T, CUBLAS_OP_N, 9, 32, 64, &_one, t0 + (size_t)_ex * 576, 64, z1_bar + (size_t)_ex * 2048, 64, _ex ? &_one : &_zero, W1_bar, 9));
+    CHECK_CUDA(cudaMemcpyAsync(b1_bar, t30, sizeof(real) * (size_t)(32), cudaMemcpyDeviceToDevice));
+    CHECK_CUDA(cudaMemcpyAsync(b2_bar, t27, sizeof(real) * (size_t)(64), cudaMemcpyDeviceToDevice));
 
     // L to the host (this waits for the kernels above)
     real _loss;

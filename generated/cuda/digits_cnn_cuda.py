@@ -48,16 +48,16 @@ import numpy as np
 
 NAME = 'digits_cnn'
 DTYPE = np.float64
-PARAM_SHAPES = {'W1': (16, 1, 3, 3), 'b1': (16,), 'W2': (32, 16, 3, 3), 'b2': (32,), 'W5': (10, 512), 'b5': (10,)}
+PARAM_SHAPES = {'W1': (32, 1, 3, 3), 'b1': (32,), 'W2': (64, 32, 3, 3), 'b2': (64,), 'W5': (10, 1024), 'b5': (10,)}
 INPUT_SHAPES = {'x': (1, 8, 8), 'label': ()}
 LABEL_CLASSES = {'label': 10}
 WRT = ('W1', 'b1', 'W2', 'b2', 'W5', 'b5')
 REDUCTION = 'mean'
 TRAINED = ('W1', 'b1', 'W2', 'b2', 'W5', 'b5')  # the params the update steps change (WRT's params)
-GRAD_SHAPES = {'W1': (False, (16, 1, 3, 3)), 'b1': (False, (16,)), 'W2': (False, (32, 16, 3, 3)), 'b2': (False, (32,)), 'W5': (False, (10, 512)), 'b5': (False, (10,))}  # name -> (batched, per-example shape)
+GRAD_SHAPES = {'W1': (False, (32, 1, 3, 3)), 'b1': (False, (32,)), 'W2': (False, (64, 32, 3, 3)), 'b2': (False, (64,)), 'W5': (False, (10, 1024)), 'b5': (False, (10,))}  # name -> (batched, per-example shape)
 OUTPUT_SHAPE = (True, (10,))  # predict's output: (batched, per-example shape)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".cu")
-SOURCE_SHA256 = "b3864a67336500249f3c7ec66a66719a8fca48e19d8dc598a1ad036922cba07c"  # the .cu this loader was generated with
+SOURCE_SHA256 = "d58bcb4d00f38b40caa92cf5f30b8868e1eb2eb438938cb86a5e5d317dfd1801"  # the .cu this loader was generated with
 USES_CUBLAS = True
 KEEP_WORKSPACES = 4
 
@@ -161,11 +161,11 @@ def init_params(seed=0):
     """Fresh parameters (NumPy arrays, as the NumPy module makes them): W1 glorot, b1 zeros, W2 glorot, b2 zeros, W5 glorot, b5 zeros."""
     rng = np.random.default_rng(seed)
     params = {}
-    params['W1'] = rng.uniform(-0.19802950859533486, 0.19802950859533486, (16, 1, 3, 3)).astype(DTYPE)  # glorot
-    params['b1'] = np.zeros((16,), DTYPE)
-    params['W2'] = rng.uniform(-0.11785113019775792, 0.11785113019775792, (32, 16, 3, 3)).astype(DTYPE)  # glorot
-    params['b2'] = np.zeros((32,), DTYPE)
-    params['W5'] = rng.uniform(-0.10721125348377948, 0.10721125348377948, (10, 512)).astype(DTYPE)  # glorot
+    params['W1'] = rng.uniform(-0.1421338109037403, 0.1421338109037403, (32, 1, 3, 3)).astype(DTYPE)  # glorot
+    params['b1'] = np.zeros((32,), DTYPE)
+    params['W2'] = rng.uniform(-0.08333333333333333, 0.08333333333333333, (64, 32, 3, 3)).astype(DTYPE)  # glorot
+    params['b2'] = np.zeros((64,), DTYPE)
+    params['W5'] = rng.uniform(-0.07617550741785384, 0.07617550741785384, (10, 1024)).astype(DTYPE)  # glorot
     params['b5'] = np.zeros((10,), DTYPE)
     return params
 
