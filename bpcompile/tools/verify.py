@@ -1023,7 +1023,7 @@ def _shrink(data: dict, cap: int = SMALL, keep=frozenset()) -> dict:
     dimensions stay equal, so shapes that matched (or broadcast) still do.  Class
     counts (and every dimension equal to one: an embedding's first axis is its
     tokens' classes) shrink to at least 2; the token counts of token inputs and the
-    units of ``layers:`` are dimensions too."""
+    units and channels of ``layers:`` are dimensions too."""
     classes = {v["classes"] for v in data["inputs"].values() if isinstance(v, dict)}
 
     def small(d):
@@ -1046,8 +1046,9 @@ def _shrink(data: dict, cap: int = SMALL, keep=frozenset()) -> dict:
         else:
             v["shape"] = dims(v["shape"])
     for layer in out.get("layers") or ():
-        if "dense" in layer:
-            layer["dense"] = small(layer["dense"])
+        for kind in ("dense", "conv2d", "conv1d"):   # units, output channels
+            if kind in layer:
+                layer[kind] = small(layer[kind])
     return out
 
 
