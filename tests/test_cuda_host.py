@@ -246,7 +246,7 @@ def test_every_kernel_kind_is_exercised():
     wanted = {"map", "host_scalar", "gemm", "gemm_outer", "gemm_batched", "einsum", "reduce_sum",
               "reduce_max", "sum_to", "broadcast", "broadcast_scalar", "reshape", "take",
               "scatter_add_inplace", "scatter_add_copy", "zeros", "onehot", "transpose", "slice",
-              "unslice", "concat", "copy", "gather", "scatter_rows"}
+              "unslice", "concat", "copy", "gather", "scatter_rows", "windows", "unwindow"}
     assert wanted <= set(kinds), f"not exercised: {sorted(wanted - set(kinds))}"
     assert set(kinds) <= wanted, f"new kernel kinds to cover: {sorted(set(kinds) - wanted)}"
 
