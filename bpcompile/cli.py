@@ -135,11 +135,13 @@ def cmd_verify(args) -> int:
     if args.module is not None:
         complain(f"--module checks one spec; {len(args.specs)} were given")
         return EXIT_USAGE
+    from .tools import verify as _   # noqa: F401 - imported once, before the workers fork
     # several specs: checked at once in a few worker processes (forked where the
     # platform can: they start with the verifier imported), reported in the given
-    # order, each table under a heading naming its file; a bad spec is its one line
+    # order, each table under a heading naming its file; a bad spec is its one line.
+    # Each worker keeps one fork server for the modules' processes of all its specs.
     code = EXIT_OK
-    for path, (status, text) in zip(args.specs, _in_workers(_verify_one, args.specs)):
+    for path, (status, text) in zip(args.specs, _in_workers(_verify_one, args.specs, _verify_worker)):
         if status == EXIT_USAGE:
             complain(text)
         else:
@@ -161,18 +163,26 @@ def _verify_one(path: str) -> tuple:
     return (EXIT_OK if report.ok else EXIT_FAILED), report.table()
 
 
-def _in_workers(fn, items):
-    """``map(fn, items)`` in up to os.cpu_count() worker processes, each result as soon
-    as it and those before it are done."""
+def _verify_worker() -> None:
+    """A worker of ``verify SPEC...``: one fork server for all the specs it checks."""
+    from .tools.verify import keep_fork_server
+    keep_fork_server()
+
+
+def _in_workers(fn, items, initializer=None):
+    """``map(fn, items)`` in up to os.cpu_count() worker processes (each first
+    running ``initializer``), each result as soon as it and those before it are done."""
     import concurrent.futures
     import multiprocessing
     workers = min(len(items), os.cpu_count() or 1)
     if workers < 2:
+        if initializer is not None:
+            initializer()
         yield from map(fn, items)
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=initializer) as pool:
         yield from pool.map(fn, items)
 
 

@@ -62,11 +62,13 @@ Every point is rounded to float32 first, so both runs see the same numbers.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import functools
 import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -160,6 +162,13 @@ def verify(spec, module=None, *, seed: int = 0, timeout: float = TIMEOUT) -> Rep
     The module runs in a child process given ``timeout`` seconds in all; nothing
     the verifier creates is left behind.  A module object (imported by the
     caller already) is evaluated in this process, by the same driver."""
+    if module is None or isinstance(module, (str, os.PathLike)):
+        with _ForkServer.session():   # started now: it imports numpy while the spec compiles
+            return _verify(spec, module, seed, timeout)
+    return _verify(spec, module, seed, timeout)
+
+
+def _verify(spec, module, seed, timeout) -> Report:
     compiled = compile(spec)
     spec = compiled.spec
     rng = np.random.default_rng(seed)
@@ -324,17 +333,14 @@ class _Child:
         if self.left <= 0:
             raise _ChildFailure(self._timed_out())
         started = time.monotonic()
-        with open(self.work / "stderr.txt", "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-B", "-c", _DRIVER + _DRIVER_MAIN, str(self.work)],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                    cwd=self.work, start_new_session=True)
+        server = _ForkServer.current()
+        if server is not None:
             try:
-                rc = proc.wait(timeout=self.left)
-            except subprocess.TimeoutExpired:
-                rc = None
-            finally:
-                if proc.poll() is None:      # timed out, or the verifier was interrupted
-                    _kill(proc)
+                rc = server.run(self.work, self.left)
+            except _ServerGone:
+                rc = self._spawn()
+        else:
+            rc = self._spawn()
         self.left -= time.monotonic() - started
         if rc is None:
             raise _ChildFailure(self._timed_out())
@@ -349,6 +355,21 @@ class _Child:
             last = self._last_stderr_line()
             raise _ChildFailure(f"the module's process {how} before it answered"
                                 + (f" (stderr: {last})" if last else ""))
+
+    def _spawn(self):
+        """The driver in a fresh ``python -B -c`` process: its exit code, None when timed out."""
+        with open(self.work / "stderr.txt", "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-B", "-c", _DRIVER + _DRIVER_MAIN, str(self.work)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                    cwd=self.work, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=self.left)
+            except subprocess.TimeoutExpired:
+                rc = None
+            finally:
+                if proc.poll() is None:      # timed out, or the verifier was interrupted
+                    _kill(proc)
+        return rc
 
     def _timed_out(self) -> str:
         return (f"the module's process did not answer within {self.timeout:g} s "
@@ -534,6 +555,206 @@ def run(k, call, job, arrays, modules, out):
     return None
 '''
 _DRIVER_MAIN = "\nmain(sys.argv[1])\n"
+
+# The fork server: run as ``python -B -c _DRIVER + _SERVER_MAIN``, with numpy
+# imported once.  For each line (a WORK directory) on its stdin it forks a child
+# that is what ``python -B -c _DRIVER WORK`` would be: a session of its own,
+# WORK its directory, stdin and stdout /dev/null, stderr WORK/stderr.txt, the
+# server's pipes closed; it answers the child's pid, then its exit code (as
+# subprocess reports one: -N for signal N) once it has reaped it.  A child is
+# forked from the server, never from the verifier, whose threads and state it
+# must not inherit.  At the end of its stdin (the verifier gone) the server exits.
+_SERVER_MAIN = r'''
+import atexit, traceback
+
+
+def child(work):
+    code = 1
+    try:
+        os.setsid()
+        os.chdir(work)
+        null = os.open(os.devnull, os.O_RDWR)
+        err = os.open(os.path.join(work, "stderr.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(err, 2)
+        os.close(null)
+        os.close(err)
+        sys.argv = ["-c", work]
+        main(work)
+        atexit._run_exitfuncs()
+        code = 0
+    except SystemExit as e:   # as Python exits on it
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code & 0xFF)
+
+
+def serve():
+    commands, answers = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        line = commands.readline()
+        if not line:
+            return
+        pid = os.fork()
+        if pid == 0:
+            child(os.fsdecode(line.rstrip(b"\n")))
+        answers.write(b"%d\n" % pid)
+        answers.flush()
+        _, status = os.waitpid(pid, 0)
+        answers.write(b"%d\n" % os.waitstatus_to_exitcode(status))
+        answers.flush()
+
+
+serve()
+'''
+
+
+class _ServerGone(Exception):
+    """The fork server is not answering (it died): a child is spawned instead."""
+
+
+class _ForkServer:
+    """A process that forks the module's processes (see _SERVER_MAIN): a fork costs
+    a few milliseconds where a new interpreter importing numpy costs 0.1-0.2 s,
+    and a check runs two or three batches.  Each fork is a fresh process (the
+    server imports numpy and nothing else), so what one module does cannot reach
+    the next.  ``verify`` runs one for its own checks unless one is kept for the
+    whole process (``keep``: the workers of ``bpcompile verify SPEC...``)."""
+
+    _active = None    # the server of this process, if one is running
+    _users = 0
+    _kept = False
+
+    def __init__(self):
+        self.owner = os.getpid()
+        self.buffer = b""
+        self.proc = subprocess.Popen([sys.executable, "-B", "-c", _DRIVER + _SERVER_MAIN],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+
+    @classmethod
+    def available(cls) -> bool:
+        return hasattr(os, "fork") and hasattr(os, "waitstatus_to_exitcode") and sys.platform != "win32"
+
+    @classmethod
+    def current(cls):
+        server = cls._active
+        if server is None or server.owner != os.getpid():   # inherited through a fork: not ours
+            return None
+        return server
+
+    @classmethod
+    def keep(cls) -> None:
+        """Run a server from now until this process exits (it exits with it)."""
+        if cls.available() and cls.current() is None:
+            cls._active, cls._users = cls(), 0
+        cls._kept = cls.current() is not None
+
+    @classmethod
+    @contextlib.contextmanager
+    def session(cls):
+        """A server for the block: this process's kept one, or one of its own."""
+        if not cls.available():
+            yield
+            return
+        if cls.current() is None:
+            cls._active, cls._users, cls._kept = cls(), 0, False
+        server = cls._active
+        cls._users += 1
+        try:
+            yield
+        finally:
+            cls._users -= 1
+            if cls._users == 0 and not cls._kept and cls._active is server:
+                cls._active = None
+                server.close()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+    def _broken(self):
+        if _ForkServer._active is self:
+            _ForkServer._active = None
+        self.proc.kill()
+        self.proc.wait()
+        return _ServerGone()
+
+    def _answer(self, deadline):
+        """The server's next answer (an int); None at ``deadline`` (monotonic; None: no limit)."""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return None
+            if not select.select([fd], [], [], wait)[0]:
+                return None
+            chunk = os.read(fd, 64)
+            if not chunk:
+                raise self._broken()
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return int(line)
+
+    def run(self, work: Path, timeout: float):
+        """The driver on WORK in a fork: its exit code; None when it ran past ``timeout``
+        (then it and everything it started, its session, are killed)."""
+        try:
+            self.proc.stdin.write(os.fsencode(str(work)) + b"\n")
+            self.proc.stdin.flush()
+            pid = self._answer(time.monotonic() + 60)
+        except (OSError, ValueError):
+            raise self._broken() from None
+        if pid is None:
+            raise self._broken()
+        try:
+            rc = self._answer(time.monotonic() + timeout)
+        except BaseException:   # the verifier interrupted: the child and the server go
+            _killpg(pid)
+            self._broken()
+            raise
+        if rc is None:   # timed out: the child and everything it started are killed
+            _killpg(pid)
+            try:
+                reaped = self._answer(time.monotonic() + 60)   # the server reaps it
+            except (OSError, ValueError):
+                reaped = None
+            if reaped is None:
+                raise self._broken()
+        return rc
+
+
+def keep_fork_server() -> None:
+    """Keep one fork server for every ``verify`` of this process, until it exits
+    (the server exits with it): the workers of ``bpcompile verify SPEC...``."""
+    _ForkServer.keep()
+
+
+def _killpg(pid) -> None:
+    """Kill the forked child's session, and the child itself (killed before it has
+    made its session, it is not in one yet; unreaped, its pid is still its own)."""
+    for kill in (getattr(os, "killpg", None), os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, TypeError):
+            pass
 
 
 @functools.cache
@@ -1159,12 +1380,20 @@ def _diff(expr, symbols) -> list:
                 terms = []
                 for i, a in enumerate(e.args):
                     if d[a] != 0:
-                        x = sp.Dummy(real=True)
-                        partial = e.func(*e.args[:i], x, *e.args[i + 1:]).diff(x).xreplace({x: a})
-                        terms.append(partial * d[a])
+                        terms.append(_partial(e.func, e.args, i).xreplace({_X: a}) * d[a])
                 d[e] = sp.Add(*terms)
         out.append(d[expr])
     return out
+
+
+_X = sp.Dummy("x", real=True)   # the argument a partial derivative is taken by
+
+
+@functools.lru_cache(maxsize=4096)
+def _partial(func, args, i):
+    """d func(args) / d args[i], with ``_X`` standing for args[i] (SymPy's rule, once
+    per function and position: tanh's is 1 - tanh(_X)**2 wherever tanh is read)."""
+    return func(*args[:i], _X, *args[i + 1:]).diff(_X)
 
 
 def _expansion(spec, shapes, labels, n, limit=None):
@@ -1173,12 +1402,14 @@ def _expansion(spec, shapes, labels, n, limit=None):
     ``point -> (loss, {name: gradient})`` evaluating the result.  With ``limit``,
     raises _TooLarge as soon as one graph line expands to more operations (as a
     tree): before SymPy, whose queries walk the tree, spends exponential time on it."""
-    leaves = {}
+    leaves, symbols = {}, []
     for nm, shape in shapes.items():
         leaves[nm] = np.empty(shape, dtype=object)
         for idx in np.ndindex(*shape):
-            leaves[nm][idx] = sp.Symbol(nm + (f"[{','.join(map(str, idx))}]" if idx else ""), real=True)
-    symbols = [s for nm in shapes for s in leaves[nm].reshape(-1)]
+            # named _e0, _e1, ...: Python identifiers, so lambdify need not replace each
+            # one by a Dummy in every expression (a walk of them all per symbol)
+            leaves[nm][idx] = sp.Symbol(f"_e{len(symbols)}", real=True)
+            symbols.append(leaves[nm][idx])
     guard = None
     if limit is not None:
         sizes: dict = {}
@@ -1189,7 +1420,8 @@ def _expansion(spec, shapes, labels, n, limit=None):
                 raise _TooLarge(key)
     loss = sp.sympify(_Expander(spec).loss(leaves, labels, n, guard))
     derivatives = _diff(loss, [s for nm in spec.wrt for s in leaves[nm].reshape(-1)])
-    f = sp.lambdify([symbols], [loss, *derivatives], modules="numpy", cse=True, dummify=True)
+    f = sp.lambdify([symbols], [loss, *derivatives], modules="numpy", cse=True, dummify=False,
+                    use_imps=False, docstring_limit=0)   # no implemented functions; no docstring
 
     def evaluate(point):
         value, *flat = f([v for nm in shapes for v in point[nm].reshape(-1)])
