@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 import sympy as sp
@@ -525,6 +525,9 @@ class Lowered:
     output: int           # what predict returns
     wrt: dict             # name -> node, in WRT order
     forward_nodes: int = 0   # how many nodes lowering made (the reverse pass adds the rest)
+    # what later stages compute once from this lowering and share (ir/equations.py:
+    # the display names, the adjoint equations): each program and the printer read them
+    shared: dict = field(default_factory=dict, repr=False, compare=False)
 
     def locate(self, error: SpecError, node=None) -> SpecError:
         """``error`` located at the spec key (and line) whose lowering, or whose

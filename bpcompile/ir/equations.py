@@ -253,10 +253,23 @@ class Namer:
         self._prepared = False
         self._calls = None
         self._counter = 0
+        self._equations = None   # (adjoints, their equations), once built
         spec = low.spec
         self._taken = {*spec.inputs, *spec.params, *(nm for nm, _ in spec.graph), *low.named,
                        LOSS, EXAMPLE_LOSS, "N"}
         self._last_forward = max([low.loss, low.example_loss, low.output, *low.named.values()])
+
+    @classmethod
+    def of(cls, low: Lowered) -> "Namer":
+        """The namer of ``low`` that its programs, its printer and ``inspect`` share:
+        every forward node is displayed once, and the adjoint equations built once
+        (``adjoint_equations``), not once per program and again for the docstring.
+        What a namer computes depends on the lowering alone, so sharing one changes
+        no name and no text."""
+        namer = low.shared.get("namer")
+        if namer is None:
+            namer = low.shared["namer"] = cls(low)
+        return namer
 
     def name(self, n) -> str | None:
         node = self.G.node(n)
@@ -436,7 +449,7 @@ def docstring_lines(low: Lowered, adj: Adjoints, namer: Namer | None = None) -> 
     """The forward and adjoint equations as the generated files' headers print them:
     aligned columns, forward lines with their shapes, adjoint lines with their rules,
     each wrapped at 100 columns."""
-    namer = namer or Namer(low)
+    namer = namer or Namer.of(low)
     eqs = adjoint_equations(low, adj, namer)     # first: it names the legend
     forward = [(f"{lhs} = {rhs}", shape) for lhs, rhs, shape in forward_equations(low, namer)]
     width = min(60, max(len(t) for t, _ in forward))
@@ -518,8 +531,17 @@ def adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer | None = None) -
     are one rule, an anonymous node whose adjoint is a named one's (``W @ x`` in
     ``z = W @ x + b``) takes that name, the batch reduction is ``L_bar / N``, and
     every other anonymous node's adjoint is named by the legend (``q1_bar``).
+    Built once per namer and reverse pass: the list is shared, not to be changed.
     """
-    namer = namer or Namer(low)
+    namer = namer or Namer.of(low)
+    if namer._equations is not None and namer._equations[0] is adj:
+        return namer._equations[1]
+    out = _adjoint_equations(low, adj, namer)
+    namer._equations = (adj, out)
+    return out
+
+
+def _adjoint_equations(low: Lowered, adj: Adjoints, namer: Namer) -> list:
     G = low.graph
     out = []
     # the batch reduction L = sum_n(L_n) [/ N] reads as one equation: L_n_bar = L_bar / N

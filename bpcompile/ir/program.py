@@ -154,7 +154,7 @@ class _Scheduler:
         self.low = low
         self.adj = adj
         self.G = low.graph
-        namer = Namer(low)
+        namer = Namer.of(low)
         self.names = _Names(low, adj, namer)
         self.comments = _Notes(low, adj, namer, self.is_backward)
         # node ids follow creation: the reverse pass made every node after the forward graph

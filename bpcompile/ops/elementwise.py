@@ -676,8 +676,16 @@ def stable_log(u: sp.Expr):
 
 
 def arg_symbol(i: int) -> sp.Symbol:
-    """The symbol for argument ``i`` of a map node's expression."""
-    return sp.Symbol(f"_{i}", real=True)
+    """The symbol for argument ``i`` of a map node's expression (made once per
+    ``i``: ``sp.Symbol`` is a lookup in SymPy's bounded cache, which a large
+    compile's other expressions push it out of)."""
+    try:
+        return _ARG_SYMBOLS[i]
+    except KeyError:
+        return _ARG_SYMBOLS.setdefault(i, sp.Symbol(f"_{i}", real=True))
+
+
+_ARG_SYMBOLS: dict = {}
 
 
 OUT = sp.Symbol("_out", real=True)

@@ -44,7 +44,7 @@ class Derivation:
 
 def derive(compiled: Compiled, naive: bool = True) -> Derivation:
     low, adj = compiled.lowered, compiled.adjoints
-    namer = Namer(low)
+    namer = Namer.of(low)   # the one the compile named the legend with: built already
     equations = adjoint_equations(low, adj, namer)    # first: it names the legend (q1, ...)
     nodes = {**{nm: n for nm, n in low.named.items()}, EXAMPLE_LOSS: low.example_loss,
              **{nm: n for n, nm in {**namer.subresults, **namer.legend}.items()}}

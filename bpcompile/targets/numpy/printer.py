@@ -872,7 +872,7 @@ def render(low, adj, programs, version: str) -> str:
     from ...ir.equations import Namer, docstring_lines
     spec = low.spec
     printer = NumpyPrinter(spec.dtype)
-    namer = Namer(low)
+    namer = Namer.of(low)   # the programs' own: the equations are built already
     all_inputs = list(spec.inputs)
     pred, lossp, vag = programs["predict"], programs["loss"], programs["value_and_grad"]
     # a reduction to a scalar is a NumPy scalar, not an array: a 0-d gradient is made
