@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.util
 import os
 import shutil
@@ -110,9 +112,32 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off for the block (as it was, after).
+
+    A compile makes hundreds of thousands of objects that live until it ends (the
+    graph, its SymPy expressions, the equations) and hardly any garbage cycles; the
+    collector, run every 700 allocations, walked them again and again, in time
+    growing with their number: 26% of a 1,024-layer chain's compile (4.3 s against
+    3.2 s with it off), the larger part of what made the time per layer grow."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def compile(spec, target: str = targets.DEFAULT) -> Compiled:  # noqa: A001 - the documented API name
     """Compile a spec (a Spec, a path, YAML text or a dict) for ``target`` (a name
     of ``targets.names()``)."""
+    with _collector_paused():
+        return _compile(spec, target)
+
+
+def _compile(spec, target):
     from . import __version__
     if not isinstance(spec, Spec):
         if isinstance(spec, (str, os.PathLike)) and not (isinstance(spec, str) and "\n" in spec) \
