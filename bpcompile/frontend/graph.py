@@ -221,6 +221,10 @@ class Graph:
     def __init__(self, dtype: str = "float64"):
         self.g = nx.DiGraph()
         self._ids: dict = {}
+        # map(): (expression, constants) -> (folded, needs the composed check, the
+        # argument positions it reads); (folded, renumbering) -> the node's expression
+        self._maps: dict = {}
+        self._renumbered: dict = {}
         self.folder = Folder(dtype)
         # the spec key whose lowering (or whose adjoint) is being built; each node
         # records the key that made it, so that late errors can name it
@@ -290,17 +294,29 @@ class Graph:
                 subs[arg_symbol(i)] = node["attrs"][0]
             else:
                 kept.append((a, i))
-        expr = self.folder.fold(expr, subs)
-        check_defined(expr, {arg_symbol(i): sp.Symbol(self.label(a)) for i, a in enumerate(args)})
-        if any(isinstance(e, sp.log) or (e.is_Pow and not e.exp.is_Integer)
-               for e in sp.preorder_traversal(expr)):
+        # what depends on the expression and the constants alone is worked out once
+        # (the reverse pass makes the same few derivative maps for every layer)
+        key = (expr, tuple(subs.get(arg_symbol(i)) for i in range(len(args))))
+        found = self._maps.get(key)
+        if found is None:
+            folded = self.folder.fold(expr, subs)
+            check_defined(folded, {arg_symbol(i): sp.Symbol(self.label(a)) for i, a in enumerate(args)})
+            compose = any(isinstance(e, sp.log) or (e.is_Pow and not e.exp.is_Integer)
+                          for e in sp.preorder_traversal(folded))
+            present = frozenset(i for i in range(len(args)) if arg_symbol(i) in folded.free_symbols)
+            found = self._maps[key] = (folded, compose, present)
+        expr, compose, present = found
+        if compose:
             # log(-exp(x)) is two nodes: look through the arguments' own expressions
             composed, leaves = self.compose(expr, args, depth=3)
             check_defined(composed, {s: sp.Symbol(self.label(a)) for s, a in leaves.items()})
-        used = sorted({a for a, i in kept if arg_symbol(i) in expr.free_symbols})
-        renumber = {arg_symbol(i): arg_symbol(used.index(a)) for a, i in kept
-                    if arg_symbol(i) in expr.free_symbols}
-        expr = expr.xreplace(renumber)
+        used = sorted({a for a, i in kept if i in present})
+        renumber = tuple((i, used.index(a)) for a, i in kept if i in present)
+        found = self._renumbered.get((expr, renumber))
+        if found is None:
+            found = self._renumbered[expr, renumber] = expr.xreplace(
+                {arg_symbol(i): arg_symbol(j) for i, j in renumber})
+        expr = found
         # the result has the broadcast shape of every argument, also of those that
         # cancel out (x - x is a 0 of x's shape, x - (x + s) is -s at x's shape)
         shapes = [self.node(a)["shape"] for a, _ in kept]

@@ -12,6 +12,7 @@ a batch flag, kernels name ops from ``ops/``, and elementwise math stays SymPy.
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -252,8 +253,8 @@ class _Scheduler:
             node = G.node(n)
             if node["op"] != "map":
                 continue
-            fused[n] = sp.count_ops(node["attrs"][0]) + sum(fused.get(a, 0) for a in node["args"]
-                                                             if a in inlined)
+            fused[n] = _count_ops(node["attrs"][0]) + sum(fused.get(a, 0) for a in node["args"]
+                                                          if a in inlined)
             if inlinable(n) and fused[n] < MAX_FUSED:
                 inlined.add(n)
         return inlined
@@ -290,36 +291,53 @@ class _Scheduler:
         return out
 
     def fuse(self, n, inlined):
-        """The fused expression of map node n over its non-inlined leaves, after CSE."""
+        """The fused expression of map node n over its non-inlined leaves, after CSE.
+
+        The three programs fuse many of the same nodes, through the same inlined
+        nodes, over leaves of the same names (the forward pass): the folded
+        expression's CSE is kept per lowering and computed once for each, its
+        temporaries named afresh by each program."""
         G = self.G
         leaves: list = []
         leaf_sym: dict = {}
+        through: list = []   # n and the inlined nodes expand() goes through, in its order
+
+        def visit(m):
+            """Name the leaves in the order expand() meets them."""
+            through.append(m)
+            for a in G.node(m)["args"]:
+                if a in inlined:
+                    visit(a)
+                elif a not in leaf_sym:
+                    v = self.names.value(a)
+                    leaf_sym[a] = sp.Symbol(v.name, real=True)
+                    leaves.append(v)
 
         def expand(m):
             node = G.node(m)
-            subs = {}
-            for i, a in enumerate(node["args"]):
-                if a in inlined:
-                    subs[arg_symbol(i)] = expand(a)
-                else:
-                    if a not in leaf_sym:
-                        v = self.names.value(a)
-                        leaf_sym[a] = sp.Symbol(v.name, real=True)
-                        leaves.append(v)
-                    subs[arg_symbol(i)] = leaf_sym[a]
+            subs = {arg_symbol(i): expand(a) if a in inlined else leaf_sym[a]
+                    for i, a in enumerate(node["args"])}
             return node["attrs"][0].xreplace(subs)
 
-        try:
-            # numbers of the fused nodes combine (x*1e200*1e200): fold them again
-            expr = self.low.graph.folder.fold(expand(n))
-        except SpecError as e:
-            raise self.low.locate(e, n) from None
-        # an op whose printed form reads its argument twice (elu, gelu, ...) gets a
-        # compound argument as a temporary: listed once more, CSE extracts it
-        repeated = [a for f in sp.preorder_traversal(expr) if isinstance(f, sp.Function)
-                    and getattr(record_of(type(f)), "repeats_argument", False)
-                    for a in f.args[:record_of(type(f)).arity] if not (a.is_Symbol or a.is_Number)]
-        replacements, (reduced, *_) = sp.cse([expr, *repeated], symbols=sp.numbered_symbols("_cse"), order="none")
+        visit(n)
+        cache = self.low.shared.setdefault("fused", {})
+        key = (tuple(through), tuple(leaf_sym), tuple(v.name for v in leaves))
+        found = cache.get(key)
+        if found is None:
+            try:
+                # numbers of the fused nodes combine (x*1e200*1e200): fold them again
+                expr = self.low.graph.folder.fold(expand(n))
+            except SpecError as e:
+                raise self.low.locate(e, n) from None
+            # an op whose printed form reads its argument twice (elu, gelu, ...) gets a
+            # compound argument as a temporary: listed once more, CSE extracts it
+            repeated = [a for f in sp.preorder_traversal(expr) if isinstance(f, sp.Function)
+                        and getattr(record_of(type(f)), "repeats_argument", False)
+                        for a in f.args[:record_of(type(f)).arity] if not (a.is_Symbol or a.is_Number)]
+            replacements, (reduced, *_) = sp.cse([expr, *repeated], symbols=sp.numbered_symbols("_cse"),
+                                                 order="none")
+            found = cache[key] = (replacements, reduced)
+        replacements, reduced = found
         temps = []
         rename = {}
         for sym, sub in replacements:
@@ -331,7 +349,13 @@ class _Scheduler:
         # kernel reads only the leaves left in its expressions (CUDA's -Werror
         # refuses an unused parameter)
         read = reduced.free_symbols.union(*(e.free_symbols for _, e in temps))
-        return [v for v in leaves if sp.Symbol(v.name, real=True) in read], temps, reduced
+        return [v for a, v in zip(leaf_sym, leaves) if leaf_sym[a] in read], temps, reduced
+
+
+@functools.lru_cache(maxsize=4096)
+def _count_ops(expr) -> int:
+    """sp.count_ops of a map node's expression: the same few, for every layer and program."""
+    return sp.count_ops(expr)
 
 
 class _Names:

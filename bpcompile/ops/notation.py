@@ -10,6 +10,8 @@ and a precedence, so SymPy's printers place the brackets (``-(W @ x)**2``, never
 
 from __future__ import annotations
 
+import functools
+
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
@@ -186,16 +188,24 @@ def show(expr) -> str:
 
 def print_add(printer, expr) -> str:
     """Print a sum with its positive terms first: ``z - m`` rather than ``-m + z``."""
-    terms = list(expr.as_ordered_terms())
-    pos = [t for t in terms if not t.could_extract_minus_sign()]
-    neg = [t for t in terms if t.could_extract_minus_sign()]
     out = ""
-    for t in pos + neg:
-        if t in neg:
-            s = printer.parenthesize(-t, 40) if (-t).is_Add else printer._print(-t)
+    for t, negated in _signed_terms(expr):
+        if negated is not None:
+            s = printer.parenthesize(negated, 40) if negated.is_Add else printer._print(negated)
             out += f" - {s}" if out else f"-{s}"
         else:
             s = printer._print(t)
             out += f" + {s}" if out else s
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _signed_terms(expr) -> tuple:
+    """The terms of a sum in print order, positive ones first: (term, None) or
+    (term, -term).  The same sums are printed many times over (each program, the
+    comments, the equations), and SymPy's term ordering is the costly part."""
+    terms = list(expr.as_ordered_terms())
+    minus = [t.could_extract_minus_sign() for t in terms]
+    return tuple([(t, None) for t, m in zip(terms, minus) if not m] +
+                 [(t, -t) for t, m in zip(terms, minus) if m])
 

@@ -9,6 +9,7 @@ a subclass of SymPy's NumPy printer; contractions become ``@`` with transposes
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import math
 import re
@@ -100,7 +101,13 @@ FORMULA_WIDTH = 100   # a fused formula longer than this keeps its CSE temporari
 def fused_formula(temps, expr, leaf_text) -> str:
     """The formula of a fused kernel, its CSE temporaries substituted back while
     the text stays within FORMULA_WIDTH."""
-    printer = FormulaPrinter(leaf_text)
+    return _fused_formula(tuple(temps), expr, tuple(leaf_text.items()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _fused_formula(temps, expr, leaf_text) -> str:
+    # printed once: the programs share most of their forward kernels
+    printer = FormulaPrinter(dict(leaf_text))
     full = expr
     for name, e in reversed(temps):
         full = full.xreplace({sp.Symbol(name, real=True): e})
