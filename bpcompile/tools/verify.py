@@ -654,9 +654,13 @@ class _ForkServer:
 
     @classmethod
     def keep(cls) -> None:
-        """Run a server from now until this process exits (it exits with it)."""
+        """Run a server from now until this process exits (it exits with it: closed
+        and reaped as the process shuts down, or at the end of its stdin)."""
         if cls.available() and cls.current() is None:
+            import multiprocessing.util
             cls._active, cls._users = cls(), 0
+            # run at exit by multiprocessing, in its workers too (which skip atexit)
+            multiprocessing.util.Finalize(None, cls._active.close, exitpriority=0)
         cls._kept = cls.current() is not None
 
     @classmethod
@@ -679,6 +683,8 @@ class _ForkServer:
                 server.close()
 
     def close(self) -> None:
+        if self.proc.returncode is not None or self.owner != os.getpid():
+            return
         try:
             self.proc.stdin.close()
         except OSError:
