@@ -334,8 +334,7 @@ class _Scheduler:
             repeated = [a for f in sp.preorder_traversal(expr) if isinstance(f, sp.Function)
                         and getattr(record_of(type(f)), "repeats_argument", False)
                         for a in f.args[:record_of(type(f)).arity] if not (a.is_Symbol or a.is_Number)]
-            replacements, (reduced, *_) = sp.cse([expr, *repeated], symbols=sp.numbered_symbols("_cse"),
-                                                 order="none")
+            replacements, (reduced, *_) = _cse([expr, *repeated], self.low.shared.setdefault("cse", {}))
             found = cache[key] = (replacements, reduced)
         replacements, reduced = found
         temps = []
@@ -350,6 +349,39 @@ class _Scheduler:
         # refuses an unused parameter)
         read = reduced.free_symbols.union(*(e.free_symbols for _, e in temps))
         return [v for a, v in zip(leaf_sym, leaves) if leaf_sym[a] in read], temps, reduced
+
+
+def _cse(exprs, cache):
+    """``sp.cse(exprs, order="none")`` with temporaries ``_cse0, _cse1, ...``, computed
+    once per shape of expression: every layer of a network fuses the same
+    expressions over other names (``h3_bar*(1 - h3**2)``, ``h4_bar*(1 - h4**2)``).
+
+    The symbols are renamed in an order-preserving way -- ``A000000, A000001, ...``
+    for the names that sort before ``_`` (those SymPy orders before ``_cse0``),
+    ``a000000, ...`` for those after -- so every comparison SymPy makes between two
+    symbols (it orders terms and factors by name) comes out as it would for the
+    real names; the result, in those names, is renamed back.  Any symbol outside
+    that scheme (a name starting with ``_``, other assumptions) is CSE'd directly."""
+    symbols = set().union(*(e.free_symbols for e in exprs))
+    if any(s.name.startswith("_") or s.assumptions0 != _REAL for s in symbols):
+        replacements, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_cse"), order="none")
+        return replacements, reduced
+    named = sorted(symbols, key=lambda s: s.name)
+    before = [s for s in named if s.name < "_"]
+    after = [s for s in named if s.name > "_"]
+    to = {s: sp.Symbol(f"A{k:06d}", real=True) for k, s in enumerate(before)}
+    to.update({s: sp.Symbol(f"a{k:06d}", real=True) for k, s in enumerate(after)})
+    key = tuple(e.xreplace(to) for e in exprs)
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = sp.cse(list(key), symbols=sp.numbered_symbols("_cse"), order="none")
+    back = {v: s for s, v in to.items()}
+    replacements, reduced = found
+    return ([(sym, sub.xreplace(back)) for sym, sub in replacements],
+            [e.xreplace(back) for e in reduced])
+
+
+_REAL = sp.Symbol("x", real=True).assumptions0
 
 
 @functools.lru_cache(maxsize=4096)
