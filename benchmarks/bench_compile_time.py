@@ -13,8 +13,13 @@ Three figures (issue 14's goals in brackets):
   when compile time is linear in the nodes) [128 layers <= 0.15 s; linear to 1,024];
 - as a command: ``bpcompile compile`` of the 128-layer chain, the whole process,
   imports included, best of ``rounds`` [<= 0.6 s];
-- ``bpcompile verify`` of the twelve examples in one command, wall time [<= 3 s].
+- ``bpcompile verify`` of every example in one command, wall time, best of
+  ``--verify-rounds`` [<= 3 s].
 
+The linear fit of seconds against layers over all sizes is printed too (its
+slope, ms per layer, and the largest size's time against the fit's): compile
+time linear in the nodes keeps the successive slopes flat and the fit close.
+On a shared machine, run it when it is quiet or read the best of more rounds.
 Nothing here asserts on timings.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -54,28 +60,45 @@ def chain_yaml(depth, width=4):
 
 
 def best_compile(spec, rounds):
-    """The fastest of ``rounds`` compiles (seconds) and the graph's node count."""
-    best = float("inf")
+    """The fastest of ``rounds`` compiles (wall seconds and CPU seconds, each the
+    min) and the graph's node count."""
+    best = cpu = float("inf")
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         compiled = bpcompile.compile(spec, target="numpy")
         best = min(best, time.perf_counter() - t0)
-    return best, compiled.stats()["nodes"]
+        cpu = min(cpu, time.process_time() - c0)
+    return best, cpu, compiled.stats()["nodes"]
+
+
+def linear_fit(xs, ys):
+    """Least-squares (slope, intercept) of ys against xs."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return slope, my - slope * mx
 
 
 def command_seconds(argv, rounds, expect=0):
-    """The fastest of ``rounds`` runs of ``python -m bpcompile ARGV`` (wall seconds)."""
+    """The fastest of ``rounds`` runs of ``python -m bpcompile ARGV``: wall seconds,
+    and the CPU seconds (user + system, the command and its children) of that run."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    best = float("inf")
+    best, cpu = float("inf"), None
     for _ in range(rounds):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "bpcompile", *argv], cwd=ROOT, env=env,
                               capture_output=True, text=True)
-        best = min(best, time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if wall < best:
+            best = wall
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if proc.returncode != expect:
             raise SystemExit(f"bpcompile {' '.join(argv)} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
-    return best
+    return best, cpu
 
 
 def main(argv=None):
@@ -83,42 +106,49 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 16 to 128 layers, one round")
     ap.add_argument("--rounds", type=int, default=None, help="compiles per size (default 3)")
     ap.add_argument("--no-verify", action="store_true", help="skip the verify command")
+    ap.add_argument("--verify-rounds", type=int, default=1, help="verify commands timed (default 1)")
     args = ap.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
     depths = [d for d in DEPTHS if d <= COMMAND_DEPTH] if args.quick else DEPTHS
 
-    print(f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs; best of {rounds}")
+    print(f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+          f"best of {rounds}")
     bpcompile.compile(chain_spec(2))  # warm-up: imports, caches
 
-    header = f"{'layers':>6} {'nodes':>6} {'seconds':>8} {'us/node':>8} {'slope ms/layer':>14}"
+    header = f"{'layers':>6} {'nodes':>6} {'seconds':>8} {'us/node':>8} {'slope ms/layer':>14} {'cpu s':>8}"
     print(header)
     print("-" * len(header))
     rows = []
     for d in depths:
-        t, nodes = best_compile(chain_spec(d), rounds)
+        t, cpu, nodes = best_compile(chain_spec(d), rounds)
         slope = ""
         if rows:
             d0, _, t0 = rows[-1]
             slope = f"{(t - t0) / (d - d0) * 1e3:.3f}"
         rows.append((d, nodes, t))
-        print(f"{d:>6} {nodes:>6} {t:>8.3f} {t / nodes * 1e6:>8.1f} {slope:>14}", flush=True)
+        print(f"{d:>6} {nodes:>6} {t:>8.3f} {t / nodes * 1e6:>8.1f} {slope:>14} {cpu:>8.3f}", flush=True)
     (d0, _, t0), (d1, _, t1) = rows[0], rows[-1]
     print(f"in process: {COMMAND_DEPTH} layers {dict((d, t) for d, _, t in rows)[COMMAND_DEPTH]:.3f} s "
           f"(goal <= 0.15 s); {d1} layers take x{t1 / t0:.1f} the time of {d0} "
           f"(x{d1 / d0:g} the layers; linear: the slope stays flat)")
+    slope, intercept = linear_fit([d for d, _, _ in rows], [t for _, _, t in rows])
+    print(f"linear fit: {slope * 1e3:.3f} ms per layer + {intercept * 1e3:.0f} ms; "
+          f"{d1} layers {t1:.3f} s against the fit's {slope * d1 + intercept:.3f} s")
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / f"thin_chain_{COMMAND_DEPTH}.yaml"
         spec.write_text(chain_yaml(COMMAND_DEPTH))
-        t = command_seconds(["compile", str(spec), "-o", tmp], rounds)
-        print(f"command: bpcompile compile of the {COMMAND_DEPTH}-layer chain {t:.3f} s (goal <= 0.6 s)")
-        t = command_seconds(["--version"], rounds)
-        print(f"command: bpcompile --version (start-up and imports) {t:.3f} s")
+        t, cpu = command_seconds(["compile", str(spec), "-o", tmp], rounds)
+        print(f"command: bpcompile compile of the {COMMAND_DEPTH}-layer chain {t:.3f} s (goal <= 0.6 s; "
+              f"cpu {cpu:.3f} s)")
+        t, cpu = command_seconds(["--version"], rounds)
+        print(f"command: bpcompile --version (start-up and imports) {t:.3f} s (cpu {cpu:.3f} s)")
 
     if not args.no_verify:
         examples = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.yaml"))
-        t = command_seconds(["verify", *examples], 1)
-        print(f"command: bpcompile verify of the {len(examples)} examples {t:.2f} s (goal <= 3 s)")
+        t, cpu = command_seconds(["verify", *examples], args.verify_rounds)
+        print(f"command: bpcompile verify of the {len(examples)} examples {t:.2f} s (goal <= 3 s; "
+              f"cpu {cpu:.2f} s on {os.cpu_count()} CPUs)")
     return 0
 
 

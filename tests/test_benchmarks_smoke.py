@@ -150,8 +150,9 @@ def test_bench_compile_time_quick():
     out = run_script("bench_compile_time.py", "--quick")
     for depth in (16, 32, 64, 128):
         assert re.search(rf"^\s*{depth}\s+\d+\s+{NUM}\s+{NUM}\s", out, re.M), f"no row for {depth} layers:\n{out}"
-    assert re.search(rf"^\s*32\s+\d+\s+{NUM}\s+{NUM}\s+-?{NUM}\s*$", out, re.M), out   # a slope
+    assert re.search(rf"^\s*32\s+\d+\s+{NUM}\s+{NUM}\s+-?{NUM}\s+{NUM}\s*$", out, re.M), out   # a slope, cpu
     assert re.search(rf"^in process: 128 layers {NUM} s", out, re.M), out
+    assert re.search(rf"^linear fit: {NUM} ms per layer \+ -?{NUM} ms; 128 layers {NUM} s", out, re.M), out
     assert re.search(rf"^command: bpcompile compile of the 128-layer chain {NUM} s", out, re.M), out
     assert re.search(rf"^command: bpcompile verify of the \d+ examples {NUM} s", out, re.M), out
 
