@@ -66,3 +66,65 @@ def test_replace_unevaluated_falls_back_for_other_kinds():
     expr = sp.Max(arg_symbol(0), arg_symbol(1)) + arg_symbol(0)
     subs = {arg_symbol(0): sp.Integer(1), arg_symbol(1): sp.Integer(2)}
     assert sp.srepr(replace_unevaluated(expr, subs)) == sp.srepr(_plain(expr, subs))
+
+
+# ---------------------------------------------------------------------------
+# compile() pauses the cyclic collector (bpcompile/compiler.py, _collector_paused)
+
+def test_compile_leaves_the_collector_as_it_found_it():
+    import gc
+
+    import bpcompile
+    from conftest import ROOT
+    spec = ROOT / "examples" / "tanh_regression.yaml"
+    assert gc.isenabled()
+    bpcompile.compile(spec)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        bpcompile.compile(spec)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(bpcompile.SpecError):
+        bpcompile.compile("name: x\n")
+    assert gc.isenabled()
+
+
+def test_compile_keeps_what_the_caller_froze_frozen():
+    """A caller's gc.freeze() (before forking workers, say) is not undone."""
+    import gc
+
+    import bpcompile
+    from conftest import ROOT
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        bpcompile.compile(ROOT / "examples" / "tanh_regression.yaml")
+        # not unfrozen (a few frozen objects may be freed meanwhile, by reference counting)
+        assert frozen // 2 < gc.get_freeze_count() <= frozen and gc.isenabled()
+    finally:
+        gc.unfreeze()
+
+
+def test_garbage_cycles_made_during_a_compile_are_still_collected():
+    """The compile's objects join the oldest generation; a full collection frees
+    the cycles among them once nothing refers to them."""
+    import gc
+    import weakref
+
+    import bpcompile
+    from conftest import ROOT
+    compiled = bpcompile.compile(ROOT / "examples" / "tanh_regression.yaml")
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    compiled.cycle = a
+    alive = weakref.ref(a)
+    del a, b, compiled
+    gc.collect()
+    assert alive() is None
