@@ -141,7 +141,8 @@ def cmd_verify(args) -> int:
     # order, each table under a heading naming its file; a bad spec is its one line.
     # Each worker keeps one fork server for the modules' processes of all its specs.
     code = EXIT_OK
-    for path, (status, text) in zip(args.specs, _in_workers(_verify_one, args.specs, _verify_worker)):
+    for path, (status, text) in zip(args.specs, _in_workers(_verify_one, args.specs, _verify_worker,
+                                                            _verify_alone)):
         if status == EXIT_USAGE:
             complain(text)
         else:
@@ -169,16 +170,22 @@ def _verify_worker() -> None:
     keep_fork_server()
 
 
-def _in_workers(fn, items, initializer=None):
+def _verify_alone():
+    """``verify SPEC...`` in this process (one CPU): one fork server for all its specs."""
+    from .tools.verify import fork_server
+    return fork_server()
+
+
+def _in_workers(fn, items, initializer=None, alone=None):
     """``map(fn, items)`` in up to os.cpu_count() worker processes (each first
-    running ``initializer``), each result as soon as it and those before it are done."""
+    running ``initializer``), each result as soon as it and those before it are done;
+    in this process, within the context ``alone()``, when there is one CPU or item."""
     import concurrent.futures
     import multiprocessing
     workers = min(len(items), os.cpu_count() or 1)
     if workers < 2:
-        if initializer is not None:
-            initializer()
-        yield from map(fn, items)
+        with alone() if alone is not None else contextlib.nullcontext():
+            yield from map(fn, items)
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)

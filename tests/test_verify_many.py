@@ -111,3 +111,62 @@ def test_a_failed_check_exits_1_and_the_others_still_report(monkeypatch, capsys,
     found = sections(capsys.readouterr().out)
     assert found[str(LINEAR)][-1] == "ok: every check passed"
     assert found[str(TANH)][-1].startswith("FAILED: ")
+
+
+def test_threads_verifying_at_once_each_get_their_verdict(tmp_path):
+    """The module's processes are forked by one server per verify (or per worker);
+    a thread that finds it busy spawns its own process: no answer goes astray."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import bpcompile
+    from test_verify import negate_assignment
+    from test_verify_isolation import module_with
+    wrong = module_with(tmp_path, edit=negate_assignment("W_bar"), name="wrong.py")
+    jobs = [(TANH, None), (LINEAR, None), (TANH, wrong), (CUBIC, None)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        oks = list(pool.map(lambda job: bpcompile.verify(job[0], module=job[1]).ok, jobs))
+    assert oks == [True, True, False, True]
+
+
+def test_kept_fork_server_serves_every_spec_of_a_worker():
+    """keep_fork_server(): one server for the process, each spec's batches forked by it."""
+    v = verify_module
+    saved = v._ForkServer._active, v._ForkServer._users, v._ForkServer._kept
+    v._ForkServer._active, v._ForkServer._users, v._ForkServer._kept = None, 0, False
+    pids = []
+    real = v._ForkServer.run
+
+    def spy(self, work, timeout):
+        pids.append(self.proc.pid)
+        return real(self, work, timeout)
+
+    try:
+        v._ForkServer.run = spy
+        v.keep_fork_server()
+        assert v.verify(LINEAR).ok and v.verify(CUBIC).ok
+    finally:
+        v._ForkServer.run = real
+        kept = v._ForkServer._active
+        v._ForkServer._active, v._ForkServer._users, v._ForkServer._kept = saved
+        if kept is not None:
+            kept.close()
+    assert len(pids) >= 4 and len(set(pids)) == 1
+
+
+def test_one_cpu_checks_every_spec_through_one_fork_server(monkeypatch):
+    """With one CPU the specs are checked in this process, sharing one server,
+    which is closed at the end: none is left running."""
+    v = verify_module
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 1)
+    servers = []
+    real = v._ForkServer.run
+
+    def spy(self, work, timeout):
+        servers.append(self)
+        return real(self, work, timeout)
+
+    monkeypatch.setattr(v._ForkServer, "run", spy)
+    assert cli.main(["verify", str(LINEAR), str(CUBIC)]) == 0
+    assert len(servers) >= 4 and len(set(servers)) == 1
+    assert servers[0].proc.returncode is not None   # closed and reaped
+    assert v._ForkServer.current() is None

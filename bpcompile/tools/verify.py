@@ -334,11 +334,14 @@ class _Child:
             raise _ChildFailure(self._timed_out())
         started = time.monotonic()
         server = _ForkServer.current()
-        if server is not None:
+        # one batch at a time per server: a thread that finds it busy spawns its own
+        if server is not None and server.busy.acquire(blocking=False):
             try:
                 rc = server.run(self.work, self.left)
             except _ServerGone:
                 rc = self._spawn()
+            finally:
+                server.busy.release()
         else:
             rc = self._spawn()
         self.left -= time.monotonic() - started
@@ -634,8 +637,11 @@ class _ForkServer:
     _users = 0
     _kept = False
 
+    _lock = threading.Lock()   # the class's state, between threads
+
     def __init__(self):
         self.owner = os.getpid()
+        self.busy = threading.Lock()   # held while a batch runs
         self.buffer = b""
         self.proc = subprocess.Popen([sys.executable, "-B", "-c", _DRIVER + _SERVER_MAIN],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -656,12 +662,13 @@ class _ForkServer:
     def keep(cls) -> None:
         """Run a server from now until this process exits (it exits with it: closed
         and reaped as the process shuts down, or at the end of its stdin)."""
-        if cls.available() and cls.current() is None:
-            import multiprocessing.util
-            cls._active, cls._users = cls(), 0
-            # run at exit by multiprocessing, in its workers too (which skip atexit)
-            multiprocessing.util.Finalize(None, cls._active.close, exitpriority=0)
-        cls._kept = cls.current() is not None
+        with cls._lock:
+            if cls.available() and cls.current() is None:
+                import multiprocessing.util
+                cls._active, cls._users = cls(), 0
+                # run at exit by multiprocessing, in its workers too (which skip atexit)
+                multiprocessing.util.Finalize(None, cls._active.close, exitpriority=0)
+            cls._kept = cls.current() is not None
 
     @classmethod
     @contextlib.contextmanager
@@ -670,16 +677,20 @@ class _ForkServer:
         if not cls.available():
             yield
             return
-        if cls.current() is None:
-            cls._active, cls._users, cls._kept = cls(), 0, False
-        server = cls._active
-        cls._users += 1
+        with cls._lock:
+            if cls.current() is None:
+                cls._active, cls._users, cls._kept = cls(), 0, False
+            server = cls._active
+            cls._users += 1
         try:
             yield
         finally:
-            cls._users -= 1
-            if cls._users == 0 and not cls._kept and cls._active is server:
-                cls._active = None
+            with cls._lock:
+                cls._users -= 1
+                last = cls._users == 0 and not cls._kept and cls._active is server
+                if last:
+                    cls._active = None
+            if last:
                 server.close()
 
     def close(self) -> None:
@@ -745,6 +756,12 @@ class _ForkServer:
             if reaped is None:
                 raise self._broken()
         return rc
+
+
+def fork_server():
+    """A context in which every ``verify`` of this process shares one fork server
+    (started now, closed at its end): several specs checked one after another."""
+    return _ForkServer.session()
 
 
 def keep_fork_server() -> None:
