@@ -235,6 +235,40 @@ static inline real bp_max(real a, real b)
     return (a > b || a != a) ? a : b;
 }
 
+// tanh(x) = sign(x) e / (e + 2), e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1 where
+// 2|x| = n ln2 + r, |r| <= ln2/2, and expm1(r) is its Taylor polynomial to r^13
+// (error below 1e-17): no branch and no call, so loops of it vectorise; within a
+// few ulp of libm's.  |x| > 20 gives +-1 (as libm: tanh(20) rounds to 1), NaN NaN.
+static inline double bp_tanh(double x)
+{
+    union { double d; uint64_t u; } k, s, t;
+    double a = fabs(x);
+    a = a > 20.0 ? 20.0 : a;
+    const double y = 2.0 * a;
+    k.d = y * 1.4426950408889634 + 6755399441055744.0;   // + 1.5 * 2^52: n in the low bits
+    const double n = k.d - 6755399441055744.0;           // round(y / ln2)
+    const double r = (y - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;   // ln2 in two parts
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = r + r * r * p;                                   // expm1(r)
+    s.u = (k.u + 1023u) << 52;                           // 2^n
+    const double e = s.d * p + (s.d - 1.0);              // expm1(y), no cancellation near 0
+    t.d = e / (e + 2.0);
+    k.d = x;
+    t.u |= k.u & 0x8000000000000000u;                    // the sign of x
+    return t.d;
+}
+
 // e = E[tokens]: rows picked by tokens, per example
 static void e_kernel(
     real* restrict e,
@@ -256,15 +290,17 @@ static void t0_kernel(real* restrict t0, const real* restrict e, long long _n)
     }
 }
 
-// h0 = tanh(b + t0)  (elementwise over [N, 32])
+// h0 = bp_tanh(b + t0)  (elementwise over [N, 32])
 static void h0_kernel(
     real* restrict h0,
     const real* restrict b,
     const real* restrict t0,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h0[_i] = tanh(b[_i % 32] + t0[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h0[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t0[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -276,7 +312,7 @@ static void t1_kernel(real* restrict t1, const real* restrict e, long long _n)
     }
 }
 
-// h1 = tanh(b + t1 + t2)  (elementwise over [N, 32])
+// h1 = bp_tanh(b + t1 + t2)  (elementwise over [N, 32])
 static void h1_kernel(
     real* restrict h1,
     const real* restrict b,
@@ -284,8 +320,10 @@ static void h1_kernel(
     const real* restrict t2,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h1[_i] = tanh(b[_i % 32] + t1[_i] + t2[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h1[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t1[_i0 * 32 + _i1] + t2[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -297,7 +335,7 @@ static void t3_kernel(real* restrict t3, const real* restrict e, long long _n)
     }
 }
 
-// h2 = tanh(b + t3 + t4)  (elementwise over [N, 32])
+// h2 = bp_tanh(b + t3 + t4)  (elementwise over [N, 32])
 static void h2_kernel(
     real* restrict h2,
     const real* restrict b,
@@ -305,8 +343,10 @@ static void h2_kernel(
     const real* restrict t4,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h2[_i] = tanh(b[_i % 32] + t3[_i] + t4[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h2[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t3[_i0 * 32 + _i1] + t4[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -318,7 +358,7 @@ static void t5_kernel(real* restrict t5, const real* restrict e, long long _n)
     }
 }
 
-// h3 = tanh(b + t5 + t6)  (elementwise over [N, 32])
+// h3 = bp_tanh(b + t5 + t6)  (elementwise over [N, 32])
 static void h3_kernel(
     real* restrict h3,
     const real* restrict b,
@@ -326,8 +366,10 @@ static void h3_kernel(
     const real* restrict t6,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h3[_i] = tanh(b[_i % 32] + t5[_i] + t6[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h3[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t5[_i0 * 32 + _i1] + t6[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -339,7 +381,7 @@ static void t7_kernel(real* restrict t7, const real* restrict e, long long _n)
     }
 }
 
-// h4 = tanh(b + t7 + t8)  (elementwise over [N, 32])
+// h4 = bp_tanh(b + t7 + t8)  (elementwise over [N, 32])
 static void h4_kernel(
     real* restrict h4,
     const real* restrict b,
@@ -347,8 +389,10 @@ static void h4_kernel(
     const real* restrict t8,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h4[_i] = tanh(b[_i % 32] + t7[_i] + t8[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h4[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t7[_i0 * 32 + _i1] + t8[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -360,7 +404,7 @@ static void t9_kernel(real* restrict t9, const real* restrict e, long long _n)
     }
 }
 
-// h5 = tanh(b + t10 + t9)  (elementwise over [N, 32])
+// h5 = bp_tanh(b + t10 + t9)  (elementwise over [N, 32])
 static void h5_kernel(
     real* restrict h5,
     const real* restrict b,
@@ -368,8 +412,10 @@ static void h5_kernel(
     const real* restrict t10,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h5[_i] = tanh(b[_i % 32] + t10[_i] + t9[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h5[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t10[_i0 * 32 + _i1] + t9[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -381,7 +427,7 @@ static void t11_kernel(real* restrict t11, const real* restrict e, long long _n)
     }
 }
 
-// h6 = tanh(b + t11 + t12)  (elementwise over [N, 32])
+// h6 = bp_tanh(b + t11 + t12)  (elementwise over [N, 32])
 static void h6_kernel(
     real* restrict h6,
     const real* restrict b,
@@ -389,8 +435,10 @@ static void h6_kernel(
     const real* restrict t12,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h6[_i] = tanh(b[_i % 32] + t11[_i] + t12[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h6[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t11[_i0 * 32 + _i1] + t12[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -402,7 +450,7 @@ static void t13_kernel(real* restrict t13, const real* restrict e, long long _n)
     }
 }
 
-// h7 = tanh(b + t13 + t14)  (elementwise over [N, 32])
+// h7 = bp_tanh(b + t13 + t14)  (elementwise over [N, 32])
 static void h7_kernel(
     real* restrict h7,
     const real* restrict b,
@@ -410,8 +458,10 @@ static void h7_kernel(
     const real* restrict t14,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h7[_i] = tanh(b[_i % 32] + t13[_i] + t14[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h7[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t13[_i0 * 32 + _i1] + t14[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -423,7 +473,7 @@ static void t15_kernel(real* restrict t15, const real* restrict e, long long _n)
     }
 }
 
-// h8 = tanh(b + t15 + t16)  (elementwise over [N, 32])
+// h8 = bp_tanh(b + t15 + t16)  (elementwise over [N, 32])
 static void h8_kernel(
     real* restrict h8,
     const real* restrict b,
@@ -431,8 +481,10 @@ static void h8_kernel(
     const real* restrict t16,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h8[_i] = tanh(b[_i % 32] + t15[_i] + t16[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h8[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t15[_i0 * 32 + _i1] + t16[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -444,7 +496,7 @@ static void t17_kernel(real* restrict t17, const real* restrict e, long long _n)
     }
 }
 
-// h9 = tanh(b + t17 + t18)  (elementwise over [N, 32])
+// h9 = bp_tanh(b + t17 + t18)  (elementwise over [N, 32])
 static void h9_kernel(
     real* restrict h9,
     const real* restrict b,
@@ -452,8 +504,10 @@ static void h9_kernel(
     const real* restrict t18,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h9[_i] = tanh(b[_i % 32] + t17[_i] + t18[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h9[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t17[_i0 * 32 + _i1] + t18[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -465,7 +519,7 @@ static void t19_kernel(real* restrict t19, const real* restrict e, long long _n)
     }
 }
 
-// h10 = tanh(b + t19 + t20)  (elementwise over [N, 32])
+// h10 = bp_tanh(b + t19 + t20)  (elementwise over [N, 32])
 static void h10_kernel(
     real* restrict h10,
     const real* restrict b,
@@ -473,8 +527,10 @@ static void h10_kernel(
     const real* restrict t20,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h10[_i] = tanh(b[_i % 32] + t19[_i] + t20[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h10[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t19[_i0 * 32 + _i1] + t20[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -486,7 +542,7 @@ static void t21_kernel(real* restrict t21, const real* restrict e, long long _n)
     }
 }
 
-// h11 = tanh(b + t21 + t22)  (elementwise over [N, 32])
+// h11 = bp_tanh(b + t21 + t22)  (elementwise over [N, 32])
 static void h11_kernel(
     real* restrict h11,
     const real* restrict b,
@@ -494,8 +550,10 @@ static void h11_kernel(
     const real* restrict t22,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h11[_i] = tanh(b[_i % 32] + t21[_i] + t22[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h11[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t21[_i0 * 32 + _i1] + t22[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -507,7 +565,7 @@ static void t23_kernel(real* restrict t23, const real* restrict e, long long _n)
     }
 }
 
-// h12 = tanh(b + t23 + t24)  (elementwise over [N, 32])
+// h12 = bp_tanh(b + t23 + t24)  (elementwise over [N, 32])
 static void h12_kernel(
     real* restrict h12,
     const real* restrict b,
@@ -515,8 +573,10 @@ static void h12_kernel(
     const real* restrict t24,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h12[_i] = tanh(b[_i % 32] + t23[_i] + t24[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h12[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t23[_i0 * 32 + _i1] + t24[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -528,7 +588,7 @@ static void t25_kernel(real* restrict t25, const real* restrict e, long long _n)
     }
 }
 
-// h13 = tanh(b + t25 + t26)  (elementwise over [N, 32])
+// h13 = bp_tanh(b + t25 + t26)  (elementwise over [N, 32])
 static void h13_kernel(
     real* restrict h13,
     const real* restrict b,
@@ -536,8 +596,10 @@ static void h13_kernel(
     const real* restrict t26,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h13[_i] = tanh(b[_i % 32] + t25[_i] + t26[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h13[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t25[_i0 * 32 + _i1] + t26[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -549,7 +611,7 @@ static void t27_kernel(real* restrict t27, const real* restrict e, long long _n)
     }
 }
 
-// h14 = tanh(b + t27 + t28)  (elementwise over [N, 32])
+// h14 = bp_tanh(b + t27 + t28)  (elementwise over [N, 32])
 static void h14_kernel(
     real* restrict h14,
     const real* restrict b,
@@ -557,8 +619,10 @@ static void h14_kernel(
     const real* restrict t28,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h14[_i] = tanh(b[_i % 32] + t27[_i] + t28[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h14[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t27[_i0 * 32 + _i1] + t28[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -570,7 +634,7 @@ static void t29_kernel(real* restrict t29, const real* restrict e, long long _n)
     }
 }
 
-// h15 = tanh(b + t29 + t30)  (elementwise over [N, 32])
+// h15 = bp_tanh(b + t29 + t30)  (elementwise over [N, 32])
 static void h15_kernel(
     real* restrict h15,
     const real* restrict b,
@@ -578,8 +642,10 @@ static void h15_kernel(
     const real* restrict t30,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h15[_i] = tanh(b[_i % 32] + t29[_i] + t30[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h15[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t29[_i0 * 32 + _i1] + t30[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -590,8 +656,10 @@ static void z_kernel(
     const real* restrict t31,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z[_i] = c[_i % 2] + t31[_i];
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            z[_i0 * 2 + _i1] = c[_i1] + t31[_i0 * 2 + _i1];
+        }
     }
 }
 
@@ -617,8 +685,10 @@ static void t33_kernel(
     const real* restrict t32,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t33[_i] = exp(z[_i] - t32[_i / 2]);
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            t33[_i0 * 2 + _i1] = exp(z[_i0 * 2 + _i1] - t32[_i0]);
+        }
     }
 }
 
@@ -644,8 +714,10 @@ static void y_hat_kernel(
     const real* restrict t34,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        y_hat[_i] = t33[_i]/t34[_i / 2];
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            y_hat[_i0 * 2 + _i1] = t33[_i0 * 2 + _i1]/t34[_i0];
+        }
     }
 }
 
@@ -694,7 +766,7 @@ static void t38_kernel(
 static void L_kernel(real* restrict L, const real* restrict t38, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t38[0]/N;
+        L[0] = t38[0]/N;
     }
 }
 
@@ -713,8 +785,10 @@ static void z_bar_kernel(
     const real* restrict t42,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z_bar[_i] = t33[_i]*t42[_i / 2];
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            z_bar[_i0 * 2 + _i1] = t33[_i0 * 2 + _i1]*t42[_i0];
+        }
     }
 }
 
@@ -738,12 +812,10 @@ static void c_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z_bar[_o + _r * 2];
-        c_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) c_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            c_bar[_o] += z_bar[_o + _r * 2];
 }
 
 // t44 = h15_bar*(1.0 - (h15*h15))  (elementwise over [N, 32])
@@ -765,12 +837,10 @@ static void t45_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t44[_o + _r * 32];
-        t45[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t45[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t45[_o] += t44[_o + _r * 32];
 }
 
 // t47 = zeros [N, 16, 32] with [15] = t44
@@ -800,12 +870,10 @@ static void t49_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t48[_o + _r * 32];
-        t49[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t49[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t49[_o] += t48[_o + _r * 32];
 }
 
 // t51 = zeros [N, 16, 32] with [14] = t48
@@ -835,12 +903,10 @@ static void t53_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t52[_o + _r * 32];
-        t53[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t53[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t53[_o] += t52[_o + _r * 32];
 }
 
 // t55 = zeros [N, 16, 32] with [13] = t52
@@ -870,12 +936,10 @@ static void t57_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t56[_o + _r * 32];
-        t57[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t57[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t57[_o] += t56[_o + _r * 32];
 }
 
 // t59 = zeros [N, 16, 32] with [12] = t56
@@ -905,12 +969,10 @@ static void t61_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t60[_o + _r * 32];
-        t61[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t61[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t61[_o] += t60[_o + _r * 32];
 }
 
 // t63 = zeros [N, 16, 32] with [11] = t60
@@ -940,12 +1002,10 @@ static void t65_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t64[_o + _r * 32];
-        t65[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t65[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t65[_o] += t64[_o + _r * 32];
 }
 
 // t67 = zeros [N, 16, 32] with [10] = t64
@@ -975,12 +1035,10 @@ static void t69_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t68[_o + _r * 32];
-        t69[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t69[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t69[_o] += t68[_o + _r * 32];
 }
 
 // t71 = zeros [N, 16, 32] with [9] = t68
@@ -1010,12 +1068,10 @@ static void t73_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t72[_o + _r * 32];
-        t73[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t73[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t73[_o] += t72[_o + _r * 32];
 }
 
 // t75 = zeros [N, 16, 32] with [8] = t72
@@ -1045,12 +1101,10 @@ static void t77_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t76[_o + _r * 32];
-        t77[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t77[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t77[_o] += t76[_o + _r * 32];
 }
 
 // t79 = zeros [N, 16, 32] with [7] = t76
@@ -1080,12 +1134,10 @@ static void t81_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t80[_o + _r * 32];
-        t81[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t81[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t81[_o] += t80[_o + _r * 32];
 }
 
 // t83 = zeros [N, 16, 32] with [6] = t80
@@ -1115,12 +1167,10 @@ static void t85_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t84[_o + _r * 32];
-        t85[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t85[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t85[_o] += t84[_o + _r * 32];
 }
 
 // t87 = zeros [N, 16, 32] with [5] = t84
@@ -1150,12 +1200,10 @@ static void t89_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t88[_o + _r * 32];
-        t89[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t89[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t89[_o] += t88[_o + _r * 32];
 }
 
 // t91 = zeros [N, 16, 32] with [4] = t88
@@ -1185,12 +1233,10 @@ static void t93_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t92[_o + _r * 32];
-        t93[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t93[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t93[_o] += t92[_o + _r * 32];
 }
 
 // t95 = zeros [N, 16, 32] with [3] = t92
@@ -1220,12 +1266,10 @@ static void t97_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t96[_o + _r * 32];
-        t97[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t97[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t97[_o] += t96[_o + _r * 32];
 }
 
 // t99 = zeros [N, 16, 32] with [2] = t96
@@ -1255,12 +1299,10 @@ static void t101_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t100[_o + _r * 32];
-        t101[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t101[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t101[_o] += t100[_o + _r * 32];
 }
 
 // t103 = zeros [N, 16, 32] with [1] = t100
@@ -1290,12 +1332,10 @@ static void t105_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t104[_o + _r * 32];
-        t105[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t105[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t105[_o] += t104[_o + _r * 32];
 }
 
 // t106 = zeros [N, 16, 32] with [0] = t104

@@ -242,8 +242,10 @@ static void a_kernel(
     const real* restrict t0,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        a[_i] = b[_i % 3] + t0[_i];
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            a[_i0 * 3 + _i1] = b[_i1] + t0[_i0 * 3 + _i1];
+        }
     }
 }
 
@@ -265,8 +267,10 @@ static void t2_kernel(
     const real* restrict t1,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t2[_i] = exp(a[_i] - t1[_i / 3]);
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            t2[_i0 * 3 + _i1] = exp(a[_i0 * 3 + _i1] - t1[_i0]);
+        }
     }
 }
 
@@ -292,8 +296,10 @@ static void y_hat_kernel(
     const real* restrict t3,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        y_hat[_i] = t2[_i]/t3[_i / 3];
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            y_hat[_i0 * 3 + _i1] = t2[_i0 * 3 + _i1]/t3[_i0];
+        }
     }
 }
 
@@ -342,7 +348,7 @@ static void t7_kernel(
 static void L_kernel(real* restrict L, const real* restrict t7, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t7[0]/N;
+        L[0] = t7[0]/N;
     }
 }
 
@@ -361,8 +367,10 @@ static void a_bar_kernel(
     const real* restrict t11,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        a_bar[_i] = t11[_i / 3]*t2[_i];
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            a_bar[_i0 * 3 + _i1] = t11[_i0]*t2[_i0 * 3 + _i1];
+        }
     }
 }
 
@@ -386,12 +394,10 @@ static void b_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += a_bar[_o + _r * 3];
-        b_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b_bar[_o] += a_bar[_o + _r * 3];
 }
 
 // Where each function's temporaries live in the caller's workspace.
