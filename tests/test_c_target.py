@@ -608,7 +608,7 @@ def test_c_states_only_how_it_differs():
     from bpcompile.targets.clike import CStyle, FunctionPrinter
     assert get("c").printer is FunctionPrinter and issubclass(C, CStyle)
     overridden = {k for k in vars(C) if not k.startswith("__") and k in vars(CStyle)}
-    assert overridden == {"name", "reserved", "entry_params", "entry_head", "gemm", "expr_printer", "nested_loops"}
+    assert overridden == {"name", "reserved", "entry_params", "entry_head", "gemm", "expr_printer", "nested_loops", "reuse_buffers"}
     assert not any(getattr(v, "lowers", None) for v in vars(C).values())
 
 

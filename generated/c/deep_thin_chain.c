@@ -570,10 +570,10 @@ static size_t deep_thin_chain_layout(deep_thin_chain_workspace* ws, char* base)
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t1 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.a4_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.a3_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.a2_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.a1_bar = bp_carve(base, &off, N);
+    ws->value_and_grad.a4_bar = ws->value_and_grad.L_n;  // L_n is dead by then
+    ws->value_and_grad.a3_bar = ws->value_and_grad.y_hat;  // y_hat is dead by then
+    ws->value_and_grad.a2_bar = ws->value_and_grad.h3;  // h3 is dead by then
+    ws->value_and_grad.a1_bar = ws->value_and_grad.h2;  // h2 is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

@@ -508,8 +508,8 @@ static size_t digits_mlp_layout(digits_mlp_workspace* ws, char* base)
     ws->predict.t1 = bp_carve(base, &off, N * 10);
     ws->predict.z2 = bp_carve(base, &off, N * 10);
     ws->predict.t2 = bp_carve(base, &off, N);
-    ws->predict.t3 = bp_carve(base, &off, N * 10);
-    ws->predict.t4 = bp_carve(base, &off, N);
+    ws->predict.t3 = ws->predict.t1;  // t1 is dead by then
+    ws->predict.t4 = ws->predict.t2;  // t2 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 64);
@@ -517,7 +517,7 @@ static size_t digits_mlp_layout(digits_mlp_workspace* ws, char* base)
     ws->loss.t1 = bp_carve(base, &off, N * 10);
     ws->loss.z2 = bp_carve(base, &off, N * 10);
     ws->loss.t2 = bp_carve(base, &off, N);
-    ws->loss.t3 = bp_carve(base, &off, N * 10);
+    ws->loss.t3 = ws->loss.t1;  // t1 is dead by then
     ws->loss.t4 = bp_carve(base, &off, N);
     ws->loss.t5 = bp_carve(base, &off, N);
     ws->loss.L_n = bp_carve(base, &off, N);
@@ -530,15 +530,15 @@ static size_t digits_mlp_layout(digits_mlp_workspace* ws, char* base)
     ws->value_and_grad.t1 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.z2 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.t2 = bp_carve(base, &off, N);
-    ws->value_and_grad.t3 = bp_carve(base, &off, N * 10);
+    ws->value_and_grad.t3 = ws->value_and_grad.t1;  // t1 is dead by then
     ws->value_and_grad.t4 = bp_carve(base, &off, N);
     ws->value_and_grad.t5 = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t8 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.t11 = bp_carve(base, &off, N);
-    ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 10);
-    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 64);
+    ws->value_and_grad.t11 = ws->value_and_grad.t2;  // t2 is dead by then
+    ws->value_and_grad.z2_bar = ws->value_and_grad.z2;  // z2 is dead by then
+    ws->value_and_grad.h1_bar = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 64);
     if (off > top) top = off;
     return top > off ? top : off;

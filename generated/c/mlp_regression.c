@@ -538,15 +538,15 @@ static size_t mlp_regression_layout(mlp_regression_workspace* ws, char* base)
     off = 0;  // predict
     ws->predict.t0 = bp_carve(base, &off, N * 16);
     ws->predict.h1 = bp_carve(base, &off, N * 16);
-    ws->predict.t1 = bp_carve(base, &off, N * 16);
-    ws->predict.h2 = bp_carve(base, &off, N * 16);
+    ws->predict.t1 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.h2 = ws->predict.h1;  // h1 is dead by then
     ws->predict.t2 = bp_carve(base, &off, N * 2);
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 16);
     ws->loss.h1 = bp_carve(base, &off, N * 16);
-    ws->loss.t1 = bp_carve(base, &off, N * 16);
-    ws->loss.h2 = bp_carve(base, &off, N * 16);
+    ws->loss.t1 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.h2 = ws->loss.h1;  // h1 is dead by then
     ws->loss.t2 = bp_carve(base, &off, N * 2);
     ws->loss.t3 = bp_carve(base, &off, N * 2);
     ws->loss.t4 = bp_carve(base, &off, N);
@@ -557,20 +557,20 @@ static size_t mlp_regression_layout(mlp_regression_workspace* ws, char* base)
     off = 0;  // value_and_grad
     ws->value_and_grad.t0 = bp_carve(base, &off, N * 16);
     ws->value_and_grad.h1 = bp_carve(base, &off, N * 16);
-    ws->value_and_grad.t1 = bp_carve(base, &off, N * 16);
+    ws->value_and_grad.t1 = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.h2 = bp_carve(base, &off, N * 16);
     ws->value_and_grad.t2 = bp_carve(base, &off, N * 2);
     ws->value_and_grad.t3 = bp_carve(base, &off, N * 2);
-    ws->value_and_grad.t4 = bp_carve(base, &off, N * 2);
+    ws->value_and_grad.t4 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.t5 = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t6 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.z3_bar = bp_carve(base, &off, N * 2);
-    ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 16);
+    ws->value_and_grad.z3_bar = ws->value_and_grad.t2;  // t2 is dead by then
+    ws->value_and_grad.h2_bar = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 16);
-    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 16);
-    ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 16);
+    ws->value_and_grad.h1_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.z1_bar = ws->value_and_grad.h2;  // h2 is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

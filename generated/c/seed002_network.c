@@ -484,11 +484,11 @@ static size_t seed002_network_layout(seed002_network_workspace* ws, char* base)
     ws->value_and_grad.o_bar = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.zo_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.z4_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.z3_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.z2_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.z1_bar = bp_carve(base, &off, N);
+    ws->value_and_grad.zo_bar = ws->value_and_grad.L_n;  // L_n is dead by then
+    ws->value_and_grad.z4_bar = ws->value_and_grad.h3;  // h3 is dead by then
+    ws->value_and_grad.z3_bar = ws->value_and_grad.h2;  // h2 is dead by then
+    ws->value_and_grad.z2_bar = ws->value_and_grad.z1;  // z1 is dead by then
+    ws->value_and_grad.z1_bar = ws->value_and_grad.z1;  // z1 is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x1', 'x2'), 'loss': ('x1', 'x2', 't'), 'value_and_grad': ('x1', 'x2', 't')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "07fe91228546ccbac3b3ab6085701f6841e61406f20ded8c325b67efaae2b60b"  # the .c this loader was generated with
+SOURCE_SHA256 = "0ada1c032180eb3acde89c7344c9e1c415bfaa182aa391e0ceedec4b3cce3231"  # the .c this loader was generated with
 HEADER_SHA256 = "ec973bd3e2f358779613cc974b45aba6fe011e05b94d5cf96bb4cbceec7d5ac7"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

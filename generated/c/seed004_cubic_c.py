@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x', 'y'), 'loss': ('x', 'y'), 'value_and_grad': ('x', 'y')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "8fac02b725dba651c266ba809b6f3ad436ccb223d65895324fdfd37081127ff3"  # the .c this loader was generated with
+SOURCE_SHA256 = "00f558754b4d6e16af74c9550df290ace0befc3787ab7001c377fdcc38a1970f"  # the .c this loader was generated with
 HEADER_SHA256 = "fa9128bfa3401a50736a2e684606fea74ec610920bcf788df90c39973402cc3f"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

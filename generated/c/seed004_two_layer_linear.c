@@ -318,10 +318,10 @@ static size_t seed004_two_layer_linear_layout(seed004_two_layer_linear_workspace
     ws->value_and_grad.h = bp_carve(base, &off, N * 2);
     ws->value_and_grad.y_hat = bp_carve(base, &off, N);
     ws->value_and_grad.t0 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
+    ws->value_and_grad.L_n = ws->value_and_grad.y_hat;  // y_hat is dead by then
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.y_hat_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.h_bar = bp_carve(base, &off, N * 2);
+    ws->value_and_grad.y_hat_bar = ws->value_and_grad.y_hat;  // y_hat is dead by then
+    ws->value_and_grad.h_bar = ws->value_and_grad.h;  // h is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

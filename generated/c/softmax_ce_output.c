@@ -429,14 +429,14 @@ static size_t softmax_ce_output_layout(softmax_ce_output_workspace* ws, char* ba
     ws->predict.t0 = bp_carve(base, &off, N * 3);
     ws->predict.a = bp_carve(base, &off, N * 3);
     ws->predict.t1 = bp_carve(base, &off, N);
-    ws->predict.t2 = bp_carve(base, &off, N * 3);
-    ws->predict.t3 = bp_carve(base, &off, N);
+    ws->predict.t2 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t3 = ws->predict.t1;  // t1 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 3);
     ws->loss.a = bp_carve(base, &off, N * 3);
     ws->loss.t1 = bp_carve(base, &off, N);
-    ws->loss.t2 = bp_carve(base, &off, N * 3);
+    ws->loss.t2 = ws->loss.t0;  // t0 is dead by then
     ws->loss.t3 = bp_carve(base, &off, N);
     ws->loss.t4 = bp_carve(base, &off, N);
     ws->loss.L_n = bp_carve(base, &off, N);
@@ -447,14 +447,14 @@ static size_t softmax_ce_output_layout(softmax_ce_output_workspace* ws, char* ba
     ws->value_and_grad.t0 = bp_carve(base, &off, N * 3);
     ws->value_and_grad.a = bp_carve(base, &off, N * 3);
     ws->value_and_grad.t1 = bp_carve(base, &off, N);
-    ws->value_and_grad.t2 = bp_carve(base, &off, N * 3);
+    ws->value_and_grad.t2 = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.t3 = bp_carve(base, &off, N);
     ws->value_and_grad.t4 = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t7 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.t10 = bp_carve(base, &off, N);
-    ws->value_and_grad.a_bar = bp_carve(base, &off, N * 3);
+    ws->value_and_grad.t10 = ws->value_and_grad.t1;  // t1 is dead by then
+    ws->value_and_grad.a_bar = ws->value_and_grad.a;  // a is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

@@ -467,14 +467,14 @@ static size_t tanh_regression_layout(tanh_regression_workspace* ws, char* base)
     off = 0;  // value_and_grad
     ws->value_and_grad.d = bp_carve(base, &off, N * 3);
     ws->value_and_grad.e = bp_carve(base, &off, N * 3);
-    ws->value_and_grad.f = bp_carve(base, &off, N * 3);
+    ws->value_and_grad.f = ws->value_and_grad.d;  // d is dead by then
     ws->value_and_grad.g = bp_carve(base, &off, N);
     ws->value_and_grad.t0 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
+    ws->value_and_grad.L_n = ws->value_and_grad.g;  // g is dead by then
     ws->value_and_grad.t1 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.g_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.a_bar = bp_carve(base, &off, N * 3);
+    ws->value_and_grad.g_bar = ws->value_and_grad.g;  // g is dead by then
+    ws->value_and_grad.a_bar = ws->value_and_grad.d;  // d is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

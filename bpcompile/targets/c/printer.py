@@ -56,6 +56,7 @@ class C(CStyle):
     name = "C"
     expr_printer = CTargetExprPrinter
     nested_loops = True   # elementwise kernels as loop nests (clike.language.loop_nest)
+    reuse_buffers = True  # dead buffers reused (clike.host.share_buffers): a smaller working set
     # the entry points' own parameters (a value named so is printed as v_<name>)
     reserved = CStyle.reserved | {"batch_size", "workspace", "uintptr_t"}
 

@@ -358,6 +358,9 @@ class CStyle:
     # whose offsets divide the flat index (``offset``): a GPU thread has one flat
     # index; a CPU loop nest has no division per element and vectorises.
     nested_loops = False
+    # Whether a workspace buffer whose value is dead is reused for a later value
+    # of its size (host.share_buffers): kernels run in program order, one at a time.
+    reuse_buffers = False
 
     def nest(self, count: str, counts: list, body: list) -> list:
         """The loops of ``loop_nest``'s ``counts`` around ``body``: ``count`` (all
