@@ -282,9 +282,11 @@ class HandC:
             label = np.ascontiguousarray(inputs["label"], np.int32)
             ws = np.empty(lib.hand_mlp_tanh_ce_workspace(N, H, K) // dt().itemsize + 16, dt)
             fn = lib.hand_mlp_tanh_ce
-            fixed = [N, D, H, K] + [a.ctypes.data for a in (W1, b1, W2, b2, x, label)] + [loss_p]
+            keep = (W1, b1, W2, b2, x, label)     # passed by address: alive as long as the call
+            fixed = [N, D, H, K] + [a.ctypes.data for a in keep] + [loss_p]
 
             def call():
+                assert keep
                 set_blas(which)
                 g = {k: np.empty(shapes[k], dt) for k in ("W1", "b1", "W2", "b2")}
                 fn(*fixed, g["W1"].ctypes.data, g["b1"].ctypes.data, g["W2"].ctypes.data, g["b2"].ctypes.data,
@@ -301,7 +303,10 @@ class HandC:
         ws = np.empty(lib.hand_deep_tanh_workspace(N, L, Wd) // dt().itemsize + 16, dt)
         fn = lib.hand_deep_tanh
 
+        keep = (Ws, bs, x, y)                    # passed by address: alive as long as the call
+
         def call():
+            assert keep
             set_blas(which)
             gW = [np.empty((Wd, Wd), dt) for _ in range(L)]
             gb = [np.empty(Wd, dt) for _ in range(L)]
