@@ -702,3 +702,25 @@ def test_shared_buffers_shrink_the_workspace():
     fp = print_module(compiled.lowered, compiled.programs, LANG).printers["value_and_grad"]
     shared = share_buffers(fp)
     assert len(fp.storage) > 100 and len(fp.storage) - len(shared) <= len(fp.storage) // 3
+
+
+def test_loader_falls_back_to_portable_flags(tmp_path, monkeypatch):
+    """A build that fails with the default native flags (they passed the probe, the
+    file did not build) is retried with -O3 once; with CFLAGS set, it is an error."""
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CFLAGS", raising=False)
+    wrapper = tmp_path / "cc-no-native"
+    # a compiler that takes -march=native for the probe but fails on the module
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *march=native*shared*) echo "no: $*" >&2; exit 1;; esac\n'
+                       f'exec {CC} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    m = import_file(ROOT / "generated" / "c" / "tanh_regression_c.py", "bp_test_c_fallback")
+    assert m.cflags() == m.NATIVE_CFLAGS
+    params, inputs = random_point(m, n=3, seed=1)
+    m.loss(params, **inputs)
+    assert m.cflags() == m.PORTABLE_CFLAGS
+    monkeypatch.setenv("CFLAGS", m.NATIVE_CFLAGS)
+    fresh = import_file(ROOT / "generated" / "c" / "tanh_regression_c.py", "bp_test_c_fallback_2")
+    with pytest.raises(fresh.CModuleError, match="compiling tanh_regression.c failed"):
+        fresh.loss(params, **inputs)

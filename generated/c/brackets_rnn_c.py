@@ -348,7 +348,17 @@ def _load():
         header = _read(HEADER, HEADER_SHA256)
         path = _library_path(_cache_dir(), source, header)
         if not path.exists():
-            _build(path, source, header)
+            try:
+                _build(path, source, header)
+            except CModuleError:
+                # the default native flags passed the probe but not this file (an
+                # assembler older than the compiler's -march=native): the portable ones
+                if os.environ.get("CFLAGS") is not None or not _takes_native(_compiler()):
+                    raise
+                _native[tuple(_compiler())] = False
+                path = _library_path(_cache_dir(), source, header)
+                if not path.exists():
+                    _build(path, source, header)
         try:
             lib = _open(path)
         except (OSError, AttributeError):
