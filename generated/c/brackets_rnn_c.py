@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (2,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('tokens',), 'loss': ('tokens', 'label'), 'value_and_grad': ('tokens', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "c6b317a08be58a239bfc061e7d7a75413a16392ffd197a9ba4f34f723872829b"  # the .c this loader was generated with
+SOURCE_SHA256 = "766ba5a8c77bb78babe01ad8f54452e836689f8a1d7b7f5c89a0d32308d56cf1"  # the .c this loader was generated with
 HEADER_SHA256 = "e1af7ca8853a41aafe15d6b22c36f3dbd84d018effec3e245c145cda6f8ac712"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

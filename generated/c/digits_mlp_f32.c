@@ -78,8 +78,10 @@ static void bp_sgemm_pack_a(int trans_a, int mr, int kc, const float* restrict a
     }
 }
 
-// the 8 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
-static void bp_sgemm_tile(int kc, const float* restrict ap, const float* restrict bp, float* restrict ct)
+// the 8 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// inline: gcc 12, left to itself, clones the callers for their constant arguments and
+// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
+static inline void bp_sgemm_tile(int kc, const float* restrict ap, const float* restrict bp, float* restrict ct)
 {
     float acc0[16], acc1[16], acc2[16], acc3[16], acc4[16], acc5[16], acc6[16], acc7[16];
     for (int j = 0; j < 16; j++) {
