@@ -79,7 +79,7 @@ from bench_numpy import hand_digits, hand_mnist  # noqa: E402
 import bpcompile  # noqa: E402
 from bpcompile.targets.clike.gemm import gemm_source  # noqa: E402
 
-# name -> (spec file, batch sizes, JAX goal)
+# name -> (spec file, batch sizes)
 NETWORKS = {
     "seed001": (ROOT / "examples" / "tanh_regression.yaml", (1, 256)),
     "digits": (SPECS / "digits_mlp_bench.yaml", (32, 256)),
