@@ -117,6 +117,18 @@ def test_bench_numpy_quick():
     assert re.search(rf"^overall: geomean ratio min {NUM}, median {NUM}", out, re.M), out
 
 
+def test_bench_c_quick():
+    """bench_c.py: the C target, the NumPy modules and the hand-written C agree and
+    are timed (PyTorch and JAX left out here: they are optional)."""
+    out = run_script("bench_c.py", "--threads", "1", "--quick", "--no-torch", "--no-jax",
+                     "--network", "seed001", "--network", "digits", "--dtype", "float32", timeout=600)
+    assert "# threads=1" in out
+    assert re.search(rf"^seed001\s+float32\s+1\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+-\s+-\s+-\s", out, re.M), out
+    # digits has a hand-written C yardstick: its time and the ratio to it
+    assert re.search(rf"^digits\s+float32\s+32\s+(?:{NUM}\s+){{4}}-\s+-\s+{NUM}\s.*hand<=1.3:", out, re.M), out
+    assert "# goals:" in out
+
+
 def test_bench_compile_width_quick():
     out = run_script("bench_compile_width.py", "--quick")
     for depth in (1, 3):

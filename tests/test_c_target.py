@@ -23,11 +23,13 @@ import threading
 
 import numpy as np
 import pytest
+import yaml
 from conftest import ROOT, assert_agrees, random_point, rel_error
 from test_cuda_host import SPECS, import_file, load_spec
 from test_systematic import ALL_ROWS, call, draw_point, module_name, spec_text
 
 import bpcompile
+from bpcompile.targets.clike import print_module
 from bpcompile.targets.c.printer import check_c_file
 
 GCC = shutil.which("gcc")
@@ -598,8 +600,9 @@ def test_checked_in_loaders_pass_pyflakes():
 
 
 def test_c_states_only_how_it_differs():
-    """The C language overrides CStyle's entry point (the caller's workspace) and
-    its GEMM (the blocked kernel of clike/gemm.py) only: the kernels, loops,
+    """The C language overrides CStyle's entry point (the caller's workspace), its
+    GEMM (the blocked kernel of clike/gemm.py), its tanh (bp_tanh, vectorisable)
+    and runs elementwise kernels as loop nests, nothing else: the kernels, loops,
     reductions and memory operations are the base's, and the lowering (every
     @lowers method) is the shared one."""
     from bpcompile.targets import get
@@ -607,5 +610,117 @@ def test_c_states_only_how_it_differs():
     from bpcompile.targets.clike import CStyle, FunctionPrinter
     assert get("c").printer is FunctionPrinter and issubclass(C, CStyle)
     overridden = {k for k in vars(C) if not k.startswith("__") and k in vars(CStyle)}
-    assert overridden == {"name", "reserved", "entry_params", "entry_head", "gemm"}
+    assert overridden == {"name", "reserved", "entry_params", "entry_head", "gemm", "expr_printer", "nested_loops", "reuse_buffers"}
     assert not any(getattr(v, "lowers", None) for v in vars(C).values())
+
+
+# ---------------------------------------------------------------------------
+# Speed: what the generated code relies on
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_bp_tanh_matches_numpy(dtype, cache):
+    """bp_tanh (the C target's vectorisable tanh: expm1 by a polynomial) against
+    NumPy's tanh over the whole range: tiny, near 0, the middle, where it rounds to
+    +-1, the signed zeros, infinities and NaN; within a few ulp (relative)."""
+    spec = {"name": f"tanh_only_{dtype}", "dtype": dtype, "inputs": {"x": [512]}, "params": {},
+            "graph": {"e": "tanh(x)"}, "output": "e", "loss": "sum(e)", "wrt": ["x"]}
+    c = bpcompile.compile(spec, target="c").load()
+    assert "bp_tanh(" in bpcompile.compile(spec, target="c").source
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.logspace(-30, 1.5, 3000), rng.uniform(-25, 25, 3000), np.linspace(-1, 1, 1001),
+                        [0.0, 1e-300, 5e-324, 19.99, 20.0, 20.01, 9.99, 10.0, 10.01, float(np.finfo(dt).max)]]).astype(dt)
+    x = np.concatenate([x, -x])
+    x = np.resize(x, (len(x) // 512 + 1) * 512).reshape(-1, 512)
+    got = c.predict({}, x=x)
+    want = np.tanh(x)
+    ulp = np.spacing(np.abs(want).astype(dt))
+    assert np.max(np.abs(got - want) / ulp) <= 8
+    assert np.array_equal(np.signbit(got), np.signbit(want))     # -0.0 stays -0.0
+    special = np.array([[np.nan, np.inf, -np.inf, -0.0] * 128], dt)
+    got = c.predict({}, x=special)[0, :4]
+    assert np.isnan(got[0]) and got[1] == 1 and got[2] == -1 and got[3] == 0 and np.signbit(got[3])
+
+
+def test_loader_default_flags(tmp_path, monkeypatch):
+    """Without CFLAGS the loader builds with -O3 -march=native -ffp-contract=fast where
+    the compiler takes them (gcc and clang here do), else -O3; a library built
+    for the machine is cached under a key naming its CPU."""
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("CFLAGS", raising=False)
+    m = import_file(ROOT / "generated" / "c" / "tanh_regression_c.py", "bp_test_c_flags")
+    native = m._takes_native(m._compiler())
+    assert m.cflags() == (m.NATIVE_CFLAGS if native else m.PORTABLE_CFLAGS)
+    cmd = m._build_command("OUT", "SRC")
+    assert cmd[1:1 + len(m.cflags().split())] == m.cflags().split()
+    source, header = m._read(m.SOURCE, m.SOURCE_SHA256), m._read(m.HEADER, m.HEADER_SHA256)
+    here = m._library_path(m._cache_dir(), source, header)
+    monkeypatch.setattr(m, "_machine", lambda: "another CPU")
+    elsewhere = m._library_path(m._cache_dir(), source, header)
+    assert (here != elsewhere) == native
+    monkeypatch.setenv("CFLAGS", "-O2")
+    assert m.cflags() == "-O2" and "-march=native" not in m._build_command("OUT", "SRC")
+    monkeypatch.setenv("CC", "/bin/false")   # a "compiler" that refuses everything: the portable flags
+    monkeypatch.delenv("CFLAGS")
+    assert m.cflags() == m.PORTABLE_CFLAGS
+
+
+@pytest.mark.parametrize("key", list(SPECS))
+def test_shared_buffers_never_meet(key):
+    """share_buffers: a buffer given to a later value was last read (through any
+    alias) before that value's first write, and has its size; so no kernel's
+    output shares memory with one of its arguments, and no value is overwritten
+    while it is still to be read."""
+    from bpcompile.targets.c.printer import LANG
+    from bpcompile.targets.clike.host import lifetimes, share_buffers
+    spec = load_spec(key)
+    compiled = bpcompile.compile(spec, target="c")
+    printed = print_module(compiled.lowered, compiled.programs, LANG)
+    for fn, fp in printed.printers.items():
+        life, shared = lifetimes(fp), share_buffers(fp)
+        owner = {nm: shared.get(nm, nm) for nm in fp.storage}
+        for nm, slot in shared.items():
+            assert fp.storage[nm] == fp.storage[slot], (fn, nm, slot)
+        by_slot = {}
+        for nm in fp.storage:
+            by_slot.setdefault(owner[nm], []).append(life[nm])
+        for slot, spans in by_slot.items():
+            spans.sort()
+            for (_, stop), (start, _) in zip(spans, spans[1:]):
+                assert stop < start, (key, fn, slot, spans)
+
+
+def test_shared_buffers_shrink_the_workspace():
+    """Deep thin (32 x 64 tanh) at batch 64: every layer's buffers reused, the
+    workspace about a quarter of one buffer per value."""
+    spec = yaml.safe_load((ROOT / "benchmarks" / "specs" / "deep_chain_bench_f32.yaml").read_text())
+    from bpcompile.targets.c.printer import LANG
+    from bpcompile.targets.clike.host import share_buffers
+    compiled = bpcompile.compile(spec, target="c")
+    fp = print_module(compiled.lowered, compiled.programs, LANG).printers["value_and_grad"]
+    shared = share_buffers(fp)
+    assert len(fp.storage) > 100 and len(fp.storage) - len(shared) <= len(fp.storage) // 3
+
+
+def test_loader_falls_back_to_portable_flags(tmp_path, monkeypatch):
+    """A build that fails with the default native flags (they passed the probe, the
+    file did not build) is retried with -O3 once; with CFLAGS set, it is an error."""
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CFLAGS", raising=False)
+    wrapper = tmp_path / "cc-no-native"
+    # a compiler that takes -march=native for the probe but fails on the module
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *march=native*shared*) echo "no: $*" >&2; exit 1;; esac\n'
+                       f'exec {CC} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    m = import_file(ROOT / "generated" / "c" / "tanh_regression_c.py", "bp_test_c_fallback")
+    assert m.cflags() == m.NATIVE_CFLAGS
+    params, inputs = random_point(m, n=3, seed=1)
+    m.loss(params, **inputs)
+    assert m.cflags() == m.PORTABLE_CFLAGS
+    monkeypatch.setenv("CFLAGS", m.NATIVE_CFLAGS)
+    fresh = import_file(ROOT / "generated" / "c" / "tanh_regression_c.py", "bp_test_c_fallback_2")
+    with pytest.raises(fresh.CModuleError, match="compiling tanh_regression.c failed"):
+        fresh.loss(params, **inputs)

@@ -78,8 +78,10 @@ static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict 
     }
 }
 
-// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
-static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// inline: gcc 12, left to itself, clones the callers for their constant arguments and
+// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
+static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
 {
     double acc0[16], acc1[16], acc2[16], acc3[16];
     for (int j = 0; j < 16; j++) {
@@ -235,6 +237,40 @@ static inline real bp_max(real a, real b)
     return (a > b || a != a) ? a : b;
 }
 
+// tanh(x) = sign(x) e / (e + 2), e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1 where
+// 2|x| = n ln2 + r, |r| <= ln2/2, and expm1(r) is its Taylor polynomial to r^13
+// (error below 1e-17): no branch and no call, so loops of it vectorise; within a
+// few ulp of libm's.  |x| > 20 gives +-1 (as libm: tanh(20) rounds to 1), NaN NaN.
+static inline double bp_tanh(double x)
+{
+    union { double d; uint64_t u; } k, s, t;
+    double a = fabs(x);
+    a = a > 20.0 ? 20.0 : a;
+    const double y = 2.0 * a;
+    k.d = y * 1.4426950408889634 + 6755399441055744.0;   // + 1.5 * 2^52: n in the low bits
+    const double n = k.d - 6755399441055744.0;           // round(y / ln2)
+    const double r = (y - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;   // ln2 in two parts
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = r + r * r * p;                                   // expm1(r)
+    s.u = (k.u + 1023u) << 52;                           // 2^n
+    const double e = s.d * p + (s.d - 1.0);              // expm1(y), no cancellation near 0
+    t.d = e / (e + 2.0);
+    k.d = x;
+    t.u |= k.u & 0x8000000000000000u;                    // the sign of x
+    return t.d;
+}
+
 // e = E[tokens]: rows picked by tokens, per example
 static void e_kernel(
     real* restrict e,
@@ -256,15 +292,17 @@ static void t0_kernel(real* restrict t0, const real* restrict e, long long _n)
     }
 }
 
-// h0 = tanh(b + t0)  (elementwise over [N, 32])
+// h0 = bp_tanh(b + t0)  (elementwise over [N, 32])
 static void h0_kernel(
     real* restrict h0,
     const real* restrict b,
     const real* restrict t0,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h0[_i] = tanh(b[_i % 32] + t0[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h0[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t0[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -276,7 +314,7 @@ static void t1_kernel(real* restrict t1, const real* restrict e, long long _n)
     }
 }
 
-// h1 = tanh(b + t1 + t2)  (elementwise over [N, 32])
+// h1 = bp_tanh(b + t1 + t2)  (elementwise over [N, 32])
 static void h1_kernel(
     real* restrict h1,
     const real* restrict b,
@@ -284,8 +322,10 @@ static void h1_kernel(
     const real* restrict t2,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h1[_i] = tanh(b[_i % 32] + t1[_i] + t2[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h1[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t1[_i0 * 32 + _i1] + t2[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -297,7 +337,7 @@ static void t3_kernel(real* restrict t3, const real* restrict e, long long _n)
     }
 }
 
-// h2 = tanh(b + t3 + t4)  (elementwise over [N, 32])
+// h2 = bp_tanh(b + t3 + t4)  (elementwise over [N, 32])
 static void h2_kernel(
     real* restrict h2,
     const real* restrict b,
@@ -305,8 +345,10 @@ static void h2_kernel(
     const real* restrict t4,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h2[_i] = tanh(b[_i % 32] + t3[_i] + t4[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h2[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t3[_i0 * 32 + _i1] + t4[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -318,7 +360,7 @@ static void t5_kernel(real* restrict t5, const real* restrict e, long long _n)
     }
 }
 
-// h3 = tanh(b + t5 + t6)  (elementwise over [N, 32])
+// h3 = bp_tanh(b + t5 + t6)  (elementwise over [N, 32])
 static void h3_kernel(
     real* restrict h3,
     const real* restrict b,
@@ -326,8 +368,10 @@ static void h3_kernel(
     const real* restrict t6,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h3[_i] = tanh(b[_i % 32] + t5[_i] + t6[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h3[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t5[_i0 * 32 + _i1] + t6[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -339,7 +383,7 @@ static void t7_kernel(real* restrict t7, const real* restrict e, long long _n)
     }
 }
 
-// h4 = tanh(b + t7 + t8)  (elementwise over [N, 32])
+// h4 = bp_tanh(b + t7 + t8)  (elementwise over [N, 32])
 static void h4_kernel(
     real* restrict h4,
     const real* restrict b,
@@ -347,8 +391,10 @@ static void h4_kernel(
     const real* restrict t8,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h4[_i] = tanh(b[_i % 32] + t7[_i] + t8[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h4[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t7[_i0 * 32 + _i1] + t8[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -360,7 +406,7 @@ static void t9_kernel(real* restrict t9, const real* restrict e, long long _n)
     }
 }
 
-// h5 = tanh(b + t10 + t9)  (elementwise over [N, 32])
+// h5 = bp_tanh(b + t10 + t9)  (elementwise over [N, 32])
 static void h5_kernel(
     real* restrict h5,
     const real* restrict b,
@@ -368,8 +414,10 @@ static void h5_kernel(
     const real* restrict t10,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h5[_i] = tanh(b[_i % 32] + t10[_i] + t9[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h5[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t10[_i0 * 32 + _i1] + t9[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -381,7 +429,7 @@ static void t11_kernel(real* restrict t11, const real* restrict e, long long _n)
     }
 }
 
-// h6 = tanh(b + t11 + t12)  (elementwise over [N, 32])
+// h6 = bp_tanh(b + t11 + t12)  (elementwise over [N, 32])
 static void h6_kernel(
     real* restrict h6,
     const real* restrict b,
@@ -389,8 +437,10 @@ static void h6_kernel(
     const real* restrict t12,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h6[_i] = tanh(b[_i % 32] + t11[_i] + t12[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h6[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t11[_i0 * 32 + _i1] + t12[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -402,7 +452,7 @@ static void t13_kernel(real* restrict t13, const real* restrict e, long long _n)
     }
 }
 
-// h7 = tanh(b + t13 + t14)  (elementwise over [N, 32])
+// h7 = bp_tanh(b + t13 + t14)  (elementwise over [N, 32])
 static void h7_kernel(
     real* restrict h7,
     const real* restrict b,
@@ -410,8 +460,10 @@ static void h7_kernel(
     const real* restrict t14,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h7[_i] = tanh(b[_i % 32] + t13[_i] + t14[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h7[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t13[_i0 * 32 + _i1] + t14[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -423,7 +475,7 @@ static void t15_kernel(real* restrict t15, const real* restrict e, long long _n)
     }
 }
 
-// h8 = tanh(b + t15 + t16)  (elementwise over [N, 32])
+// h8 = bp_tanh(b + t15 + t16)  (elementwise over [N, 32])
 static void h8_kernel(
     real* restrict h8,
     const real* restrict b,
@@ -431,8 +483,10 @@ static void h8_kernel(
     const real* restrict t16,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h8[_i] = tanh(b[_i % 32] + t15[_i] + t16[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h8[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t15[_i0 * 32 + _i1] + t16[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -444,7 +498,7 @@ static void t17_kernel(real* restrict t17, const real* restrict e, long long _n)
     }
 }
 
-// h9 = tanh(b + t17 + t18)  (elementwise over [N, 32])
+// h9 = bp_tanh(b + t17 + t18)  (elementwise over [N, 32])
 static void h9_kernel(
     real* restrict h9,
     const real* restrict b,
@@ -452,8 +506,10 @@ static void h9_kernel(
     const real* restrict t18,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h9[_i] = tanh(b[_i % 32] + t17[_i] + t18[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h9[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t17[_i0 * 32 + _i1] + t18[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -465,7 +521,7 @@ static void t19_kernel(real* restrict t19, const real* restrict e, long long _n)
     }
 }
 
-// h10 = tanh(b + t19 + t20)  (elementwise over [N, 32])
+// h10 = bp_tanh(b + t19 + t20)  (elementwise over [N, 32])
 static void h10_kernel(
     real* restrict h10,
     const real* restrict b,
@@ -473,8 +529,10 @@ static void h10_kernel(
     const real* restrict t20,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h10[_i] = tanh(b[_i % 32] + t19[_i] + t20[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h10[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t19[_i0 * 32 + _i1] + t20[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -486,7 +544,7 @@ static void t21_kernel(real* restrict t21, const real* restrict e, long long _n)
     }
 }
 
-// h11 = tanh(b + t21 + t22)  (elementwise over [N, 32])
+// h11 = bp_tanh(b + t21 + t22)  (elementwise over [N, 32])
 static void h11_kernel(
     real* restrict h11,
     const real* restrict b,
@@ -494,8 +552,10 @@ static void h11_kernel(
     const real* restrict t22,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h11[_i] = tanh(b[_i % 32] + t21[_i] + t22[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h11[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t21[_i0 * 32 + _i1] + t22[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -507,7 +567,7 @@ static void t23_kernel(real* restrict t23, const real* restrict e, long long _n)
     }
 }
 
-// h12 = tanh(b + t23 + t24)  (elementwise over [N, 32])
+// h12 = bp_tanh(b + t23 + t24)  (elementwise over [N, 32])
 static void h12_kernel(
     real* restrict h12,
     const real* restrict b,
@@ -515,8 +575,10 @@ static void h12_kernel(
     const real* restrict t24,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h12[_i] = tanh(b[_i % 32] + t23[_i] + t24[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h12[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t23[_i0 * 32 + _i1] + t24[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -528,7 +590,7 @@ static void t25_kernel(real* restrict t25, const real* restrict e, long long _n)
     }
 }
 
-// h13 = tanh(b + t25 + t26)  (elementwise over [N, 32])
+// h13 = bp_tanh(b + t25 + t26)  (elementwise over [N, 32])
 static void h13_kernel(
     real* restrict h13,
     const real* restrict b,
@@ -536,8 +598,10 @@ static void h13_kernel(
     const real* restrict t26,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h13[_i] = tanh(b[_i % 32] + t25[_i] + t26[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h13[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t25[_i0 * 32 + _i1] + t26[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -549,7 +613,7 @@ static void t27_kernel(real* restrict t27, const real* restrict e, long long _n)
     }
 }
 
-// h14 = tanh(b + t27 + t28)  (elementwise over [N, 32])
+// h14 = bp_tanh(b + t27 + t28)  (elementwise over [N, 32])
 static void h14_kernel(
     real* restrict h14,
     const real* restrict b,
@@ -557,8 +621,10 @@ static void h14_kernel(
     const real* restrict t28,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h14[_i] = tanh(b[_i % 32] + t27[_i] + t28[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h14[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t27[_i0 * 32 + _i1] + t28[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -570,7 +636,7 @@ static void t29_kernel(real* restrict t29, const real* restrict e, long long _n)
     }
 }
 
-// h15 = tanh(b + t29 + t30)  (elementwise over [N, 32])
+// h15 = bp_tanh(b + t29 + t30)  (elementwise over [N, 32])
 static void h15_kernel(
     real* restrict h15,
     const real* restrict b,
@@ -578,8 +644,10 @@ static void h15_kernel(
     const real* restrict t30,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h15[_i] = tanh(b[_i % 32] + t29[_i] + t30[_i]);
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            h15[_i0 * 32 + _i1] = bp_tanh(b[_i1] + t29[_i0 * 32 + _i1] + t30[_i0 * 32 + _i1]);
+        }
     }
 }
 
@@ -590,8 +658,10 @@ static void z_kernel(
     const real* restrict t31,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z[_i] = c[_i % 2] + t31[_i];
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            z[_i0 * 2 + _i1] = c[_i1] + t31[_i0 * 2 + _i1];
+        }
     }
 }
 
@@ -617,8 +687,10 @@ static void t33_kernel(
     const real* restrict t32,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t33[_i] = exp(z[_i] - t32[_i / 2]);
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            t33[_i0 * 2 + _i1] = exp(z[_i0 * 2 + _i1] - t32[_i0]);
+        }
     }
 }
 
@@ -644,8 +716,10 @@ static void y_hat_kernel(
     const real* restrict t34,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        y_hat[_i] = t33[_i]/t34[_i / 2];
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            y_hat[_i0 * 2 + _i1] = t33[_i0 * 2 + _i1]/t34[_i0];
+        }
     }
 }
 
@@ -694,7 +768,7 @@ static void t38_kernel(
 static void L_kernel(real* restrict L, const real* restrict t38, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t38[0]/N;
+        L[0] = t38[0]/N;
     }
 }
 
@@ -713,8 +787,10 @@ static void z_bar_kernel(
     const real* restrict t42,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z_bar[_i] = t33[_i]*t42[_i / 2];
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            z_bar[_i0 * 2 + _i1] = t33[_i0 * 2 + _i1]*t42[_i0];
+        }
     }
 }
 
@@ -738,12 +814,10 @@ static void c_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z_bar[_o + _r * 2];
-        c_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) c_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            c_bar[_o] += z_bar[_o + _r * 2];
 }
 
 // t44 = h15_bar*(1.0 - (h15*h15))  (elementwise over [N, 32])
@@ -765,12 +839,10 @@ static void t45_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t44[_o + _r * 32];
-        t45[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t45[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t45[_o] += t44[_o + _r * 32];
 }
 
 // t47 = h14_bar*(1.0 - (h14*h14))  (elementwise over [N, 32])
@@ -792,12 +864,10 @@ static void t48_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t47[_o + _r * 32];
-        t48[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t48[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t48[_o] += t47[_o + _r * 32];
 }
 
 // t50 = h13_bar*(1.0 - (h13*h13))  (elementwise over [N, 32])
@@ -819,12 +889,10 @@ static void t51_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t50[_o + _r * 32];
-        t51[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t51[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t51[_o] += t50[_o + _r * 32];
 }
 
 // t53 = h12_bar*(1.0 - (h12*h12))  (elementwise over [N, 32])
@@ -846,12 +914,10 @@ static void t54_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t53[_o + _r * 32];
-        t54[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t54[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t54[_o] += t53[_o + _r * 32];
 }
 
 // t56 = h11_bar*(1.0 - (h11*h11))  (elementwise over [N, 32])
@@ -873,12 +939,10 @@ static void t57_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t56[_o + _r * 32];
-        t57[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t57[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t57[_o] += t56[_o + _r * 32];
 }
 
 // t59 = h10_bar*(1.0 - (h10*h10))  (elementwise over [N, 32])
@@ -900,12 +964,10 @@ static void t60_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t59[_o + _r * 32];
-        t60[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t60[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t60[_o] += t59[_o + _r * 32];
 }
 
 // t62 = h9_bar*(1.0 - (h9*h9))  (elementwise over [N, 32])
@@ -927,12 +989,10 @@ static void t63_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t62[_o + _r * 32];
-        t63[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t63[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t63[_o] += t62[_o + _r * 32];
 }
 
 // t65 = h8_bar*(1.0 - (h8*h8))  (elementwise over [N, 32])
@@ -954,12 +1014,10 @@ static void t66_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t65[_o + _r * 32];
-        t66[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t66[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t66[_o] += t65[_o + _r * 32];
 }
 
 // t68 = h7_bar*(1.0 - (h7*h7))  (elementwise over [N, 32])
@@ -981,12 +1039,10 @@ static void t69_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t68[_o + _r * 32];
-        t69[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t69[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t69[_o] += t68[_o + _r * 32];
 }
 
 // t71 = h6_bar*(1.0 - (h6*h6))  (elementwise over [N, 32])
@@ -1008,12 +1064,10 @@ static void t72_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t71[_o + _r * 32];
-        t72[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t72[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t72[_o] += t71[_o + _r * 32];
 }
 
 // t74 = h5_bar*(1.0 - (h5*h5))  (elementwise over [N, 32])
@@ -1035,12 +1089,10 @@ static void t75_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t74[_o + _r * 32];
-        t75[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t75[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t75[_o] += t74[_o + _r * 32];
 }
 
 // t77 = h4_bar*(1.0 - (h4*h4))  (elementwise over [N, 32])
@@ -1062,12 +1114,10 @@ static void t78_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t77[_o + _r * 32];
-        t78[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t78[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t78[_o] += t77[_o + _r * 32];
 }
 
 // t80 = h3_bar*(1.0 - (h3*h3))  (elementwise over [N, 32])
@@ -1089,12 +1139,10 @@ static void t81_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t80[_o + _r * 32];
-        t81[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t81[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t81[_o] += t80[_o + _r * 32];
 }
 
 // t83 = h2_bar*(1.0 - (h2*h2))  (elementwise over [N, 32])
@@ -1116,12 +1164,10 @@ static void t84_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t83[_o + _r * 32];
-        t84[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t84[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t84[_o] += t83[_o + _r * 32];
 }
 
 // t86 = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 32])
@@ -1143,12 +1189,10 @@ static void t87_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t86[_o + _r * 32];
-        t87[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t87[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t87[_o] += t86[_o + _r * 32];
 }
 
 // t89 = h0_bar*(1.0 - (h0*h0))  (elementwise over [N, 32])
@@ -1170,12 +1214,10 @@ static void t90_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t89[_o + _r * 32];
-        t90[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) t90[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            t90[_o] += t89[_o + _r * 32];
 }
 
 // e_bar[:1] = t91
@@ -1400,110 +1442,110 @@ static size_t brackets_rnn_layout(brackets_rnn_workspace* ws, char* base)
     ws->predict.e = bp_carve(base, &off, N * 512);
     ws->predict.t0 = bp_carve(base, &off, N * 32);
     ws->predict.h0 = bp_carve(base, &off, N * 32);
-    ws->predict.t1 = bp_carve(base, &off, N * 32);
+    ws->predict.t1 = ws->predict.t0;  // t0 is dead by then
     ws->predict.t2 = bp_carve(base, &off, N * 32);
-    ws->predict.h1 = bp_carve(base, &off, N * 32);
-    ws->predict.t3 = bp_carve(base, &off, N * 32);
-    ws->predict.t4 = bp_carve(base, &off, N * 32);
-    ws->predict.h2 = bp_carve(base, &off, N * 32);
-    ws->predict.t5 = bp_carve(base, &off, N * 32);
-    ws->predict.t6 = bp_carve(base, &off, N * 32);
-    ws->predict.h3 = bp_carve(base, &off, N * 32);
-    ws->predict.t7 = bp_carve(base, &off, N * 32);
-    ws->predict.t8 = bp_carve(base, &off, N * 32);
-    ws->predict.h4 = bp_carve(base, &off, N * 32);
-    ws->predict.t9 = bp_carve(base, &off, N * 32);
-    ws->predict.t10 = bp_carve(base, &off, N * 32);
-    ws->predict.h5 = bp_carve(base, &off, N * 32);
-    ws->predict.t11 = bp_carve(base, &off, N * 32);
-    ws->predict.t12 = bp_carve(base, &off, N * 32);
-    ws->predict.h6 = bp_carve(base, &off, N * 32);
-    ws->predict.t13 = bp_carve(base, &off, N * 32);
-    ws->predict.t14 = bp_carve(base, &off, N * 32);
-    ws->predict.h7 = bp_carve(base, &off, N * 32);
-    ws->predict.t15 = bp_carve(base, &off, N * 32);
-    ws->predict.t16 = bp_carve(base, &off, N * 32);
-    ws->predict.h8 = bp_carve(base, &off, N * 32);
-    ws->predict.t17 = bp_carve(base, &off, N * 32);
-    ws->predict.t18 = bp_carve(base, &off, N * 32);
-    ws->predict.h9 = bp_carve(base, &off, N * 32);
-    ws->predict.t19 = bp_carve(base, &off, N * 32);
-    ws->predict.t20 = bp_carve(base, &off, N * 32);
-    ws->predict.h10 = bp_carve(base, &off, N * 32);
-    ws->predict.t21 = bp_carve(base, &off, N * 32);
-    ws->predict.t22 = bp_carve(base, &off, N * 32);
-    ws->predict.h11 = bp_carve(base, &off, N * 32);
-    ws->predict.t23 = bp_carve(base, &off, N * 32);
-    ws->predict.t24 = bp_carve(base, &off, N * 32);
-    ws->predict.h12 = bp_carve(base, &off, N * 32);
-    ws->predict.t25 = bp_carve(base, &off, N * 32);
-    ws->predict.t26 = bp_carve(base, &off, N * 32);
-    ws->predict.h13 = bp_carve(base, &off, N * 32);
-    ws->predict.t27 = bp_carve(base, &off, N * 32);
-    ws->predict.t28 = bp_carve(base, &off, N * 32);
-    ws->predict.h14 = bp_carve(base, &off, N * 32);
-    ws->predict.t29 = bp_carve(base, &off, N * 32);
-    ws->predict.t30 = bp_carve(base, &off, N * 32);
-    ws->predict.h15 = bp_carve(base, &off, N * 32);
+    ws->predict.h1 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t3 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t4 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h2 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t5 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t6 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h3 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t7 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t8 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h4 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t9 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t10 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h5 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t11 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t12 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h6 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t13 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t14 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h7 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t15 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t16 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h8 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t17 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t18 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h9 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t19 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t20 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h10 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t21 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t22 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h11 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t23 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t24 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h12 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t25 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t26 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h13 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t27 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t28 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h14 = ws->predict.h0;  // h0 is dead by then
+    ws->predict.t29 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t30 = ws->predict.t2;  // t2 is dead by then
+    ws->predict.h15 = ws->predict.h0;  // h0 is dead by then
     ws->predict.t31 = bp_carve(base, &off, N * 2);
     ws->predict.z = bp_carve(base, &off, N * 2);
     ws->predict.t32 = bp_carve(base, &off, N);
-    ws->predict.t33 = bp_carve(base, &off, N * 2);
-    ws->predict.t34 = bp_carve(base, &off, N);
+    ws->predict.t33 = ws->predict.t31;  // t31 is dead by then
+    ws->predict.t34 = ws->predict.t32;  // t32 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.e = bp_carve(base, &off, N * 512);
     ws->loss.t0 = bp_carve(base, &off, N * 32);
     ws->loss.h0 = bp_carve(base, &off, N * 32);
-    ws->loss.t1 = bp_carve(base, &off, N * 32);
+    ws->loss.t1 = ws->loss.t0;  // t0 is dead by then
     ws->loss.t2 = bp_carve(base, &off, N * 32);
-    ws->loss.h1 = bp_carve(base, &off, N * 32);
-    ws->loss.t3 = bp_carve(base, &off, N * 32);
-    ws->loss.t4 = bp_carve(base, &off, N * 32);
-    ws->loss.h2 = bp_carve(base, &off, N * 32);
-    ws->loss.t5 = bp_carve(base, &off, N * 32);
-    ws->loss.t6 = bp_carve(base, &off, N * 32);
-    ws->loss.h3 = bp_carve(base, &off, N * 32);
-    ws->loss.t7 = bp_carve(base, &off, N * 32);
-    ws->loss.t8 = bp_carve(base, &off, N * 32);
-    ws->loss.h4 = bp_carve(base, &off, N * 32);
-    ws->loss.t9 = bp_carve(base, &off, N * 32);
-    ws->loss.t10 = bp_carve(base, &off, N * 32);
-    ws->loss.h5 = bp_carve(base, &off, N * 32);
-    ws->loss.t11 = bp_carve(base, &off, N * 32);
-    ws->loss.t12 = bp_carve(base, &off, N * 32);
-    ws->loss.h6 = bp_carve(base, &off, N * 32);
-    ws->loss.t13 = bp_carve(base, &off, N * 32);
-    ws->loss.t14 = bp_carve(base, &off, N * 32);
-    ws->loss.h7 = bp_carve(base, &off, N * 32);
-    ws->loss.t15 = bp_carve(base, &off, N * 32);
-    ws->loss.t16 = bp_carve(base, &off, N * 32);
-    ws->loss.h8 = bp_carve(base, &off, N * 32);
-    ws->loss.t17 = bp_carve(base, &off, N * 32);
-    ws->loss.t18 = bp_carve(base, &off, N * 32);
-    ws->loss.h9 = bp_carve(base, &off, N * 32);
-    ws->loss.t19 = bp_carve(base, &off, N * 32);
-    ws->loss.t20 = bp_carve(base, &off, N * 32);
-    ws->loss.h10 = bp_carve(base, &off, N * 32);
-    ws->loss.t21 = bp_carve(base, &off, N * 32);
-    ws->loss.t22 = bp_carve(base, &off, N * 32);
-    ws->loss.h11 = bp_carve(base, &off, N * 32);
-    ws->loss.t23 = bp_carve(base, &off, N * 32);
-    ws->loss.t24 = bp_carve(base, &off, N * 32);
-    ws->loss.h12 = bp_carve(base, &off, N * 32);
-    ws->loss.t25 = bp_carve(base, &off, N * 32);
-    ws->loss.t26 = bp_carve(base, &off, N * 32);
-    ws->loss.h13 = bp_carve(base, &off, N * 32);
-    ws->loss.t27 = bp_carve(base, &off, N * 32);
-    ws->loss.t28 = bp_carve(base, &off, N * 32);
-    ws->loss.h14 = bp_carve(base, &off, N * 32);
-    ws->loss.t29 = bp_carve(base, &off, N * 32);
-    ws->loss.t30 = bp_carve(base, &off, N * 32);
-    ws->loss.h15 = bp_carve(base, &off, N * 32);
+    ws->loss.h1 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t3 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t4 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h2 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t5 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t6 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h3 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t7 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t8 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h4 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t9 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t10 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h5 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t11 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t12 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h6 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t13 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t14 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h7 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t15 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t16 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h8 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t17 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t18 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h9 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t19 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t20 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h10 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t21 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t22 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h11 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t23 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t24 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h12 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t25 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t26 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h13 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t27 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t28 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h14 = ws->loss.h0;  // h0 is dead by then
+    ws->loss.t29 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.t30 = ws->loss.t2;  // t2 is dead by then
+    ws->loss.h15 = ws->loss.h0;  // h0 is dead by then
     ws->loss.t31 = bp_carve(base, &off, N * 2);
     ws->loss.z = bp_carve(base, &off, N * 2);
     ws->loss.t32 = bp_carve(base, &off, N);
-    ws->loss.t33 = bp_carve(base, &off, N * 2);
+    ws->loss.t33 = ws->loss.t31;  // t31 is dead by then
     ws->loss.t34 = bp_carve(base, &off, N);
     ws->loss.t35 = bp_carve(base, &off, N);
     ws->loss.L_n = bp_carve(base, &off, N);
@@ -1514,126 +1556,126 @@ static size_t brackets_rnn_layout(brackets_rnn_workspace* ws, char* base)
     ws->value_and_grad.e = bp_carve(base, &off, N * 512);
     ws->value_and_grad.t0 = bp_carve(base, &off, N * 32);
     ws->value_and_grad.h0 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t1 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t1 = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.t2 = bp_carve(base, &off, N * 32);
     ws->value_and_grad.h1 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t3 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t4 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t3 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t4 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h2 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t5 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t6 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t5 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t6 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h3 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t7 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t8 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t7 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t8 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h4 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t9 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t10 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t9 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t10 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h5 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t11 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t12 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t11 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t12 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h6 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t13 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t14 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t13 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t14 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h7 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t15 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t16 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t15 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t16 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h8 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t17 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t18 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t17 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t18 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h9 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t19 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t20 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t19 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t20 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h10 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t21 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t22 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t21 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t22 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h11 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t23 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t24 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t23 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t24 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h12 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t25 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t26 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t25 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t26 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h13 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t27 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t28 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t27 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t28 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h14 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t29 = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t30 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t29 = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t30 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h15 = bp_carve(base, &off, N * 32);
     ws->value_and_grad.t31 = bp_carve(base, &off, N * 2);
     ws->value_and_grad.z = bp_carve(base, &off, N * 2);
     ws->value_and_grad.t32 = bp_carve(base, &off, N);
-    ws->value_and_grad.t33 = bp_carve(base, &off, N * 2);
+    ws->value_and_grad.t33 = ws->value_and_grad.t31;  // t31 is dead by then
     ws->value_and_grad.t34 = bp_carve(base, &off, N);
     ws->value_and_grad.t35 = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t38 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.t41 = bp_carve(base, &off, N);
-    ws->value_and_grad.z_bar = bp_carve(base, &off, N * 2);
-    ws->value_and_grad.h15_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t44 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.t41 = ws->value_and_grad.t32;  // t32 is dead by then
+    ws->value_and_grad.z_bar = ws->value_and_grad.z;  // z is dead by then
+    ws->value_and_grad.h15_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t44 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.t45 = bp_carve(base, &off, 32);
     ws->value_and_grad.t46 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h14_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t47 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h14_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t47 = ws->value_and_grad.h15;  // h15 is dead by then
     ws->value_and_grad.t48 = bp_carve(base, &off, 32);
     ws->value_and_grad.t49 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h13_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t50 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h13_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t50 = ws->value_and_grad.h14;  // h14 is dead by then
     ws->value_and_grad.t51 = bp_carve(base, &off, 32);
     ws->value_and_grad.t52 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h12_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t53 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h12_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t53 = ws->value_and_grad.h13;  // h13 is dead by then
     ws->value_and_grad.t54 = bp_carve(base, &off, 32);
     ws->value_and_grad.t55 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h11_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t56 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h11_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t56 = ws->value_and_grad.h12;  // h12 is dead by then
     ws->value_and_grad.t57 = bp_carve(base, &off, 32);
     ws->value_and_grad.t58 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h10_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t59 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h10_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t59 = ws->value_and_grad.h11;  // h11 is dead by then
     ws->value_and_grad.t60 = bp_carve(base, &off, 32);
     ws->value_and_grad.t61 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h9_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t62 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h9_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t62 = ws->value_and_grad.h10;  // h10 is dead by then
     ws->value_and_grad.t63 = bp_carve(base, &off, 32);
     ws->value_and_grad.t64 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h8_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t65 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h8_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t65 = ws->value_and_grad.h9;  // h9 is dead by then
     ws->value_and_grad.t66 = bp_carve(base, &off, 32);
     ws->value_and_grad.t67 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h7_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t68 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h7_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t68 = ws->value_and_grad.h8;  // h8 is dead by then
     ws->value_and_grad.t69 = bp_carve(base, &off, 32);
     ws->value_and_grad.t70 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h6_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t71 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h6_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t71 = ws->value_and_grad.h7;  // h7 is dead by then
     ws->value_and_grad.t72 = bp_carve(base, &off, 32);
     ws->value_and_grad.t73 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h5_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t74 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h5_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t74 = ws->value_and_grad.h6;  // h6 is dead by then
     ws->value_and_grad.t75 = bp_carve(base, &off, 32);
     ws->value_and_grad.t76 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t77 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h4_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t77 = ws->value_and_grad.h5;  // h5 is dead by then
     ws->value_and_grad.t78 = bp_carve(base, &off, 32);
     ws->value_and_grad.t79 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h3_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t80 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h3_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t80 = ws->value_and_grad.h4;  // h4 is dead by then
     ws->value_and_grad.t81 = bp_carve(base, &off, 32);
     ws->value_and_grad.t82 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t83 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h2_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t83 = ws->value_and_grad.h3;  // h3 is dead by then
     ws->value_and_grad.t84 = bp_carve(base, &off, 32);
     ws->value_and_grad.t85 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t86 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h1_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t86 = ws->value_and_grad.h2;  // h2 is dead by then
     ws->value_and_grad.t87 = bp_carve(base, &off, 32);
     ws->value_and_grad.t88 = bp_carve(base, &off, 1024);
-    ws->value_and_grad.h0_bar = bp_carve(base, &off, N * 32);
-    ws->value_and_grad.t89 = bp_carve(base, &off, N * 32);
+    ws->value_and_grad.h0_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.t89 = ws->value_and_grad.h1;  // h1 is dead by then
     ws->value_and_grad.t90 = bp_carve(base, &off, 32);
-    ws->value_and_grad.e_bar = bp_carve(base, &off, N * 512);
+    ws->value_and_grad.e_bar = ws->value_and_grad.e;  // e is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

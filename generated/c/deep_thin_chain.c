@@ -78,8 +78,10 @@ static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict 
     }
 }
 
-// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
-static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// inline: gcc 12, left to itself, clones the callers for their constant arguments and
+// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
+static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
 {
     double acc0[16], acc1[16], acc2[16], acc3[16];
     for (int j = 0; j < 16; j++) {
@@ -229,6 +231,40 @@ static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha
 #endif
 
 
+// tanh(x) = sign(x) e / (e + 2), e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1 where
+// 2|x| = n ln2 + r, |r| <= ln2/2, and expm1(r) is its Taylor polynomial to r^13
+// (error below 1e-17): no branch and no call, so loops of it vectorise; within a
+// few ulp of libm's.  |x| > 20 gives +-1 (as libm: tanh(20) rounds to 1), NaN NaN.
+static inline double bp_tanh(double x)
+{
+    union { double d; uint64_t u; } k, s, t;
+    double a = fabs(x);
+    a = a > 20.0 ? 20.0 : a;
+    const double y = 2.0 * a;
+    k.d = y * 1.4426950408889634 + 6755399441055744.0;   // + 1.5 * 2^52: n in the low bits
+    const double n = k.d - 6755399441055744.0;           // round(y / ln2)
+    const double r = (y - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;   // ln2 in two parts
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = r + r * r * p;                                   // expm1(r)
+    s.u = (k.u + 1023u) << 52;                           // 2^n
+    const double e = s.d * p + (s.d - 1.0);              // expm1(y), no cancellation near 0
+    t.d = e / (e + 2.0);
+    k.d = x;
+    t.u |= k.u & 0x8000000000000000u;                    // the sign of x
+    return t.d;
+}
+
 // y_hat: elementwise over [N]
 static void y_hat_kernel(
     real* restrict y_hat,
@@ -244,7 +280,7 @@ static void y_hat_kernel(
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        y_hat[_i] = (0.5 + 0.5*tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*tanh(0.5*(b1[0] + w1[0]*x[_i]))))))))))));
+        y_hat[_i] = (0.5 + 0.5*bp_tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*bp_tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*bp_tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*bp_tanh(0.5*(b1[0] + w1[0]*x[_i]))))))))))));
     }
 }
 
@@ -264,7 +300,7 @@ static void L_n_kernel(
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = (1.0/2.0)*((y[_i] - (0.5 + 0.5*tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*tanh(0.5*(b1[0] + w1[0]*x[_i])))))))))))))*(y[_i] - (0.5 + 0.5*tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*tanh(0.5*(b1[0] + w1[0]*x[_i]))))))))))))));
+        L_n[_i] = (1.0/2.0)*((y[_i] - (0.5 + 0.5*bp_tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*bp_tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*bp_tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*bp_tanh(0.5*(b1[0] + w1[0]*x[_i])))))))))))))*(y[_i] - (0.5 + 0.5*bp_tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*bp_tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*bp_tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*bp_tanh(0.5*(b1[0] + w1[0]*x[_i]))))))))))))));
     }
 }
 
@@ -287,11 +323,11 @@ static void t0_kernel(
 static void L_kernel(real* restrict L, const real* restrict t0, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t0[0]/N;
+        L[0] = t0[0]/N;
     }
 }
 
-// h1 = (0.5 + 0.5*tanh(0.5*(b1 + w1*x)))  (elementwise over [N])
+// h1 = (0.5 + 0.5*bp_tanh(0.5*(b1 + w1*x)))  (elementwise over [N])
 static void h1_kernel(
     real* restrict h1,
     const real* restrict b1,
@@ -300,11 +336,11 @@ static void h1_kernel(
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        h1[_i] = (0.5 + 0.5*tanh(0.5*(b1[0] + w1[0]*x[_i])));
+        h1[_i] = (0.5 + 0.5*bp_tanh(0.5*(b1[0] + w1[0]*x[_i])));
     }
 }
 
-// h2 = (0.5 + 0.5*tanh(0.5*(b2 + h1*w2)))  (elementwise over [N])
+// h2 = (0.5 + 0.5*bp_tanh(0.5*(b2 + h1*w2)))  (elementwise over [N])
 static void h2_kernel(
     real* restrict h2,
     const real* restrict b2,
@@ -313,11 +349,11 @@ static void h2_kernel(
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        h2[_i] = (0.5 + 0.5*tanh(0.5*(b2[0] + h1[_i]*w2[0])));
+        h2[_i] = (0.5 + 0.5*bp_tanh(0.5*(b2[0] + h1[_i]*w2[0])));
     }
 }
 
-// h3 = (0.5 + 0.5*tanh(0.5*(b3 + h2*w3)))  (elementwise over [N])
+// h3 = (0.5 + 0.5*bp_tanh(0.5*(b3 + h2*w3)))  (elementwise over [N])
 static void h3_kernel(
     real* restrict h3,
     const real* restrict b3,
@@ -326,11 +362,11 @@ static void h3_kernel(
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        h3[_i] = (0.5 + 0.5*tanh(0.5*(b3[0] + h2[_i]*w3[0])));
+        h3[_i] = (0.5 + 0.5*bp_tanh(0.5*(b3[0] + h2[_i]*w3[0])));
     }
 }
 
-// y_hat = (0.5 + 0.5*tanh(0.5*(b4 + h3*w4)))  (elementwise over [N])
+// y_hat = (0.5 + 0.5*bp_tanh(0.5*(b4 + h3*w4)))  (elementwise over [N])
 static void y_hat_kernel_2(
     real* restrict y_hat,
     const real* restrict b4,
@@ -339,7 +375,7 @@ static void y_hat_kernel_2(
     long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        y_hat[_i] = (0.5 + 0.5*tanh(0.5*(b4[0] + h3[_i]*w4[0])));
+        y_hat[_i] = (0.5 + 0.5*bp_tanh(0.5*(b4[0] + h3[_i]*w4[0])));
     }
 }
 
@@ -382,7 +418,7 @@ static void t1_kernel(
 static void L_kernel_2(real* restrict L, const real* restrict t1, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t1[0]/N;
+        L[0] = t1[0]/N;
     }
 }
 
@@ -536,10 +572,10 @@ static size_t deep_thin_chain_layout(deep_thin_chain_workspace* ws, char* base)
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t1 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.a4_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.a3_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.a2_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.a1_bar = bp_carve(base, &off, N);
+    ws->value_and_grad.a4_bar = ws->value_and_grad.L_n;  // L_n is dead by then
+    ws->value_and_grad.a3_bar = ws->value_and_grad.y_hat;  // y_hat is dead by then
+    ws->value_and_grad.a2_bar = ws->value_and_grad.h3;  // h3 is dead by then
+    ws->value_and_grad.a1_bar = ws->value_and_grad.h2;  // h2 is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

@@ -78,8 +78,10 @@ static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict 
     }
 }
 
-// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
-static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// inline: gcc 12, left to itself, clones the callers for their constant arguments and
+// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
+static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
 {
     double acc0[16], acc1[16], acc2[16], acc3[16];
     for (int j = 0; j < 16; j++) {
@@ -261,8 +263,12 @@ static void h1_kernel(
     const real* restrict t2,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h1[_i] = fmax(t1[_i] + t2[_i / 64 % 32], 0.0);
+    for (long long _i0 = 0; _i0 < _n / 2048; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            for (long long _i2 = 0; _i2 < 64; _i2++) {
+                h1[_i0 * 2048 + _i1 * 64 + _i2] = fmax(t1[_i0 * 2048 + _i1 * 64 + _i2] + t2[_i1], 0.0);
+            }
+        }
     }
 }
 
@@ -292,8 +298,12 @@ static void h2_kernel(
     const real* restrict t5,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h2[_i] = fmax(t4[_i] + t5[_i / 64 % 64], 0.0);
+    for (long long _i0 = 0; _i0 < _n / 4096; _i0++) {
+        for (long long _i1 = 0; _i1 < 64; _i1++) {
+            for (long long _i2 = 0; _i2 < 64; _i2++) {
+                h2[_i0 * 4096 + _i1 * 64 + _i2] = fmax(t4[_i0 * 4096 + _i1 * 64 + _i2] + t5[_i1], 0.0);
+            }
+        }
     }
 }
 
@@ -338,8 +348,10 @@ static void z5_kernel(
     const real* restrict t7,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z5[_i] = b5[_i % 10] + t7[_i];
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            z5[_i0 * 10 + _i1] = b5[_i1] + t7[_i0 * 10 + _i1];
+        }
     }
 }
 
@@ -365,8 +377,10 @@ static void t9_kernel(
     const real* restrict t8,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t9[_i] = exp(z5[_i] - t8[_i / 10]);
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            t9[_i0 * 10 + _i1] = exp(z5[_i0 * 10 + _i1] - t8[_i0]);
+        }
     }
 }
 
@@ -392,8 +406,10 @@ static void y_hat_kernel(
     const real* restrict t10,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        y_hat[_i] = t9[_i]/t10[_i / 10];
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            y_hat[_i0 * 10 + _i1] = t9[_i0 * 10 + _i1]/t10[_i0];
+        }
     }
 }
 
@@ -442,7 +458,7 @@ static void t14_kernel(
 static void L_kernel(real* restrict L, const real* restrict t14, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t14[0]/N;
+        L[0] = t14[0]/N;
     }
 }
 
@@ -461,8 +477,10 @@ static void z5_bar_kernel(
     const real* restrict t18,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z5_bar[_i] = t18[_i / 10]*t9[_i];
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            z5_bar[_i0 * 10 + _i1] = t18[_i0]*t9[_i0 * 10 + _i1];
+        }
     }
 }
 
@@ -486,12 +504,10 @@ static void b5_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z5_bar[_o + _r * 10];
-        b5_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b5_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b5_bar[_o] += z5_bar[_o + _r * 10];
 }
 
 // t22 = (real)(t6 == t21)  (elementwise over [N, 64, 2, 2, 4, 4])
@@ -501,8 +517,12 @@ static void t22_kernel(
     const real* restrict t21,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t22[_i] = (real)(t6[_i] == t21[(_i / 64) * 16 + _i % 16]);
+    for (long long _i0 = 0; _i0 < _n / 64; _i0++) {
+        for (long long _i1 = 0; _i1 < 4; _i1++) {
+            for (long long _i2 = 0; _i2 < 16; _i2++) {
+                t22[_i0 * 64 + _i1 * 16 + _i2] = (real)(t6[_i0 * 64 + _i1 * 16 + _i2] == t21[_i0 * 16 + _i2]);
+            }
+        }
     }
 }
 
@@ -529,8 +549,12 @@ static void t25_kernel(
     const real* restrict t24,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t25[_i] = t20[(_i / 64) * 16 + _i % 16]*t23[_i]/t24[(_i / 64) * 16 + _i % 16];
+    for (long long _i0 = 0; _i0 < _n / 64; _i0++) {
+        for (long long _i1 = 0; _i1 < 4; _i1++) {
+            for (long long _i2 = 0; _i2 < 16; _i2++) {
+                t25[_i0 * 64 + _i1 * 16 + _i2] = t20[_i0 * 16 + _i2]*t23[_i0 * 64 + _i1 * 16 + _i2]/t24[_i0 * 16 + _i2];
+            }
+        }
     }
 }
 
@@ -666,13 +690,13 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     ws->predict.t3 = bp_carve(base, &off, N * 18432);
     ws->predict.t4 = bp_carve(base, &off, N * 4096);
     ws->predict.h2 = bp_carve(base, &off, N * 4096);
-    ws->predict.t6 = bp_carve(base, &off, N * 4096);
+    ws->predict.t6 = ws->predict.t4;  // t4 is dead by then
     ws->predict.h3 = bp_carve(base, &off, N * 1024);
     ws->predict.t7 = bp_carve(base, &off, N * 10);
     ws->predict.z5 = bp_carve(base, &off, N * 10);
     ws->predict.t8 = bp_carve(base, &off, N);
-    ws->predict.t9 = bp_carve(base, &off, N * 10);
-    ws->predict.t10 = bp_carve(base, &off, N);
+    ws->predict.t9 = ws->predict.t7;  // t7 is dead by then
+    ws->predict.t10 = ws->predict.t8;  // t8 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 576);
@@ -681,12 +705,12 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     ws->loss.t3 = bp_carve(base, &off, N * 18432);
     ws->loss.t4 = bp_carve(base, &off, N * 4096);
     ws->loss.h2 = bp_carve(base, &off, N * 4096);
-    ws->loss.t6 = bp_carve(base, &off, N * 4096);
+    ws->loss.t6 = ws->loss.t4;  // t4 is dead by then
     ws->loss.h3 = bp_carve(base, &off, N * 1024);
     ws->loss.t7 = bp_carve(base, &off, N * 10);
     ws->loss.z5 = bp_carve(base, &off, N * 10);
     ws->loss.t8 = bp_carve(base, &off, N);
-    ws->loss.t9 = bp_carve(base, &off, N * 10);
+    ws->loss.t9 = ws->loss.t7;  // t7 is dead by then
     ws->loss.t10 = bp_carve(base, &off, N);
     ws->loss.t11 = bp_carve(base, &off, N);
     ws->loss.L_n = bp_carve(base, &off, N);
@@ -700,29 +724,29 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     ws->value_and_grad.t3 = bp_carve(base, &off, N * 18432);
     ws->value_and_grad.t4 = bp_carve(base, &off, N * 4096);
     ws->value_and_grad.h2 = bp_carve(base, &off, N * 4096);
-    ws->value_and_grad.t6 = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t6 = ws->value_and_grad.t4;  // t4 is dead by then
     ws->value_and_grad.h3 = bp_carve(base, &off, N * 1024);
     ws->value_and_grad.t7 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.z5 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.t8 = bp_carve(base, &off, N);
-    ws->value_and_grad.t9 = bp_carve(base, &off, N * 10);
+    ws->value_and_grad.t9 = ws->value_and_grad.t7;  // t7 is dead by then
     ws->value_and_grad.t10 = bp_carve(base, &off, N);
     ws->value_and_grad.t11 = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t14 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.t17 = bp_carve(base, &off, N);
-    ws->value_and_grad.z5_bar = bp_carve(base, &off, N * 10);
+    ws->value_and_grad.t17 = ws->value_and_grad.t8;  // t8 is dead by then
+    ws->value_and_grad.z5_bar = ws->value_and_grad.z5;  // z5 is dead by then
     ws->value_and_grad.h4_bar = bp_carve(base, &off, N * 1024);
     ws->value_and_grad.t22 = bp_carve(base, &off, N * 4096);
-    ws->value_and_grad.t23 = bp_carve(base, &off, N * 4096);
-    ws->value_and_grad.t24 = bp_carve(base, &off, N * 1024);
-    ws->value_and_grad.t25 = bp_carve(base, &off, N * 4096);
-    ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 4096);
-    ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 4096);
+    ws->value_and_grad.t23 = ws->value_and_grad.t4;  // t4 is dead by then
+    ws->value_and_grad.t24 = ws->value_and_grad.h3;  // h3 is dead by then
+    ws->value_and_grad.t25 = ws->value_and_grad.t22;  // t22 is dead by then
+    ws->value_and_grad.h2_bar = ws->value_and_grad.t4;  // t4 is dead by then
+    ws->value_and_grad.z2_bar = ws->value_and_grad.t22;  // t22 is dead by then
     ws->value_and_grad.t26 = bp_carve(base, &off, 64);
-    ws->value_and_grad.t28 = bp_carve(base, &off, N * 18432);
-    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 2048);
+    ws->value_and_grad.t28 = ws->value_and_grad.t3;  // t3 is dead by then
+    ws->value_and_grad.h1_bar = ws->value_and_grad.t1;  // t1 is dead by then
     ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 2048);
     ws->value_and_grad.t29 = bp_carve(base, &off, 32);
     if (off > top) top = off;

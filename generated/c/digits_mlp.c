@@ -78,8 +78,10 @@ static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict 
     }
 }
 
-// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
-static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// inline: gcc 12, left to itself, clones the callers for their constant arguments and
+// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
+static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
 {
     double acc0[16], acc1[16], acc2[16], acc3[16];
     for (int j = 0; j < 16; j++) {
@@ -235,15 +237,51 @@ static inline real bp_max(real a, real b)
     return (a > b || a != a) ? a : b;
 }
 
-// h1 = tanh(b1 + t0)  (elementwise over [N, 64])
+// tanh(x) = sign(x) e / (e + 2), e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1 where
+// 2|x| = n ln2 + r, |r| <= ln2/2, and expm1(r) is its Taylor polynomial to r^13
+// (error below 1e-17): no branch and no call, so loops of it vectorise; within a
+// few ulp of libm's.  |x| > 20 gives +-1 (as libm: tanh(20) rounds to 1), NaN NaN.
+static inline double bp_tanh(double x)
+{
+    union { double d; uint64_t u; } k, s, t;
+    double a = fabs(x);
+    a = a > 20.0 ? 20.0 : a;
+    const double y = 2.0 * a;
+    k.d = y * 1.4426950408889634 + 6755399441055744.0;   // + 1.5 * 2^52: n in the low bits
+    const double n = k.d - 6755399441055744.0;           // round(y / ln2)
+    const double r = (y - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;   // ln2 in two parts
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = r + r * r * p;                                   // expm1(r)
+    s.u = (k.u + 1023u) << 52;                           // 2^n
+    const double e = s.d * p + (s.d - 1.0);              // expm1(y), no cancellation near 0
+    t.d = e / (e + 2.0);
+    k.d = x;
+    t.u |= k.u & 0x8000000000000000u;                    // the sign of x
+    return t.d;
+}
+
+// h1 = bp_tanh(b1 + t0)  (elementwise over [N, 64])
 static void h1_kernel(
     real* restrict h1,
     const real* restrict b1,
     const real* restrict t0,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h1[_i] = tanh(b1[_i % 64] + t0[_i]);
+    for (long long _i0 = 0; _i0 < _n / 64; _i0++) {
+        for (long long _i1 = 0; _i1 < 64; _i1++) {
+            h1[_i0 * 64 + _i1] = bp_tanh(b1[_i1] + t0[_i0 * 64 + _i1]);
+        }
     }
 }
 
@@ -254,8 +292,10 @@ static void z2_kernel(
     const real* restrict t1,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z2[_i] = b2[_i % 10] + t1[_i];
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            z2[_i0 * 10 + _i1] = b2[_i1] + t1[_i0 * 10 + _i1];
+        }
     }
 }
 
@@ -281,8 +321,10 @@ static void t3_kernel(
     const real* restrict t2,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t3[_i] = exp(z2[_i] - t2[_i / 10]);
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            t3[_i0 * 10 + _i1] = exp(z2[_i0 * 10 + _i1] - t2[_i0]);
+        }
     }
 }
 
@@ -308,8 +350,10 @@ static void y_hat_kernel(
     const real* restrict t4,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        y_hat[_i] = t3[_i]/t4[_i / 10];
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            y_hat[_i0 * 10 + _i1] = t3[_i0 * 10 + _i1]/t4[_i0];
+        }
     }
 }
 
@@ -358,7 +402,7 @@ static void t8_kernel(
 static void L_kernel(real* restrict L, const real* restrict t8, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t8[0]/N;
+        L[0] = t8[0]/N;
     }
 }
 
@@ -377,8 +421,10 @@ static void z2_bar_kernel(
     const real* restrict t12,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z2_bar[_i] = t12[_i / 10]*t3[_i];
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            z2_bar[_i0 * 10 + _i1] = t12[_i0]*t3[_i0 * 10 + _i1];
+        }
     }
 }
 
@@ -402,12 +448,10 @@ static void b2_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z2_bar[_o + _r * 10];
-        b2_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b2_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b2_bar[_o] += z2_bar[_o + _r * 10];
 }
 
 // z1_bar = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 64])
@@ -429,12 +473,10 @@ static void b1_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z1_bar[_o + _r * 64];
-        b1_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b1_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b1_bar[_o] += z1_bar[_o + _r * 64];
 }
 
 // Where each function's temporaries live in the caller's workspace.
@@ -468,8 +510,8 @@ static size_t digits_mlp_layout(digits_mlp_workspace* ws, char* base)
     ws->predict.t1 = bp_carve(base, &off, N * 10);
     ws->predict.z2 = bp_carve(base, &off, N * 10);
     ws->predict.t2 = bp_carve(base, &off, N);
-    ws->predict.t3 = bp_carve(base, &off, N * 10);
-    ws->predict.t4 = bp_carve(base, &off, N);
+    ws->predict.t3 = ws->predict.t1;  // t1 is dead by then
+    ws->predict.t4 = ws->predict.t2;  // t2 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 64);
@@ -477,7 +519,7 @@ static size_t digits_mlp_layout(digits_mlp_workspace* ws, char* base)
     ws->loss.t1 = bp_carve(base, &off, N * 10);
     ws->loss.z2 = bp_carve(base, &off, N * 10);
     ws->loss.t2 = bp_carve(base, &off, N);
-    ws->loss.t3 = bp_carve(base, &off, N * 10);
+    ws->loss.t3 = ws->loss.t1;  // t1 is dead by then
     ws->loss.t4 = bp_carve(base, &off, N);
     ws->loss.t5 = bp_carve(base, &off, N);
     ws->loss.L_n = bp_carve(base, &off, N);
@@ -490,15 +532,15 @@ static size_t digits_mlp_layout(digits_mlp_workspace* ws, char* base)
     ws->value_and_grad.t1 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.z2 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.t2 = bp_carve(base, &off, N);
-    ws->value_and_grad.t3 = bp_carve(base, &off, N * 10);
+    ws->value_and_grad.t3 = ws->value_and_grad.t1;  // t1 is dead by then
     ws->value_and_grad.t4 = bp_carve(base, &off, N);
     ws->value_and_grad.t5 = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t8 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.t11 = bp_carve(base, &off, N);
-    ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 10);
-    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 64);
+    ws->value_and_grad.t11 = ws->value_and_grad.t2;  // t2 is dead by then
+    ws->value_and_grad.z2_bar = ws->value_and_grad.z2;  // z2 is dead by then
+    ws->value_and_grad.h1_bar = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 64);
     if (off > top) top = off;
     return top > off ? top : off;

@@ -78,8 +78,10 @@ static void bp_sgemm_pack_a(int trans_a, int mr, int kc, const float* restrict a
     }
 }
 
-// the 8 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
-static void bp_sgemm_tile(int kc, const float* restrict ap, const float* restrict bp, float* restrict ct)
+// the 8 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// inline: gcc 12, left to itself, clones the callers for their constant arguments and
+// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
+static inline void bp_sgemm_tile(int kc, const float* restrict ap, const float* restrict bp, float* restrict ct)
 {
     float acc0[16], acc1[16], acc2[16], acc3[16], acc4[16], acc5[16], acc6[16], acc7[16];
     for (int j = 0; j < 16; j++) {
@@ -251,15 +253,46 @@ static inline real bp_max(real a, real b)
     return (a > b || a != a) ? a : b;
 }
 
-// h1 = tanhf(b1 + t0)  (elementwise over [N, 64])
+// tanh(x) = sign(x) e / (e + 2), e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1 where
+// 2|x| = n ln2 + r, |r| <= ln2/2, and expm1(r) is its Taylor polynomial to r^7:
+// no branch and no call, so loops of it vectorise; within a few ulp of libm's.
+// |x| > 10 gives +-1 (tanhf(10) rounds to 1), NaN NaN.
+static inline float bp_tanh(float x)
+{
+    union { float d; uint32_t u; } k, s, t;
+    float a = fabsf(x);
+    a = a > 10.0f ? 10.0f : a;
+    const float y = 2.0f * a;
+    k.d = y * 1.44269504f + 12582912.0f;                 // + 1.5 * 2^23: n in the low bits
+    const float n = k.d - 12582912.0f;                   // round(y / ln2)
+    const float r = (y - n * 0.693145752f) - n * 1.42860677e-06f;   // ln2 in two parts
+    float p = 1.0f / 40320.0f;
+    p = p * r + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = r + r * r * p;                                   // expm1(r)
+    s.u = (k.u + 127u) << 23;                            // 2^n
+    const float e = s.d * p + (s.d - 1.0f);              // expm1(y), no cancellation near 0
+    t.d = e / (e + 2.0f);
+    k.d = x;
+    t.u |= k.u & 0x80000000u;                            // the sign of x
+    return t.d;
+}
+
+// h1 = bp_tanh(b1 + t0)  (elementwise over [N, 64])
 static void h1_kernel(
     real* restrict h1,
     const real* restrict b1,
     const real* restrict t0,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h1[_i] = tanhf(b1[_i % 64] + t0[_i]);
+    for (long long _i0 = 0; _i0 < _n / 64; _i0++) {
+        for (long long _i1 = 0; _i1 < 64; _i1++) {
+            h1[_i0 * 64 + _i1] = bp_tanh(b1[_i1] + t0[_i0 * 64 + _i1]);
+        }
     }
 }
 
@@ -270,8 +303,10 @@ static void z2_kernel(
     const real* restrict t1,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z2[_i] = b2[_i % 10] + t1[_i];
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            z2[_i0 * 10 + _i1] = b2[_i1] + t1[_i0 * 10 + _i1];
+        }
     }
 }
 
@@ -297,8 +332,10 @@ static void t3_kernel(
     const real* restrict t2,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t3[_i] = expf(z2[_i] - t2[_i / 10]);
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            t3[_i0 * 10 + _i1] = expf(z2[_i0 * 10 + _i1] - t2[_i0]);
+        }
     }
 }
 
@@ -324,8 +361,10 @@ static void y_hat_kernel(
     const real* restrict t4,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        y_hat[_i] = t3[_i]/t4[_i / 10];
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            y_hat[_i0 * 10 + _i1] = t3[_i0 * 10 + _i1]/t4[_i0];
+        }
     }
 }
 
@@ -374,7 +413,7 @@ static void t8_kernel(
 static void L_kernel(real* restrict L, const real* restrict t8, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t8[0]/N;
+        L[0] = t8[0]/N;
     }
 }
 
@@ -393,8 +432,10 @@ static void z2_bar_kernel(
     const real* restrict t12,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z2_bar[_i] = t12[_i / 10]*t3[_i];
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            z2_bar[_i0 * 10 + _i1] = t12[_i0]*t3[_i0 * 10 + _i1];
+        }
     }
 }
 
@@ -418,12 +459,10 @@ static void b2_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z2_bar[_o + _r * 10];
-        b2_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b2_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b2_bar[_o] += z2_bar[_o + _r * 10];
 }
 
 // z1_bar = h1_bar*(1.0f - (h1*h1))  (elementwise over [N, 64])
@@ -445,12 +484,10 @@ static void b1_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z1_bar[_o + _r * 64];
-        b1_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b1_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b1_bar[_o] += z1_bar[_o + _r * 64];
 }
 
 // Where each function's temporaries live in the caller's workspace.
@@ -484,8 +521,8 @@ static size_t digits_mlp_f32_layout(digits_mlp_f32_workspace* ws, char* base)
     ws->predict.t1 = bp_carve(base, &off, N * 10);
     ws->predict.z2 = bp_carve(base, &off, N * 10);
     ws->predict.t2 = bp_carve(base, &off, N);
-    ws->predict.t3 = bp_carve(base, &off, N * 10);
-    ws->predict.t4 = bp_carve(base, &off, N);
+    ws->predict.t3 = ws->predict.t1;  // t1 is dead by then
+    ws->predict.t4 = ws->predict.t2;  // t2 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 64);
@@ -493,7 +530,7 @@ static size_t digits_mlp_f32_layout(digits_mlp_f32_workspace* ws, char* base)
     ws->loss.t1 = bp_carve(base, &off, N * 10);
     ws->loss.z2 = bp_carve(base, &off, N * 10);
     ws->loss.t2 = bp_carve(base, &off, N);
-    ws->loss.t3 = bp_carve(base, &off, N * 10);
+    ws->loss.t3 = ws->loss.t1;  // t1 is dead by then
     ws->loss.t4 = bp_carve(base, &off, N);
     ws->loss.t5 = bp_carve(base, &off, N);
     ws->loss.L_n = bp_carve(base, &off, N);
@@ -506,15 +543,15 @@ static size_t digits_mlp_f32_layout(digits_mlp_f32_workspace* ws, char* base)
     ws->value_and_grad.t1 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.z2 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.t2 = bp_carve(base, &off, N);
-    ws->value_and_grad.t3 = bp_carve(base, &off, N * 10);
+    ws->value_and_grad.t3 = ws->value_and_grad.t1;  // t1 is dead by then
     ws->value_and_grad.t4 = bp_carve(base, &off, N);
     ws->value_and_grad.t5 = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t8 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.t11 = bp_carve(base, &off, N);
-    ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 10);
-    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 64);
+    ws->value_and_grad.t11 = ws->value_and_grad.t2;  // t2 is dead by then
+    ws->value_and_grad.z2_bar = ws->value_and_grad.z2;  // z2 is dead by then
+    ws->value_and_grad.h1_bar = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 64);
     if (off > top) top = off;
     return top > off ? top : off;

@@ -78,8 +78,10 @@ static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict 
     }
 }
 
-// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
-static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// inline: gcc 12, left to itself, clones the callers for their constant arguments and
+// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
+static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
 {
     double acc0[16], acc1[16], acc2[16], acc3[16];
     for (int j = 0; j < 16; j++) {
@@ -229,6 +231,40 @@ static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha
 #endif
 
 
+// tanh(x) = sign(x) e / (e + 2), e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1 where
+// 2|x| = n ln2 + r, |r| <= ln2/2, and expm1(r) is its Taylor polynomial to r^13
+// (error below 1e-17): no branch and no call, so loops of it vectorise; within a
+// few ulp of libm's.  |x| > 20 gives +-1 (as libm: tanh(20) rounds to 1), NaN NaN.
+static inline double bp_tanh(double x)
+{
+    union { double d; uint64_t u; } k, s, t;
+    double a = fabs(x);
+    a = a > 20.0 ? 20.0 : a;
+    const double y = 2.0 * a;
+    k.d = y * 1.4426950408889634 + 6755399441055744.0;   // + 1.5 * 2^52: n in the low bits
+    const double n = k.d - 6755399441055744.0;           // round(y / ln2)
+    const double r = (y - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;   // ln2 in two parts
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = r + r * r * p;                                   // expm1(r)
+    s.u = (k.u + 1023u) << 52;                           // 2^n
+    const double e = s.d * p + (s.d - 1.0);              // expm1(y), no cancellation near 0
+    t.d = e / (e + 2.0);
+    k.d = x;
+    t.u |= k.u & 0x8000000000000000u;                    // the sign of x
+    return t.d;
+}
+
 // h1 = fmax(b1 + t0, 0.0)  (elementwise over [N, 16])
 static void h1_kernel(
     real* restrict h1,
@@ -236,20 +272,24 @@ static void h1_kernel(
     const real* restrict t0,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h1[_i] = fmax(b1[_i % 16] + t0[_i], 0.0);
+    for (long long _i0 = 0; _i0 < _n / 16; _i0++) {
+        for (long long _i1 = 0; _i1 < 16; _i1++) {
+            h1[_i0 * 16 + _i1] = fmax(b1[_i1] + t0[_i0 * 16 + _i1], 0.0);
+        }
     }
 }
 
-// h2 = (0.5 + 0.5*tanh(0.5*(b2 + t1)))  (elementwise over [N, 16])
+// h2 = (0.5 + 0.5*bp_tanh(0.5*(b2 + t1)))  (elementwise over [N, 16])
 static void h2_kernel(
     real* restrict h2,
     const real* restrict b2,
     const real* restrict t1,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        h2[_i] = (0.5 + 0.5*tanh(0.5*(b2[_i % 16] + t1[_i])));
+    for (long long _i0 = 0; _i0 < _n / 16; _i0++) {
+        for (long long _i1 = 0; _i1 < 16; _i1++) {
+            h2[_i0 * 16 + _i1] = (0.5 + 0.5*bp_tanh(0.5*(b2[_i1] + t1[_i0 * 16 + _i1])));
+        }
     }
 }
 
@@ -260,8 +300,10 @@ static void z3_kernel(
     const real* restrict t2,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z3[_i] = b3[_i % 2] + t2[_i];
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            z3[_i0 * 2 + _i1] = b3[_i1] + t2[_i0 * 2 + _i1];
+        }
     }
 }
 
@@ -273,8 +315,10 @@ static void t3_kernel(
     const real* restrict t2,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t3[_i] = ((b3[_i % 2] + t2[_i] - y[_i])*(b3[_i % 2] + t2[_i] - y[_i]));
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            t3[_i0 * 2 + _i1] = ((b3[_i1] + t2[_i0 * 2 + _i1] - y[_i0 * 2 + _i1])*(b3[_i1] + t2[_i0 * 2 + _i1] - y[_i0 * 2 + _i1]));
+        }
     }
 }
 
@@ -320,7 +364,7 @@ static void t5_kernel(
 static void L_kernel(real* restrict L, const real* restrict t5, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t5[0]/N;
+        L[0] = t5[0]/N;
     }
 }
 
@@ -332,8 +376,10 @@ static void t3_kernel_2(
     const real* restrict t2,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t3[_i] = b3[_i % 2] + t2[_i] - y[_i];
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            t3[_i0 * 2 + _i1] = b3[_i1] + t2[_i0 * 2 + _i1] - y[_i0 * 2 + _i1];
+        }
     }
 }
 
@@ -387,7 +433,7 @@ static void t6_kernel(
 static void L_kernel_2(real* restrict L, const real* restrict t6, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t6[0]/N;
+        L[0] = t6[0]/N;
     }
 }
 
@@ -410,12 +456,10 @@ static void b3_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z3_bar[_o + _r * 2];
-        b3_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b3_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b3_bar[_o] += z3_bar[_o + _r * 2];
 }
 
 // z2_bar = h2*h2_bar*(1.0 - h2)  (elementwise over [N, 16])
@@ -437,12 +481,10 @@ static void b2_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z2_bar[_o + _r * 16];
-        b2_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b2_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b2_bar[_o] += z2_bar[_o + _r * 16];
 }
 
 // z1_bar = h1_bar*(real)(h1 > 0.0)  (elementwise over [N, 16])
@@ -464,12 +506,10 @@ static void b1_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z1_bar[_o + _r * 16];
-        b1_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b1_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b1_bar[_o] += z1_bar[_o + _r * 16];
 }
 
 // Where each function's temporaries live in the caller's workspace.
@@ -500,15 +540,15 @@ static size_t mlp_regression_layout(mlp_regression_workspace* ws, char* base)
     off = 0;  // predict
     ws->predict.t0 = bp_carve(base, &off, N * 16);
     ws->predict.h1 = bp_carve(base, &off, N * 16);
-    ws->predict.t1 = bp_carve(base, &off, N * 16);
-    ws->predict.h2 = bp_carve(base, &off, N * 16);
+    ws->predict.t1 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.h2 = ws->predict.h1;  // h1 is dead by then
     ws->predict.t2 = bp_carve(base, &off, N * 2);
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 16);
     ws->loss.h1 = bp_carve(base, &off, N * 16);
-    ws->loss.t1 = bp_carve(base, &off, N * 16);
-    ws->loss.h2 = bp_carve(base, &off, N * 16);
+    ws->loss.t1 = ws->loss.t0;  // t0 is dead by then
+    ws->loss.h2 = ws->loss.h1;  // h1 is dead by then
     ws->loss.t2 = bp_carve(base, &off, N * 2);
     ws->loss.t3 = bp_carve(base, &off, N * 2);
     ws->loss.t4 = bp_carve(base, &off, N);
@@ -519,20 +559,20 @@ static size_t mlp_regression_layout(mlp_regression_workspace* ws, char* base)
     off = 0;  // value_and_grad
     ws->value_and_grad.t0 = bp_carve(base, &off, N * 16);
     ws->value_and_grad.h1 = bp_carve(base, &off, N * 16);
-    ws->value_and_grad.t1 = bp_carve(base, &off, N * 16);
+    ws->value_and_grad.t1 = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.h2 = bp_carve(base, &off, N * 16);
     ws->value_and_grad.t2 = bp_carve(base, &off, N * 2);
     ws->value_and_grad.t3 = bp_carve(base, &off, N * 2);
-    ws->value_and_grad.t4 = bp_carve(base, &off, N * 2);
+    ws->value_and_grad.t4 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.t5 = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t6 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.z3_bar = bp_carve(base, &off, N * 2);
-    ws->value_and_grad.h2_bar = bp_carve(base, &off, N * 16);
+    ws->value_and_grad.z3_bar = ws->value_and_grad.t2;  // t2 is dead by then
+    ws->value_and_grad.h2_bar = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.z2_bar = bp_carve(base, &off, N * 16);
-    ws->value_and_grad.h1_bar = bp_carve(base, &off, N * 16);
-    ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 16);
+    ws->value_and_grad.h1_bar = ws->value_and_grad.t0;  // t0 is dead by then
+    ws->value_and_grad.z1_bar = ws->value_and_grad.h2;  // h2 is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

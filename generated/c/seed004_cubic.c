@@ -106,7 +106,7 @@ static size_t seed004_cubic_layout(seed004_cubic_workspace* ws, char* base)
     ws->value_and_grad.u = bp_carve(base, &off, N);
     ws->value_and_grad.z = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.u_bar = bp_carve(base, &off, N);
+    ws->value_and_grad.u_bar = ws->value_and_grad.z;  // z is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

@@ -78,8 +78,10 @@ static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict 
     }
 }
 
-// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
-static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// inline: gcc 12, left to itself, clones the callers for their constant arguments and
+// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
+static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
 {
     double acc0[16], acc1[16], acc2[16], acc3[16];
     for (int j = 0; j < 16; j++) {
@@ -242,8 +244,10 @@ static void a_kernel(
     const real* restrict t0,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        a[_i] = b[_i % 3] + t0[_i];
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            a[_i0 * 3 + _i1] = b[_i1] + t0[_i0 * 3 + _i1];
+        }
     }
 }
 
@@ -265,8 +269,10 @@ static void t2_kernel(
     const real* restrict t1,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t2[_i] = exp(a[_i] - t1[_i / 3]);
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            t2[_i0 * 3 + _i1] = exp(a[_i0 * 3 + _i1] - t1[_i0]);
+        }
     }
 }
 
@@ -292,8 +298,10 @@ static void y_hat_kernel(
     const real* restrict t3,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        y_hat[_i] = t2[_i]/t3[_i / 3];
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            y_hat[_i0 * 3 + _i1] = t2[_i0 * 3 + _i1]/t3[_i0];
+        }
     }
 }
 
@@ -342,7 +350,7 @@ static void t7_kernel(
 static void L_kernel(real* restrict L, const real* restrict t7, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t7[0]/N;
+        L[0] = t7[0]/N;
     }
 }
 
@@ -361,8 +369,10 @@ static void a_bar_kernel(
     const real* restrict t11,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        a_bar[_i] = t11[_i / 3]*t2[_i];
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            a_bar[_i0 * 3 + _i1] = t11[_i0]*t2[_i0 * 3 + _i1];
+        }
     }
 }
 
@@ -386,12 +396,10 @@ static void b_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += a_bar[_o + _r * 3];
-        b_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b_bar[_o] += a_bar[_o + _r * 3];
 }
 
 // Where each function's temporaries live in the caller's workspace.
@@ -423,14 +431,14 @@ static size_t softmax_ce_output_layout(softmax_ce_output_workspace* ws, char* ba
     ws->predict.t0 = bp_carve(base, &off, N * 3);
     ws->predict.a = bp_carve(base, &off, N * 3);
     ws->predict.t1 = bp_carve(base, &off, N);
-    ws->predict.t2 = bp_carve(base, &off, N * 3);
-    ws->predict.t3 = bp_carve(base, &off, N);
+    ws->predict.t2 = ws->predict.t0;  // t0 is dead by then
+    ws->predict.t3 = ws->predict.t1;  // t1 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 3);
     ws->loss.a = bp_carve(base, &off, N * 3);
     ws->loss.t1 = bp_carve(base, &off, N);
-    ws->loss.t2 = bp_carve(base, &off, N * 3);
+    ws->loss.t2 = ws->loss.t0;  // t0 is dead by then
     ws->loss.t3 = bp_carve(base, &off, N);
     ws->loss.t4 = bp_carve(base, &off, N);
     ws->loss.L_n = bp_carve(base, &off, N);
@@ -441,14 +449,14 @@ static size_t softmax_ce_output_layout(softmax_ce_output_workspace* ws, char* ba
     ws->value_and_grad.t0 = bp_carve(base, &off, N * 3);
     ws->value_and_grad.a = bp_carve(base, &off, N * 3);
     ws->value_and_grad.t1 = bp_carve(base, &off, N);
-    ws->value_and_grad.t2 = bp_carve(base, &off, N * 3);
+    ws->value_and_grad.t2 = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.t3 = bp_carve(base, &off, N);
     ws->value_and_grad.t4 = bp_carve(base, &off, N);
     ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t7 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.t10 = bp_carve(base, &off, N);
-    ws->value_and_grad.a_bar = bp_carve(base, &off, N * 3);
+    ws->value_and_grad.t10 = ws->value_and_grad.t1;  // t1 is dead by then
+    ws->value_and_grad.a_bar = ws->value_and_grad.a;  // a is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

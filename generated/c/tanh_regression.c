@@ -78,8 +78,10 @@ static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict 
     }
 }
 
-// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each)
-static void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// inline: gcc 12, left to itself, clones the callers for their constant arguments and
+// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
+static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
 {
     double acc0[16], acc1[16], acc2[16], acc3[16];
     for (int j = 0; j < 16; j++) {
@@ -229,7 +231,41 @@ static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha
 #endif
 
 
-// f = v*tanh(b + d)  (elementwise over [N, 3])
+// tanh(x) = sign(x) e / (e + 2), e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1 where
+// 2|x| = n ln2 + r, |r| <= ln2/2, and expm1(r) is its Taylor polynomial to r^13
+// (error below 1e-17): no branch and no call, so loops of it vectorise; within a
+// few ulp of libm's.  |x| > 20 gives +-1 (as libm: tanh(20) rounds to 1), NaN NaN.
+static inline double bp_tanh(double x)
+{
+    union { double d; uint64_t u; } k, s, t;
+    double a = fabs(x);
+    a = a > 20.0 ? 20.0 : a;
+    const double y = 2.0 * a;
+    k.d = y * 1.4426950408889634 + 6755399441055744.0;   // + 1.5 * 2^52: n in the low bits
+    const double n = k.d - 6755399441055744.0;           // round(y / ln2)
+    const double r = (y - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;   // ln2 in two parts
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = r + r * r * p;                                   // expm1(r)
+    s.u = (k.u + 1023u) << 52;                           // 2^n
+    const double e = s.d * p + (s.d - 1.0);              // expm1(y), no cancellation near 0
+    t.d = e / (e + 2.0);
+    k.d = x;
+    t.u |= k.u & 0x8000000000000000u;                    // the sign of x
+    return t.d;
+}
+
+// f = v*bp_tanh(b + d)  (elementwise over [N, 3])
 static void f_kernel(
     real* restrict f,
     const real* restrict v,
@@ -237,8 +273,10 @@ static void f_kernel(
     const real* restrict d,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        f[_i] = v[_i % 3]*tanh(b[_i % 3] + d[_i]);
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            f[_i0 * 3 + _i1] = v[_i1]*bp_tanh(b[_i1] + d[_i0 * 3 + _i1]);
+        }
     }
 }
 
@@ -284,15 +322,17 @@ static void t0_kernel(
 static void L_kernel(real* restrict L, const real* restrict t0, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t0[0]/N;
+        L[0] = t0[0]/N;
     }
 }
 
-// e = tanh(b + d)  (elementwise over [N, 3])
+// e = bp_tanh(b + d)  (elementwise over [N, 3])
 static void e_kernel(real* restrict e, const real* restrict b, const real* restrict d, long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        e[_i] = tanh(b[_i % 3] + d[_i]);
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            e[_i0 * 3 + _i1] = bp_tanh(b[_i1] + d[_i0 * 3 + _i1]);
+        }
     }
 }
 
@@ -303,8 +343,10 @@ static void f_kernel_2(
     const real* restrict e,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        f[_i] = e[_i]*v[_i % 3];
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            f[_i0 * 3 + _i1] = e[_i0 * 3 + _i1]*v[_i1];
+        }
     }
 }
 
@@ -347,7 +389,7 @@ static void t1_kernel(
 static void L_kernel_2(real* restrict L, const real* restrict t1, const real N, long long _n)
 {
     for (long long _i = 0; _i < _n; _i++) {
-        L[_i] = t1[0]/N;
+        L[0] = t1[0]/N;
     }
 }
 
@@ -367,8 +409,10 @@ static void a_bar_kernel(
     const real* restrict g_bar,
     long long _n)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        a_bar[_i] = g_bar[_i / 3]*v[_i % 3]*(1.0 - (e[_i]*e[_i]));
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            a_bar[_i0 * 3 + _i1] = g_bar[_i0]*v[_i1]*(1.0 - (e[_i0 * 3 + _i1]*e[_i0 * 3 + _i1]));
+        }
     }
 }
 
@@ -379,12 +423,10 @@ static void b_bar_kernel(
     long long _n_out,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += a_bar[_o + _r * 3];
-        b_bar[_o] = _acc;
-    }
+    for (long long _o = 0; _o < _n_out; _o++) b_bar[_o] = 0;
+    for (long long _r = 0; _r < _n_red; _r++)
+        for (long long _o = 0; _o < _n_out; _o++)
+            b_bar[_o] += a_bar[_o + _r * 3];
 }
 
 // Where each function's temporaries live in the caller's workspace.
@@ -427,14 +469,14 @@ static size_t tanh_regression_layout(tanh_regression_workspace* ws, char* base)
     off = 0;  // value_and_grad
     ws->value_and_grad.d = bp_carve(base, &off, N * 3);
     ws->value_and_grad.e = bp_carve(base, &off, N * 3);
-    ws->value_and_grad.f = bp_carve(base, &off, N * 3);
+    ws->value_and_grad.f = ws->value_and_grad.d;  // d is dead by then
     ws->value_and_grad.g = bp_carve(base, &off, N);
     ws->value_and_grad.t0 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
+    ws->value_and_grad.L_n = ws->value_and_grad.g;  // g is dead by then
     ws->value_and_grad.t1 = bp_carve(base, &off, 1);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
-    ws->value_and_grad.g_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.a_bar = bp_carve(base, &off, N * 3);
+    ws->value_and_grad.g_bar = ws->value_and_grad.g;  // g is dead by then
+    ws->value_and_grad.a_bar = ws->value_and_grad.d;  // d is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
 }

@@ -34,11 +34,29 @@ from ..clike.gemm import gemm_call, gemm_source
 from ..python import loader_fields
 
 
+class CTargetExprPrinter(CExprPrinter):
+    """C99 math as the C target prints it: tanh as ``bp_tanh``, the module's own
+    (module.c.j2: expm1 by a polynomial and an exponent put in by bit arithmetic,
+    no branch and no call), so that a loop of them vectorises; libm's tanh is a
+    call per element, about ten times slower, and tanh is most of an MLP's
+    elementwise work.  Its error is a few ulp (tests/test_c_target.py measures it
+    against NumPy's over the whole range)."""
+
+    def fn(self, name: str) -> str:
+        return "bp_tanh" if name == "tanh" else super().fn(name)
+
+    def _print_tanh(self, e):
+        return f"bp_tanh({self._print(e.args[0])})"
+
+
 class C(CStyle):
     """C99 as the C target writes it: CStyle's kernels, and entry points that take
     the batch size and a caller-provided workspace instead of a workspace struct."""
 
     name = "C"
+    expr_printer = CTargetExprPrinter
+    nested_loops = True   # elementwise kernels as loop nests (clike.language.loop_nest)
+    reuse_buffers = True  # dead buffers reused (clike.host.share_buffers): a smaller working set
     # the entry points' own parameters (a value named so is printed as v_<name>)
     reserved = CStyle.reserved | {"batch_size", "workspace", "uintptr_t"}
 
@@ -167,7 +185,7 @@ def render(low, adj, programs, version: str) -> dict:
     )
     check_c_file(header, f"{spec.name}.h", spec.name)
     source = env.get_template("module.c.j2").render(
-        **common, uses_max="bp_max(" in used, kernels=code(printed.kernels), structs=code(printed.structs),
+        **common, uses_max="bp_max(" in used, uses_tanh="bp_tanh(" in used, kernels=code(printed.kernels), structs=code(printed.structs),
         gemm=Code(gemm_source((spec.dtype,))) if any("gemm" in fp.uses for fp in printed.printers.values()) else None,
         layout=code(printed.layout), functions=code(functions.values()),
     )

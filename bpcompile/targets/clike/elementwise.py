@@ -17,20 +17,24 @@ import sympy as sp
 from ...ir.program import Kernel, Value
 from ..base import lowers
 from ...ops.structural import axis_window, key_text
-from .language import broadcast_strides, count_expr, full_dims, line_comment, offset, row_strides, shape_text, size_of
+from .language import (broadcast_strides, count_expr, full_dims, line_comment, loop_nest, offset, row_strides,
+                       shape_text, size_of)
 
 
 class ElementwiseKernels:
     """The lowerings of kernels that compute each output element on its own."""
 
-    def elementwise(self, k: Kernel, hint, comment, inputs, body, out=None):
+    def elementwise(self, k: Kernel, hint, comment, inputs, body, out=None, counts=None):
         """A kernel running ``body`` for each element ``_i`` of ``out`` (default
-        k.out), and its launch.  inputs: [(C parameter declaration, host argument)]."""
+        k.out), and its launch; or, given ``counts`` (``loop_nest``'s), for each
+        ``_i0``, ``_i1``, ... of a loop nest.  inputs: [(C parameter declaration,
+        host argument)]."""
         out = out or k.out
         self.need(out)
         n = count_expr(full_dims(out))
         params = [self.out_param(out)] + [p for p, _ in inputs] + ["long long _n"]
-        name = self.mod.kernels.add(hint, comment, params, self.lang.loop("_i", "_n", body))
+        loops = self.lang.nest("_n", counts, body) if counts else self.lang.loop("_i", "_n", body)
+        name = self.mod.kernels.add(hint, comment, params, loops)
         self.lines.append(self.lang.launch(name, n, [self.c(out)] + [a for _, a in inputs] + [n], out))
 
     @lowers("map")
@@ -45,18 +49,35 @@ class ElementwiseKernels:
         inputs: list = []
         leaf = {}
         dims = full_dims(k.out)
+        counts, at = self.indexing(k.out, k.args)
         for a in k.args:
-            idx = "0" if a.kind in ("const", "batch_size") else offset("_i", dims, broadcast_strides(a, k.out))
-            leaf[a.name] = self.read(a, idx, inputs)
+            leaf[a.name] = self.read(a, at[a.name], inputs)
         p = self.printer(leaf)
         body = [f"const real {name} = {p.doprint(e)};" for name, e in temps]
-        body.append(f"{self.c(k.out)}[_i] = {p.doprint(expr)};")
+        body.append(f"{self.c(k.out)}[{at[None]}] = {p.doprint(expr)};")
         shown = self.printer({a.name: self.c(a) for a in k.args})
         whole = expr.xreplace({sp.Symbol(n, real=True): e for n, e in reversed(temps)})
         comment = [f"{self.c(k.out)} = {shown.doprint(whole)}  (elementwise over {shape_text(k.out)})"]
         if len(comment[0]) > 110:
             comment = [f"{self.c(k.out)}: elementwise over {shape_text(k.out)}"]
-        self.elementwise(k, self.c(k.out), comment, inputs, body)
+        self.elementwise(k, self.c(k.out), comment, inputs, body, counts=counts)
+
+    def indexing(self, out: Value, args) -> tuple:
+        """(counts, {arg name: offset; None: the output's}) of an elementwise kernel
+        writing ``out`` and reading ``args`` broadcast to its shape: a loop nest's
+        (``loop_nest``) where the language runs one, else counts None and offsets
+        of the flat index ``_i``."""
+        dims = full_dims(out)
+        arrays = [a for a in args if a.kind not in ("const", "batch_size")]
+        if not self.lang.nested_loops:
+            at = {a.name: offset("_i", dims, broadcast_strides(a, out)) for a in arrays}
+            at[None] = "_i"
+            return None, {**{a.name: "0" for a in args}, **at}
+        counts, offs = loop_nest(dims, [row_strides(dims)] + [broadcast_strides(a, out) for a in arrays])
+        at = {a.name: "0" for a in args}
+        at.update({a.name: o for a, o in zip(arrays, offs[1:])})
+        at[None] = offs[0]
+        return counts, at
 
     @lowers("broadcast")
     def lower_broadcast(self, k: Kernel):
@@ -66,10 +87,10 @@ class ElementwiseKernels:
             self.lines.append(self.lang.fill(self.c(k.out), f"(real){self.c(x)}", count_expr(full_dims(k.out))))
             return
         inputs: list = []
-        body = [f"{self.c(k.out)}[_i] = "
-                f"{self.read(x, offset('_i', full_dims(k.out), broadcast_strides(x, k.out)), inputs)};"]
+        counts, at = self.indexing(k.out, [x])
+        body = [f"{self.c(k.out)}[{at[None]}] = {self.read(x, at[x.name], inputs)};"]
         self.elementwise(k, self.c(k.out), [f"{self.c(k.out)} = {self.c(x)} broadcast to {shape_text(k.out)}"],
-                         inputs, body)
+                         inputs, body, counts=counts)
 
     @lowers("reshape")
     def lower_reshape(self, k: Kernel):

@@ -193,18 +193,73 @@ def host_function(mod: CModule, fn: str, program: Program, printer_class):
     return "\n".join(lines), fp
 
 
+def lifetimes(fp) -> dict:
+    """{buffer (a name in fp.storage): (the first kernel writing it, the last kernel
+    reading it)}, kernels numbered in program order; a read through an alias (a
+    reshape) is a read of the buffer, and the loss and predict's output are read
+    after the last kernel.  A buffer the function does not write lives throughout."""
+    def root(name):
+        while name in fp.alias:
+            name = fp.alias[name]
+        return name
+    kernels = fp.program.kernels
+    first, last = {}, {}
+    for i, k in enumerate(kernels):
+        out = root(k.out.name)
+        first.setdefault(out, i)
+        last[out] = max(last.get(out, i), i)
+        for a in k.args:
+            last[root(a.name)] = i
+    end = len(kernels)
+    for v in (fp.program.loss, fp.program.output):
+        if v is not None:
+            last[root(v.name)] = end
+    return {nm: (first.get(nm, 0), last.get(nm, end) if nm in first else end) for nm in fp.storage}
+
+
+def share_buffers(fp) -> dict:
+    """{buffer: the earlier buffer whose memory it takes} for a function's buffers:
+    one whose last read comes before another's first write, of the same size, gives
+    that one its memory (first fit, in order of first write).  Fewer, reused
+    buffers keep a deep network's working set in cache (32 layers x 64 wide at
+    batch 64: 4.2 MB of buffers without, about 1 MB with).  A kernel's output
+    never shares with its arguments: their lives meet at that kernel."""
+    life = lifetimes(fp)
+    order = sorted(fp.storage, key=lambda nm: life[nm][0])
+    slots: list = []    # [owner, size, last read of its current occupant]
+    shared = {}
+    for nm in order:
+        start, stop = life[nm]
+        size = fp.storage[nm]
+        for slot in slots:
+            if slot[1] == size and slot[2] < start:
+                shared[nm] = slot[0]
+                slot[2] = stop
+                break
+        else:
+            slots.append([nm, size, stop])
+    return shared
+
+
 def workspace_layout(mod: CModule, printers: dict):
     """(The members of ``<name>_workspace`` holding each function's buffers, the
     lines of ``<name>_layout`` pointing them into one arena with ``bp_carve``).
-    The three functions share the arena: each starts at offset 0."""
+    The three functions share the arena: each starts at offset 0.  Where the
+    language reuses buffers (``CStyle.reuse_buffers``), a buffer whose value is
+    dead takes a later one of its size (``share_buffers``)."""
     layout = []
     structs = []
     for fn, fp in printers.items():
         if not fp.storage:
             continue
+        shared = share_buffers(fp) if mod.lang.reuse_buffers else {}
         layout.append(f"off = 0;  {line_comment(fn)}")
         for nm, size in fp.storage.items():
-            layout.append(f"ws->{fn}.{mod.cname(nm)} = bp_carve(base, &off, {size});")
+            if nm in shared:
+                layout.append(f"ws->{fn}.{mod.cname(nm)} = ws->{fn}.{mod.cname(shared[nm])};  "
+                              f"{line_comment(mod.cname(shared[nm]) + ' is dead by then')}")
+            else:
+                layout.append(f"ws->{fn}.{mod.cname(nm)} = bp_carve(base, &off, {size});")
         layout.append("if (off > top) top = off;")
         structs.append("struct { real " + ", ".join(f"*{mod.cname(n)}" for n in fp.storage) + f"; }} {fn};")
     return structs, layout

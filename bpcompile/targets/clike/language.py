@@ -167,6 +167,35 @@ def offset(var: str, dims: list, strides: list) -> str:
     return " + ".join(reversed(terms)) or "0"
 
 
+def loop_nest(dims: list, strides: list) -> tuple:
+    """The loops of an elementwise kernel over ``dims`` (sizes, None for the batch
+    size: the outermost) that reads or writes arrays at ``strides`` (a list per
+    array, one stride per dim): ``(counts, offsets)``, the merged dims outermost
+    first (a size; None for the one holding N) and, per array, the C offset at the
+    loop indices ``_i0``, ``_i1``, ... (``_i`` when there is one loop).
+
+    Adjacent dims merge when every array walks them as one (both strides 0, or the
+    outer stride the inner one times its size), so a broadcast row (a bias over
+    the batch) is two loops, the inner one contiguous: no ``/`` or ``%`` per
+    element, and a loop a compiler vectorises."""
+    merged = [[d, [s[j] for s in strides]] for j, d in enumerate(dims) if d != 1]
+    if not merged:
+        merged = [[1, [0 for _ in strides]]]
+    i = len(merged) - 1
+    while i > 0:
+        (d0, s0), (d1, s1) = merged[i - 1], merged[i]
+        if all((a == 0 and b == 0) or (b != 0 and a == b * d1) for a, b in zip(s0, s1)):
+            merged[i - 1] = [None if d0 is None else d0 * d1, s1]
+            del merged[i]
+        i -= 1
+    names = ["_i"] if len(merged) == 1 else [f"_i{j}" for j in range(len(merged))]
+    offsets = []
+    for a in range(len(strides)):
+        terms = [(v if st == 1 else f"{v} * {st}") for v, (_, ss) in zip(names, merged) for st in [ss[a]] if st]
+        offsets.append(" + ".join(terms) or "0")
+    return [d for d, _ in merged], offsets
+
+
 def full_dims(v: Value) -> list:
     return ([None] if v.batched else []) + list(v.shape)
 
@@ -324,15 +353,50 @@ class CStyle:
         """The per-element loop of a kernel: ``body`` for each ``var`` in [0, count)."""
         return [f"for (long long {var} = 0; {var} < {count}; {var}++) {{"] + [f"    {x}" for x in body] + ["}"]
 
+    # Whether an elementwise kernel is a loop nest (``loop_nest``: one loop per
+    # merged dim, an array's offset a sum of index times stride) or one flat loop
+    # whose offsets divide the flat index (``offset``): a GPU thread has one flat
+    # index; a CPU loop nest has no division per element and vectorises.
+    nested_loops = False
+    # Whether a workspace buffer whose value is dead is reused for a later value
+    # of its size (host.share_buffers): kernels run in program order, one at a time.
+    reuse_buffers = False
+
+    def nest(self, count: str, counts: list, body: list) -> list:
+        """The loops of ``loop_nest``'s ``counts`` around ``body``: ``count`` (all
+        the elements, a kernel parameter) over the constant inner sizes is the
+        outermost loop's count, so the kernel takes the same parameters as a flat one."""
+        if len(counts) == 1:
+            return self.loop("_i", count, body)
+        inner = size_of(counts[1:])
+        for j in range(len(counts) - 1, -1, -1):
+            var = f"_i{j}"
+            n = f"{count} / {inner}" if j == 0 else str(counts[j])
+            body = [f"for (long long {var} = 0; {var} < {n}; {var}++) {{"] + [f"    {x}" for x in body] + ["}"]
+        return body
+
     def launch(self, kernel: str, count: str, args: list, out) -> str:
         """The host line running an elementwise kernel over ``count`` elements of
         ``out`` (a Value: its shape may choose the launch)."""
         return f"{kernel}(" + ", ".join(args) + ");"
 
-    def reduction(self, kind: str, element: str, out: str, red_dims: list) -> list:
+    def reduction(self, kind: str, element: str, out: str, red_dims: list, leading: bool = False) -> list:
         """The body of a reduction kernel: ``out[_o]`` = the ``kind`` ("sum" or
         "max") of ``element`` over ``_r`` in [0, _n_red), for each ``_o`` in
-        [0, _n_out) (``red_dims``: the reduced dims, None for the batch)."""
+        [0, _n_out) (``red_dims``: the reduced dims, None for the batch).
+
+        ``leading``: the reduced axes come before the kept ones (a bias gradient,
+        summed over the batch), so consecutive outputs are adjacent in memory: then
+        the loop over the outputs is the inner one, adding a row of the argument at
+        a time to the output (contiguous, vectorised), in the same order per output
+        as the loop per output, so the same sums."""
+        init = "0" if kind == "sum" else "-INFINITY"
+        if leading:
+            add = f"{out}[_o] += {{x}};" if kind == "sum" else f"{out}[_o] = bp_max({out}[_o], {{x}});"
+            return [f"for (long long _o = 0; _o < _n_out; _o++) {out}[_o] = {init};",
+                    "for (long long _r = 0; _r < _n_red; _r++)",
+                    "    for (long long _o = 0; _o < _n_out; _o++)",
+                    "        " + add.format(x=element)]
         acc = "_acc += {x};" if kind == "sum" else "_acc = bp_max(_acc, {x});"
         return ["for (long long _o = 0; _o < _n_out; _o++) {",
                 f"    real _acc = {'0' if kind == 'sum' else '-INFINITY'};",

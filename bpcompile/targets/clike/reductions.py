@@ -13,15 +13,16 @@ from .language import count_expr, full_dims, offset, row_strides, shape_text
 class Reductions:
     """The lowerings of reductions, and the reduction kernel contractions share."""
 
-    def reduction(self, k: Kernel, hint, comment, kind, out_dims, red_dims, element, inputs):
+    def reduction(self, k: Kernel, hint, comment, kind, out_dims, red_dims, element, inputs, leading=False):
         """out[_o] = the ``kind`` ("sum" or "max") over _r of ``element`` (C text of
         _o and _r), for the output elements ``out_dims`` and the reduced ``red_dims``
-        (None for the batch size)."""
+        (None for the batch size); ``leading``: the reduced axes all come before
+        the kept ones (``CStyle.reduction``)."""
         out = k.out
         self.need(out)
         n_out = count_expr(out_dims)
         n_red = count_expr(red_dims)
-        body = self.lang.reduction(kind, element, self.c(out), red_dims)
+        body = self.lang.reduction(kind, element, self.c(out), red_dims, leading)
         params = [self.out_param(out)] + [p for p, _ in inputs] + ["long long _n_out", "long long _n_red"]
         name = self.mod.kernels.add(hint, comment, params, body)
         self.lines.append(self.lang.launch_reduction(name, n_out, [self.c(out)] + [a for _, a in inputs]
@@ -38,8 +39,9 @@ class Reductions:
                                      offset("_r", [xd[j] for j in red], [xs[j] for j in red])) if t != "0") or "0"
         element = self.read(x, idx, inputs)
         comment = [f"{self.c(k.out)} = {what}, {self.lang.reduction_note}"]
+        leading = bool(kept) and bool(red) and max(red) < min(kept)
         self.reduction(k, self.c(k.out), comment, kind, [xd[j] for j in kept], [xd[j] for j in red],
-                       element, inputs)
+                       element, inputs, leading)
 
     @lowers("reduce")
     def lower_reduce(self, k: Kernel):

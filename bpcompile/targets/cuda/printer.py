@@ -98,7 +98,8 @@ class Cuda(CStyle):
             block *= 2
         return block
 
-    def reduction(self, kind, element, out, red_dims):
+    def reduction(self, kind, element, out, red_dims, leading=False):
+        # one block per output whatever the order of the axes (``leading`` is for loops)
         block = self.reduction_block(red_dims)
         op = "_acc += {x};" if kind == "sum" else "_acc = bp_max(_acc, {x});"
         tree = "_s[threadIdx.x] += _s[threadIdx.x + _w];" if kind == "sum" else \
