@@ -360,6 +360,81 @@ def _check(where, params, inputs):
                                  f"expected class labels in [0, {classes})")
 
 
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.
+
+_ONES = {}          # N -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+_DT = np.dtype(DTYPE)
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size."""
+    ones = _ONES.get(N)
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    for p in params:
+        if p.dtype is not _DT:
+            return _NoWorkspace()
+    ws = _WORKSPACES.pop((where, N), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
+
+
 def init_params(seed=0):
     """Fresh parameters: E normal, U glorot, b zeros, V glorot, c zeros."""
     rng = np.random.default_rng(seed)
@@ -372,6 +447,27 @@ def init_params(seed=0):
     return params
 
 
+def _predict_arrays(N):
+    """A new workspace of predict: the arrays its products are computed into, at batch size N."""
+    return {
+        't2': np.empty((N, 32), DTYPE),
+        't4': np.empty((N, 32), DTYPE),
+        't6': np.empty((N, 32), DTYPE),
+        't8': np.empty((N, 32), DTYPE),
+        't10': np.empty((N, 32), DTYPE),
+        't12': np.empty((N, 32), DTYPE),
+        't14': np.empty((N, 32), DTYPE),
+        't16': np.empty((N, 32), DTYPE),
+        't18': np.empty((N, 32), DTYPE),
+        't20': np.empty((N, 32), DTYPE),
+        't22': np.empty((N, 32), DTYPE),
+        't24': np.empty((N, 32), DTYPE),
+        't26': np.empty((N, 32), DTYPE),
+        't28': np.empty((N, 32), DTYPE),
+        't30': np.empty((N, 32), DTYPE),
+    }
+
+
 def predict(params, *, tokens, label=None, check=True):
     """The output node y_hat, for a batch."""
     if check:
@@ -382,103 +478,106 @@ def predict(params, *, tokens, label=None, check=True):
     V = params['V']
     c = params['c']
     tokens = np.asarray(tokens)
+    N = tokens.shape[0]
+    # products computed into arrays kept for the next call at this batch size (reset_workspace)
+    ws = _take_workspace('predict', N, _predict_arrays, (E, U, b, V, c))
     # forward pass
     # e = E[tokens]
     e = np.take(E, tokens, axis=0)
     # h0 = tanh(e[0] + b)
     h0 = np.tanh(b + e[:, 0])
-    t2 = h0 @ U.T
+    t2 = np.dot(h0, U.T, out=ws['t2'])
     # h1 = tanh(e[1] + U @ h0 + b)
     # fused, in place: h1 = tanh(b + e[:, 1] + t2)
     h1 = t2  # in place: t2 is not read again
     h1 += b + e[:, 1]
     np.tanh(h1, out=h1)
-    t4 = h1 @ U.T
+    t4 = np.dot(h1, U.T, out=ws['t4'])
     # h2 = tanh(e[2] + U @ h1 + b)
     # fused, in place: h2 = tanh(b + e[:, 2] + t4)
     h2 = t4  # in place: t4 is not read again
     h2 += b + e[:, 2]
     np.tanh(h2, out=h2)
-    t6 = h2 @ U.T
+    t6 = np.dot(h2, U.T, out=ws['t6'])
     # h3 = tanh(e[3] + U @ h2 + b)
     # fused, in place: h3 = tanh(b + e[:, 3] + t6)
     h3 = t6  # in place: t6 is not read again
     h3 += b + e[:, 3]
     np.tanh(h3, out=h3)
-    t8 = h3 @ U.T
+    t8 = np.dot(h3, U.T, out=ws['t8'])
     # h4 = tanh(e[4] + U @ h3 + b)
     # fused, in place: h4 = tanh(b + e[:, 4] + t8)
     h4 = t8  # in place: t8 is not read again
     h4 += b + e[:, 4]
     np.tanh(h4, out=h4)
-    t10 = h4 @ U.T
+    t10 = np.dot(h4, U.T, out=ws['t10'])
     # h5 = tanh(e[5] + U @ h4 + b)
     # fused, in place: h5 = tanh(b + t10 + e[:, 5])
     h5 = t10  # in place: t10 is not read again
     h5 += b + e[:, 5]
     np.tanh(h5, out=h5)
-    t12 = h5 @ U.T
+    t12 = np.dot(h5, U.T, out=ws['t12'])
     # h6 = tanh(e[6] + U @ h5 + b)
     # fused, in place: h6 = tanh(b + e[:, 6] + t12)
     h6 = t12  # in place: t12 is not read again
     h6 += b + e[:, 6]
     np.tanh(h6, out=h6)
-    t14 = h6 @ U.T
+    t14 = np.dot(h6, U.T, out=ws['t14'])
     # h7 = tanh(e[7] + U @ h6 + b)
     # fused, in place: h7 = tanh(b + e[:, 7] + t14)
     h7 = t14  # in place: t14 is not read again
     h7 += b + e[:, 7]
     np.tanh(h7, out=h7)
-    t16 = h7 @ U.T
+    t16 = np.dot(h7, U.T, out=ws['t16'])
     # h8 = tanh(e[8] + U @ h7 + b)
     # fused, in place: h8 = tanh(b + e[:, 8] + t16)
     h8 = t16  # in place: t16 is not read again
     h8 += b + e[:, 8]
     np.tanh(h8, out=h8)
-    t18 = h8 @ U.T
+    t18 = np.dot(h8, U.T, out=ws['t18'])
     # h9 = tanh(e[9] + U @ h8 + b)
     # fused, in place: h9 = tanh(b + e[:, 9] + t18)
     h9 = t18  # in place: t18 is not read again
     h9 += b + e[:, 9]
     np.tanh(h9, out=h9)
-    t20 = h9 @ U.T
+    t20 = np.dot(h9, U.T, out=ws['t20'])
     # h10 = tanh(e[10] + U @ h9 + b)
     # fused, in place: h10 = tanh(b + e[:, 10] + t20)
     h10 = t20  # in place: t20 is not read again
     h10 += b + e[:, 10]
     np.tanh(h10, out=h10)
-    t22 = h10 @ U.T
+    t22 = np.dot(h10, U.T, out=ws['t22'])
     # h11 = tanh(e[11] + U @ h10 + b)
     # fused, in place: h11 = tanh(b + e[:, 11] + t22)
     h11 = t22  # in place: t22 is not read again
     h11 += b + e[:, 11]
     np.tanh(h11, out=h11)
-    t24 = h11 @ U.T
+    t24 = np.dot(h11, U.T, out=ws['t24'])
     # h12 = tanh(e[12] + U @ h11 + b)
     # fused, in place: h12 = tanh(b + e[:, 12] + t24)
     h12 = t24  # in place: t24 is not read again
     h12 += b + e[:, 12]
     np.tanh(h12, out=h12)
-    t26 = h12 @ U.T
+    t26 = np.dot(h12, U.T, out=ws['t26'])
     # h13 = tanh(e[13] + U @ h12 + b)
     # fused, in place: h13 = tanh(b + e[:, 13] + t26)
     h13 = t26  # in place: t26 is not read again
     h13 += b + e[:, 13]
     np.tanh(h13, out=h13)
-    t28 = h13 @ U.T
+    t28 = np.dot(h13, U.T, out=ws['t28'])
     # h14 = tanh(e[14] + U @ h13 + b)
     # fused, in place: h14 = tanh(b + e[:, 14] + t28)
     h14 = t28  # in place: t28 is not read again
     h14 += b + e[:, 14]
     np.tanh(h14, out=h14)
-    t30 = h14 @ U.T
+    t30 = np.dot(h14, U.T, out=ws['t30'])
     # h15 = tanh(e[15] + U @ h14 + b)
     # fused, in place: h15 = tanh(b + e[:, 15] + t30)
     h15 = t30  # in place: t30 is not read again
     h15 += b + e[:, 15]
     np.tanh(h15, out=h15)
     # z = V @ h15 + c
-    t31 = h15 @ V.T
+    t31 = np.dot(h15, V.T)
     z = t31  # in place: t31 is not read again
     z += c
     # y_hat = softmax(z)
@@ -490,7 +589,30 @@ def predict(params, *, tokens, label=None, check=True):
     t34 = t33.sum(axis=1, keepdims=True)
     y_hat = t33  # in place: t33 is not read again
     y_hat /= t34
+    _give_back_workspace('predict', N, ws)
     return y_hat
+
+
+def _loss_arrays(N):
+    """A new workspace of loss: the arrays its products are computed into, at batch size N."""
+    return {
+        't2': np.empty((N, 32), DTYPE),
+        't4': np.empty((N, 32), DTYPE),
+        't6': np.empty((N, 32), DTYPE),
+        't8': np.empty((N, 32), DTYPE),
+        't10': np.empty((N, 32), DTYPE),
+        't12': np.empty((N, 32), DTYPE),
+        't14': np.empty((N, 32), DTYPE),
+        't16': np.empty((N, 32), DTYPE),
+        't18': np.empty((N, 32), DTYPE),
+        't20': np.empty((N, 32), DTYPE),
+        't22': np.empty((N, 32), DTYPE),
+        't24': np.empty((N, 32), DTYPE),
+        't26': np.empty((N, 32), DTYPE),
+        't28': np.empty((N, 32), DTYPE),
+        't30': np.empty((N, 32), DTYPE),
+        't31': np.empty((N, 2), DTYPE),
+    }
 
 
 def loss(params, *, tokens, label, check=True):
@@ -505,104 +627,106 @@ def loss(params, *, tokens, label, check=True):
     tokens = np.asarray(tokens)
     label = np.asarray(label)
     N = tokens.shape[0]
-    rows = np.arange(N)
+    rows = _arange(N)
+    # products computed into arrays kept for the next call at this batch size (reset_workspace)
+    ws = _take_workspace('loss', N, _loss_arrays, (E, U, b, V, c))
     # forward pass
     # e = E[tokens]
     e = np.take(E, tokens, axis=0)
     # h0 = tanh(e[0] + b)
     h0 = np.tanh(b + e[:, 0])
-    t2 = h0 @ U.T
+    t2 = np.dot(h0, U.T, out=ws['t2'])
     # h1 = tanh(e[1] + U @ h0 + b)
     # fused, in place: h1 = tanh(b + e[:, 1] + t2)
     h1 = t2  # in place: t2 is not read again
     h1 += b + e[:, 1]
     np.tanh(h1, out=h1)
-    t4 = h1 @ U.T
+    t4 = np.dot(h1, U.T, out=ws['t4'])
     # h2 = tanh(e[2] + U @ h1 + b)
     # fused, in place: h2 = tanh(b + e[:, 2] + t4)
     h2 = t4  # in place: t4 is not read again
     h2 += b + e[:, 2]
     np.tanh(h2, out=h2)
-    t6 = h2 @ U.T
+    t6 = np.dot(h2, U.T, out=ws['t6'])
     # h3 = tanh(e[3] + U @ h2 + b)
     # fused, in place: h3 = tanh(b + e[:, 3] + t6)
     h3 = t6  # in place: t6 is not read again
     h3 += b + e[:, 3]
     np.tanh(h3, out=h3)
-    t8 = h3 @ U.T
+    t8 = np.dot(h3, U.T, out=ws['t8'])
     # h4 = tanh(e[4] + U @ h3 + b)
     # fused, in place: h4 = tanh(b + e[:, 4] + t8)
     h4 = t8  # in place: t8 is not read again
     h4 += b + e[:, 4]
     np.tanh(h4, out=h4)
-    t10 = h4 @ U.T
+    t10 = np.dot(h4, U.T, out=ws['t10'])
     # h5 = tanh(e[5] + U @ h4 + b)
     # fused, in place: h5 = tanh(b + t10 + e[:, 5])
     h5 = t10  # in place: t10 is not read again
     h5 += b + e[:, 5]
     np.tanh(h5, out=h5)
-    t12 = h5 @ U.T
+    t12 = np.dot(h5, U.T, out=ws['t12'])
     # h6 = tanh(e[6] + U @ h5 + b)
     # fused, in place: h6 = tanh(b + e[:, 6] + t12)
     h6 = t12  # in place: t12 is not read again
     h6 += b + e[:, 6]
     np.tanh(h6, out=h6)
-    t14 = h6 @ U.T
+    t14 = np.dot(h6, U.T, out=ws['t14'])
     # h7 = tanh(e[7] + U @ h6 + b)
     # fused, in place: h7 = tanh(b + e[:, 7] + t14)
     h7 = t14  # in place: t14 is not read again
     h7 += b + e[:, 7]
     np.tanh(h7, out=h7)
-    t16 = h7 @ U.T
+    t16 = np.dot(h7, U.T, out=ws['t16'])
     # h8 = tanh(e[8] + U @ h7 + b)
     # fused, in place: h8 = tanh(b + e[:, 8] + t16)
     h8 = t16  # in place: t16 is not read again
     h8 += b + e[:, 8]
     np.tanh(h8, out=h8)
-    t18 = h8 @ U.T
+    t18 = np.dot(h8, U.T, out=ws['t18'])
     # h9 = tanh(e[9] + U @ h8 + b)
     # fused, in place: h9 = tanh(b + e[:, 9] + t18)
     h9 = t18  # in place: t18 is not read again
     h9 += b + e[:, 9]
     np.tanh(h9, out=h9)
-    t20 = h9 @ U.T
+    t20 = np.dot(h9, U.T, out=ws['t20'])
     # h10 = tanh(e[10] + U @ h9 + b)
     # fused, in place: h10 = tanh(b + e[:, 10] + t20)
     h10 = t20  # in place: t20 is not read again
     h10 += b + e[:, 10]
     np.tanh(h10, out=h10)
-    t22 = h10 @ U.T
+    t22 = np.dot(h10, U.T, out=ws['t22'])
     # h11 = tanh(e[11] + U @ h10 + b)
     # fused, in place: h11 = tanh(b + e[:, 11] + t22)
     h11 = t22  # in place: t22 is not read again
     h11 += b + e[:, 11]
     np.tanh(h11, out=h11)
-    t24 = h11 @ U.T
+    t24 = np.dot(h11, U.T, out=ws['t24'])
     # h12 = tanh(e[12] + U @ h11 + b)
     # fused, in place: h12 = tanh(b + e[:, 12] + t24)
     h12 = t24  # in place: t24 is not read again
     h12 += b + e[:, 12]
     np.tanh(h12, out=h12)
-    t26 = h12 @ U.T
+    t26 = np.dot(h12, U.T, out=ws['t26'])
     # h13 = tanh(e[13] + U @ h12 + b)
     # fused, in place: h13 = tanh(b + e[:, 13] + t26)
     h13 = t26  # in place: t26 is not read again
     h13 += b + e[:, 13]
     np.tanh(h13, out=h13)
-    t28 = h13 @ U.T
+    t28 = np.dot(h13, U.T, out=ws['t28'])
     # h14 = tanh(e[14] + U @ h13 + b)
     # fused, in place: h14 = tanh(b + e[:, 14] + t28)
     h14 = t28  # in place: t28 is not read again
     h14 += b + e[:, 14]
     np.tanh(h14, out=h14)
-    t30 = h14 @ U.T
+    t30 = np.dot(h14, U.T, out=ws['t30'])
     # h15 = tanh(e[15] + U @ h14 + b)
     # fused, in place: h15 = tanh(b + e[:, 15] + t30)
     h15 = t30  # in place: t30 is not read again
     h15 += b + e[:, 15]
     np.tanh(h15, out=h15)
     # z = V @ h15 + c
-    t31 = h15 @ V.T
+    t31 = np.dot(h15, V.T, out=ws['t31'])
     z = t31  # in place: t31 is not read again
     z += c
     # L_n = cross_entropy(y_hat, label)
@@ -614,7 +738,60 @@ def loss(params, *, tokens, label, check=True):
     np.subtract(t32[:, 0] + np.log(t34[:, 0]), L_n, out=L_n)
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
+    _give_back_workspace('loss', N, ws)
     return float(L)
+
+
+def _value_and_grad_arrays(N):
+    """A new workspace of value_and_grad: the arrays its products are computed into, at batch size N."""
+    return {
+        't2': np.empty((N, 32), DTYPE),
+        't4': np.empty((N, 32), DTYPE),
+        't6': np.empty((N, 32), DTYPE),
+        't8': np.empty((N, 32), DTYPE),
+        't10': np.empty((N, 32), DTYPE),
+        't12': np.empty((N, 32), DTYPE),
+        't14': np.empty((N, 32), DTYPE),
+        't16': np.empty((N, 32), DTYPE),
+        't18': np.empty((N, 32), DTYPE),
+        't20': np.empty((N, 32), DTYPE),
+        't22': np.empty((N, 32), DTYPE),
+        't24': np.empty((N, 32), DTYPE),
+        't26': np.empty((N, 32), DTYPE),
+        't28': np.empty((N, 32), DTYPE),
+        't30': np.empty((N, 32), DTYPE),
+        't31': np.empty((N, 2), DTYPE),
+        'h15_bar': np.empty((N, 32), DTYPE),
+        'h14_bar': np.empty((N, 32), DTYPE),
+        't50': np.empty((32, 32), DTYPE),
+        'h13_bar': np.empty((N, 32), DTYPE),
+        't54': np.empty((32, 32), DTYPE),
+        'h12_bar': np.empty((N, 32), DTYPE),
+        't58': np.empty((32, 32), DTYPE),
+        'h11_bar': np.empty((N, 32), DTYPE),
+        't62': np.empty((32, 32), DTYPE),
+        'h10_bar': np.empty((N, 32), DTYPE),
+        't66': np.empty((32, 32), DTYPE),
+        'h9_bar': np.empty((N, 32), DTYPE),
+        't70': np.empty((32, 32), DTYPE),
+        'h8_bar': np.empty((N, 32), DTYPE),
+        't74': np.empty((32, 32), DTYPE),
+        'h7_bar': np.empty((N, 32), DTYPE),
+        't78': np.empty((32, 32), DTYPE),
+        'h6_bar': np.empty((N, 32), DTYPE),
+        't82': np.empty((32, 32), DTYPE),
+        'h5_bar': np.empty((N, 32), DTYPE),
+        't86': np.empty((32, 32), DTYPE),
+        'h4_bar': np.empty((N, 32), DTYPE),
+        't90': np.empty((32, 32), DTYPE),
+        'h3_bar': np.empty((N, 32), DTYPE),
+        't94': np.empty((32, 32), DTYPE),
+        'h2_bar': np.empty((N, 32), DTYPE),
+        't98': np.empty((32, 32), DTYPE),
+        'h1_bar': np.empty((N, 32), DTYPE),
+        't102': np.empty((32, 32), DTYPE),
+        'h0_bar': np.empty((N, 32), DTYPE),
+    }
 
 
 def value_and_grad(params, *, tokens, label, check=True):
@@ -629,105 +806,107 @@ def value_and_grad(params, *, tokens, label, check=True):
     tokens = np.asarray(tokens)
     label = np.asarray(label)
     N = tokens.shape[0]
-    rows = np.arange(N)
-    ones = np.ones(N, DTYPE)
+    rows = _arange(N)
+    ones = _ones(N)
+    # products computed into arrays kept for the next call at this batch size (reset_workspace)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (E, U, b, V, c))
     # forward pass
     # e = E[tokens]
     e = np.take(E, tokens, axis=0)
     # h0 = tanh(e[0] + b)
     h0 = np.tanh(b + e[:, 0])
-    t2 = h0 @ U.T
+    t2 = np.dot(h0, U.T, out=ws['t2'])
     # h1 = tanh(e[1] + U @ h0 + b)
     # fused, in place: h1 = tanh(b + e[:, 1] + t2)
     h1 = t2  # in place: t2 is not read again
     h1 += b + e[:, 1]
     np.tanh(h1, out=h1)
-    t4 = h1 @ U.T
+    t4 = np.dot(h1, U.T, out=ws['t4'])
     # h2 = tanh(e[2] + U @ h1 + b)
     # fused, in place: h2 = tanh(b + e[:, 2] + t4)
     h2 = t4  # in place: t4 is not read again
     h2 += b + e[:, 2]
     np.tanh(h2, out=h2)
-    t6 = h2 @ U.T
+    t6 = np.dot(h2, U.T, out=ws['t6'])
     # h3 = tanh(e[3] + U @ h2 + b)
     # fused, in place: h3 = tanh(b + e[:, 3] + t6)
     h3 = t6  # in place: t6 is not read again
     h3 += b + e[:, 3]
     np.tanh(h3, out=h3)
-    t8 = h3 @ U.T
+    t8 = np.dot(h3, U.T, out=ws['t8'])
     # h4 = tanh(e[4] + U @ h3 + b)
     # fused, in place: h4 = tanh(b + e[:, 4] + t8)
     h4 = t8  # in place: t8 is not read again
     h4 += b + e[:, 4]
     np.tanh(h4, out=h4)
-    t10 = h4 @ U.T
+    t10 = np.dot(h4, U.T, out=ws['t10'])
     # h5 = tanh(e[5] + U @ h4 + b)
     # fused, in place: h5 = tanh(b + t10 + e[:, 5])
     h5 = t10  # in place: t10 is not read again
     h5 += b + e[:, 5]
     np.tanh(h5, out=h5)
-    t12 = h5 @ U.T
+    t12 = np.dot(h5, U.T, out=ws['t12'])
     # h6 = tanh(e[6] + U @ h5 + b)
     # fused, in place: h6 = tanh(b + e[:, 6] + t12)
     h6 = t12  # in place: t12 is not read again
     h6 += b + e[:, 6]
     np.tanh(h6, out=h6)
-    t14 = h6 @ U.T
+    t14 = np.dot(h6, U.T, out=ws['t14'])
     # h7 = tanh(e[7] + U @ h6 + b)
     # fused, in place: h7 = tanh(b + e[:, 7] + t14)
     h7 = t14  # in place: t14 is not read again
     h7 += b + e[:, 7]
     np.tanh(h7, out=h7)
-    t16 = h7 @ U.T
+    t16 = np.dot(h7, U.T, out=ws['t16'])
     # h8 = tanh(e[8] + U @ h7 + b)
     # fused, in place: h8 = tanh(b + e[:, 8] + t16)
     h8 = t16  # in place: t16 is not read again
     h8 += b + e[:, 8]
     np.tanh(h8, out=h8)
-    t18 = h8 @ U.T
+    t18 = np.dot(h8, U.T, out=ws['t18'])
     # h9 = tanh(e[9] + U @ h8 + b)
     # fused, in place: h9 = tanh(b + e[:, 9] + t18)
     h9 = t18  # in place: t18 is not read again
     h9 += b + e[:, 9]
     np.tanh(h9, out=h9)
-    t20 = h9 @ U.T
+    t20 = np.dot(h9, U.T, out=ws['t20'])
     # h10 = tanh(e[10] + U @ h9 + b)
     # fused, in place: h10 = tanh(b + e[:, 10] + t20)
     h10 = t20  # in place: t20 is not read again
     h10 += b + e[:, 10]
     np.tanh(h10, out=h10)
-    t22 = h10 @ U.T
+    t22 = np.dot(h10, U.T, out=ws['t22'])
     # h11 = tanh(e[11] + U @ h10 + b)
     # fused, in place: h11 = tanh(b + e[:, 11] + t22)
     h11 = t22  # in place: t22 is not read again
     h11 += b + e[:, 11]
     np.tanh(h11, out=h11)
-    t24 = h11 @ U.T
+    t24 = np.dot(h11, U.T, out=ws['t24'])
     # h12 = tanh(e[12] + U @ h11 + b)
     # fused, in place: h12 = tanh(b + e[:, 12] + t24)
     h12 = t24  # in place: t24 is not read again
     h12 += b + e[:, 12]
     np.tanh(h12, out=h12)
-    t26 = h12 @ U.T
+    t26 = np.dot(h12, U.T, out=ws['t26'])
     # h13 = tanh(e[13] + U @ h12 + b)
     # fused, in place: h13 = tanh(b + e[:, 13] + t26)
     h13 = t26  # in place: t26 is not read again
     h13 += b + e[:, 13]
     np.tanh(h13, out=h13)
-    t28 = h13 @ U.T
+    t28 = np.dot(h13, U.T, out=ws['t28'])
     # h14 = tanh(e[14] + U @ h13 + b)
     # fused, in place: h14 = tanh(b + e[:, 14] + t28)
     h14 = t28  # in place: t28 is not read again
     h14 += b + e[:, 14]
     np.tanh(h14, out=h14)
-    t30 = h14 @ U.T
+    t30 = np.dot(h14, U.T, out=ws['t30'])
     # h15 = tanh(e[15] + U @ h14 + b)
     # fused, in place: h15 = tanh(b + e[:, 15] + t30)
     h15 = t30  # in place: t30 is not read again
     h15 += b + e[:, 15]
     np.tanh(h15, out=h15)
     # z = V @ h15 + c
-    t31 = h15 @ V.T
+    t31 = np.dot(h15, V.T, out=ws['t31'])
     z = t31  # in place: t31 is not read again
     z += c
     # L_n = cross_entropy(y_hat, label)
@@ -749,11 +928,11 @@ def value_and_grad(params, *, tokens, label, check=True):
     z_bar *= (t39/t37)[:, None]
     z_bar[rows, label] -= t39
     # c_bar = z_bar (summed over the batch)   # add
-    c_bar = ones @ z_bar
+    c_bar = np.dot(ones, z_bar)
     # V_bar = z_bar h15^T (summed over the batch)   # matmul
-    V_bar = z_bar.T @ h15
+    V_bar = np.dot(z_bar.T, h15)
     # h15_bar = V^T @ z_bar   # matmul
-    h15_bar = z_bar @ V
+    h15_bar = np.dot(z_bar, V, out=ws['h15_bar'])
     # q62_bar = h15_bar*(1 - h15**2)   # tanh
     # q61_bar = q62_bar   # add
     # q60_bar = q61_bar   # add
@@ -763,10 +942,10 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t44, out=t44)
     np.subtract(1, t44, out=t44)
     t44 *= h15_bar
-    t45 = ones @ t44
-    t46 = t44.T @ h14
+    t45 = np.dot(ones, t44)
+    t46 = np.dot(t44.T, h14)
     # h14_bar = U^T @ q60_bar   # matmul
-    h14_bar = t44 @ U
+    h14_bar = np.dot(t44, U, out=ws['h14_bar'])
     t47 = np.zeros((N, 16, 32), DTYPE)
     t47[:, 15] = t44
     # q58_bar = h14_bar*(1 - h14**2)   # tanh
@@ -778,9 +957,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t48, out=t48)
     np.subtract(1, t48, out=t48)
     t48 *= h14_bar
-    t50 = t48.T @ h13
+    t50 = np.dot(t48.T, h13, out=ws['t50'])
     # h13_bar = U^T @ q56_bar   # matmul
-    h13_bar = t48 @ U
+    h13_bar = np.dot(t48, U, out=ws['h13_bar'])
     t51 = np.zeros((N, 16, 32), DTYPE)
     t51[:, 14] = t48
     # q54_bar = h13_bar*(1 - h13**2)   # tanh
@@ -792,9 +971,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t52, out=t52)
     np.subtract(1, t52, out=t52)
     t52 *= h13_bar
-    t54 = t52.T @ h12
+    t54 = np.dot(t52.T, h12, out=ws['t54'])
     # h12_bar = U^T @ q52_bar   # matmul
-    h12_bar = t52 @ U
+    h12_bar = np.dot(t52, U, out=ws['h12_bar'])
     t55 = np.zeros((N, 16, 32), DTYPE)
     t55[:, 13] = t52
     # q50_bar = h12_bar*(1 - h12**2)   # tanh
@@ -806,9 +985,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t56, out=t56)
     np.subtract(1, t56, out=t56)
     t56 *= h12_bar
-    t58 = t56.T @ h11
+    t58 = np.dot(t56.T, h11, out=ws['t58'])
     # h11_bar = U^T @ q48_bar   # matmul
-    h11_bar = t56 @ U
+    h11_bar = np.dot(t56, U, out=ws['h11_bar'])
     t59 = np.zeros((N, 16, 32), DTYPE)
     t59[:, 12] = t56
     # q46_bar = h11_bar*(1 - h11**2)   # tanh
@@ -820,9 +999,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t60, out=t60)
     np.subtract(1, t60, out=t60)
     t60 *= h11_bar
-    t62 = t60.T @ h10
+    t62 = np.dot(t60.T, h10, out=ws['t62'])
     # h10_bar = U^T @ q44_bar   # matmul
-    h10_bar = t60 @ U
+    h10_bar = np.dot(t60, U, out=ws['h10_bar'])
     t63 = np.zeros((N, 16, 32), DTYPE)
     t63[:, 11] = t60
     # q42_bar = h10_bar*(1 - h10**2)   # tanh
@@ -834,9 +1013,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t64, out=t64)
     np.subtract(1, t64, out=t64)
     t64 *= h10_bar
-    t66 = t64.T @ h9
+    t66 = np.dot(t64.T, h9, out=ws['t66'])
     # h9_bar = U^T @ q40_bar   # matmul
-    h9_bar = t64 @ U
+    h9_bar = np.dot(t64, U, out=ws['h9_bar'])
     t67 = np.zeros((N, 16, 32), DTYPE)
     t67[:, 10] = t64
     # q38_bar = h9_bar*(1 - h9**2)   # tanh
@@ -848,9 +1027,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t68, out=t68)
     np.subtract(1, t68, out=t68)
     t68 *= h9_bar
-    t70 = t68.T @ h8
+    t70 = np.dot(t68.T, h8, out=ws['t70'])
     # h8_bar = U^T @ q36_bar   # matmul
-    h8_bar = t68 @ U
+    h8_bar = np.dot(t68, U, out=ws['h8_bar'])
     t71 = np.zeros((N, 16, 32), DTYPE)
     t71[:, 9] = t68
     # q34_bar = h8_bar*(1 - h8**2)   # tanh
@@ -862,9 +1041,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t72, out=t72)
     np.subtract(1, t72, out=t72)
     t72 *= h8_bar
-    t74 = t72.T @ h7
+    t74 = np.dot(t72.T, h7, out=ws['t74'])
     # h7_bar = U^T @ q32_bar   # matmul
-    h7_bar = t72 @ U
+    h7_bar = np.dot(t72, U, out=ws['h7_bar'])
     t75 = np.zeros((N, 16, 32), DTYPE)
     t75[:, 8] = t72
     # q30_bar = h7_bar*(1 - h7**2)   # tanh
@@ -876,9 +1055,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t76, out=t76)
     np.subtract(1, t76, out=t76)
     t76 *= h7_bar
-    t78 = t76.T @ h6
+    t78 = np.dot(t76.T, h6, out=ws['t78'])
     # h6_bar = U^T @ q28_bar   # matmul
-    h6_bar = t76 @ U
+    h6_bar = np.dot(t76, U, out=ws['h6_bar'])
     t79 = np.zeros((N, 16, 32), DTYPE)
     t79[:, 7] = t76
     # q26_bar = h6_bar*(1 - h6**2)   # tanh
@@ -890,9 +1069,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t80, out=t80)
     np.subtract(1, t80, out=t80)
     t80 *= h6_bar
-    t82 = t80.T @ h5
+    t82 = np.dot(t80.T, h5, out=ws['t82'])
     # h5_bar = U^T @ q24_bar   # matmul
-    h5_bar = t80 @ U
+    h5_bar = np.dot(t80, U, out=ws['h5_bar'])
     t83 = np.zeros((N, 16, 32), DTYPE)
     t83[:, 6] = t80
     # q22_bar = h5_bar*(1 - h5**2)   # tanh
@@ -904,9 +1083,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t84, out=t84)
     np.subtract(1, t84, out=t84)
     t84 *= h5_bar
-    t86 = t84.T @ h4
+    t86 = np.dot(t84.T, h4, out=ws['t86'])
     # h4_bar = U^T @ q20_bar   # matmul
-    h4_bar = t84 @ U
+    h4_bar = np.dot(t84, U, out=ws['h4_bar'])
     t87 = np.zeros((N, 16, 32), DTYPE)
     t87[:, 5] = t84
     # q18_bar = h4_bar*(1 - h4**2)   # tanh
@@ -918,9 +1097,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t88, out=t88)
     np.subtract(1, t88, out=t88)
     t88 *= h4_bar
-    t90 = t88.T @ h3
+    t90 = np.dot(t88.T, h3, out=ws['t90'])
     # h3_bar = U^T @ q16_bar   # matmul
-    h3_bar = t88 @ U
+    h3_bar = np.dot(t88, U, out=ws['h3_bar'])
     t91 = np.zeros((N, 16, 32), DTYPE)
     t91[:, 4] = t88
     # q14_bar = h3_bar*(1 - h3**2)   # tanh
@@ -932,9 +1111,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t92, out=t92)
     np.subtract(1, t92, out=t92)
     t92 *= h3_bar
-    t94 = t92.T @ h2
+    t94 = np.dot(t92.T, h2, out=ws['t94'])
     # h2_bar = U^T @ q12_bar   # matmul
-    h2_bar = t92 @ U
+    h2_bar = np.dot(t92, U, out=ws['h2_bar'])
     t95 = np.zeros((N, 16, 32), DTYPE)
     t95[:, 3] = t92
     # q10_bar = h2_bar*(1 - h2**2)   # tanh
@@ -946,9 +1125,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t96, out=t96)
     np.subtract(1, t96, out=t96)
     t96 *= h2_bar
-    t98 = t96.T @ h1
+    t98 = np.dot(t96.T, h1, out=ws['t98'])
     # h1_bar = U^T @ q8_bar   # matmul
-    h1_bar = t96 @ U
+    h1_bar = np.dot(t96, U, out=ws['h1_bar'])
     t99 = np.zeros((N, 16, 32), DTYPE)
     t99[:, 2] = t96
     # q6_bar = h1_bar*(1 - h1**2)   # tanh
@@ -960,9 +1139,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t100, out=t100)
     np.subtract(1, t100, out=t100)
     t100 *= h1_bar
-    t102 = t100.T @ h0
+    t102 = np.dot(t100.T, h0, out=ws['t102'])
     # h0_bar = U^T @ q4_bar   # matmul
-    h0_bar = t100 @ U
+    h0_bar = np.dot(t100, U, out=ws['h0_bar'])
     t103 = np.zeros((N, 16, 32), DTYPE)
     t103[:, 1] = t100
     # q2_bar = h0_bar*(1 - h0**2)   # tanh
@@ -982,10 +1161,11 @@ def value_and_grad(params, *, tokens, label, check=True):
     E_bar = (np.arange(4)[:, None] == tokens.reshape(-1)).astype(DTYPE) @ e_bar.reshape(-1, 32)
     # b_bar = q62_bar (summed over the batch) + q58_bar (summed over the batch) + q54_bar (summed over the batch) + q50_bar (summed over the batch) + q46_bar (summed over the batch) + q42_bar (summed over the batch) + q38_bar (summed over the batch) + q34_bar (summed over the batch) + q30_bar (summed over the batch) + q26_bar (summed over the batch) + q22_bar (summed over the batch) + q18_bar (summed over the batch) + q14_bar (summed over the batch) + q10_bar (summed over the batch) + q6_bar (summed over the batch) + q2_bar (summed over the batch)   # sum over consumers (add x16)
     b_bar = t45  # in place: t45 is not read again
-    b_bar += (ones @ t100) + (ones @ t104) + (ones @ t48) + (ones @ t52) + (ones @ t56) + (ones @ t60) + (ones @ t64) + (ones @ t68) + (ones @ t72) + (ones @ t76) + (ones @ t80) + (ones @ t84) + (ones @ t88) + (ones @ t92) + (ones @ t96)
+    b_bar += np.dot(ones, t100) + np.dot(ones, t104) + np.dot(ones, t48) + np.dot(ones, t52) + np.dot(ones, t56) + np.dot(ones, t60) + np.dot(ones, t64) + np.dot(ones, t68) + np.dot(ones, t72) + np.dot(ones, t76) + np.dot(ones, t80) + np.dot(ones, t84) + np.dot(ones, t88) + np.dot(ones, t92) + np.dot(ones, t96)
     # U_bar = q60_bar h14^T (summed over the batch) + q56_bar h13^T (summed over the batch) + q52_bar h12^T (summed over the batch) + q48_bar h11^T (summed over the batch) + q44_bar h10^T (summed over the batch) + q40_bar h9^T (summed over the batch) + q36_bar h8^T (summed over the batch) + q32_bar h7^T (summed over the batch) + q28_bar h6^T (summed over the batch) + q24_bar h5^T (summed over the batch) + q20_bar h4^T (summed over the batch) + q16_bar h3^T (summed over the batch) + q12_bar h2^T (summed over the batch) + q8_bar h1^T (summed over the batch) + q4_bar h0^T (summed over the batch)   # sum over consumers (matmul x15)
     U_bar = t46  # in place: t46 is not read again
     U_bar += t102 + t50 + t54 + t58 + t62 + t66 + t70 + t74 + t78 + t82 + t86 + t90 + t94 + t98
+    _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'E': E_bar, 'U': U_bar, 'b': b_bar, 'V': V_bar, 'c': c_bar}
 
 

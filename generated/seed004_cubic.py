@@ -148,6 +148,81 @@ def _check(where, params, inputs):
                                  f"expected class labels in [0, {classes})")
 
 
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.
+
+_ONES = {}          # N -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+_DT = np.dtype(DTYPE)
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size."""
+    ones = _ONES.get(N)
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    for p in params:
+        if p.dtype is not _DT:
+            return _NoWorkspace()
+    ws = _WORKSPACES.pop((where, N), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
+
+
 def init_params(seed=0):
     """Fresh parameters: none."""
     params = {}

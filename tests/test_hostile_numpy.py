@@ -210,7 +210,7 @@ def test_every_template_field_with_hostile_values():
           "check": Code("_check('predict', params, {'x': x})"), "doc": h,
           "prologue": [Code("x = np.asarray(x, DTYPE)")],
           "blocks": [{"header": Code("forward pass"), "notes": [h, h], "lines": [Code("y = x * 2")]}],
-          "returns": Code("y")}
+          "epilogue": [], "arrays": [], "returns": Code("y")}
     source = env.get_template("module.py.j2").render(
         docstring=h, name="n", dtype=Code("float64"), reduction="mean",
         param_shapes=Code("{}"), input_shapes=Code("{'x': ()}"), label_classes=Code("{}"),

@@ -225,6 +225,7 @@ class NumpyPrinter:
         self.dtype = dtype
         self.folded: dict = {}   # temporary name -> Folded, for the function being printed
         self.helpers: dict = {}  # name -> source of a helper the printed code calls (_erf)
+        self.buffers: dict = {}  # id(kernel) -> key of its array in the workspace (see workspace_plan)
 
     def ref(self, v: Value) -> str:
         """How a line reads value ``v``: its name, or its folded expression."""
@@ -294,7 +295,15 @@ class NumpyPrinter:
         sb = ("n" if b.batched else "") + form.b
         so = ("n" if out_batched else "") + form.out
         sizes = {"n": None, **dict(zip(form.a, a.shape)), **dict(zip(form.b, b.shape))}
-        return [f"{out} = {contraction(sa, sb, so, args[0], args[1], sizes)}"]
+        return [f"{out} = {self.into(k, contraction(sa, sb, so, args[0], args[1], sizes))}"]
+
+    def into(self, k: Kernel, call: str) -> str:
+        """``call`` (an ``np.dot(...)``) writing into the workspace's array for ``k``
+        when the function's workspace plan gives it one."""
+        key = self.buffers.get(id(k))
+        if key is None or not call.startswith("np.dot(") or not call.endswith(")"):
+            return call
+        return f"{call[:-1]}, out=ws[{py_str(key)}])"
 
     @lowers("windows")
     def lower_windows(self, k, out, args):
@@ -435,7 +444,7 @@ class NumpyPrinter:
         axes += keep
         if axes == [0] and x.batched and x.rank == 2:
             # a sum over the batch of a matrix is a GEMV with a ones vector: BLAS speed
-            return [f"{out} = ones @ {args[0]}"]
+            return [f"{out} = {self.into(k, f'np.dot(ones, {args[0]})')}"]
         axis = str(axes[0]) if len(axes) == 1 else str(tuple(axes))
         line = f"{out} = {args[0]}.sum(axis={axis})"
         if keep:
@@ -607,6 +616,11 @@ def contraction(sa: str, sb: str, so: str, a: str, b: str, sizes: dict | None = 
         return f"np.outer({left}, {right})"
     if not form.grouped and (ra, rb, ro) == (sa, sb, so):
         t = ".swapaxes(-1, -2)" if form.batched else ".T"
+        if not form.batched and len(sa) <= 2 and len(sb) <= 2:
+            # matrices and vectors: np.dot goes to BLAS as directly as it can (``@`` takes
+            # 10-14 us for a product of one row, np.dot 2-3 us), and it can write into
+            # an array of the workspace (``out=``)
+            return f"np.dot({left}{'.T' if form.trans_left else ''}, {right}{'.T' if form.trans_right else ''})"
         return f"{left}{t if form.trans_left else ''} @ {right}{t if form.trans_right else ''}"
     # the operands as matrices by reshapes (TTGT), read by their original subscripts
     sl, sr = (sa, sb) if form.left == 0 else (sb, sa)
@@ -753,11 +767,64 @@ def fold_plan(kernels, returns: str) -> dict:
     return plan
 
 
+# Kernels whose result is a fresh array (not a view of, nor the memory of, an argument).
+FRESH = ("contract", "reduce", "sum_to", "zeros", "onehot", "take", "gather", "scatter_rows", "concat",
+         "copy", "unslice")
+
+
+def workspace_plan(kernels, returns: str, folded) -> dict:
+    """id(kernel) -> key of the array of the workspace it computes into: each product
+    (``contract``, a sum over the batch by ``ones``) whose memory the function does
+    not hand back.  A value's memory is handed back when the return expression
+    names it or a value sharing its memory: one computed in place in it (``h1 =
+    t0  # in place``), or a view of it (a reshape, a slice, a transpose).  Any
+    kernel not known to make a fresh array is taken to share its arguments'
+    memory.  ``folded``: indices of kernels written into another line (none of
+    them gets an array)."""
+    parent: dict = {}
+
+    def find(nm):
+        while parent.get(nm, nm) != nm:
+            nm = parent[nm]
+        return nm
+
+    def union(a, b):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+
+    for k in kernels:
+        if k.op == "map":
+            if k.reuse is not None:
+                union(k.out.name, k.reuse.name)
+            elif isinstance(k.attrs[1], sp.Symbol):   # a value under another name
+                for a in k.args:
+                    union(k.out.name, a.name)
+        elif k.op == "scatter_add" and k.inplace:
+            union(k.out.name, k.args[0].name)
+        elif k.op not in FRESH:
+            for a in k.args:
+                union(k.out.name, a.name)
+    returned = {find(nm) for nm in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", returns)}
+    plan: dict = {}
+    keys: set = set()
+    for i, k in enumerate(kernels):
+        if k.op not in ("contract", "sum_to") or i in folded or not k.out.rank \
+                or find(k.out.name) in returned or any(a.dtype != "float" for a in k.args):
+            continue
+        key = k.out.name if k.out.name not in keys else f"{k.out.name}_{i}"
+        keys.add(key)
+        plan[id(k)] = key
+    return plan
+
+
 def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, doc, returns):
     blocks = []
     phase = None
     kernels = program.kernels
     plan = fold_plan(kernels, returns)
+    printer.buffers = workspace_plan(kernels, returns, set(plan))
+    shapes = {id(k): batched_shape(k.out) for k in kernels if id(k) in printer.buffers}
     printer.folded = {}
     moved: dict = {}   # kernel index -> notes of the folded kernels it takes in
     for i, k in enumerate(kernels):
@@ -778,11 +845,15 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
                        "lines": [Code(line) for line in printer.kernel(k)]})
     printer.folded = {}
     body = "\n".join(line for b in blocks for line in b["lines"]) + "\n" + returns
+    # the arrays the lines write into (some planned products print no np.dot: an einsum)
+    buffers = [(key, shapes[kid]) for kid, key in printer.buffers.items()
+               if re.search(rf"\bout=ws\[{re.escape(py_str(key))}\]", body)]
+    printer.buffers = {}
     used_inputs = {v.name for v in program.inputs}
     prologue = [f"{p.name} = params[{py_str(p.name)}]" for p in program.params]
     for v in program.inputs:
         prologue.append(f"{v.name} = np.asarray({v.name}{', DTYPE' if v.dtype == 'float' else ''})")
-    if re.search(r"\b(N|rows|ones)\b", body):
+    if buffers or re.search(r"\b(N|rows|ones)\b", body):
         if program.inputs:
             prologue.append(f"N = {program.inputs[0].name}.shape[0]")
         else:
@@ -794,14 +865,21 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
                          "if N is None:",
                          f"    raise ValueError({py_str(missing)})"]
     if re.search(r"\brows\b", body):
-        prologue.append("rows = np.arange(N)")
+        prologue.append("rows = _arange(N)")
     if re.search(r"\bones\b", body):
-        prologue.append("ones = np.ones(N, DTYPE)")
+        prologue.append("ones = _ones(N)")
+    epilogue = []
+    if buffers:
+        params = ", ".join(p.name for p in program.params) + ("," if len(program.params) == 1 else "")
+        prologue += ["# products computed into arrays kept for the next call at this batch size (reset_workspace)",
+                     f"ws = _take_workspace({py_str(name)}, N, _{name}_arrays, ({params}))"]
+        epilogue.append(f"_give_back_workspace({py_str(name)}, N, ws)")
     inputs = ", ".join(nm if nm in used_inputs else f"{nm}=None" for nm in all_inputs)
     return {"name": Code(name), "signature": Code(_signature("params", "*", inputs, "check=True")),
             "check": Code(f"_check({py_str(name)}, params, {_inputs_dict(all_inputs)})"),
             "doc": doc, "prologue": [Code(line) for line in prologue],
-            "blocks": blocks, "returns": Code(returns)}
+            "blocks": blocks, "epilogue": [Code(line) for line in epilogue], "returns": Code(returns),
+            "arrays": [Code(f"{py_str(key)}: np.empty({shape}, DTYPE),") for key, shape in buffers]}
 
 
 def predict_returns(out: Value) -> str:
