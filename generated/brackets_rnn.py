@@ -256,6 +256,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -367,7 +372,8 @@ def _check(where, params, inputs):
 # back when it returns: concurrent calls (threads) and reentrant ones never
 # share one (a call that finds none makes its own), and nothing a function
 # returns lives in a workspace, so results stay valid after the next call.
-# reset_workspace() frees them all.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
 
 _ONES = {}          # N -> np.ones(N, DTYPE), read-only
 _ARANGE = {}        # N -> np.arange(N), read-only
@@ -382,6 +388,9 @@ class _NoWorkspace(dict):
 
     def __missing__(self, key):
         return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
 
 
 def _ones(N):
@@ -411,7 +420,7 @@ def _take_workspace(where, N, arrays, params):
     (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
     for p in params:
         if p.dtype is not _DT:
-            return _NoWorkspace()
+            return _NO_WORKSPACE
     ws = _WORKSPACES.pop((where, N), None)
     return arrays(N) if ws is None else ws
 
@@ -479,8 +488,8 @@ def predict(params, *, tokens, label=None, check=True):
     c = params['c']
     tokens = np.asarray(tokens)
     N = tokens.shape[0]
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('predict', N, _predict_arrays, (E, U, b, V, c))
+    # products computed into arrays kept for the next call at this batch size, from N = 18 (64 KiB)
+    ws = _take_workspace('predict', N, _predict_arrays, (E, U, b, V, c)) if N >= 18 else _NO_WORKSPACE
     # forward pass
     # e = E[tokens]
     e = np.take(E, tokens, axis=0)
@@ -589,7 +598,8 @@ def predict(params, *, tokens, label=None, check=True):
     t34 = t33.sum(axis=1, keepdims=True)
     y_hat = t33  # in place: t33 is not read again
     y_hat /= t34
-    _give_back_workspace('predict', N, ws)
+    if ws:
+        _give_back_workspace('predict', N, ws)
     return y_hat
 
 
@@ -628,8 +638,8 @@ def loss(params, *, tokens, label, check=True):
     label = np.asarray(label)
     N = tokens.shape[0]
     rows = _arange(N)
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('loss', N, _loss_arrays, (E, U, b, V, c))
+    # products computed into arrays kept for the next call at this batch size, from N = 17 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (E, U, b, V, c)) if N >= 17 else _NO_WORKSPACE
     # forward pass
     # e = E[tokens]
     e = np.take(E, tokens, axis=0)
@@ -738,7 +748,8 @@ def loss(params, *, tokens, label, check=True):
     np.subtract(t32[:, 0] + np.log(t34[:, 0]), L_n, out=L_n)
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
-    _give_back_workspace('loss', N, ws)
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
 
 
@@ -808,7 +819,7 @@ def value_and_grad(params, *, tokens, label, check=True):
     N = tokens.shape[0]
     rows = _arange(N)
     ones = _ones(N)
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
+    # products computed into arrays kept for the next call at this batch size
     ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (E, U, b, V, c))
     # forward pass
     # e = E[tokens]
@@ -1165,7 +1176,8 @@ def value_and_grad(params, *, tokens, label, check=True):
     # U_bar = q60_bar h14^T (summed over the batch) + q56_bar h13^T (summed over the batch) + q52_bar h12^T (summed over the batch) + q48_bar h11^T (summed over the batch) + q44_bar h10^T (summed over the batch) + q40_bar h9^T (summed over the batch) + q36_bar h8^T (summed over the batch) + q32_bar h7^T (summed over the batch) + q28_bar h6^T (summed over the batch) + q24_bar h5^T (summed over the batch) + q20_bar h4^T (summed over the batch) + q16_bar h3^T (summed over the batch) + q12_bar h2^T (summed over the batch) + q8_bar h1^T (summed over the batch) + q4_bar h0^T (summed over the batch)   # sum over consumers (matmul x15)
     U_bar = t46  # in place: t46 is not read again
     U_bar += t102 + t50 + t54 + t58 + t62 + t66 + t70 + t74 + t78 + t82 + t86 + t90 + t94 + t98
-    _give_back_workspace('value_and_grad', N, ws)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'E': E_bar, 'U': U_bar, 'b': b_bar, 'V': V_bar, 'c': c_bar}
 
 

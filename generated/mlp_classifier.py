@@ -52,6 +52,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -163,7 +168,8 @@ def _check(where, params, inputs):
 # back when it returns: concurrent calls (threads) and reentrant ones never
 # share one (a call that finds none makes its own), and nothing a function
 # returns lives in a workspace, so results stay valid after the next call.
-# reset_workspace() frees them all.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
 
 _ONES = {}          # N -> np.ones(N, DTYPE), read-only
 _ARANGE = {}        # N -> np.arange(N), read-only
@@ -178,6 +184,9 @@ class _NoWorkspace(dict):
 
     def __missing__(self, key):
         return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
 
 
 def _ones(N):
@@ -207,7 +216,7 @@ def _take_workspace(where, N, arrays, params):
     (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
     for p in params:
         if p.dtype is not _DT:
-            return _NoWorkspace()
+            return _NO_WORKSPACE
     ws = _WORKSPACES.pop((where, N), None)
     return arrays(N) if ws is None else ws
 
@@ -259,8 +268,8 @@ def predict(params, *, x, label=None, check=True):
     b2 = params['b2']
     x = np.asarray(x, DTYPE)
     N = x.shape[0]
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('predict', N, _predict_arrays, (W1, b1, W2, b2))
+    # products computed into arrays kept for the next call at this batch size, from N = 512 (64 KiB)
+    ws = _take_workspace('predict', N, _predict_arrays, (W1, b1, W2, b2)) if N >= 512 else _NO_WORKSPACE
     # forward pass
     # z1 = W1 @ x + b1
     t0 = np.dot(x, W1.T, out=ws['t0'])
@@ -282,7 +291,8 @@ def predict(params, *, x, label=None, check=True):
     t4 = t3.sum(axis=1, keepdims=True)
     y_hat = t3  # in place: t3 is not read again
     y_hat /= t4
-    _give_back_workspace('predict', N, ws)
+    if ws:
+        _give_back_workspace('predict', N, ws)
     return y_hat
 
 
@@ -306,8 +316,8 @@ def loss(params, *, x, label, check=True):
     label = np.asarray(label)
     N = x.shape[0]
     rows = _arange(N)
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('loss', N, _loss_arrays, (W1, b1, W2, b2))
+    # products computed into arrays kept for the next call at this batch size, from N = 410 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W1, b1, W2, b2)) if N >= 410 else _NO_WORKSPACE
     # forward pass
     # z1 = W1 @ x + b1
     t0 = np.dot(x, W1.T, out=ws['t0'])
@@ -329,7 +339,8 @@ def loss(params, *, x, label, check=True):
     np.subtract(t2[:, 0] + np.log(t4[:, 0]), L_n, out=L_n)
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
-    _give_back_workspace('loss', N, ws)
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
 
 
@@ -355,8 +366,8 @@ def value_and_grad(params, *, x, label, check=True):
     N = x.shape[0]
     rows = _arange(N)
     ones = _ones(N)
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W1, b1, W2, b2))
+    # products computed into arrays kept for the next call at this batch size, from N = 228 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W1, b1, W2, b2)) if N >= 228 else _NO_WORKSPACE
     # forward pass
     # z1 = W1 @ x + b1
     t0 = np.dot(x, W1.T, out=ws['t0'])
@@ -402,7 +413,8 @@ def value_and_grad(params, *, x, label, check=True):
     b1_bar = np.dot(ones, z1_bar)
     # W1_bar = z1_bar x^T (summed over the batch)   # matmul
     W1_bar = np.dot(z1_bar.T, x)
-    _give_back_workspace('value_and_grad', N, ws)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'W1': W1_bar, 'b1': b1_bar, 'W2': W2_bar, 'b2': b2_bar}
 
 

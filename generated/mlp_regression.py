@@ -60,6 +60,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -171,7 +176,8 @@ def _check(where, params, inputs):
 # back when it returns: concurrent calls (threads) and reentrant ones never
 # share one (a call that finds none makes its own), and nothing a function
 # returns lives in a workspace, so results stay valid after the next call.
-# reset_workspace() frees them all.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
 
 _ONES = {}          # N -> np.ones(N, DTYPE), read-only
 _ARANGE = {}        # N -> np.arange(N), read-only
@@ -186,6 +192,9 @@ class _NoWorkspace(dict):
 
     def __missing__(self, key):
         return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
 
 
 def _ones(N):
@@ -215,7 +224,7 @@ def _take_workspace(where, N, arrays, params):
     (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
     for p in params:
         if p.dtype is not _DT:
-            return _NoWorkspace()
+            return _NO_WORKSPACE
     ws = _WORKSPACES.pop((where, N), None)
     return arrays(N) if ws is None else ws
 
@@ -272,8 +281,8 @@ def predict(params, *, x, y=None, check=True):
     b3 = params['b3']
     x = np.asarray(x, DTYPE)
     N = x.shape[0]
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('predict', N, _predict_arrays, (W1, b1, W2, b2, W3, b3))
+    # products computed into arrays kept for the next call at this batch size, from N = 256 (64 KiB)
+    ws = _take_workspace('predict', N, _predict_arrays, (W1, b1, W2, b2, W3, b3)) if N >= 256 else _NO_WORKSPACE
     # forward pass
     # z1 = W1 @ x + b1
     t0 = np.dot(x, W1.T, out=ws['t0'])
@@ -296,7 +305,8 @@ def predict(params, *, x, y=None, check=True):
     t2 = np.dot(h2, W3.T)
     z3 = t2  # in place: t2 is not read again
     z3 += b3
-    _give_back_workspace('predict', N, ws)
+    if ws:
+        _give_back_workspace('predict', N, ws)
     return z3
 
 
@@ -322,8 +332,8 @@ def loss(params, *, x, y, check=True):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('loss', N, _loss_arrays, (W1, b1, W2, b2, W3, b3))
+    # products computed into arrays kept for the next call at this batch size, from N = 241 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W1, b1, W2, b2, W3, b3)) if N >= 241 else _NO_WORKSPACE
     # forward pass
     # z1 = W1 @ x + b1
     t0 = np.dot(x, W1.T, out=ws['t0'])
@@ -354,7 +364,8 @@ def loss(params, *, x, y, check=True):
     L_n /= 2
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
-    _give_back_workspace('loss', N, ws)
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
 
 
@@ -383,8 +394,8 @@ def value_and_grad(params, *, x, y, check=True):
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
     ones = _ones(N)
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W1, b1, W2, b2, W3, b3))
+    # products computed into arrays kept for the next call at this batch size, from N = 125 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W1, b1, W2, b2, W3, b3)) if N >= 125 else _NO_WORKSPACE
     # forward pass
     # z1 = W1 @ x + b1
     t0 = np.dot(x, W1.T, out=ws['t0'])
@@ -430,7 +441,8 @@ def value_and_grad(params, *, x, y, check=True):
     h2_bar = np.dot(z3_bar, W3, out=ws['h2_bar'])
     # z2_bar = h2*h2_bar*(1 - h2)   # sigmoid
     z2_bar = h2_bar  # in place: h2_bar is not read again
-    z2_bar *= h2*(1 - h2)
+    z2_bar *= h2
+    z2_bar *= 1 - h2
     # b2_bar = z2_bar (summed over the batch)   # add
     b2_bar = np.dot(ones, z2_bar)
     # W2_bar = z2_bar h1^T (summed over the batch)   # matmul
@@ -445,7 +457,8 @@ def value_and_grad(params, *, x, y, check=True):
     b1_bar = np.dot(ones, z1_bar)
     # W1_bar = z1_bar x^T (summed over the batch)   # matmul
     W1_bar = np.dot(z1_bar.T, x)
-    _give_back_workspace('value_and_grad', N, ws)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'W1': W1_bar, 'b1': b1_bar, 'W2': W2_bar, 'b2': b2_bar, 'W3': W3_bar, 'b3': b3_bar}
 
 

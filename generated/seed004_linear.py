@@ -39,6 +39,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -150,7 +155,8 @@ def _check(where, params, inputs):
 # back when it returns: concurrent calls (threads) and reentrant ones never
 # share one (a call that finds none makes its own), and nothing a function
 # returns lives in a workspace, so results stay valid after the next call.
-# reset_workspace() frees them all.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
 
 _ONES = {}          # N -> np.ones(N, DTYPE), read-only
 _ARANGE = {}        # N -> np.arange(N), read-only
@@ -165,6 +171,9 @@ class _NoWorkspace(dict):
 
     def __missing__(self, key):
         return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
 
 
 def _ones(N):
@@ -194,7 +203,7 @@ def _take_workspace(where, N, arrays, params):
     (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
     for p in params:
         if p.dtype is not _DT:
-            return _NoWorkspace()
+            return _NO_WORKSPACE
     ws = _WORKSPACES.pop((where, N), None)
     return arrays(N) if ws is None else ws
 

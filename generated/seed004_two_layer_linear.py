@@ -54,6 +54,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -165,7 +170,8 @@ def _check(where, params, inputs):
 # back when it returns: concurrent calls (threads) and reentrant ones never
 # share one (a call that finds none makes its own), and nothing a function
 # returns lives in a workspace, so results stay valid after the next call.
-# reset_workspace() frees them all.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
 
 _ONES = {}          # N -> np.ones(N, DTYPE), read-only
 _ARANGE = {}        # N -> np.arange(N), read-only
@@ -180,6 +186,9 @@ class _NoWorkspace(dict):
 
     def __missing__(self, key):
         return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
 
 
 def _ones(N):
@@ -209,7 +218,7 @@ def _take_workspace(where, N, arrays, params):
     (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
     for p in params:
         if p.dtype is not _DT:
-            return _NoWorkspace()
+            return _NO_WORKSPACE
     ws = _WORKSPACES.pop((where, N), None)
     return arrays(N) if ws is None else ws
 
@@ -257,14 +266,15 @@ def predict(params, *, x, y=None, check=True):
     w2 = params['w2']
     x = np.asarray(x, DTYPE)
     N = x.shape[0]
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('predict', N, _predict_arrays, (W1, w2))
+    # products computed into arrays kept for the next call at this batch size, from N = 4096 (64 KiB)
+    ws = _take_workspace('predict', N, _predict_arrays, (W1, w2)) if N >= 4096 else _NO_WORKSPACE
     # forward pass
     # h = W1 @ x
     h = np.dot(x, W1.T, out=ws['h'])
     # y_hat = w2 @ h
     y_hat = np.dot(w2, h.T)
-    _give_back_workspace('predict', N, ws)
+    if ws:
+        _give_back_workspace('predict', N, ws)
     return y_hat
 
 
@@ -285,8 +295,8 @@ def loss(params, *, x, y, check=True):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('loss', N, _loss_arrays, (W1, w2))
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W1, w2)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # h = W1 @ x
     h = np.dot(x, W1.T, out=ws['h'])
@@ -298,7 +308,8 @@ def loss(params, *, x, y, check=True):
     np.square(L_n, out=L_n)
     # L = sum over the batch of L_n
     L = L_n.sum(axis=0)
-    _give_back_workspace('loss', N, ws)
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
 
 
@@ -319,8 +330,8 @@ def value_and_grad(params, *, x, y, check=True):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W1, w2))
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W1, w2)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # h = W1 @ x
     h = np.dot(x, W1.T, out=ws['h'])
@@ -330,9 +341,8 @@ def value_and_grad(params, *, x, y, check=True):
     # fused, in place: t0 = y - y_hat
     t0 = y_hat  # in place: y_hat is not read again
     np.subtract(y, t0, out=t0)
-    L_n = t0**2
     # L = sum over the batch of L_n
-    L = L_n.sum(axis=0)
+    L = np.vdot(t0, t0)
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar   # sum over the batch
@@ -348,7 +358,8 @@ def value_and_grad(params, *, x, y, check=True):
     W1_bar = np.dot(h_bar.T, x)
     # x_bar = W1^T @ h_bar   # matmul
     x_bar = np.dot(h_bar, W1)
-    _give_back_workspace('value_and_grad', N, ws)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'x': x_bar, 'W1': W1_bar, 'w2': w2_bar}
 
 

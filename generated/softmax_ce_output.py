@@ -48,6 +48,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -159,7 +164,8 @@ def _check(where, params, inputs):
 # back when it returns: concurrent calls (threads) and reentrant ones never
 # share one (a call that finds none makes its own), and nothing a function
 # returns lives in a workspace, so results stay valid after the next call.
-# reset_workspace() frees them all.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
 
 _ONES = {}          # N -> np.ones(N, DTYPE), read-only
 _ARANGE = {}        # N -> np.arange(N), read-only
@@ -174,6 +180,9 @@ class _NoWorkspace(dict):
 
     def __missing__(self, key):
         return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
 
 
 def _ones(N):
@@ -203,7 +212,7 @@ def _take_workspace(where, N, arrays, params):
     (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
     for p in params:
         if p.dtype is not _DT:
-            return _NoWorkspace()
+            return _NO_WORKSPACE
     ws = _WORKSPACES.pop((where, N), None)
     return arrays(N) if ws is None else ws
 
@@ -277,8 +286,8 @@ def loss(params, *, h, label, check=True):
     label = np.asarray(label)
     N = h.shape[0]
     rows = _arange(N)
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('loss', N, _loss_arrays, (W, b))
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W, b)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # a = W @ h + b
     t0 = np.dot(h, W.T, out=ws['t0'])
@@ -293,7 +302,8 @@ def loss(params, *, h, label, check=True):
     np.subtract(t1[:, 0] + np.log(t3[:, 0]), L_n, out=L_n)
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
-    _give_back_workspace('loss', N, ws)
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
 
 
@@ -315,8 +325,8 @@ def value_and_grad(params, *, h, label, check=True):
     N = h.shape[0]
     rows = _arange(N)
     ones = _ones(N)
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W, b))
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W, b)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # a = W @ h + b
     t0 = np.dot(h, W.T, out=ws['t0'])
@@ -346,7 +356,8 @@ def value_and_grad(params, *, h, label, check=True):
     W_bar = np.dot(a_bar.T, h)
     # h_bar = W^T @ a_bar   # matmul
     h_bar = np.dot(a_bar, W)
-    _give_back_workspace('value_and_grad', N, ws)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'W': W_bar, 'b': b_bar, 'h': h_bar}
 
 

@@ -61,6 +61,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -172,7 +177,8 @@ def _check(where, params, inputs):
 # back when it returns: concurrent calls (threads) and reentrant ones never
 # share one (a call that finds none makes its own), and nothing a function
 # returns lives in a workspace, so results stay valid after the next call.
-# reset_workspace() frees them all.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
 
 _ONES = {}          # N -> np.ones(N, DTYPE), read-only
 _ARANGE = {}        # N -> np.arange(N), read-only
@@ -187,6 +193,9 @@ class _NoWorkspace(dict):
 
     def __missing__(self, key):
         return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
 
 
 def _ones(N):
@@ -216,7 +225,7 @@ def _take_workspace(where, N, arrays, params):
     (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
     for p in params:
         if p.dtype is not _DT:
-            return _NoWorkspace()
+            return _NO_WORKSPACE
     ws = _WORKSPACES.pop((where, N), None)
     return arrays(N) if ws is None else ws
 
@@ -266,8 +275,8 @@ def predict(params, *, x, y=None, check=True):
     v = params['v']
     x = np.asarray(x, DTYPE)
     N = x.shape[0]
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('predict', N, _predict_arrays, (W, b, v))
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('predict', N, _predict_arrays, (W, b, v)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # d = W @ x
     d = np.dot(x, W.T, out=ws['d'])
@@ -281,7 +290,8 @@ def predict(params, *, x, y=None, check=True):
     f *= v
     # g = sum(f)
     g = f.sum(axis=1)
-    _give_back_workspace('predict', N, ws)
+    if ws:
+        _give_back_workspace('predict', N, ws)
     return g
 
 
@@ -302,8 +312,8 @@ def loss(params, *, x, y, check=True):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('loss', N, _loss_arrays, (W, b, v))
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W, b, v)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # d = W @ x
     d = np.dot(x, W.T, out=ws['d'])
@@ -323,7 +333,8 @@ def loss(params, *, x, y, check=True):
     np.square(L_n, out=L_n)
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
-    _give_back_workspace('loss', N, ws)
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
 
 
@@ -345,8 +356,8 @@ def value_and_grad(params, *, x, y, check=True):
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
     ones = _ones(N)
-    # products computed into arrays kept for the next call at this batch size (reset_workspace)
-    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W, b, v))
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W, b, v)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # d = W @ x
     d = np.dot(x, W.T, out=ws['d'])
@@ -357,16 +368,14 @@ def value_and_grad(params, *, x, y, check=True):
     e += b
     np.tanh(e, out=e)
     # f = v * e
-    f = e*v
     # g = sum(f)
-    g = f.sum(axis=1)
+    g = np.dot(e, v)
     # L_n = (y - g)**2
     # fused, in place: t0 = y - g
     t0 = g  # in place: g is not read again
     np.subtract(y, t0, out=t0)
-    L_n = t0**2
     # L = mean over the batch of L_n
-    L = L_n.sum(axis=0)/N
+    L = np.vdot(t0, t0)/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
@@ -384,12 +393,14 @@ def value_and_grad(params, *, x, y, check=True):
     a_bar = e  # in place: e is not read again
     np.square(a_bar, out=a_bar)
     np.subtract(1, a_bar, out=a_bar)
-    a_bar *= g_bar[:, None]*v
+    a_bar *= v
+    a_bar *= g_bar[:, None]
     # b_bar = a_bar (summed over the batch)   # add
     b_bar = np.dot(ones, a_bar)
     # W_bar = d_bar x^T (summed over the batch)   # matmul
     W_bar = np.dot(a_bar.T, x)
-    _give_back_workspace('value_and_grad', N, ws)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'W': W_bar, 'b': b_bar, 'v': v_bar}
 
 

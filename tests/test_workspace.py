@@ -18,7 +18,9 @@ import pytest
 import bpcompile
 from conftest import EXAMPLES, random_point
 
-BATCHES = (5, 1, 5, 8, 1, 5)   # sizes change between calls and come back
+# sizes change between calls and come back; some below, some above the least batch
+# size at which a workspace is kept (64 KiB of arrays)
+BATCHES = (5, 300, 1, 300, 64, 5, 64)
 
 
 def modules(path):
@@ -79,12 +81,14 @@ def test_calls_at_changing_batch_sizes_match_the_plain_path_and_alias_nothing(pa
 def test_the_workspace_is_used_and_reset_frees_it():
     fast, _ = modules(EXAMPLES[0].parent / "digits_mlp.yaml")
     fast.reset_workspace()
-    params, inputs = random_point(fast, 7)
+    params, inputs = random_point(fast, 700)
     fast.value_and_grad(params, **inputs)
     fast.predict(params, **inputs)
-    assert {("value_and_grad", 7), ("predict", 7)} <= set(fast._WORKSPACES)
-    assert 7 in fast._ONES and 7 in fast._ARANGE
-    assert not any(a.flags.writeable for a in (fast._ONES[7], fast._ARANGE[7]))
+    assert {("value_and_grad", 700), ("predict", 700)} <= set(fast._WORKSPACES)
+    assert 700 in fast._ONES and 700 in fast._ARANGE
+    assert not any(a.flags.writeable for a in (fast._ONES[700], fast._ARANGE[700]))
+    fast.value_and_grad(params, **random_point(fast, 2)[1])
+    assert ("value_and_grad", 2) not in fast._WORKSPACES   # 2 rows: too small to keep
     fast.reset_workspace()
     assert not fast._WORKSPACES and not fast._ONES and not fast._ARANGE
     fast.value_and_grad(params, **inputs)   # made again
@@ -94,17 +98,17 @@ def test_only_the_most_recent_workspaces_are_kept():
     fast, _ = modules(EXAMPLES[0].parent / "digits_mlp.yaml")
     fast.reset_workspace()
     params = random_point(fast, 1)[0]
-    for n in range(1, 2 * fast._KEEP + 2):
+    for n in range(200, 200 + 2 * fast._KEEP + 1):
         fast.value_and_grad(params, **random_point(fast, n)[1])
     assert len(fast._WORKSPACES) == fast._KEEP
-    assert ("value_and_grad", 2 * fast._KEEP + 1) in fast._WORKSPACES
+    assert ("value_and_grad", 200 + 2 * fast._KEEP) in fast._WORKSPACES
 
 
 def test_params_of_another_dtype_take_the_plain_path():
     """float32 params in a float64 module: no workspace (its arrays are float64),
     NumPy promotes as in the plain path."""
     fast, plain = modules(EXAMPLES[0].parent / "digits_mlp.yaml")
-    params, inputs = random_point(fast, 6)
+    params, inputs = random_point(fast, 600)
     params32 = {k: v.astype(np.float32) for k, v in params.items()}
     fast.reset_workspace()
     got, want = fast.value_and_grad(params32, **inputs), plain.value_and_grad(params32, **inputs)
@@ -122,7 +126,7 @@ def test_optimizer_steps_match_the_plain_path(step):
     pf = {k: v.copy() for k, v in params.items()}
     pp = {k: v.copy() for k, v in params.items()}
     sf, sp_ = {}, {}
-    for i, n in enumerate((4, 9, 4, 1)):
+    for i, n in enumerate((4, 300, 4, 300, 1)):
         inputs = random_point(fast, n, seed=10 + i)[1]
         extra_f = (sf,) if step != "sgd_step" else ()
         extra_p = (sp_,) if step != "sgd_step" else ()
@@ -138,7 +142,7 @@ def test_concurrent_calls_in_threads_match_the_plain_path():
     fast, plain = modules(EXAMPLES[0].parent / "digits_mlp.yaml")
     fast.reset_workspace()
     params = random_point(fast, 1)[0]
-    batches = [random_point(fast, n, seed=n)[1] for n in (3, 3, 16, 16, 1, 3)]
+    batches = [random_point(fast, n, seed=n)[1] for n in (300, 300, 160, 160, 1, 3)]
     wants = [plain.value_and_grad(params, **inputs) for inputs in batches]
     errors = []
 
@@ -159,3 +163,43 @@ def test_concurrent_calls_in_threads_match_the_plain_path():
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_the_optimised_lines_match_the_plain_ones(path, monkeypatch):
+    """Sums that absorb their map (np.vdot, a GEMV), products split into one in-place
+    step per factor, and workspaces: the module printed without any of them
+    computes the same values (1e-12), and the optimised one no more NumPy calls."""
+    from bpcompile.targets.numpy import printer as codegen_numpy
+    spec = bpcompile.load_spec(path)
+    fast = bpcompile.compile(spec)
+    monkeypatch.setattr(codegen_numpy, "absorb_plan", lambda kernels, returns: {})
+    monkeypatch.setattr(codegen_numpy.NumpyPrinter, "smaller_than", staticmethod(lambda k: None))
+    monkeypatch.setattr(codegen_numpy, "workspace_plan", lambda kernels, returns, folded: {})
+    plain = bpcompile.compile(spec)
+    monkeypatch.undo()
+    assert "np.vdot" not in plain.source and "_take_workspace('" not in plain.source
+    fm, pm = fast.load(), plain.load()
+    for n in (5, 300):
+        params, inputs = random_point(fm, n, seed=n)
+        for fn in ("predict", "loss", "value_and_grad"):
+            got = getattr(fm, fn)(params, **inputs)
+            want = getattr(pm, fn)(params, **inputs)
+            if fn == "value_and_grad":
+                close(got[0], want[0])
+                for k in want[1]:
+                    np.testing.assert_allclose(got[1][k], want[1][k], rtol=1e-12,
+                                               atol=1e-12 * max(1.0, float(np.abs(want[1][k]).max())))
+            else:
+                close(got, want)
+
+
+def test_sums_absorb_their_maps_in_the_examples():
+    """The lecture's tanh regression: g = sum(v * e) is one GEMV, L the sum of the
+    squares one np.vdot; no line computes f or L_n."""
+    source = bpcompile.compile(bpcompile.load_spec(EXAMPLES[0].parent / "tanh_regression.yaml")).source
+    body = source[source.index("def value_and_grad"):source.index("def gradient")]
+    lines = [line.strip() for line in body.splitlines()]
+    assert "g = np.dot(e, v)" in lines and "L = np.vdot(t0, t0)/N" in lines
+    assert not any(line.startswith(("f = ", "L_n = ")) for line in lines)
+    assert "# f = v * e" in lines and "# L_n = (y - g)**2" in lines   # their equations stay

@@ -157,6 +157,28 @@ def inplace_steps(expr, name: str, smaller=None):
             num, den = sp.fraction(sp.Mul(*others))
             if den != 1 and num not in (1, -1) and smaller is not None and smaller(num / den):
                 steps.append(("mul", num / den))
+            elif smaller is not None:
+                # one step per factor of the result's size, each in place (``t *= a[:, None] * v``
+                # would make a temporary of that size first), and the smaller factors, constants
+                # and divisors together as one step computed at their own size (``t *= -2/N``)
+                num_factors = [f for f in sp.Mul.make_args(num) if f != 1]
+                den_factors = [f for f in sp.Mul.make_args(den) if f != 1]
+                small_num, small_den = [], []   # grown while their product stays smaller
+                for f in den_factors:
+                    if smaller(sp.Mul(*small_den, f)):
+                        small_den.append(f)
+                for f in num_factors:
+                    if smaller(sp.Mul(*small_num, f) / sp.Mul(*small_den)):
+                        small_num.append(f)
+                scale = sp.Mul(*small_num) / sp.Mul(*small_den)
+                if scale == -1:
+                    steps.append(("neg", None))
+                elif not small_num and small_den:
+                    steps.append(("div", sp.Mul(*small_den)))
+                elif scale != 1:
+                    steps.append(("mul", scale))
+                steps.extend(("div", f) for f in reversed(den_factors) if f not in small_den)
+                steps.extend(("mul", f) for f in reversed(num_factors) if f not in small_num)
             else:
                 if den != 1:
                     steps.append(("div", den))
@@ -226,6 +248,7 @@ class NumpyPrinter:
         self.folded: dict = {}   # temporary name -> Folded, for the function being printed
         self.helpers: dict = {}  # name -> source of a helper the printed code calls (_erf)
         self.buffers: dict = {}  # id(kernel) -> key of its array in the workspace (see workspace_plan)
+        self.absorbed: dict = {}  # id(sum kernel) -> the map kernel it computes too (see absorb_plan)
 
     def ref(self, v: Value) -> str:
         """How a line reads value ``v``: its name, or its folded expression."""
@@ -393,8 +416,23 @@ class NumpyPrinter:
         dims = (["N"] if v.batched else []) + [str(d) for d in v.shape]
         return "".join(f"{d}, " for d in dims[:lead])
 
+    def absorbing(self, k: Kernel, out: str):
+        """The line of a sum that computes its argument's map too (absorb_plan), or None."""
+        m = self.absorbed.get(id(k))
+        if m is None:
+            return None
+        form, a, b = absorbed_form(m, k)
+        if form == "vdot":
+            s = self.ref(a)
+            scale = "" if b == 1 else f"{atomic(ExprPrinter({}, self.helpers).doprint(b))}*"
+            return [f"{out} = {scale}np.vdot({s}, {s})"]
+        return [f"{out} = np.dot({self.ref(a)}, {self.ref(b)})"]
+
     @lowers("reduce")
     def lower_reduce(self, k, out, args):
+        absorbing = self.absorbing(k, out)
+        if absorbing:
+            return absorbing
         kind, axes, keepdims, _ = k.attrs
         off = 1 if k.args[0].batched else 0
         ax = tuple(a + off for a in axes)
@@ -432,6 +470,9 @@ class NumpyPrinter:
 
     @lowers("sum_to")
     def lower_sum_to(self, k, out, args):
+        absorbing = self.absorbing(k, out)
+        if absorbing:
+            return absorbing
         target, keep_batch = k.attrs
         x = k.args[0]
         axes = []
@@ -731,11 +772,64 @@ def writes_in_place(k: Kernel) -> set:
     return out
 
 
-def fold_plan(kernels, returns: str) -> dict:
+def absorb_plan(kernels, returns: str) -> dict:
+    """Kernel index -> index of the sum that computes it along with its own value,
+    in one BLAS call: a square summed over everything (``L = sum of L_n``, ``L_n =
+    t0**2``: ``np.vdot(t0, t0)``), or a product by a vector summed over the last
+    axis (``g = sum(f)``, ``f = e*v``: ``np.dot(e, v)``, a GEMV).  Only a map that
+    no other line reads, whose arguments nothing overwrites on the way."""
+    uses: dict = {}
+    for i, k in enumerate(kernels):
+        for nm in reads(k):
+            uses.setdefault(nm, []).append(i)
+    returned = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", returns))
+    producer = {}
+    plan: dict = {}
+    for i, k in enumerate(kernels):
+        if k.op in ("reduce", "sum_to") and k.args[0].name in producer:
+            j = producer[k.args[0].name]
+            m = kernels[j]
+            if (absorbed_form(m, k) is not None and uses.get(m.out.name) == [i] and m.out.name not in returned
+                    and m.phase == k.phase
+                    and not any(writes_in_place(kernels[x]) & {a.name for a in m.args} for x in range(j + 1, i))):
+                plan[j] = i
+        producer[k.out.name] = i
+    return plan
+
+
+def absorbed_form(m: Kernel, k: Kernel):
+    """``("vdot", s, c)`` or ``("gemv", a, v)`` when the sum ``k`` of map ``m``'s value
+    is one of the forms of absorb_plan (see there), else None."""
+    if m.op != "map" or m.reuse is not None or m.attrs[0]:
+        return None
+    expr = m.attrs[1]
+    values = {a.name: a for a in m.args}
+    same = [a for a in m.args if (a.shape, a.batched) == (m.out.shape, m.out.batched)]
+    if k.op == "sum_to":
+        c, rest = expr.as_coeff_Mul()
+        if k.attrs == ((), False) and rest.is_Pow and rest.exp == 2 and isinstance(rest.base, sp.Symbol) \
+                and values.get(rest.base.name) in same:
+            return ("vdot", values[rest.base.name], c)
+        return None
+    if k.op == "reduce" and expr.is_Mul and len(expr.args) == 2 and all(isinstance(f, sp.Symbol) for f in expr.args):
+        kind, axes, keepdims, _ = k.attrs
+        a, v = (values.get(f.name) for f in expr.args)
+        if a not in same:
+            a, v = v, a
+        if (kind == "sum" and not keepdims and axes == (len(m.out.shape) - 1,) and a in same and v is not None
+                and not v.batched and v.shape == m.out.shape[-1:] and a.rank == 2):
+            return ("gemv", a, v)
+    return None
+
+
+def fold_plan(kernels, returns: str, absorbed=None) -> dict:
     """Kernel index -> index of the kernel whose line takes in its value: each
     temporary (``t7``) of a foldable kernel that exactly one later line reads,
     once, in the same phase, into memory that no kernel on the way overwrites.
-    The same operations run, in the same number of NumPy calls; a line fewer."""
+    The same operations run, in the same number of NumPy calls; a line fewer.
+    ``absorbed`` (absorb_plan): kernels computed by a later sum; none of them
+    folds, nor anything into them, and the sum reads their arguments."""
+    absorbed = absorbed or {}
     uses: dict = {}      # name -> [(kernel index, count)]
     written: dict = {}   # name -> how many kernels write it
     for i, k in enumerate(kernels):
@@ -747,16 +841,18 @@ def fold_plan(kernels, returns: str) -> dict:
     read_by: dict = {}   # kernel index -> names its (folded) text reads
     for i, k in enumerate(kernels):
         read_by[i] = {a.name for a in k.args}
-        for j, c in plan.items():
+        for j, c in [*plan.items(), *absorbed.items()]:
             if c == i:
                 read_by[i] |= read_by[j]
         nm = k.out.name
+        if i in absorbed:
+            continue
         if (k.op not in FOLDABLE or not names.TEMP_NAME.match(nm) or nm in returned
                 or written[nm] != 1 or len(uses.get(nm, ())) != 1 or uses[nm][0][1] != 1):
             continue
         c = uses[nm][0][0]
         consumer = kernels[c]
-        if c <= i or consumer.phase != k.phase or (consumer.reuse is not None and consumer.reuse.name == nm) \
+        if c <= i or c in absorbed or consumer.phase != k.phase or (consumer.reuse is not None and consumer.reuse.name == nm) \
                 or (consumer.op == "scatter_add" and consumer.inplace and consumer.args[0].name == nm):
             continue
         if any(writes_in_place(kernels[j]) & read_by[i] for j in range(i + 1, c + 1)):
@@ -818,17 +914,44 @@ def workspace_plan(kernels, returns: str, folded) -> dict:
     return plan
 
 
+# A workspace is kept only when its arrays take at least this many bytes: below
+# that, malloc's small blocks cost less than taking and giving back a workspace
+# (about a microsecond a call), and no page is mapped afresh.
+WORKSPACE_BYTES = 1 << 16
+
+
+def workspace_threshold(values, dtype: str) -> int | None:
+    """The least batch size at which arrays for ``values`` take WORKSPACE_BYTES;
+    None when they never do."""
+    entries = WORKSPACE_BYTES // (8 if dtype == "float64" else 4)
+    per_example = sum(math.prod(v.shape) for v in values if v.batched)
+    fixed = sum(math.prod(v.shape) for v in values if not v.batched)
+    if fixed >= entries:
+        return 0
+    if not per_example:
+        return None
+    return -(-(entries - fixed) // per_example)
+
+
 def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, doc, returns):
     blocks = []
     phase = None
     kernels = program.kernels
-    plan = fold_plan(kernels, returns)
+    absorbed = absorb_plan(kernels, returns)
+    plan = fold_plan(kernels, returns, absorbed)
+    printer.absorbed = {id(kernels[i]): kernels[j] for j, i in absorbed.items()}
     printer.buffers = workspace_plan(kernels, returns, set(plan))
-    shapes = {id(k): batched_shape(k.out) for k in kernels if id(k) in printer.buffers}
+    outs = {id(k): k.out for k in kernels if id(k) in printer.buffers}
+    if workspace_threshold(outs.values(), printer.dtype) is None:
+        printer.buffers = {}
+    shapes = {kid: batched_shape(v) for kid, v in outs.items()}
     printer.folded = {}
     moved: dict = {}   # kernel index -> notes of the folded kernels it takes in
     for i, k in enumerate(kernels):
         notes = moved.pop(i, []) + list(k.notes)
+        if i in absorbed:
+            moved.setdefault(absorbed[i], []).extend(notes)
+            continue
         if i in plan:
             f = printer.fold(k)
             if f is not None:
@@ -844,10 +967,12 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
                        "notes": notes,
                        "lines": [Code(line) for line in printer.kernel(k)]})
     printer.folded = {}
+    printer.absorbed = {}
     body = "\n".join(line for b in blocks for line in b["lines"]) + "\n" + returns
     # the arrays the lines write into (some planned products print no np.dot: an einsum)
-    buffers = [(key, shapes[kid]) for kid, key in printer.buffers.items()
-               if re.search(rf"\bout=ws\[{re.escape(py_str(key))}\]", body)]
+    used = [kid for kid, key in printer.buffers.items() if re.search(rf"\bout=ws\[{re.escape(py_str(key))}\]", body)]
+    buffers = [(printer.buffers[kid], shapes[kid]) for kid in used]
+    threshold = workspace_threshold([outs[kid] for kid in used], printer.dtype)
     printer.buffers = {}
     used_inputs = {v.name for v in program.inputs}
     prologue = [f"{p.name} = params[{py_str(p.name)}]" for p in program.params]
@@ -871,9 +996,18 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
     epilogue = []
     if buffers:
         params = ", ".join(p.name for p in program.params) + ("," if len(program.params) == 1 else "")
-        prologue += ["# products computed into arrays kept for the next call at this batch size (reset_workspace)",
-                     f"ws = _take_workspace({py_str(name)}, N, _{name}_arrays, ({params}))"]
-        epilogue.append(f"_give_back_workspace({py_str(name)}, N, ws)")
+        take = f"_take_workspace({py_str(name)}, N, _{name}_arrays, ({params}))"
+        if threshold is None:   # what is left after the planning prints no np.dot: too small to keep
+            prologue.append("ws = _NO_WORKSPACE   # the products' arrays are too small to keep between calls")
+        elif threshold == 0:
+            prologue += ["# products computed into arrays kept for the next call at this batch size",
+                         f"ws = {take}"]
+        else:
+            prologue += [f"# products computed into arrays kept for the next call at this batch size, from "
+                         f"N = {threshold} (64 KiB)",
+                         f"ws = {take} if N >= {threshold} else _NO_WORKSPACE"]
+        if threshold is not None:
+            epilogue += ["if ws:", f"    _give_back_workspace({py_str(name)}, N, ws)"]
     inputs = ", ".join(nm if nm in used_inputs else f"{nm}=None" for nm in all_inputs)
     return {"name": Code(name), "signature": Code(_signature("params", "*", inputs, "check=True")),
             "check": Code(f"_check({py_str(name)}, params, {_inputs_dict(all_inputs)})"),
@@ -930,6 +1064,11 @@ def module_docstring(spec, version, forward_lines, adjoint_lines) -> str:
         "a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A",
         "mismatch raises ValueError naming the argument, the expected and the given.",
         "check=False skips the checks (for hot loops; the optimizer steps check once).",
+        "",
+        "From a batch size at which they take 64 KiB, matrix products are computed into",
+        "arrays kept between calls (a workspace per function and batch size, taken out",
+        "for the call and put back after: threads never share one); nothing returned",
+        "lives in them.  reset_workspace() frees them.",
         "",
     ])
 
