@@ -28,7 +28,9 @@ relative in float64, 1e-4 in float32).  Two modes of timing:
   process tells each in turn, the order rotated every round, to time a block.
 
 The table gives, per config and mode, the median and the min over rounds of the
-per-call time, their ratios generated/hand, and minor page faults per call.  The
+per-call time; ``ratio med``, the median over rounds of generated/hand within the
+round (the two blocks of a round run back to back: a load drifting between rounds
+cancels out); ``ratio min``, the ratio of the minima; and minor page faults per call.  The
 generated side runs as users call it, with the argument checks on (``check=True``,
 the default).  ``--check-costs`` adds a table of what the checks cost
 (check=True against check=False, same-process).  Nothing here asserts on timings.
@@ -327,10 +329,16 @@ def time_processes(directory, rounds, target_s, threads):
 # The tables
 
 
+def paired_ratio(tg, th):
+    """The median over rounds of generated/hand within the round: the two blocks of a
+    round run back to back, so a load that drifts between rounds cancels out."""
+    return statistics.median(g / h for g, h in zip(tg, th))
+
+
 def fmt_row(net, dtype, n, mode, tg, th, fg, fh):
     gmed, hmed = statistics.median(tg), statistics.median(th)
     gmin, hmin = min(tg), min(th)
-    return (f"{net:<8} {dtype:<8} {n:>5} {mode:<5} {gmed * 1e6:>10.1f} {hmed * 1e6:>10.1f} {gmed / hmed:>9.3f}"
+    return (f"{net:<8} {dtype:<8} {n:>5} {mode:<5} {gmed * 1e6:>10.1f} {hmed * 1e6:>10.1f} {paired_ratio(tg, th):>9.3f}"
             f" {gmin * 1e6:>10.1f} {hmin * 1e6:>10.1f} {gmin / hmin:>9.3f} {fg:>6.1f}/{fh:<6.1f}")
 
 
@@ -411,7 +419,7 @@ def main(argv=None):
                 hand_call = lambda: hand(params, **inputs)  # noqa: E731
                 (tg, fg), (th, fh) = time_interleaved([gen_call, hand_call], rounds, target_s)
                 print(fmt_row(net, dtype, n, "same", tg, th, fg, fh), flush=True)
-                results.append((net, dtype, n, "same", statistics.median(tg) / statistics.median(th)))
+                results.append((net, dtype, n, "same", paired_ratio(tg, th)))
                 if args.check_costs:
                     unchecked = lambda: vag(params, **inputs, check=False)  # noqa: E731
                     (tc, _), (tu, _) = time_interleaved([gen_call, unchecked], rounds, target_s)
@@ -426,7 +434,7 @@ def main(argv=None):
                          **{f"i_{k}": v for k, v in inputs.items()})
                 (tg, fg), (th, fh) = time_processes(d, rounds, target_s, args.threads)
                 print(fmt_row(net, dtype, n, "proc", tg, th, fg, fh), flush=True)
-                results.append((net, dtype, n, "proc", statistics.median(tg) / statistics.median(th)))
+                results.append((net, dtype, n, "proc", paired_ratio(tg, th)))
     for (net, dtype), (_, _, compile_s) in modules.items():
         print(f"# {net} {dtype}: compiled in {compile_s:.2f} s; loss and gradients match hand-written (allclose)")
     if check_rows:
