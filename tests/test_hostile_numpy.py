@@ -216,7 +216,8 @@ def test_every_template_field_with_hostile_values():
         param_shapes=Code("{}"), input_shapes=Code("{'x': ()}"), label_classes=Code("{}"),
         wrt=Code("()"), trained=Code("()"), init_summary=h, init_lines=[], uses_rng=False,
         functions=[fn], step_signature=Code("*, x, check=True"), check_inputs=Code("{'x': x}"),
-        pass_inputs=Code("x=x, check=False"), helpers=[])
+        pass_inputs=Code("x=x, check=False"), step_pass_inputs=Code("x=x, check=False"), step_done=Code(""),
+        grad_arrays=[], kept_grads=Code("()"), helpers=[])
     namespace = {}
     exec(compile(source, "rendered.py", "exec"), namespace)
     assert namespace["__doc__"] == h

@@ -119,9 +119,13 @@ def test_params_of_another_dtype_take_the_plain_path():
     assert not fast._WORKSPACES
 
 
+BENCH_MLP = EXAMPLES[0].parent.parent / "benchmarks" / "specs" / "digits_mlp_bench.yaml"   # 64 KiB of gradients
+
+
+@pytest.mark.parametrize("path", [EXAMPLES[0].parent / "mlp_classifier.yaml", BENCH_MLP], ids=lambda p: p.stem)
 @pytest.mark.parametrize("step", ["sgd_step", "momentum_step", "adam_step"])
-def test_optimizer_steps_match_the_plain_path(step):
-    fast, plain = modules(EXAMPLES[0].parent / "mlp_classifier.yaml")
+def test_optimizer_steps_match_the_plain_path(step, path):
+    fast, plain = modules(path)
     params = random_point(fast, 1, seed=3)[0]
     pf = {k: v.copy() for k, v in params.items()}
     pp = {k: v.copy() for k, v in params.items()}
@@ -203,3 +207,29 @@ def test_sums_absorb_their_maps_in_the_examples():
     assert "g = np.dot(e, v)" in lines and "L = np.vdot(t0, t0)/N" in lines
     assert not any(line.startswith(("f = ", "L_n = ")) for line in lines)
     assert "# f = v * e" in lines and "# L_n = (y - g)**2" in lines   # their equations stay
+
+
+def test_steps_compute_gradients_into_arrays_they_give_back():
+    """With 64 KiB of gradients or more, the steps' gradients are computed into kept
+    arrays (given back after the update, reused by the next step); value_and_grad
+    and gradient still return fresh arrays."""
+    fast, _ = modules(BENCH_MLP)
+    source = bpcompile.compile(bpcompile.load_spec(BENCH_MLP)).source
+    assert "value, grads = value_and_grad(params, x=x, label=label, check=False, _keep_grads=True)" in source
+    assert source.count("    _give_back_grads(grads)\n") == 3
+    fast.reset_workspace()
+    params, inputs = random_point(fast, 16, seed=1)
+    fast.sgd_step(params, 0.01, **inputs)
+    kept = fast._WORKSPACES[("grads", 0)]
+    assert set(kept) == set(fast._KEPT_GRADS) and "W1" in kept
+    before = {k: id(v) for k, v in kept.items()}
+    fast.sgd_step(params, 0.01, **inputs)
+    assert {k: id(v) for k, v in fast._WORKSPACES[("grads", 0)].items()} == before   # the same arrays again
+    _, grads = fast.value_and_grad(params, **inputs)
+    fresh = fast.gradient(params, **inputs)
+    for g in [*grads.values(), *fresh.values()]:
+        assert not any(np.shares_memory(g, a) for a in kept.values())
+    params32 = {k: v.astype(np.float32) for k, v in params.items()}   # another dtype: fresh arrays,
+    fast.reset_workspace()                                            # kept only if of DTYPE
+    fast.sgd_step(params32, 0.01, **inputs)
+    assert all(a.dtype == fast.DTYPE for a in fast._WORKSPACES.get(("grads", 0), {}).values())

@@ -249,6 +249,7 @@ class NumpyPrinter:
         self.helpers: dict = {}  # name -> source of a helper the printed code calls (_erf)
         self.buffers: dict = {}  # id(kernel) -> key of its array in the workspace (see workspace_plan)
         self.absorbed: dict = {}  # id(sum kernel) -> the map kernel it computes too (see absorb_plan)
+        self.grad_buffers: dict = {}  # id(kernel) -> WRT name of the gradient array it computes into (grad_plan)
 
     def ref(self, v: Value) -> str:
         """How a line reads value ``v``: its name, or its folded expression."""
@@ -323,8 +324,13 @@ class NumpyPrinter:
     def into(self, k: Kernel, call: str) -> str:
         """``call`` (an ``np.dot(...)``) writing into the workspace's array for ``k``
         when the function's workspace plan gives it one."""
+        if not call.startswith("np.dot(") or not call.endswith(")"):
+            return call
+        key = self.grad_buffers.get(id(k))
+        if key is not None:
+            return f"{call[:-1]}, out=_gs[{py_str(key)}])"
         key = self.buffers.get(id(k))
-        if key is None or not call.startswith("np.dot(") or not call.endswith(")"):
+        if key is None:
             return call
         return f"{call[:-1]}, out=ws[{py_str(key)}])"
 
@@ -933,13 +939,34 @@ def workspace_threshold(values, dtype: str) -> int | None:
     return -(-(entries - fixed) // per_example)
 
 
-def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, doc, returns):
+def grad_plan(program: Program, skip, dtype: str) -> dict:
+    """id(kernel) -> WRT name, for the optimizer steps: each product that computes a
+    gradient itself (its value is the gradient returned), into an array the steps
+    give back once they have used it (``_keep_grads=True``: the gradients live in
+    the store until the next step; no page of them is mapped afresh each step).
+    Only where no gradient has a batch axis and they take WORKSPACE_BYTES or more.
+    ``skip``: indices of kernels folded or absorbed."""
+    names: dict = {}
+    for wrt, v in program.grads.items():
+        names.setdefault(v.name, []).append(wrt)
+    if any(v.batched for v in program.grads.values()):
+        return {}
+    plan = {id(k): names[k.out.name][0] for i, k in enumerate(program.kernels)
+            if k.op in ("contract", "sum_to") and i not in skip and len(names.get(k.out.name, ())) == 1
+            and all(a.dtype == "float" for a in k.args) and k.out.rank}
+    values = [k.out for k in program.kernels if id(k) in plan]
+    return plan if workspace_threshold(values, dtype) == 0 else {}
+
+
+def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, doc, returns, keep_grads=False):
     blocks = []
     phase = None
     kernels = program.kernels
     absorbed = absorb_plan(kernels, returns)
     plan = fold_plan(kernels, returns, absorbed)
     printer.absorbed = {id(kernels[i]): kernels[j] for j, i in absorbed.items()}
+    printer.grad_buffers = grad_plan(program, set(plan) | set(absorbed), printer.dtype) if keep_grads else {}
+    grad_shapes = {id(k): batched_shape(k.out) for k in kernels if id(k) in printer.grad_buffers}
     printer.buffers = workspace_plan(kernels, returns, set(plan))
     outs = {id(k): k.out for k in kernels if id(k) in printer.buffers}
     if workspace_threshold(outs.values(), printer.dtype) is None:
@@ -973,7 +1000,10 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
     used = [kid for kid, key in printer.buffers.items() if re.search(rf"\bout=ws\[{re.escape(py_str(key))}\]", body)]
     buffers = [(printer.buffers[kid], shapes[kid]) for kid in used]
     threshold = workspace_threshold([outs[kid] for kid in used], printer.dtype)
+    grad_arrays = [(key, grad_shapes[kid]) for kid, key in printer.grad_buffers.items()
+                   if re.search(rf"\bout=_gs\[{re.escape(py_str(key))}\]", body)]
     printer.buffers = {}
+    printer.grad_buffers = {}
     used_inputs = {v.name for v in program.inputs}
     prologue = [f"{p.name} = params[{py_str(p.name)}]" for p in program.params]
     for v in program.inputs:
@@ -1008,8 +1038,16 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
                          f"ws = {take} if N >= {threshold} else _NO_WORKSPACE"]
         if threshold is not None:
             epilogue += ["if ws:", f"    _give_back_workspace({py_str(name)}, N, ws)"]
+    if grad_arrays:
+        params = ", ".join(p.name for p in program.params) + ("," if len(program.params) == 1 else "")
+        prologue += ["# for the optimizer steps (_keep_grads=True): the gradients computed into arrays",
+                     "# the step gives back when it has used them (_give_back_grads)",
+                     f"_gs = _take_workspace('grads', 0, _grads_arrays, ({params})) if _keep_grads else _NO_WORKSPACE"]
     inputs = ", ".join(nm if nm in used_inputs else f"{nm}=None" for nm in all_inputs)
-    return {"name": Code(name), "signature": Code(_signature("params", "*", inputs, "check=True")),
+    keep = "_keep_grads=False" if grad_arrays else ""
+    return {"name": Code(name), "signature": Code(_signature("params", "*", inputs, "check=True", keep)),
+            "grad_arrays": [Code(f"{py_str(key)}: np.empty({shape}, DTYPE),") for key, shape in grad_arrays],
+            "kept_grads": literal(tuple(key for key, _ in grad_arrays)),
             "check": Code(f"_check({py_str(name)}, params, {_inputs_dict(all_inputs)})"),
             "doc": doc, "prologue": [Code(line) for line in prologue],
             "blocks": blocks, "epilogue": [Code(line) for line in epilogue], "returns": Code(returns),
@@ -1105,8 +1143,9 @@ def render(low, adj, programs, version: str) -> str:
                        f"float({lossp.loss.name})"),
         function_parts("value_and_grad", vag, printer, all_inputs,
                        "(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode.",
-                       f"float({vag.loss.name}), {grads}"),
+                       f"float({vag.loss.name}), {grads}", keep_grads=True),
     ]
+    keep_grads = bool(functions[-1]["grad_arrays"])
     vag_inputs = {v.name for v in vag.inputs}
     forward_lines, adjoint_lines = docstring_lines(low, adj, namer)
 
@@ -1129,6 +1168,10 @@ def render(low, adj, programs, version: str) -> str:
         step_signature=Code(_signature("*", step_inputs, "check=True")),
         check_inputs=Code(_inputs_dict(all_inputs)),
         pass_inputs=Code(_signature(*(f"{nm}={nm}" for nm in all_inputs), "check=False")),
+        step_pass_inputs=Code(_signature(*(f"{nm}={nm}" for nm in all_inputs), "check=False",
+                                         "_keep_grads=True" if keep_grads else "")),
+        step_done=Code("_give_back_grads(grads)" if keep_grads else ""),
+        grad_arrays=functions[-1]["grad_arrays"], kept_grads=functions[-1]["kept_grads"],
         helpers=[Code(source.rstrip("\n")) for _, source in sorted(printer.helpers.items())],
     )
     return source
