@@ -172,11 +172,10 @@ def _check(where, params, inputs):
 # reset_workspace() frees them all.  Workspaces are kept only where their arrays
 # take 64 KiB or more (below that, fresh arrays cost less).
 
-_ONES = {}          # N -> np.ones(N, DTYPE), read-only
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
 _ARANGE = {}        # N -> np.arange(N), read-only
-_WORKSPACES = {}    # (function, N) -> {name: array}, the most recently used last
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
 _KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
-_DT = np.dtype(DTYPE)
 
 
 class _NoWorkspace(dict):
@@ -191,12 +190,12 @@ _NO_WORKSPACE = _NoWorkspace()
 
 
 def _ones(N):
-    """np.ones(N, DTYPE), made once per batch size."""
-    ones = _ONES.get(N)
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
     if ones is None:
         if len(_ONES) >= _KEEP:
             _ONES.clear()
-        ones = _ONES[N] = np.ones(N, DTYPE)
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
         ones.flags.writeable = False
     return ones
 
@@ -215,17 +214,18 @@ def _arange(N):
 def _take_workspace(where, N, arrays, params):
     """The workspace of function ``where`` at batch size N, taken out of the store
     (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
     for p in params:
-        if p.dtype is not _DT:
+        if p.dtype is not dt:
             return _NO_WORKSPACE
-    ws = _WORKSPACES.pop((where, N), None)
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
     return arrays(N) if ws is None else ws
 
 
 def _give_back_workspace(where, N, ws):
     """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
     if type(ws) is dict:
-        _WORKSPACES[where, N] = ws
+        _WORKSPACES[where, N, DTYPE] = ws
         while len(_WORKSPACES) > _KEEP:
             try:
                 del _WORKSPACES[next(iter(_WORKSPACES))]

@@ -84,11 +84,12 @@ def test_the_workspace_is_used_and_reset_frees_it():
     params, inputs = random_point(fast, 700)
     fast.value_and_grad(params, **inputs)
     fast.predict(params, **inputs)
-    assert {("value_and_grad", 700), ("predict", 700)} <= set(fast._WORKSPACES)
-    assert 700 in fast._ONES and 700 in fast._ARANGE
-    assert not any(a.flags.writeable for a in (fast._ONES[700], fast._ARANGE[700]))
+    dt = fast.DTYPE
+    assert {("value_and_grad", 700, dt), ("predict", 700, dt)} <= set(fast._WORKSPACES)
+    assert (700, dt) in fast._ONES and 700 in fast._ARANGE
+    assert not any(a.flags.writeable for a in (fast._ONES[700, dt], fast._ARANGE[700]))
     fast.value_and_grad(params, **random_point(fast, 2)[1])
-    assert ("value_and_grad", 2) not in fast._WORKSPACES   # 2 rows: too small to keep
+    assert ("value_and_grad", 2, dt) not in fast._WORKSPACES   # 2 rows: too small to keep
     fast.reset_workspace()
     assert not fast._WORKSPACES and not fast._ONES and not fast._ARANGE
     fast.value_and_grad(params, **inputs)   # made again
@@ -101,7 +102,7 @@ def test_only_the_most_recent_workspaces_are_kept():
     for n in range(200, 200 + 2 * fast._KEEP + 1):
         fast.value_and_grad(params, **random_point(fast, n)[1])
     assert len(fast._WORKSPACES) == fast._KEEP
-    assert ("value_and_grad", 200 + 2 * fast._KEEP) in fast._WORKSPACES
+    assert ("value_and_grad", 200 + 2 * fast._KEEP, fast.DTYPE) in fast._WORKSPACES
 
 
 def test_params_of_another_dtype_take_the_plain_path():
@@ -180,6 +181,7 @@ def test_the_optimised_lines_match_the_plain_ones(path, monkeypatch):
     monkeypatch.setattr(codegen_numpy, "absorb_plan", lambda kernels, returns: {})
     monkeypatch.setattr(codegen_numpy.NumpyPrinter, "smaller_than", staticmethod(lambda k: None))
     monkeypatch.setattr(codegen_numpy, "workspace_plan", lambda kernels, returns, folded: {})
+    monkeypatch.setattr(codegen_numpy, "grad_plan", lambda program, skip, dtype: {})
     plain = bpcompile.compile(spec)
     monkeypatch.undo()
     assert "np.vdot" not in plain.source and "_take_workspace('" not in plain.source
@@ -220,11 +222,11 @@ def test_steps_compute_gradients_into_arrays_they_give_back():
     fast.reset_workspace()
     params, inputs = random_point(fast, 16, seed=1)
     fast.sgd_step(params, 0.01, **inputs)
-    kept = fast._WORKSPACES[("grads", 0)]
+    kept = fast._WORKSPACES[("grads", 0, fast.DTYPE)]
     assert set(kept) == set(fast._KEPT_GRADS) and "W1" in kept
     before = {k: id(v) for k, v in kept.items()}
     fast.sgd_step(params, 0.01, **inputs)
-    assert {k: id(v) for k, v in fast._WORKSPACES[("grads", 0)].items()} == before   # the same arrays again
+    assert {k: id(v) for k, v in fast._WORKSPACES[("grads", 0, fast.DTYPE)].items()} == before   # the same arrays again
     _, grads = fast.value_and_grad(params, **inputs)
     fresh = fast.gradient(params, **inputs)
     for g in [*grads.values(), *fresh.values()]:
@@ -232,4 +234,23 @@ def test_steps_compute_gradients_into_arrays_they_give_back():
     params32 = {k: v.astype(np.float32) for k, v in params.items()}   # another dtype: fresh arrays,
     fast.reset_workspace()                                            # kept only if of DTYPE
     fast.sgd_step(params32, 0.01, **inputs)
-    assert all(a.dtype == fast.DTYPE for a in fast._WORKSPACES.get(("grads", 0), {}).values())
+    assert all(a.dtype == fast.DTYPE for a in fast._WORKSPACES.get(("grads", 0, fast.DTYPE), {}).values())
+
+
+def test_switching_dtype_switches_the_arrays_kept():
+    """verify runs a float32 module with DTYPE switched to float64 and back: what is
+    kept is kept per DTYPE, so each run computes in its own dtype."""
+    spec = bpcompile.load_spec(BENCH_MLP)
+    import yaml
+    data = yaml.safe_load(BENCH_MLP.read_text())
+    data["dtype"] = "float32"
+    fast = bpcompile.compile(data).load()
+    params, inputs = random_point(fast, 300)
+    for dtype in (np.float64, np.float32, np.float64):
+        fast.DTYPE = dtype
+        p = {k: v.astype(dtype) for k, v in params.items()}
+        loss, grads = fast.value_and_grad(p, **inputs)
+        assert all(g.dtype == dtype for g in grads.values())
+        fast.sgd_step(p, 0.01, **inputs)
+    fast.DTYPE = np.float32
+    assert spec.name == "digits_mlp_bench"

@@ -944,7 +944,8 @@ def grad_plan(program: Program, skip, dtype: str) -> dict:
     gradient itself (its value is the gradient returned), into an array the steps
     give back once they have used it (``_keep_grads=True``: the gradients live in
     the store until the next step; no page of them is mapped afresh each step).
-    Only where no gradient has a batch axis and they take WORKSPACE_BYTES or more.
+    Only where no gradient has a batch axis and they take WORKSPACE_BYTES or more
+    (so small modules, the lectures' examples among them, read as before).
     ``skip``: indices of kernels folded or absorbed."""
     names: dict = {}
     for wrt, v in program.grads.items():
@@ -969,8 +970,6 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
     grad_shapes = {id(k): batched_shape(k.out) for k in kernels if id(k) in printer.grad_buffers}
     printer.buffers = workspace_plan(kernels, returns, set(plan))
     outs = {id(k): k.out for k in kernels if id(k) in printer.buffers}
-    if workspace_threshold(outs.values(), printer.dtype) is None:
-        printer.buffers = {}
     shapes = {kid: batched_shape(v) for kid, v in outs.items()}
     printer.folded = {}
     moved: dict = {}   # kernel index -> notes of the folded kernels it takes in
@@ -1027,8 +1026,10 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
     if buffers:
         params = ", ".join(p.name for p in program.params) + ("," if len(program.params) == 1 else "")
         take = f"_take_workspace({py_str(name)}, N, _{name}_arrays, ({params}))"
-        if threshold is None:   # what is left after the planning prints no np.dot: too small to keep
-            prologue.append("ws = _NO_WORKSPACE   # the products' arrays are too small to keep between calls")
+        # the same lines at every size (only the threshold differs): the code does not grow with widths
+        if threshold is None:
+            prologue += ["# the products' arrays are too small (under 64 KiB) to keep between calls",
+                         "ws = _NO_WORKSPACE"]
         elif threshold == 0:
             prologue += ["# products computed into arrays kept for the next call at this batch size",
                          f"ws = {take}"]
@@ -1036,8 +1037,7 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
             prologue += [f"# products computed into arrays kept for the next call at this batch size, from "
                          f"N = {threshold} (64 KiB)",
                          f"ws = {take} if N >= {threshold} else _NO_WORKSPACE"]
-        if threshold is not None:
-            epilogue += ["if ws:", f"    _give_back_workspace({py_str(name)}, N, ws)"]
+        epilogue += ["if ws:", f"    _give_back_workspace({py_str(name)}, N, ws)"]
     if grad_arrays:
         params = ", ".join(p.name for p in program.params) + ("," if len(program.params) == 1 else "")
         prologue += ["# for the optimizer steps (_keep_grads=True): the gradients computed into arrays",
