@@ -37,7 +37,7 @@ def profile_function(source: str, func: str, namespace: dict, args: dict, rounds
     tree = ast.parse(source)
     fdef = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func)
     ns = dict(namespace)
-    ns.update({"params": args["params"], **args["inputs"]})
+    ns.update({"params": args["params"], "check": True, **args["inputs"]})
     rows = []
     for stmt in fdef.body:
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):

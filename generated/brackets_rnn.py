@@ -256,6 +256,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -360,6 +365,85 @@ def _check(where, params, inputs):
                                  f"expected class labels in [0, {classes})")
 
 
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
+
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
+    for p in params:
+        if p.dtype is not dt:
+            return _NO_WORKSPACE
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N, DTYPE] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
+
+
 def init_params(seed=0):
     """Fresh parameters: E normal, U glorot, b zeros, V glorot, c zeros."""
     rng = np.random.default_rng(seed)
@@ -372,6 +456,27 @@ def init_params(seed=0):
     return params
 
 
+def _predict_arrays(N):
+    """A new workspace of predict: the arrays its products are computed into, at batch size N."""
+    return {
+        't2': np.empty((N, 32), DTYPE),
+        't4': np.empty((N, 32), DTYPE),
+        't6': np.empty((N, 32), DTYPE),
+        't8': np.empty((N, 32), DTYPE),
+        't10': np.empty((N, 32), DTYPE),
+        't12': np.empty((N, 32), DTYPE),
+        't14': np.empty((N, 32), DTYPE),
+        't16': np.empty((N, 32), DTYPE),
+        't18': np.empty((N, 32), DTYPE),
+        't20': np.empty((N, 32), DTYPE),
+        't22': np.empty((N, 32), DTYPE),
+        't24': np.empty((N, 32), DTYPE),
+        't26': np.empty((N, 32), DTYPE),
+        't28': np.empty((N, 32), DTYPE),
+        't30': np.empty((N, 32), DTYPE),
+    }
+
+
 def predict(params, *, tokens, label=None, check=True):
     """The output node y_hat, for a batch."""
     if check:
@@ -382,103 +487,106 @@ def predict(params, *, tokens, label=None, check=True):
     V = params['V']
     c = params['c']
     tokens = np.asarray(tokens)
+    N = tokens.shape[0]
+    # products computed into arrays kept for the next call at this batch size, from N = 18 (64 KiB)
+    ws = _take_workspace('predict', N, _predict_arrays, (E, U, b, V, c)) if N >= 18 else _NO_WORKSPACE
     # forward pass
     # e = E[tokens]
     e = np.take(E, tokens, axis=0)
     # h0 = tanh(e[0] + b)
     h0 = np.tanh(b + e[:, 0])
-    t2 = h0 @ U.T
+    t2 = np.dot(h0, U.T, out=ws['t2'])
     # h1 = tanh(e[1] + U @ h0 + b)
     # fused, in place: h1 = tanh(b + e[:, 1] + t2)
     h1 = t2  # in place: t2 is not read again
     h1 += b + e[:, 1]
     np.tanh(h1, out=h1)
-    t4 = h1 @ U.T
+    t4 = np.dot(h1, U.T, out=ws['t4'])
     # h2 = tanh(e[2] + U @ h1 + b)
     # fused, in place: h2 = tanh(b + e[:, 2] + t4)
     h2 = t4  # in place: t4 is not read again
     h2 += b + e[:, 2]
     np.tanh(h2, out=h2)
-    t6 = h2 @ U.T
+    t6 = np.dot(h2, U.T, out=ws['t6'])
     # h3 = tanh(e[3] + U @ h2 + b)
     # fused, in place: h3 = tanh(b + e[:, 3] + t6)
     h3 = t6  # in place: t6 is not read again
     h3 += b + e[:, 3]
     np.tanh(h3, out=h3)
-    t8 = h3 @ U.T
+    t8 = np.dot(h3, U.T, out=ws['t8'])
     # h4 = tanh(e[4] + U @ h3 + b)
     # fused, in place: h4 = tanh(b + e[:, 4] + t8)
     h4 = t8  # in place: t8 is not read again
     h4 += b + e[:, 4]
     np.tanh(h4, out=h4)
-    t10 = h4 @ U.T
+    t10 = np.dot(h4, U.T, out=ws['t10'])
     # h5 = tanh(e[5] + U @ h4 + b)
     # fused, in place: h5 = tanh(b + t10 + e[:, 5])
     h5 = t10  # in place: t10 is not read again
     h5 += b + e[:, 5]
     np.tanh(h5, out=h5)
-    t12 = h5 @ U.T
+    t12 = np.dot(h5, U.T, out=ws['t12'])
     # h6 = tanh(e[6] + U @ h5 + b)
     # fused, in place: h6 = tanh(b + e[:, 6] + t12)
     h6 = t12  # in place: t12 is not read again
     h6 += b + e[:, 6]
     np.tanh(h6, out=h6)
-    t14 = h6 @ U.T
+    t14 = np.dot(h6, U.T, out=ws['t14'])
     # h7 = tanh(e[7] + U @ h6 + b)
     # fused, in place: h7 = tanh(b + e[:, 7] + t14)
     h7 = t14  # in place: t14 is not read again
     h7 += b + e[:, 7]
     np.tanh(h7, out=h7)
-    t16 = h7 @ U.T
+    t16 = np.dot(h7, U.T, out=ws['t16'])
     # h8 = tanh(e[8] + U @ h7 + b)
     # fused, in place: h8 = tanh(b + e[:, 8] + t16)
     h8 = t16  # in place: t16 is not read again
     h8 += b + e[:, 8]
     np.tanh(h8, out=h8)
-    t18 = h8 @ U.T
+    t18 = np.dot(h8, U.T, out=ws['t18'])
     # h9 = tanh(e[9] + U @ h8 + b)
     # fused, in place: h9 = tanh(b + e[:, 9] + t18)
     h9 = t18  # in place: t18 is not read again
     h9 += b + e[:, 9]
     np.tanh(h9, out=h9)
-    t20 = h9 @ U.T
+    t20 = np.dot(h9, U.T, out=ws['t20'])
     # h10 = tanh(e[10] + U @ h9 + b)
     # fused, in place: h10 = tanh(b + e[:, 10] + t20)
     h10 = t20  # in place: t20 is not read again
     h10 += b + e[:, 10]
     np.tanh(h10, out=h10)
-    t22 = h10 @ U.T
+    t22 = np.dot(h10, U.T, out=ws['t22'])
     # h11 = tanh(e[11] + U @ h10 + b)
     # fused, in place: h11 = tanh(b + e[:, 11] + t22)
     h11 = t22  # in place: t22 is not read again
     h11 += b + e[:, 11]
     np.tanh(h11, out=h11)
-    t24 = h11 @ U.T
+    t24 = np.dot(h11, U.T, out=ws['t24'])
     # h12 = tanh(e[12] + U @ h11 + b)
     # fused, in place: h12 = tanh(b + e[:, 12] + t24)
     h12 = t24  # in place: t24 is not read again
     h12 += b + e[:, 12]
     np.tanh(h12, out=h12)
-    t26 = h12 @ U.T
+    t26 = np.dot(h12, U.T, out=ws['t26'])
     # h13 = tanh(e[13] + U @ h12 + b)
     # fused, in place: h13 = tanh(b + e[:, 13] + t26)
     h13 = t26  # in place: t26 is not read again
     h13 += b + e[:, 13]
     np.tanh(h13, out=h13)
-    t28 = h13 @ U.T
+    t28 = np.dot(h13, U.T, out=ws['t28'])
     # h14 = tanh(e[14] + U @ h13 + b)
     # fused, in place: h14 = tanh(b + e[:, 14] + t28)
     h14 = t28  # in place: t28 is not read again
     h14 += b + e[:, 14]
     np.tanh(h14, out=h14)
-    t30 = h14 @ U.T
+    t30 = np.dot(h14, U.T, out=ws['t30'])
     # h15 = tanh(e[15] + U @ h14 + b)
     # fused, in place: h15 = tanh(b + e[:, 15] + t30)
     h15 = t30  # in place: t30 is not read again
     h15 += b + e[:, 15]
     np.tanh(h15, out=h15)
     # z = V @ h15 + c
-    t31 = h15 @ V.T
+    t31 = np.dot(h15, V.T)
     z = t31  # in place: t31 is not read again
     z += c
     # y_hat = softmax(z)
@@ -490,7 +598,31 @@ def predict(params, *, tokens, label=None, check=True):
     t34 = t33.sum(axis=1, keepdims=True)
     y_hat = t33  # in place: t33 is not read again
     y_hat /= t34
+    if ws:
+        _give_back_workspace('predict', N, ws)
     return y_hat
+
+
+def _loss_arrays(N):
+    """A new workspace of loss: the arrays its products are computed into, at batch size N."""
+    return {
+        't2': np.empty((N, 32), DTYPE),
+        't4': np.empty((N, 32), DTYPE),
+        't6': np.empty((N, 32), DTYPE),
+        't8': np.empty((N, 32), DTYPE),
+        't10': np.empty((N, 32), DTYPE),
+        't12': np.empty((N, 32), DTYPE),
+        't14': np.empty((N, 32), DTYPE),
+        't16': np.empty((N, 32), DTYPE),
+        't18': np.empty((N, 32), DTYPE),
+        't20': np.empty((N, 32), DTYPE),
+        't22': np.empty((N, 32), DTYPE),
+        't24': np.empty((N, 32), DTYPE),
+        't26': np.empty((N, 32), DTYPE),
+        't28': np.empty((N, 32), DTYPE),
+        't30': np.empty((N, 32), DTYPE),
+        't31': np.empty((N, 2), DTYPE),
+    }
 
 
 def loss(params, *, tokens, label, check=True):
@@ -505,104 +637,106 @@ def loss(params, *, tokens, label, check=True):
     tokens = np.asarray(tokens)
     label = np.asarray(label)
     N = tokens.shape[0]
-    rows = np.arange(N)
+    rows = _arange(N)
+    # products computed into arrays kept for the next call at this batch size, from N = 17 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (E, U, b, V, c)) if N >= 17 else _NO_WORKSPACE
     # forward pass
     # e = E[tokens]
     e = np.take(E, tokens, axis=0)
     # h0 = tanh(e[0] + b)
     h0 = np.tanh(b + e[:, 0])
-    t2 = h0 @ U.T
+    t2 = np.dot(h0, U.T, out=ws['t2'])
     # h1 = tanh(e[1] + U @ h0 + b)
     # fused, in place: h1 = tanh(b + e[:, 1] + t2)
     h1 = t2  # in place: t2 is not read again
     h1 += b + e[:, 1]
     np.tanh(h1, out=h1)
-    t4 = h1 @ U.T
+    t4 = np.dot(h1, U.T, out=ws['t4'])
     # h2 = tanh(e[2] + U @ h1 + b)
     # fused, in place: h2 = tanh(b + e[:, 2] + t4)
     h2 = t4  # in place: t4 is not read again
     h2 += b + e[:, 2]
     np.tanh(h2, out=h2)
-    t6 = h2 @ U.T
+    t6 = np.dot(h2, U.T, out=ws['t6'])
     # h3 = tanh(e[3] + U @ h2 + b)
     # fused, in place: h3 = tanh(b + e[:, 3] + t6)
     h3 = t6  # in place: t6 is not read again
     h3 += b + e[:, 3]
     np.tanh(h3, out=h3)
-    t8 = h3 @ U.T
+    t8 = np.dot(h3, U.T, out=ws['t8'])
     # h4 = tanh(e[4] + U @ h3 + b)
     # fused, in place: h4 = tanh(b + e[:, 4] + t8)
     h4 = t8  # in place: t8 is not read again
     h4 += b + e[:, 4]
     np.tanh(h4, out=h4)
-    t10 = h4 @ U.T
+    t10 = np.dot(h4, U.T, out=ws['t10'])
     # h5 = tanh(e[5] + U @ h4 + b)
     # fused, in place: h5 = tanh(b + t10 + e[:, 5])
     h5 = t10  # in place: t10 is not read again
     h5 += b + e[:, 5]
     np.tanh(h5, out=h5)
-    t12 = h5 @ U.T
+    t12 = np.dot(h5, U.T, out=ws['t12'])
     # h6 = tanh(e[6] + U @ h5 + b)
     # fused, in place: h6 = tanh(b + e[:, 6] + t12)
     h6 = t12  # in place: t12 is not read again
     h6 += b + e[:, 6]
     np.tanh(h6, out=h6)
-    t14 = h6 @ U.T
+    t14 = np.dot(h6, U.T, out=ws['t14'])
     # h7 = tanh(e[7] + U @ h6 + b)
     # fused, in place: h7 = tanh(b + e[:, 7] + t14)
     h7 = t14  # in place: t14 is not read again
     h7 += b + e[:, 7]
     np.tanh(h7, out=h7)
-    t16 = h7 @ U.T
+    t16 = np.dot(h7, U.T, out=ws['t16'])
     # h8 = tanh(e[8] + U @ h7 + b)
     # fused, in place: h8 = tanh(b + e[:, 8] + t16)
     h8 = t16  # in place: t16 is not read again
     h8 += b + e[:, 8]
     np.tanh(h8, out=h8)
-    t18 = h8 @ U.T
+    t18 = np.dot(h8, U.T, out=ws['t18'])
     # h9 = tanh(e[9] + U @ h8 + b)
     # fused, in place: h9 = tanh(b + e[:, 9] + t18)
     h9 = t18  # in place: t18 is not read again
     h9 += b + e[:, 9]
     np.tanh(h9, out=h9)
-    t20 = h9 @ U.T
+    t20 = np.dot(h9, U.T, out=ws['t20'])
     # h10 = tanh(e[10] + U @ h9 + b)
     # fused, in place: h10 = tanh(b + e[:, 10] + t20)
     h10 = t20  # in place: t20 is not read again
     h10 += b + e[:, 10]
     np.tanh(h10, out=h10)
-    t22 = h10 @ U.T
+    t22 = np.dot(h10, U.T, out=ws['t22'])
     # h11 = tanh(e[11] + U @ h10 + b)
     # fused, in place: h11 = tanh(b + e[:, 11] + t22)
     h11 = t22  # in place: t22 is not read again
     h11 += b + e[:, 11]
     np.tanh(h11, out=h11)
-    t24 = h11 @ U.T
+    t24 = np.dot(h11, U.T, out=ws['t24'])
     # h12 = tanh(e[12] + U @ h11 + b)
     # fused, in place: h12 = tanh(b + e[:, 12] + t24)
     h12 = t24  # in place: t24 is not read again
     h12 += b + e[:, 12]
     np.tanh(h12, out=h12)
-    t26 = h12 @ U.T
+    t26 = np.dot(h12, U.T, out=ws['t26'])
     # h13 = tanh(e[13] + U @ h12 + b)
     # fused, in place: h13 = tanh(b + e[:, 13] + t26)
     h13 = t26  # in place: t26 is not read again
     h13 += b + e[:, 13]
     np.tanh(h13, out=h13)
-    t28 = h13 @ U.T
+    t28 = np.dot(h13, U.T, out=ws['t28'])
     # h14 = tanh(e[14] + U @ h13 + b)
     # fused, in place: h14 = tanh(b + e[:, 14] + t28)
     h14 = t28  # in place: t28 is not read again
     h14 += b + e[:, 14]
     np.tanh(h14, out=h14)
-    t30 = h14 @ U.T
+    t30 = np.dot(h14, U.T, out=ws['t30'])
     # h15 = tanh(e[15] + U @ h14 + b)
     # fused, in place: h15 = tanh(b + e[:, 15] + t30)
     h15 = t30  # in place: t30 is not read again
     h15 += b + e[:, 15]
     np.tanh(h15, out=h15)
     # z = V @ h15 + c
-    t31 = h15 @ V.T
+    t31 = np.dot(h15, V.T, out=ws['t31'])
     z = t31  # in place: t31 is not read again
     z += c
     # L_n = cross_entropy(y_hat, label)
@@ -614,7 +748,61 @@ def loss(params, *, tokens, label, check=True):
     np.subtract(t32[:, 0] + np.log(t34[:, 0]), L_n, out=L_n)
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
+
+
+def _value_and_grad_arrays(N):
+    """A new workspace of value_and_grad: the arrays its products are computed into, at batch size N."""
+    return {
+        't2': np.empty((N, 32), DTYPE),
+        't4': np.empty((N, 32), DTYPE),
+        't6': np.empty((N, 32), DTYPE),
+        't8': np.empty((N, 32), DTYPE),
+        't10': np.empty((N, 32), DTYPE),
+        't12': np.empty((N, 32), DTYPE),
+        't14': np.empty((N, 32), DTYPE),
+        't16': np.empty((N, 32), DTYPE),
+        't18': np.empty((N, 32), DTYPE),
+        't20': np.empty((N, 32), DTYPE),
+        't22': np.empty((N, 32), DTYPE),
+        't24': np.empty((N, 32), DTYPE),
+        't26': np.empty((N, 32), DTYPE),
+        't28': np.empty((N, 32), DTYPE),
+        't30': np.empty((N, 32), DTYPE),
+        't31': np.empty((N, 2), DTYPE),
+        'h15_bar': np.empty((N, 32), DTYPE),
+        'h14_bar': np.empty((N, 32), DTYPE),
+        't49': np.empty((32, 32), DTYPE),
+        'h13_bar': np.empty((N, 32), DTYPE),
+        't52': np.empty((32, 32), DTYPE),
+        'h12_bar': np.empty((N, 32), DTYPE),
+        't55': np.empty((32, 32), DTYPE),
+        'h11_bar': np.empty((N, 32), DTYPE),
+        't58': np.empty((32, 32), DTYPE),
+        'h10_bar': np.empty((N, 32), DTYPE),
+        't61': np.empty((32, 32), DTYPE),
+        'h9_bar': np.empty((N, 32), DTYPE),
+        't64': np.empty((32, 32), DTYPE),
+        'h8_bar': np.empty((N, 32), DTYPE),
+        't67': np.empty((32, 32), DTYPE),
+        'h7_bar': np.empty((N, 32), DTYPE),
+        't70': np.empty((32, 32), DTYPE),
+        'h6_bar': np.empty((N, 32), DTYPE),
+        't73': np.empty((32, 32), DTYPE),
+        'h5_bar': np.empty((N, 32), DTYPE),
+        't76': np.empty((32, 32), DTYPE),
+        'h4_bar': np.empty((N, 32), DTYPE),
+        't79': np.empty((32, 32), DTYPE),
+        'h3_bar': np.empty((N, 32), DTYPE),
+        't82': np.empty((32, 32), DTYPE),
+        'h2_bar': np.empty((N, 32), DTYPE),
+        't85': np.empty((32, 32), DTYPE),
+        'h1_bar': np.empty((N, 32), DTYPE),
+        't88': np.empty((32, 32), DTYPE),
+        'h0_bar': np.empty((N, 32), DTYPE),
+    }
 
 
 def value_and_grad(params, *, tokens, label, check=True):
@@ -629,105 +817,107 @@ def value_and_grad(params, *, tokens, label, check=True):
     tokens = np.asarray(tokens)
     label = np.asarray(label)
     N = tokens.shape[0]
-    rows = np.arange(N)
-    ones = np.ones(N, DTYPE)
+    rows = _arange(N)
+    ones = _ones(N)
+    # products computed into arrays kept for the next call at this batch size
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (E, U, b, V, c))
     # forward pass
     # e = E[tokens]
     e = np.take(E, tokens, axis=0)
     # h0 = tanh(e[0] + b)
     h0 = np.tanh(b + e[:, 0])
-    t2 = h0 @ U.T
+    t2 = np.dot(h0, U.T, out=ws['t2'])
     # h1 = tanh(e[1] + U @ h0 + b)
     # fused, in place: h1 = tanh(b + e[:, 1] + t2)
     h1 = t2  # in place: t2 is not read again
     h1 += b + e[:, 1]
     np.tanh(h1, out=h1)
-    t4 = h1 @ U.T
+    t4 = np.dot(h1, U.T, out=ws['t4'])
     # h2 = tanh(e[2] + U @ h1 + b)
     # fused, in place: h2 = tanh(b + e[:, 2] + t4)
     h2 = t4  # in place: t4 is not read again
     h2 += b + e[:, 2]
     np.tanh(h2, out=h2)
-    t6 = h2 @ U.T
+    t6 = np.dot(h2, U.T, out=ws['t6'])
     # h3 = tanh(e[3] + U @ h2 + b)
     # fused, in place: h3 = tanh(b + e[:, 3] + t6)
     h3 = t6  # in place: t6 is not read again
     h3 += b + e[:, 3]
     np.tanh(h3, out=h3)
-    t8 = h3 @ U.T
+    t8 = np.dot(h3, U.T, out=ws['t8'])
     # h4 = tanh(e[4] + U @ h3 + b)
     # fused, in place: h4 = tanh(b + e[:, 4] + t8)
     h4 = t8  # in place: t8 is not read again
     h4 += b + e[:, 4]
     np.tanh(h4, out=h4)
-    t10 = h4 @ U.T
+    t10 = np.dot(h4, U.T, out=ws['t10'])
     # h5 = tanh(e[5] + U @ h4 + b)
     # fused, in place: h5 = tanh(b + t10 + e[:, 5])
     h5 = t10  # in place: t10 is not read again
     h5 += b + e[:, 5]
     np.tanh(h5, out=h5)
-    t12 = h5 @ U.T
+    t12 = np.dot(h5, U.T, out=ws['t12'])
     # h6 = tanh(e[6] + U @ h5 + b)
     # fused, in place: h6 = tanh(b + e[:, 6] + t12)
     h6 = t12  # in place: t12 is not read again
     h6 += b + e[:, 6]
     np.tanh(h6, out=h6)
-    t14 = h6 @ U.T
+    t14 = np.dot(h6, U.T, out=ws['t14'])
     # h7 = tanh(e[7] + U @ h6 + b)
     # fused, in place: h7 = tanh(b + e[:, 7] + t14)
     h7 = t14  # in place: t14 is not read again
     h7 += b + e[:, 7]
     np.tanh(h7, out=h7)
-    t16 = h7 @ U.T
+    t16 = np.dot(h7, U.T, out=ws['t16'])
     # h8 = tanh(e[8] + U @ h7 + b)
     # fused, in place: h8 = tanh(b + e[:, 8] + t16)
     h8 = t16  # in place: t16 is not read again
     h8 += b + e[:, 8]
     np.tanh(h8, out=h8)
-    t18 = h8 @ U.T
+    t18 = np.dot(h8, U.T, out=ws['t18'])
     # h9 = tanh(e[9] + U @ h8 + b)
     # fused, in place: h9 = tanh(b + e[:, 9] + t18)
     h9 = t18  # in place: t18 is not read again
     h9 += b + e[:, 9]
     np.tanh(h9, out=h9)
-    t20 = h9 @ U.T
+    t20 = np.dot(h9, U.T, out=ws['t20'])
     # h10 = tanh(e[10] + U @ h9 + b)
     # fused, in place: h10 = tanh(b + e[:, 10] + t20)
     h10 = t20  # in place: t20 is not read again
     h10 += b + e[:, 10]
     np.tanh(h10, out=h10)
-    t22 = h10 @ U.T
+    t22 = np.dot(h10, U.T, out=ws['t22'])
     # h11 = tanh(e[11] + U @ h10 + b)
     # fused, in place: h11 = tanh(b + e[:, 11] + t22)
     h11 = t22  # in place: t22 is not read again
     h11 += b + e[:, 11]
     np.tanh(h11, out=h11)
-    t24 = h11 @ U.T
+    t24 = np.dot(h11, U.T, out=ws['t24'])
     # h12 = tanh(e[12] + U @ h11 + b)
     # fused, in place: h12 = tanh(b + e[:, 12] + t24)
     h12 = t24  # in place: t24 is not read again
     h12 += b + e[:, 12]
     np.tanh(h12, out=h12)
-    t26 = h12 @ U.T
+    t26 = np.dot(h12, U.T, out=ws['t26'])
     # h13 = tanh(e[13] + U @ h12 + b)
     # fused, in place: h13 = tanh(b + e[:, 13] + t26)
     h13 = t26  # in place: t26 is not read again
     h13 += b + e[:, 13]
     np.tanh(h13, out=h13)
-    t28 = h13 @ U.T
+    t28 = np.dot(h13, U.T, out=ws['t28'])
     # h14 = tanh(e[14] + U @ h13 + b)
     # fused, in place: h14 = tanh(b + e[:, 14] + t28)
     h14 = t28  # in place: t28 is not read again
     h14 += b + e[:, 14]
     np.tanh(h14, out=h14)
-    t30 = h14 @ U.T
+    t30 = np.dot(h14, U.T, out=ws['t30'])
     # h15 = tanh(e[15] + U @ h14 + b)
     # fused, in place: h15 = tanh(b + e[:, 15] + t30)
     h15 = t30  # in place: t30 is not read again
     h15 += b + e[:, 15]
     np.tanh(h15, out=h15)
     # z = V @ h15 + c
-    t31 = h15 @ V.T
+    t31 = np.dot(h15, V.T, out=ws['t31'])
     z = t31  # in place: t31 is not read again
     z += c
     # L_n = cross_entropy(y_hat, label)
@@ -749,11 +939,11 @@ def value_and_grad(params, *, tokens, label, check=True):
     z_bar *= (t39/t37)[:, None]
     z_bar[rows, label] -= t39
     # c_bar = z_bar (summed over the batch)   # add
-    c_bar = ones @ z_bar
+    c_bar = np.dot(ones, z_bar)
     # V_bar = z_bar h15^T (summed over the batch)   # matmul
-    V_bar = z_bar.T @ h15
+    V_bar = np.dot(z_bar.T, h15)
     # h15_bar = V^T @ z_bar   # matmul
-    h15_bar = z_bar @ V
+    h15_bar = np.dot(z_bar, V, out=ws['h15_bar'])
     # q62_bar = h15_bar*(1 - h15**2)   # tanh
     # q61_bar = q62_bar   # add
     # q60_bar = q61_bar   # add
@@ -763,10 +953,10 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t44, out=t44)
     np.subtract(1, t44, out=t44)
     t44 *= h15_bar
-    t45 = ones @ t44
-    t46 = t44.T @ h14
+    t45 = np.dot(ones, t44)
+    t46 = np.dot(t44.T, h14)
     # h14_bar = U^T @ q60_bar   # matmul
-    h14_bar = t44 @ U
+    h14_bar = np.dot(t44, U, out=ws['h14_bar'])
     # q58_bar = h14_bar*(1 - h14**2)   # tanh
     # q57_bar = q58_bar   # add
     # q56_bar = q57_bar   # add
@@ -776,9 +966,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t47, out=t47)
     np.subtract(1, t47, out=t47)
     t47 *= h14_bar
-    t49 = t47.T @ h13
+    t49 = np.dot(t47.T, h13, out=ws['t49'])
     # h13_bar = U^T @ q56_bar   # matmul
-    h13_bar = t47 @ U
+    h13_bar = np.dot(t47, U, out=ws['h13_bar'])
     # q54_bar = h13_bar*(1 - h13**2)   # tanh
     # q53_bar = q54_bar   # add
     # q52_bar = q53_bar   # add
@@ -788,9 +978,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t50, out=t50)
     np.subtract(1, t50, out=t50)
     t50 *= h13_bar
-    t52 = t50.T @ h12
+    t52 = np.dot(t50.T, h12, out=ws['t52'])
     # h12_bar = U^T @ q52_bar   # matmul
-    h12_bar = t50 @ U
+    h12_bar = np.dot(t50, U, out=ws['h12_bar'])
     # q50_bar = h12_bar*(1 - h12**2)   # tanh
     # q49_bar = q50_bar   # add
     # q48_bar = q49_bar   # add
@@ -800,9 +990,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t53, out=t53)
     np.subtract(1, t53, out=t53)
     t53 *= h12_bar
-    t55 = t53.T @ h11
+    t55 = np.dot(t53.T, h11, out=ws['t55'])
     # h11_bar = U^T @ q48_bar   # matmul
-    h11_bar = t53 @ U
+    h11_bar = np.dot(t53, U, out=ws['h11_bar'])
     # q46_bar = h11_bar*(1 - h11**2)   # tanh
     # q45_bar = q46_bar   # add
     # q44_bar = q45_bar   # add
@@ -812,9 +1002,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t56, out=t56)
     np.subtract(1, t56, out=t56)
     t56 *= h11_bar
-    t58 = t56.T @ h10
+    t58 = np.dot(t56.T, h10, out=ws['t58'])
     # h10_bar = U^T @ q44_bar   # matmul
-    h10_bar = t56 @ U
+    h10_bar = np.dot(t56, U, out=ws['h10_bar'])
     # q42_bar = h10_bar*(1 - h10**2)   # tanh
     # q41_bar = q42_bar   # add
     # q40_bar = q41_bar   # add
@@ -824,9 +1014,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t59, out=t59)
     np.subtract(1, t59, out=t59)
     t59 *= h10_bar
-    t61 = t59.T @ h9
+    t61 = np.dot(t59.T, h9, out=ws['t61'])
     # h9_bar = U^T @ q40_bar   # matmul
-    h9_bar = t59 @ U
+    h9_bar = np.dot(t59, U, out=ws['h9_bar'])
     # q38_bar = h9_bar*(1 - h9**2)   # tanh
     # q37_bar = q38_bar   # add
     # q36_bar = q37_bar   # add
@@ -836,9 +1026,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t62, out=t62)
     np.subtract(1, t62, out=t62)
     t62 *= h9_bar
-    t64 = t62.T @ h8
+    t64 = np.dot(t62.T, h8, out=ws['t64'])
     # h8_bar = U^T @ q36_bar   # matmul
-    h8_bar = t62 @ U
+    h8_bar = np.dot(t62, U, out=ws['h8_bar'])
     # q34_bar = h8_bar*(1 - h8**2)   # tanh
     # q33_bar = q34_bar   # add
     # q32_bar = q33_bar   # add
@@ -848,9 +1038,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t65, out=t65)
     np.subtract(1, t65, out=t65)
     t65 *= h8_bar
-    t67 = t65.T @ h7
+    t67 = np.dot(t65.T, h7, out=ws['t67'])
     # h7_bar = U^T @ q32_bar   # matmul
-    h7_bar = t65 @ U
+    h7_bar = np.dot(t65, U, out=ws['h7_bar'])
     # q30_bar = h7_bar*(1 - h7**2)   # tanh
     # q29_bar = q30_bar   # add
     # q28_bar = q29_bar   # add
@@ -860,9 +1050,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t68, out=t68)
     np.subtract(1, t68, out=t68)
     t68 *= h7_bar
-    t70 = t68.T @ h6
+    t70 = np.dot(t68.T, h6, out=ws['t70'])
     # h6_bar = U^T @ q28_bar   # matmul
-    h6_bar = t68 @ U
+    h6_bar = np.dot(t68, U, out=ws['h6_bar'])
     # q26_bar = h6_bar*(1 - h6**2)   # tanh
     # q25_bar = q26_bar   # add
     # q24_bar = q25_bar   # add
@@ -872,9 +1062,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t71, out=t71)
     np.subtract(1, t71, out=t71)
     t71 *= h6_bar
-    t73 = t71.T @ h5
+    t73 = np.dot(t71.T, h5, out=ws['t73'])
     # h5_bar = U^T @ q24_bar   # matmul
-    h5_bar = t71 @ U
+    h5_bar = np.dot(t71, U, out=ws['h5_bar'])
     # q22_bar = h5_bar*(1 - h5**2)   # tanh
     # q21_bar = q22_bar   # add
     # q20_bar = q21_bar   # add
@@ -884,9 +1074,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t74, out=t74)
     np.subtract(1, t74, out=t74)
     t74 *= h5_bar
-    t76 = t74.T @ h4
+    t76 = np.dot(t74.T, h4, out=ws['t76'])
     # h4_bar = U^T @ q20_bar   # matmul
-    h4_bar = t74 @ U
+    h4_bar = np.dot(t74, U, out=ws['h4_bar'])
     # q18_bar = h4_bar*(1 - h4**2)   # tanh
     # q17_bar = q18_bar   # add
     # q16_bar = q17_bar   # add
@@ -896,9 +1086,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t77, out=t77)
     np.subtract(1, t77, out=t77)
     t77 *= h4_bar
-    t79 = t77.T @ h3
+    t79 = np.dot(t77.T, h3, out=ws['t79'])
     # h3_bar = U^T @ q16_bar   # matmul
-    h3_bar = t77 @ U
+    h3_bar = np.dot(t77, U, out=ws['h3_bar'])
     # q14_bar = h3_bar*(1 - h3**2)   # tanh
     # q13_bar = q14_bar   # add
     # q12_bar = q13_bar   # add
@@ -908,9 +1098,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t80, out=t80)
     np.subtract(1, t80, out=t80)
     t80 *= h3_bar
-    t82 = t80.T @ h2
+    t82 = np.dot(t80.T, h2, out=ws['t82'])
     # h2_bar = U^T @ q12_bar   # matmul
-    h2_bar = t80 @ U
+    h2_bar = np.dot(t80, U, out=ws['h2_bar'])
     # q10_bar = h2_bar*(1 - h2**2)   # tanh
     # q9_bar = q10_bar   # add
     # q8_bar = q9_bar   # add
@@ -920,9 +1110,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t83, out=t83)
     np.subtract(1, t83, out=t83)
     t83 *= h2_bar
-    t85 = t83.T @ h1
+    t85 = np.dot(t83.T, h1, out=ws['t85'])
     # h1_bar = U^T @ q8_bar   # matmul
-    h1_bar = t83 @ U
+    h1_bar = np.dot(t83, U, out=ws['h1_bar'])
     # q6_bar = h1_bar*(1 - h1**2)   # tanh
     # q5_bar = q6_bar   # add
     # q4_bar = q5_bar   # add
@@ -932,9 +1122,9 @@ def value_and_grad(params, *, tokens, label, check=True):
     np.square(t86, out=t86)
     np.subtract(1, t86, out=t86)
     t86 *= h1_bar
-    t88 = t86.T @ h0
+    t88 = np.dot(t86.T, h0, out=ws['t88'])
     # h0_bar = U^T @ q4_bar   # matmul
-    h0_bar = t86 @ U
+    h0_bar = np.dot(t86, U, out=ws['h0_bar'])
     # q2_bar = h0_bar*(1 - h0**2)   # tanh
     # q1_bar = q2_bar   # add
     # fused, in place: t89 = h0_bar*(1 - h0**2)
@@ -949,10 +1139,12 @@ def value_and_grad(params, *, tokens, label, check=True):
     E_bar = (np.arange(4)[:, None] == tokens.reshape(-1)).astype(DTYPE) @ e_bar.reshape(-1, 32)
     # b_bar = q62_bar (summed over the batch) + q58_bar (summed over the batch) + q54_bar (summed over the batch) + q50_bar (summed over the batch) + q46_bar (summed over the batch) + q42_bar (summed over the batch) + q38_bar (summed over the batch) + q34_bar (summed over the batch) + q30_bar (summed over the batch) + q26_bar (summed over the batch) + q22_bar (summed over the batch) + q18_bar (summed over the batch) + q14_bar (summed over the batch) + q10_bar (summed over the batch) + q6_bar (summed over the batch) + q2_bar (summed over the batch)   # sum over consumers (add x16)
     b_bar = t45  # in place: t45 is not read again
-    b_bar += (ones @ t47) + (ones @ t50) + (ones @ t53) + (ones @ t56) + (ones @ t59) + (ones @ t62) + (ones @ t65) + (ones @ t68) + (ones @ t71) + (ones @ t74) + (ones @ t77) + (ones @ t80) + (ones @ t83) + (ones @ t86) + (ones @ t89)
+    b_bar += np.dot(ones, t47) + np.dot(ones, t50) + np.dot(ones, t53) + np.dot(ones, t56) + np.dot(ones, t59) + np.dot(ones, t62) + np.dot(ones, t65) + np.dot(ones, t68) + np.dot(ones, t71) + np.dot(ones, t74) + np.dot(ones, t77) + np.dot(ones, t80) + np.dot(ones, t83) + np.dot(ones, t86) + np.dot(ones, t89)
     # U_bar = q60_bar h14^T (summed over the batch) + q56_bar h13^T (summed over the batch) + q52_bar h12^T (summed over the batch) + q48_bar h11^T (summed over the batch) + q44_bar h10^T (summed over the batch) + q40_bar h9^T (summed over the batch) + q36_bar h8^T (summed over the batch) + q32_bar h7^T (summed over the batch) + q28_bar h6^T (summed over the batch) + q24_bar h5^T (summed over the batch) + q20_bar h4^T (summed over the batch) + q16_bar h3^T (summed over the batch) + q12_bar h2^T (summed over the batch) + q8_bar h1^T (summed over the batch) + q4_bar h0^T (summed over the batch)   # sum over consumers (matmul x15)
     U_bar = t46  # in place: t46 is not read again
     U_bar += t49 + t52 + t55 + t58 + t61 + t64 + t67 + t70 + t73 + t76 + t79 + t82 + t85 + t88
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'E': E_bar, 'U': U_bar, 'b': b_bar, 'V': V_bar, 'c': c_bar}
 
 

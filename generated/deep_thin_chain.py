@@ -83,6 +83,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -187,6 +192,85 @@ def _check(where, params, inputs):
                                  f"expected class labels in [0, {classes})")
 
 
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
+
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
+    for p in params:
+        if p.dtype is not dt:
+            return _NO_WORKSPACE
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N, DTYPE] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
+
+
 def init_params(seed=0):
     """Fresh parameters: w1 normal, w2 normal, w3 normal, w4 normal, b1 zeros, b2 zeros, b3 zeros, b4 zeros."""
     rng = np.random.default_rng(seed)
@@ -289,9 +373,8 @@ def value_and_grad(params, *, x, y, check=True):
     y_hat = (0.5 + 0.5*np.tanh(0.5*(b4 + h3*w4)))
     # L_n = (y - y_hat)**2 / 2
     t0 = y - y_hat
-    L_n = (1/2)*t0**2
     # L = mean over the batch of L_n
-    L = L_n.sum(axis=0)/N
+    L = ((1/2)*np.vdot(t0, t0))/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
@@ -301,36 +384,46 @@ def value_and_grad(params, *, x, y, check=True):
     # a4_bar = y_hat*y_hat_bar*(1 - y_hat)   # sigmoid
     # fused, in place: a4_bar = -t0*y_hat*(1 - y_hat)/N
     a4_bar = t0  # in place: t0 is not read again
-    a4_bar *= -y_hat*(1 - y_hat)
-    a4_bar /= N
+    a4_bar *= y_hat
+    a4_bar *= 1 - y_hat
+    a4_bar *= -1/N
     # b4_bar = a4_bar (summed over the batch)   # add
     b4_bar = a4_bar.sum(axis=0)
     # w4_bar = a4_bar*h3 (summed over the batch)   # mul
-    w4_bar = h3 @ a4_bar
+    w4_bar = np.dot(h3, a4_bar)
     # h3_bar = a4_bar*w4   # mul
     # a3_bar = h3*h3_bar*(1 - h3)   # sigmoid
+    # fused, in place: a3_bar = a4_bar*h3*w4*(1 - h3)
     a3_bar = a4_bar  # in place: a4_bar is not read again
-    a3_bar *= h3*w4*(1 - h3)
+    a3_bar *= h3
+    a3_bar *= 1 - h3
+    a3_bar *= w4
     # b3_bar = a3_bar (summed over the batch)   # add
     b3_bar = a3_bar.sum(axis=0)
     # w3_bar = a3_bar*h2 (summed over the batch)   # mul
-    w3_bar = h2 @ a3_bar
+    w3_bar = np.dot(h2, a3_bar)
     # h2_bar = a3_bar*w3   # mul
     # a2_bar = h2*h2_bar*(1 - h2)   # sigmoid
+    # fused, in place: a2_bar = a3_bar*h2*w3*(1 - h2)
     a2_bar = a3_bar  # in place: a3_bar is not read again
-    a2_bar *= h2*w3*(1 - h2)
+    a2_bar *= h2
+    a2_bar *= 1 - h2
+    a2_bar *= w3
     # b2_bar = a2_bar (summed over the batch)   # add
     b2_bar = a2_bar.sum(axis=0)
     # w2_bar = a2_bar*h1 (summed over the batch)   # mul
-    w2_bar = h1 @ a2_bar
+    w2_bar = np.dot(h1, a2_bar)
     # h1_bar = a2_bar*w2   # mul
     # a1_bar = h1*h1_bar*(1 - h1)   # sigmoid
+    # fused, in place: a1_bar = a2_bar*h1*w2*(1 - h1)
     a1_bar = a2_bar  # in place: a2_bar is not read again
-    a1_bar *= h1*w2*(1 - h1)
+    a1_bar *= h1
+    a1_bar *= 1 - h1
+    a1_bar *= w2
     # b1_bar = a1_bar (summed over the batch)   # add
     b1_bar = a1_bar.sum(axis=0)
     # w1_bar = a1_bar*x (summed over the batch)   # mul
-    w1_bar = x @ a1_bar
+    w1_bar = np.dot(x, a1_bar)
     return float(L), {'w1': np.asarray(w1_bar), 'w2': np.asarray(w2_bar), 'w3': np.asarray(w3_bar), 'w4': np.asarray(w4_bar), 'b1': np.asarray(b1_bar), 'b2': np.asarray(b2_bar), 'b3': np.asarray(b3_bar), 'b4': np.asarray(b4_bar)}
 
 

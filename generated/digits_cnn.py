@@ -71,6 +71,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -175,6 +180,107 @@ def _check(where, params, inputs):
                                  f"expected class labels in [0, {classes})")
 
 
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
+
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
+    for p in params:
+        if p.dtype is not dt:
+            return _NO_WORKSPACE
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N, DTYPE] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+_KEPT_GRADS = ('b5', 'W5')   # the gradients the optimizer steps compute into kept arrays
+
+
+def _grads_arrays(N):
+    """The arrays the optimizer steps' gradients are computed into (value_and_grad with
+    _keep_grads=True), given back by the step once it has used them."""
+    return {
+        'b5': np.empty((10,), DTYPE),
+        'W5': np.empty((10, 1024), DTYPE),
+    }
+
+
+def _give_back_grads(grads):
+    """Put a step's gradients back in the store for the next step to compute into:
+    the arrays of _grads_arrays, when they are of DTYPE (a call whose params are of
+    another dtype computed fresh arrays of the dtype NumPy promoted to)."""
+    kept = {k: grads[k] for k in _KEPT_GRADS}
+    dt = np.dtype(DTYPE)
+    if all(type(g) is np.ndarray and g.dtype is dt for g in kept.values()):
+        _give_back_workspace('grads', 0, kept)
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
+
+
 def init_params(seed=0):
     """Fresh parameters: W1 glorot, b1 zeros, W2 glorot, b2 zeros, W5 glorot, b5 zeros."""
     rng = np.random.default_rng(seed)
@@ -231,7 +337,7 @@ def predict(params, *, x, label=None, check=True):
     # h4 = flatten(h3)
     h4 = h3.reshape((N, 1024))
     # z5 = W5 @ h4 + b5
-    t7 = h4 @ W5.T
+    t7 = np.dot(h4, W5.T)
     z5 = t7  # in place: t7 is not read again
     z5 += b5
     # y_hat = softmax(z5)
@@ -244,6 +350,13 @@ def predict(params, *, x, label=None, check=True):
     y_hat = t9  # in place: t9 is not read again
     y_hat /= t10
     return y_hat
+
+
+def _loss_arrays(N):
+    """A new workspace of loss: the arrays its products are computed into, at batch size N."""
+    return {
+        't7': np.empty((N, 10), DTYPE),
+    }
 
 
 def loss(params, *, x, label, check=True):
@@ -259,7 +372,9 @@ def loss(params, *, x, label, check=True):
     x = np.asarray(x, DTYPE)
     label = np.asarray(label)
     N = x.shape[0]
-    rows = np.arange(N)
+    rows = _arange(N)
+    # products computed into arrays kept for the next call at this batch size, from N = 820 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W1, b1, W2, b2, W5, b5)) if N >= 820 else _NO_WORKSPACE
     # forward pass
     # z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     # the 3 x 3 windows of x, padded by 1, one column per output position (im2col)
@@ -291,7 +406,7 @@ def loss(params, *, x, label, check=True):
     # h4 = flatten(h3)
     h4 = h3.reshape((N, 1024))
     # z5 = W5 @ h4 + b5
-    t7 = h4 @ W5.T
+    t7 = np.dot(h4, W5.T, out=ws['t7'])
     z5 = t7  # in place: t7 is not read again
     z5 += b5
     # L_n = cross_entropy(y_hat, label)
@@ -303,10 +418,20 @@ def loss(params, *, x, label, check=True):
     np.subtract(t8[:, 0] + np.log(t10[:, 0]), L_n, out=L_n)
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
 
 
-def value_and_grad(params, *, x, label, check=True):
+def _value_and_grad_arrays(N):
+    """A new workspace of value_and_grad: the arrays its products are computed into, at batch size N."""
+    return {
+        't7': np.empty((N, 10), DTYPE),
+        'h4_bar': np.empty((N, 1024), DTYPE),
+    }
+
+
+def value_and_grad(params, *, x, label, check=True, _keep_grads=False):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode."""
     if check:
         _check('value_and_grad', params, {'x': x, 'label': label})
@@ -319,8 +444,13 @@ def value_and_grad(params, *, x, label, check=True):
     x = np.asarray(x, DTYPE)
     label = np.asarray(label)
     N = x.shape[0]
-    rows = np.arange(N)
-    ones = np.ones(N, DTYPE)
+    rows = _arange(N)
+    ones = _ones(N)
+    # products computed into arrays kept for the next call at this batch size, from N = 8 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W1, b1, W2, b2, W5, b5)) if N >= 8 else _NO_WORKSPACE
+    # for the optimizer steps (_keep_grads=True): the gradients computed into arrays
+    # the step gives back when it has used them (_give_back_grads)
+    _gs = _take_workspace('grads', 0, _grads_arrays, (W1, b1, W2, b2, W5, b5)) if _keep_grads else _NO_WORKSPACE
     # forward pass
     # z1 = conv2d(x, W1, padding='same') + reshape(b1, [32, 1, 1])
     # the 3 x 3 windows of x, padded by 1, one column per output position (im2col)
@@ -352,7 +482,7 @@ def value_and_grad(params, *, x, label, check=True):
     # h4 = flatten(h3)
     h4 = h3.reshape((N, 1024))
     # z5 = W5 @ h4 + b5
-    t7 = h4 @ W5.T
+    t7 = np.dot(h4, W5.T, out=ws['t7'])
     z5 = t7  # in place: t7 is not read again
     z5 += b5
     # L_n = cross_entropy(y_hat, label)
@@ -374,11 +504,11 @@ def value_and_grad(params, *, x, label, check=True):
     z5_bar *= (t15/t13)[:, None]
     z5_bar[rows, label] -= t15
     # b5_bar = z5_bar (summed over the batch)   # add
-    b5_bar = ones @ z5_bar
+    b5_bar = np.dot(ones, z5_bar, out=_gs['b5'])
     # W5_bar = z5_bar h4^T (summed over the batch)   # matmul
-    W5_bar = z5_bar.T @ h4
+    W5_bar = np.dot(z5_bar.T, h4, out=_gs['W5'])
     # h4_bar = W5^T @ z5_bar   # matmul
-    h4_bar = z5_bar @ W5
+    h4_bar = np.dot(z5_bar, W5, out=ws['h4_bar'])
     # h3_bar = h4_bar   # reshape
     h3_bar = h4_bar.reshape((N, 64, 4, 4))
     t22 = (t6 == h3.reshape((N, 64, 1, 1, 4, 4))).astype(DTYPE)
@@ -421,6 +551,8 @@ def value_and_grad(params, *, x, label, check=True):
     b1_bar = np.array(t29[:, 0, 0], DTYPE)
     # b2_bar = q2_bar   # reshape
     b2_bar = np.array(t26[:, 0, 0], DTYPE)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'W1': W1_bar, 'b1': b1_bar, 'W2': W2_bar, 'b2': b2_bar, 'W5': W5_bar, 'b5': b5_bar}
 
 
@@ -435,11 +567,12 @@ def sgd_step(params, lr, *, x, label, check=True):
     """One step of gradient descent, w <- w - lr * dL/dw, in place; returns L before the step."""
     if check:
         _check('sgd_step', params, {'x': x, 'label': label})
-    value, grads = value_and_grad(params, x=x, label=label, check=False)
+    value, grads = value_and_grad(params, x=x, label=label, check=False, _keep_grads=True)
     for k in TRAINED:
         g = grads[k]
         g *= lr
         params[k] -= g
+    _give_back_grads(grads)
     return value
 
 
@@ -454,7 +587,7 @@ def momentum_step(params, state, lr, momentum=0.9, *, x, label, check=True):
     """
     if check:
         _check('momentum_step', params, {'x': x, 'label': label})
-    value, grads = value_and_grad(params, x=x, label=label, check=False)
+    value, grads = value_and_grad(params, x=x, label=label, check=False, _keep_grads=True)
     velocity = state.setdefault("u", {})
     for k in TRAINED:
         g = grads[k]
@@ -465,6 +598,7 @@ def momentum_step(params, state, lr, momentum=0.9, *, x, label, check=True):
         u += g
         np.multiply(u, lr, out=g)
         params[k] -= g
+    _give_back_grads(grads)
     return value
 
 
@@ -482,7 +616,7 @@ def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, la
     """
     if check:
         _check('adam_step', params, {'x': x, 'label': label})
-    value, grads = value_and_grad(params, x=x, label=label, check=False)
+    value, grads = value_and_grad(params, x=x, label=label, check=False, _keep_grads=True)
     if not state:
         state.update(t=0, m={}, v={})
         for k in TRAINED:
@@ -508,4 +642,5 @@ def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, x, la
         np.divide(m, g, out=g)
         g *= lr / c1
         params[k] -= g
+    _give_back_grads(grads)
     return value

@@ -60,6 +60,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -164,6 +169,85 @@ def _check(where, params, inputs):
                                  f"expected class labels in [0, {classes})")
 
 
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
+
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
+    for p in params:
+        if p.dtype is not dt:
+            return _NO_WORKSPACE
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N, DTYPE] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
+
+
 def init_params(seed=0):
     """Fresh parameters: W1 glorot, b1 zeros, W2 glorot, b2 zeros, W3 glorot, b3 zeros."""
     rng = np.random.default_rng(seed)
@@ -177,6 +261,14 @@ def init_params(seed=0):
     return params
 
 
+def _predict_arrays(N):
+    """A new workspace of predict: the arrays its products are computed into, at batch size N."""
+    return {
+        't0': np.empty((N, 16), DTYPE),
+        't1': np.empty((N, 16), DTYPE),
+    }
+
+
 def predict(params, *, x, y=None, check=True):
     """The output node z3, for a batch."""
     if check:
@@ -188,16 +280,19 @@ def predict(params, *, x, y=None, check=True):
     W3 = params['W3']
     b3 = params['b3']
     x = np.asarray(x, DTYPE)
+    N = x.shape[0]
+    # products computed into arrays kept for the next call at this batch size, from N = 256 (64 KiB)
+    ws = _take_workspace('predict', N, _predict_arrays, (W1, b1, W2, b2, W3, b3)) if N >= 256 else _NO_WORKSPACE
     # forward pass
     # z1 = W1 @ x + b1
-    t0 = x @ W1.T
+    t0 = np.dot(x, W1.T, out=ws['t0'])
     # h1 = relu(z1)
     # fused, in place: h1 = relu(b1 + t0)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.maximum(h1, 0, out=h1)
     # z2 = W2 @ h1 + b2
-    t1 = h1 @ W2.T
+    t1 = np.dot(h1, W2.T, out=ws['t1'])
     # h2 = sigmoid(z2)
     # fused, in place: h2 = sigmoid(b2 + t1)
     h2 = t1  # in place: t1 is not read again
@@ -207,10 +302,21 @@ def predict(params, *, x, y=None, check=True):
     h2 *= 1/2
     h2 += 1/2
     # z3 = W3 @ h2 + b3
-    t2 = h2 @ W3.T
+    t2 = np.dot(h2, W3.T)
     z3 = t2  # in place: t2 is not read again
     z3 += b3
+    if ws:
+        _give_back_workspace('predict', N, ws)
     return z3
+
+
+def _loss_arrays(N):
+    """A new workspace of loss: the arrays its products are computed into, at batch size N."""
+    return {
+        't0': np.empty((N, 16), DTYPE),
+        't1': np.empty((N, 16), DTYPE),
+        't2': np.empty((N, 2), DTYPE),
+    }
 
 
 def loss(params, *, x, y, check=True):
@@ -226,16 +332,18 @@ def loss(params, *, x, y, check=True):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
+    # products computed into arrays kept for the next call at this batch size, from N = 241 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W1, b1, W2, b2, W3, b3)) if N >= 241 else _NO_WORKSPACE
     # forward pass
     # z1 = W1 @ x + b1
-    t0 = x @ W1.T
+    t0 = np.dot(x, W1.T, out=ws['t0'])
     # h1 = relu(z1)
     # fused, in place: h1 = relu(b1 + t0)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.maximum(h1, 0, out=h1)
     # z2 = W2 @ h1 + b2
-    t1 = h1 @ W2.T
+    t1 = np.dot(h1, W2.T, out=ws['t1'])
     # h2 = sigmoid(z2)
     # fused, in place: h2 = sigmoid(b2 + t1)
     h2 = t1  # in place: t1 is not read again
@@ -245,7 +353,7 @@ def loss(params, *, x, y, check=True):
     h2 *= 1/2
     h2 += 1/2
     # z3 = W3 @ h2 + b3
-    t2 = h2 @ W3.T
+    t2 = np.dot(h2, W3.T, out=ws['t2'])
     # L_n = sum((z3 - y)**2) / 2
     # fused, in place: t3 = (b3 + t2 - y)**2
     t3 = t2  # in place: t2 is not read again
@@ -256,7 +364,20 @@ def loss(params, *, x, y, check=True):
     L_n /= 2
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
+
+
+def _value_and_grad_arrays(N):
+    """A new workspace of value_and_grad: the arrays its products are computed into, at batch size N."""
+    return {
+        't0': np.empty((N, 16), DTYPE),
+        't1': np.empty((N, 16), DTYPE),
+        't2': np.empty((N, 2), DTYPE),
+        'h2_bar': np.empty((N, 16), DTYPE),
+        'h1_bar': np.empty((N, 16), DTYPE),
+    }
 
 
 def value_and_grad(params, *, x, y, check=True):
@@ -272,17 +393,19 @@ def value_and_grad(params, *, x, y, check=True):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
-    ones = np.ones(N, DTYPE)
+    ones = _ones(N)
+    # products computed into arrays kept for the next call at this batch size, from N = 125 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W1, b1, W2, b2, W3, b3)) if N >= 125 else _NO_WORKSPACE
     # forward pass
     # z1 = W1 @ x + b1
-    t0 = x @ W1.T
+    t0 = np.dot(x, W1.T, out=ws['t0'])
     # h1 = relu(z1)
     # fused, in place: h1 = relu(b1 + t0)
     h1 = t0  # in place: t0 is not read again
     h1 += b1
     np.maximum(h1, 0, out=h1)
     # z2 = W2 @ h1 + b2
-    t1 = h1 @ W2.T
+    t1 = np.dot(h1, W2.T, out=ws['t1'])
     # h2 = sigmoid(z2)
     # fused, in place: h2 = sigmoid(b2 + t1)
     h2 = t1  # in place: t1 is not read again
@@ -292,7 +415,7 @@ def value_and_grad(params, *, x, y, check=True):
     h2 *= 1/2
     h2 += 1/2
     # z3 = W3 @ h2 + b3
-    t2 = h2 @ W3.T
+    t2 = np.dot(h2, W3.T, out=ws['t2'])
     # L_n = sum((z3 - y)**2) / 2
     t3 = t2  # in place: t2 is not read again
     t3 += b3 - y
@@ -311,28 +434,31 @@ def value_and_grad(params, *, x, y, check=True):
     z3_bar = t3  # in place: t3 is not read again
     z3_bar /= N
     # b3_bar = z3_bar (summed over the batch)   # add
-    b3_bar = ones @ z3_bar
+    b3_bar = np.dot(ones, z3_bar)
     # W3_bar = z3_bar h2^T (summed over the batch)   # matmul
-    W3_bar = z3_bar.T @ h2
+    W3_bar = np.dot(z3_bar.T, h2)
     # h2_bar = W3^T @ z3_bar   # matmul
-    h2_bar = z3_bar @ W3
+    h2_bar = np.dot(z3_bar, W3, out=ws['h2_bar'])
     # z2_bar = h2*h2_bar*(1 - h2)   # sigmoid
     z2_bar = h2_bar  # in place: h2_bar is not read again
-    z2_bar *= h2*(1 - h2)
+    z2_bar *= h2
+    z2_bar *= 1 - h2
     # b2_bar = z2_bar (summed over the batch)   # add
-    b2_bar = ones @ z2_bar
+    b2_bar = np.dot(ones, z2_bar)
     # W2_bar = z2_bar h1^T (summed over the batch)   # matmul
-    W2_bar = z2_bar.T @ h1
+    W2_bar = np.dot(z2_bar.T, h1)
     # h1_bar = W2^T @ z2_bar   # matmul
-    h1_bar = z2_bar @ W2
+    h1_bar = np.dot(z2_bar, W2, out=ws['h1_bar'])
     # z1_bar = h1_bar*(h1 > 0)   # relu
     z1_bar = h1  # in place: h1 is not read again
     np.greater(z1_bar, 0, out=z1_bar)
     z1_bar *= h1_bar
     # b1_bar = z1_bar (summed over the batch)   # add
-    b1_bar = ones @ z1_bar
+    b1_bar = np.dot(ones, z1_bar)
     # W1_bar = z1_bar x^T (summed over the batch)   # matmul
-    W1_bar = z1_bar.T @ x
+    W1_bar = np.dot(z1_bar.T, x)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'W1': W1_bar, 'b1': b1_bar, 'W2': W2_bar, 'b2': b2_bar, 'W3': W3_bar, 'b3': b3_bar}
 
 

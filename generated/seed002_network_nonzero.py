@@ -92,6 +92,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -194,6 +199,85 @@ def _check(where, params, inputs):
             if top >= classes or (unsigned is None and kind == "i" and value.min() < 0):
                 raise ValueError(f"{where}: {name} has values in [{value.min()}, {value.max()}]; "
                                  f"expected class labels in [0, {classes})")
+
+
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
+
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
+    for p in params:
+        if p.dtype is not dt:
+            return _NO_WORKSPACE
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N, DTYPE] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
 
 
 def init_params(seed=0):
@@ -314,50 +398,53 @@ def value_and_grad(params, *, x1, x2, t, check=True):
     # q2_bar = 2*q3_bar*(o - t)   # pow
     # o_bar = q2_bar   # sub
     o_bar = np.sin(zo) - t
-    L_n = (1/2)*o_bar**2
     # L = sum over the batch of L_n
-    L = L_n.sum(axis=0)
+    L = (1/2)*np.vdot(o_bar, o_bar)
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # zo_bar = o_bar*cos(zo)   # sin
     zo_bar = zo  # in place: zo is not read again
     np.cos(zo_bar, out=zo_bar)
     zo_bar *= o_bar
     # u2_bar = h4*zo_bar (summed over the batch)   # mul
-    u2_bar = h4 @ zo_bar
+    u2_bar = np.dot(h4, zo_bar)
     # u1_bar = h3*zo_bar (summed over the batch)   # mul
-    u1_bar = h3 @ zo_bar
+    u1_bar = np.dot(h3, zo_bar)
     # h4_bar = u2*zo_bar   # mul
     # z4_bar = h4*h4_bar   # exp
+    # fused, in place: z4_bar = h4*u2*zo_bar
     z4_bar = h4  # in place: h4 is not read again
-    z4_bar *= u2*zo_bar
+    z4_bar *= zo_bar
+    z4_bar *= u2
     # v22_bar = h2*z4_bar (summed over the batch)   # mul
-    v22_bar = h2 @ z4_bar
+    v22_bar = np.dot(h2, z4_bar)
     # v12_bar = z1*z4_bar (summed over the batch)   # mul
-    v12_bar = z1 @ z4_bar
+    v12_bar = np.dot(z1, z4_bar)
     # h3_bar = u1*zo_bar   # mul
     # z3_bar = 2*h3_bar   # mul
     z3_bar = zo_bar  # in place: zo_bar is not read again
     z3_bar *= 2*u1
     # v11_bar = z1*z3_bar (summed over the batch)   # mul
-    v11_bar = z1 @ z3_bar
+    v11_bar = np.dot(z1, z3_bar)
     # h2_bar = v22*z4_bar   # mul
     # q1_bar = h2_bar/2   # div
     # z2_bar = 2*q1_bar*z2   # pow
+    # fused, in place: z2_bar = v22*z2*z4_bar
     z2_bar = z2  # in place: z2 is not read again
-    z2_bar *= v22*z4_bar
+    z2_bar *= z4_bar
+    z2_bar *= v22
     # w22_bar = x2*z2_bar (summed over the batch)   # mul
-    w22_bar = x2 @ z2_bar
+    w22_bar = np.dot(x2, z2_bar)
     # w12_bar = x1*z2_bar (summed over the batch)   # mul
-    w12_bar = x1 @ z2_bar
+    w12_bar = np.dot(x1, z2_bar)
     # z1_bar = v12*z4_bar + v11*z3_bar   # sum over consumers (mul, mul)
     # fused, in place: z1_bar = v11*z3_bar + v12*z4_bar
     z1_bar = z4_bar  # in place: z4_bar is not read again
     z1_bar *= v12
     z1_bar += v11*z3_bar
     # w21_bar = x2*z1_bar (summed over the batch)   # mul
-    w21_bar = x2 @ z1_bar
+    w21_bar = np.dot(x2, z1_bar)
     # w11_bar = x1*z1_bar (summed over the batch)   # mul
-    w11_bar = x1 @ z1_bar
+    w11_bar = np.dot(x1, z1_bar)
     return float(L), {'w11': np.asarray(w11_bar), 'w12': np.asarray(w12_bar), 'w21': np.asarray(w21_bar), 'w22': np.asarray(w22_bar), 'v11': np.asarray(v11_bar), 'v12': np.asarray(v12_bar), 'v22': np.asarray(v22_bar), 'u1': np.asarray(u1_bar), 'u2': np.asarray(u2_bar)}
 
 

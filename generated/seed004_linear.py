@@ -39,6 +39,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -141,6 +146,85 @@ def _check(where, params, inputs):
             if top >= classes or (unsigned is None and kind == "i" and value.min() < 0):
                 raise ValueError(f"{where}: {name} has values in [{value.min()}, {value.max()}]; "
                                  f"expected class labels in [0, {classes})")
+
+
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
+
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
+    for p in params:
+        if p.dtype is not dt:
+            return _NO_WORKSPACE
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N, DTYPE] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
 
 
 def init_params(seed=0):

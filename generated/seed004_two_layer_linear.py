@@ -54,6 +54,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -158,6 +163,85 @@ def _check(where, params, inputs):
                                  f"expected class labels in [0, {classes})")
 
 
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
+
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
+    for p in params:
+        if p.dtype is not dt:
+            return _NO_WORKSPACE
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N, DTYPE] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
+
+
 def init_params(seed=0):
     """Fresh parameters: W1 glorot, w2 normal."""
     rng = np.random.default_rng(seed)
@@ -167,6 +251,13 @@ def init_params(seed=0):
     return params
 
 
+def _predict_arrays(N):
+    """A new workspace of predict: the arrays its products are computed into, at batch size N."""
+    return {
+        'h': np.empty((N, 2), DTYPE),
+    }
+
+
 def predict(params, *, x, y=None, check=True):
     """The output node y_hat, for a batch."""
     if check:
@@ -174,12 +265,25 @@ def predict(params, *, x, y=None, check=True):
     W1 = params['W1']
     w2 = params['w2']
     x = np.asarray(x, DTYPE)
+    N = x.shape[0]
+    # products computed into arrays kept for the next call at this batch size, from N = 4096 (64 KiB)
+    ws = _take_workspace('predict', N, _predict_arrays, (W1, w2)) if N >= 4096 else _NO_WORKSPACE
     # forward pass
     # h = W1 @ x
-    h = x @ W1.T
+    h = np.dot(x, W1.T, out=ws['h'])
     # y_hat = w2 @ h
-    y_hat = w2 @ h.T
+    y_hat = np.dot(w2, h.T)
+    if ws:
+        _give_back_workspace('predict', N, ws)
     return y_hat
+
+
+def _loss_arrays(N):
+    """A new workspace of loss: the arrays its products are computed into, at batch size N."""
+    return {
+        'h': np.empty((N, 2), DTYPE),
+        'y_hat': np.empty((N,), DTYPE),
+    }
 
 
 def loss(params, *, x, y, check=True):
@@ -190,18 +294,31 @@ def loss(params, *, x, y, check=True):
     w2 = params['w2']
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
+    N = x.shape[0]
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W1, w2)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # h = W1 @ x
-    h = x @ W1.T
+    h = np.dot(x, W1.T, out=ws['h'])
     # y_hat = w2 @ h
-    y_hat = w2 @ h.T
+    y_hat = np.dot(w2, h.T, out=ws['y_hat'])
     # L_n = (y - y_hat)**2
     L_n = y_hat  # in place: y_hat is not read again
     np.subtract(y, L_n, out=L_n)
     np.square(L_n, out=L_n)
     # L = sum over the batch of L_n
     L = L_n.sum(axis=0)
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
+
+
+def _value_and_grad_arrays(N):
+    """A new workspace of value_and_grad: the arrays its products are computed into, at batch size N."""
+    return {
+        'h': np.empty((N, 2), DTYPE),
+        'y_hat': np.empty((N,), DTYPE),
+    }
 
 
 def value_and_grad(params, *, x, y, check=True):
@@ -212,18 +329,20 @@ def value_and_grad(params, *, x, y, check=True):
     w2 = params['w2']
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
+    N = x.shape[0]
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W1, w2)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # h = W1 @ x
-    h = x @ W1.T
+    h = np.dot(x, W1.T, out=ws['h'])
     # y_hat = w2 @ h
-    y_hat = w2 @ h.T
+    y_hat = np.dot(w2, h.T, out=ws['y_hat'])
     # L_n = (y - y_hat)**2
     # fused, in place: t0 = y - y_hat
     t0 = y_hat  # in place: y_hat is not read again
     np.subtract(y, t0, out=t0)
-    L_n = t0**2
     # L = sum over the batch of L_n
-    L = L_n.sum(axis=0)
+    L = np.vdot(t0, t0)
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar   # sum over the batch
@@ -232,13 +351,15 @@ def value_and_grad(params, *, x, y, check=True):
     y_hat_bar = t0  # in place: t0 is not read again
     y_hat_bar *= -2
     # w2_bar = h*y_hat_bar (summed over the batch)   # dot
-    w2_bar = y_hat_bar @ h
+    w2_bar = np.dot(y_hat_bar, h)
     # h_bar = w2*y_hat_bar   # dot
     h_bar = np.outer(y_hat_bar, w2)
     # W1_bar = h_bar x^T (summed over the batch)   # matmul
-    W1_bar = h_bar.T @ x
+    W1_bar = np.dot(h_bar.T, x)
     # x_bar = W1^T @ h_bar   # matmul
-    x_bar = h_bar @ W1
+    x_bar = np.dot(h_bar, W1)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'x': x_bar, 'W1': W1_bar, 'w2': w2_bar}
 
 

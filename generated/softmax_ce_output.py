@@ -48,6 +48,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -152,6 +157,85 @@ def _check(where, params, inputs):
                                  f"expected class labels in [0, {classes})")
 
 
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
+
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
+    for p in params:
+        if p.dtype is not dt:
+            return _NO_WORKSPACE
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N, DTYPE] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
+
+
 def init_params(seed=0):
     """Fresh parameters: W glorot, b zeros."""
     rng = np.random.default_rng(seed)
@@ -170,7 +254,7 @@ def predict(params, *, h, label=None, check=True):
     h = np.asarray(h, DTYPE)
     # forward pass
     # a = W @ h + b
-    t0 = h @ W.T
+    t0 = np.dot(h, W.T)
     a = t0  # in place: t0 is not read again
     a += b
     # y_hat = softmax(a)
@@ -185,6 +269,13 @@ def predict(params, *, h, label=None, check=True):
     return y_hat
 
 
+def _loss_arrays(N):
+    """A new workspace of loss: the arrays its products are computed into, at batch size N."""
+    return {
+        't0': np.empty((N, 3), DTYPE),
+    }
+
+
 def loss(params, *, h, label, check=True):
     """L: the mean over the batch of the per-example loss."""
     if check:
@@ -194,10 +285,12 @@ def loss(params, *, h, label, check=True):
     h = np.asarray(h, DTYPE)
     label = np.asarray(label)
     N = h.shape[0]
-    rows = np.arange(N)
+    rows = _arange(N)
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W, b)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # a = W @ h + b
-    t0 = h @ W.T
+    t0 = np.dot(h, W.T, out=ws['t0'])
     a = t0  # in place: t0 is not read again
     a += b
     # L_n = cross_entropy(y_hat, label)
@@ -209,7 +302,16 @@ def loss(params, *, h, label, check=True):
     np.subtract(t1[:, 0] + np.log(t3[:, 0]), L_n, out=L_n)
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
+
+
+def _value_and_grad_arrays(N):
+    """A new workspace of value_and_grad: the arrays its products are computed into, at batch size N."""
+    return {
+        't0': np.empty((N, 3), DTYPE),
+    }
 
 
 def value_and_grad(params, *, h, label, check=True):
@@ -221,11 +323,13 @@ def value_and_grad(params, *, h, label, check=True):
     h = np.asarray(h, DTYPE)
     label = np.asarray(label)
     N = h.shape[0]
-    rows = np.arange(N)
-    ones = np.ones(N, DTYPE)
+    rows = _arange(N)
+    ones = _ones(N)
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W, b)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # a = W @ h + b
-    t0 = h @ W.T
+    t0 = np.dot(h, W.T, out=ws['t0'])
     a = t0  # in place: t0 is not read again
     a += b
     # L_n = cross_entropy(y_hat, label)
@@ -247,11 +351,13 @@ def value_and_grad(params, *, h, label, check=True):
     a_bar *= (t8/t6)[:, None]
     a_bar[rows, label] -= t8
     # b_bar = a_bar (summed over the batch)   # add
-    b_bar = ones @ a_bar
+    b_bar = np.dot(ones, a_bar)
     # W_bar = a_bar h^T (summed over the batch)   # matmul
-    W_bar = a_bar.T @ h
+    W_bar = np.dot(a_bar.T, h)
     # h_bar = W^T @ a_bar   # matmul
-    h_bar = a_bar @ W
+    h_bar = np.dot(a_bar, W)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'W': W_bar, 'b': b_bar, 'h': h_bar}
 
 

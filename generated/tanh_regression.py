@@ -61,6 +61,11 @@ leading batch axis and then its INPUT_SHAPES shape, all the same batch size, of
 a real numeric dtype; labels (LABEL_CLASSES) are integers in [0, classes).  A
 mismatch raises ValueError naming the argument, the expected and the given.
 check=False skips the checks (for hot loops; the optimizer steps check once).
+
+From a batch size at which they take 64 KiB, matrix products are computed into
+arrays kept between calls (a workspace per function and batch size, taken out
+for the call and put back after: threads never share one); nothing returned
+lives in them.  reset_workspace() frees them.
 """
 
 import numpy as np
@@ -165,6 +170,85 @@ def _check(where, params, inputs):
                                  f"expected class labels in [0, {classes})")
 
 
+# ---------------------------------------------------------------------------
+# Arrays kept between calls, by batch size N: the ones vector and the row
+# indices (read-only), and each function's workspace, the arrays its products
+# are computed into.  A call takes its workspace out of the store and puts it
+# back when it returns: concurrent calls (threads) and reentrant ones never
+# share one (a call that finds none makes its own), and nothing a function
+# returns lives in a workspace, so results stay valid after the next call.
+# reset_workspace() frees them all.  Workspaces are kept only where their arrays
+# take 64 KiB or more (below that, fresh arrays cost less).
+
+_ONES = {}          # (N, DTYPE) -> np.ones(N, DTYPE), read-only
+_ARANGE = {}        # N -> np.arange(N), read-only
+_WORKSPACES = {}    # (function, N, DTYPE) -> {name: array}, the most recently used last
+_KEEP = 8           # workspaces kept; beyond that, the least recently used is dropped
+
+
+class _NoWorkspace(dict):
+    """The workspace of a call whose params are not all of DTYPE: no array
+    (``out=None``: NumPy makes each result, of the dtype it promotes to)."""
+
+    def __missing__(self, key):
+        return None
+
+
+_NO_WORKSPACE = _NoWorkspace()
+
+
+def _ones(N):
+    """np.ones(N, DTYPE), made once per batch size (and DTYPE: verify switches it)."""
+    ones = _ONES.get((N, DTYPE))
+    if ones is None:
+        if len(_ONES) >= _KEEP:
+            _ONES.clear()
+        ones = _ONES[N, DTYPE] = np.ones(N, DTYPE)
+        ones.flags.writeable = False
+    return ones
+
+
+def _arange(N):
+    """np.arange(N), made once per batch size."""
+    rows = _ARANGE.get(N)
+    if rows is None:
+        if len(_ARANGE) >= _KEEP:
+            _ARANGE.clear()
+        rows = _ARANGE[N] = np.arange(N)
+        rows.flags.writeable = False
+    return rows
+
+
+def _take_workspace(where, N, arrays, params):
+    """The workspace of function ``where`` at batch size N, taken out of the store
+    (``arrays(N)`` makes a new one), or none when some param is not of DTYPE."""
+    dt = np.dtype(DTYPE)
+    for p in params:
+        if p.dtype is not dt:
+            return _NO_WORKSPACE
+    ws = _WORKSPACES.pop((where, N, DTYPE), None)
+    return arrays(N) if ws is None else ws
+
+
+def _give_back_workspace(where, N, ws):
+    """Put ``ws`` back in the store for the next call; drop the least recently used beyond _KEEP."""
+    if type(ws) is dict:
+        _WORKSPACES[where, N, DTYPE] = ws
+        while len(_WORKSPACES) > _KEEP:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread got there first
+                break
+
+
+def reset_workspace():
+    """Free the arrays kept between calls (workspaces, ones, row indices); the next
+    call makes them again.  Results already returned are not affected."""
+    _WORKSPACES.clear()
+    _ONES.clear()
+    _ARANGE.clear()
+
+
 def init_params(seed=0):
     """Fresh parameters: W glorot, b zeros, v normal."""
     rng = np.random.default_rng(seed)
@@ -175,6 +259,13 @@ def init_params(seed=0):
     return params
 
 
+def _predict_arrays(N):
+    """A new workspace of predict: the arrays its products are computed into, at batch size N."""
+    return {
+        'd': np.empty((N, 3), DTYPE),
+    }
+
+
 def predict(params, *, x, y=None, check=True):
     """The output node g, for a batch."""
     if check:
@@ -183,9 +274,12 @@ def predict(params, *, x, y=None, check=True):
     b = params['b']
     v = params['v']
     x = np.asarray(x, DTYPE)
+    N = x.shape[0]
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('predict', N, _predict_arrays, (W, b, v)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # d = W @ x
-    d = x @ W.T
+    d = np.dot(x, W.T, out=ws['d'])
     # a = d + b
     # e = tanh(a)
     # f = v * e
@@ -196,7 +290,16 @@ def predict(params, *, x, y=None, check=True):
     f *= v
     # g = sum(f)
     g = f.sum(axis=1)
+    if ws:
+        _give_back_workspace('predict', N, ws)
     return g
+
+
+def _loss_arrays(N):
+    """A new workspace of loss: the arrays its products are computed into, at batch size N."""
+    return {
+        'd': np.empty((N, 3), DTYPE),
+    }
 
 
 def loss(params, *, x, y, check=True):
@@ -209,9 +312,11 @@ def loss(params, *, x, y, check=True):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('loss', N, _loss_arrays, (W, b, v)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # d = W @ x
-    d = x @ W.T
+    d = np.dot(x, W.T, out=ws['d'])
     # a = d + b
     # e = tanh(a)
     # f = v * e
@@ -228,7 +333,16 @@ def loss(params, *, x, y, check=True):
     np.square(L_n, out=L_n)
     # L = mean over the batch of L_n
     L = L_n.sum(axis=0)/N
+    if ws:
+        _give_back_workspace('loss', N, ws)
     return float(L)
+
+
+def _value_and_grad_arrays(N):
+    """A new workspace of value_and_grad: the arrays its products are computed into, at batch size N."""
+    return {
+        'd': np.empty((N, 3), DTYPE),
+    }
 
 
 def value_and_grad(params, *, x, y, check=True):
@@ -241,10 +355,12 @@ def value_and_grad(params, *, x, y, check=True):
     x = np.asarray(x, DTYPE)
     y = np.asarray(y, DTYPE)
     N = x.shape[0]
-    ones = np.ones(N, DTYPE)
+    ones = _ones(N)
+    # products computed into arrays kept for the next call at this batch size, from N = 2731 (64 KiB)
+    ws = _take_workspace('value_and_grad', N, _value_and_grad_arrays, (W, b, v)) if N >= 2731 else _NO_WORKSPACE
     # forward pass
     # d = W @ x
-    d = x @ W.T
+    d = np.dot(x, W.T, out=ws['d'])
     # a = d + b
     # e = tanh(a)
     # fused, in place: e = tanh(b + d)
@@ -252,16 +368,14 @@ def value_and_grad(params, *, x, y, check=True):
     e += b
     np.tanh(e, out=e)
     # f = v * e
-    f = e*v
     # g = sum(f)
-    g = f.sum(axis=1)
+    g = np.dot(e, v)
     # L_n = (y - g)**2
     # fused, in place: t0 = y - g
     t0 = g  # in place: g is not read again
     np.subtract(y, t0, out=t0)
-    L_n = t0**2
     # L = mean over the batch of L_n
-    L = L_n.sum(axis=0)/N
+    L = np.vdot(t0, t0)/N
     # backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     # L_bar = 1   # seed: dL/dL = 1
     # L_n_bar = L_bar/N   # mean over the batch
@@ -270,7 +384,7 @@ def value_and_grad(params, *, x, y, check=True):
     g_bar = t0  # in place: t0 is not read again
     g_bar *= -2/N
     # v_bar = e*f_bar (summed over the batch)   # mul
-    v_bar = e.T @ g_bar
+    v_bar = np.dot(e.T, g_bar)
     # f_bar = g_bar (broadcast back over the summed axes)   # sum
     # e_bar = f_bar*v   # mul
     # a_bar = e_bar*(1 - e**2)   # tanh
@@ -279,11 +393,14 @@ def value_and_grad(params, *, x, y, check=True):
     a_bar = e  # in place: e is not read again
     np.square(a_bar, out=a_bar)
     np.subtract(1, a_bar, out=a_bar)
-    a_bar *= g_bar[:, None]*v
+    a_bar *= v
+    a_bar *= g_bar[:, None]
     # b_bar = a_bar (summed over the batch)   # add
-    b_bar = ones @ a_bar
+    b_bar = np.dot(ones, a_bar)
     # W_bar = d_bar x^T (summed over the batch)   # matmul
-    W_bar = a_bar.T @ x
+    W_bar = np.dot(a_bar.T, x)
+    if ws:
+        _give_back_workspace('value_and_grad', N, ws)
     return float(L), {'W': W_bar, 'b': b_bar, 'v': v_bar}
 
 

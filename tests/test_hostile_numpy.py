@@ -210,13 +210,14 @@ def test_every_template_field_with_hostile_values():
           "check": Code("_check('predict', params, {'x': x})"), "doc": h,
           "prologue": [Code("x = np.asarray(x, DTYPE)")],
           "blocks": [{"header": Code("forward pass"), "notes": [h, h], "lines": [Code("y = x * 2")]}],
-          "returns": Code("y")}
+          "epilogue": [], "arrays": [], "returns": Code("y")}
     source = env.get_template("module.py.j2").render(
         docstring=h, name="n", dtype=Code("float64"), reduction="mean",
         param_shapes=Code("{}"), input_shapes=Code("{'x': ()}"), label_classes=Code("{}"),
         wrt=Code("()"), trained=Code("()"), init_summary=h, init_lines=[], uses_rng=False,
         functions=[fn], step_signature=Code("*, x, check=True"), check_inputs=Code("{'x': x}"),
-        pass_inputs=Code("x=x, check=False"), helpers=[])
+        pass_inputs=Code("x=x, check=False"), step_pass_inputs=Code("x=x, check=False"), step_done=Code(""),
+        grad_arrays=[], kept_grads=Code("()"), helpers=[])
     namespace = {}
     exec(compile(source, "rendered.py", "exec"), namespace)
     assert namespace["__doc__"] == h

@@ -101,5 +101,7 @@ def loader_fields(spec, programs) -> dict:
         step_signature=signature(vag),
         check_inputs=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
         pass_inputs=Code(", ".join([*(f"{nm}={nm}" for nm in spec.inputs), "check=False"])),
+        step_pass_inputs=Code(", ".join([*(f"{nm}={nm}" for nm in spec.inputs), "check=False"])),
+        step_done=Code(""),   # the NumPy module's steps give their gradients back (_give_back_grads)
         trained=Code(repr(tuple(nm for nm in spec.wrt if nm in spec.params))),
     )

@@ -164,6 +164,28 @@ def inplace_steps(expr, name: str, smaller=None):
             num, den = sp.fraction(sp.Mul(*others))
             if den != 1 and num not in (1, -1) and smaller is not None and smaller(num / den):
                 steps.append(("mul", num / den))
+            elif smaller is not None:
+                # one step per factor of the result's size, each in place (``t *= a[:, None] * v``
+                # would make a temporary of that size first), and the smaller factors, constants
+                # and divisors together as one step computed at their own size (``t *= -2/N``)
+                num_factors = [f for f in sp.Mul.make_args(num) if f != 1]
+                den_factors = [f for f in sp.Mul.make_args(den) if f != 1]
+                small_num, small_den = [], []   # grown while their product stays smaller
+                for f in den_factors:
+                    if smaller(sp.Mul(*small_den, f)):
+                        small_den.append(f)
+                for f in num_factors:
+                    if smaller(sp.Mul(*small_num, f) / sp.Mul(*small_den)):
+                        small_num.append(f)
+                scale = sp.Mul(*small_num) / sp.Mul(*small_den)
+                if scale == -1:
+                    steps.append(("neg", None))
+                elif not small_num and small_den:
+                    steps.append(("div", sp.Mul(*small_den)))
+                elif scale != 1:
+                    steps.append(("mul", scale))
+                steps.extend(("div", f) for f in reversed(den_factors) if f not in small_den)
+                steps.extend(("mul", f) for f in reversed(num_factors) if f not in small_num)
             else:
                 if den != 1:
                     steps.append(("div", den))
@@ -232,6 +254,9 @@ class NumpyPrinter:
         self.dtype = dtype
         self.folded: dict = {}   # temporary name -> Folded, for the function being printed
         self.helpers: dict = {}  # name -> source of a helper the printed code calls (_erf)
+        self.buffers: dict = {}  # id(kernel) -> key of its array in the workspace (see workspace_plan)
+        self.absorbed: dict = {}  # id(sum kernel) -> the map kernel it computes too (see absorb_plan)
+        self.grad_buffers: dict = {}  # id(kernel) -> WRT name of the gradient array it computes into (grad_plan)
 
     def ref(self, v: Value) -> str:
         """How a line reads value ``v``: its name, or its folded expression."""
@@ -301,7 +326,20 @@ class NumpyPrinter:
         sb = ("n" if b.batched else "") + form.b
         so = ("n" if out_batched else "") + form.out
         sizes = {"n": None, **dict(zip(form.a, a.shape)), **dict(zip(form.b, b.shape))}
-        return [f"{out} = {contraction(sa, sb, so, args[0], args[1], sizes)}"]
+        return [f"{out} = {self.into(k, contraction(sa, sb, so, args[0], args[1], sizes))}"]
+
+    def into(self, k: Kernel, call: str) -> str:
+        """``call`` (an ``np.dot(...)``) writing into the workspace's array for ``k``
+        when the function's workspace plan gives it one."""
+        if not call.startswith("np.dot(") or not call.endswith(")"):
+            return call
+        key = self.grad_buffers.get(id(k))
+        if key is not None:
+            return f"{call[:-1]}, out=_gs[{py_str(key)}])"
+        key = self.buffers.get(id(k))
+        if key is None:
+            return call
+        return f"{call[:-1]}, out=ws[{py_str(key)}])"
 
     @lowers("windows")
     def lower_windows(self, k, out, args):
@@ -391,8 +429,23 @@ class NumpyPrinter:
         dims = (["N"] if v.batched else []) + [str(d) for d in v.shape]
         return "".join(f"{d}, " for d in dims[:lead])
 
+    def absorbing(self, k: Kernel, out: str):
+        """The line of a sum that computes its argument's map too (absorb_plan), or None."""
+        m = self.absorbed.get(id(k))
+        if m is None:
+            return None
+        form, a, b = absorbed_form(m, k)
+        if form == "vdot":
+            s = self.ref(a)
+            scale = "" if b == 1 else f"{atomic(ExprPrinter({}, self.helpers).doprint(b))}*"
+            return [f"{out} = {scale}np.vdot({s}, {s})"]
+        return [f"{out} = np.dot({self.ref(a)}, {self.ref(b)})"]
+
     @lowers("reduce")
     def lower_reduce(self, k, out, args):
+        absorbing = self.absorbing(k, out)
+        if absorbing:
+            return absorbing
         kind, axes, keepdims, _ = k.attrs
         off = 1 if k.args[0].batched else 0
         ax = tuple(a + off for a in axes)
@@ -430,6 +483,9 @@ class NumpyPrinter:
 
     @lowers("sum_to")
     def lower_sum_to(self, k, out, args):
+        absorbing = self.absorbing(k, out)
+        if absorbing:
+            return absorbing
         target, keep_batch = k.attrs
         x = k.args[0]
         axes = []
@@ -442,7 +498,7 @@ class NumpyPrinter:
         axes += keep
         if axes == [0] and x.batched and x.rank == 2:
             # a sum over the batch of a matrix is a GEMV with a ones vector: BLAS speed
-            return [f"{out} = ones @ {args[0]}"]
+            return [f"{out} = {self.into(k, f'np.dot(ones, {args[0]})')}"]
         axis = str(axes[0]) if len(axes) == 1 else str(tuple(axes))
         line = f"{out} = {args[0]}.sum(axis={axis})"
         if keep:
@@ -614,6 +670,11 @@ def contraction(sa: str, sb: str, so: str, a: str, b: str, sizes: dict | None = 
         return f"np.outer({left}, {right})"
     if not form.grouped and (ra, rb, ro) == (sa, sb, so):
         t = ".swapaxes(-1, -2)" if form.batched else ".T"
+        if not form.batched and len(sa) <= 2 and len(sb) <= 2:
+            # matrices and vectors: np.dot goes to BLAS as directly as it can (``@`` takes
+            # 10-14 us for a product of one row, np.dot 2-3 us), and it can write into
+            # an array of the workspace (``out=``)
+            return f"np.dot({left}{'.T' if form.trans_left else ''}, {right}{'.T' if form.trans_right else ''})"
         return f"{left}{t if form.trans_left else ''} @ {right}{t if form.trans_right else ''}"
     # the operands as matrices by reshapes (TTGT), read by their original subscripts
     sl, sr = (sa, sb) if form.left == 0 else (sb, sa)
@@ -724,11 +785,64 @@ def writes_in_place(k: Kernel) -> set:
     return out
 
 
-def fold_plan(kernels, returns: str) -> dict:
+def absorb_plan(kernels, returns: str) -> dict:
+    """Kernel index -> index of the sum that computes it along with its own value,
+    in one BLAS call: a square summed over everything (``L = sum of L_n``, ``L_n =
+    t0**2``: ``np.vdot(t0, t0)``), or a product by a vector summed over the last
+    axis (``g = sum(f)``, ``f = e*v``: ``np.dot(e, v)``, a GEMV).  Only a map that
+    no other line reads, whose arguments nothing overwrites on the way."""
+    uses: dict = {}
+    for i, k in enumerate(kernels):
+        for nm in reads(k):
+            uses.setdefault(nm, []).append(i)
+    returned = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", returns))
+    producer = {}
+    plan: dict = {}
+    for i, k in enumerate(kernels):
+        if k.op in ("reduce", "sum_to") and k.args[0].name in producer:
+            j = producer[k.args[0].name]
+            m = kernels[j]
+            if (absorbed_form(m, k) is not None and uses.get(m.out.name) == [i] and m.out.name not in returned
+                    and m.phase == k.phase
+                    and not any(writes_in_place(kernels[x]) & {a.name for a in m.args} for x in range(j + 1, i))):
+                plan[j] = i
+        producer[k.out.name] = i
+    return plan
+
+
+def absorbed_form(m: Kernel, k: Kernel):
+    """``("vdot", s, c)`` or ``("gemv", a, v)`` when the sum ``k`` of map ``m``'s value
+    is one of the forms of absorb_plan (see there), else None."""
+    if m.op != "map" or m.reuse is not None or m.attrs[0]:
+        return None
+    expr = m.attrs[1]
+    values = {a.name: a for a in m.args}
+    same = [a for a in m.args if (a.shape, a.batched) == (m.out.shape, m.out.batched)]
+    if k.op == "sum_to":
+        c, rest = expr.as_coeff_Mul()
+        if k.attrs == ((), False) and rest.is_Pow and rest.exp == 2 and isinstance(rest.base, sp.Symbol) \
+                and values.get(rest.base.name) in same:
+            return ("vdot", values[rest.base.name], c)
+        return None
+    if k.op == "reduce" and expr.is_Mul and len(expr.args) == 2 and all(isinstance(f, sp.Symbol) for f in expr.args):
+        kind, axes, keepdims, _ = k.attrs
+        a, v = (values.get(f.name) for f in expr.args)
+        if a not in same:
+            a, v = v, a
+        if (kind == "sum" and not keepdims and axes == (len(m.out.shape) - 1,) and a in same and v is not None
+                and not v.batched and v.shape == m.out.shape[-1:] and a.rank == 2):
+            return ("gemv", a, v)
+    return None
+
+
+def fold_plan(kernels, returns: str, absorbed=None) -> dict:
     """Kernel index -> index of the kernel whose line takes in its value: each
     temporary (``t7``) of a foldable kernel that exactly one later line reads,
     once, in the same phase, into memory that no kernel on the way overwrites.
-    The same operations run, in the same number of NumPy calls; a line fewer."""
+    The same operations run, in the same number of NumPy calls; a line fewer.
+    ``absorbed`` (absorb_plan): kernels computed by a later sum; none of them
+    folds, nor anything into them, and the sum reads their arguments."""
+    absorbed = absorbed or {}
     uses: dict = {}      # name -> [(kernel index, count)]
     written: dict = {}   # name -> how many kernels write it
     for i, k in enumerate(kernels):
@@ -740,16 +854,18 @@ def fold_plan(kernels, returns: str) -> dict:
     read_by: dict = {}   # kernel index -> names its (folded) text reads
     for i, k in enumerate(kernels):
         read_by[i] = {a.name for a in k.args}
-        for j, c in plan.items():
+        for j, c in [*plan.items(), *absorbed.items()]:
             if c == i:
                 read_by[i] |= read_by[j]
         nm = k.out.name
+        if i in absorbed:
+            continue
         if (k.op not in FOLDABLE or not names.TEMP_NAME.match(nm) or nm in returned
                 or written[nm] != 1 or len(uses.get(nm, ())) != 1 or uses[nm][0][1] != 1):
             continue
         c = uses[nm][0][0]
         consumer = kernels[c]
-        if c <= i or consumer.phase != k.phase or (consumer.reuse is not None and consumer.reuse.name == nm) \
+        if c <= i or c in absorbed or consumer.phase != k.phase or (consumer.reuse is not None and consumer.reuse.name == nm) \
                 or (consumer.op == "scatter_add" and consumer.inplace and consumer.args[0].name == nm):
             continue
         if any(writes_in_place(kernels[j]) & read_by[i] for j in range(i + 1, c + 1)):
@@ -760,15 +876,115 @@ def fold_plan(kernels, returns: str) -> dict:
     return plan
 
 
-def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, doc, returns):
+# Kernels whose result is a fresh array (not a view of, nor the memory of, an argument).
+FRESH = ("contract", "reduce", "sum_to", "zeros", "onehot", "take", "gather", "scatter_rows", "concat",
+         "copy", "unslice")
+
+
+def workspace_plan(kernels, returns: str, folded) -> dict:
+    """id(kernel) -> key of the array of the workspace it computes into: each product
+    (``contract``, a sum over the batch by ``ones``) whose memory the function does
+    not hand back.  A value's memory is handed back when the return expression
+    names it or a value sharing its memory: one computed in place in it (``h1 =
+    t0  # in place``), or a view of it (a reshape, a slice, a transpose).  Any
+    kernel not known to make a fresh array is taken to share its arguments'
+    memory.  ``folded``: indices of kernels written into another line (none of
+    them gets an array)."""
+    parent: dict = {}
+
+    def find(nm):
+        while parent.get(nm, nm) != nm:
+            nm = parent[nm]
+        return nm
+
+    def union(a, b):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+
+    for k in kernels:
+        if k.op == "map":
+            if k.reuse is not None:
+                union(k.out.name, k.reuse.name)
+            elif isinstance(k.attrs[1], sp.Symbol):   # a value under another name
+                for a in k.args:
+                    union(k.out.name, a.name)
+        elif k.op == "scatter_add" and k.inplace:
+            union(k.out.name, k.args[0].name)
+        elif k.op not in FRESH:
+            for a in k.args:
+                union(k.out.name, a.name)
+    returned = {find(nm) for nm in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", returns)}
+    plan: dict = {}
+    keys: set = set()
+    for i, k in enumerate(kernels):
+        if k.op not in ("contract", "sum_to") or i in folded or not k.out.rank \
+                or find(k.out.name) in returned or any(a.dtype != "float" for a in k.args):
+            continue
+        key = k.out.name if k.out.name not in keys else f"{k.out.name}_{i}"
+        keys.add(key)
+        plan[id(k)] = key
+    return plan
+
+
+# A workspace is kept only when its arrays take at least this many bytes: below
+# that, malloc's small blocks cost less than taking and giving back a workspace
+# (about a microsecond a call), and no page is mapped afresh.
+WORKSPACE_BYTES = 1 << 16
+
+
+def workspace_threshold(values, dtype: str) -> int | None:
+    """The least batch size at which arrays for ``values`` take WORKSPACE_BYTES;
+    None when they never do."""
+    entries = WORKSPACE_BYTES // (8 if dtype == "float64" else 4)
+    per_example = sum(math.prod(v.shape) for v in values if v.batched)
+    fixed = sum(math.prod(v.shape) for v in values if not v.batched)
+    if fixed >= entries:
+        return 0
+    if not per_example:
+        return None
+    return -(-(entries - fixed) // per_example)
+
+
+def grad_plan(program: Program, skip, dtype: str) -> dict:
+    """id(kernel) -> WRT name, for the optimizer steps: each product that computes a
+    gradient itself (its value is the gradient returned), into an array the steps
+    give back once they have used it (``_keep_grads=True``: the gradients live in
+    the store until the next step; no page of them is mapped afresh each step).
+    Only where no gradient has a batch axis and they take WORKSPACE_BYTES or more
+    (so small modules, the lectures' examples among them, read as before).
+    ``skip``: indices of kernels folded or absorbed."""
+    names: dict = {}
+    for wrt, v in program.grads.items():
+        names.setdefault(v.name, []).append(wrt)
+    if any(v.batched for v in program.grads.values()):
+        return {}
+    plan = {id(k): names[k.out.name][0] for i, k in enumerate(program.kernels)
+            if k.op in ("contract", "sum_to") and i not in skip and len(names.get(k.out.name, ())) == 1
+            and all(a.dtype == "float" for a in k.args) and k.out.rank}
+    values = [k.out for k in program.kernels if id(k) in plan]
+    return plan if workspace_threshold(values, dtype) == 0 else {}
+
+
+def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, doc, returns, keep_grads=False):
     blocks = []
     phase = None
     kernels = program.kernels
-    plan = fold_plan(kernels, returns)
+    absorbed = absorb_plan(kernels, returns)
+    plan = fold_plan(kernels, returns, absorbed)
+    printer.absorbed = {id(kernels[i]): kernels[j] for j, i in absorbed.items()}
+    printer.grad_buffers = grad_plan(program, set(plan) | set(absorbed), printer.dtype) if keep_grads else {}
+    grad_shapes = {id(k): batched_shape(k.out) for k in kernels if id(k) in printer.grad_buffers}
+    printer.buffers = workspace_plan(kernels, returns, set(plan))
+    outs = {id(k): k.out for k in kernels if id(k) in printer.buffers}
+    shapes = {kid: batched_shape(v) for kid, v in outs.items()}
     printer.folded = {}
     moved: dict = {}   # kernel index -> notes of the folded kernels it takes in
     for i, k in enumerate(kernels):
         notes = moved.pop(i, []) + list(k.notes)
+        if i in absorbed:
+            moved.setdefault(absorbed[i], []).extend(notes)
+            continue
         if i in plan:
             f = printer.fold(k)
             if f is not None:
@@ -784,12 +1000,21 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
                        "notes": notes,
                        "lines": [Code(line) for line in printer.kernel(k)]})
     printer.folded = {}
+    printer.absorbed = {}
     body = "\n".join(line for b in blocks for line in b["lines"]) + "\n" + returns
+    # the arrays the lines write into (some planned products print no np.dot: an einsum)
+    used = [kid for kid, key in printer.buffers.items() if re.search(rf"\bout=ws\[{re.escape(py_str(key))}\]", body)]
+    buffers = [(printer.buffers[kid], shapes[kid]) for kid in used]
+    threshold = workspace_threshold([outs[kid] for kid in used], printer.dtype)
+    grad_arrays = [(key, grad_shapes[kid]) for kid, key in printer.grad_buffers.items()
+                   if re.search(rf"\bout=_gs\[{re.escape(py_str(key))}\]", body)]
+    printer.buffers = {}
+    printer.grad_buffers = {}
     used_inputs = {v.name for v in program.inputs}
     prologue = [f"{p.name} = params[{py_str(p.name)}]" for p in program.params]
     for v in program.inputs:
         prologue.append(f"{v.name} = np.asarray({v.name}{', DTYPE' if v.dtype == 'float' else ''})")
-    if re.search(r"\b(N|rows|ones)\b", body):
+    if buffers or re.search(r"\b(N|rows|ones)\b", body):
         if program.inputs:
             prologue.append(f"N = {program.inputs[0].name}.shape[0]")
         else:
@@ -801,14 +1026,39 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
                          "if N is None:",
                          f"    raise ValueError({py_str(missing)})"]
     if re.search(r"\brows\b", body):
-        prologue.append("rows = np.arange(N)")
+        prologue.append("rows = _arange(N)")
     if re.search(r"\bones\b", body):
-        prologue.append("ones = np.ones(N, DTYPE)")
+        prologue.append("ones = _ones(N)")
+    epilogue = []
+    if buffers:
+        params = ", ".join(p.name for p in program.params) + ("," if len(program.params) == 1 else "")
+        take = f"_take_workspace({py_str(name)}, N, _{name}_arrays, ({params}))"
+        # the same lines at every size (only the threshold differs): the code does not grow with widths
+        if threshold is None:
+            prologue += ["# the products' arrays are too small (under 64 KiB) to keep between calls",
+                         "ws = _NO_WORKSPACE"]
+        elif threshold == 0:
+            prologue += ["# products computed into arrays kept for the next call at this batch size",
+                         f"ws = {take}"]
+        else:
+            prologue += [f"# products computed into arrays kept for the next call at this batch size, from "
+                         f"N = {threshold} (64 KiB)",
+                         f"ws = {take} if N >= {threshold} else _NO_WORKSPACE"]
+        epilogue += ["if ws:", f"    _give_back_workspace({py_str(name)}, N, ws)"]
+    if grad_arrays:
+        params = ", ".join(p.name for p in program.params) + ("," if len(program.params) == 1 else "")
+        prologue += ["# for the optimizer steps (_keep_grads=True): the gradients computed into arrays",
+                     "# the step gives back when it has used them (_give_back_grads)",
+                     f"_gs = _take_workspace('grads', 0, _grads_arrays, ({params})) if _keep_grads else _NO_WORKSPACE"]
     inputs = ", ".join(nm if nm in used_inputs else f"{nm}=None" for nm in all_inputs)
-    return {"name": Code(name), "signature": Code(_signature("params", "*", inputs, "check=True")),
+    keep = "_keep_grads=False" if grad_arrays else ""
+    return {"name": Code(name), "signature": Code(_signature("params", "*", inputs, "check=True", keep)),
+            "grad_arrays": [Code(f"{py_str(key)}: np.empty({shape}, DTYPE),") for key, shape in grad_arrays],
+            "kept_grads": literal(tuple(key for key, _ in grad_arrays)),
             "check": Code(f"_check({py_str(name)}, params, {_inputs_dict(all_inputs)})"),
             "doc": doc, "prologue": [Code(line) for line in prologue],
-            "blocks": blocks, "returns": Code(returns)}
+            "blocks": blocks, "epilogue": [Code(line) for line in epilogue], "returns": Code(returns),
+            "arrays": [Code(f"{py_str(key)}: np.empty({shape}, DTYPE),") for key, shape in buffers]}
 
 
 def predict_returns(out: Value) -> str:
@@ -860,6 +1110,11 @@ def module_docstring(spec, version, forward_lines, adjoint_lines) -> str:
         "mismatch raises ValueError naming the argument, the expected and the given.",
         "check=False skips the checks (for hot loops; the optimizer steps check once).",
         "",
+        "From a batch size at which they take 64 KiB, matrix products are computed into",
+        "arrays kept between calls (a workspace per function and batch size, taken out",
+        "for the call and put back after: threads never share one); nothing returned",
+        "lives in them.  reset_workspace() frees them.",
+        "",
     ])
 
 
@@ -895,8 +1150,9 @@ def render(low, adj, programs, version: str) -> str:
                        f"float({lossp.loss.name})"),
         function_parts("value_and_grad", vag, printer, all_inputs,
                        "(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode.",
-                       f"float({vag.loss.name}), {grads}"),
+                       f"float({vag.loss.name}), {grads}", keep_grads=True),
     ]
+    keep_grads = bool(functions[-1]["grad_arrays"])
     vag_inputs = {v.name for v in vag.inputs}
     forward_lines, adjoint_lines = docstring_lines(low, adj, namer)
 
@@ -919,6 +1175,10 @@ def render(low, adj, programs, version: str) -> str:
         step_signature=Code(_signature("*", step_inputs, "check=True")),
         check_inputs=Code(_inputs_dict(all_inputs)),
         pass_inputs=Code(_signature(*(f"{nm}={nm}" for nm in all_inputs), "check=False")),
+        step_pass_inputs=Code(_signature(*(f"{nm}={nm}" for nm in all_inputs), "check=False",
+                                         "_keep_grads=True" if keep_grads else "")),
+        step_done=Code("_give_back_grads(grads)" if keep_grads else ""),
+        grad_arrays=functions[-1]["grad_arrays"], kept_grads=functions[-1]["kept_grads"],
         helpers=[Code(source.rstrip("\n")) for _, source in sorted(printer.helpers.items())],
     )
     return source
