@@ -170,3 +170,13 @@ def test_one_cpu_checks_every_spec_through_one_fork_server(monkeypatch):
     assert len(servers) >= 4 and len(set(servers)) == 1
     assert servers[0].proc.returncode is not None   # closed and reaped
     assert v._ForkServer.current() is None
+
+
+def test_the_module_processes_run_one_blas_thread_unless_told(monkeypatch):
+    """Small products in a team of BLAS threads on a loaded machine cost more than
+    they save: the module's processes get one thread, unless the caller chose."""
+    from bpcompile.tools import verify as v
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    env = v._child_env()
+    assert env["OPENBLAS_NUM_THREADS"] == "1" and env["OMP_NUM_THREADS"] == "2"

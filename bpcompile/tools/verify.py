@@ -364,7 +364,7 @@ class _Child:
         with open(self.work / "stderr.txt", "wb") as err:
             proc = subprocess.Popen([sys.executable, "-B", "-c", _DRIVER + _DRIVER_MAIN, str(self.work)],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                    cwd=self.work, start_new_session=True)
+                                    cwd=self.work, start_new_session=True, env=_child_env())
             try:
                 rc = proc.wait(timeout=self.left)
             except subprocess.TimeoutExpired:
@@ -399,6 +399,20 @@ class _Child:
             raise _ChildFailure(f"the generated module cannot be imported: {found['error']}")
         if given is not None:
             _check_matches(self.spec, self.imports["real"]["constants"], given)
+
+
+# BLAS thread counts for the module's processes, unless the caller set them: their
+# products are small (batches of 2 and 3), and a BLAS team of threads on small
+# products, on a loaded machine, costs more than it saves (digits_cnn's verify: 6.8 s
+# wall with OpenBLAS's default threads against 1.8 s with one, at load 8 on 2 cores).
+_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    for name in _ONE_THREAD:
+        env.setdefault(name, "1")
+    return env
 
 
 def _kill(proc) -> None:
@@ -645,7 +659,7 @@ class _ForkServer:
         self.buffer = b""
         self.proc = subprocess.Popen([sys.executable, "-B", "-c", _DRIVER + _SERVER_MAIN],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, env=_child_env())
 
     @classmethod
     def available(cls) -> bool:
