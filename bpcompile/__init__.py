@@ -18,10 +18,14 @@ _LAZY = {"Compiled": ".compiler", "compile": ".compiler", "Spec": ".frontend.spe
 
 
 def __getattr__(name):
+    import importlib
+    import importlib.util
     where = _LAZY.get(name)
     if where is None:
+        # a submodule (bpcompile.ops, bpcompile.targets, ...), as when the compiler was imported eagerly
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'bpcompile' has no attribute {name!r}")
-    import importlib
     value = getattr(importlib.import_module(where, __name__), name)
     if where != ".tools.verify":     # bpcompile.verify stays a function, not the submodule
         globals()[name] = value

@@ -285,12 +285,25 @@ def test_minimize_lbfgs_matches_single_process(modules):
 MEMORY_LIMIT = 150 * 2**20     # per worker
 
 
-@pytest.fixture(scope="module")
-def client():
+def local_cluster():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        memory_limit=MEMORY_LIMIT, dashboard_address=None)
-    client = distributed.Client(cluster)
+    return cluster, distributed.Client(cluster)
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster, client = local_cluster()
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture
+def fresh_client():
+    """A cluster of its own: its workers' peak memory is this test's."""
+    cluster, client = local_cluster()
     yield client
     client.close()
     cluster.close()
@@ -367,7 +380,7 @@ def peak_rss():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
-def test_out_of_core(client, modules, tmp_path):
+def test_out_of_core(fresh_client, modules, tmp_path):
     # 600 MB of rows against workers limited to 150 MiB each (a worker starts at ~85 MiB:
     # Python, NumPy, Dask); chunks of 4 MiB
     module = modules["digits_mlp"]
@@ -382,12 +395,16 @@ def test_out_of_core(client, modules, tmp_path):
     size = (tmp_path / "x.npy").stat().st_size
     assert size > 3.5 * MEMORY_LIMIT
     params = module.init_params(seed=1)
+    client = fresh_client
     before = client.run(os.getpid)
     data = {k: from_npy(tmp_path / f"{k}.npy", rows=8192) for k in ("x", "label")}
+    t0 = time.perf_counter()
     got = DaskModule(module, client=client).value_and_grad(params, **data)
+    seconds = time.perf_counter() - t0
     peaks = client.run(peak_rss)
     print(f"\nout of core: {rows:,} rows, {size / 2**20:.0f} MiB; worker peak RSS "
-          f"{sorted(round(p / 2**20, 1) for p in peaks.values())} MiB; limit {MEMORY_LIMIT / 2**20:.0f} MiB")
+          f"{sorted(round(p / 2**20, 1) for p in peaks.values())} MiB; limit {MEMORY_LIMIT / 2**20:.0f} MiB; "
+          f"{seconds:.1f} s")
     assert client.run(os.getpid) == before, "a worker was restarted (out of memory?)"
     assert max(peaks.values()) < MEMORY_LIMIT
     mapped = {k: np.load(tmp_path / f"{k}.npy", mmap_mode="r") for k in ("x", "label")}
