@@ -65,6 +65,7 @@ def loop(module, params, x, label, rows):
 
 def big_npy(args, module):
     """Out of core: --gb GB of rows in DIR/x.npy against workers of --worker-memory."""
+    import dask.utils
     import distributed
 
     from bpcompile.dask import DaskModule, from_npy
@@ -82,8 +83,7 @@ def big_npy(args, module):
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=args.worker_memory,
                                        dashboard_address=None)
     client = distributed.Client(cluster)
-    limit = distributed.utils.parse_bytes(args.worker_memory) if isinstance(args.worker_memory, str) \
-        else args.worker_memory
+    limit = dask.utils.parse_bytes(args.worker_memory)
 
     def peak():
         with open("/proc/self/status") as f:
@@ -117,7 +117,7 @@ def main():
     ap.add_argument("--worker-memory", default="1GiB", help="--big-npy: each worker's memory limit")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.rounds = 100_000, 2
+        args.n, args.rounds = min(args.n, 100_000), 2
 
     import dask.array as da
 

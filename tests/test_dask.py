@@ -19,6 +19,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import sys
 import time
 
 import numpy as np
@@ -409,3 +410,31 @@ def test_out_of_core(fresh_client, modules, tmp_path):
     assert max(peaks.values()) < MEMORY_LIMIT
     mapped = {k: np.load(tmp_path / f"{k}.npy", mmap_mode="r") for k in ("x", "label")}
     assert_same(module, got, module.value_and_grad(params, **mapped))
+
+
+# ---------------------------------------------------------------------------
+# The benchmark and the example run (no timing asserted)
+
+def run_script(*args, timeout=240):
+    import subprocess
+    root = EXAMPLES[0].parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_bench_dask_quick():
+    out = run_script("benchmarks/bench_dask.py", "--quick", "--no-cluster", "--n", "40000", "--rows", "8192")
+    for side in ("full batch, 1 thread", "loop, 1 thread", "dask threads=1", "dask threads=2"):
+        assert f"\n{side} " in out, out
+    assert "dask overhead at one thread:" in out and "load before" in out and "load after" in out
+
+
+def test_train_dask_example():
+    out = run_script("examples/train_dask.py", "--rows", "30000", "--chunk", "4096", "--epochs", "2",
+                     "--batch", "4096", "--no-progress", "--compile")
+    start = float(out.split("start: loss ")[1].split()[0])
+    end = float(out.split("end: loss ")[1].split(",")[0])
+    assert "epoch 2/2: loss" in out and end < 0.5 * start, out
