@@ -121,19 +121,28 @@ def test_memory_mapped_npy(modules, tmp_path):
 # ---------------------------------------------------------------------------
 # The C target's loader: the same API
 
+def have_cc():
+    return shutil.which((os.environ.get("CC") or "cc").split()[0]) is not None
+
+
+def c_loader(name, directory):
+    bpcompile.compile(bpcompile.load_spec(EXAMPLES[0].parent / f"{name}.yaml"), target="c").write(directory)
+    return load_file(directory / f"{name}_c.py", f"dask_test_{name}_c")
+
+
 @pytest.fixture(scope="module")
 def c_module(tmp_path_factory):
-    if shutil.which(os.environ.get("CC", "cc").split()[0]) is None:
+    if not have_cc():
         pytest.skip("no C compiler")
-    out = tmp_path_factory.mktemp("c")
-    spec = bpcompile.load_spec(EXAMPLES[0].parent / "digits_mlp.yaml")
-    bpcompile.compile(spec, target="c").write(out)
-    return load_file(out / "digits_mlp_c.py", "dask_test_digits_mlp_c")
+    return c_loader("digits_mlp", tmp_path_factory.mktemp("c"))
 
 
-def test_c_loader_threaded(c_module, modules):
+@pytest.mark.skipif(not have_cc(), reason="no C compiler")
+@pytest.mark.parametrize("name", [p.stem for p in EXAMPLES])
+def test_c_loader_equals_full_batch(modules, name, tmp_path):
+    c_module = c_loader(name, tmp_path)
     params, inputs = random_point(c_module, n=N, seed=5)
-    want = modules["digits_mlp"].value_and_grad(params, **inputs)
+    want = modules[name].value_and_grad(params, **inputs)     # the NumPy module's, in one call
     assert_same(c_module, DaskModule(c_module).value_and_grad(params, **chunked(inputs)), want)
 
 
