@@ -16,7 +16,8 @@ other users of its cores, hit every side alike):
     dask threads=1         DaskModule, local threaded scheduler, one thread
     dask threads=2         the same, two threads
     cluster 2x1            DaskModule on a LocalCluster of 2 worker processes of 1 thread,
-                           the data persisted on the workers beforehand (as a cluster holds it)
+                           the data persisted on the workers beforehand (as a cluster holds
+                           it) and rebalanced (tasks run where their chunk is)
 
 BLAS runs one thread everywhere (this process: set here; the workers: Dask's
 nanny sets OPENBLAS_NUM_THREADS=1), so "threads" means cores used.  The table
@@ -148,6 +149,8 @@ def main():
             warnings.filterwarnings("ignore", message=".*large graph", category=UserWarning)
             Xc, Lc = client.persist([X, L])
         distributed.wait([Xc, Lc])
+        # tasks run where their chunk is: spread the chunks evenly over the two workers
+        client.rebalance(distributed.futures_of(Xc) + distributed.futures_of(Lc))
         sides["cluster 2x1"] = (lambda d=DaskModule(module, client=client): d.value_and_grad(params, x=Xc, label=Lc))
     ref = sides["loop, 1 thread"]()
     for name, fn in sides.items():
