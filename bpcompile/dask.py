@@ -221,7 +221,9 @@ class DaskModule:
         Each epoch visits the chunks in a new random order (``shuffle``, from
         ``seed``) and cuts that sequence of rows into mini-batches: the rows of a
         chunk stay together (contiguous reads of memory-mapped data); shuffle the
-        rows on disk once if their order carries a pattern.
+        rows on disk once if their order carries a pattern.  A step loads the whole
+        chunks its rows are in: chunks of at most ``batch_size`` rows read little
+        that the step does not use.
 
         ``progress``: a tqdm bar per epoch; ``log``: True for a line per epoch (or a
         callable that takes the line).  Returns the per-epoch history: dicts of

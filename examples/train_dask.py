@@ -73,7 +73,8 @@ def make_data(directory, rows, seed=0, block=1_000_000):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=200_000, help="rows of synthetic data (default 200,000)")
-    ap.add_argument("--chunk", type=int, default=16384, help="rows per chunk")
+    ap.add_argument("--chunk", type=int, default=8192, help="rows per chunk (at most --batch: a step reads "
+                    "whole chunks)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8192, help="rows per step")
     ap.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="adam")

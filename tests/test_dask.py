@@ -3,7 +3,7 @@
 - exact: the distributed value and gradient equal the single-process full-batch
   result to 1e-12 relative (float64) for every example module, with uneven chunks
   and a short last chunk, on the threaded scheduler and on a 2-process cluster;
-  the C target's loader too;
+  the C target's loader too (the float32 example to 2e-5: its arithmetic is float32);
 - survives faults: a worker killed in the middle of a full-batch gradient; Dask
   recomputes what it held, and the result is still exact;
 - out of core: a memory-mapped dataset several times a worker's memory limit,
