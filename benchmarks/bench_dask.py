@@ -82,7 +82,7 @@ def big_npy(args, module):
         del x
         np.save(os.path.join(args.big_npy, "label.npy"), rng.integers(0, 10, rows))
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=args.worker_memory,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     client = distributed.Client(cluster)
     limit = dask.utils.parse_bytes(args.worker_memory)
 
@@ -143,7 +143,7 @@ def main():
     cluster = client = None
     if not args.no_cluster:
         import distributed
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0")
         client = distributed.Client(cluster)
         with warnings.catch_warnings():   # the data goes to the workers once, here, untimed
             warnings.filterwarnings("ignore", message=".*large graph", category=UserWarning)

@@ -96,7 +96,7 @@ def main():
             client = distributed.Client(args.address)
         else:
             cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                                               dashboard_address=None)
+                                               dashboard_address=":0")
             client = distributed.Client(cluster)
     with tempfile.TemporaryDirectory(prefix="train_dask_") as tmp:
         t0 = time.perf_counter()

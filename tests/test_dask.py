@@ -298,7 +298,7 @@ MEMORY_LIMIT = 150 * 2**20     # per worker
 def local_cluster():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       memory_limit=MEMORY_LIMIT, dashboard_address=None)
+                                       memory_limit=MEMORY_LIMIT, dashboard_address=":0")
     return cluster, distributed.Client(cluster)
 
 
