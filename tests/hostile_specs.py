@@ -1101,7 +1101,7 @@ class Options:
     timeout: float = 20.0          # seconds per command
     verify_timeout: float = 150.0  # seconds for verify: its own bounds are a 30 s SymPy budget
                                    # and 60 s for the module's calls, plus compiling twice
-    memory: int = 2 << 30          # RLIMIT_AS of a worker (bytes)
+    memory: int = 2 << 30          # RLIMIT_AS of a worker (bytes), on top of what it maps when forked
     verify_every: int = 10         # verify every k-th case that compiles (and every curated one)
     gxx_every: int = 5             # g++ -fsyntax-only on every k-th .cu (and every suspicious one)
     cuda: bool = True
@@ -1386,10 +1386,23 @@ def import_batch(items, memory):
 # The pool: forked workers with a memory limit, a hard deadline per command, recycled
 
 
+def _mapped_bytes() -> int:
+    """This process's address space in bytes (VmSize), 0 where /proc is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
+    except OSError:
+        return 0
+
+
 def _worker(conn, opts: Options, seed: int):
     os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    # the budget on top of what this forked process already maps: earlier tests in the same
+    # pytest process leave hundreds of MB mapped (threads' malloc arenas, 64 MB each; a Dask
+    # cluster's scheduler), and an absolute limit left a case too little to start a thread
     with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_AS, (opts.memory, opts.memory))
+        limit = opts.memory + _mapped_bytes()
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     os.umask(0o022)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))
     while True:
