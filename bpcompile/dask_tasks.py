@@ -46,8 +46,25 @@ class ModuleRef:
 
     def __reduce__(self):
         if self.files is None:
-            return (ModuleRef, (self.module, False, None))
+            # the arrays a NumPy module keeps between calls (its workspaces) are a
+            # cache: dropped, so that they do not travel, and dropped again where
+            # they arrive (a worker's copies of them would be read-only buffers,
+            # which a product cannot write its result into)
+            _reset(self.module)
+            return (_by_value, (self.module,))
         return (_import_shipped, (self.digest, self.files))
+
+
+def _reset(module):
+    reset = getattr(module, "reset_workspace", None)
+    if callable(reset):
+        reset()
+
+
+def _by_value(module):
+    """A module that travelled by value, its kept arrays dropped (see ModuleRef)."""
+    _reset(module)
+    return ModuleRef(module, False, None)
 
 
 def _module_files(module):

@@ -447,3 +447,21 @@ def test_train_dask_example():
     start = float(out.split("start: loss ")[1].split()[0])
     end = float(out.split("end: loss ")[1].split(",")[0])
     assert "epoch 2/2: loss" in out and end < 0.5 * start, out
+
+
+def test_a_module_travelling_by_value_leaves_its_workspaces_behind(modules):
+    """A NumPy module from Compiled.load() is pickled by value; the arrays it keeps
+    between calls are a cache: they must neither travel (megabytes per call) nor
+    arrive (as read-only buffers, a worker's products could not write into them:
+    'output array is not acceptable' after an earlier call in the client)."""
+    import cloudpickle
+    from bpcompile.dask_tasks import ModuleRef
+    module = modules["digits_mlp"]
+    params, inputs = random_point(module, n=512, seed=3)
+    expected = module.value_and_grad(params, **inputs)
+    assert module._WORKSPACES                      # the call kept a workspace
+    copy = cloudpickle.loads(cloudpickle.dumps(ModuleRef(module))).module
+    assert not copy._WORKSPACES and not module._WORKSPACES
+    got = copy.value_and_grad(params, **inputs)
+    assert got[0] == expected[0]
+    assert all(np.array_equal(got[1][k], expected[1][k]) for k in expected[1])
