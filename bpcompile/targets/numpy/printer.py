@@ -1003,11 +1003,13 @@ def function_parts(name, program: Program, printer: NumpyPrinter, all_inputs, do
     printer.absorbed = {}
     body = "\n".join(line for b in blocks for line in b["lines"]) + "\n" + returns
     # the arrays the lines write into (some planned products print no np.dot: an einsum)
-    used = [kid for kid, key in printer.buffers.items() if re.search(rf"\bout=ws\[{re.escape(py_str(key))}\]", body)]
+    # (one pass over the body for all of them: a search per buffer was quadratic in depth)
+    written = set(re.findall(r"\bout=(ws|_gs)\[([^\]]*)\]", body))
+    used = [kid for kid, key in printer.buffers.items() if ("ws", py_str(key)) in written]
     buffers = [(printer.buffers[kid], shapes[kid]) for kid in used]
     threshold = workspace_threshold([outs[kid] for kid in used], printer.dtype)
     grad_arrays = [(key, grad_shapes[kid]) for kid, key in printer.grad_buffers.items()
-                   if re.search(rf"\bout=_gs\[{re.escape(py_str(key))}\]", body)]
+                   if ("_gs", py_str(key)) in written]
     printer.buffers = {}
     printer.grad_buffers = {}
     used_inputs = {v.name for v in program.inputs}
