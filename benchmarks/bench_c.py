@@ -74,7 +74,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from _common import HERE, ROOT, SPECS, _blas_libs, blas_info, random_batch, time_interleaved  # noqa: E402
-from bench_numpy import hand_digits, hand_mnist  # noqa: E402
+from bench_numpy import hand_deep, hand_digits, hand_mnist, hand_seed001  # noqa: E402
 
 import bpcompile  # noqa: E402
 from bpcompile.targets.clike.gemm import gemm_source  # noqa: E402
@@ -106,51 +106,7 @@ def spec_dict(net, dtype):
 
 
 # ---------------------------------------------------------------------------
-# The networks written by hand: NumPy, and the same math for torch and JAX
-
-
-def hand_seed001(params, x, y):
-    """3 -> 3 tanh -> g = sum(v * e), loss (y - g)^2, mean over the batch."""
-    W, b, v = params["W"], params["b"], params["v"]
-    N = x.shape[0]
-    e = x @ W.T
-    e += b
-    np.tanh(e, out=e)
-    r = e @ v
-    r -= y                                      # g - y
-    loss = float(r @ r) / N
-    r *= 2.0 / N                                # dL/dg
-    v_bar = r @ e
-    e *= e
-    np.subtract(1.0, e, out=e)
-    e *= v
-    e *= r[:, None]                             # dL/da = dL/dg v (1 - e^2)
-    return loss, {"W": e.T @ x, "b": e.sum(axis=0), "v": v_bar}
-
-
-def hand_deep(params, x, y):
-    """32 tanh layers of width 64, loss sum((h - y)^2) / 2, mean over the batch."""
-    N = x.shape[0]
-    hs = [x]
-    for i in range(1, DEEP_LAYERS + 1):
-        h = hs[-1] @ params[f"W{i}"].T
-        h += params[f"b{i}"]
-        np.tanh(h, out=h)
-        hs.append(h)
-    e = hs[-1] - y
-    loss = float(np.vdot(e, e)) / (2 * N)
-    e /= N
-    grads = {}
-    for i in range(DEEP_LAYERS, 0, -1):
-        h = hs[i]
-        h *= h
-        np.subtract(1.0, h, out=h)
-        e *= h                                  # dL/dz_i
-        grads[f"W{i}"] = e.T @ hs[i - 1]
-        grads[f"b{i}"] = e.sum(axis=0)
-        if i > 1:
-            e = e @ params[f"W{i}"]
-    return loss, grads
+# The networks written by hand: NumPy (bench_numpy's), and the same math for torch and JAX
 
 
 HAND_NUMPY = {"seed001": hand_seed001, "digits": hand_digits, "mnist": hand_mnist, "deep": hand_deep}
