@@ -27,8 +27,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ... import escape
-from ..base import Code, template_environment
+from ..base import Code
+from ..clike import environment as clike_environment
 from ..clike import CExprPrinter, CStyle, check_c_source, ident, line_comment, print_module, token
 from ..clike.gemm import gemm_call, gemm_source
 from ..python import loader_fields
@@ -111,25 +111,10 @@ def check_c_file(text: str, what: str, name: str) -> None:
     check_c_source("\n".join("" if line in allowed else line for line in text.split("\n")), what)
 
 
-# ---------------------------------------------------------------------------
-# Templates: every field escaped by construction
-
-
-def _finalize(value):
-    if isinstance(value, Code) or type(value) in (int, bool):
-        return value
-    raise TypeError(f"a template field ({type(value).__name__} {str(value)[:60]!r}) is printed without "
-                    "an escaping filter (c_comment, c_str, py_docstring, py_comment, py_str)")
-
-
 def environment():
-    """The Jinja2 environment of the C target's templates (as the CUDA target's:
-    one filter per place spec text can stand, and ``_finalize`` refusing any other
-    bare string)."""
-    env = template_environment("c", _finalize)
-    for fn in (escape.c_comment, escape.c_str, escape.py_docstring, escape.py_comment, escape.py_str):
-        env.filters[fn.__name__] = lambda text, fn=fn: Code(fn(str(text)))
-    return env
+    """The Jinja2 environment of the C target's templates (``clike.environment``: one
+    escaping filter per place spec text can stand, a bare string refused)."""
+    return clike_environment("c")
 
 
 _REAL = re.compile(r"\breal\b")

@@ -27,6 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ... import escape
+from ..base import Code, template_environment
+
 from .contractions import Contractions, Gemm
 from .elementwise import ElementwiseKernels
 from .host import Storage, host_function, host_scalars, signature_parts, workspace_layout
@@ -71,3 +74,30 @@ def print_module(low, programs: dict, lang: CStyle, printer=FunctionPrinter) -> 
         functions[fn], printers[fn] = host_function(mod, fn, programs[fn], printer)
     structs, layout = workspace_layout(mod, printers)
     return PrintedModule(mod, functions, printers, structs, layout)
+
+
+# ---------------------------------------------------------------------------
+# Templates: every field escaped by construction
+
+
+def _finalize(value):
+    """Jinja2 ``finalize``: a field must be ``Code`` (what an escaping filter or the
+    printer made) or an int; a bare string is refused."""
+    if isinstance(value, Code) or type(value) in (int, bool):
+        return value
+    raise TypeError(f"a template field ({type(value).__name__} {str(value)[:60]!r}) is printed without "
+                    "an escaping filter (c_comment, c_str, py_docstring, py_comment, py_str)")
+
+
+def environment(folder: str):
+    """The Jinja2 environment of a C-like target's templates (``targets/<folder>``).
+
+    Filters, one per place spec text can stand: ``c_comment`` (after ``//``),
+    ``c_str`` (a C string literal), ``py_docstring`` (inside a docstring),
+    ``py_comment`` (after ``#``), ``py_str`` (a Python string literal).  Whatever
+    else a template prints must be ``Code`` or an int: ``_finalize`` refuses a bare
+    string."""
+    env = template_environment(folder, _finalize)
+    for fn in (escape.c_comment, escape.c_str, escape.py_docstring, escape.py_comment, escape.py_str):
+        env.filters[fn.__name__] = lambda text, fn=fn: Code(fn(str(text)))
+    return env

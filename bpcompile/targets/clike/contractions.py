@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ...ir.program import Kernel
 from ...ops.structural import gemm_plan
 from ..base import lowers
-from .language import line_comment, offset, row_strides, size_of
+from .language import line_comment, offset, row_strides
 
 
 @dataclass(frozen=True)

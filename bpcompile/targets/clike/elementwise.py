@@ -48,7 +48,6 @@ class ElementwiseKernels:
             return
         inputs: list = []
         leaf = {}
-        dims = full_dims(k.out)
         counts, at = self.indexing(k.out, k.args)
         for a in k.args:
             leaf[a.name] = self.read(a, at[a.name], inputs)

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import hashlib
 
-from ... import escape
-from ..base import Code, template_environment
+from ..base import Code
+from ..clike import environment as clike_environment
 from ..clike import CExprPrinter, CStyle, check_c_source, ident, line_comment, print_module, size_of, token
 from ..python import loader_fields
 
@@ -186,30 +186,10 @@ def _at(name: str, stride: int) -> str:
     return f"{name} + (size_t)_ex * {stride}" if stride else name
 
 
-# ---------------------------------------------------------------------------
-# Templates: every field escaped by construction
-
-
-def _finalize(value):
-    if isinstance(value, Code) or type(value) in (int, bool):
-        return value
-    raise TypeError(f"a template field ({type(value).__name__} {str(value)[:60]!r}) is printed without "
-                    "an escaping filter (c_comment, c_str, py_docstring, py_comment, py_str)")
-
-
 def environment():
-    """The Jinja2 environment of the CUDA target's templates.
-
-    Filters, one per place spec text can stand: ``c_comment`` (after ``//``),
-    ``c_str`` (a C string literal), ``py_docstring`` (inside a docstring),
-    ``py_comment`` (after ``#``), ``py_str`` (a Python string literal).  Whatever
-    else a template prints must be ``Code`` or an int: ``_finalize`` refuses a bare
-    string.
-    """
-    env = template_environment("cuda", _finalize)
-    for fn in (escape.c_comment, escape.c_str, escape.py_docstring, escape.py_comment, escape.py_str):
-        env.filters[fn.__name__] = lambda text, fn=fn: Code(fn(str(text)))
-    return env
+    """The Jinja2 environment of the CUDA target's templates (``clike.environment``: one
+    escaping filter per place spec text can stand, a bare string refused)."""
+    return clike_environment("cuda")
 
 
 def render(low, adj, programs, version: str) -> dict:
