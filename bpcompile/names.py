@@ -46,7 +46,7 @@ GENERATED_NAMES = _words("""
     momentum beta1 beta2 eps check CHECK
     NAME DTYPE PARAM_SHAPES INPUT_SHAPES LABEL_CLASSES WRT OUTPUT REDUCTION TRAINED
     GRAD_SHAPES OUTPUT_SHAPE SOURCE USES_CUBLAS KEEP_WORKSPACES CUDA_HOMES DEFAULT_CUDA_HOME
-    CudaModuleError CModuleError OrderedDict Path
+    CudaModuleError CModuleError OrderedDict Path binding BINDING_SOURCE
     init_params predict loss value_and_grad gradient sgd_step momentum_step adam_step
     L L_n L_bar
 """)

@@ -97,6 +97,7 @@ def loader_fields(spec, programs) -> dict:
         predict_signature=signature(pred),
         loss_signature=signature(programs["loss"]),
         pass_dict=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),
+        pass_args=Code(", ".join(spec.inputs)),
         # the fields of optimizers.py.j2 (gradient and the update steps)
         step_signature=signature(vag),
         check_inputs=Code("{" + ", ".join(f"{nm!r}: {nm}" for nm in spec.inputs) + "}"),

@@ -2629,3 +2629,49 @@ int brackets_rnn_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int brackets_rnn_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return brackets_rnn_predict(batch_size, workspace,
+        (const real*)arrays[0],   // E
+        (const real*)arrays[1],   // U
+        (const real*)arrays[2],   // b
+        (const real*)arrays[3],   // V
+        (const real*)arrays[4],   // c
+        (const int*)arrays[5],    // tokens
+        (const int*)arrays[6],    // label
+        (real*)arrays[7]);        // y_hat
+}
+
+int brackets_rnn_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return brackets_rnn_loss(batch_size, workspace,
+        (const real*)arrays[0],   // E
+        (const real*)arrays[1],   // U
+        (const real*)arrays[2],   // b
+        (const real*)arrays[3],   // V
+        (const real*)arrays[4],   // c
+        (const int*)arrays[5],    // tokens
+        (const int*)arrays[6],    // label
+        (double*)arrays[7]);      // loss_out
+}
+
+int brackets_rnn_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return brackets_rnn_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // E
+        (const real*)arrays[1],   // U
+        (const real*)arrays[2],   // b
+        (const real*)arrays[3],   // V
+        (const real*)arrays[4],   // c
+        (const int*)arrays[5],    // tokens
+        (const int*)arrays[6],    // label
+        (double*)arrays[7],       // loss_out
+        (real*)arrays[8],         // E_bar
+        (real*)arrays[9],         // U_bar
+        (real*)arrays[10],        // b_bar
+        (real*)arrays[11],        // V_bar
+        (real*)arrays[12]);       // c_bar
+}

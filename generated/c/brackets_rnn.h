@@ -324,6 +324,14 @@ int brackets_rnn_value_and_grad(
     double* V_bar,       // dL/dV [2, 32]
     double* c_bar);      // dL/dc [2]
 
+// The same entry points with their arrays passed as one array of pointers, in the
+// order of the parameters above after the workspace: one signature for every
+// module, for callers that build an argument list at run time (the Python
+// loader's binding, a foreign-function interface).
+int brackets_rnn_predict_packed(int batch_size, void* workspace, void* const* arrays);
+int brackets_rnn_loss_packed(int batch_size, void* workspace, void* const* arrays);
+int brackets_rnn_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays);
+
 #ifdef __cplusplus
 }
 #endif

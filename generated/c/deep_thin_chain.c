@@ -797,3 +797,61 @@ int deep_thin_chain_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int deep_thin_chain_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return deep_thin_chain_predict(batch_size, workspace,
+        (const real*)arrays[0],   // w1
+        (const real*)arrays[1],   // w2
+        (const real*)arrays[2],   // w3
+        (const real*)arrays[3],   // w4
+        (const real*)arrays[4],   // b1
+        (const real*)arrays[5],   // b2
+        (const real*)arrays[6],   // b3
+        (const real*)arrays[7],   // b4
+        (const real*)arrays[8],   // x
+        (const real*)arrays[9],   // y
+        (real*)arrays[10]);       // y_hat
+}
+
+int deep_thin_chain_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return deep_thin_chain_loss(batch_size, workspace,
+        (const real*)arrays[0],   // w1
+        (const real*)arrays[1],   // w2
+        (const real*)arrays[2],   // w3
+        (const real*)arrays[3],   // w4
+        (const real*)arrays[4],   // b1
+        (const real*)arrays[5],   // b2
+        (const real*)arrays[6],   // b3
+        (const real*)arrays[7],   // b4
+        (const real*)arrays[8],   // x
+        (const real*)arrays[9],   // y
+        (double*)arrays[10]);     // loss_out
+}
+
+int deep_thin_chain_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return deep_thin_chain_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // w1
+        (const real*)arrays[1],   // w2
+        (const real*)arrays[2],   // w3
+        (const real*)arrays[3],   // w4
+        (const real*)arrays[4],   // b1
+        (const real*)arrays[5],   // b2
+        (const real*)arrays[6],   // b3
+        (const real*)arrays[7],   // b4
+        (const real*)arrays[8],   // x
+        (const real*)arrays[9],   // y
+        (double*)arrays[10],      // loss_out
+        (real*)arrays[11],        // w1_bar
+        (real*)arrays[12],        // w2_bar
+        (real*)arrays[13],        // w3_bar
+        (real*)arrays[14],        // w4_bar
+        (real*)arrays[15],        // b1_bar
+        (real*)arrays[16],        // b2_bar
+        (real*)arrays[17],        // b3_bar
+        (real*)arrays[18]);       // b4_bar
+}

@@ -163,6 +163,14 @@ int deep_thin_chain_value_and_grad(
     double* b3_bar,     // dL/db3 []
     double* b4_bar);    // dL/db4 []
 
+// The same entry points with their arrays passed as one array of pointers, in the
+// order of the parameters above after the workspace: one signature for every
+// module, for callers that build an argument list at run time (the Python
+// loader's binding, a foreign-function interface).
+int deep_thin_chain_predict_packed(int batch_size, void* workspace, void* const* arrays);
+int deep_thin_chain_loss_packed(int batch_size, void* workspace, void* const* arrays);
+int deep_thin_chain_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays);
+
 #ifdef __cplusplus
 }
 #endif

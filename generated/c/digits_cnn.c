@@ -1108,3 +1108,53 @@ int digits_cnn_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int digits_cnn_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return digits_cnn_predict(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // b1
+        (const real*)arrays[2],   // W2
+        (const real*)arrays[3],   // b2
+        (const real*)arrays[4],   // W5
+        (const real*)arrays[5],   // b5
+        (const real*)arrays[6],   // x
+        (const int*)arrays[7],    // label
+        (real*)arrays[8]);        // y_hat
+}
+
+int digits_cnn_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return digits_cnn_loss(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // b1
+        (const real*)arrays[2],   // W2
+        (const real*)arrays[3],   // b2
+        (const real*)arrays[4],   // W5
+        (const real*)arrays[5],   // b5
+        (const real*)arrays[6],   // x
+        (const int*)arrays[7],    // label
+        (double*)arrays[8]);      // loss_out
+}
+
+int digits_cnn_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return digits_cnn_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // b1
+        (const real*)arrays[2],   // W2
+        (const real*)arrays[3],   // b2
+        (const real*)arrays[4],   // W5
+        (const real*)arrays[5],   // b5
+        (const real*)arrays[6],   // x
+        (const int*)arrays[7],    // label
+        (double*)arrays[8],       // loss_out
+        (real*)arrays[9],         // W1_bar
+        (real*)arrays[10],        // b1_bar
+        (real*)arrays[11],        // W2_bar
+        (real*)arrays[12],        // b2_bar
+        (real*)arrays[13],        // W5_bar
+        (real*)arrays[14]);       // b5_bar
+}

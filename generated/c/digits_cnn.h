@@ -143,6 +143,14 @@ int digits_cnn_value_and_grad(
     double* W5_bar,     // dL/dW5 [10, 1024]
     double* b5_bar);    // dL/db5 [10]
 
+// The same entry points with their arrays passed as one array of pointers, in the
+// order of the parameters above after the workspace: one signature for every
+// module, for callers that build an argument list at run time (the Python
+// loader's binding, a foreign-function interface).
+int digits_cnn_predict_packed(int batch_size, void* workspace, void* const* arrays);
+int digits_cnn_loss_packed(int batch_size, void* workspace, void* const* arrays);
+int digits_cnn_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays);
+
 #ifdef __cplusplus
 }
 #endif

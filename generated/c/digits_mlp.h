@@ -117,6 +117,14 @@ int digits_mlp_value_and_grad(
     double* W2_bar,     // dL/dW2 [10, 64]
     double* b2_bar);    // dL/db2 [10]
 
+// The same entry points with their arrays passed as one array of pointers, in the
+// order of the parameters above after the workspace: one signature for every
+// module, for callers that build an argument list at run time (the Python
+// loader's binding, a foreign-function interface).
+int digits_mlp_predict_packed(int batch_size, void* workspace, void* const* arrays);
+int digits_mlp_loss_packed(int batch_size, void* workspace, void* const* arrays);
+int digits_mlp_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays);
+
 #ifdef __cplusplus
 }
 #endif

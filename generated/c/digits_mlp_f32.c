@@ -788,3 +788,45 @@ int digits_mlp_f32_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int digits_mlp_f32_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return digits_mlp_f32_predict(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // b1
+        (const real*)arrays[2],   // W2
+        (const real*)arrays[3],   // b2
+        (const real*)arrays[4],   // x
+        (const int*)arrays[5],    // label
+        (real*)arrays[6]);        // y_hat
+}
+
+int digits_mlp_f32_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return digits_mlp_f32_loss(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // b1
+        (const real*)arrays[2],   // W2
+        (const real*)arrays[3],   // b2
+        (const real*)arrays[4],   // x
+        (const int*)arrays[5],    // label
+        (double*)arrays[6]);      // loss_out
+}
+
+int digits_mlp_f32_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return digits_mlp_f32_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // b1
+        (const real*)arrays[2],   // W2
+        (const real*)arrays[3],   // b2
+        (const real*)arrays[4],   // x
+        (const int*)arrays[5],    // label
+        (double*)arrays[6],       // loss_out
+        (real*)arrays[7],         // W1_bar
+        (real*)arrays[8],         // b1_bar
+        (real*)arrays[9],         // W2_bar
+        (real*)arrays[10]);       // b2_bar
+}

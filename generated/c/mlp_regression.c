@@ -823,3 +823,53 @@ int mlp_regression_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int mlp_regression_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return mlp_regression_predict(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // b1
+        (const real*)arrays[2],   // W2
+        (const real*)arrays[3],   // b2
+        (const real*)arrays[4],   // W3
+        (const real*)arrays[5],   // b3
+        (const real*)arrays[6],   // x
+        (const real*)arrays[7],   // y
+        (real*)arrays[8]);        // z3
+}
+
+int mlp_regression_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return mlp_regression_loss(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // b1
+        (const real*)arrays[2],   // W2
+        (const real*)arrays[3],   // b2
+        (const real*)arrays[4],   // W3
+        (const real*)arrays[5],   // b3
+        (const real*)arrays[6],   // x
+        (const real*)arrays[7],   // y
+        (double*)arrays[8]);      // loss_out
+}
+
+int mlp_regression_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return mlp_regression_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // b1
+        (const real*)arrays[2],   // W2
+        (const real*)arrays[3],   // b2
+        (const real*)arrays[4],   // W3
+        (const real*)arrays[5],   // b3
+        (const real*)arrays[6],   // x
+        (const real*)arrays[7],   // y
+        (double*)arrays[8],       // loss_out
+        (real*)arrays[9],         // W1_bar
+        (real*)arrays[10],        // b1_bar
+        (real*)arrays[11],        // W2_bar
+        (real*)arrays[12],        // b2_bar
+        (real*)arrays[13],        // W3_bar
+        (real*)arrays[14]);       // b3_bar
+}

@@ -132,6 +132,14 @@ int mlp_regression_value_and_grad(
     double* W3_bar,     // dL/dW3 [2, 16]
     double* b3_bar);    // dL/db3 [2]
 
+// The same entry points with their arrays passed as one array of pointers, in the
+// order of the parameters above after the workspace: one signature for every
+// module, for callers that build an argument list at run time (the Python
+// loader's binding, a foreign-function interface).
+int mlp_regression_predict_packed(int batch_size, void* workspace, void* const* arrays);
+int mlp_regression_loss_packed(int batch_size, void* workspace, void* const* arrays);
+int mlp_regression_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays);
+
 #ifdef __cplusplus
 }
 #endif

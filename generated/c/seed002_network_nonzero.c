@@ -742,3 +742,68 @@ int seed002_network_nonzero_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int seed002_network_nonzero_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed002_network_nonzero_predict(batch_size, workspace,
+        (const real*)arrays[0],    // w11
+        (const real*)arrays[1],    // w12
+        (const real*)arrays[2],    // w21
+        (const real*)arrays[3],    // w22
+        (const real*)arrays[4],    // v11
+        (const real*)arrays[5],    // v12
+        (const real*)arrays[6],    // v22
+        (const real*)arrays[7],    // u1
+        (const real*)arrays[8],    // u2
+        (const real*)arrays[9],    // x1
+        (const real*)arrays[10],   // x2
+        (const real*)arrays[11],   // t
+        (real*)arrays[12]);        // o
+}
+
+int seed002_network_nonzero_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed002_network_nonzero_loss(batch_size, workspace,
+        (const real*)arrays[0],    // w11
+        (const real*)arrays[1],    // w12
+        (const real*)arrays[2],    // w21
+        (const real*)arrays[3],    // w22
+        (const real*)arrays[4],    // v11
+        (const real*)arrays[5],    // v12
+        (const real*)arrays[6],    // v22
+        (const real*)arrays[7],    // u1
+        (const real*)arrays[8],    // u2
+        (const real*)arrays[9],    // x1
+        (const real*)arrays[10],   // x2
+        (const real*)arrays[11],   // t
+        (double*)arrays[12]);      // loss_out
+}
+
+int seed002_network_nonzero_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed002_network_nonzero_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],    // w11
+        (const real*)arrays[1],    // w12
+        (const real*)arrays[2],    // w21
+        (const real*)arrays[3],    // w22
+        (const real*)arrays[4],    // v11
+        (const real*)arrays[5],    // v12
+        (const real*)arrays[6],    // v22
+        (const real*)arrays[7],    // u1
+        (const real*)arrays[8],    // u2
+        (const real*)arrays[9],    // x1
+        (const real*)arrays[10],   // x2
+        (const real*)arrays[11],   // t
+        (double*)arrays[12],       // loss_out
+        (real*)arrays[13],         // w11_bar
+        (real*)arrays[14],         // w12_bar
+        (real*)arrays[15],         // w21_bar
+        (real*)arrays[16],         // w22_bar
+        (real*)arrays[17],         // v11_bar
+        (real*)arrays[18],         // v12_bar
+        (real*)arrays[19],         // v22_bar
+        (real*)arrays[20],         // u1_bar
+        (real*)arrays[21]);        // u2_bar
+}

@@ -179,6 +179,14 @@ int seed002_network_nonzero_value_and_grad(
     double* u1_bar,      // dL/du1 []
     double* u2_bar);     // dL/du2 []
 
+// The same entry points with their arrays passed as one array of pointers, in the
+// order of the parameters above after the workspace: one signature for every
+// module, for callers that build an argument list at run time (the Python
+// loader's binding, a foreign-function interface).
+int seed002_network_nonzero_predict_packed(int batch_size, void* workspace, void* const* arrays);
+int seed002_network_nonzero_loss_packed(int batch_size, void* workspace, void* const* arrays);
+int seed002_network_nonzero_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays);
+
 #ifdef __cplusplus
 }
 #endif

@@ -230,3 +230,31 @@ int seed004_cubic_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int seed004_cubic_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed004_cubic_predict(batch_size, workspace,
+        (const real*)arrays[0],   // x
+        (const real*)arrays[1],   // y
+        (real*)arrays[2]);        // z
+}
+
+int seed004_cubic_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed004_cubic_loss(batch_size, workspace,
+        (const real*)arrays[0],   // x
+        (const real*)arrays[1],   // y
+        (double*)arrays[2]);      // loss_out
+}
+
+int seed004_cubic_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed004_cubic_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // x
+        (const real*)arrays[1],   // y
+        (double*)arrays[2],       // loss_out
+        (real*)arrays[3],         // x_bar
+        (real*)arrays[4]);        // y_bar
+}

@@ -94,6 +94,14 @@ int seed004_cubic_value_and_grad(
     double* x_bar,      // dL/dx [N]
     double* y_bar);     // dL/dy [N]
 
+// The same entry points with their arrays passed as one array of pointers, in the
+// order of the parameters above after the workspace: one signature for every
+// module, for callers that build an argument list at run time (the Python
+// loader's binding, a foreign-function interface).
+int seed004_cubic_predict_packed(int batch_size, void* workspace, void* const* arrays);
+int seed004_cubic_loss_packed(int batch_size, void* workspace, void* const* arrays);
+int seed004_cubic_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays);
+
 #ifdef __cplusplus
 }
 #endif

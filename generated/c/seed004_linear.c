@@ -174,3 +174,27 @@ int seed004_linear_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int seed004_linear_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed004_linear_predict(batch_size, workspace,
+        (const real*)arrays[0],   // x
+        (real*)arrays[1]);        // y
+}
+
+int seed004_linear_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed004_linear_loss(batch_size, workspace,
+        (const real*)arrays[0],   // x
+        (double*)arrays[1]);      // loss_out
+}
+
+int seed004_linear_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed004_linear_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // x
+        (double*)arrays[1],       // loss_out
+        (real*)arrays[2]);        // x_bar
+}

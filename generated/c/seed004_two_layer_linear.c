@@ -493,3 +493,38 @@ int seed004_two_layer_linear_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int seed004_two_layer_linear_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed004_two_layer_linear_predict(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // w2
+        (const real*)arrays[2],   // x
+        (const real*)arrays[3],   // y
+        (real*)arrays[4]);        // y_hat
+}
+
+int seed004_two_layer_linear_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed004_two_layer_linear_loss(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // w2
+        (const real*)arrays[2],   // x
+        (const real*)arrays[3],   // y
+        (double*)arrays[4]);      // loss_out
+}
+
+int seed004_two_layer_linear_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return seed004_two_layer_linear_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // W1
+        (const real*)arrays[1],   // w2
+        (const real*)arrays[2],   // x
+        (const real*)arrays[3],   // y
+        (double*)arrays[4],       // loss_out
+        (real*)arrays[5],         // x_bar
+        (real*)arrays[6],         // W1_bar
+        (real*)arrays[7]);        // w2_bar
+}

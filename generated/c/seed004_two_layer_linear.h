@@ -111,6 +111,14 @@ int seed004_two_layer_linear_value_and_grad(
     double* W1_bar,     // dL/dW1 [2, 2]
     double* w2_bar);    // dL/dw2 [2]
 
+// The same entry points with their arrays passed as one array of pointers, in the
+// order of the parameters above after the workspace: one signature for every
+// module, for callers that build an argument list at run time (the Python
+// loader's binding, a foreign-function interface).
+int seed004_two_layer_linear_predict_packed(int batch_size, void* workspace, void* const* arrays);
+int seed004_two_layer_linear_loss_packed(int batch_size, void* workspace, void* const* arrays);
+int seed004_two_layer_linear_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays);
+
 #ifdef __cplusplus
 }
 #endif

@@ -651,3 +651,38 @@ int softmax_ce_output_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int softmax_ce_output_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return softmax_ce_output_predict(batch_size, workspace,
+        (const real*)arrays[0],   // W
+        (const real*)arrays[1],   // b
+        (const real*)arrays[2],   // h
+        (const int*)arrays[3],    // label
+        (real*)arrays[4]);        // y_hat
+}
+
+int softmax_ce_output_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return softmax_ce_output_loss(batch_size, workspace,
+        (const real*)arrays[0],   // W
+        (const real*)arrays[1],   // b
+        (const real*)arrays[2],   // h
+        (const int*)arrays[3],    // label
+        (double*)arrays[4]);      // loss_out
+}
+
+int softmax_ce_output_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return softmax_ce_output_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // W
+        (const real*)arrays[1],   // b
+        (const real*)arrays[2],   // h
+        (const int*)arrays[3],    // label
+        (double*)arrays[4],       // loss_out
+        (real*)arrays[5],         // W_bar
+        (real*)arrays[6],         // b_bar
+        (real*)arrays[7]);        // h_bar
+}

@@ -105,6 +105,14 @@ int softmax_ce_output_value_and_grad(
     double* b_bar,      // dL/db [3]
     double* h_bar);     // dL/dh [N, 4]
 
+// The same entry points with their arrays passed as one array of pointers, in the
+// order of the parameters above after the workspace: one signature for every
+// module, for callers that build an argument list at run time (the Python
+// loader's binding, a foreign-function interface).
+int softmax_ce_output_predict_packed(int batch_size, void* workspace, void* const* arrays);
+int softmax_ce_output_loss_packed(int batch_size, void* workspace, void* const* arrays);
+int softmax_ce_output_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays);
+
 #ifdef __cplusplus
 }
 #endif

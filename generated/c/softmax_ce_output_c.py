@@ -54,8 +54,8 @@ OUTPUT_SHAPE = (True, (3,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('h',), 'loss': ('h', 'label'), 'value_and_grad': ('h', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "531bc226f10cc78c54fcbd86018d1ab2bf504a5f3bc2313125119efd4b35d73c"  # the .c this loader was generated with
-HEADER_SHA256 = "2103b550e67153114e268b08c92c78877e7d28957756dd47925162b750f2bfa6"  # and its .h
+SOURCE_SHA256 = "ea07b689a774e96fc9fdcdc544a65246ee8cf9eccee70af932e1fa9b4e529ab7"  # the .c this loader was generated with
+HEADER_SHA256 = "d35022f33795c3c19ade1285b598ccdde3ec68ad33bfbd0170006a3a371dd730"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them
 KEEP_WORKSPACES = 4
@@ -170,6 +170,8 @@ def init_params(seed=0):
 
 _lock = threading.Lock()
 _lib = None
+_fast = {}            # function -> its bpc_binding.Entry, once the library is loaded (else the ctypes path)
+_binding_note = None  # why there is no binding, when there is none
 
 
 def _compiler():
@@ -333,6 +335,8 @@ def _open(path):
                           ("error_string", [I], ctypes.c_char_p)):
         f = fns[fn] = getattr(lib, f"{NAME}_{fn}")
         f.argtypes, f.restype = args, res
+    for fn in ("predict", "loss", "value_and_grad"):   # the entry points with their arrays in one array
+        fns[fn + "_packed"] = ctypes.cast(getattr(lib, f"{NAME}_{fn}_packed"), ctypes.c_void_p).value
     return fns
 
 
@@ -367,8 +371,116 @@ def _load():
                 lib = _open(path)
             except (OSError, AttributeError) as e:
                 raise CModuleError(f"{NAME}: the library built from {SOURCE.name} does not load: {e}") from None
+        _fast.update(_entries(lib))
         _lib = lib
         return lib
+
+
+# ---------------------------------------------------------------------------
+# The binding: bpc_binding (its C source is at the end of this file), a Python
+# extension that makes a call cost about a microsecond where ctypes costs 5-7 us.
+# Built once per cache with the running Python's and NumPy's headers, shared by
+# every module; where it cannot be built (no Python.h, BPCOMPILE_C_BINDING=ctypes)
+# the calls go through ctypes, which is slower only.
+
+
+def binding():
+    """How calls reach the C code: "bpc_binding" (the extension), or "ctypes: <why>"."""
+    _lib or _load()
+    return "bpc_binding" if _fast else f"ctypes: {_binding_note}"
+
+
+def _binding_path(cache):
+    """The binding's library in ``cache``, named by the SHA-256 of what its build
+    reads: its source, the command (the include directories: Python's and NumPy's),
+    the compiler, the versions and, for -march=native, the CPU."""
+    import sys
+    import sysconfig
+    probe = _binding_command(Path("OUT"), Path("SRC"))
+    st = os.stat(probe[0])
+    key = hashlib.sha256(b"bpcompile c binding\0")
+    machine = _machine() if any("native" in flag for flag in probe) else ""
+    for part in (BINDING_SOURCE.encode(), "\0".join(probe).encode(), f"{st.st_size} {st.st_mtime_ns}".encode(),
+                 f"{sys.version} {sysconfig.get_config_var('EXT_SUFFIX')} {np.__version__}".encode(), machine.encode()):
+        key.update(len(part).to_bytes(8, "little") + part)
+    return cache / f"bpc_binding-{key.hexdigest()[:32]}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+
+
+def _binding_command(out, source):
+    import sys
+    import sysconfig
+    include = [f"-I{sysconfig.get_paths()['include']}", f"-I{np.get_include()}"]
+    extra = ["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else []
+    return _compiler() + shlex.split(cflags()) + ["-fPIC", "-shared"] + include + ["-o", str(out), str(source)] + extra
+
+
+def _binding_module():
+    """The bpc_binding extension, built into the cache if need be; None (and
+    _binding_note says why) where it cannot be."""
+    global _binding_note
+    import importlib.machinery
+    import importlib.util
+    import sysconfig
+    if os.environ.get("BPCOMPILE_C_BINDING", "") == "ctypes":
+        _binding_note = "BPCOMPILE_C_BINDING=ctypes"
+        return None
+    if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
+        _binding_note = f"no Python.h in {sysconfig.get_paths()['include']} (install Python's development headers)"
+        return None
+    path = _binding_path(_cache_dir())
+    if not path.exists():
+        tmpdir = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            src = Path(tmpdir) / "bpc_binding.c"
+            src.write_text(BINDING_SOURCE)
+            out = Path(tmpdir) / "binding.so"
+            cmd = _binding_command(out, src)
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmpdir)
+            if r.returncode != 0 or not out.exists():
+                first = (r.stderr or r.stdout).strip().splitlines()[:1]
+                _binding_note = f"building bpc_binding failed ({first[0] if first else 'no output'})"
+                return None
+            os.replace(out, path)
+        except OSError as e:
+            _binding_note = f"building bpc_binding failed ({e})"
+            return None
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "bpc_binding", path, loader=importlib.machinery.ExtensionFileLoader("bpc_binding", str(path)))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as e:
+        path.unlink(missing_ok=True)   # a stale or broken file: built again next time
+        _binding_note = f"loading bpc_binding failed ({e})"
+        return None
+    return module
+
+
+def _workspace_entry(N):
+    """bpc_binding's workspace(N): this thread's workspace for N made its last, (N, address, memory)."""
+    _workspace(_lib, N)
+    return _local.last
+
+
+def _raise_status(status, fn):
+    _check_status(_lib, status, fn)
+
+
+def _entries(lib):
+    """{function: bpc_binding.Entry over lib's packed entry point}, or {} without the binding."""
+    module = _binding_module()
+    if module is None:
+        return {}
+    typenum = _DTYPE.num
+    params = tuple((k, typenum, s) for k, s in _PARAMS)
+    inputs = {fn: tuple((d.num, s, k in READS[fn], LABEL_CLASSES.get(k, 0)) for k, d, s in _INPUTS) for fn in READS}
+    outputs = {"predict": ((None, typenum, OUTPUT_SHAPE[0], OUTPUT_SHAPE[1]),), "loss": (),
+               "value_and_grad": tuple((k, typenum, batched, shape) for k, batched, shape in _GRADS)}
+    return {fn: module.Entry(lib[fn + "_packed"], kind, params, inputs[fn], outputs[fn], _local, _workspace_entry,
+                             lambda status, fn=fn: _raise_status(status, fn))
+            for kind, fn in enumerate(("predict", "loss", "value_and_grad"))}
 
 
 # ---------------------------------------------------------------------------
@@ -524,9 +636,12 @@ def _call(fn, params, inputs):
 def predict(params, *, h, label=None, check=True):
     """The output node, for a batch."""
     inputs = {'h': h, 'label': label}
+    batched = OUTPUT_SHAPE[0]
+    out = _fast["predict"](params, h, label, check) if _fast and batched else NotImplemented
+    if out is not NotImplemented:
+        return out
     if check:
         _check("predict", params, inputs)
-    batched = OUTPUT_SHAPE[0]
     if not batched and all(v is None for v in inputs.values()):
         raise ValueError("predict: no input given to take the batch size N from; "
                          f"pass at least one of {', '.join(INPUT_SHAPES)}")
@@ -539,6 +654,10 @@ def predict(params, *, h, label=None, check=True):
 
 def loss(params, *, h, label, check=True):
     """L: the mean over the batch of the per-example loss."""
+    if _fast:
+        r = _fast["loss"](params, h, label, check)
+        if r is not NotImplemented:
+            return r
     if check:
         _check("loss", params, {'h': h, 'label': label})
     return _call("loss", params, {'h': h, 'label': label})[0]
@@ -546,6 +665,10 @@ def loss(params, *, h, label, check=True):
 
 def value_and_grad(params, *, h, label, check=True):
     """(L, {name: dL/d(name) for name in WRT}): forward pass, then reverse mode, in C."""
+    if _fast:   # the binding: what it takes passes _check (and with check=False, no conversion is needed)
+        r = _fast["value_and_grad"](params, h, label, check)
+        if r is not NotImplemented:
+            return r
     if check:
         _check("value_and_grad", params, {'h': h, 'label': label})
     value, _, grads = _call("value_and_grad", params, {'h': h, 'label': label})
@@ -637,3 +760,410 @@ def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, h, la
         g *= lr / c1
         params[k] -= g
     return value
+
+
+# ---------------------------------------------------------------------------
+# bpc_binding's source (bpcompile/targets/c/binding.c, the same in every loader)
+
+BINDING_SOURCE = r'''/* bpc_binding: the C target's Python binding (carried by every generated loader,
+   <name>_c.py, built once per build cache and shared by its modules).
+
+   A call through ctypes costs 5-7 us before the C code starts: a Python object
+   per argument converted, the dict of params read key by key in Python, each
+   gradient array allocated by a Python call.  An Entry does all of that in C,
+   so that value_and_grad of a small net costs about a microsecond more than its
+   arithmetic:
+
+       Entry(fn, kind, params, inputs, outputs, local, workspace, on_error)
+
+         fn         the address of <module>_<fn>_packed (the entry point with its
+                    arrays in one array of pointers)
+         kind       0 predict, 1 loss, 2 value_and_grad
+         params     ((key, typenum, shape), ...)       the params dict's arrays
+         inputs     ((typenum, shape, read, classes), ...)
+                                                       per-example shapes, in order;
+                                                       read: may not be None; classes:
+                                                       a label's class count, else 0
+         outputs    ((key or None, typenum, batched, shape), ...)
+                                                       predict's output, or the gradients
+         local      the loader's threading.local: local.last is this thread's
+                    workspace for its last batch size, (N, address, memory)
+         workspace  workspace(N): makes local.last the workspace for N, returns it
+         on_error   on_error(status): raises the loader's error for a status != 0
+
+       entry(params, *inputs, check) -> predict: the output array; loss: L (a
+                                 float); value_and_grad: (L, {key: gradient})
+
+   An Entry takes only what it can pass as it is: C-contiguous, aligned, native
+   arrays of the exact dtype and shape, every param present, every input the
+   function reads given; with check set, also no ndarray subclass and every label
+   in [0, classes): then every argument is one the loader's _check passes, and
+   the call skips it.  For anything else it returns NotImplemented and the
+   loader takes its general path (which converts what it may, and raises the
+   error that names the argument otherwise): this file checks, it never decides
+   what is an error.  The C function runs without the GIL, the param arrays held
+   (another thread may replace them in the dict meanwhile).
+
+   Built with the running Python's and NumPy's headers; the cache key names both
+   versions. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <limits.h>
+#include <math.h>
+
+#define MAX_RANK 16         /* per slot; a spec's tensors have rank 4 at most */
+#define STACK_ARRAYS 64     /* argument lists up to this long live on the stack */
+
+typedef int (*packed_fn)(int, void*, void* const*);
+
+typedef struct {
+    PyObject* key;          /* params and gradients: their key in the dict */
+    int typenum;
+    int batched;            /* a leading axis of N before shape */
+    int read;               /* inputs: must not be None */
+    long classes;           /* a label input: its class count (else 0) */
+    int ndim;
+    npy_intp dims[MAX_RANK];
+} Slot;
+
+typedef struct {
+    PyObject_HEAD
+    packed_fn fn;
+    int kind;
+    Py_ssize_t n_params, n_inputs, n_outputs;
+    Slot* slots;            /* params, then inputs, then outputs */
+    PyObject* local;
+    PyObject* workspace;
+    PyObject* on_error;
+} Entry;
+
+enum { PREDICT = 0, LOSS = 1, VALUE_AND_GRAD = 2 };
+enum { PARAMS, INPUTS, OUTPUTS };
+
+static PyObject* last_name;   /* "last" */
+
+
+/* ------------------------------------------------------------------------- */
+/* Construction */
+
+static int parse_shape(PyObject* shape, Slot* slot)
+{
+    Py_ssize_t i, n;
+    if (!PyTuple_Check(shape) || (n = PyTuple_GET_SIZE(shape)) > MAX_RANK - 1) {
+        PyErr_SetString(PyExc_ValueError, "bpc_binding: a shape must be a tuple of at most 15 ints");
+        return -1;
+    }
+    slot->ndim = (int)n;
+    for (i = 0; i < n; i++) {
+        slot->dims[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, i));
+        if (slot->dims[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+static int parse_slots(PyObject* specs, int kind, Slot* slots, Py_ssize_t n)
+{
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        PyObject* spec = PyTuple_GET_ITEM(specs, i);
+        PyObject *key = Py_None, *shape;
+        Slot* s = &slots[i];
+        int ok;
+        if (kind == PARAMS) {
+            ok = PyArg_ParseTuple(spec, "OiO", &key, &s->typenum, &shape);
+            s->read = 1;
+        } else if (kind == INPUTS) {
+            ok = PyArg_ParseTuple(spec, "iOpl", &s->typenum, &shape, &s->read, &s->classes);
+            s->batched = 1;
+        } else {
+            ok = PyArg_ParseTuple(spec, "OipO", &key, &s->typenum, &s->batched, &shape);
+        }
+        if (!ok || parse_shape(shape, s) < 0) return -1;
+        if (key != Py_None) {
+            Py_INCREF(key);
+            s->key = key;
+        }
+    }
+    return 0;
+}
+
+static void Entry_dealloc(Entry* self)
+{
+    if (self->slots != NULL) {
+        Py_ssize_t i, n = self->n_params + self->n_inputs + self->n_outputs;
+        for (i = 0; i < n; i++) Py_XDECREF(self->slots[i].key);
+        PyMem_Free(self->slots);
+    }
+    Py_XDECREF(self->local);
+    Py_XDECREF(self->workspace);
+    Py_XDECREF(self->on_error);
+    Py_TYPE(self)->tp_free((PyObject*)self);
+}
+
+static int Entry_init(Entry* self, PyObject* args, PyObject* kwargs)
+{
+    PyObject *fn, *params, *inputs, *outputs, *local, *workspace, *on_error;
+    Py_ssize_t n;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "bpc_binding.Entry takes no keyword arguments");
+        return -1;
+    }
+    if (self->slots != NULL) {
+        PyErr_SetString(PyExc_TypeError, "bpc_binding.Entry is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "O!iO!O!O!OOO", &PyLong_Type, &fn, &self->kind, &PyTuple_Type, &params,
+                          &PyTuple_Type, &inputs, &PyTuple_Type, &outputs, &local, &workspace, &on_error))
+        return -1;
+    self->fn = (packed_fn)PyLong_AsVoidPtr(fn);
+    if (self->fn == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bpc_binding.Entry: a NULL function");
+        return -1;
+    }
+    if (self->kind < PREDICT || self->kind > VALUE_AND_GRAD) {
+        PyErr_SetString(PyExc_ValueError, "bpc_binding.Entry: kind is 0, 1 or 2");
+        return -1;
+    }
+    self->n_params = PyTuple_GET_SIZE(params);
+    self->n_inputs = PyTuple_GET_SIZE(inputs);
+    self->n_outputs = PyTuple_GET_SIZE(outputs);
+    n = self->n_params + self->n_inputs + self->n_outputs;
+    self->slots = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof(Slot));
+    if (self->slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (parse_slots(params, PARAMS, self->slots, self->n_params) < 0 ||
+        parse_slots(inputs, INPUTS, self->slots + self->n_params, self->n_inputs) < 0 ||
+        parse_slots(outputs, OUTPUTS, self->slots + self->n_params + self->n_inputs, self->n_outputs) < 0)
+        return -1;
+    Py_INCREF(local);
+    self->local = local;
+    Py_INCREF(workspace);
+    self->workspace = workspace;
+    Py_INCREF(on_error);
+    self->on_error = on_error;
+    return 0;
+}
+
+
+/* ------------------------------------------------------------------------- */
+/* The call */
+
+/* Whether a can be passed as it is for slot s at batch size N; with check, also
+   whether it passes the loader's _check (a plain ndarray; labels in range). */
+static int passable(PyObject* a, const Slot* s, npy_intp N, int check)
+{
+    PyArrayObject* arr = (PyArrayObject*)a;
+    const npy_intp* dims;
+    int i, lead = s->batched ? 1 : 0;
+    if (!(check ? PyArray_CheckExact(a) : PyArray_Check(a)) || PyArray_TYPE(arr) != s->typenum ||
+        !PyArray_ISNOTSWAPPED(arr) ||
+        !PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISALIGNED(arr) || PyArray_NDIM(arr) != s->ndim + lead)
+        return 0;
+    dims = PyArray_DIMS(arr);
+    if (lead && dims[0] != N) return 0;
+    for (i = 0; i < s->ndim; i++)
+        if (dims[lead + i] != s->dims[i]) return 0;
+    if (check && s->classes > 0) {   /* int32 labels (the typenum says so) */
+        const npy_int32* v = PyArray_DATA(arr);
+        npy_intp j, n = PyArray_SIZE(arr);
+        for (j = 0; j < n; j++)
+            if (v[j] < 0 || v[j] >= s->classes) return 0;
+    }
+    return 1;
+}
+
+static PyObject* new_array(const Slot* s, npy_intp N)
+{
+    npy_intp dims[MAX_RANK];
+    int i, lead = s->batched ? 1 : 0;
+    dims[0] = N;
+    for (i = 0; i < s->ndim; i++) dims[lead + i] = s->dims[i];
+    return PyArray_SimpleNew(s->ndim + lead, dims, s->typenum);
+}
+
+/* This thread's workspace for batch size N: (N, address, memory), a new reference. */
+static PyObject* workspace_for(Entry* self, npy_intp N)
+{
+    PyObject* last = PyObject_GetAttr(self->local, last_name);
+    if (last != NULL && PyTuple_Check(last) && PyTuple_GET_SIZE(last) == 3 &&
+        PyLong_AsSsize_t(PyTuple_GET_ITEM(last, 0)) == N)
+        return last;
+    Py_XDECREF(last);
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return NULL;
+        PyErr_Clear();
+    }
+    last = PyObject_CallFunction(self->workspace, "n", N);
+    if (last != NULL && !(PyTuple_Check(last) && PyTuple_GET_SIZE(last) == 3)) {
+        Py_DECREF(last);
+        PyErr_SetString(PyExc_TypeError, "bpc_binding: workspace(N) must return (N, address, memory)");
+        return NULL;
+    }
+    return last;
+}
+
+static PyObject* Entry_call(Entry* self, PyObject* args, PyObject* kwargs)
+{
+    void* stack_arrays[STACK_ARRAYS];
+    PyObject* stack_held[STACK_ARRAYS];
+    void** arrays = stack_arrays;
+    PyObject** held = stack_held;    /* the params (held), then the outputs (made) */
+    const Slot* in = self->slots + self->n_params;
+    const Slot* out = in + self->n_inputs;
+    Py_ssize_t i, n_held = 0, n_arrays, n_out_arrays, a_in, a_out;
+    PyObject *params, *last = NULL, *result = NULL;
+    npy_intp N = 1;
+    void* workspace;
+    double loss = NAN;
+    int status, check;
+
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "an Entry takes (params, *inputs, check), positionally");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(args) != 2 + self->n_inputs) {
+        PyErr_Format(PyExc_TypeError, "an Entry takes params, %zd inputs and check, given %zd arguments",
+                     self->n_inputs, PyTuple_GET_SIZE(args));
+        return NULL;
+    }
+    check = PyObject_IsTrue(PyTuple_GET_ITEM(args, 1 + self->n_inputs));
+    if (check < 0) return NULL;
+    params = PyTuple_GET_ITEM(args, 0);
+    if (!PyDict_Check(params)) Py_RETURN_NOTIMPLEMENTED;
+
+    /* N: the first given input's leading axis (as the loader's general path) */
+    for (i = 0; i < self->n_inputs; i++) {
+        PyObject* a = PyTuple_GET_ITEM(args, 1 + i);
+        if (a == Py_None) continue;
+        if (!PyArray_Check(a) || PyArray_NDIM((PyArrayObject*)a) < 1) Py_RETURN_NOTIMPLEMENTED;
+        N = PyArray_DIMS((PyArrayObject*)a)[0];
+        break;
+    }
+    if (N < 1 || N > INT_MAX) Py_RETURN_NOTIMPLEMENTED;
+
+    n_out_arrays = self->kind == PREDICT ? 1 : self->kind == LOSS ? 1 : 1 + self->n_outputs;
+    n_arrays = self->n_params + self->n_inputs + n_out_arrays;
+    if (n_arrays > STACK_ARRAYS) {
+        arrays = PyMem_Malloc((size_t)n_arrays * sizeof(void*));
+        held = PyMem_Malloc((size_t)(self->n_params + self->n_outputs + 1) * sizeof(PyObject*));
+        if (arrays == NULL || held == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+
+    for (i = 0; i < self->n_params; i++) {
+        const Slot* s = &self->slots[i];
+        PyObject* a = PyDict_GetItemWithError(params, s->key);   /* borrowed */
+        if (a == NULL || !passable(a, s, N, check)) {
+            if (!PyErr_Occurred()) result = Py_NewRef(Py_NotImplemented);
+            goto done;
+        }
+        Py_INCREF(a);
+        held[n_held++] = a;
+        arrays[i] = PyArray_DATA((PyArrayObject*)a);
+    }
+    a_in = self->n_params;
+    for (i = 0; i < self->n_inputs; i++) {
+        PyObject* a = PyTuple_GET_ITEM(args, 1 + i);
+        if (a == Py_None ? in[i].read : !passable(a, &in[i], N, check)) {
+            result = Py_NewRef(Py_NotImplemented);
+            goto done;
+        }
+        arrays[a_in + i] = a == Py_None ? NULL : PyArray_DATA((PyArrayObject*)a);
+    }
+
+    last = workspace_for(self, N);
+    if (last == NULL) goto done;
+    workspace = PyLong_AsVoidPtr(PyTuple_GET_ITEM(last, 1));
+    if (workspace == NULL && PyErr_Occurred()) goto done;
+
+    a_out = a_in + self->n_inputs;
+    if (self->kind != PREDICT) arrays[a_out++] = &loss;
+    for (i = 0; i < (self->kind == LOSS ? 0 : self->n_outputs); i++) {
+        PyObject* o = new_array(&out[i], N);
+        if (o == NULL) goto done;
+        held[n_held++] = o;
+        arrays[a_out++] = PyArray_DATA((PyArrayObject*)o);
+    }
+
+    Py_BEGIN_ALLOW_THREADS
+    status = self->fn((int)N, workspace, arrays);
+    Py_END_ALLOW_THREADS
+
+    if (status != 0) {
+        PyObject* r = PyObject_CallFunction(self->on_error, "i", status);
+        Py_XDECREF(r);
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_RuntimeError, "bpc_binding: the C function returned %d", status);
+        goto done;
+    }
+    if (self->kind == PREDICT) {
+        result = Py_NewRef(held[self->n_params]);
+    } else if (self->kind == LOSS) {
+        result = PyFloat_FromDouble(loss);
+    } else {
+        PyObject* grads = PyDict_New();
+        if (grads == NULL) goto done;
+        for (i = 0; i < self->n_outputs; i++) {
+            if (PyDict_SetItem(grads, out[i].key, held[self->n_params + i]) < 0) {
+                Py_DECREF(grads);
+                goto done;
+            }
+        }
+        result = Py_BuildValue("(dN)", loss, grads);
+    }
+
+done:
+    for (i = 0; i < n_held; i++) Py_DECREF(held[i]);
+    Py_XDECREF(last);
+    if (arrays != stack_arrays) PyMem_Free(arrays);
+    if (held != stack_held) PyMem_Free(held);
+    return result;
+}
+
+
+/* ------------------------------------------------------------------------- */
+/* The type and the module */
+
+static PyTypeObject EntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "bpc_binding.Entry",
+    .tp_basicsize = sizeof(Entry),
+    .tp_dealloc = (destructor)Entry_dealloc,
+    .tp_call = (ternaryfunc)Entry_call,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "An entry point of a generated C library, called from Python (see bpc_binding.c).",
+    .tp_init = (initproc)Entry_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static struct PyModuleDef binding_module = {
+    PyModuleDef_HEAD_INIT, "bpc_binding", "The C target's Python binding (bpcompile).", -1, NULL,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit_bpc_binding(void)
+{
+    PyObject* m;
+    import_array();
+    if (PyType_Ready(&EntryType) < 0) return NULL;
+    last_name = PyUnicode_InternFromString("last");
+    if (last_name == NULL) return NULL;
+    m = PyModule_Create(&binding_module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&EntryType);
+    if (PyModule_AddObject(m, "Entry", (PyObject*)&EntryType) < 0) {
+        Py_DECREF(&EntryType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
+'''

@@ -663,3 +663,41 @@ int tanh_regression_value_and_grad(
     *loss_out = (double)L[0];
     return 0;
 }
+
+// The entry points with their arrays in one array of pointers (see the header).
+
+int tanh_regression_predict_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return tanh_regression_predict(batch_size, workspace,
+        (const real*)arrays[0],   // W
+        (const real*)arrays[1],   // b
+        (const real*)arrays[2],   // v
+        (const real*)arrays[3],   // x
+        (const real*)arrays[4],   // y
+        (real*)arrays[5]);        // g
+}
+
+int tanh_regression_loss_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return tanh_regression_loss(batch_size, workspace,
+        (const real*)arrays[0],   // W
+        (const real*)arrays[1],   // b
+        (const real*)arrays[2],   // v
+        (const real*)arrays[3],   // x
+        (const real*)arrays[4],   // y
+        (double*)arrays[5]);      // loss_out
+}
+
+int tanh_regression_value_and_grad_packed(int batch_size, void* workspace, void* const* arrays)
+{
+    return tanh_regression_value_and_grad(batch_size, workspace,
+        (const real*)arrays[0],   // W
+        (const real*)arrays[1],   // b
+        (const real*)arrays[2],   // v
+        (const real*)arrays[3],   // x
+        (const real*)arrays[4],   // y
+        (double*)arrays[5],       // loss_out
+        (real*)arrays[6],         // W_bar
+        (real*)arrays[7],         // b_bar
+        (real*)arrays[8]);        // v_bar
+}

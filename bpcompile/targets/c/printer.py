@@ -24,8 +24,10 @@ embedding program includes; ``<name>.c`` includes it, so the two cannot disagree
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+from pathlib import Path
 
 from ..base import Code
 from ..clike import environment as clike_environment
@@ -117,6 +119,18 @@ def environment():
     return clike_environment("c")
 
 
+def _declarations(function: str) -> list:
+    """The (declaration, comment) of each parameter of an entry point printed by
+    ``C.entry_head``: one a line up to the line ``{``."""
+    params = []
+    for line in function.split("\n")[1:]:
+        if line == "{":
+            break
+        decl, _, comment = line.strip().partition("  // ")
+        params.append((decl.rstrip().rstrip(",)"), comment))
+    return params
+
+
 _REAL = re.compile(r"\breal\b")
 
 
@@ -124,19 +138,39 @@ def prototype(function: str, real: str) -> list:
     """The declaration of an entry point printed by ``C.entry_head``, for the header:
     one parameter a line with its comment, ``real`` spelled as the dtype (the header
     has no typedef), ending in ``;``."""
-    head, *rest = function.split("\n")
-    params = []
-    for line in rest:
-        if line == "{":
-            break
-        decl, _, comment = line.strip().partition("  // ")
-        params.append((_REAL.sub(real, decl.rstrip().rstrip(",)")), comment))
+    head = function.split("\n", 1)[0]
+    params = [(_REAL.sub(real, decl), comment) for decl, comment in _declarations(function)]
     width = max(len(d) for d, _ in params) + 2
     lines = [head]
     for i, (decl, comment) in enumerate(params):
         decl += "," if i < len(params) - 1 else ");"
         lines.append(f"    {decl.ljust(width)}  // {comment}")
     return lines
+
+
+def packed(module: str, fn: str, function: str) -> tuple:
+    """(definition, declaration) of ``<module>_<fn>_packed``: the entry point with its
+    arrays passed as one array of pointers, in the order of its parameters after the
+    workspace.  For callers that build argument lists at run time (the loader's
+    Python binding, a foreign-function interface): one signature for every module."""
+    arrays = _declarations(function)[2:]
+    signature = f"int {module}_{fn}_packed(int batch_size, void* workspace, void* const* arrays)"
+    casts = [(f"({decl.rsplit(' ', 1)[0]})arrays[{i}]", decl.rsplit(" ", 1)[1]) for i, (decl, _) in enumerate(arrays)]
+    width = max(len(c) for c, _ in casts) + 2
+    body = [f"    return {module}_{fn}(batch_size, workspace,"]
+    body += [f"        {(c + (',' if i < len(casts) - 1 else ');')).ljust(width)}  // {nm}"
+             for i, (c, nm) in enumerate(casts)]
+    return "\n".join([signature, "{", *body, "}"]), signature + ";"
+
+
+@functools.lru_cache(maxsize=1)
+def binding_source() -> str:
+    """The C source of bpc_binding (binding.c), which every loader carries in a raw
+    string and builds once per cache: the loader imports nothing of bpcompile."""
+    text = (Path(__file__).parent / "binding.c").read_text(encoding="utf-8")
+    if "'''" in text or text.endswith("\\"):
+        raise ValueError("binding.c cannot stand in a raw string between triple single quotes")
+    return text
 
 
 def render(low, adj, programs, version: str) -> dict:
@@ -162,17 +196,20 @@ def render(low, adj, programs, version: str) -> dict:
                   real=ident(real), guard=Code(guard_macro(name)))
     reads = {fn: [nm for nm in spec.inputs if nm in {v.name for v in programs[fn].inputs}]
              for fn in functions}
+    packs = {fn: packed(name, fn, text) for fn, text in functions.items()}
     header = env.get_template("module.h.j2").render(
         **common, spec_lines=spec_text.splitlines(), reduction=ident(spec.reduction),
         forward_equations=forward_lines, adjoint_equations=adjoint_lines,
         prototypes=[(Code(fn), [Code(x) for x in prototype(text, real)], Code(", ".join(reads[fn]) or "no input"))
                     for fn, text in functions.items()],
+        packed=[Code(packs[fn][1]) for fn in functions],
     )
     check_c_file(header, f"{spec.name}.h", spec.name)
     source = env.get_template("module.c.j2").render(
         **common, uses_max="bp_max(" in used, uses_tanh="bp_tanh(" in used, kernels=code(printed.kernels), structs=code(printed.structs),
         gemm=Code(gemm_source((spec.dtype,))) if any("gemm" in fp.uses for fp in printed.printers.values()) else None,
         layout=code(printed.layout), functions=code(functions.values()),
+        packed=[Code(packs[fn][0]) for fn in functions],
     )
     check_c_file(source, f"{spec.name}.c", spec.name)
 
@@ -186,6 +223,7 @@ def render(low, adj, programs, version: str) -> dict:
         **common, reduction=ident(spec.reduction),
         source_sha256=sha(source), header_sha256=sha(header), **loader_fields(spec, programs),
         reads=Code("{" + ", ".join(f"{fn!r}: {tuple(r)!r}" for fn, r in reads.items()) + "}"),
+        binding_source=Code(binding_source()),
     )
     return {f"{spec.name}.c": source, f"{spec.name}.h": header, f"{spec.name}_c.py": loader}
 
