@@ -245,3 +245,26 @@ def test_binding_source_compiles_without_warnings(tmp_path):
            f"-I{np.get_include()}", "-o", str(tmp_path / "b.so"), str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[:3000]
+
+
+def test_gradients_share_one_block_without_overlapping(pairs):
+    """value_and_grad's gradients are views of one allocation (one malloc a call, not
+    one per gradient: see new_arrays in binding.c), disjoint, each writable, and a
+    gradient kept alone stays valid after the rest are gone."""
+    fast, slow = pairs["brackets_rnn"]
+    params, inputs = fast.init_params(0), batch(fast, 9)
+    value, grads = fast.value_and_grad(params, **inputs)
+    arrays = list(grads.values())
+    assert len({id(g.base) for g in arrays}) == 1
+    for i, a in enumerate(arrays):
+        assert a.ctypes.data % 64 == 0
+        for b in arrays[i + 1:]:
+            assert not np.shares_memory(a, b)
+    want = slow.value_and_grad(params, **inputs)[1]
+    k = max(grads, key=lambda k: grads[k].size)
+    kept = grads[k]
+    del grads, arrays
+    fast.value_and_grad(params, **batch(fast, 9, seed=5))   # reuses freed memory, if any was freed
+    assert np.array_equal(kept, want[k])
+    kept += 1.0
+    assert np.array_equal(kept, want[k] + 1.0)
