@@ -724,3 +724,33 @@ def test_loader_falls_back_to_portable_flags(tmp_path, monkeypatch):
     fresh = import_file(ROOT / "generated" / "c" / "tanh_regression_c.py", "bp_test_c_fallback_2")
     with pytest.raises(fresh.CModuleError, match="compiling tanh_regression.c failed"):
         fresh.loss(params, **inputs)
+
+
+@pytest.mark.parametrize("key", ["digits_mlp", "brackets_rnn", "mlp_regression", "digits_cnn"])
+def test_sums_made_in_their_maps_loop_add_in_the_same_order(key, tmp_path, monkeypatch):
+    """A sum of a map's output made in the map's loop nest (``map_and_sum``: bias
+    gradients, the loss, softmax's denominators) adds the same terms in the same
+    order as the reduction kernel it replaces: built without floating contraction
+    (-O2 in C99 mode), the two builds give the same bits, and the fused one has
+    fewer kernels."""
+    import bpcompile.targets.clike.host as host
+    spec = ROOT / "examples" / f"{key}.yaml"
+    bpcompile.compile(spec, target="c").write(tmp_path / "fused")
+    with monkeypatch.context() as mp:
+        mp.setattr(host, "fusable_sums", lambda *a: {})
+        bpcompile.compile(spec, target="c").write(tmp_path / "apart")
+    fused, apart = ((tmp_path / d / f"{key}.c").read_text() for d in ("fused", "apart"))
+    assert "added up in the same loop" in fused and "added up in the same loop" not in apart
+    assert fused.count("_kernel(") < apart.count("_kernel(")
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CFLAGS", "-O2")
+    monkeypatch.delenv("CC", raising=False)
+    a = import_file(tmp_path / "fused" / f"{key}_c.py", f"bp_test_fused_{key}")
+    b = import_file(tmp_path / "apart" / f"{key}_c.py", f"bp_test_apart_{key}")
+    for n in (1, 4, 9):
+        params, inputs = random_point(a, n=n, seed=n)
+        va, ga = a.value_and_grad(params, **inputs)
+        vb, gb = b.value_and_grad(params, **inputs)
+        assert va == vb
+        for k in ga:
+            assert np.array_equal(ga[k], gb[k]), (key, n, k)

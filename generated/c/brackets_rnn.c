@@ -681,31 +681,24 @@ static void t32_kernel(
 }
 
 // t33 = exp(z - t32)  (elementwise over [N, 2])
+// and t34 = sum(t33, axis 0, keepdims), added up in the same loop
 static void t33_kernel(
     real* restrict t33,
     const real* restrict z,
     const real* restrict t32,
-    long long _n)
-{
-    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
-        for (long long _i1 = 0; _i1 < 2; _i1++) {
-            t33[_i0 * 2 + _i1] = exp(z[_i0 * 2 + _i1] - t32[_i0]);
-        }
-    }
-}
-
-// t34 = sum(t33, axis 0, keepdims), a loop per output element
-static void t34_kernel(
     real* restrict t34,
-    const real* restrict t33,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t33[_o * 2 + _r];
-        t34[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t34[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            const real _v = exp(z[_i0 * 2 + _i1] - t32[_i0]);
+            t33[_i0 * 2 + _i1] = _v;
+            t34[_i0] += _v;
+        }
     }
 }
 
@@ -737,30 +730,23 @@ static void t35_kernel(
 }
 
 // L_n = t36 + log(t37) - t35  (elementwise over [N])
+// and t38 = L_n summed over the batch to [], added up in the same loop
 static void L_n_kernel(
     real* restrict L_n,
     const real* restrict t35,
     const real* restrict t36,
     const real* restrict t37,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = t36[_i] + log(t37[_i]) - t35[_i];
-    }
-}
-
-// t38 = L_n summed over the batch to [], a loop per output element
-static void t38_kernel(
     real* restrict t38,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t38[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t38[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = t36[_i] + log(t37[_i]) - t35[_i];
+        L_n[_i] = _v;
+        t38[0] += _v;
     }
 }
 
@@ -821,403 +807,355 @@ static void c_bar_kernel(
 }
 
 // t44 = h15_bar*(1.0 - (h15*h15))  (elementwise over [N, 32])
+// and t45 = t44 summed over the batch to [32], added up in the same loop
 static void t44_kernel(
     real* restrict t44,
     const real* restrict h15,
     const real* restrict h15_bar,
-    long long _n)
+    real* restrict t45,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t44[_i] = h15_bar[_i]*(1.0 - (h15[_i]*h15[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t45[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h15_bar[_i0 * 32 + _i1]*(1.0 - (h15[_i0 * 32 + _i1]*h15[_i0 * 32 + _i1]));
+            t44[_i0 * 32 + _i1] = _v;
+            t45[_i1] += _v;
+        }
     }
 }
 
-// t45 = t44 summed over the batch to [32], a loop per output element
-static void t45_kernel(
-    real* restrict t45,
-    const real* restrict t44,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t45[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t45[_o] += t44[_o + _r * 32];
-}
-
 // t47 = h14_bar*(1.0 - (h14*h14))  (elementwise over [N, 32])
+// and t48 = t47 summed over the batch to [32], added up in the same loop
 static void t47_kernel(
     real* restrict t47,
     const real* restrict h14,
     const real* restrict h14_bar,
-    long long _n)
+    real* restrict t48,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t47[_i] = h14_bar[_i]*(1.0 - (h14[_i]*h14[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t48[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h14_bar[_i0 * 32 + _i1]*(1.0 - (h14[_i0 * 32 + _i1]*h14[_i0 * 32 + _i1]));
+            t47[_i0 * 32 + _i1] = _v;
+            t48[_i1] += _v;
+        }
     }
 }
 
-// t48 = t47 summed over the batch to [32], a loop per output element
-static void t48_kernel(
-    real* restrict t48,
-    const real* restrict t47,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t48[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t48[_o] += t47[_o + _r * 32];
-}
-
 // t50 = h13_bar*(1.0 - (h13*h13))  (elementwise over [N, 32])
+// and t51 = t50 summed over the batch to [32], added up in the same loop
 static void t50_kernel(
     real* restrict t50,
     const real* restrict h13,
     const real* restrict h13_bar,
-    long long _n)
+    real* restrict t51,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t50[_i] = h13_bar[_i]*(1.0 - (h13[_i]*h13[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t51[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h13_bar[_i0 * 32 + _i1]*(1.0 - (h13[_i0 * 32 + _i1]*h13[_i0 * 32 + _i1]));
+            t50[_i0 * 32 + _i1] = _v;
+            t51[_i1] += _v;
+        }
     }
 }
 
-// t51 = t50 summed over the batch to [32], a loop per output element
-static void t51_kernel(
-    real* restrict t51,
-    const real* restrict t50,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t51[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t51[_o] += t50[_o + _r * 32];
-}
-
 // t53 = h12_bar*(1.0 - (h12*h12))  (elementwise over [N, 32])
+// and t54 = t53 summed over the batch to [32], added up in the same loop
 static void t53_kernel(
     real* restrict t53,
     const real* restrict h12,
     const real* restrict h12_bar,
-    long long _n)
+    real* restrict t54,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t53[_i] = h12_bar[_i]*(1.0 - (h12[_i]*h12[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t54[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h12_bar[_i0 * 32 + _i1]*(1.0 - (h12[_i0 * 32 + _i1]*h12[_i0 * 32 + _i1]));
+            t53[_i0 * 32 + _i1] = _v;
+            t54[_i1] += _v;
+        }
     }
 }
 
-// t54 = t53 summed over the batch to [32], a loop per output element
-static void t54_kernel(
-    real* restrict t54,
-    const real* restrict t53,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t54[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t54[_o] += t53[_o + _r * 32];
-}
-
 // t56 = h11_bar*(1.0 - (h11*h11))  (elementwise over [N, 32])
+// and t57 = t56 summed over the batch to [32], added up in the same loop
 static void t56_kernel(
     real* restrict t56,
     const real* restrict h11,
     const real* restrict h11_bar,
-    long long _n)
+    real* restrict t57,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t56[_i] = h11_bar[_i]*(1.0 - (h11[_i]*h11[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t57[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h11_bar[_i0 * 32 + _i1]*(1.0 - (h11[_i0 * 32 + _i1]*h11[_i0 * 32 + _i1]));
+            t56[_i0 * 32 + _i1] = _v;
+            t57[_i1] += _v;
+        }
     }
 }
 
-// t57 = t56 summed over the batch to [32], a loop per output element
-static void t57_kernel(
-    real* restrict t57,
-    const real* restrict t56,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t57[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t57[_o] += t56[_o + _r * 32];
-}
-
 // t59 = h10_bar*(1.0 - (h10*h10))  (elementwise over [N, 32])
+// and t60 = t59 summed over the batch to [32], added up in the same loop
 static void t59_kernel(
     real* restrict t59,
     const real* restrict h10,
     const real* restrict h10_bar,
-    long long _n)
+    real* restrict t60,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t59[_i] = h10_bar[_i]*(1.0 - (h10[_i]*h10[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t60[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h10_bar[_i0 * 32 + _i1]*(1.0 - (h10[_i0 * 32 + _i1]*h10[_i0 * 32 + _i1]));
+            t59[_i0 * 32 + _i1] = _v;
+            t60[_i1] += _v;
+        }
     }
 }
 
-// t60 = t59 summed over the batch to [32], a loop per output element
-static void t60_kernel(
-    real* restrict t60,
-    const real* restrict t59,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t60[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t60[_o] += t59[_o + _r * 32];
-}
-
 // t62 = h9_bar*(1.0 - (h9*h9))  (elementwise over [N, 32])
+// and t63 = t62 summed over the batch to [32], added up in the same loop
 static void t62_kernel(
     real* restrict t62,
     const real* restrict h9,
     const real* restrict h9_bar,
-    long long _n)
+    real* restrict t63,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t62[_i] = h9_bar[_i]*(1.0 - (h9[_i]*h9[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t63[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h9_bar[_i0 * 32 + _i1]*(1.0 - (h9[_i0 * 32 + _i1]*h9[_i0 * 32 + _i1]));
+            t62[_i0 * 32 + _i1] = _v;
+            t63[_i1] += _v;
+        }
     }
 }
 
-// t63 = t62 summed over the batch to [32], a loop per output element
-static void t63_kernel(
-    real* restrict t63,
-    const real* restrict t62,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t63[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t63[_o] += t62[_o + _r * 32];
-}
-
 // t65 = h8_bar*(1.0 - (h8*h8))  (elementwise over [N, 32])
+// and t66 = t65 summed over the batch to [32], added up in the same loop
 static void t65_kernel(
     real* restrict t65,
     const real* restrict h8,
     const real* restrict h8_bar,
-    long long _n)
+    real* restrict t66,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t65[_i] = h8_bar[_i]*(1.0 - (h8[_i]*h8[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t66[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h8_bar[_i0 * 32 + _i1]*(1.0 - (h8[_i0 * 32 + _i1]*h8[_i0 * 32 + _i1]));
+            t65[_i0 * 32 + _i1] = _v;
+            t66[_i1] += _v;
+        }
     }
 }
 
-// t66 = t65 summed over the batch to [32], a loop per output element
-static void t66_kernel(
-    real* restrict t66,
-    const real* restrict t65,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t66[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t66[_o] += t65[_o + _r * 32];
-}
-
 // t68 = h7_bar*(1.0 - (h7*h7))  (elementwise over [N, 32])
+// and t69 = t68 summed over the batch to [32], added up in the same loop
 static void t68_kernel(
     real* restrict t68,
     const real* restrict h7,
     const real* restrict h7_bar,
-    long long _n)
+    real* restrict t69,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t68[_i] = h7_bar[_i]*(1.0 - (h7[_i]*h7[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t69[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h7_bar[_i0 * 32 + _i1]*(1.0 - (h7[_i0 * 32 + _i1]*h7[_i0 * 32 + _i1]));
+            t68[_i0 * 32 + _i1] = _v;
+            t69[_i1] += _v;
+        }
     }
 }
 
-// t69 = t68 summed over the batch to [32], a loop per output element
-static void t69_kernel(
-    real* restrict t69,
-    const real* restrict t68,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t69[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t69[_o] += t68[_o + _r * 32];
-}
-
 // t71 = h6_bar*(1.0 - (h6*h6))  (elementwise over [N, 32])
+// and t72 = t71 summed over the batch to [32], added up in the same loop
 static void t71_kernel(
     real* restrict t71,
     const real* restrict h6,
     const real* restrict h6_bar,
-    long long _n)
+    real* restrict t72,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t71[_i] = h6_bar[_i]*(1.0 - (h6[_i]*h6[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t72[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h6_bar[_i0 * 32 + _i1]*(1.0 - (h6[_i0 * 32 + _i1]*h6[_i0 * 32 + _i1]));
+            t71[_i0 * 32 + _i1] = _v;
+            t72[_i1] += _v;
+        }
     }
 }
 
-// t72 = t71 summed over the batch to [32], a loop per output element
-static void t72_kernel(
-    real* restrict t72,
-    const real* restrict t71,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t72[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t72[_o] += t71[_o + _r * 32];
-}
-
 // t74 = h5_bar*(1.0 - (h5*h5))  (elementwise over [N, 32])
+// and t75 = t74 summed over the batch to [32], added up in the same loop
 static void t74_kernel(
     real* restrict t74,
     const real* restrict h5,
     const real* restrict h5_bar,
-    long long _n)
+    real* restrict t75,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t74[_i] = h5_bar[_i]*(1.0 - (h5[_i]*h5[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t75[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h5_bar[_i0 * 32 + _i1]*(1.0 - (h5[_i0 * 32 + _i1]*h5[_i0 * 32 + _i1]));
+            t74[_i0 * 32 + _i1] = _v;
+            t75[_i1] += _v;
+        }
     }
 }
 
-// t75 = t74 summed over the batch to [32], a loop per output element
-static void t75_kernel(
-    real* restrict t75,
-    const real* restrict t74,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t75[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t75[_o] += t74[_o + _r * 32];
-}
-
 // t77 = h4_bar*(1.0 - (h4*h4))  (elementwise over [N, 32])
+// and t78 = t77 summed over the batch to [32], added up in the same loop
 static void t77_kernel(
     real* restrict t77,
     const real* restrict h4,
     const real* restrict h4_bar,
-    long long _n)
+    real* restrict t78,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t77[_i] = h4_bar[_i]*(1.0 - (h4[_i]*h4[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t78[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h4_bar[_i0 * 32 + _i1]*(1.0 - (h4[_i0 * 32 + _i1]*h4[_i0 * 32 + _i1]));
+            t77[_i0 * 32 + _i1] = _v;
+            t78[_i1] += _v;
+        }
     }
 }
 
-// t78 = t77 summed over the batch to [32], a loop per output element
-static void t78_kernel(
-    real* restrict t78,
-    const real* restrict t77,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t78[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t78[_o] += t77[_o + _r * 32];
-}
-
 // t80 = h3_bar*(1.0 - (h3*h3))  (elementwise over [N, 32])
+// and t81 = t80 summed over the batch to [32], added up in the same loop
 static void t80_kernel(
     real* restrict t80,
     const real* restrict h3,
     const real* restrict h3_bar,
-    long long _n)
+    real* restrict t81,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t80[_i] = h3_bar[_i]*(1.0 - (h3[_i]*h3[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t81[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h3_bar[_i0 * 32 + _i1]*(1.0 - (h3[_i0 * 32 + _i1]*h3[_i0 * 32 + _i1]));
+            t80[_i0 * 32 + _i1] = _v;
+            t81[_i1] += _v;
+        }
     }
 }
 
-// t81 = t80 summed over the batch to [32], a loop per output element
-static void t81_kernel(
-    real* restrict t81,
-    const real* restrict t80,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t81[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t81[_o] += t80[_o + _r * 32];
-}
-
 // t83 = h2_bar*(1.0 - (h2*h2))  (elementwise over [N, 32])
+// and t84 = t83 summed over the batch to [32], added up in the same loop
 static void t83_kernel(
     real* restrict t83,
     const real* restrict h2,
     const real* restrict h2_bar,
-    long long _n)
+    real* restrict t84,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t83[_i] = h2_bar[_i]*(1.0 - (h2[_i]*h2[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t84[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h2_bar[_i0 * 32 + _i1]*(1.0 - (h2[_i0 * 32 + _i1]*h2[_i0 * 32 + _i1]));
+            t83[_i0 * 32 + _i1] = _v;
+            t84[_i1] += _v;
+        }
     }
 }
 
-// t84 = t83 summed over the batch to [32], a loop per output element
-static void t84_kernel(
-    real* restrict t84,
-    const real* restrict t83,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t84[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t84[_o] += t83[_o + _r * 32];
-}
-
 // t86 = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 32])
+// and t87 = t86 summed over the batch to [32], added up in the same loop
 static void t86_kernel(
     real* restrict t86,
     const real* restrict h1,
     const real* restrict h1_bar,
-    long long _n)
+    real* restrict t87,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        t86[_i] = h1_bar[_i]*(1.0 - (h1[_i]*h1[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t87[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h1_bar[_i0 * 32 + _i1]*(1.0 - (h1[_i0 * 32 + _i1]*h1[_i0 * 32 + _i1]));
+            t86[_i0 * 32 + _i1] = _v;
+            t87[_i1] += _v;
+        }
     }
 }
 
-// t87 = t86 summed over the batch to [32], a loop per output element
-static void t87_kernel(
-    real* restrict t87,
-    const real* restrict t86,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) t87[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t87[_o] += t86[_o + _r * 32];
-}
-
 // t89 = h0_bar*(1.0 - (h0*h0))  (elementwise over [N, 32])
+// and t90 = t89 summed over the batch to [32], added up in the same loop
 static void t89_kernel(
     real* restrict t89,
     const real* restrict h0,
     const real* restrict h0_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t89[_i] = h0_bar[_i]*(1.0 - (h0[_i]*h0[_i]));
-    }
-}
-
-// t90 = t89 summed over the batch to [32], a loop per output element
-static void t90_kernel(
     real* restrict t90,
-    const real* restrict t89,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) t90[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            t90[_o] += t89[_o + _r * 32];
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t90[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 32; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            const real _v = h0_bar[_i0 * 32 + _i1]*(1.0 - (h0[_i0 * 32 + _i1]*h0[_i0 * 32 + _i1]));
+            t89[_i0 * 32 + _i1] = _v;
+            t90[_i1] += _v;
+        }
+    }
 }
 
 // e_bar[:1] = t91
@@ -1416,9 +1354,9 @@ static void U_bar_kernel(
 // Where each function's temporaries live in the caller's workspace.
 typedef struct brackets_rnn_workspace {
     int N;                 // the batch size
-    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34; } predict;
-    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34, *t35, *L_n, *t38, *L; } loss;
-    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t33, *t34, *t35, *L_n, *t38, *L, *t41, *z_bar, *h15_bar, *t44, *t45, *t46, *h14_bar, *t47, *t48, *t49, *h13_bar, *t50, *t51, *t52, *h12_bar, *t53, *t54, *t55, *h11_bar, *t56, *t57, *t58, *h10_bar, *t59, *t60, *t61, *h9_bar, *t62, *t63, *t64, *h8_bar, *t65, *t66, *t67, *h7_bar, *t68, *t69, *t70, *h6_bar, *t71, *t72, *t73, *h5_bar, *t74, *t75, *t76, *h4_bar, *t77, *t78, *t79, *h3_bar, *t80, *t81, *t82, *h2_bar, *t83, *t84, *t85, *h1_bar, *t86, *t87, *t88, *h0_bar, *t89, *t90, *e_bar; } value_and_grad;
+    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t34, *t33; } predict;
+    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t34, *t33, *t35, *t38, *L_n, *L; } loss;
+    struct { real *e, *t0, *h0, *t1, *t2, *h1, *t3, *t4, *h2, *t5, *t6, *h3, *t7, *t8, *h4, *t9, *t10, *h5, *t11, *t12, *h6, *t13, *t14, *h7, *t15, *t16, *h8, *t17, *t18, *h9, *t19, *t20, *h10, *t21, *t22, *h11, *t23, *t24, *h12, *t25, *t26, *h13, *t27, *t28, *h14, *t29, *t30, *h15, *t31, *z, *t32, *t34, *t33, *t35, *t38, *L_n, *L, *t41, *z_bar, *h15_bar, *t45, *t44, *t46, *h14_bar, *t48, *t47, *t49, *h13_bar, *t51, *t50, *t52, *h12_bar, *t54, *t53, *t55, *h11_bar, *t57, *t56, *t58, *h10_bar, *t60, *t59, *t61, *h9_bar, *t63, *t62, *t64, *h8_bar, *t66, *t65, *t67, *h7_bar, *t69, *t68, *t70, *h6_bar, *t72, *t71, *t73, *h5_bar, *t75, *t74, *t76, *h4_bar, *t78, *t77, *t79, *h3_bar, *t81, *t80, *t82, *h2_bar, *t84, *t83, *t85, *h1_bar, *t87, *t86, *t88, *h0_bar, *t90, *t89, *e_bar; } value_and_grad;
 } brackets_rnn_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -1490,8 +1428,8 @@ static size_t brackets_rnn_layout(brackets_rnn_workspace* ws, char* base)
     ws->predict.t31 = bp_carve(base, &off, N * 2);
     ws->predict.z = bp_carve(base, &off, N * 2);
     ws->predict.t32 = bp_carve(base, &off, N);
+    ws->predict.t34 = bp_carve(base, &off, N);
     ws->predict.t33 = ws->predict.t31;  // t31 is dead by then
-    ws->predict.t34 = ws->predict.t32;  // t32 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.e = bp_carve(base, &off, N * 512);
@@ -1545,11 +1483,11 @@ static size_t brackets_rnn_layout(brackets_rnn_workspace* ws, char* base)
     ws->loss.t31 = bp_carve(base, &off, N * 2);
     ws->loss.z = bp_carve(base, &off, N * 2);
     ws->loss.t32 = bp_carve(base, &off, N);
-    ws->loss.t33 = ws->loss.t31;  // t31 is dead by then
     ws->loss.t34 = bp_carve(base, &off, N);
+    ws->loss.t33 = ws->loss.t31;  // t31 is dead by then
     ws->loss.t35 = bp_carve(base, &off, N);
-    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.t38 = bp_carve(base, &off, 1);
+    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
     if (off > top) top = off;
     off = 0;  // value_and_grad
@@ -1604,77 +1542,77 @@ static size_t brackets_rnn_layout(brackets_rnn_workspace* ws, char* base)
     ws->value_and_grad.t31 = bp_carve(base, &off, N * 2);
     ws->value_and_grad.z = bp_carve(base, &off, N * 2);
     ws->value_and_grad.t32 = bp_carve(base, &off, N);
-    ws->value_and_grad.t33 = ws->value_and_grad.t31;  // t31 is dead by then
     ws->value_and_grad.t34 = bp_carve(base, &off, N);
+    ws->value_and_grad.t33 = ws->value_and_grad.t31;  // t31 is dead by then
     ws->value_and_grad.t35 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t38 = bp_carve(base, &off, 1);
+    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
     ws->value_and_grad.t41 = ws->value_and_grad.t32;  // t32 is dead by then
     ws->value_and_grad.z_bar = ws->value_and_grad.z;  // z is dead by then
     ws->value_and_grad.h15_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t44 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.t45 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t44 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.t46 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h14_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t47 = ws->value_and_grad.h15;  // h15 is dead by then
     ws->value_and_grad.t48 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t47 = ws->value_and_grad.h15;  // h15 is dead by then
     ws->value_and_grad.t49 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h13_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t50 = ws->value_and_grad.h14;  // h14 is dead by then
     ws->value_and_grad.t51 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t50 = ws->value_and_grad.h14;  // h14 is dead by then
     ws->value_and_grad.t52 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h12_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t53 = ws->value_and_grad.h13;  // h13 is dead by then
     ws->value_and_grad.t54 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t53 = ws->value_and_grad.h13;  // h13 is dead by then
     ws->value_and_grad.t55 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h11_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t56 = ws->value_and_grad.h12;  // h12 is dead by then
     ws->value_and_grad.t57 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t56 = ws->value_and_grad.h12;  // h12 is dead by then
     ws->value_and_grad.t58 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h10_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t59 = ws->value_and_grad.h11;  // h11 is dead by then
     ws->value_and_grad.t60 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t59 = ws->value_and_grad.h11;  // h11 is dead by then
     ws->value_and_grad.t61 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h9_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t62 = ws->value_and_grad.h10;  // h10 is dead by then
     ws->value_and_grad.t63 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t62 = ws->value_and_grad.h10;  // h10 is dead by then
     ws->value_and_grad.t64 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h8_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t65 = ws->value_and_grad.h9;  // h9 is dead by then
     ws->value_and_grad.t66 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t65 = ws->value_and_grad.h9;  // h9 is dead by then
     ws->value_and_grad.t67 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h7_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t68 = ws->value_and_grad.h8;  // h8 is dead by then
     ws->value_and_grad.t69 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t68 = ws->value_and_grad.h8;  // h8 is dead by then
     ws->value_and_grad.t70 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h6_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t71 = ws->value_and_grad.h7;  // h7 is dead by then
     ws->value_and_grad.t72 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t71 = ws->value_and_grad.h7;  // h7 is dead by then
     ws->value_and_grad.t73 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h5_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t74 = ws->value_and_grad.h6;  // h6 is dead by then
     ws->value_and_grad.t75 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t74 = ws->value_and_grad.h6;  // h6 is dead by then
     ws->value_and_grad.t76 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h4_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t77 = ws->value_and_grad.h5;  // h5 is dead by then
     ws->value_and_grad.t78 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t77 = ws->value_and_grad.h5;  // h5 is dead by then
     ws->value_and_grad.t79 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h3_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t80 = ws->value_and_grad.h4;  // h4 is dead by then
     ws->value_and_grad.t81 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t80 = ws->value_and_grad.h4;  // h4 is dead by then
     ws->value_and_grad.t82 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h2_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t83 = ws->value_and_grad.h3;  // h3 is dead by then
     ws->value_and_grad.t84 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t83 = ws->value_and_grad.h3;  // h3 is dead by then
     ws->value_and_grad.t85 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h1_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t86 = ws->value_and_grad.h2;  // h2 is dead by then
     ws->value_and_grad.t87 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t86 = ws->value_and_grad.h2;  // h2 is dead by then
     ws->value_and_grad.t88 = bp_carve(base, &off, 1024);
     ws->value_and_grad.h0_bar = ws->value_and_grad.t0;  // t0 is dead by then
-    ws->value_and_grad.t89 = ws->value_and_grad.h1;  // h1 is dead by then
     ws->value_and_grad.t90 = bp_carve(base, &off, 32);
+    ws->value_and_grad.t89 = ws->value_and_grad.h1;  // h1 is dead by then
     ws->value_and_grad.e_bar = ws->value_and_grad.e;  // e is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
@@ -1774,8 +1712,8 @@ int brackets_rnn_predict(
     real* const t31 = ws->predict.t31;
     real* const z = ws->predict.z;
     real* const t32 = ws->predict.t32;
-    real* const t33 = ws->predict.t33;
     real* const t34 = ws->predict.t34;
+    real* const t33 = ws->predict.t33;
 
     // forward pass
     // e = E[tokens]
@@ -1880,8 +1818,7 @@ int brackets_rnn_predict(
     z_kernel(z, c, t31, (long long)N * 2);
     // y_hat = softmax(z)
     t32_kernel(t32, z, (long long)N, 2);
-    t33_kernel(t33, z, t32, (long long)N * 2);
-    t34_kernel(t34, t33, (long long)N, 2);
+    t33_kernel(t33, z, t32, t34, (long long)N * 2, (long long)N);
     y_hat_kernel(y_hat, t33, t34, (long long)N * 2);
     return 0;
 }
@@ -1958,11 +1895,11 @@ int brackets_rnn_loss(
     real* const t31 = ws->loss.t31;
     real* const z = ws->loss.z;
     real* const t32 = ws->loss.t32;
-    real* const t33 = ws->loss.t33;
     real* const t34 = ws->loss.t34;
+    real* const t33 = ws->loss.t33;
     real* const t35 = ws->loss.t35;
-    real* const L_n = ws->loss.L_n;
     real* const t38 = ws->loss.t38;
+    real* const L_n = ws->loss.L_n;
     real* const L = ws->loss.L;
     const real* const t36 = t32;
     const real* const t37 = t34;
@@ -2070,14 +2007,12 @@ int brackets_rnn_loss(
     z_kernel(z, c, t31, (long long)N * 2);
     // L_n = cross_entropy(y_hat, label)
     t32_kernel(t32, z, (long long)N, 2);
-    t33_kernel(t33, z, t32, (long long)N * 2);
-    t34_kernel(t34, t33, (long long)N, 2);
+    t33_kernel(t33, z, t32, t34, (long long)N * 2, (long long)N);
     t35_kernel(t35, z, label, (long long)N);
     // t36 is t32 reshaped to [N]: the same memory
     // t37 is t34 reshaped to [N]: the same memory
-    L_n_kernel(L_n, t35, t36, t37, (long long)N);
     // L = mean over the batch of L_n
-    t38_kernel(t38, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t35, t36, t37, t38, (long long)N, 1);
     L_kernel(L, t38, (real)N, 1);
 
     *loss_out = (double)L[0];
@@ -2161,77 +2096,77 @@ int brackets_rnn_value_and_grad(
     real* const t31 = ws->value_and_grad.t31;
     real* const z = ws->value_and_grad.z;
     real* const t32 = ws->value_and_grad.t32;
-    real* const t33 = ws->value_and_grad.t33;
     real* const t34 = ws->value_and_grad.t34;
+    real* const t33 = ws->value_and_grad.t33;
     real* const t35 = ws->value_and_grad.t35;
-    real* const L_n = ws->value_and_grad.L_n;
     real* const t38 = ws->value_and_grad.t38;
+    real* const L_n = ws->value_and_grad.L_n;
     real* const L = ws->value_and_grad.L;
     real* const t41 = ws->value_and_grad.t41;
     real* const z_bar = ws->value_and_grad.z_bar;
     real* const h15_bar = ws->value_and_grad.h15_bar;
-    real* const t44 = ws->value_and_grad.t44;
     real* const t45 = ws->value_and_grad.t45;
+    real* const t44 = ws->value_and_grad.t44;
     real* const t46 = ws->value_and_grad.t46;
     real* const h14_bar = ws->value_and_grad.h14_bar;
-    real* const t47 = ws->value_and_grad.t47;
     real* const t48 = ws->value_and_grad.t48;
+    real* const t47 = ws->value_and_grad.t47;
     real* const t49 = ws->value_and_grad.t49;
     real* const h13_bar = ws->value_and_grad.h13_bar;
-    real* const t50 = ws->value_and_grad.t50;
     real* const t51 = ws->value_and_grad.t51;
+    real* const t50 = ws->value_and_grad.t50;
     real* const t52 = ws->value_and_grad.t52;
     real* const h12_bar = ws->value_and_grad.h12_bar;
-    real* const t53 = ws->value_and_grad.t53;
     real* const t54 = ws->value_and_grad.t54;
+    real* const t53 = ws->value_and_grad.t53;
     real* const t55 = ws->value_and_grad.t55;
     real* const h11_bar = ws->value_and_grad.h11_bar;
-    real* const t56 = ws->value_and_grad.t56;
     real* const t57 = ws->value_and_grad.t57;
+    real* const t56 = ws->value_and_grad.t56;
     real* const t58 = ws->value_and_grad.t58;
     real* const h10_bar = ws->value_and_grad.h10_bar;
-    real* const t59 = ws->value_and_grad.t59;
     real* const t60 = ws->value_and_grad.t60;
+    real* const t59 = ws->value_and_grad.t59;
     real* const t61 = ws->value_and_grad.t61;
     real* const h9_bar = ws->value_and_grad.h9_bar;
-    real* const t62 = ws->value_and_grad.t62;
     real* const t63 = ws->value_and_grad.t63;
+    real* const t62 = ws->value_and_grad.t62;
     real* const t64 = ws->value_and_grad.t64;
     real* const h8_bar = ws->value_and_grad.h8_bar;
-    real* const t65 = ws->value_and_grad.t65;
     real* const t66 = ws->value_and_grad.t66;
+    real* const t65 = ws->value_and_grad.t65;
     real* const t67 = ws->value_and_grad.t67;
     real* const h7_bar = ws->value_and_grad.h7_bar;
-    real* const t68 = ws->value_and_grad.t68;
     real* const t69 = ws->value_and_grad.t69;
+    real* const t68 = ws->value_and_grad.t68;
     real* const t70 = ws->value_and_grad.t70;
     real* const h6_bar = ws->value_and_grad.h6_bar;
-    real* const t71 = ws->value_and_grad.t71;
     real* const t72 = ws->value_and_grad.t72;
+    real* const t71 = ws->value_and_grad.t71;
     real* const t73 = ws->value_and_grad.t73;
     real* const h5_bar = ws->value_and_grad.h5_bar;
-    real* const t74 = ws->value_and_grad.t74;
     real* const t75 = ws->value_and_grad.t75;
+    real* const t74 = ws->value_and_grad.t74;
     real* const t76 = ws->value_and_grad.t76;
     real* const h4_bar = ws->value_and_grad.h4_bar;
-    real* const t77 = ws->value_and_grad.t77;
     real* const t78 = ws->value_and_grad.t78;
+    real* const t77 = ws->value_and_grad.t77;
     real* const t79 = ws->value_and_grad.t79;
     real* const h3_bar = ws->value_and_grad.h3_bar;
-    real* const t80 = ws->value_and_grad.t80;
     real* const t81 = ws->value_and_grad.t81;
+    real* const t80 = ws->value_and_grad.t80;
     real* const t82 = ws->value_and_grad.t82;
     real* const h2_bar = ws->value_and_grad.h2_bar;
-    real* const t83 = ws->value_and_grad.t83;
     real* const t84 = ws->value_and_grad.t84;
+    real* const t83 = ws->value_and_grad.t83;
     real* const t85 = ws->value_and_grad.t85;
     real* const h1_bar = ws->value_and_grad.h1_bar;
-    real* const t86 = ws->value_and_grad.t86;
     real* const t87 = ws->value_and_grad.t87;
+    real* const t86 = ws->value_and_grad.t86;
     real* const t88 = ws->value_and_grad.t88;
     real* const h0_bar = ws->value_and_grad.h0_bar;
-    real* const t89 = ws->value_and_grad.t89;
     real* const t90 = ws->value_and_grad.t90;
+    real* const t89 = ws->value_and_grad.t89;
     real* const e_bar = ws->value_and_grad.e_bar;
     const real* const t36 = t32;
     const real* const t37 = t34;
@@ -2356,14 +2291,12 @@ int brackets_rnn_value_and_grad(
     z_kernel(z, c, t31, (long long)N * 2);
     // L_n = cross_entropy(y_hat, label)
     t32_kernel(t32, z, (long long)N, 2);
-    t33_kernel(t33, z, t32, (long long)N * 2);
-    t34_kernel(t34, t33, (long long)N, 2);
+    t33_kernel(t33, z, t32, t34, (long long)N * 2, (long long)N);
     t35_kernel(t35, z, label, (long long)N);
     // t36 is t32 reshaped to [N]: the same memory
     // t37 is t34 reshaped to [N]: the same memory
-    L_n_kernel(L_n, t35, t36, t37, (long long)N);
     // L = mean over the batch of L_n
-    t38_kernel(t38, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t35, t36, t37, t38, (long long)N, 1);
     L_kernel(L, t38, (real)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
@@ -2390,8 +2323,7 @@ int brackets_rnn_value_and_grad(
     // q61_bar = q62_bar   # add
     // q60_bar = q61_bar   # add
     // q59_bar = q61_bar   # add
-    t44_kernel(t44, h15, h15_bar, (long long)N * 32);
-    t45_kernel(t45, t44, 32, (long long)N);
+    t44_kernel(t44, h15, h15_bar, t45, (long long)N * 32, 32);
     // GEMM: t46 [32 x 32] = t44^T @ h14, t44 [N x 32], h14 [N x 32], row-major;
     // t46 = t44^T @ h14 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t44, 32, h14, 32, 0.0, t46, 32);
@@ -2403,8 +2335,7 @@ int brackets_rnn_value_and_grad(
     // q57_bar = q58_bar   # add
     // q56_bar = q57_bar   # add
     // q55_bar = q57_bar   # add
-    t47_kernel(t47, h14, h14_bar, (long long)N * 32);
-    t48_kernel(t48, t47, 32, (long long)N);
+    t47_kernel(t47, h14, h14_bar, t48, (long long)N * 32, 32);
     // GEMM: t49 [32 x 32] = t47^T @ h13, t47 [N x 32], h13 [N x 32], row-major;
     // t49 = t47^T @ h13 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t47, 32, h13, 32, 0.0, t49, 32);
@@ -2416,8 +2347,7 @@ int brackets_rnn_value_and_grad(
     // q53_bar = q54_bar   # add
     // q52_bar = q53_bar   # add
     // q51_bar = q53_bar   # add
-    t50_kernel(t50, h13, h13_bar, (long long)N * 32);
-    t51_kernel(t51, t50, 32, (long long)N);
+    t50_kernel(t50, h13, h13_bar, t51, (long long)N * 32, 32);
     // GEMM: t52 [32 x 32] = t50^T @ h12, t50 [N x 32], h12 [N x 32], row-major;
     // t52 = t50^T @ h12 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t50, 32, h12, 32, 0.0, t52, 32);
@@ -2429,8 +2359,7 @@ int brackets_rnn_value_and_grad(
     // q49_bar = q50_bar   # add
     // q48_bar = q49_bar   # add
     // q47_bar = q49_bar   # add
-    t53_kernel(t53, h12, h12_bar, (long long)N * 32);
-    t54_kernel(t54, t53, 32, (long long)N);
+    t53_kernel(t53, h12, h12_bar, t54, (long long)N * 32, 32);
     // GEMM: t55 [32 x 32] = t53^T @ h11, t53 [N x 32], h11 [N x 32], row-major;
     // t55 = t53^T @ h11 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t53, 32, h11, 32, 0.0, t55, 32);
@@ -2442,8 +2371,7 @@ int brackets_rnn_value_and_grad(
     // q45_bar = q46_bar   # add
     // q44_bar = q45_bar   # add
     // q43_bar = q45_bar   # add
-    t56_kernel(t56, h11, h11_bar, (long long)N * 32);
-    t57_kernel(t57, t56, 32, (long long)N);
+    t56_kernel(t56, h11, h11_bar, t57, (long long)N * 32, 32);
     // GEMM: t58 [32 x 32] = t56^T @ h10, t56 [N x 32], h10 [N x 32], row-major;
     // t58 = t56^T @ h10 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t56, 32, h10, 32, 0.0, t58, 32);
@@ -2455,8 +2383,7 @@ int brackets_rnn_value_and_grad(
     // q41_bar = q42_bar   # add
     // q40_bar = q41_bar   # add
     // q39_bar = q41_bar   # add
-    t59_kernel(t59, h10, h10_bar, (long long)N * 32);
-    t60_kernel(t60, t59, 32, (long long)N);
+    t59_kernel(t59, h10, h10_bar, t60, (long long)N * 32, 32);
     // GEMM: t61 [32 x 32] = t59^T @ h9, t59 [N x 32], h9 [N x 32], row-major;
     // t61 = t59^T @ h9 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t59, 32, h9, 32, 0.0, t61, 32);
@@ -2468,8 +2395,7 @@ int brackets_rnn_value_and_grad(
     // q37_bar = q38_bar   # add
     // q36_bar = q37_bar   # add
     // q35_bar = q37_bar   # add
-    t62_kernel(t62, h9, h9_bar, (long long)N * 32);
-    t63_kernel(t63, t62, 32, (long long)N);
+    t62_kernel(t62, h9, h9_bar, t63, (long long)N * 32, 32);
     // GEMM: t64 [32 x 32] = t62^T @ h8, t62 [N x 32], h8 [N x 32], row-major;
     // t64 = t62^T @ h8 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t62, 32, h8, 32, 0.0, t64, 32);
@@ -2481,8 +2407,7 @@ int brackets_rnn_value_and_grad(
     // q33_bar = q34_bar   # add
     // q32_bar = q33_bar   # add
     // q31_bar = q33_bar   # add
-    t65_kernel(t65, h8, h8_bar, (long long)N * 32);
-    t66_kernel(t66, t65, 32, (long long)N);
+    t65_kernel(t65, h8, h8_bar, t66, (long long)N * 32, 32);
     // GEMM: t67 [32 x 32] = t65^T @ h7, t65 [N x 32], h7 [N x 32], row-major;
     // t67 = t65^T @ h7 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t65, 32, h7, 32, 0.0, t67, 32);
@@ -2494,8 +2419,7 @@ int brackets_rnn_value_and_grad(
     // q29_bar = q30_bar   # add
     // q28_bar = q29_bar   # add
     // q27_bar = q29_bar   # add
-    t68_kernel(t68, h7, h7_bar, (long long)N * 32);
-    t69_kernel(t69, t68, 32, (long long)N);
+    t68_kernel(t68, h7, h7_bar, t69, (long long)N * 32, 32);
     // GEMM: t70 [32 x 32] = t68^T @ h6, t68 [N x 32], h6 [N x 32], row-major;
     // t70 = t68^T @ h6 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t68, 32, h6, 32, 0.0, t70, 32);
@@ -2507,8 +2431,7 @@ int brackets_rnn_value_and_grad(
     // q25_bar = q26_bar   # add
     // q24_bar = q25_bar   # add
     // q23_bar = q25_bar   # add
-    t71_kernel(t71, h6, h6_bar, (long long)N * 32);
-    t72_kernel(t72, t71, 32, (long long)N);
+    t71_kernel(t71, h6, h6_bar, t72, (long long)N * 32, 32);
     // GEMM: t73 [32 x 32] = t71^T @ h5, t71 [N x 32], h5 [N x 32], row-major;
     // t73 = t71^T @ h5 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t71, 32, h5, 32, 0.0, t73, 32);
@@ -2520,8 +2443,7 @@ int brackets_rnn_value_and_grad(
     // q21_bar = q22_bar   # add
     // q20_bar = q21_bar   # add
     // q19_bar = q21_bar   # add
-    t74_kernel(t74, h5, h5_bar, (long long)N * 32);
-    t75_kernel(t75, t74, 32, (long long)N);
+    t74_kernel(t74, h5, h5_bar, t75, (long long)N * 32, 32);
     // GEMM: t76 [32 x 32] = t74^T @ h4, t74 [N x 32], h4 [N x 32], row-major;
     // t76 = t74^T @ h4 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t74, 32, h4, 32, 0.0, t76, 32);
@@ -2533,8 +2455,7 @@ int brackets_rnn_value_and_grad(
     // q17_bar = q18_bar   # add
     // q16_bar = q17_bar   # add
     // q15_bar = q17_bar   # add
-    t77_kernel(t77, h4, h4_bar, (long long)N * 32);
-    t78_kernel(t78, t77, 32, (long long)N);
+    t77_kernel(t77, h4, h4_bar, t78, (long long)N * 32, 32);
     // GEMM: t79 [32 x 32] = t77^T @ h3, t77 [N x 32], h3 [N x 32], row-major;
     // t79 = t77^T @ h3 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t77, 32, h3, 32, 0.0, t79, 32);
@@ -2546,8 +2467,7 @@ int brackets_rnn_value_and_grad(
     // q13_bar = q14_bar   # add
     // q12_bar = q13_bar   # add
     // q11_bar = q13_bar   # add
-    t80_kernel(t80, h3, h3_bar, (long long)N * 32);
-    t81_kernel(t81, t80, 32, (long long)N);
+    t80_kernel(t80, h3, h3_bar, t81, (long long)N * 32, 32);
     // GEMM: t82 [32 x 32] = t80^T @ h2, t80 [N x 32], h2 [N x 32], row-major;
     // t82 = t80^T @ h2 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t80, 32, h2, 32, 0.0, t82, 32);
@@ -2559,8 +2479,7 @@ int brackets_rnn_value_and_grad(
     // q9_bar = q10_bar   # add
     // q8_bar = q9_bar   # add
     // q7_bar = q9_bar   # add
-    t83_kernel(t83, h2, h2_bar, (long long)N * 32);
-    t84_kernel(t84, t83, 32, (long long)N);
+    t83_kernel(t83, h2, h2_bar, t84, (long long)N * 32, 32);
     // GEMM: t85 [32 x 32] = t83^T @ h1, t83 [N x 32], h1 [N x 32], row-major;
     // t85 = t83^T @ h1 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t83, 32, h1, 32, 0.0, t85, 32);
@@ -2572,8 +2491,7 @@ int brackets_rnn_value_and_grad(
     // q5_bar = q6_bar   # add
     // q4_bar = q5_bar   # add
     // q3_bar = q5_bar   # add
-    t86_kernel(t86, h1, h1_bar, (long long)N * 32);
-    t87_kernel(t87, t86, 32, (long long)N);
+    t86_kernel(t86, h1, h1_bar, t87, (long long)N * 32, 32);
     // GEMM: t88 [32 x 32] = t86^T @ h0, t86 [N x 32], h0 [N x 32], row-major;
     // t88 = t86^T @ h0 (GEMM)
     bp_dgemm(1, 0, 32, 32, N, 1.0, t86, 32, h0, 32, 0.0, t88, 32);
@@ -2583,8 +2501,7 @@ int brackets_rnn_value_and_grad(
     bp_dgemm(0, 0, N, 32, 32, 1.0, t86, 32, U, 32, 0.0, h0_bar, 32);
     // q2_bar = h0_bar*(1 - h0**2)   # tanh
     // q1_bar = q2_bar   # add
-    t89_kernel(t89, h0, h0_bar, (long long)N * 32);
-    t90_kernel(t90, t89, 32, (long long)N);
+    t89_kernel(t89, h0, h0_bar, t90, (long long)N * 32, 32);
     // e_bar = q59_bar at [15] (zero elsewhere) + q55_bar at [14] (zero elsewhere) + q51_bar at [13] (zero elsewhere) + q47_bar at [12] (zero elsewhere) + q43_bar at [11] (zero elsewhere) + q39_bar at [10] (zero elsewhere) + q35_bar at [9] (zero elsewhere) + q31_bar at [8] (zero elsewhere) + q27_bar at [7] (zero elsewhere) + q23_bar at [6] (zero elsewhere) + q19_bar at [5] (zero elsewhere) + q15_bar at [4] (zero elsewhere) + q11_bar at [3] (zero elsewhere) + q7_bar at [2] (zero elsewhere) + q3_bar at [1] (zero elsewhere) + q1_bar at [0] (zero elsewhere)   # sum over consumers (index x16)
     // t91 is t89 reshaped to [N, 1, 32]: the same memory
     // t92 is t86 reshaped to [N, 1, 32]: the same memory

@@ -285,6 +285,7 @@ static void y_hat_kernel(
 }
 
 // L_n: elementwise over [N]
+// and t0 = L_n summed over the batch to [], added up in the same loop
 static void L_n_kernel(
     real* restrict L_n,
     const real* restrict y,
@@ -297,25 +298,17 @@ static void L_n_kernel(
     const real* restrict b1,
     const real* restrict x,
     const real* restrict w1,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = (1.0/2.0)*((y[_i] - (0.5 + 0.5*bp_tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*bp_tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*bp_tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*bp_tanh(0.5*(b1[0] + w1[0]*x[_i])))))))))))))*(y[_i] - (0.5 + 0.5*bp_tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*bp_tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*bp_tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*bp_tanh(0.5*(b1[0] + w1[0]*x[_i]))))))))))))));
-    }
-}
-
-// t0 = L_n summed over the batch to [], a loop per output element
-static void t0_kernel(
     real* restrict t0,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t0[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t0[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = (1.0/2.0)*((y[_i] - (0.5 + 0.5*bp_tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*bp_tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*bp_tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*bp_tanh(0.5*(b1[0] + w1[0]*x[_i])))))))))))))*(y[_i] - (0.5 + 0.5*bp_tanh(0.5*(b4[0] + w4[0]*(0.5 + 0.5*bp_tanh(0.5*(b3[0] + w3[0]*(0.5 + 0.5*bp_tanh(0.5*(b2[0] + w2[0]*(0.5 + 0.5*bp_tanh(0.5*(b1[0] + w1[0]*x[_i]))))))))))))));
+        L_n[_i] = _v;
+        t0[0] += _v;
     }
 }
 
@@ -380,7 +373,7 @@ static void y_hat_kernel_2(
 }
 
 // t0 = y - y_hat  (elementwise over [N])
-static void t0_kernel_2(
+static void t0_kernel(
     real* restrict t0,
     const real* restrict y,
     const real* restrict y_hat,
@@ -392,25 +385,21 @@ static void t0_kernel_2(
 }
 
 // L_n = (1.0/2.0)*(t0*t0)  (elementwise over [N])
-static void L_n_kernel_2(real* restrict L_n, const real* restrict t0, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = (1.0/2.0)*(t0[_i]*t0[_i]);
-    }
-}
-
-// t1 = L_n summed over the batch to [], a loop per output element
-static void t1_kernel(
+// and t1 = L_n summed over the batch to [], added up in the same loop
+static void L_n_kernel_2(
+    real* restrict L_n,
+    const real* restrict t0,
     real* restrict t1,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t1[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t1[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = (1.0/2.0)*(t0[_i]*t0[_i]);
+        L_n[_i] = _v;
+        t1[0] += _v;
     }
 }
 
@@ -423,122 +412,94 @@ static void L_kernel_2(real* restrict L, const real* restrict t1, const real N, 
 }
 
 // a4_bar = -t0*y_hat*(1.0 - y_hat)/N  (elementwise over [N])
+// and b4_bar = a4_bar summed over the batch to [], added up in the same loop
 static void a4_bar_kernel(
     real* restrict a4_bar,
     const real* restrict y_hat,
     const real* restrict t0,
     const real N,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        a4_bar[_i] = -t0[_i]*y_hat[_i]*(1.0 - y_hat[_i])/N;
-    }
-}
-
-// b4_bar = a4_bar summed over the batch to [], a loop per output element
-static void b4_bar_kernel(
     real* restrict b4_bar,
-    const real* restrict a4_bar,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += a4_bar[_r];
-        b4_bar[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        b4_bar[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = -t0[_i]*y_hat[_i]*(1.0 - y_hat[_i])/N;
+        a4_bar[_i] = _v;
+        b4_bar[0] += _v;
     }
 }
 
 // a3_bar = a4_bar*h3*w4*(1.0 - h3)  (elementwise over [N])
+// and b3_bar = a3_bar summed over the batch to [], added up in the same loop
 static void a3_bar_kernel(
     real* restrict a3_bar,
     const real* restrict h3,
     const real* restrict w4,
     const real* restrict a4_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        a3_bar[_i] = a4_bar[_i]*h3[_i]*w4[0]*(1.0 - h3[_i]);
-    }
-}
-
-// b3_bar = a3_bar summed over the batch to [], a loop per output element
-static void b3_bar_kernel(
     real* restrict b3_bar,
-    const real* restrict a3_bar,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += a3_bar[_r];
-        b3_bar[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        b3_bar[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = a4_bar[_i]*h3[_i]*w4[0]*(1.0 - h3[_i]);
+        a3_bar[_i] = _v;
+        b3_bar[0] += _v;
     }
 }
 
 // a2_bar = a3_bar*h2*w3*(1.0 - h2)  (elementwise over [N])
+// and b2_bar = a2_bar summed over the batch to [], added up in the same loop
 static void a2_bar_kernel(
     real* restrict a2_bar,
     const real* restrict h2,
     const real* restrict w3,
     const real* restrict a3_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        a2_bar[_i] = a3_bar[_i]*h2[_i]*w3[0]*(1.0 - h2[_i]);
-    }
-}
-
-// b2_bar = a2_bar summed over the batch to [], a loop per output element
-static void b2_bar_kernel(
     real* restrict b2_bar,
-    const real* restrict a2_bar,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += a2_bar[_r];
-        b2_bar[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        b2_bar[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = a3_bar[_i]*h2[_i]*w3[0]*(1.0 - h2[_i]);
+        a2_bar[_i] = _v;
+        b2_bar[0] += _v;
     }
 }
 
 // a1_bar = a2_bar*h1*w2*(1.0 - h1)  (elementwise over [N])
+// and b1_bar = a1_bar summed over the batch to [], added up in the same loop
 static void a1_bar_kernel(
     real* restrict a1_bar,
     const real* restrict h1,
     const real* restrict w2,
     const real* restrict a2_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        a1_bar[_i] = a2_bar[_i]*h1[_i]*w2[0]*(1.0 - h1[_i]);
-    }
-}
-
-// b1_bar = a1_bar summed over the batch to [], a loop per output element
-static void b1_bar_kernel(
     real* restrict b1_bar,
-    const real* restrict a1_bar,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += a1_bar[_r];
-        b1_bar[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        b1_bar[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = a2_bar[_i]*h1[_i]*w2[0]*(1.0 - h1[_i]);
+        a1_bar[_i] = _v;
+        b1_bar[0] += _v;
     }
 }
 
 // Where each function's temporaries live in the caller's workspace.
 typedef struct deep_thin_chain_workspace {
     int N;                 // the batch size
-    struct { real *L_n, *t0, *L; } loss;
-    struct { real *h1, *h2, *h3, *y_hat, *t0, *L_n, *t1, *L, *a4_bar, *a3_bar, *a2_bar, *a1_bar; } value_and_grad;
+    struct { real *t0, *L_n, *L; } loss;
+    struct { real *h1, *h2, *h3, *y_hat, *t0, *t1, *L_n, *L, *a4_bar, *a3_bar, *a2_bar, *a1_bar; } value_and_grad;
 } deep_thin_chain_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -559,8 +520,8 @@ static size_t deep_thin_chain_layout(deep_thin_chain_workspace* ws, char* base)
     (void)N;
     (void)base;
     off = 0;  // loss
-    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.t0 = bp_carve(base, &off, 1);
+    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
     if (off > top) top = off;
     off = 0;  // value_and_grad
@@ -569,8 +530,8 @@ static size_t deep_thin_chain_layout(deep_thin_chain_workspace* ws, char* base)
     ws->value_and_grad.h3 = bp_carve(base, &off, N);
     ws->value_and_grad.y_hat = bp_carve(base, &off, N);
     ws->value_and_grad.t0 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t1 = bp_carve(base, &off, 1);
+    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
     ws->value_and_grad.a4_bar = ws->value_and_grad.L_n;  // L_n is dead by then
     ws->value_and_grad.a3_bar = ws->value_and_grad.y_hat;  // y_hat is dead by then
@@ -664,8 +625,8 @@ int deep_thin_chain_loss(
     deep_thin_chain_layout(ws, (char*)workspace);
     (void)ws;
     const int N = ws->N;
-    real* const L_n = ws->loss.L_n;
     real* const t0 = ws->loss.t0;
+    real* const L_n = ws->loss.L_n;
     real* const L = ws->loss.L;
 
     // forward pass
@@ -678,9 +639,8 @@ int deep_thin_chain_loss(
     // a4 = w4 * h3 + b4
     // y_hat = sigmoid(a4)
     // L_n = (y - y_hat)**2 / 2
-    L_n_kernel(L_n, y, b4, w4, b3, w3, b2, w2, b1, x, w1, (long long)N);
     // L = mean over the batch of L_n
-    t0_kernel(t0, L_n, 1, (long long)N);
+    L_n_kernel(L_n, y, b4, w4, b3, w3, b2, w2, b1, x, w1, t0, (long long)N, 1);
     L_kernel(L, t0, (real)N, 1);
 
     *loss_out = (double)L[0];
@@ -724,8 +684,8 @@ int deep_thin_chain_value_and_grad(
     real* const h3 = ws->value_and_grad.h3;
     real* const y_hat = ws->value_and_grad.y_hat;
     real* const t0 = ws->value_and_grad.t0;
-    real* const L_n = ws->value_and_grad.L_n;
     real* const t1 = ws->value_and_grad.t1;
+    real* const L_n = ws->value_and_grad.L_n;
     real* const L = ws->value_and_grad.L;
     real* const a4_bar = ws->value_and_grad.a4_bar;
     real* const a3_bar = ws->value_and_grad.a3_bar;
@@ -746,10 +706,9 @@ int deep_thin_chain_value_and_grad(
     // y_hat = sigmoid(a4)
     y_hat_kernel_2(y_hat, b4, w4, h3, (long long)N);
     // L_n = (y - y_hat)**2 / 2
-    t0_kernel_2(t0, y, y_hat, (long long)N);
-    L_n_kernel_2(L_n, t0, (long long)N);
+    t0_kernel(t0, y, y_hat, (long long)N);
     // L = mean over the batch of L_n
-    t1_kernel(t1, L_n, 1, (long long)N);
+    L_n_kernel_2(L_n, t0, t1, (long long)N, 1);
     L_kernel_2(L, t1, (real)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
@@ -759,36 +718,32 @@ int deep_thin_chain_value_and_grad(
     // q1_bar = 2*q2_bar*(y - y_hat)   # pow
     // y_hat_bar = -q1_bar   # sub
     // a4_bar = y_hat*y_hat_bar*(1 - y_hat)   # sigmoid
-    a4_bar_kernel(a4_bar, y_hat, t0, (real)N, (long long)N);
     // b4_bar = a4_bar (summed over the batch)   # add
-    b4_bar_kernel(b4_bar, a4_bar, 1, (long long)N);
+    a4_bar_kernel(a4_bar, y_hat, t0, (real)N, b4_bar, (long long)N, 1);
     // w4_bar = a4_bar*h3 (summed over the batch)   # mul
     // GEMM: w4_bar [1 x 1] = h3 @ a4_bar, h3 [1 x N], a4_bar [N x 1], row-major;
     // w4_bar = h3 @ a4_bar (GEMM)
     bp_dgemm(0, 0, 1, 1, N, 1.0, h3, N, a4_bar, 1, 0.0, w4_bar, 1);
     // h3_bar = a4_bar*w4   # mul
     // a3_bar = h3*h3_bar*(1 - h3)   # sigmoid
-    a3_bar_kernel(a3_bar, h3, w4, a4_bar, (long long)N);
     // b3_bar = a3_bar (summed over the batch)   # add
-    b3_bar_kernel(b3_bar, a3_bar, 1, (long long)N);
+    a3_bar_kernel(a3_bar, h3, w4, a4_bar, b3_bar, (long long)N, 1);
     // w3_bar = a3_bar*h2 (summed over the batch)   # mul
     // GEMM: w3_bar [1 x 1] = h2 @ a3_bar, h2 [1 x N], a3_bar [N x 1], row-major;
     // w3_bar = h2 @ a3_bar (GEMM)
     bp_dgemm(0, 0, 1, 1, N, 1.0, h2, N, a3_bar, 1, 0.0, w3_bar, 1);
     // h2_bar = a3_bar*w3   # mul
     // a2_bar = h2*h2_bar*(1 - h2)   # sigmoid
-    a2_bar_kernel(a2_bar, h2, w3, a3_bar, (long long)N);
     // b2_bar = a2_bar (summed over the batch)   # add
-    b2_bar_kernel(b2_bar, a2_bar, 1, (long long)N);
+    a2_bar_kernel(a2_bar, h2, w3, a3_bar, b2_bar, (long long)N, 1);
     // w2_bar = a2_bar*h1 (summed over the batch)   # mul
     // GEMM: w2_bar [1 x 1] = h1 @ a2_bar, h1 [1 x N], a2_bar [N x 1], row-major;
     // w2_bar = h1 @ a2_bar (GEMM)
     bp_dgemm(0, 0, 1, 1, N, 1.0, h1, N, a2_bar, 1, 0.0, w2_bar, 1);
     // h1_bar = a2_bar*w2   # mul
     // a1_bar = h1*h1_bar*(1 - h1)   # sigmoid
-    a1_bar_kernel(a1_bar, h1, w2, a2_bar, (long long)N);
     // b1_bar = a1_bar (summed over the batch)   # add
-    b1_bar_kernel(b1_bar, a1_bar, 1, (long long)N);
+    a1_bar_kernel(a1_bar, h1, w2, a2_bar, b1_bar, (long long)N, 1);
     // w1_bar = a1_bar*x (summed over the batch)   # mul
     // GEMM: w1_bar [1 x 1] = x @ a1_bar, x [1 x N], a1_bar [N x 1], row-major;
     // w1_bar = x @ a1_bar (GEMM)

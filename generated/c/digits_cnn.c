@@ -371,31 +371,24 @@ static void t8_kernel(
 }
 
 // t9 = exp(z5 - t8)  (elementwise over [N, 10])
+// and t10 = sum(t9, axis 0, keepdims), added up in the same loop
 static void t9_kernel(
     real* restrict t9,
     const real* restrict z5,
     const real* restrict t8,
-    long long _n)
-{
-    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
-        for (long long _i1 = 0; _i1 < 10; _i1++) {
-            t9[_i0 * 10 + _i1] = exp(z5[_i0 * 10 + _i1] - t8[_i0]);
-        }
-    }
-}
-
-// t10 = sum(t9, axis 0, keepdims), a loop per output element
-static void t10_kernel(
     real* restrict t10,
-    const real* restrict t9,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t9[_o * 10 + _r];
-        t10[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t10[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 10; _i0++) {
+        for (long long _i1 = 0; _i1 < 10; _i1++) {
+            const real _v = exp(z5[_i0 * 10 + _i1] - t8[_i0]);
+            t9[_i0 * 10 + _i1] = _v;
+            t10[_i0] += _v;
+        }
     }
 }
 
@@ -427,30 +420,23 @@ static void t11_kernel(
 }
 
 // L_n = t12 + log(t13) - t11  (elementwise over [N])
+// and t14 = L_n summed over the batch to [], added up in the same loop
 static void L_n_kernel(
     real* restrict L_n,
     const real* restrict t11,
     const real* restrict t12,
     const real* restrict t13,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = t12[_i] + log(t13[_i]) - t11[_i];
-    }
-}
-
-// t14 = L_n summed over the batch to [], a loop per output element
-static void t14_kernel(
     real* restrict t14,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t14[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t14[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = t12[_i] + log(t13[_i]) - t11[_i];
+        L_n[_i] = _v;
+        t14[0] += _v;
     }
 }
 
@@ -582,29 +568,26 @@ static void h2_bar_kernel(real* restrict h2_bar, const real* restrict t25, long 
 }
 
 // z2_bar = h2_bar*(real)(h2 > 0.0)  (elementwise over [N, 64, 8, 8])
+// and t26 = z2_bar summed over the batch to [64, 1, 1], added up in the same loop
 static void z2_bar_kernel(
     real* restrict z2_bar,
     const real* restrict h2,
     const real* restrict h2_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        z2_bar[_i] = h2_bar[_i]*(real)(h2[_i] > 0.0);
-    }
-}
-
-// t26 = z2_bar summed over the batch to [64, 1, 1], a loop per output element
-static void t26_kernel(
     real* restrict t26,
-    const real* restrict z2_bar,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z2_bar[_o * 64 + (_r / 64) * 4096 + _r % 64];
-        t26[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t26[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 4096; _i0++) {
+        for (long long _i1 = 0; _i1 < 64; _i1++) {
+            for (long long _i2 = 0; _i2 < 64; _i2++) {
+                const real _v = h2_bar[_i0 * 4096 + _i1 * 64 + _i2]*(real)(h2[_i0 * 4096 + _i1 * 64 + _i2] > 0.0);
+                z2_bar[_i0 * 4096 + _i1 * 64 + _i2] = _v;
+                t26[_i1] += _v;
+            }
+        }
     }
 }
 
@@ -632,38 +615,35 @@ static void h1_bar_kernel(real* restrict h1_bar, const real* restrict t28, long 
 }
 
 // z1_bar = h1_bar*(real)(h1 > 0.0)  (elementwise over [N, 32, 8, 8])
+// and t29 = z1_bar summed over the batch to [32, 1, 1], added up in the same loop
 static void z1_bar_kernel(
     real* restrict z1_bar,
     const real* restrict h1,
     const real* restrict h1_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        z1_bar[_i] = h1_bar[_i]*(real)(h1[_i] > 0.0);
-    }
-}
-
-// t29 = z1_bar summed over the batch to [32, 1, 1], a loop per output element
-static void t29_kernel(
     real* restrict t29,
-    const real* restrict z1_bar,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z1_bar[_o * 64 + (_r / 64) * 2048 + _r % 64];
-        t29[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t29[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 2048; _i0++) {
+        for (long long _i1 = 0; _i1 < 32; _i1++) {
+            for (long long _i2 = 0; _i2 < 64; _i2++) {
+                const real _v = h1_bar[_i0 * 2048 + _i1 * 64 + _i2]*(real)(h1[_i0 * 2048 + _i1 * 64 + _i2] > 0.0);
+                z1_bar[_i0 * 2048 + _i1 * 64 + _i2] = _v;
+                t29[_i1] += _v;
+            }
+        }
     }
 }
 
 // Where each function's temporaries live in the caller's workspace.
 typedef struct digits_cnn_workspace {
     int N;                 // the batch size
-    struct { real *t0, *t1, *h1, *t3, *t4, *h2, *t6, *h3, *t7, *z5, *t8, *t9, *t10; } predict;
-    struct { real *t0, *t1, *h1, *t3, *t4, *h2, *t6, *h3, *t7, *z5, *t8, *t9, *t10, *t11, *L_n, *t14, *L; } loss;
-    struct { real *t0, *t1, *h1, *t3, *t4, *h2, *t6, *h3, *t7, *z5, *t8, *t9, *t10, *t11, *L_n, *t14, *L, *t17, *z5_bar, *h4_bar, *t22, *t23, *t24, *t25, *h2_bar, *z2_bar, *t26, *t28, *h1_bar, *z1_bar, *t29; } value_and_grad;
+    struct { real *t0, *t1, *h1, *t3, *t4, *h2, *t6, *h3, *t7, *z5, *t8, *t10, *t9; } predict;
+    struct { real *t0, *t1, *h1, *t3, *t4, *h2, *t6, *h3, *t7, *z5, *t8, *t10, *t9, *t11, *t14, *L_n, *L; } loss;
+    struct { real *t0, *t1, *h1, *t3, *t4, *h2, *t6, *h3, *t7, *z5, *t8, *t10, *t9, *t11, *t14, *L_n, *L, *t17, *z5_bar, *h4_bar, *t22, *t23, *t24, *t25, *h2_bar, *t26, *z2_bar, *t28, *h1_bar, *t29, *z1_bar; } value_and_grad;
 } digits_cnn_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -695,8 +675,8 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     ws->predict.t7 = bp_carve(base, &off, N * 10);
     ws->predict.z5 = bp_carve(base, &off, N * 10);
     ws->predict.t8 = bp_carve(base, &off, N);
+    ws->predict.t10 = bp_carve(base, &off, N);
     ws->predict.t9 = ws->predict.t7;  // t7 is dead by then
-    ws->predict.t10 = ws->predict.t8;  // t8 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 576);
@@ -710,11 +690,11 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     ws->loss.t7 = bp_carve(base, &off, N * 10);
     ws->loss.z5 = bp_carve(base, &off, N * 10);
     ws->loss.t8 = bp_carve(base, &off, N);
-    ws->loss.t9 = ws->loss.t7;  // t7 is dead by then
     ws->loss.t10 = bp_carve(base, &off, N);
+    ws->loss.t9 = ws->loss.t7;  // t7 is dead by then
     ws->loss.t11 = bp_carve(base, &off, N);
-    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.t14 = bp_carve(base, &off, 1);
+    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
     if (off > top) top = off;
     off = 0;  // value_and_grad
@@ -729,11 +709,11 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     ws->value_and_grad.t7 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.z5 = bp_carve(base, &off, N * 10);
     ws->value_and_grad.t8 = bp_carve(base, &off, N);
-    ws->value_and_grad.t9 = ws->value_and_grad.t7;  // t7 is dead by then
     ws->value_and_grad.t10 = bp_carve(base, &off, N);
+    ws->value_and_grad.t9 = ws->value_and_grad.t7;  // t7 is dead by then
     ws->value_and_grad.t11 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t14 = bp_carve(base, &off, 1);
+    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
     ws->value_and_grad.t17 = ws->value_and_grad.t8;  // t8 is dead by then
     ws->value_and_grad.z5_bar = ws->value_and_grad.z5;  // z5 is dead by then
@@ -743,12 +723,12 @@ static size_t digits_cnn_layout(digits_cnn_workspace* ws, char* base)
     ws->value_and_grad.t24 = ws->value_and_grad.h3;  // h3 is dead by then
     ws->value_and_grad.t25 = ws->value_and_grad.t22;  // t22 is dead by then
     ws->value_and_grad.h2_bar = ws->value_and_grad.t4;  // t4 is dead by then
-    ws->value_and_grad.z2_bar = ws->value_and_grad.t22;  // t22 is dead by then
     ws->value_and_grad.t26 = bp_carve(base, &off, 64);
+    ws->value_and_grad.z2_bar = ws->value_and_grad.t22;  // t22 is dead by then
     ws->value_and_grad.t28 = ws->value_and_grad.t3;  // t3 is dead by then
     ws->value_and_grad.h1_bar = ws->value_and_grad.t1;  // t1 is dead by then
-    ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 2048);
     ws->value_and_grad.t29 = bp_carve(base, &off, 32);
+    ws->value_and_grad.z1_bar = bp_carve(base, &off, N * 2048);
     if (off > top) top = off;
     return top > off ? top : off;
 }
@@ -808,8 +788,8 @@ int digits_cnn_predict(
     real* const t7 = ws->predict.t7;
     real* const z5 = ws->predict.z5;
     real* const t8 = ws->predict.t8;
-    real* const t9 = ws->predict.t9;
     real* const t10 = ws->predict.t10;
+    real* const t9 = ws->predict.t9;
     const real* const t2 = b1;
     const real* const t5 = b2;
     const real* const h4 = h3;
@@ -843,8 +823,7 @@ int digits_cnn_predict(
     z5_kernel(z5, b5, t7, (long long)N * 10);
     // y_hat = softmax(z5)
     t8_kernel(t8, z5, (long long)N, 10);
-    t9_kernel(t9, z5, t8, (long long)N * 10);
-    t10_kernel(t10, t9, (long long)N, 10);
+    t9_kernel(t9, z5, t8, t10, (long long)N * 10, (long long)N);
     y_hat_kernel(y_hat, t9, t10, (long long)N * 10);
     return 0;
 }
@@ -882,11 +861,11 @@ int digits_cnn_loss(
     real* const t7 = ws->loss.t7;
     real* const z5 = ws->loss.z5;
     real* const t8 = ws->loss.t8;
-    real* const t9 = ws->loss.t9;
     real* const t10 = ws->loss.t10;
+    real* const t9 = ws->loss.t9;
     real* const t11 = ws->loss.t11;
-    real* const L_n = ws->loss.L_n;
     real* const t14 = ws->loss.t14;
+    real* const L_n = ws->loss.L_n;
     real* const L = ws->loss.L;
     const real* const t2 = b1;
     const real* const t5 = b2;
@@ -923,14 +902,12 @@ int digits_cnn_loss(
     z5_kernel(z5, b5, t7, (long long)N * 10);
     // L_n = cross_entropy(y_hat, label)
     t8_kernel(t8, z5, (long long)N, 10);
-    t9_kernel(t9, z5, t8, (long long)N * 10);
-    t10_kernel(t10, t9, (long long)N, 10);
+    t9_kernel(t9, z5, t8, t10, (long long)N * 10, (long long)N);
     t11_kernel(t11, z5, label, (long long)N);
     // t12 is t8 reshaped to [N]: the same memory
     // t13 is t10 reshaped to [N]: the same memory
-    L_n_kernel(L_n, t11, t12, t13, (long long)N);
     // L = mean over the batch of L_n
-    t14_kernel(t14, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t11, t12, t13, t14, (long long)N, 1);
     L_kernel(L, t14, (real)N, 1);
 
     *loss_out = (double)L[0];
@@ -976,11 +953,11 @@ int digits_cnn_value_and_grad(
     real* const t7 = ws->value_and_grad.t7;
     real* const z5 = ws->value_and_grad.z5;
     real* const t8 = ws->value_and_grad.t8;
-    real* const t9 = ws->value_and_grad.t9;
     real* const t10 = ws->value_and_grad.t10;
+    real* const t9 = ws->value_and_grad.t9;
     real* const t11 = ws->value_and_grad.t11;
-    real* const L_n = ws->value_and_grad.L_n;
     real* const t14 = ws->value_and_grad.t14;
+    real* const L_n = ws->value_and_grad.L_n;
     real* const L = ws->value_and_grad.L;
     real* const t17 = ws->value_and_grad.t17;
     real* const z5_bar = ws->value_and_grad.z5_bar;
@@ -990,12 +967,12 @@ int digits_cnn_value_and_grad(
     real* const t24 = ws->value_and_grad.t24;
     real* const t25 = ws->value_and_grad.t25;
     real* const h2_bar = ws->value_and_grad.h2_bar;
-    real* const z2_bar = ws->value_and_grad.z2_bar;
     real* const t26 = ws->value_and_grad.t26;
+    real* const z2_bar = ws->value_and_grad.z2_bar;
     real* const t28 = ws->value_and_grad.t28;
     real* const h1_bar = ws->value_and_grad.h1_bar;
-    real* const z1_bar = ws->value_and_grad.z1_bar;
     real* const t29 = ws->value_and_grad.t29;
+    real* const z1_bar = ws->value_and_grad.z1_bar;
     const real* const t2 = b1;
     const real* const t5 = b2;
     const real* const h4 = h3;
@@ -1037,14 +1014,12 @@ int digits_cnn_value_and_grad(
     z5_kernel(z5, b5, t7, (long long)N * 10);
     // L_n = cross_entropy(y_hat, label)
     t8_kernel(t8, z5, (long long)N, 10);
-    t9_kernel(t9, z5, t8, (long long)N * 10);
-    t10_kernel(t10, t9, (long long)N, 10);
+    t9_kernel(t9, z5, t8, t10, (long long)N * 10, (long long)N);
     t11_kernel(t11, z5, label, (long long)N);
     // t12 is t8 reshaped to [N]: the same memory
     // t13 is t10 reshaped to [N]: the same memory
-    L_n_kernel(L_n, t11, t12, t13, (long long)N);
     // L = mean over the batch of L_n
-    t14_kernel(t14, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t11, t12, t13, t14, (long long)N, 1);
     L_kernel(L, t14, (real)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
@@ -1078,9 +1053,8 @@ int digits_cnn_value_and_grad(
     t25_kernel(t25, t20, t23, t24, (long long)N * 4096);
     h2_bar_kernel(h2_bar, t25, (long long)N * 4096);
     // z2_bar = h2_bar*(h2 > 0)   # relu
-    z2_bar_kernel(z2_bar, h2, h2_bar, (long long)N * 4096);
     // q2_bar = z2_bar (summed over the batch)   # add
-    t26_kernel(t26, z2_bar, 64, (long long)N * 64);
+    z2_bar_kernel(z2_bar, h2, h2_bar, t26, (long long)N * 4096, 64);
     // b2_bar = q2_bar   # reshape
     // t27 is t26 reshaped to [64]: the same memory
     // W2_bar = conv2d_weight(h1, z2_bar, padding='same') (summed over the batch)   # conv2d
@@ -1093,9 +1067,8 @@ int digits_cnn_value_and_grad(
     for (int _ex = 0; _ex < N; _ex++) bp_dgemm(1, 0, 288, 64, 64, 1.0, W2, 288, z2_bar + (size_t)_ex * 4096, 64, 0.0, t28 + (size_t)_ex * 18432, 64);
     h1_bar_kernel(h1_bar, t28, (long long)N * 2048);
     // z1_bar = h1_bar*(h1 > 0)   # relu
-    z1_bar_kernel(z1_bar, h1, h1_bar, (long long)N * 2048);
     // q1_bar = z1_bar (summed over the batch)   # add
-    t29_kernel(t29, z1_bar, 32, (long long)N * 64);
+    z1_bar_kernel(z1_bar, h1, h1_bar, t29, (long long)N * 2048, 32);
     // b1_bar = q1_bar   # reshape
     // t30 is t29 reshaped to [32]: the same memory
     // W1_bar = conv2d_weight(x, z1_bar, padding='same') (summed over the batch)   # conv2d

@@ -315,31 +315,24 @@ static void t2_kernel(
 }
 
 // t3 = exp(z2 - t2)  (elementwise over [N, 4])
+// and t4 = sum(t3, axis 0, keepdims), added up in the same loop
 static void t3_kernel(
     real* restrict t3,
     const real* restrict z2,
     const real* restrict t2,
-    long long _n)
-{
-    for (long long _i0 = 0; _i0 < _n / 4; _i0++) {
-        for (long long _i1 = 0; _i1 < 4; _i1++) {
-            t3[_i0 * 4 + _i1] = exp(z2[_i0 * 4 + _i1] - t2[_i0]);
-        }
-    }
-}
-
-// t4 = sum(t3, axis 0, keepdims), a loop per output element
-static void t4_kernel(
     real* restrict t4,
-    const real* restrict t3,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t3[_o * 4 + _r];
-        t4[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t4[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 4; _i0++) {
+        for (long long _i1 = 0; _i1 < 4; _i1++) {
+            const real _v = exp(z2[_i0 * 4 + _i1] - t2[_i0]);
+            t3[_i0 * 4 + _i1] = _v;
+            t4[_i0] += _v;
+        }
     }
 }
 
@@ -371,30 +364,23 @@ static void t5_kernel(
 }
 
 // L_n = t6 + log(t7) - t5  (elementwise over [N])
+// and t8 = L_n summed over the batch to [], added up in the same loop
 static void L_n_kernel(
     real* restrict L_n,
     const real* restrict t5,
     const real* restrict t6,
     const real* restrict t7,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = t6[_i] + log(t7[_i]) - t5[_i];
-    }
-}
-
-// t8 = L_n summed over the batch to [], a loop per output element
-static void t8_kernel(
     real* restrict t8,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t8[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t8[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = t6[_i] + log(t7[_i]) - t5[_i];
+        L_n[_i] = _v;
+        t8[0] += _v;
     }
 }
 
@@ -455,36 +441,33 @@ static void b2_bar_kernel(
 }
 
 // z1_bar = h1_bar*(1.0 - (h1*h1))  (elementwise over [N, 16])
+// and b1_bar = z1_bar summed over the batch to [16], added up in the same loop
 static void z1_bar_kernel(
     real* restrict z1_bar,
     const real* restrict h1,
     const real* restrict h1_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        z1_bar[_i] = h1_bar[_i]*(1.0 - (h1[_i]*h1[_i]));
-    }
-}
-
-// b1_bar = z1_bar summed over the batch to [16], a loop per output element
-static void b1_bar_kernel(
     real* restrict b1_bar,
-    const real* restrict z1_bar,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) b1_bar[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            b1_bar[_o] += z1_bar[_o + _r * 16];
+    for (long long _o = 0; _o < _n_red; _o++) {
+        b1_bar[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 16; _i0++) {
+        for (long long _i1 = 0; _i1 < 16; _i1++) {
+            const real _v = h1_bar[_i0 * 16 + _i1]*(1.0 - (h1[_i0 * 16 + _i1]*h1[_i0 * 16 + _i1]));
+            z1_bar[_i0 * 16 + _i1] = _v;
+            b1_bar[_i1] += _v;
+        }
+    }
 }
 
 // Where each function's temporaries live in the caller's workspace.
 typedef struct mlp_classifier_workspace {
     int N;                 // the batch size
-    struct { real *t0, *h1, *t1, *z2, *t2, *t3, *t4; } predict;
-    struct { real *t0, *h1, *t1, *z2, *t2, *t3, *t4, *t5, *L_n, *t8, *L; } loss;
-    struct { real *t0, *h1, *t1, *z2, *t2, *t3, *t4, *t5, *L_n, *t8, *L, *t11, *z2_bar, *h1_bar, *z1_bar; } value_and_grad;
+    struct { real *t0, *h1, *t1, *z2, *t2, *t4, *t3; } predict;
+    struct { real *t0, *h1, *t1, *z2, *t2, *t4, *t3, *t5, *t8, *L_n, *L; } loss;
+    struct { real *t0, *h1, *t1, *z2, *t2, *t4, *t3, *t5, *t8, *L_n, *L, *t11, *z2_bar, *h1_bar, *z1_bar; } value_and_grad;
 } mlp_classifier_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -510,8 +493,8 @@ static size_t mlp_classifier_layout(mlp_classifier_workspace* ws, char* base)
     ws->predict.t1 = bp_carve(base, &off, N * 4);
     ws->predict.z2 = bp_carve(base, &off, N * 4);
     ws->predict.t2 = bp_carve(base, &off, N);
+    ws->predict.t4 = bp_carve(base, &off, N);
     ws->predict.t3 = ws->predict.t1;  // t1 is dead by then
-    ws->predict.t4 = ws->predict.t2;  // t2 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 16);
@@ -519,11 +502,11 @@ static size_t mlp_classifier_layout(mlp_classifier_workspace* ws, char* base)
     ws->loss.t1 = bp_carve(base, &off, N * 4);
     ws->loss.z2 = bp_carve(base, &off, N * 4);
     ws->loss.t2 = bp_carve(base, &off, N);
-    ws->loss.t3 = ws->loss.t1;  // t1 is dead by then
     ws->loss.t4 = bp_carve(base, &off, N);
+    ws->loss.t3 = ws->loss.t1;  // t1 is dead by then
     ws->loss.t5 = bp_carve(base, &off, N);
-    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.t8 = bp_carve(base, &off, 1);
+    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
     if (off > top) top = off;
     off = 0;  // value_and_grad
@@ -532,11 +515,11 @@ static size_t mlp_classifier_layout(mlp_classifier_workspace* ws, char* base)
     ws->value_and_grad.t1 = bp_carve(base, &off, N * 4);
     ws->value_and_grad.z2 = bp_carve(base, &off, N * 4);
     ws->value_and_grad.t2 = bp_carve(base, &off, N);
-    ws->value_and_grad.t3 = ws->value_and_grad.t1;  // t1 is dead by then
     ws->value_and_grad.t4 = bp_carve(base, &off, N);
+    ws->value_and_grad.t3 = ws->value_and_grad.t1;  // t1 is dead by then
     ws->value_and_grad.t5 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t8 = bp_carve(base, &off, 1);
+    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
     ws->value_and_grad.t11 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.z2_bar = ws->value_and_grad.z2;  // z2 is dead by then
@@ -593,8 +576,8 @@ int mlp_classifier_predict(
     real* const t1 = ws->predict.t1;
     real* const z2 = ws->predict.z2;
     real* const t2 = ws->predict.t2;
-    real* const t3 = ws->predict.t3;
     real* const t4 = ws->predict.t4;
+    real* const t3 = ws->predict.t3;
 
     // forward pass
     // z1 = W1 @ x + b1
@@ -610,8 +593,7 @@ int mlp_classifier_predict(
     z2_kernel(z2, b2, t1, (long long)N * 4);
     // y_hat = softmax(z2)
     t2_kernel(t2, z2, (long long)N, 4);
-    t3_kernel(t3, z2, t2, (long long)N * 4);
-    t4_kernel(t4, t3, (long long)N, 4);
+    t3_kernel(t3, z2, t2, t4, (long long)N * 4, (long long)N);
     y_hat_kernel(y_hat, t3, t4, (long long)N * 4);
     return 0;
 }
@@ -641,11 +623,11 @@ int mlp_classifier_loss(
     real* const t1 = ws->loss.t1;
     real* const z2 = ws->loss.z2;
     real* const t2 = ws->loss.t2;
-    real* const t3 = ws->loss.t3;
     real* const t4 = ws->loss.t4;
+    real* const t3 = ws->loss.t3;
     real* const t5 = ws->loss.t5;
-    real* const L_n = ws->loss.L_n;
     real* const t8 = ws->loss.t8;
+    real* const L_n = ws->loss.L_n;
     real* const L = ws->loss.L;
     const real* const t6 = t2;
     const real* const t7 = t4;
@@ -664,14 +646,12 @@ int mlp_classifier_loss(
     z2_kernel(z2, b2, t1, (long long)N * 4);
     // L_n = cross_entropy(y_hat, label)
     t2_kernel(t2, z2, (long long)N, 4);
-    t3_kernel(t3, z2, t2, (long long)N * 4);
-    t4_kernel(t4, t3, (long long)N, 4);
+    t3_kernel(t3, z2, t2, t4, (long long)N * 4, (long long)N);
     t5_kernel(t5, z2, label, (long long)N);
     // t6 is t2 reshaped to [N]: the same memory
     // t7 is t4 reshaped to [N]: the same memory
-    L_n_kernel(L_n, t5, t6, t7, (long long)N);
     // L = mean over the batch of L_n
-    t8_kernel(t8, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t5, t6, t7, t8, (long long)N, 1);
     L_kernel(L, t8, (real)N, 1);
 
     *loss_out = (double)L[0];
@@ -707,11 +687,11 @@ int mlp_classifier_value_and_grad(
     real* const t1 = ws->value_and_grad.t1;
     real* const z2 = ws->value_and_grad.z2;
     real* const t2 = ws->value_and_grad.t2;
-    real* const t3 = ws->value_and_grad.t3;
     real* const t4 = ws->value_and_grad.t4;
+    real* const t3 = ws->value_and_grad.t3;
     real* const t5 = ws->value_and_grad.t5;
-    real* const L_n = ws->value_and_grad.L_n;
     real* const t8 = ws->value_and_grad.t8;
+    real* const L_n = ws->value_and_grad.L_n;
     real* const L = ws->value_and_grad.L;
     real* const t11 = ws->value_and_grad.t11;
     real* const z2_bar = ws->value_and_grad.z2_bar;
@@ -735,14 +715,12 @@ int mlp_classifier_value_and_grad(
     z2_kernel(z2, b2, t1, (long long)N * 4);
     // L_n = cross_entropy(y_hat, label)
     t2_kernel(t2, z2, (long long)N, 4);
-    t3_kernel(t3, z2, t2, (long long)N * 4);
-    t4_kernel(t4, t3, (long long)N, 4);
+    t3_kernel(t3, z2, t2, t4, (long long)N * 4, (long long)N);
     t5_kernel(t5, z2, label, (long long)N);
     // t6 is t2 reshaped to [N]: the same memory
     // t7 is t4 reshaped to [N]: the same memory
-    L_n_kernel(L_n, t5, t6, t7, (long long)N);
     // L = mean over the batch of L_n
-    t8_kernel(t8, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t5, t6, t7, t8, (long long)N, 1);
     L_kernel(L, t8, (real)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
@@ -766,9 +744,8 @@ int mlp_classifier_value_and_grad(
     // h1_bar = z2_bar @ W2 (GEMM)
     bp_dgemm(0, 0, N, 16, 4, 1.0, z2_bar, 4, W2, 16, 0.0, h1_bar, 16);
     // z1_bar = h1_bar*(1 - h1**2)   # tanh
-    z1_bar_kernel(z1_bar, h1, h1_bar, (long long)N * 16);
     // b1_bar = z1_bar (summed over the batch)   # add
-    b1_bar_kernel(b1_bar, z1_bar, 16, (long long)N);
+    z1_bar_kernel(z1_bar, h1, h1_bar, b1_bar, (long long)N * 16, 16);
     // W1_bar = z1_bar x^T (summed over the batch)   # matmul
     // GEMM: W1_bar [16 x 8] = z1_bar^T @ x, z1_bar [N x 16], x [N x 8], row-major;
     // W1_bar = z1_bar^T @ x (GEMM)

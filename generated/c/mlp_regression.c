@@ -308,55 +308,44 @@ static void z3_kernel(
 }
 
 // t3 = ((b3 + t2 - y)*(b3 + t2 - y))  (elementwise over [N, 2])
+// and t4 = sum(t3, axis 0), added up in the same loop
 static void t3_kernel(
     real* restrict t3,
     const real* restrict y,
     const real* restrict b3,
     const real* restrict t2,
-    long long _n)
+    real* restrict t4,
+    long long _n,
+    long long _n_red)
 {
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t4[_o] = 0;
+    }
     for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
         for (long long _i1 = 0; _i1 < 2; _i1++) {
-            t3[_i0 * 2 + _i1] = ((b3[_i1] + t2[_i0 * 2 + _i1] - y[_i0 * 2 + _i1])*(b3[_i1] + t2[_i0 * 2 + _i1] - y[_i0 * 2 + _i1]));
+            const real _v = ((b3[_i1] + t2[_i0 * 2 + _i1] - y[_i0 * 2 + _i1])*(b3[_i1] + t2[_i0 * 2 + _i1] - y[_i0 * 2 + _i1]));
+            t3[_i0 * 2 + _i1] = _v;
+            t4[_i0] += _v;
         }
     }
 }
 
-// t4 = sum(t3, axis 0), a loop per output element
-static void t4_kernel(
-    real* restrict t4,
-    const real* restrict t3,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t3[_o * 2 + _r];
-        t4[_o] = _acc;
-    }
-}
-
 // L_n = (1.0/2.0)*t4  (elementwise over [N])
-static void L_n_kernel(real* restrict L_n, const real* restrict t4, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = (1.0/2.0)*t4[_i];
-    }
-}
-
-// t5 = L_n summed over the batch to [], a loop per output element
-static void t5_kernel(
+// and t5 = L_n summed over the batch to [], added up in the same loop
+static void L_n_kernel(
+    real* restrict L_n,
+    const real* restrict t4,
     real* restrict t5,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t5[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t5[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = (1.0/2.0)*t4[_i];
+        L_n[_i] = _v;
+        t5[0] += _v;
     }
 }
 
@@ -384,48 +373,42 @@ static void t3_kernel_2(
 }
 
 // t4 = (t3*t3)  (elementwise over [N, 2])
-static void t4_kernel_2(real* restrict t4, const real* restrict t3, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        t4[_i] = (t3[_i]*t3[_i]);
-    }
-}
-
-// t5 = sum(t4, axis 0), a loop per output element
-static void t5_kernel_2(
+// and t5 = sum(t4, axis 0), added up in the same loop
+static void t4_kernel(
+    real* restrict t4,
+    const real* restrict t3,
     real* restrict t5,
-    const real* restrict t4,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t4[_o * 2 + _r];
-        t5[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t5[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            const real _v = (t3[_i0 * 2 + _i1]*t3[_i0 * 2 + _i1]);
+            t4[_i0 * 2 + _i1] = _v;
+            t5[_i0] += _v;
+        }
     }
 }
 
 // L_n = (1.0/2.0)*t5  (elementwise over [N])
-static void L_n_kernel_2(real* restrict L_n, const real* restrict t5, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = (1.0/2.0)*t5[_i];
-    }
-}
-
-// t6 = L_n summed over the batch to [], a loop per output element
-static void t6_kernel(
+// and t6 = L_n summed over the batch to [], added up in the same loop
+static void L_n_kernel_2(
+    real* restrict L_n,
+    const real* restrict t5,
     real* restrict t6,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t6[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t6[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = (1.0/2.0)*t5[_i];
+        L_n[_i] = _v;
+        t6[0] += _v;
     }
 }
 
@@ -438,86 +421,77 @@ static void L_kernel_2(real* restrict L, const real* restrict t6, const real N, 
 }
 
 // z3_bar = t3/N  (elementwise over [N, 2])
+// and b3_bar = z3_bar summed over the batch to [2], added up in the same loop
 static void z3_bar_kernel(
     real* restrict z3_bar,
     const real* restrict t3,
     const real N,
-    long long _n)
+    real* restrict b3_bar,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z3_bar[_i] = t3[_i]/N;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        b3_bar[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 2; _i0++) {
+        for (long long _i1 = 0; _i1 < 2; _i1++) {
+            const real _v = t3[_i0 * 2 + _i1]/N;
+            z3_bar[_i0 * 2 + _i1] = _v;
+            b3_bar[_i1] += _v;
+        }
     }
 }
 
-// b3_bar = z3_bar summed over the batch to [2], a loop per output element
-static void b3_bar_kernel(
-    real* restrict b3_bar,
-    const real* restrict z3_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) b3_bar[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            b3_bar[_o] += z3_bar[_o + _r * 2];
-}
-
 // z2_bar = h2*h2_bar*(1.0 - h2)  (elementwise over [N, 16])
+// and b2_bar = z2_bar summed over the batch to [16], added up in the same loop
 static void z2_bar_kernel(
     real* restrict z2_bar,
     const real* restrict h2,
     const real* restrict h2_bar,
-    long long _n)
+    real* restrict b2_bar,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        z2_bar[_i] = h2[_i]*h2_bar[_i]*(1.0 - h2[_i]);
+    for (long long _o = 0; _o < _n_red; _o++) {
+        b2_bar[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 16; _i0++) {
+        for (long long _i1 = 0; _i1 < 16; _i1++) {
+            const real _v = h2[_i0 * 16 + _i1]*h2_bar[_i0 * 16 + _i1]*(1.0 - h2[_i0 * 16 + _i1]);
+            z2_bar[_i0 * 16 + _i1] = _v;
+            b2_bar[_i1] += _v;
+        }
     }
 }
 
-// b2_bar = z2_bar summed over the batch to [16], a loop per output element
-static void b2_bar_kernel(
-    real* restrict b2_bar,
-    const real* restrict z2_bar,
-    long long _n_out,
-    long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) b2_bar[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            b2_bar[_o] += z2_bar[_o + _r * 16];
-}
-
 // z1_bar = h1_bar*(real)(h1 > 0.0)  (elementwise over [N, 16])
+// and b1_bar = z1_bar summed over the batch to [16], added up in the same loop
 static void z1_bar_kernel(
     real* restrict z1_bar,
     const real* restrict h1,
     const real* restrict h1_bar,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        z1_bar[_i] = h1_bar[_i]*(real)(h1[_i] > 0.0);
-    }
-}
-
-// b1_bar = z1_bar summed over the batch to [16], a loop per output element
-static void b1_bar_kernel(
     real* restrict b1_bar,
-    const real* restrict z1_bar,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) b1_bar[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            b1_bar[_o] += z1_bar[_o + _r * 16];
+    for (long long _o = 0; _o < _n_red; _o++) {
+        b1_bar[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 16; _i0++) {
+        for (long long _i1 = 0; _i1 < 16; _i1++) {
+            const real _v = h1_bar[_i0 * 16 + _i1]*(real)(h1[_i0 * 16 + _i1] > 0.0);
+            z1_bar[_i0 * 16 + _i1] = _v;
+            b1_bar[_i1] += _v;
+        }
+    }
 }
 
 // Where each function's temporaries live in the caller's workspace.
 typedef struct mlp_regression_workspace {
     int N;                 // the batch size
     struct { real *t0, *h1, *t1, *h2, *t2; } predict;
-    struct { real *t0, *h1, *t1, *h2, *t2, *t3, *t4, *L_n, *t5, *L; } loss;
-    struct { real *t0, *h1, *t1, *h2, *t2, *t3, *t4, *t5, *L_n, *t6, *L, *z3_bar, *h2_bar, *z2_bar, *h1_bar, *z1_bar; } value_and_grad;
+    struct { real *t0, *h1, *t1, *h2, *t2, *t4, *t3, *t5, *L_n, *L; } loss;
+    struct { real *t0, *h1, *t1, *h2, *t2, *t3, *t5, *t4, *t6, *L_n, *L, *z3_bar, *h2_bar, *z2_bar, *h1_bar, *z1_bar; } value_and_grad;
 } mlp_regression_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -550,10 +524,10 @@ static size_t mlp_regression_layout(mlp_regression_workspace* ws, char* base)
     ws->loss.t1 = ws->loss.t0;  // t0 is dead by then
     ws->loss.h2 = ws->loss.h1;  // h1 is dead by then
     ws->loss.t2 = bp_carve(base, &off, N * 2);
-    ws->loss.t3 = bp_carve(base, &off, N * 2);
     ws->loss.t4 = bp_carve(base, &off, N);
-    ws->loss.L_n = bp_carve(base, &off, N);
+    ws->loss.t3 = bp_carve(base, &off, N * 2);
     ws->loss.t5 = bp_carve(base, &off, 1);
+    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
     if (off > top) top = off;
     off = 0;  // value_and_grad
@@ -563,10 +537,10 @@ static size_t mlp_regression_layout(mlp_regression_workspace* ws, char* base)
     ws->value_and_grad.h2 = bp_carve(base, &off, N * 16);
     ws->value_and_grad.t2 = bp_carve(base, &off, N * 2);
     ws->value_and_grad.t3 = bp_carve(base, &off, N * 2);
-    ws->value_and_grad.t4 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.t5 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
+    ws->value_and_grad.t4 = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.t6 = bp_carve(base, &off, 1);
+    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
     ws->value_and_grad.z3_bar = ws->value_and_grad.t2;  // t2 is dead by then
     ws->value_and_grad.h2_bar = ws->value_and_grad.t0;  // t0 is dead by then
@@ -675,10 +649,10 @@ int mlp_regression_loss(
     real* const t1 = ws->loss.t1;
     real* const h2 = ws->loss.h2;
     real* const t2 = ws->loss.t2;
-    real* const t3 = ws->loss.t3;
     real* const t4 = ws->loss.t4;
-    real* const L_n = ws->loss.L_n;
+    real* const t3 = ws->loss.t3;
     real* const t5 = ws->loss.t5;
+    real* const L_n = ws->loss.L_n;
     real* const L = ws->loss.L;
 
     // forward pass
@@ -699,11 +673,9 @@ int mlp_regression_loss(
     // t2 = h2 @ W3^T (GEMM)
     bp_dgemm(0, 1, N, 2, 16, 1.0, h2, 16, W3, 16, 0.0, t2, 2);
     // L_n = sum((z3 - y)**2) / 2
-    t3_kernel(t3, y, b3, t2, (long long)N * 2);
-    t4_kernel(t4, t3, (long long)N, 2);
-    L_n_kernel(L_n, t4, (long long)N);
+    t3_kernel(t3, y, b3, t2, t4, (long long)N * 2, (long long)N);
     // L = mean over the batch of L_n
-    t5_kernel(t5, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t4, t5, (long long)N, 1);
     L_kernel(L, t5, (real)N, 1);
 
     *loss_out = (double)L[0];
@@ -744,10 +716,10 @@ int mlp_regression_value_and_grad(
     real* const h2 = ws->value_and_grad.h2;
     real* const t2 = ws->value_and_grad.t2;
     real* const t3 = ws->value_and_grad.t3;
-    real* const t4 = ws->value_and_grad.t4;
     real* const t5 = ws->value_and_grad.t5;
-    real* const L_n = ws->value_and_grad.L_n;
+    real* const t4 = ws->value_and_grad.t4;
     real* const t6 = ws->value_and_grad.t6;
+    real* const L_n = ws->value_and_grad.L_n;
     real* const L = ws->value_and_grad.L;
     real* const z3_bar = ws->value_and_grad.z3_bar;
     real* const h2_bar = ws->value_and_grad.h2_bar;
@@ -774,11 +746,9 @@ int mlp_regression_value_and_grad(
     bp_dgemm(0, 1, N, 2, 16, 1.0, h2, 16, W3, 16, 0.0, t2, 2);
     // L_n = sum((z3 - y)**2) / 2
     t3_kernel_2(t3, y, b3, t2, (long long)N * 2);
-    t4_kernel_2(t4, t3, (long long)N * 2);
-    t5_kernel_2(t5, t4, (long long)N, 2);
-    L_n_kernel_2(L_n, t5, (long long)N);
+    t4_kernel(t4, t3, t5, (long long)N * 2, (long long)N);
     // L = mean over the batch of L_n
-    t6_kernel(t6, L_n, 1, (long long)N);
+    L_n_kernel_2(L_n, t5, t6, (long long)N, 1);
     L_kernel_2(L, t6, (real)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
@@ -788,9 +758,8 @@ int mlp_regression_value_and_grad(
     // q2_bar = q3_bar (broadcast back over the summed axes)   # sum
     // q1_bar = 2*q2_bar*(z3 - y)   # pow
     // z3_bar = q1_bar   # sub
-    z3_bar_kernel(z3_bar, t3, (real)N, (long long)N * 2);
     // b3_bar = z3_bar (summed over the batch)   # add
-    b3_bar_kernel(b3_bar, z3_bar, 2, (long long)N);
+    z3_bar_kernel(z3_bar, t3, (real)N, b3_bar, (long long)N * 2, 2);
     // W3_bar = z3_bar h2^T (summed over the batch)   # matmul
     // GEMM: W3_bar [2 x 16] = z3_bar^T @ h2, z3_bar [N x 2], h2 [N x 16], row-major;
     // W3_bar = z3_bar^T @ h2 (GEMM)
@@ -800,9 +769,8 @@ int mlp_regression_value_and_grad(
     // h2_bar = z3_bar @ W3 (GEMM)
     bp_dgemm(0, 0, N, 16, 2, 1.0, z3_bar, 2, W3, 16, 0.0, h2_bar, 16);
     // z2_bar = h2*h2_bar*(1 - h2)   # sigmoid
-    z2_bar_kernel(z2_bar, h2, h2_bar, (long long)N * 16);
     // b2_bar = z2_bar (summed over the batch)   # add
-    b2_bar_kernel(b2_bar, z2_bar, 16, (long long)N);
+    z2_bar_kernel(z2_bar, h2, h2_bar, b2_bar, (long long)N * 16, 16);
     // W2_bar = z2_bar h1^T (summed over the batch)   # matmul
     // GEMM: W2_bar [16 x 16] = z2_bar^T @ h1, z2_bar [N x 16], h1 [N x 16], row-major;
     // W2_bar = z2_bar^T @ h1 (GEMM)
@@ -812,9 +780,8 @@ int mlp_regression_value_and_grad(
     // h1_bar = z2_bar @ W2 (GEMM)
     bp_dgemm(0, 0, N, 16, 16, 1.0, z2_bar, 16, W2, 16, 0.0, h1_bar, 16);
     // z1_bar = h1_bar*(h1 > 0)   # relu
-    z1_bar_kernel(z1_bar, h1, h1_bar, (long long)N * 16);
     // b1_bar = z1_bar (summed over the batch)   # add
-    b1_bar_kernel(b1_bar, z1_bar, 16, (long long)N);
+    z1_bar_kernel(z1_bar, h1, h1_bar, b1_bar, (long long)N * 16, 16);
     // W1_bar = z1_bar x^T (summed over the batch)   # matmul
     // GEMM: W1_bar [16 x 6] = z1_bar^T @ x, z1_bar [N x 16], x [N x 6], row-major;
     // W1_bar = z1_bar^T @ x (GEMM)

@@ -266,6 +266,7 @@ static void o_kernel(
 }
 
 // L_n: elementwise over [N]
+// and L = L_n summed over the batch to [], added up in the same loop
 static void L_n_kernel(
     real* restrict L_n,
     const real* restrict t,
@@ -279,21 +280,17 @@ static void L_n_kernel(
     const real* restrict w12,
     const real* restrict x2,
     const real* restrict w22,
-    long long _n)
+    real* restrict L,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = (1.0/2.0)*((sin(2.0*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i])))) - t[_i])*(sin(2.0*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i])))) - t[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        L[_o] = 0;
     }
-}
-
-// L = L_n summed over the batch to [], a loop per output element
-static void L_kernel(real* restrict L, const real* restrict L_n, long long _n_out, long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        L[_o] = _acc;
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = (1.0/2.0)*((sin(2.0*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i])))) - t[_i])*(sin(2.0*u1[0]*v11[0]*z1[_i] + u2[0]*exp(v12[0]*z1[_i] + (1.0/2.0)*v22[0]*((w12[0]*x1[_i] + w22[0]*x2[_i])*(w12[0]*x1[_i] + w22[0]*x2[_i])))) - t[_i]));
+        L_n[_i] = _v;
+        L[0] += _v;
     }
 }
 
@@ -372,10 +369,21 @@ static void o_bar_kernel(
 }
 
 // L_n = (1.0/2.0)*(o_bar*o_bar)  (elementwise over [N])
-static void L_n_kernel_2(real* restrict L_n, const real* restrict o_bar, long long _n)
+// and L = L_n summed over the batch to [], added up in the same loop
+static void L_n_kernel_2(
+    real* restrict L_n,
+    const real* restrict o_bar,
+    real* restrict L,
+    long long _n,
+    long long _n_red)
 {
+    for (long long _o = 0; _o < _n_red; _o++) {
+        L[_o] = 0;
+    }
     for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = (1.0/2.0)*(o_bar[_i]*o_bar[_i]);
+        const real _v = (1.0/2.0)*(o_bar[_i]*o_bar[_i]);
+        L_n[_i] = _v;
+        L[0] += _v;
     }
 }
 
@@ -447,8 +455,8 @@ static void z1_bar_kernel(
 typedef struct seed002_network_workspace {
     int N;                 // the batch size
     struct { real *z1; } predict;
-    struct { real *z1, *L_n, *L; } loss;
-    struct { real *z1, *z2, *h2, *h3, *h4, *zo, *o_bar, *L_n, *L, *zo_bar, *z4_bar, *z3_bar, *z2_bar, *z1_bar; } value_and_grad;
+    struct { real *z1, *L, *L_n; } loss;
+    struct { real *z1, *z2, *h2, *h3, *h4, *zo, *o_bar, *L, *L_n, *zo_bar, *z4_bar, *z3_bar, *z2_bar, *z1_bar; } value_and_grad;
 } seed002_network_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -473,8 +481,8 @@ static size_t seed002_network_layout(seed002_network_workspace* ws, char* base)
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.z1 = bp_carve(base, &off, N);
-    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
+    ws->loss.L_n = bp_carve(base, &off, N);
     if (off > top) top = off;
     off = 0;  // value_and_grad
     ws->value_and_grad.z1 = bp_carve(base, &off, N);
@@ -484,8 +492,8 @@ static size_t seed002_network_layout(seed002_network_workspace* ws, char* base)
     ws->value_and_grad.h4 = bp_carve(base, &off, N);
     ws->value_and_grad.zo = bp_carve(base, &off, N);
     ws->value_and_grad.o_bar = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
+    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.zo_bar = ws->value_and_grad.L_n;  // L_n is dead by then
     ws->value_and_grad.z4_bar = ws->value_and_grad.h3;  // h3 is dead by then
     ws->value_and_grad.z3_bar = ws->value_and_grad.h2;  // h2 is dead by then
@@ -587,8 +595,8 @@ int seed002_network_loss(
     (void)ws;
     const int N = ws->N;
     real* const z1 = ws->loss.z1;
-    real* const L_n = ws->loss.L_n;
     real* const L = ws->loss.L;
+    real* const L_n = ws->loss.L_n;
 
     // forward pass
     // z1 = w11 * x1 + w21 * x2
@@ -602,9 +610,8 @@ int seed002_network_loss(
     // zo = u1 * h3 + u2 * h4
     // o = sin(zo)
     // L_n = (o - t)**2 / 2
-    L_n_kernel(L_n, t, u1, v11, z1, u2, v12, v22, x1, w12, x2, w22, (long long)N);
     // L = sum over the batch of L_n
-    L_kernel(L, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t, u1, v11, z1, u2, v12, v22, x1, w12, x2, w22, L, (long long)N, 1);
 
     *loss_out = (double)L[0];
     return 0;
@@ -652,8 +659,8 @@ int seed002_network_value_and_grad(
     real* const h4 = ws->value_and_grad.h4;
     real* const zo = ws->value_and_grad.zo;
     real* const o_bar = ws->value_and_grad.o_bar;
-    real* const L_n = ws->value_and_grad.L_n;
     real* const L = ws->value_and_grad.L;
+    real* const L_n = ws->value_and_grad.L_n;
     real* const zo_bar = ws->value_and_grad.zo_bar;
     real* const z4_bar = ws->value_and_grad.z4_bar;
     real* const z3_bar = ws->value_and_grad.z3_bar;
@@ -683,9 +690,8 @@ int seed002_network_value_and_grad(
     // q2_bar = 2*q3_bar*(o - t)   # pow
     // o_bar = q2_bar   # sub
     o_bar_kernel(o_bar, t, zo, (long long)N);
-    L_n_kernel_2(L_n, o_bar, (long long)N);
     // L = sum over the batch of L_n
-    L_kernel(L, L_n, 1, (long long)N);
+    L_n_kernel_2(L_n, o_bar, L, (long long)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // zo_bar = o_bar*cos(zo)   # sin

@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x1', 'x2'), 'loss': ('x1', 'x2', 't'), 'value_and_grad': ('x1', 'x2', 't')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "2f6f69ffd56f3a0670ef8ad967689637cfde79137f206dcb9150ed36068e5137"  # the .c this loader was generated with
+SOURCE_SHA256 = "ea28df0c23e545df6fcc626386ba27bb12e0815f81ca2762ae0ba542b8c30fc4"  # the .c this loader was generated with
 HEADER_SHA256 = "aa139597710620f595394060b8d5186beb57ff2f81a1f52c91a7cff1cf55c963"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them
@@ -839,6 +839,7 @@ BINDING_SOURCE = r'''/* bpc_binding: the C target's Python binding (carried by e
 #endif
 
 #include <limits.h>
+#include <stdint.h>
 #include <math.h>
 
 #define MAX_RANK 16         /* per slot; a spec's tensors have rank 4 at most */
@@ -1018,7 +1019,8 @@ static int slot_dims(const Slot* s, npy_intp N, npy_intp* dims)
    gradient per allocation made glibc's malloc give the memory back to the system
    after every call and fault it in again on the next (deep thin float64: 112-144
    page faults a call, about a quarter of its time); one block of that size is
-   mapped once and then reused.  A view keeps the whole block alive. */
+   mapped once and then reused.  Each starts at a 64-byte boundary (a cache line,
+   and the widest vector).  A view keeps the whole block alive. */
 static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
 {
     npy_intp dims[MAX_RANK], total = 0, offset = 0;
@@ -1035,9 +1037,11 @@ static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
         for (j = 0; j < rank; j++) bytes *= dims[j];
         total += (bytes + 63) / 64 * 64;
     }
+    total += 63;   /* room to start at a 64-byte boundary (malloc gives 16) */
     block = PyArray_SimpleNew(1, &total, NPY_UINT8);
     if (block == NULL) return -1;
     base = PyArray_DATA((PyArrayObject*)block);
+    base += (64 - (uintptr_t)base % 64) % 64;
     for (i = 0; i < n; i++) {
         int j, rank = slot_dims(&s[i], N, dims);
         PyArray_Descr* descr = PyArray_DescrFromType(s[i].typenum);   /* stolen below */

@@ -23,14 +23,23 @@ static void z_kernel(real* restrict z, const real* restrict x, const real* restr
     }
 }
 
-// L = z summed over the batch to [], a loop per output element
-static void L_kernel(real* restrict L, const real* restrict z, long long _n_out, long long _n_red)
+// z = ((3.0*x + 4.0*y)*(3.0*x + 4.0*y)*(3.0*x + 4.0*y))  (elementwise over [N])
+// and L = z summed over the batch to [], added up in the same loop
+static void z_kernel_2(
+    real* restrict z,
+    const real* restrict x,
+    const real* restrict y,
+    real* restrict L,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += z[_r];
-        L[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        L[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = ((3.0*x[_i] + 4.0*y[_i])*(3.0*x[_i] + 4.0*y[_i])*(3.0*x[_i] + 4.0*y[_i]));
+        z[_i] = _v;
+        L[0] += _v;
     }
 }
 
@@ -43,10 +52,21 @@ static void u_kernel(real* restrict u, const real* restrict x, const real* restr
 }
 
 // z = (u*u*u)  (elementwise over [N])
-static void z_kernel_2(real* restrict z, const real* restrict u, long long _n)
+// and L = z summed over the batch to [], added up in the same loop
+static void z_kernel_3(
+    real* restrict z,
+    const real* restrict u,
+    real* restrict L,
+    long long _n,
+    long long _n_red)
 {
+    for (long long _o = 0; _o < _n_red; _o++) {
+        L[_o] = 0;
+    }
     for (long long _i = 0; _i < _n; _i++) {
-        z[_i] = (u[_i]*u[_i]*u[_i]);
+        const real _v = (u[_i]*u[_i]*u[_i]);
+        z[_i] = _v;
+        L[0] += _v;
     }
 }
 
@@ -77,8 +97,8 @@ static void x_bar_kernel(real* restrict x_bar, const real* restrict u_bar, long 
 // Where each function's temporaries live in the caller's workspace.
 typedef struct seed004_cubic_workspace {
     int N;                 // the batch size
-    struct { real *z, *L; } loss;
-    struct { real *u, *z, *L, *u_bar; } value_and_grad;
+    struct { real *L, *z; } loss;
+    struct { real *u, *L, *z, *u_bar; } value_and_grad;
 } seed004_cubic_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -99,13 +119,13 @@ static size_t seed004_cubic_layout(seed004_cubic_workspace* ws, char* base)
     (void)N;
     (void)base;
     off = 0;  // loss
-    ws->loss.z = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
+    ws->loss.z = bp_carve(base, &off, N);
     if (off > top) top = off;
     off = 0;  // value_and_grad
     ws->value_and_grad.u = bp_carve(base, &off, N);
-    ws->value_and_grad.z = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
+    ws->value_and_grad.z = bp_carve(base, &off, N);
     ws->value_and_grad.u_bar = ws->value_and_grad.z;  // z is dead by then
     if (off > top) top = off;
     return top > off ? top : off;
@@ -172,15 +192,14 @@ int seed004_cubic_loss(
     seed004_cubic_layout(ws, (char*)workspace);
     (void)ws;
     const int N = ws->N;
-    real* const z = ws->loss.z;
     real* const L = ws->loss.L;
+    real* const z = ws->loss.z;
 
     // forward pass
     // u = 3 * x + 4 * y
     // z = u**3
-    z_kernel(z, x, y, (long long)N);
     // L = sum over the batch of L_n
-    L_kernel(L, z, 1, (long long)N);
+    z_kernel_2(z, x, y, L, (long long)N, 1);
 
     *loss_out = (double)L[0];
     return 0;
@@ -205,17 +224,16 @@ int seed004_cubic_value_and_grad(
     (void)ws;
     const int N = ws->N;
     real* const u = ws->value_and_grad.u;
-    real* const z = ws->value_and_grad.z;
     real* const L = ws->value_and_grad.L;
+    real* const z = ws->value_and_grad.z;
     real* const u_bar = ws->value_and_grad.u_bar;
 
     // forward pass
     // u = 3 * x + 4 * y
     u_kernel(u, x, y, (long long)N);
     // z = u**3
-    z_kernel_2(z, u, (long long)N);
     // L = sum over the batch of L_n
-    L_kernel(L, z, 1, (long long)N);
+    z_kernel_3(z, u, L, (long long)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // L_bar = 1   # seed: dL/dL = 1

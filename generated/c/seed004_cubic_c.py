@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x', 'y'), 'loss': ('x', 'y'), 'value_and_grad': ('x', 'y')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "f2f26bd8ca3e6c1db0043a93324eb71b85fdd1eb9b88bd0e61240e954f4bbbe4"  # the .c this loader was generated with
+SOURCE_SHA256 = "ddc062dbc779471374a31dd5f75c21df77af63393140b17f665a4a75f4f8f241"  # the .c this loader was generated with
 HEADER_SHA256 = "d3b31abce2007cff0158f2a7f71992cf546e4048aa52e4863210ff2131c21dbd"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them
@@ -830,6 +830,7 @@ BINDING_SOURCE = r'''/* bpc_binding: the C target's Python binding (carried by e
 #endif
 
 #include <limits.h>
+#include <stdint.h>
 #include <math.h>
 
 #define MAX_RANK 16         /* per slot; a spec's tensors have rank 4 at most */
@@ -1009,7 +1010,8 @@ static int slot_dims(const Slot* s, npy_intp N, npy_intp* dims)
    gradient per allocation made glibc's malloc give the memory back to the system
    after every call and fault it in again on the next (deep thin float64: 112-144
    page faults a call, about a quarter of its time); one block of that size is
-   mapped once and then reused.  A view keeps the whole block alive. */
+   mapped once and then reused.  Each starts at a 64-byte boundary (a cache line,
+   and the widest vector).  A view keeps the whole block alive. */
 static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
 {
     npy_intp dims[MAX_RANK], total = 0, offset = 0;
@@ -1026,9 +1028,11 @@ static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
         for (j = 0; j < rank; j++) bytes *= dims[j];
         total += (bytes + 63) / 64 * 64;
     }
+    total += 63;   /* room to start at a 64-byte boundary (malloc gives 16) */
     block = PyArray_SimpleNew(1, &total, NPY_UINT8);
     if (block == NULL) return -1;
     base = PyArray_DATA((PyArrayObject*)block);
+    base += (64 - (uintptr_t)base % 64) % 64;
     for (i = 0; i < n; i++) {
         int j, rank = slot_dims(&s[i], N, dims);
         PyArray_Descr* descr = PyArray_DescrFromType(s[i].typenum);   /* stolen below */

@@ -23,22 +23,30 @@ static void y_kernel(real* restrict y, const real* restrict x, long long _n)
     }
 }
 
-// L = y summed over the batch to [], a loop per output element
-static void L_kernel(real* restrict L, const real* restrict y, long long _n_out, long long _n_red)
+// y = 2.0*x + 4.0  (elementwise over [N])
+// and L = y summed over the batch to [], added up in the same loop
+static void y_kernel_2(
+    real* restrict y,
+    const real* restrict x,
+    real* restrict L,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += y[_r];
-        L[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        L[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = 2.0*x[_i] + 4.0;
+        y[_i] = _v;
+        L[0] += _v;
     }
 }
 
 // Where each function's temporaries live in the caller's workspace.
 typedef struct seed004_linear_workspace {
     int N;                 // the batch size
-    struct { real *y, *L; } loss;
-    struct { real *y, *L; } value_and_grad;
+    struct { real *L, *y; } loss;
+    struct { real *L, *y; } value_and_grad;
 } seed004_linear_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -59,12 +67,12 @@ static size_t seed004_linear_layout(seed004_linear_workspace* ws, char* base)
     (void)N;
     (void)base;
     off = 0;  // loss
-    ws->loss.y = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
+    ws->loss.y = bp_carve(base, &off, N);
     if (off > top) top = off;
     off = 0;  // value_and_grad
-    ws->value_and_grad.y = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
+    ws->value_and_grad.y = bp_carve(base, &off, N);
     if (off > top) top = off;
     return top > off ? top : off;
 }
@@ -127,14 +135,13 @@ int seed004_linear_loss(
     seed004_linear_layout(ws, (char*)workspace);
     (void)ws;
     const int N = ws->N;
-    real* const y = ws->loss.y;
     real* const L = ws->loss.L;
+    real* const y = ws->loss.y;
 
     // forward pass
     // y = 2 * x + 4
-    y_kernel(y, x, (long long)N);
     // L = sum over the batch of L_n
-    L_kernel(L, y, 1, (long long)N);
+    y_kernel_2(y, x, L, (long long)N, 1);
 
     *loss_out = (double)L[0];
     return 0;
@@ -156,14 +163,13 @@ int seed004_linear_value_and_grad(
     seed004_linear_layout(ws, (char*)workspace);
     (void)ws;
     const int N = ws->N;
-    real* const y = ws->value_and_grad.y;
     real* const L = ws->value_and_grad.L;
+    real* const y = ws->value_and_grad.y;
 
     // forward pass
     // y = 2 * x + 4
-    y_kernel(y, x, (long long)N);
     // L = sum over the batch of L_n
-    L_kernel(L, y, 1, (long long)N);
+    y_kernel_2(y, x, L, (long long)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // L_bar = 1   # seed: dL/dL = 1

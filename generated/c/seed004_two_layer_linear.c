@@ -232,25 +232,22 @@ static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha
 
 
 // L_n = ((y - y_hat)*(y - y_hat))  (elementwise over [N])
+// and L = L_n summed over the batch to [], added up in the same loop
 static void L_n_kernel(
     real* restrict L_n,
     const real* restrict y,
     const real* restrict y_hat,
-    long long _n)
+    real* restrict L,
+    long long _n,
+    long long _n_red)
 {
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = ((y[_i] - y_hat[_i])*(y[_i] - y_hat[_i]));
+    for (long long _o = 0; _o < _n_red; _o++) {
+        L[_o] = 0;
     }
-}
-
-// L = L_n summed over the batch to [], a loop per output element
-static void L_kernel(real* restrict L, const real* restrict L_n, long long _n_out, long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        L[_o] = _acc;
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = ((y[_i] - y_hat[_i])*(y[_i] - y_hat[_i]));
+        L_n[_i] = _v;
+        L[0] += _v;
     }
 }
 
@@ -267,10 +264,21 @@ static void t0_kernel(
 }
 
 // L_n = (t0*t0)  (elementwise over [N])
-static void L_n_kernel_2(real* restrict L_n, const real* restrict t0, long long _n)
+// and L = L_n summed over the batch to [], added up in the same loop
+static void L_n_kernel_2(
+    real* restrict L_n,
+    const real* restrict t0,
+    real* restrict L,
+    long long _n,
+    long long _n_red)
 {
+    for (long long _o = 0; _o < _n_red; _o++) {
+        L[_o] = 0;
+    }
     for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = (t0[_i]*t0[_i]);
+        const real _v = (t0[_i]*t0[_i]);
+        L_n[_i] = _v;
+        L[0] += _v;
     }
 }
 
@@ -286,8 +294,8 @@ static void y_hat_bar_kernel(real* restrict y_hat_bar, const real* restrict t0, 
 typedef struct seed004_two_layer_linear_workspace {
     int N;                 // the batch size
     struct { real *h; } predict;
-    struct { real *h, *y_hat, *L_n, *L; } loss;
-    struct { real *h, *y_hat, *t0, *L_n, *L, *y_hat_bar, *h_bar; } value_and_grad;
+    struct { real *h, *y_hat, *L, *L_n; } loss;
+    struct { real *h, *y_hat, *t0, *L, *L_n, *y_hat_bar, *h_bar; } value_and_grad;
 } seed004_two_layer_linear_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -313,15 +321,15 @@ static size_t seed004_two_layer_linear_layout(seed004_two_layer_linear_workspace
     off = 0;  // loss
     ws->loss.h = bp_carve(base, &off, N * 2);
     ws->loss.y_hat = bp_carve(base, &off, N);
-    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
+    ws->loss.L_n = bp_carve(base, &off, N);
     if (off > top) top = off;
     off = 0;  // value_and_grad
     ws->value_and_grad.h = bp_carve(base, &off, N * 2);
     ws->value_and_grad.y_hat = bp_carve(base, &off, N);
     ws->value_and_grad.t0 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = ws->value_and_grad.y_hat;  // y_hat is dead by then
     ws->value_and_grad.L = bp_carve(base, &off, 1);
+    ws->value_and_grad.L_n = ws->value_and_grad.y_hat;  // y_hat is dead by then
     ws->value_and_grad.y_hat_bar = ws->value_and_grad.y_hat;  // y_hat is dead by then
     ws->value_and_grad.h_bar = ws->value_and_grad.h;  // h is dead by then
     if (off > top) top = off;
@@ -402,8 +410,8 @@ int seed004_two_layer_linear_loss(
     const int N = ws->N;
     real* const h = ws->loss.h;
     real* const y_hat = ws->loss.y_hat;
-    real* const L_n = ws->loss.L_n;
     real* const L = ws->loss.L;
+    real* const L_n = ws->loss.L_n;
 
     // forward pass
     // h = W1 @ x
@@ -415,9 +423,8 @@ int seed004_two_layer_linear_loss(
     // y_hat = w2 @ h^T (GEMM)
     bp_dgemm(0, 1, 1, N, 2, 1.0, w2, 2, h, 2, 0.0, y_hat, N);
     // L_n = (y - y_hat)**2
-    L_n_kernel(L_n, y, y_hat, (long long)N);
     // L = sum over the batch of L_n
-    L_kernel(L, L_n, 1, (long long)N);
+    L_n_kernel(L_n, y, y_hat, L, (long long)N, 1);
 
     *loss_out = (double)L[0];
     return 0;
@@ -447,8 +454,8 @@ int seed004_two_layer_linear_value_and_grad(
     real* const h = ws->value_and_grad.h;
     real* const y_hat = ws->value_and_grad.y_hat;
     real* const t0 = ws->value_and_grad.t0;
-    real* const L_n = ws->value_and_grad.L_n;
     real* const L = ws->value_and_grad.L;
+    real* const L_n = ws->value_and_grad.L_n;
     real* const y_hat_bar = ws->value_and_grad.y_hat_bar;
     real* const h_bar = ws->value_and_grad.h_bar;
 
@@ -463,9 +470,8 @@ int seed004_two_layer_linear_value_and_grad(
     bp_dgemm(0, 1, 1, N, 2, 1.0, w2, 2, h, 2, 0.0, y_hat, N);
     // L_n = (y - y_hat)**2
     t0_kernel(t0, y, y_hat, (long long)N);
-    L_n_kernel_2(L_n, t0, (long long)N);
     // L = sum over the batch of L_n
-    L_kernel(L, L_n, 1, (long long)N);
+    L_n_kernel_2(L_n, t0, L, (long long)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
     // L_bar = 1   # seed: dL/dL = 1

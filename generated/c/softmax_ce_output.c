@@ -263,31 +263,24 @@ static void t1_kernel(real* restrict t1, const real* restrict a, long long _n_ou
 }
 
 // t2 = exp(a - t1)  (elementwise over [N, 3])
+// and t3 = sum(t2, axis 0, keepdims), added up in the same loop
 static void t2_kernel(
     real* restrict t2,
     const real* restrict a,
     const real* restrict t1,
-    long long _n)
-{
-    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
-        for (long long _i1 = 0; _i1 < 3; _i1++) {
-            t2[_i0 * 3 + _i1] = exp(a[_i0 * 3 + _i1] - t1[_i0]);
-        }
-    }
-}
-
-// t3 = sum(t2, axis 0, keepdims), a loop per output element
-static void t3_kernel(
     real* restrict t3,
-    const real* restrict t2,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += t2[_o * 3 + _r];
-        t3[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t3[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            const real _v = exp(a[_i0 * 3 + _i1] - t1[_i0]);
+            t2[_i0 * 3 + _i1] = _v;
+            t3[_i0] += _v;
+        }
     }
 }
 
@@ -319,30 +312,23 @@ static void t4_kernel(
 }
 
 // L_n = t5 + log(t6) - t4  (elementwise over [N])
+// and t7 = L_n summed over the batch to [], added up in the same loop
 static void L_n_kernel(
     real* restrict L_n,
     const real* restrict t4,
     const real* restrict t5,
     const real* restrict t6,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = t5[_i] + log(t6[_i]) - t4[_i];
-    }
-}
-
-// t7 = L_n summed over the batch to [], a loop per output element
-static void t7_kernel(
     real* restrict t7,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t7[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t7[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = t5[_i] + log(t6[_i]) - t4[_i];
+        L_n[_i] = _v;
+        t7[0] += _v;
     }
 }
 
@@ -405,9 +391,9 @@ static void b_bar_kernel(
 // Where each function's temporaries live in the caller's workspace.
 typedef struct softmax_ce_output_workspace {
     int N;                 // the batch size
-    struct { real *t0, *a, *t1, *t2, *t3; } predict;
-    struct { real *t0, *a, *t1, *t2, *t3, *t4, *L_n, *t7, *L; } loss;
-    struct { real *t0, *a, *t1, *t2, *t3, *t4, *L_n, *t7, *L, *t10, *a_bar; } value_and_grad;
+    struct { real *t0, *a, *t1, *t3, *t2; } predict;
+    struct { real *t0, *a, *t1, *t3, *t2, *t4, *t7, *L_n, *L; } loss;
+    struct { real *t0, *a, *t1, *t3, *t2, *t4, *t7, *L_n, *L, *t10, *a_bar; } value_and_grad;
 } softmax_ce_output_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -431,29 +417,29 @@ static size_t softmax_ce_output_layout(softmax_ce_output_workspace* ws, char* ba
     ws->predict.t0 = bp_carve(base, &off, N * 3);
     ws->predict.a = bp_carve(base, &off, N * 3);
     ws->predict.t1 = bp_carve(base, &off, N);
+    ws->predict.t3 = bp_carve(base, &off, N);
     ws->predict.t2 = ws->predict.t0;  // t0 is dead by then
-    ws->predict.t3 = ws->predict.t1;  // t1 is dead by then
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.t0 = bp_carve(base, &off, N * 3);
     ws->loss.a = bp_carve(base, &off, N * 3);
     ws->loss.t1 = bp_carve(base, &off, N);
-    ws->loss.t2 = ws->loss.t0;  // t0 is dead by then
     ws->loss.t3 = bp_carve(base, &off, N);
+    ws->loss.t2 = ws->loss.t0;  // t0 is dead by then
     ws->loss.t4 = bp_carve(base, &off, N);
-    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.t7 = bp_carve(base, &off, 1);
+    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
     if (off > top) top = off;
     off = 0;  // value_and_grad
     ws->value_and_grad.t0 = bp_carve(base, &off, N * 3);
     ws->value_and_grad.a = bp_carve(base, &off, N * 3);
     ws->value_and_grad.t1 = bp_carve(base, &off, N);
-    ws->value_and_grad.t2 = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.t3 = bp_carve(base, &off, N);
+    ws->value_and_grad.t2 = ws->value_and_grad.t0;  // t0 is dead by then
     ws->value_and_grad.t4 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.t7 = bp_carve(base, &off, 1);
+    ws->value_and_grad.L_n = bp_carve(base, &off, N);
     ws->value_and_grad.L = bp_carve(base, &off, 1);
     ws->value_and_grad.t10 = ws->value_and_grad.t1;  // t1 is dead by then
     ws->value_and_grad.a_bar = ws->value_and_grad.a;  // a is dead by then
@@ -504,8 +490,8 @@ int softmax_ce_output_predict(
     real* const t0 = ws->predict.t0;
     real* const a = ws->predict.a;
     real* const t1 = ws->predict.t1;
-    real* const t2 = ws->predict.t2;
     real* const t3 = ws->predict.t3;
+    real* const t2 = ws->predict.t2;
 
     // forward pass
     // a = W @ h + b
@@ -515,8 +501,7 @@ int softmax_ce_output_predict(
     a_kernel(a, b, t0, (long long)N * 3);
     // y_hat = softmax(a)
     t1_kernel(t1, a, (long long)N, 3);
-    t2_kernel(t2, a, t1, (long long)N * 3);
-    t3_kernel(t3, t2, (long long)N, 3);
+    t2_kernel(t2, a, t1, t3, (long long)N * 3, (long long)N);
     y_hat_kernel(y_hat, t2, t3, (long long)N * 3);
     return 0;
 }
@@ -542,11 +527,11 @@ int softmax_ce_output_loss(
     real* const t0 = ws->loss.t0;
     real* const a = ws->loss.a;
     real* const t1 = ws->loss.t1;
-    real* const t2 = ws->loss.t2;
     real* const t3 = ws->loss.t3;
+    real* const t2 = ws->loss.t2;
     real* const t4 = ws->loss.t4;
-    real* const L_n = ws->loss.L_n;
     real* const t7 = ws->loss.t7;
+    real* const L_n = ws->loss.L_n;
     real* const L = ws->loss.L;
     const real* const t5 = t1;
     const real* const t6 = t3;
@@ -559,14 +544,12 @@ int softmax_ce_output_loss(
     a_kernel(a, b, t0, (long long)N * 3);
     // L_n = cross_entropy(y_hat, label)
     t1_kernel(t1, a, (long long)N, 3);
-    t2_kernel(t2, a, t1, (long long)N * 3);
-    t3_kernel(t3, t2, (long long)N, 3);
+    t2_kernel(t2, a, t1, t3, (long long)N * 3, (long long)N);
     t4_kernel(t4, a, label, (long long)N);
     // t5 is t1 reshaped to [N]: the same memory
     // t6 is t3 reshaped to [N]: the same memory
-    L_n_kernel(L_n, t4, t5, t6, (long long)N);
     // L = mean over the batch of L_n
-    t7_kernel(t7, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t4, t5, t6, t7, (long long)N, 1);
     L_kernel(L, t7, (real)N, 1);
 
     *loss_out = (double)L[0];
@@ -597,11 +580,11 @@ int softmax_ce_output_value_and_grad(
     real* const t0 = ws->value_and_grad.t0;
     real* const a = ws->value_and_grad.a;
     real* const t1 = ws->value_and_grad.t1;
-    real* const t2 = ws->value_and_grad.t2;
     real* const t3 = ws->value_and_grad.t3;
+    real* const t2 = ws->value_and_grad.t2;
     real* const t4 = ws->value_and_grad.t4;
-    real* const L_n = ws->value_and_grad.L_n;
     real* const t7 = ws->value_and_grad.t7;
+    real* const L_n = ws->value_and_grad.L_n;
     real* const L = ws->value_and_grad.L;
     real* const t10 = ws->value_and_grad.t10;
     real* const a_bar = ws->value_and_grad.a_bar;
@@ -617,14 +600,12 @@ int softmax_ce_output_value_and_grad(
     a_kernel(a, b, t0, (long long)N * 3);
     // L_n = cross_entropy(y_hat, label)
     t1_kernel(t1, a, (long long)N, 3);
-    t2_kernel(t2, a, t1, (long long)N * 3);
-    t3_kernel(t3, t2, (long long)N, 3);
+    t2_kernel(t2, a, t1, t3, (long long)N * 3, (long long)N);
     t4_kernel(t4, a, label, (long long)N);
     // t5 is t1 reshaped to [N]: the same memory
     // t6 is t3 reshaped to [N]: the same memory
-    L_n_kernel(L_n, t4, t5, t6, (long long)N);
     // L = mean over the batch of L_n
-    t7_kernel(t7, L_n, 1, (long long)N);
+    L_n_kernel(L_n, t4, t5, t6, t7, (long long)N, 1);
     L_kernel(L, t7, (real)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)

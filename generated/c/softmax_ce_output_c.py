@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (3,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('h',), 'loss': ('h', 'label'), 'value_and_grad': ('h', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "ea07b689a774e96fc9fdcdc544a65246ee8cf9eccee70af932e1fa9b4e529ab7"  # the .c this loader was generated with
+SOURCE_SHA256 = "96b5a93328a37645ed02c9e0bc3e7da9ed9dde51900e33cb19023cb2d899a6ea"  # the .c this loader was generated with
 HEADER_SHA256 = "d35022f33795c3c19ade1285b598ccdde3ec68ad33bfbd0170006a3a371dd730"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them
@@ -833,6 +833,7 @@ BINDING_SOURCE = r'''/* bpc_binding: the C target's Python binding (carried by e
 #endif
 
 #include <limits.h>
+#include <stdint.h>
 #include <math.h>
 
 #define MAX_RANK 16         /* per slot; a spec's tensors have rank 4 at most */
@@ -1012,7 +1013,8 @@ static int slot_dims(const Slot* s, npy_intp N, npy_intp* dims)
    gradient per allocation made glibc's malloc give the memory back to the system
    after every call and fault it in again on the next (deep thin float64: 112-144
    page faults a call, about a quarter of its time); one block of that size is
-   mapped once and then reused.  A view keeps the whole block alive. */
+   mapped once and then reused.  Each starts at a 64-byte boundary (a cache line,
+   and the widest vector).  A view keeps the whole block alive. */
 static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
 {
     npy_intp dims[MAX_RANK], total = 0, offset = 0;
@@ -1029,9 +1031,11 @@ static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
         for (j = 0; j < rank; j++) bytes *= dims[j];
         total += (bytes + 63) / 64 * 64;
     }
+    total += 63;   /* room to start at a 64-byte boundary (malloc gives 16) */
     block = PyArray_SimpleNew(1, &total, NPY_UINT8);
     if (block == NULL) return -1;
     base = PyArray_DATA((PyArrayObject*)block);
+    base += (64 - (uintptr_t)base % 64) % 64;
     for (i = 0; i < n; i++) {
         int j, rank = slot_dims(&s[i], N, dims);
         PyArray_Descr* descr = PyArray_DescrFromType(s[i].typenum);   /* stolen below */

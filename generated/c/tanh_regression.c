@@ -266,55 +266,45 @@ static inline double bp_tanh(double x)
 }
 
 // f = v*bp_tanh(b + d)  (elementwise over [N, 3])
+// and g = sum(f, axis 0), added up in the same loop
 static void f_kernel(
     real* restrict f,
     const real* restrict v,
     const real* restrict b,
     const real* restrict d,
-    long long _n)
+    real* restrict g,
+    long long _n,
+    long long _n_red)
 {
+    for (long long _o = 0; _o < _n_red; _o++) {
+        g[_o] = 0;
+    }
     for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
         for (long long _i1 = 0; _i1 < 3; _i1++) {
-            f[_i0 * 3 + _i1] = v[_i1]*bp_tanh(b[_i1] + d[_i0 * 3 + _i1]);
+            const real _v = v[_i1]*bp_tanh(b[_i1] + d[_i0 * 3 + _i1]);
+            f[_i0 * 3 + _i1] = _v;
+            g[_i0] += _v;
         }
     }
 }
 
-// g = sum(f, axis 0), a loop per output element
-static void g_kernel(real* restrict g, const real* restrict f, long long _n_out, long long _n_red)
-{
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += f[_o * 3 + _r];
-        g[_o] = _acc;
-    }
-}
-
 // L_n = ((y - g)*(y - g))  (elementwise over [N])
+// and t0 = L_n summed over the batch to [], added up in the same loop
 static void L_n_kernel(
     real* restrict L_n,
     const real* restrict y,
     const real* restrict g,
-    long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = ((y[_i] - g[_i])*(y[_i] - g[_i]));
-    }
-}
-
-// t0 = L_n summed over the batch to [], a loop per output element
-static void t0_kernel(
     real* restrict t0,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t0[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t0[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = ((y[_i] - g[_i])*(y[_i] - g[_i]));
+        L_n[_i] = _v;
+        t0[0] += _v;
     }
 }
 
@@ -337,21 +327,29 @@ static void e_kernel(real* restrict e, const real* restrict b, const real* restr
 }
 
 // f = e*v  (elementwise over [N, 3])
+// and g = sum(f, axis 0), added up in the same loop
 static void f_kernel_2(
     real* restrict f,
     const real* restrict v,
     const real* restrict e,
-    long long _n)
+    real* restrict g,
+    long long _n,
+    long long _n_red)
 {
+    for (long long _o = 0; _o < _n_red; _o++) {
+        g[_o] = 0;
+    }
     for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
         for (long long _i1 = 0; _i1 < 3; _i1++) {
-            f[_i0 * 3 + _i1] = e[_i0 * 3 + _i1]*v[_i1];
+            const real _v = e[_i0 * 3 + _i1]*v[_i1];
+            f[_i0 * 3 + _i1] = _v;
+            g[_i0] += _v;
         }
     }
 }
 
 // t0 = y - g  (elementwise over [N])
-static void t0_kernel_2(
+static void t0_kernel(
     real* restrict t0,
     const real* restrict y,
     const real* restrict g,
@@ -363,25 +361,21 @@ static void t0_kernel_2(
 }
 
 // L_n = (t0*t0)  (elementwise over [N])
-static void L_n_kernel_2(real* restrict L_n, const real* restrict t0, long long _n)
-{
-    for (long long _i = 0; _i < _n; _i++) {
-        L_n[_i] = (t0[_i]*t0[_i]);
-    }
-}
-
-// t1 = L_n summed over the batch to [], a loop per output element
-static void t1_kernel(
+// and t1 = L_n summed over the batch to [], added up in the same loop
+static void L_n_kernel_2(
+    real* restrict L_n,
+    const real* restrict t0,
     real* restrict t1,
-    const real* restrict L_n,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) {
-        real _acc = 0;
-        for (long long _r = 0; _r < _n_red; _r++)
-            _acc += L_n[_r];
-        t1[_o] = _acc;
+    for (long long _o = 0; _o < _n_red; _o++) {
+        t1[_o] = 0;
+    }
+    for (long long _i = 0; _i < _n; _i++) {
+        const real _v = (t0[_i]*t0[_i]);
+        L_n[_i] = _v;
+        t1[0] += _v;
     }
 }
 
@@ -402,39 +396,34 @@ static void g_bar_kernel(real* restrict g_bar, const real* restrict t0, const re
 }
 
 // a_bar = g_bar*v*(1.0 - (e*e))  (elementwise over [N, 3])
+// and b_bar = a_bar summed over the batch to [3], added up in the same loop
 static void a_bar_kernel(
     real* restrict a_bar,
     const real* restrict e,
     const real* restrict v,
     const real* restrict g_bar,
-    long long _n)
-{
-    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
-        for (long long _i1 = 0; _i1 < 3; _i1++) {
-            a_bar[_i0 * 3 + _i1] = g_bar[_i0]*v[_i1]*(1.0 - (e[_i0 * 3 + _i1]*e[_i0 * 3 + _i1]));
-        }
-    }
-}
-
-// b_bar = a_bar summed over the batch to [3], a loop per output element
-static void b_bar_kernel(
     real* restrict b_bar,
-    const real* restrict a_bar,
-    long long _n_out,
+    long long _n,
     long long _n_red)
 {
-    for (long long _o = 0; _o < _n_out; _o++) b_bar[_o] = 0;
-    for (long long _r = 0; _r < _n_red; _r++)
-        for (long long _o = 0; _o < _n_out; _o++)
-            b_bar[_o] += a_bar[_o + _r * 3];
+    for (long long _o = 0; _o < _n_red; _o++) {
+        b_bar[_o] = 0;
+    }
+    for (long long _i0 = 0; _i0 < _n / 3; _i0++) {
+        for (long long _i1 = 0; _i1 < 3; _i1++) {
+            const real _v = g_bar[_i0]*v[_i1]*(1.0 - (e[_i0 * 3 + _i1]*e[_i0 * 3 + _i1]));
+            a_bar[_i0 * 3 + _i1] = _v;
+            b_bar[_i1] += _v;
+        }
+    }
 }
 
 // Where each function's temporaries live in the caller's workspace.
 typedef struct tanh_regression_workspace {
     int N;                 // the batch size
     struct { real *d, *f; } predict;
-    struct { real *d, *f, *g, *L_n, *t0, *L; } loss;
-    struct { real *d, *e, *f, *g, *t0, *L_n, *t1, *L, *g_bar, *a_bar; } value_and_grad;
+    struct { real *d, *g, *f, *t0, *L_n, *L; } loss;
+    struct { real *d, *e, *g, *f, *t0, *t1, *L_n, *L, *g_bar, *a_bar; } value_and_grad;
 } tanh_regression_workspace;
 
 // the next buffer of n elements of the workspace at *off (256-byte aligned from its
@@ -460,20 +449,20 @@ static size_t tanh_regression_layout(tanh_regression_workspace* ws, char* base)
     if (off > top) top = off;
     off = 0;  // loss
     ws->loss.d = bp_carve(base, &off, N * 3);
-    ws->loss.f = bp_carve(base, &off, N * 3);
     ws->loss.g = bp_carve(base, &off, N);
-    ws->loss.L_n = bp_carve(base, &off, N);
+    ws->loss.f = bp_carve(base, &off, N * 3);
     ws->loss.t0 = bp_carve(base, &off, 1);
+    ws->loss.L_n = bp_carve(base, &off, N);
     ws->loss.L = bp_carve(base, &off, 1);
     if (off > top) top = off;
     off = 0;  // value_and_grad
     ws->value_and_grad.d = bp_carve(base, &off, N * 3);
     ws->value_and_grad.e = bp_carve(base, &off, N * 3);
-    ws->value_and_grad.f = ws->value_and_grad.d;  // d is dead by then
     ws->value_and_grad.g = bp_carve(base, &off, N);
+    ws->value_and_grad.f = ws->value_and_grad.d;  // d is dead by then
     ws->value_and_grad.t0 = bp_carve(base, &off, N);
-    ws->value_and_grad.L_n = ws->value_and_grad.g;  // g is dead by then
     ws->value_and_grad.t1 = bp_carve(base, &off, 1);
+    ws->value_and_grad.L_n = ws->value_and_grad.g;  // g is dead by then
     ws->value_and_grad.L = bp_carve(base, &off, 1);
     ws->value_and_grad.g_bar = ws->value_and_grad.g;  // g is dead by then
     ws->value_and_grad.a_bar = ws->value_and_grad.d;  // d is dead by then
@@ -533,9 +522,8 @@ int tanh_regression_predict(
     // a = d + b
     // e = tanh(a)
     // f = v * e
-    f_kernel(f, v, b, d, (long long)N * 3);
     // g = sum(f)
-    g_kernel(g, f, (long long)N, 3);
+    f_kernel(f, v, b, d, g, (long long)N * 3, (long long)N);
     return 0;
 }
 
@@ -559,10 +547,10 @@ int tanh_regression_loss(
     (void)ws;
     const int N = ws->N;
     real* const d = ws->loss.d;
-    real* const f = ws->loss.f;
     real* const g = ws->loss.g;
-    real* const L_n = ws->loss.L_n;
+    real* const f = ws->loss.f;
     real* const t0 = ws->loss.t0;
+    real* const L_n = ws->loss.L_n;
     real* const L = ws->loss.L;
 
     // forward pass
@@ -573,13 +561,11 @@ int tanh_regression_loss(
     // a = d + b
     // e = tanh(a)
     // f = v * e
-    f_kernel(f, v, b, d, (long long)N * 3);
     // g = sum(f)
-    g_kernel(g, f, (long long)N, 3);
+    f_kernel(f, v, b, d, g, (long long)N * 3, (long long)N);
     // L_n = (y - g)**2
-    L_n_kernel(L_n, y, g, (long long)N);
     // L = mean over the batch of L_n
-    t0_kernel(t0, L_n, 1, (long long)N);
+    L_n_kernel(L_n, y, g, t0, (long long)N, 1);
     L_kernel(L, t0, (real)N, 1);
 
     *loss_out = (double)L[0];
@@ -610,11 +596,11 @@ int tanh_regression_value_and_grad(
     const int N = ws->N;
     real* const d = ws->value_and_grad.d;
     real* const e = ws->value_and_grad.e;
-    real* const f = ws->value_and_grad.f;
     real* const g = ws->value_and_grad.g;
+    real* const f = ws->value_and_grad.f;
     real* const t0 = ws->value_and_grad.t0;
-    real* const L_n = ws->value_and_grad.L_n;
     real* const t1 = ws->value_and_grad.t1;
+    real* const L_n = ws->value_and_grad.L_n;
     real* const L = ws->value_and_grad.L;
     real* const g_bar = ws->value_and_grad.g_bar;
     real* const a_bar = ws->value_and_grad.a_bar;
@@ -628,14 +614,12 @@ int tanh_regression_value_and_grad(
     // e = tanh(a)
     e_kernel(e, b, d, (long long)N * 3);
     // f = v * e
-    f_kernel_2(f, v, e, (long long)N * 3);
     // g = sum(f)
-    g_kernel(g, f, (long long)N, 3);
+    f_kernel_2(f, v, e, g, (long long)N * 3, (long long)N);
     // L_n = (y - g)**2
-    t0_kernel_2(t0, y, g, (long long)N);
-    L_n_kernel_2(L_n, t0, (long long)N);
+    t0_kernel(t0, y, g, (long long)N);
     // L = mean over the batch of L_n
-    t1_kernel(t1, L_n, 1, (long long)N);
+    L_n_kernel_2(L_n, t0, t1, (long long)N, 1);
     L_kernel_2(L, t1, (real)N, 1);
 
     // backward pass: adjoints in reverse topological order (x_bar = dL/dx)
@@ -652,9 +636,8 @@ int tanh_regression_value_and_grad(
     // e_bar = f_bar*v   # mul
     // a_bar = e_bar*(1 - e**2)   # tanh
     // d_bar = a_bar   # add
-    a_bar_kernel(a_bar, e, v, g_bar, (long long)N * 3);
     // b_bar = a_bar (summed over the batch)   # add
-    b_bar_kernel(b_bar, a_bar, 3, (long long)N);
+    a_bar_kernel(a_bar, e, v, g_bar, b_bar, (long long)N * 3, 3);
     // W_bar = d_bar x^T (summed over the batch)   # matmul
     // GEMM: W_bar [3 x 3] = a_bar^T @ x, a_bar [N x 3], x [N x 3], row-major;
     // W_bar = a_bar^T @ x (GEMM)

@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x',), 'loss': ('x', 'y'), 'value_and_grad': ('x', 'y')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "8b4347a69bc2ef7f25d1894cc1ca120898e74493e5aa4b2bec7fe27b409793ff"  # the .c this loader was generated with
+SOURCE_SHA256 = "3e62d7a43f93450a74afb07e4cef1d9a5ed930c44cac5152576d7efc171fe1a3"  # the .c this loader was generated with
 HEADER_SHA256 = "de792e181a279d130c4d3045dd25e9cff826bbfc646d14fe314380bb83724c55"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them
@@ -834,6 +834,7 @@ BINDING_SOURCE = r'''/* bpc_binding: the C target's Python binding (carried by e
 #endif
 
 #include <limits.h>
+#include <stdint.h>
 #include <math.h>
 
 #define MAX_RANK 16         /* per slot; a spec's tensors have rank 4 at most */
@@ -1013,7 +1014,8 @@ static int slot_dims(const Slot* s, npy_intp N, npy_intp* dims)
    gradient per allocation made glibc's malloc give the memory back to the system
    after every call and fault it in again on the next (deep thin float64: 112-144
    page faults a call, about a quarter of its time); one block of that size is
-   mapped once and then reused.  A view keeps the whole block alive. */
+   mapped once and then reused.  Each starts at a 64-byte boundary (a cache line,
+   and the widest vector).  A view keeps the whole block alive. */
 static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
 {
     npy_intp dims[MAX_RANK], total = 0, offset = 0;
@@ -1030,9 +1032,11 @@ static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
         for (j = 0; j < rank; j++) bytes *= dims[j];
         total += (bytes + 63) / 64 * 64;
     }
+    total += 63;   /* room to start at a 64-byte boundary (malloc gives 16) */
     block = PyArray_SimpleNew(1, &total, NPY_UINT8);
     if (block == NULL) return -1;
     base = PyArray_DATA((PyArrayObject*)block);
+    base += (64 - (uintptr_t)base % 64) % 64;
     for (i = 0; i < n; i++) {
         int j, rank = slot_dims(&s[i], N, dims);
         PyArray_Descr* descr = PyArray_DescrFromType(s[i].typenum);   /* stolen below */

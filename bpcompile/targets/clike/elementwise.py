@@ -39,6 +39,16 @@ class ElementwiseKernels:
 
     @lowers("map")
     def lower_map(self, k: Kernel):
+        self.map_and_sum(k, None)
+
+    def map_and_sum(self, k: Kernel, total: Kernel | None):
+        """The map ``k``; and given ``total``, a sum of k's output (``fusable_sums``),
+        added up in the same loop nest as each element is made: the sum's output
+        zeroed first, then ``total[at] += value`` at strides that are 0 along the
+        reduced axes.  The loop nest walks the elements in row-major order, so each
+        sum adds its terms in the order the reduction kernel would: the same bits,
+        unless the compiler contracts the map's last multiply into the add (an FMA,
+        under -ffp-contract=fast)."""
         temps, expr = k.attrs
         if k.out.name in self.host:
             # a scalar of N and constants only: computed on the host, passed by value
@@ -48,34 +58,52 @@ class ElementwiseKernels:
             return
         inputs: list = []
         leaf = {}
-        counts, at = self.indexing(k.out, k.args)
+        counts, at = self.indexing(k.out, k.args, self.sum_strides(total) if total is not None else None)
         for a in k.args:
             leaf[a.name] = self.read(a, at[a.name], inputs)
         p = self.printer(leaf)
         body = [f"const real {name} = {p.doprint(e)};" for name, e in temps]
-        body.append(f"{self.c(k.out)}[{at[None]}] = {p.doprint(expr)};")
         shown = self.printer({a.name: self.c(a) for a in k.args})
         whole = expr.xreplace({sp.Symbol(n, real=True): e for n, e in reversed(temps)})
         comment = [f"{self.c(k.out)} = {shown.doprint(whole)}  (elementwise over {shape_text(k.out)})"]
         if len(comment[0]) > 110:
             comment = [f"{self.c(k.out)}: elementwise over {shape_text(k.out)}"]
-        self.elementwise(k, self.c(k.out), comment, inputs, body, counts=counts)
+        if total is None:
+            body.append(f"{self.c(k.out)}[{at[None]}] = {p.doprint(expr)};")
+            self.elementwise(k, self.c(k.out), comment, inputs, body, counts=counts)
+            return
+        out, red = self.c(k.out), self.c(total.out)
+        self.need(total.out)
+        body += [f"const real _v = {p.doprint(expr)};", f"{out}[{at[None]}] = _v;", f"{red}[{at['sum()']}] += _v;"]
+        comment.append(f"and {red} = {self.reduction_of(total)[2]}, added up in the same loop")
+        n_red = count_expr(full_dims(total.out))
+        inputs.append((self.out_param(total.out), red))
+        zero = self.lang.loop("_o", "_n_red", [f"{red}[_o] = 0;"])
+        self.need(k.out)
+        n = count_expr(full_dims(k.out))
+        params = [self.out_param(k.out)] + [d for d, _ in inputs] + ["long long _n", "long long _n_red"]
+        name = self.mod.kernels.add(out, comment, params, zero + self.lang.nest("_n", counts, body))
+        self.lines.append(self.lang.launch(name, n, [out] + [a for _, a in inputs] + [n, n_red], k.out))
 
-    def indexing(self, out: Value, args) -> tuple:
+    def indexing(self, out: Value, args, sum_strides=None) -> tuple:
         """(counts, {arg name: offset; None: the output's}) of an elementwise kernel
         writing ``out`` and reading ``args`` broadcast to its shape: a loop nest's
         (``loop_nest``) where the language runs one, else counts None and offsets
-        of the flat index ``_i``."""
+        of the flat index ``_i``.  ``sum_strides``: those of a sum made in the same
+        loop nest (``map_and_sum``; loop nests only), its offset under "sum()"."""
         dims = full_dims(out)
         arrays = [a for a in args if a.kind not in ("const", "batch_size")]
         if not self.lang.nested_loops:
             at = {a.name: offset("_i", dims, broadcast_strides(a, out)) for a in arrays}
             at[None] = "_i"
             return None, {**{a.name: "0" for a in args}, **at}
-        counts, offs = loop_nest(dims, [row_strides(dims)] + [broadcast_strides(a, out) for a in arrays])
+        extra = [sum_strides] if sum_strides is not None else []
+        counts, offs = loop_nest(dims, [row_strides(dims)] + [broadcast_strides(a, out) for a in arrays] + extra)
         at = {a.name: "0" for a in args}
         at.update({a.name: o for a, o in zip(arrays, offs[1:])})
         at[None] = offs[0]
+        if extra:
+            at["sum()"] = offs[-1]   # not a value's name: those are identifiers
         return counts, at
 
     @lowers("broadcast")

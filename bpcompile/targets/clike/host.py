@@ -11,6 +11,7 @@ from ...ir.program import Kernel, Program, Value
 from ..base import lowering_table
 from .language import count_expr, full_dims, line_comment, shape_text, size_of
 from .module import CModule
+from .reductions import fusable_sums, fused_order
 
 
 class Storage:
@@ -29,6 +30,8 @@ class Storage:
         self.lines: list = []       # the host function's body so far
         self.uses: set = set()      # what the function needs declared ("gemm")
         self.host = host_scalars(program, bound)   # names of scalars computed on the host
+        self.fused: dict = {}                # a map kernel -> the sum made in its loop nest (host_function)
+        self.order: list = program.kernels   # the kernels in the order they run (the sums moved up)
 
     # -- names ---------------------------------------------------------------
     def c(self, v: Value) -> str:
@@ -147,15 +150,24 @@ def host_function(mod: CModule, fn: str, program: Program, printer_class):
             bound[v.name] = mod.cname(v.name)
             extra.append((f"real* {mod.cname(v.name)}", f"dL/d{nm} {shape_text(v)}"))
     fp = printer_class(mod, fn, program, bound)
+    fp.fused = fusable_sums(program, lang, fp.host)
+    fp.order = fused_order(program.kernels, fp.fused)
+    sums = set(fp.fused.values())
     phase = None
-    for k in program.kernels:
+    for k in fp.order:
+        if k in sums:
+            continue   # made by its map's kernel
         if k.phase != phase:
             phase = k.phase
             fp.lines.append("")
             fp.lines.append("// forward pass" if phase == "forward" else
                             "// backward pass: adjoints in reverse topological order (x_bar = dL/dx)")
         fp.lines += [line_comment(n) for n in k.notes]
-        fp.kernel(k)
+        if k in fp.fused:
+            fp.lines += [line_comment(n) for n in fp.fused[k].notes]
+            fp.map_and_sum(k, fp.fused[k])
+        else:
+            fp.kernel(k)
     tail = []
     if fn == "predict":
         v = program.output
@@ -195,16 +207,20 @@ def host_function(mod: CModule, fn: str, program: Program, printer_class):
 
 def lifetimes(fp) -> dict:
     """{buffer (a name in fp.storage): (the first kernel writing it, the last kernel
-    reading it)}, kernels numbered in program order; a read through an alias (a
+    reading it)}, kernels numbered in the order they run (``fp.order``: a sum made
+    in its map's kernel counts as that kernel); a read through an alias (a
     reshape) is a read of the buffer, and the loss and predict's output are read
     after the last kernel.  A buffer the function does not write lives throughout."""
     def root(name):
         while name in fp.alias:
             name = fp.alias[name]
         return name
-    kernels = fp.program.kernels
+    kernels = fp.order
+    sums = set(fp.fused.values())   # each runs in its map's kernel, the one before it in fp.order
     first, last = {}, {}
     for i, k in enumerate(kernels):
+        if k in sums:
+            i -= 1
         out = root(k.out.name)
         first.setdefault(out, i)
         last[out] = max(last.get(out, i), i)
