@@ -388,14 +388,15 @@ def _load():
                 lib = _open(path)
             except (OSError, AttributeError) as e:
                 raise CModuleError(f"{NAME}: the library built from {SOURCE.name} does not load: {e}") from None
+        _lib = lib                    # (first: a call that finds _fast set may need _lib)
         _fast.update(_entries(lib))
-        _lib = lib
         return lib
 
 
 # ---------------------------------------------------------------------------
 # The binding: bpc_binding (its C source is at the end of this file), a Python
-# extension that makes a call cost about a microsecond where ctypes costs 5-7 us.
+# extension through which a call costs about 1.7 us beyond its arithmetic, where
+# ctypes costs 13-17 us (a small net at batch 1).
 # Built once per cache with the running Python's and NumPy's headers, shared by
 # every module; where it cannot be built (no Python.h, BPCOMPILE_C_BINDING=ctypes)
 # the calls go through ctypes, which is slower only.
@@ -784,10 +785,10 @@ def adam_step(params, state, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, h, la
 BINDING_SOURCE = r'''/* bpc_binding: the C target's Python binding (carried by every generated loader,
    <name>_c.py, built once per build cache and shared by its modules).
 
-   A call through ctypes costs 5-7 us before the C code starts: a Python object
-   per argument converted, the dict of params read key by key in Python, each
-   gradient array allocated by a Python call.  An Entry does all of that in C,
-   so that value_and_grad of a small net costs about a microsecond more than its
+   A call through ctypes costs 13-17 us before the C code starts (a small net at
+   batch 1): a Python object per argument converted, the dict of params read key
+   by key in Python, each gradient array allocated by a Python call.  An Entry
+   does all of that in C, so that value_and_grad costs about 1.7 us more than its
    arithmetic:
 
        Entry(fn, kind, params, inputs, outputs, local, workspace, on_error)

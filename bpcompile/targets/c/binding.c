@@ -1,10 +1,10 @@
 /* bpc_binding: the C target's Python binding (carried by every generated loader,
    <name>_c.py, built once per build cache and shared by its modules).
 
-   A call through ctypes costs 5-7 us before the C code starts: a Python object
-   per argument converted, the dict of params read key by key in Python, each
-   gradient array allocated by a Python call.  An Entry does all of that in C,
-   so that value_and_grad of a small net costs about a microsecond more than its
+   A call through ctypes costs 13-17 us before the C code starts (a small net at
+   batch 1): a Python object per argument converted, the dict of params read key
+   by key in Python, each gradient array allocated by a Python call.  An Entry
+   does all of that in C, so that value_and_grad costs about 1.7 us more than its
    arithmetic:
 
        Entry(fn, kind, params, inputs, outputs, local, workspace, on_error)
