@@ -127,10 +127,7 @@ def mark_reuse(kernels, roots) -> None:
         if k.op != "map" or k.out.rank == 0:
             continue
         temps, expr = k.attrs
-        counts = {}
-        for sym in sp.preorder_traversal(expr):
-            if isinstance(sym, sp.Symbol):
-                counts[sym.name] = counts.get(sym.name, 0) + 1
+        counts = symbol_counts(expr)
         in_temps = {s.name for _, e in temps for s in e.free_symbols}
         for a in k.args:
             if (dead_after(a, i) and a.shape == k.out.shape and a.batched == k.out.batched
@@ -382,6 +379,17 @@ def _cse(exprs, cache):
 
 
 _REAL = sp.Symbol("x", real=True).assumptions0
+
+
+@functools.lru_cache(maxsize=4096)
+def symbol_counts(expr) -> dict:
+    """How many times each symbol occurs in ``expr`` (name -> count; shared: not to
+    be changed).  The three programs and the printer ask it of the same kernels."""
+    counts: dict = {}
+    for sym in sp.preorder_traversal(expr):
+        if isinstance(sym, sp.Symbol):
+            counts[sym.name] = counts.get(sym.name, 0) + 1
+    return counts
 
 
 @functools.lru_cache(maxsize=4096)
