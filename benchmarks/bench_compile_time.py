@@ -151,15 +151,15 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / f"thin_chain_{COMMAND_DEPTH}.yaml"
         spec.write_text(chain_yaml(COMMAND_DEPTH))
-        cache = Path(tmp) / "pycache"
-        for bytecode, how in ((cache, "bytecode cached, as installed"),
-                              (None, "as the environment has it" + (": no bytecode cache, PYTHONDONTWRITEBYTECODE"
-                                                                    if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""))):
+        # as the environment has it, then with a bytecode cache (as an installed package runs)
+        no_cache = "; no bytecode cache: PYTHONDONTWRITEBYTECODE" if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""
+        for bytecode, how, note in ((None, "", no_cache),
+                                    (Path(tmp) / "pycache", ", bytecode cached (as installed)", "")):
             t, cpu = command_seconds(["compile", str(spec), "-o", tmp], rounds, bytecode=bytecode)
-            print(f"command ({how}): bpcompile compile of the {COMMAND_DEPTH}-layer chain {t:.3f} s "
-                  f"(goal <= 0.6 s; cpu {cpu:.3f} s)")
+            print(f"command{how}: bpcompile compile of the {COMMAND_DEPTH}-layer chain {t:.3f} s "
+                  f"(goal <= 0.6 s; cpu {cpu:.3f} s{note})")
             t, cpu = command_seconds(["--version"], rounds, bytecode=bytecode)
-            print(f"command ({how}): bpcompile --version (start-up and imports) {t:.3f} s (cpu {cpu:.3f} s)")
+            print(f"command{how}: bpcompile --version (start-up and imports) {t:.3f} s (cpu {cpu:.3f} s{note})")
 
     if not args.no_verify:
         examples = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.yaml"))
