@@ -24,6 +24,7 @@ also refuses control and bidirectional-format characters up front
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Characters a spec may not contain anywhere: C0/C1 controls other than newline
@@ -72,6 +73,10 @@ def py_str(text: str) -> str:
     return ascii(str(text))
 
 
+# a double quote before another or last in the text (\Z: the very end, not before a final newline)
+_DOCSTRING_QUOTE = re.compile(r'"(?="|\Z)')
+
+
 def py_docstring(text: str) -> str:
     """``text`` for the inside of a ``\"\"\"...\"\"\"`` docstring (not raw).
 
@@ -81,8 +86,12 @@ def py_docstring(text: str) -> str:
     written as an escape sequence; newlines and tabs stay as they are.  The
     docstring's value at run time is exactly ``text``.
     """
-    out = []
     text = str(text)
+    if text.isascii() and text.replace("\n", " ").replace("\t", " ").isprintable():
+        # printable ASCII, newlines and tabs (every docstring the compiler writes):
+        # only backslashes and the quotes before a quote or the end change
+        return _DOCSTRING_QUOTE.sub(r'\\"', text.replace("\\", "\\\\"))
+    out = []
     for i, ch in enumerate(text):
         if ch == "\\":
             out.append("\\\\")
@@ -99,8 +108,11 @@ def py_docstring(text: str) -> str:
 
 def py_comment(text: str) -> str:
     """``text`` for the rest of a line after ``#``: one line, ASCII, printable."""
+    text = str(text)
+    if text.isascii() and text.isprintable():   # the common case, unchanged (no newline, tab or control)
+        return text
     out = []
-    for ch in str(text):
+    for ch in text:
         if ch in ("\n", "\r", "\t"):
             out.append(" ")
         elif " " <= ch <= "~":

@@ -196,6 +196,8 @@ def test_bench_compile_time_quick():
     assert re.search(rf"^in process: 128 layers {NUM} s", out, re.M), out
     assert re.search(rf"^linear fit: {NUM} ms per layer \+ -?{NUM} ms; 128 layers {NUM} s", out, re.M), out
     assert re.search(rf"^command: bpcompile compile of the 128-layer chain {NUM} s", out, re.M), out
+    assert re.search(rf"^command, bytecode cached \(as installed\): bpcompile compile of the 128-layer chain {NUM} s",
+                     out, re.M), out
     assert re.search(rf"^command: bpcompile verify of the \d+ examples {NUM} s", out, re.M), out
 
 

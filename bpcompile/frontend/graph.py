@@ -365,8 +365,13 @@ class Graph:
         broadcasts for free.  Returns the new arguments, and the (shape, batched)
         to broadcast the result to when the sources alone give a smaller one
         (f(broadcast(x)) is broadcast(f(x)), computed on fewer elements)."""
+        sources = [self.node(a)["args"][0] if self.node(a)["op"] == "broadcast" else a for a in args]
+        if sources == args:   # no broadcast argument (most maps): nothing to work out
+            return args, None
+        free = expr.free_symbols
+
         def result(cands):
-            live = [a for i, a in enumerate(cands) if arg_symbol(i) in expr.free_symbols
+            live = [a for i, a in enumerate(cands) if arg_symbol(i) in free
                     and self.node(a)["op"] != "const"]
             try:
                 shape = ops.broadcast_shapes([self.node(a)["shape"] for a in live], lambda: "")
@@ -375,9 +380,6 @@ class Graph:
             return shape, any(self.node(a)["batched"] for a in live)
 
         full = result(args)
-        sources = [self.node(a)["args"][0] if self.node(a)["op"] == "broadcast" else a for a in args]
-        if sources == args:
-            return args, None
         return sources, (None if result(sources) == full else full)
 
     # -- structural ----------------------------------------------------------

@@ -127,10 +127,7 @@ def mark_reuse(kernels, roots) -> None:
         if k.op != "map" or k.out.rank == 0:
             continue
         temps, expr = k.attrs
-        counts = {}
-        for sym in sp.preorder_traversal(expr):
-            if isinstance(sym, sp.Symbol):
-                counts[sym.name] = counts.get(sym.name, 0) + 1
+        counts = symbol_counts(expr)
         in_temps = {s.name for _, e in temps for s in e.free_symbols}
         for a in k.args:
             if (dead_after(a, i) and a.shape == k.out.shape and a.batched == k.out.batched
@@ -313,20 +310,18 @@ class _Scheduler:
                     leaf_sym[a] = sp.Symbol(v.name, real=True)
                     leaves.append(v)
 
-        def expand(m):
+        def expand(m, syms):
             node = G.node(m)
-            subs = {arg_symbol(i): expand(a) if a in inlined else leaf_sym[a]
+            subs = {arg_symbol(i): expand(a, syms) if a in inlined else syms[a]
                     for i, a in enumerate(node["args"])}
             return node["attrs"][0].xreplace(subs)
 
-        visit(n)
-        cache = self.low.shared.setdefault("fused", {})
-        key = (tuple(through), tuple(leaf_sym), tuple(v.name for v in leaves))
-        found = cache.get(key)
-        if found is None:
+        def fused(syms):
+            """(CSE replacements, reduced expression) of n's folded expansion over
+            the leaves' symbols ``syms``."""
             try:
                 # numbers of the fused nodes combine (x*1e200*1e200): fold them again
-                expr = self.low.graph.folder.fold(expand(n))
+                expr = self.low.graph.folder.fold(expand(n, syms))
             except SpecError as e:
                 raise self.low.locate(e, n) from None
             # an op whose printed form reads its argument twice (elu, gelu, ...) gets a
@@ -335,7 +330,14 @@ class _Scheduler:
                         and getattr(record_of(type(f)), "repeats_argument", False)
                         for a in f.args[:record_of(type(f)).arity] if not (a.is_Symbol or a.is_Number)]
             replacements, (reduced, *_) = _cse([expr, *repeated], self.low.shared.setdefault("cse", {}))
-            found = cache[key] = (replacements, reduced)
+            return replacements, reduced
+
+        visit(n)
+        cache = self.low.shared.setdefault("fused", {})
+        key = (tuple(through), tuple(leaf_sym), tuple(v.name for v in leaves))
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = self.fused_by_shape(n, through, inlined, leaf_sym, leaves, fused)
         replacements, reduced = found
         temps = []
         rename = {}
@@ -349,6 +351,35 @@ class _Scheduler:
         # refuses an unused parameter)
         read = reduced.free_symbols.union(*(e.free_symbols for _, e in temps))
         return [v for a, v in zip(leaf_sym, leaves) if leaf_sym[a] in read], temps, reduced
+
+
+    def fused_by_shape(self, n, through, inlined, leaf_sym, leaves, fused):
+        """``fused(leaf_sym)``, computed once per shape of fused expression: every
+        layer of a network fuses the same nodes over other leaves (``h3_bar*(1 -
+        h3**2)``, ``h4_bar*(1 - h4**2)``).  The expansion, folding and CSE run over
+        stand-in names that sort as the leaves' names do (see _cse: SymPy orders
+        terms by name, so the result is the one the names give), then the stand-ins
+        are renamed back."""
+        G = self.G
+        stand_in = _stand_ins([v.name for v in leaves])
+        if stand_in is None:
+            return fused(leaf_sym)
+        place = {m: i for i, m in enumerate(through)}
+        position = {a: i for i, a in enumerate(leaf_sym)}
+        shape = tuple((G.node(m)["attrs"][0],
+                       tuple((0, place[a]) if a in inlined else (1, position[a]) for a in G.node(m)["args"]))
+                      for m in through)
+        shapes = self.low.shared.setdefault("fused shapes", {})
+        found = shapes.get((shape, stand_in))
+        if found is None:
+            try:
+                found = fused({a: sp.Symbol(nm, real=True) for a, nm in zip(leaf_sym, stand_in)})
+            except SpecError:
+                return fused(leaf_sym)   # the error, in the leaves' own names
+            shapes[shape, stand_in] = found
+        back = {sp.Symbol(nm, real=True): leaf_sym[a] for a, nm in zip(leaf_sym, stand_in)}
+        replacements, reduced = found
+        return [(sym, sub.xreplace(back)) for sym, sub in replacements], reduced.xreplace(back)
 
 
 def _cse(exprs, cache):
@@ -382,6 +413,30 @@ def _cse(exprs, cache):
 
 
 _REAL = sp.Symbol("x", real=True).assumptions0
+
+
+def _stand_ins(names) -> tuple | None:
+    """For leaf names (distinct): names ``A000000, ...`` (for those before ``_``) and
+    ``a000000, ...`` (after it) in the same order as the names, by position; None
+    when a name starts with ``_`` (outside the scheme, as in _cse)."""
+    if any(nm.startswith("_") for nm in names) or len(set(names)) != len(names):
+        return None
+    before = sorted(nm for nm in names if nm < "_")
+    after = sorted(nm for nm in names if nm > "_")
+    to = {nm: f"A{k:06d}" for k, nm in enumerate(before)}
+    to.update({nm: f"a{k:06d}" for k, nm in enumerate(after)})
+    return tuple(to[nm] for nm in names)
+
+
+@functools.lru_cache(maxsize=4096)
+def symbol_counts(expr) -> dict:
+    """How many times each symbol occurs in ``expr`` (name -> count; shared: not to
+    be changed).  The three programs and the printer ask it of the same kernels."""
+    counts: dict = {}
+    for sym in sp.preorder_traversal(expr):
+        if isinstance(sym, sp.Symbol):
+            counts[sym.name] = counts.get(sym.name, 0) + 1
+    return counts
 
 
 @functools.lru_cache(maxsize=4096)

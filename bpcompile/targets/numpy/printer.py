@@ -25,7 +25,7 @@ from ...ops.notation import print_add
 from ...escape import py_comment, py_docstring, py_str
 from ...ops import broadcast_shapes, equal, gemm_form, key_text, numpy_inplace, step
 from ...ops.structural import gemm_plan, window_sizes, windows_tile
-from ...ir.program import Kernel, Program, Value
+from ...ir.program import Kernel, Program, Value, symbol_counts
 from ..base import Code, lowering_table, lowers, template_environment
 from ..python import init_line, literal
 
@@ -146,9 +146,9 @@ def inplace_steps(expr, name: str, smaller=None):
     quotient computed at its own size (``t *= g/count``: one pass over t, not two)."""
     steps = []
     node = expr
+    holds = _holder(name)
     while not (isinstance(node, sp.Symbol) and node.name == name):
-        holder = [a for a in node.args if any(isinstance(s, sp.Symbol) and s.name == name
-                                                  for s in sp.preorder_traversal(a))]
+        holder = [a for a in node.args if holds(a)]
         if len(holder) != 1:
             return None
         inner = holder[0]
@@ -215,6 +215,24 @@ def inplace_steps(expr, name: str, smaller=None):
     return steps[::-1]
 
 
+def _holder(name: str):
+    """``holds(e)``: whether expression ``e`` holds the symbol called ``name``,
+    remembered for every expression asked about and those inside it (one walk of
+    the expression, not a search from each node down)."""
+    known: dict = {}
+
+    def holds(e):
+        found = known.get(e)
+        if found is None:
+            found = isinstance(e, sp.Symbol) and e.name == name
+            for a in e.args:   # every argument walked: each is remembered
+                found = holds(a) or found
+            known[e] = found
+        return found
+
+    return holds
+
+
 def batched_shape(v: Value) -> str:
     dims = (["N"] if v.batched else []) + [str(d) for d in v.shape]
     if len(dims) == 1:
@@ -257,6 +275,7 @@ class NumpyPrinter:
         self.buffers: dict = {}  # id(kernel) -> key of its array in the workspace (see workspace_plan)
         self.absorbed: dict = {}  # id(sum kernel) -> the map kernel it computes too (see absorb_plan)
         self.grad_buffers: dict = {}  # id(kernel) -> WRT name of the gradient array it computes into (grad_plan)
+        self.printed_maps: dict = {}  # lower_map's lines by what they are made of (see there)
 
     def ref(self, v: Value) -> str:
         """How a line reads value ``v``: its name, or its folded expression."""
@@ -272,6 +291,20 @@ class NumpyPrinter:
     # -- kernels -------------------------------------------------------------
     @lowers("map")
     def lower_map(self, k, out, args):
+        """The lines of an elementwise kernel.  They depend on its expressions, its
+        result and arguments (names, shapes, how the line reads them), the argument
+        it may overwrite and its notes alone: the three functions compute the same
+        forward kernels, printed once (SymPy's printing is most of the cost)."""
+        temps, expr = k.attrs
+        key = (tuple(temps), expr, (k.out.name, k.out.shape, k.out.batched, k.out.dtype),
+               tuple((a.name, a.shape, a.batched, a.dtype, a.kind, a.literal, text) for a, text in zip(k.args, args)),
+               k.reuse.name if k.reuse is not None else None, tuple(k.notes))
+        lines = self.printed_maps.get(key)
+        if lines is None:
+            lines = self.printed_maps[key] = self._lower_map(k, out)
+        return list(lines)
+
+    def _lower_map(self, k, out):
         temps, expr = k.attrs
         leaf_text = {a.name: self.aligned(a, k.out.rank) for a in k.args}
         printer = ExprPrinter(leaf_text, self.helpers)
@@ -292,11 +325,12 @@ class NumpyPrinter:
                 text = f"{text}.astype(DTYPE)"
             lines.append(f"{out} = {text}")
             return lines
-        formula = f"{out} = {fused_formula(temps, expr, {a.name: self.ref(a) for a in k.args})}"
         plain = len(steps) == 1 and template(steps[0][0]).startswith("{o} ")   # out += b says it all
-        if not plain and not any(note == formula or note.startswith(formula + "   #") for note in k.notes):
-            # the steps below compute this; the equation above does not already say it
-            lines.append("# " + py_comment(f"fused, in place: {formula}"))
+        if not plain:
+            formula = f"{out} = {fused_formula(temps, expr, {a.name: self.ref(a) for a in k.args})}"
+            if not any(note == formula or note.startswith(formula + "   #") for note in k.notes):
+                # the steps below compute this; the equation above does not already say it
+                lines.append("# " + py_comment(f"fused, in place: {formula}"))
         lines.append(f"{out} = {k.reuse.name}  # in place: {k.reuse.name} is not read again")
         for op, operand in steps:
             if op == "add" and operand.could_extract_minus_sign():
@@ -764,9 +798,8 @@ def reads(k: Kernel) -> dict:
     if k.op == "map":
         temps, expr = k.attrs
         for e in [expr, *(e for _, e in temps)]:
-            for sym in sp.preorder_traversal(e):
-                if isinstance(sym, sp.Symbol):
-                    counts[sym.name] = counts.get(sym.name, 0) + 1
+            for nm, c in symbol_counts(e).items():
+                counts[nm] = counts.get(nm, 0) + c
         if k.reuse is not None:
             counts[k.reuse.name] = counts.get(k.reuse.name, 0) + 1
         return counts
