@@ -38,27 +38,56 @@ from .language import real_literal
 
 @dataclass(frozen=True)
 class Blocking:
-    """The block sizes of one dtype: the micro-tile MR x NR (NR: a few vector
-    widths), KC (rows of op(B) per packed panel) and NC (its columns)."""
+    """The block sizes of one dtype on one instruction set: the micro-tile MR x NR
+    (NR: a few vector widths), KC (rows of op(B) per packed panel) and NC (its
+    columns)."""
     mr: int
     nr: int
     kc: int
     nc: int
 
 
-# Tuned on an AVX-512 x86 (AMD Zen 4; benchmarks/bench_c_gemm.py, gcc 12 -O3
-# -march=native -ffp-contract=fast): a tile of 8 zmm accumulators (4 x 16 double,
-# 8 x 16 float; on an AVX2 machine that is 16 ymm, all its registers: smaller
-# tiles may suit it better).  Measured there, slower: double 4 x 8, 6 x 8, 8 x 8,
-# 6 x 16, 8 x 16; float 6 x 16 (by 10-30%), 4 x 32, 6 x 32, and 4 x 16, which gcc
-# vectorised across the rows instead of the columns: 40x slower.  The packed B
-# panel (KC x NC, 64 KiB) stays in L2, the A sliver (MR x KC) in L1.
+@dataclass(frozen=True)
+class VectorIsa:
+    """A vector instruction set the micro-kernel is written for in intrinsics
+    (``<immintrin.h>``), chosen by the preprocessor from the macro ``guard`` that
+    the compiler defines when it targets it (``-march=native``, ``-mavx512f``...)."""
+    name: str
+    guard: str
+    bits: int
+
+    def width(self, dtype: str) -> int:
+        """Lanes of one vector register."""
+        return self.bits // (64 if dtype == "float64" else 32)
+
+    def vtype(self, dtype: str) -> str:
+        return f"__m{self.bits}" + ("d" if dtype == "float64" else "")
+
+    def op(self, name: str, dtype: str) -> str:
+        return f"_mm{self.bits if self.bits > 128 else ''}_{name}_" + ("pd" if dtype == "float64" else "ps")
+
+
+AVX512 = VectorIsa("AVX-512", "__AVX512F__", 512)
+FMA = VectorIsa("AVX2/FMA", "__FMA__", 256)
+ISAS = (AVX512, FMA)      # tried in this order; neither: PORTABLE's plain C
+PORTABLE = "portable"
+
+# BLOCKING[dtype][isa name or PORTABLE].  placeholder, measured below
 BLOCKING = {
-    "float64": Blocking(mr=4, nr=16, kc=128, nc=64),
-    "float32": Blocking(mr=8, nr=16, kc=128, nc=128),
+    "float64": {
+        AVX512.name: Blocking(mr=8, nr=16, kc=128, nc=64),
+        FMA.name: Blocking(mr=6, nr=8, kc=128, nc=64),
+        PORTABLE: Blocking(mr=4, nr=16, kc=128, nc=64),
+    },
+    "float32": {
+        AVX512.name: Blocking(mr=8, nr=32, kc=128, nc=128),
+        FMA.name: Blocking(mr=6, nr=16, kc=128, nc=128),
+        PORTABLE: Blocking(mr=8, nr=16, kc=128, nc=128),
+    },
 }
 
 _TYPES = {"float64": ("double", "d"), "float32": ("float", "s")}
+ALIGN = 64      # bytes: the packed buffers start on a cache line (a vector load never splits one)
 
 
 def gemm_name(dtype: str) -> str:
@@ -73,10 +102,9 @@ def _prefix(dtype: str) -> str:
 
 
 def stack_bytes(dtype: str) -> int:
-    """The stack the kernel's packed buffers take, in bytes."""
-    b = BLOCKING[dtype]
+    """The most stack the kernel's buffers take, in bytes, over the instruction sets."""
     size = 8 if dtype == "float64" else 4
-    return size * (b.kc * b.nc + b.mr * b.kc + b.mr * b.nr)
+    return max(size * (b.kc * b.nc + b.mr * b.kc + b.mr * b.nr) + 2 * ALIGN for b in BLOCKING[dtype].values())
 
 
 _SIGNATURE = ("void {f}(int trans_a, int trans_b, int m, int n, int k, {t} alpha,\n"
@@ -96,122 +124,120 @@ _CBLAS = """\
                 m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }}"""
 
-_KERNEL = """\
-// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of {nr} columns:
-// bp[j0 * kc + p * {nr} + j] = op(b)[p, j0 + j], zeros past column nc
+# The helpers before the micro-kernel.  {MR}, {NR}, {KC}, {NC}: the macros the
+# instruction set's block defines (``_defines``).
+_PACKING = """\
+// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of {NR} columns:
+// bp[j0 * kc + p * {NR} + j] = op(b)[p, j0 + j], zeros past column nc
 static void {f}_pack_b(int trans_b, int kc, int nc, const {t}* restrict b, int ldb, {t}* restrict bp)
 {{
-    for (int j0 = 0; j0 < nc; j0 += {nr}) {{
-        const int nr = nc - j0 < {nr} ? nc - j0 : {nr};
+    for (int j0 = 0; j0 < nc; j0 += {NR}) {{
+        const int nr = nc - j0 < {NR} ? nc - j0 : {NR};
         {t}* restrict panel = bp + (size_t)j0 * kc;
         if (trans_b) {{   // read along the rows of b
             for (int j = 0; j < nr; j++) {{
                 const {t}* restrict src = b + (size_t)(j0 + j) * ldb;
-                for (int p = 0; p < kc; p++) panel[(size_t)p * {nr} + j] = src[p];
+                for (int p = 0; p < kc; p++) panel[(size_t)p * {NR} + j] = src[p];
             }}
-            for (int j = nr; j < {nr}; j++)
-                for (int p = 0; p < kc; p++) panel[(size_t)p * {nr} + j] = {zero};
+            for (int j = nr; j < {NR}; j++)
+                for (int p = 0; p < kc; p++) panel[(size_t)p * {NR} + j] = {zero};
             continue;
         }}
         for (int p = 0; p < kc; p++) {{
-            {t}* restrict dst = panel + (size_t)p * {nr};
+            {t}* restrict dst = panel + (size_t)p * {NR};
             const {t}* restrict src = b + (size_t)p * ldb + j0;
-            if (nr == {nr}) {{
-                for (int j = 0; j < {nr}; j++) dst[j] = src[j];
+            if (nr == {NR}) {{
+                for (int j = 0; j < {NR}; j++) dst[j] = src[j];
             }} else {{
                 for (int j = 0; j < nr; j++) dst[j] = src[j];
-                for (int j = nr; j < {nr}; j++) dst[j] = {zero};
+                for (int j = nr; j < {NR}; j++) dst[j] = {zero};
             }}
         }}
     }}
 }}
 
-// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * {mr} + r] = op(a)[r, p],
-// zeros past row mr
+// op(a)[0:mr, 0:kc] (a: its first element, mr < {MR}) packed by columns: ap[p * {MR} + r] = op(a)[r, p],
+// zeros past row mr (a whole sliver of {MR} rows is read where it is, see {f}_blocked)
 static void {f}_pack_a(int trans_a, int mr, int kc, const {t}* restrict a, int lda, {t}* restrict ap)
 {{
-    if (mr == {mr}) {{   // a whole sliver: loops of a constant length
-        if (trans_a) {{
-            for (int p = 0; p < kc; p++)
-                for (int r = 0; r < {mr}; r++) ap[(size_t)p * {mr} + r] = a[(size_t)p * lda + r];
-        }} else {{
-            for (int r = 0; r < {mr}; r++)
-                for (int p = 0; p < kc; p++) ap[(size_t)p * {mr} + r] = a[(size_t)r * lda + p];
-        }}
-        return;
-    }}
     for (int p = 0; p < kc; p++) {{
-        {t}* restrict dst = ap + (size_t)p * {mr};
+        {t}* restrict dst = ap + (size_t)p * {MR};
         for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
-        for (int r = mr; r < {mr}; r++) dst[r] = {zero};
+        for (int r = mr; r < {MR}; r++) dst[r] = {zero};
     }}
 }}
 
-// the {mr} x {nr} tile ct = ap @ bp over kc (the inner loop: {nr} lanes, one vector FMA each);
-// inline: gcc 12, left to itself, clones the callers for their constant arguments and
-// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
-static inline void {f}_tile(int kc, const {t}* restrict ap, const {t}* restrict bp, {t}* restrict ct)
-{{
-{tile_body}
-}}
-
-// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0); c[r, j] is at
-// c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see {f})
+// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0), ct a {MR} x {NR}
+// tile; c[r, j] is at c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see {f})
 static void {f}_store(int mr, int nr, {t} alpha, const {t}* restrict ct, {t} beta, {t}* restrict c,
     size_t rs, size_t cs)
 {{
     for (int r = 0; r < mr; r++) {{
         {t}* restrict crow = c + r * rs;
-        const {t}* restrict trow = ct + r * {nr};
-        if (nr == {nr} && cs == 1) {{
+        const {t}* restrict trow = ct + r * {NR};
+        if (nr == {NR} && cs == 1) {{
             if (beta == {zero}) {{
-                for (int j = 0; j < {nr}; j++) crow[j] = alpha * trow[j];
+                for (int j = 0; j < {NR}; j++) crow[j] = alpha * trow[j];
             }} else {{
-                for (int j = 0; j < {nr}; j++) crow[j] = alpha * trow[j] + beta * crow[j];
+                for (int j = 0; j < {NR}; j++) crow[j] = alpha * trow[j] + beta * crow[j];
             }}
         }} else {{
             for (int j = 0; j < nr; j++)
                 crow[j * cs] = beta == {zero} ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
         }}
     }}
-}}
+}}"""
 
+_TILE_HEAD = """\
+static inline void {f}_tile(int kc, const {t}* restrict a, size_t ars, size_t acs, const {t}* restrict bp,
+    int mr, int nr, {t} alpha, {t} beta, {t}* restrict c, size_t rs, size_t cs)
+{{"""
+
+# The driver after the micro-kernel.
+_DRIVER = """\
 // the blocked product, c[i, j] at c[i * rs + j * cs]
 static void {f}_blocked(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
     const {t}* restrict a, int lda, const {t}* restrict b, int ldb, {t} beta, {t}* restrict c, size_t rs, size_t cs)
 {{
-    // stack: {stack} bytes
-    {t} bp[{kc} * {nc}];
-    {t} ap[{mr} * {kc}];
-    {t} ct[{mr} * {nr}];
-    for (int j0 = 0; j0 < n; j0 += {nc}) {{
-        const int nc = n - j0 < {nc} ? n - j0 : {nc};
-        for (int p0 = 0; p0 < k; p0 += {kc}) {{
-            const int kc = k - p0 < {kc} ? k - p0 : {kc};
+    // the packed buffers, on the stack, each from a {align}-byte boundary
+    {t} bp_space[{KC} * {NC} + {align} / sizeof({t})];
+    {t} ap_space[{MR} * {KC} + {align} / sizeof({t})];
+    {t}* restrict bp = bp_space + ({align} - (uintptr_t)bp_space % {align}) % {align} / sizeof({t});
+    {t}* restrict ap = ap_space + ({align} - (uintptr_t)ap_space % {align}) % {align} / sizeof({t});
+    for (int j0 = 0; j0 < n; j0 += {NC}) {{
+        const int nc = n - j0 < {NC} ? n - j0 : {NC};
+        for (int p0 = 0; p0 < k; p0 += {KC}) {{
+            const int kc = k - p0 < {KC} ? k - p0 : {KC};
             const {t} beta_p = p0 == 0 ? beta : {one};   // later K blocks add to c
             {f}_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
-            for (int i0 = 0; i0 < m; i0 += {mr}) {{
-                const int mr = m - i0 < {mr} ? m - i0 : {mr};
-                {f}_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
-                for (int jr = 0; jr < nc; jr += {nr}) {{
-                    {f}_tile(kc, ap, bp + (size_t)jr * kc, ct);
-                    {f}_store(mr, nc - jr < {nr} ? nc - jr : {nr}, alpha, ct, beta_p,
-                              c + i0 * rs + (j0 + jr) * cs, rs, cs);
+            for (int i0 = 0; i0 < m; i0 += {MR}) {{
+                const int mr = m - i0 < {MR} ? m - i0 : {MR};
+                // op(a)[i0 + r, p0 + p] at at[r * ars + p * acs]: a itself, or (an edge) packed
+                const {t}* at = trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0;
+                size_t ars = trans_a ? 1 : (size_t)lda, acs = trans_a ? (size_t)lda : 1;
+                if (mr < {MR}) {{
+                    {f}_pack_a(trans_a, mr, kc, at, lda, ap);
+                    at = ap;
+                    ars = 1;
+                    acs = {MR};
                 }}
+                for (int jr = 0; jr < nc; jr += {NR})
+                    {f}_tile(kc, at, ars, acs, bp + (size_t)jr * kc, mr, nc - jr < {NR} ? nc - jr : {NR}, alpha, beta_p,
+                             c + i0 * rs + (j0 + jr) * cs, rs, cs);
             }}
         }}
     }}
 }}
 
-// the tiles' padding when c [m x n] is cut into {mr} x {nr} tiles
+// the tiles' padding when c [m x n] is cut into {MR} x {NR} tiles
 static long long {f}_padded(int m, int n)
 {{
-    return (long long)((m + {mr} - 1) / {mr} * {mr}) * ((n + {nr} - 1) / {nr} * {nr});
+    return (long long)((m + {MR} - 1) / {MR} * {MR}) * ((n + {NR} - 1) / {NR} * {NR});
 }}
 
 // fewer rows than a tile (a batch of one): no packing, one row of c at a time;
 // op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p (vector over the row);
-// op(b) = b^T: c[i, j] is a dot product, in {nr} partial sums (lane q takes p = q mod {nr})
+// op(b) = b^T: c[i, j] is a dot product, in {LANES} partial sums (lane q takes p = q mod {LANES})
 static void {f}_rows(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
     const {t}* restrict a, int lda, const {t}* restrict b, int ldb, {t} beta, {t}* restrict c, int ldc)
 {{
@@ -228,17 +254,17 @@ static void {f}_rows(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
         }}
         for (int j = 0; j < n; j++) {{
             const {t}* restrict brow = b + (size_t)j * ldb;
-            {t} lane[{nr}];
-            for (int q = 0; q < {nr}; q++) lane[q] = {zero};
+            {t} lane[{LANES}];
+            for (int q = 0; q < {LANES}; q++) lane[q] = {zero};
             int p = 0;
             if (!trans_a) {{
                 const {t}* restrict arow = a + (size_t)i * lda;
-                for (; p + {nr} <= k; p += {nr})
-                    for (int q = 0; q < {nr}; q++) lane[q] += arow[p + q] * brow[p + q];
+                for (; p + {LANES} <= k; p += {LANES})
+                    for (int q = 0; q < {LANES}; q++) lane[q] += arow[p + q] * brow[p + q];
             }}
-            for (; p < k; p++) lane[p % {nr}] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
+            for (; p < k; p++) lane[p % {LANES}] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
             {t} sum = {zero};
-            for (int q = 0; q < {nr}; q++) sum += lane[q];
+            for (int q = 0; q < {LANES}; q++) sum += lane[q];
             crow[j] = beta == {zero} ? alpha * sum : alpha * sum + beta * crow[j];
         }}
     }}
@@ -254,33 +280,74 @@ static void {f}_rows(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
                 c[(size_t)i * ldc + j] = beta == {zero} ? {zero} : beta * c[(size_t)i * ldc + j];
         return;
     }}
-    if (m < {mr}) {{
+    if (m < {ROWS}) {{
         {f}_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }}
     // narrow c (an output layer): c^T = op(b)^T op(a)^T wastes less of the tiles
-    const int swap = n >= {mr} && {f}_padded(n, m) < {f}_padded(m, n);
+    const int swap = n >= {ROWS} && {f}_padded(n, m) < {f}_padded(m, n);
     {f}_blocked(swap ? !trans_b : trans_a, swap ? !trans_a : trans_b, swap ? n : m, swap ? m : n, k, alpha,
                 swap ? b : a, swap ? ldb : lda, swap ? a : b, swap ? lda : ldb, beta, c,
                 swap ? 1 : (size_t)ldc, swap ? (size_t)ldc : 1);
 }}"""
 
 
-def _tile_body(t: str, b: Blocking, zero: str) -> str:
-    """The micro-kernel's body: one accumulator row per row of the tile, written
+_NOINLINE = ["#ifdef __GNUC__", "#define BP_GEMM_NOINLINE __attribute__((noinline))", "#else",
+             "#define BP_GEMM_NOINLINE", "#endif"]
+
+
+def _macros(f: str) -> dict:
+    F = f.upper()
+    return {"MR": f"{F}_MR", "NR": f"{F}_NR", "KC": f"{F}_KC", "NC": f"{F}_NC", "ROWS": f"{F}_ROWS",
+            "LANES": f"{F}_LANES"}
+
+
+def _ladder(blocks: list) -> list:
+    """``#ifdef`` over the instruction sets, most capable first: ``blocks`` holds
+    one text per entry of ISAS and a last one for the portable C."""
+    lines, depth = [], 0
+    for isa, text in zip(ISAS, blocks):
+        lines += [f"#ifdef {isa.guard}", text, "#else"]
+        depth += 1
+    return lines + [blocks[-1]] + ["#endif"] * depth
+
+
+def _defines(dtype: str, f: str, isa) -> str:
+    """The block sizes of ``isa`` (a VectorIsa or PORTABLE) as macros."""
+    name = PORTABLE if isa == PORTABLE else isa.name
+    b, mac = BLOCKING[dtype][name], _macros(f)
+    lines = [f"// {name}: {b.mr} x {b.nr} tiles, packed B panels of {b.kc} x {b.nc}"]
+    if isa != PORTABLE:
+        lines.append("#include <immintrin.h>")
+    lines += [f"#define {mac['MR']} {b.mr}", f"#define {mac['NR']} {b.nr}",
+              f"#define {mac['KC']} {b.kc}", f"#define {mac['NC']} {b.nc}"]
+    return "\n".join(lines)
+
+
+def _row(r: int) -> str:
+    """The offset of row r of a sliver of op(a), rows ``ars`` apart."""
+    return "0" if r == 0 else ("ars" if r == 1 else f"{r} * ars")
+
+
+def _portable_tile(t: str, b: Blocking, zero: str, f: str) -> str:
+    """The micro-kernel in plain C: one accumulator row per row of the tile, written
     out, so that the only loop left to vectorise is the one over the NR columns
     (gcc, given the rows as a loop, vectorised across them instead, 5-10x slower);
     the row of B is copied to a local first, so that it is loaded once per step
-    into registers rather than once per FMA."""
+    into registers rather than once per FMA.  The tile goes out through a local
+    array and ``_store``."""
     rows = range(b.mr)
-    lines = [f"    {t} " + ", ".join(f"acc{r}[{b.nr}]" for r in rows) + ";",
+    lines = ["// the tile c = alpha * ap @ bp + beta * c over kc (the inner loop: NR lanes, one vector FMA each);",
+             "// inline: gcc 12, left to itself, clones the callers for their constant arguments and",
+             "// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)",
+             _TILE_HEAD.format(f=f, t=t),
+             f"    {t} " + ", ".join(f"acc{r}[{b.nr}]" for r in rows) + f", ct[{b.mr * b.nr}];",
              f"    for (int j = 0; j < {b.nr}; j++) {{",
              *[f"        acc{r}[j] = {zero};" for r in rows],
              "    }",
-             "    for (int p = 0; p < kc; p++) {",
+             "    for (int p = 0; p < kc; p++, a += acs) {",
              f"        const {t}* restrict brow = bp + (size_t)p * {b.nr};",
-             f"        const {t}* restrict acol = ap + (size_t)p * {b.mr};",
-             *[f"        const {t} a{r} = acol[{r}];" for r in rows],
+             *[f"        const {t} a{r} = a[{_row(r)}];" for r in rows],
              f"        {t} bv[{b.nr}];",
              f"        for (int j = 0; j < {b.nr}; j++) bv[j] = brow[j];",
              f"        for (int j = 0; j < {b.nr}; j++) {{",
@@ -289,8 +356,85 @@ def _tile_body(t: str, b: Blocking, zero: str) -> str:
              "    }",
              f"    for (int j = 0; j < {b.nr}; j++) {{",
              *[f"        ct[{r * b.nr} + j] = acc{r}[j];" for r in rows],
-             "    }"]
+             "    }",
+             f"    {f}_store(mr, nr, alpha, ct, beta, c, rs, cs);",
+             "}"]
     return "\n".join(lines)
+
+
+def _vector_tile(dtype: str, isa: VectorIsa, f: str) -> str:
+    """The micro-kernel in ``isa``'s intrinsics: the MR x NR tile in MR * NR / width
+    named vector variables (registers: no array between the FMAs), per step of k one
+    load per vector of the packed B row and one broadcast per row of the packed A
+    column; a whole row-major tile is stored from the registers, an edge (or c
+    transposed) through a local array and ``_store``.  The FMAs are explicit: the
+    summation order is the same at any -ffp-contract."""
+    t = _TYPES[dtype][0]
+    b = BLOCKING[dtype][isa.name]
+    w, V = isa.width(dtype), isa.vtype(dtype)
+    nv = b.nr // w
+    assert nv * w == b.nr, (dtype, isa, b)
+
+    def op(name):
+        return isa.op(name, dtype)
+
+    def acc(r, v):
+        return f"c{r}_{v}"
+
+    def at(base, r, v):
+        row = "" if r == 0 else (" + rs" if r == 1 else f" + {r} * rs")
+        col = "" if v == 0 else f" + {v * w}"
+        return f"{base}{row}{col}"
+
+    zero = real_literal(0, dtype)
+    lines = [f"// the {b.mr} x {b.nr} tile c = alpha * ap @ bp + beta * c over kc, {isa.name}: {b.mr * nv} accumulators;",
+             "// out of line: gcc 12, inlining it into the loop nest, kept the B vectors on the stack",
+             "// and read them back for every FMA (1.5-1.9x slower)",
+             "BP_GEMM_NOINLINE " + _TILE_HEAD.format(f=f, t=t).replace("static inline", "static")]
+    for r in range(b.mr):
+        lines.append(f"    {V} " + ", ".join(f"{acc(r, v)} = {op('setzero')}()" for v in range(nv)) + ";")
+    lines += [f"    for (int p = 0; p < kc; p++, a += acs, bp += {b.nr}) {{",
+              f"        const {V} " + ", ".join(f"b{v} = {op('loadu')}(bp{'' if v == 0 else f' + {v * w}'})"
+                                           for v in range(nv)) + ";",
+              f"        {V} av;"]
+    for r in range(b.mr):
+        lines.append(f"        av = {op('set1')}(a[{_row(r)}]);"
+                     + "".join(f" {acc(r, v)} = {op('fmadd')}(av, b{v}, {acc(r, v)});" for v in range(nv)))
+    lines += ["    }",
+              f"    const {V} va = {op('set1')}(alpha);",
+              f"    if (mr == {b.mr} && nr == {b.nr} && cs == 1) {{",
+              f"        if (beta == {zero}) {{"]
+    for r in range(b.mr):
+        lines.append("           " + "".join(f" {op('storeu')}({at('c', r, v)}, {op('mul')}(va, {acc(r, v)}));"
+                                             for v in range(nv)))
+    lines += ["        } else {", f"            const {V} vb = {op('set1')}(beta);"]
+    for r in range(b.mr):
+        for v in range(nv):
+            lines.append(f"            {op('storeu')}({at('c', r, v)}, "
+                         f"{op('fmadd')}(vb, {op('loadu')}({at('c', r, v)}), {op('mul')}(va, {acc(r, v)})));")
+    lines += ["        }", "        return;", "    }", f"    {t} ct[{b.mr * b.nr}];"]
+    for r in range(b.mr):
+        lines.append("   " + "".join(f" {op('storeu')}(ct + {r * b.nr + v * w}, {acc(r, v)});" for v in range(nv)))
+    lines += [f"    {f}_store(mr, nr, alpha, ct, beta, c, rs, cs);", "}"]
+    return "\n".join(lines)
+
+
+def _kernel(dtype: str, linkage: str, signature: str) -> str:
+    """Our GEMM of one dtype: the block sizes and micro-kernel the preprocessor
+    picks, and the driver around them."""
+    t = _TYPES[dtype][0]
+    f = gemm_name(dtype)
+    zero, one = real_literal(0, dtype), real_literal(1, dtype)
+    mac = _macros(f)
+    lanes = BLOCKING[dtype][PORTABLE].nr
+    defines = _ladder([_defines(dtype, f, isa) for isa in (*ISAS, PORTABLE)])
+    common = [f"// fewer rows than this: {f}_rows; partial sums of a dot product there",
+              f"#define {mac['ROWS']} 4", f"#define {mac['LANES']} {lanes}"]
+    tiles = _ladder([_vector_tile(dtype, isa, f) for isa in ISAS]
+                    + [_portable_tile(t, BLOCKING[dtype][PORTABLE], zero, f)])
+    fmt = dict(mac, f=f, t=t, zero=zero, one=one, align=ALIGN, linkage=linkage, signature=signature,
+               doc=_DOC.format(f=f, t=t))
+    return "\n".join([*defines, *common, "", _PACKING.format(**fmt), "", *tiles, "", _DRIVER.format(**fmt)])
 
 
 def gemm_source(dtypes=("float64",), *, linkage: str = "static ") -> str:
@@ -308,16 +452,11 @@ def gemm_source(dtypes=("float64",), *, linkage: str = "static ") -> str:
     for dtype in dtypes:
         _prefix(dtype)   # checks it
         t, p = _TYPES[dtype]
-        b = BLOCKING[dtype]
-        f = gemm_name(dtype)
-        signature = _SIGNATURE.format(f=f, t=t)
+        signature = _SIGNATURE.format(f=gemm_name(dtype), t=t)
         cblas.append(_CBLAS.format(linkage=linkage, signature=signature, p=p))
-        ours.append(_KERNEL.format(
-            f=f, t=t, mr=b.mr, nr=b.nr, kc=b.kc, nc=b.nc, linkage=linkage, signature=signature,
-            doc=_DOC.format(f=f, t=t), stack=stack_bytes(dtype), tile_body=_tile_body(t, b, real_literal(0, dtype)),
-            zero=real_literal(0, dtype), one=real_literal(1, dtype)))
-    return "\n".join(["#ifdef BPC_CBLAS", "#include <cblas.h>", "", "\n\n".join(cblas), "#else", "",
-                      "\n\n".join(ours), "#endif", ""])
+        ours.append(_kernel(dtype, linkage, signature))
+    return "\n".join(["#ifdef BPC_CBLAS", "#include <cblas.h>", "", "\n\n".join(cblas), "#else",
+                      "#include <stdint.h>", *_NOINLINE, "", "\n\n".join(ours), "#endif", ""])
 
 
 def gemm_call(g: Gemm, out: str | None = None, left: str | None = None, right: str | None = None) -> str:
