@@ -104,7 +104,7 @@ def _prefix(dtype: str) -> str:
 def stack_bytes(dtype: str) -> int:
     """The most stack the kernel's buffers take, in bytes, over the instruction sets."""
     size = 8 if dtype == "float64" else 4
-    return max(size * (b.kc * b.nc + b.mr * b.kc + b.mr * b.nr) + 2 * ALIGN for b in BLOCKING[dtype].values())
+    return max(size * (b.kc * b.nc + b.mr * b.nr) + ALIGN for b in BLOCKING[dtype].values())
 
 
 _SIGNATURE = ("void {f}(int trans_a, int trans_b, int m, int n, int k, {t} alpha,\n"
@@ -156,17 +156,6 @@ static void {f}_pack_b(int trans_b, int kc, int nc, const {t}* restrict b, int l
     }}
 }}
 
-// op(a)[0:mr, 0:kc] (a: its first element, mr < {MR}) packed by columns: ap[p * {MR} + r] = op(a)[r, p],
-// zeros past row mr (a whole sliver of {MR} rows is read where it is, see {f}_blocked)
-static void {f}_pack_a(int trans_a, int mr, int kc, const {t}* restrict a, int lda, {t}* restrict ap)
-{{
-    for (int p = 0; p < kc; p++) {{
-        {t}* restrict dst = ap + (size_t)p * {MR};
-        for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
-        for (int r = mr; r < {MR}; r++) dst[r] = {zero};
-    }}
-}}
-
 // c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0), ct a {MR} x {NR}
 // tile; c[r, j] is at c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see {f})
 static void {f}_store(int mr, int nr, {t} alpha, const {t}* restrict ct, {t} beta, {t}* restrict c,
@@ -199,11 +188,9 @@ _DRIVER = """\
 static void {f}_blocked(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
     const {t}* restrict a, int lda, const {t}* restrict b, int ldb, {t} beta, {t}* restrict c, size_t rs, size_t cs)
 {{
-    // the packed buffers, on the stack, each from a {align}-byte boundary
+    // the packed panels of op(b), on the stack, from a {align}-byte boundary
     {t} bp_space[{KC} * {NC} + {align} / sizeof({t})];
-    {t} ap_space[{MR} * {KC} + {align} / sizeof({t})];
     {t}* restrict bp = bp_space + ({align} - (uintptr_t)bp_space % {align}) % {align} / sizeof({t});
-    {t}* restrict ap = ap_space + ({align} - (uintptr_t)ap_space % {align}) % {align} / sizeof({t});
     for (int j0 = 0; j0 < n; j0 += {NC}) {{
         const int nc = n - j0 < {NC} ? n - j0 : {NC};
         for (int p0 = 0; p0 < k; p0 += {KC}) {{
@@ -212,15 +199,9 @@ static void {f}_blocked(int trans_a, int trans_b, int m, int n, int k, {t} alpha
             {f}_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
             for (int i0 = 0; i0 < m; i0 += {MR}) {{
                 const int mr = m - i0 < {MR} ? m - i0 : {MR};
-                // op(a)[i0 + r, p0 + p] at at[r * ars + p * acs]: a itself, or (an edge) packed
+                // op(a)[i0 + r, p0 + p] = at[r * ars + p * acs], read where it is
                 const {t}* at = trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0;
-                size_t ars = trans_a ? 1 : (size_t)lda, acs = trans_a ? (size_t)lda : 1;
-                if (mr < {MR}) {{
-                    {f}_pack_a(trans_a, mr, kc, at, lda, ap);
-                    at = ap;
-                    ars = 1;
-                    acs = {MR};
-                }}
+                const size_t ars = trans_a ? 1 : (size_t)lda, acs = trans_a ? (size_t)lda : 1;
                 for (int jr = 0; jr < nc; jr += {NR})
                     {f}_tile(kc, at, ars, acs, bp + (size_t)jr * kc, mr, nc - jr < {NR} ? nc - jr : {NR}, alpha, beta_p,
                              c + i0 * rs + (j0 + jr) * cs, rs, cs);
@@ -236,7 +217,7 @@ static long long {f}_padded(int m, int n)
 }}
 
 // fewer rows than a tile (a batch of one): no packing, one row of c at a time;
-// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p (vector over the row);
+// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p, four p a pass (vector over the row);
 // op(b) = b^T: c[i, j] is a dot product, in {LANES} partial sums (lane q takes p = q mod {LANES})
 static void {f}_rows(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
     const {t}* restrict a, int lda, const {t}* restrict b, int ldb, {t} beta, {t}* restrict c, int ldc)
@@ -245,7 +226,19 @@ static void {f}_rows(int trans_a, int trans_b, int m, int n, int k, {t} alpha,
         {t}* restrict crow = c + (size_t)i * ldc;
         if (!trans_b) {{
             for (int j = 0; j < n; j++) crow[j] = beta == {zero} ? {zero} : beta * crow[j];
-            for (int p = 0; p < k; p++) {{
+            int p = 0;
+            for (; p + 4 <= k; p += 4) {{   // four rows of b per pass over c[i, :]
+                const {t}* restrict b0 = b + (size_t)p * ldb;
+                const {t}* restrict b1 = b0 + ldb;
+                const {t}* restrict b2 = b1 + ldb;
+                const {t}* restrict b3 = b2 + ldb;
+                const {t} a0 = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
+                const {t} a1 = alpha * (trans_a ? a[(size_t)(p + 1) * lda + i] : a[(size_t)i * lda + p + 1]);
+                const {t} a2 = alpha * (trans_a ? a[(size_t)(p + 2) * lda + i] : a[(size_t)i * lda + p + 2]);
+                const {t} a3 = alpha * (trans_a ? a[(size_t)(p + 3) * lda + i] : a[(size_t)i * lda + p + 3]);
+                for (int j = 0; j < n; j++) crow[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+            }}
+            for (; p < k; p++) {{
                 const {t} ap = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
                 const {t}* restrict brow = b + (size_t)p * ldb;
                 for (int j = 0; j < n; j++) crow[j] += ap * brow[j];
@@ -325,8 +318,14 @@ def _defines(dtype: str, f: str, isa) -> str:
 
 
 def _row(r: int) -> str:
-    """The offset of row r of a sliver of op(a), rows ``ars`` apart."""
-    return "0" if r == 0 else ("ars" if r == 1 else f"{r} * ars")
+    """The offset of row r of a sliver of op(a) (``_offsets``)."""
+    return "0" if r == 0 else f"o{r}"
+
+
+def _offsets(mr: int) -> str:
+    """The offsets of the rows of a sliver of op(a), ``ars`` apart; past the
+    edge (row mr on), row 0's: computed, never stored, no packing needed."""
+    return "    const size_t " + ", ".join(f"o{r} = mr > {r} ? {r} * ars : 0" for r in range(1, mr)) + ";"
 
 
 def _portable_tile(t: str, b: Blocking, zero: str, f: str) -> str:
@@ -345,6 +344,7 @@ def _portable_tile(t: str, b: Blocking, zero: str, f: str) -> str:
              f"    for (int j = 0; j < {b.nr}; j++) {{",
              *[f"        acc{r}[j] = {zero};" for r in rows],
              "    }",
+             _offsets(b.mr),
              "    for (int p = 0; p < kc; p++, a += acs) {",
              f"        const {t}* restrict brow = bp + (size_t)p * {b.nr};",
              *[f"        const {t} a{r} = a[{_row(r)}];" for r in rows],
@@ -393,7 +393,8 @@ def _vector_tile(dtype: str, isa: VectorIsa, f: str) -> str:
              "BP_GEMM_NOINLINE " + _TILE_HEAD.format(f=f, t=t).replace("static inline", "static")]
     for r in range(b.mr):
         lines.append(f"    {V} " + ", ".join(f"{acc(r, v)} = {op('setzero')}()" for v in range(nv)) + ";")
-    lines += [f"    for (int p = 0; p < kc; p++, a += acs, bp += {b.nr}) {{",
+    lines += [_offsets(b.mr),
+              f"    for (int p = 0; p < kc; p++, a += acs, bp += {b.nr}) {{",
               f"        const {V} " + ", ".join(f"b{v} = {op('loadu')}(bp{'' if v == 0 else f' + {v * w}'})"
                                            for v in range(nv)) + ";",
               f"        {V} av;"]
