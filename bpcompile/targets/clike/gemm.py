@@ -128,12 +128,19 @@ _CBLAS = """\
 # instruction set's block defines (``_defines``).
 _PACKING = """\
 // op(b)[0:kc, 0:nc] (b: its first element) packed into panels of {NR} columns:
-// bp[j0 * kc + p * {NR} + j] = op(b)[p, j0 + j], zeros past column nc
-static void {f}_pack_b(int trans_b, int kc, int nc, const {t}* restrict b, int ldb, {t}* restrict bp)
+// bp[j0 * kc + p * {NR} + j] = op(b)[p, j0 + j], zeros past column nc; in_place: the edge panel only
+static void {f}_pack_b(int trans_b, int in_place, int kc, int nc, const {t}* restrict b, int ldb, {t}* restrict bp)
 {{
     for (int j0 = 0; j0 < nc; j0 += {NR}) {{
         const int nr = nc - j0 < {NR} ? nc - j0 : {NR};
         {t}* restrict panel = bp + (size_t)j0 * kc;
+        if (in_place && nr == {NR}) continue;   // read where it is (see {f}_blocked)
+        if (trans_b && nr == {NR}) {{   // a whole panel: written in order, read across {NR} rows of b
+            const {t}* restrict src = b + (size_t)j0 * ldb;
+            for (int p = 0; p < kc; p++)
+                for (int j = 0; j < {NR}; j++) panel[(size_t)p * {NR} + j] = src[(size_t)j * ldb + p];
+            continue;
+        }}
         if (trans_b) {{   // read along the rows of b
             for (int j = 0; j < nr; j++) {{
                 const {t}* restrict src = b + (size_t)(j0 + j) * ldb;
@@ -153,6 +160,27 @@ static void {f}_pack_b(int trans_b, int kc, int nc, const {t}* restrict b, int l
                 for (int j = nr; j < {NR}; j++) dst[j] = {zero};
             }}
         }}
+    }}
+}}
+
+// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * {MR} + r] = op(a)[r, p],
+// zeros past row mr (for the plain-C micro-kernel only: {PACK_A})
+static void {f}_pack_a(int trans_a, int mr, int kc, const {t}* restrict a, int lda, {t}* restrict ap)
+{{
+    if (mr == {MR}) {{   // a whole sliver: loops of a constant length
+        if (trans_a) {{
+            for (int p = 0; p < kc; p++)
+                for (int r = 0; r < {MR}; r++) ap[(size_t)p * {MR} + r] = a[(size_t)p * lda + r];
+        }} else {{
+            for (int r = 0; r < {MR}; r++)
+                for (int p = 0; p < kc; p++) ap[(size_t)p * {MR} + r] = a[(size_t)r * lda + p];
+        }}
+        return;
+    }}
+    for (int p = 0; p < kc; p++) {{
+        {t}* restrict dst = ap + (size_t)p * {MR};
+        for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
+        for (int r = mr; r < {MR}; r++) dst[r] = {zero};
     }}
 }}
 
@@ -178,8 +206,8 @@ static void {f}_store(int mr, int nr, {t} alpha, const {t}* restrict ct, {t} bet
 }}"""
 
 _TILE_HEAD = """\
-static inline void {f}_tile(int kc, const {t}* restrict a, size_t ars, size_t acs, const {t}* restrict bp,
-    int mr, int nr, {t} alpha, {t} beta, {t}* restrict c, size_t rs, size_t cs)
+static inline int {f}_tile({t}* restrict ct, int kc, const {t}* restrict a, size_t ars, size_t acs,
+    const {t}* restrict bp, size_t bs, int mr, int nr, {t} alpha, {t} beta, {t}* restrict c, size_t rs, size_t cs)
 {{"""
 
 # The driver after the micro-kernel.
@@ -191,29 +219,47 @@ static void {f}_blocked(int trans_a, int trans_b, int m, int n, int k, {t} alpha
     // the packed panels of op(b), on the stack, from a {align}-byte boundary
     {t} bp_space[{KC} * {NC} + {align} / sizeof({t})];
     {t}* restrict bp = bp_space + ({align} - (uintptr_t)bp_space % {align}) % {align} / sizeof({t});
+    {t} ap[{PACK_A} ? {MR} * {KC} : 1];   // op(a) packed, for the plain-C micro-kernel
+    {t} ct[{MR} * {NR}];   // a tile the micro-kernel leaves to {f}_store
+    // few rows of c (a panel of op(b) serves few tiles): whole panels of b (not transposed) are read
+    // where they are; more rows pay for the packing (a panel in a few cache sets, rows ldb apart,
+    // evicts itself from L1: AVX2 build, 256 rows: 1.3x slower unpacked)
+    const int in_place = !trans_b && m <= {IN_PLACE};
     for (int j0 = 0; j0 < n; j0 += {NC}) {{
         const int nc = n - j0 < {NC} ? n - j0 : {NC};
         for (int p0 = 0; p0 < k; p0 += {KC}) {{
             const int kc = k - p0 < {KC} ? k - p0 : {KC};
             const {t} beta_p = p0 == 0 ? beta : {one};   // later K blocks add to c
-            {f}_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
+            {f}_pack_b(trans_b, in_place, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
             for (int i0 = 0; i0 < m; i0 += {MR}) {{
                 const int mr = m - i0 < {MR} ? m - i0 : {MR};
                 // op(a)[i0 + r, p0 + p] = at[r * ars + p * acs], read where it is
                 const {t}* at = trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0;
-                const size_t ars = trans_a ? 1 : (size_t)lda, acs = trans_a ? (size_t)lda : 1;
-                for (int jr = 0; jr < nc; jr += {NR})
-                    {f}_tile(kc, at, ars, acs, bp + (size_t)jr * kc, mr, nc - jr < {NR} ? nc - jr : {NR}, alpha, beta_p,
-                             c + i0 * rs + (j0 + jr) * cs, rs, cs);
+                size_t ars = trans_a ? 1 : (size_t)lda, acs = trans_a ? (size_t)lda : 1;
+                if ({PACK_A}) {{
+                    {f}_pack_a(trans_a, mr, kc, at, lda, ap);
+                    at = ap;
+                    ars = 1;
+                    acs = {MR};
+                }}
+                for (int jr = 0; jr < nc; jr += {NR}) {{
+                    // op(b)[p0 + p, j0 + jr + j] = bt[p * bs + j]: packed, or a whole panel of b where it is
+                    const int nr = nc - jr < {NR} ? nc - jr : {NR}, here = in_place && nr == {NR};
+                    const {t}* bt = here ? b + (size_t)p0 * ldb + j0 + jr : bp + (size_t)jr * kc;
+                    {t}* restrict ctile = c + i0 * rs + (j0 + jr) * cs;
+                    if (!{f}_tile(ct, kc, at, ars, acs, bt, here ? (size_t)ldb : {NR}, mr, nr, alpha, beta_p, ctile, rs, cs))
+                        {f}_store(mr, nr, alpha, ct, beta_p, ctile, rs, cs);
+                }}
             }}
         }}
     }}
 }}
 
-// the tiles' padding when c [m x n] is cut into {MR} x {NR} tiles
+// the work of c [m x n] cut into {MR} x {NR} tiles: the columns padded to whole panels
+// (an edge tile's rows past the edge are skipped)
 static long long {f}_padded(int m, int n)
 {{
-    return (long long)((m + {MR} - 1) / {MR} * {MR}) * ((n + {NR} - 1) / {NR} * {NR});
+    return (long long)m * ((n + {NR} - 1) / {NR} * {NR});
 }}
 
 // fewer rows than a tile (a batch of one): no packing, one row of c at a time;
@@ -291,7 +337,8 @@ _NOINLINE = ["#ifdef __GNUC__", "#define BP_GEMM_NOINLINE __attribute__((noinlin
 
 def _macros(f: str) -> dict:
     F = f.upper()
-    return {"MR": f"{F}_MR", "NR": f"{F}_NR", "KC": f"{F}_KC", "NC": f"{F}_NC", "ROWS": f"{F}_ROWS",
+    return {"MR": f"{F}_MR", "NR": f"{F}_NR", "KC": f"{F}_KC", "NC": f"{F}_NC", "IN_PLACE": f"{F}_IN_PLACE",
+            "PACK_A": f"{F}_PACK_A", "ROWS": f"{F}_ROWS",
             "LANES": f"{F}_LANES"}
 
 
@@ -313,19 +360,10 @@ def _defines(dtype: str, f: str, isa) -> str:
     if isa != PORTABLE:
         lines.append("#include <immintrin.h>")
     lines += [f"#define {mac['MR']} {b.mr}", f"#define {mac['NR']} {b.nr}",
-              f"#define {mac['KC']} {b.kc}", f"#define {mac['NC']} {b.nc}"]
+              f"#define {mac['KC']} {b.kc}", f"#define {mac['NC']} {b.nc}",
+              f"#define {mac['IN_PLACE']} {0 if isa == PORTABLE else 8 * b.mr}",
+              f"#define {mac['PACK_A']} {int(isa == PORTABLE)}"]
     return "\n".join(lines)
-
-
-def _row(r: int) -> str:
-    """The offset of row r of a sliver of op(a) (``_offsets``)."""
-    return "0" if r == 0 else f"o{r}"
-
-
-def _offsets(mr: int) -> str:
-    """The offsets of the rows of a sliver of op(a), ``ars`` apart; past the
-    edge (row mr on), row 0's: computed, never stored, no packing needed."""
-    return "    const size_t " + ", ".join(f"o{r} = mr > {r} ? {r} * ars : 0" for r in range(1, mr)) + ";"
 
 
 def _portable_tile(t: str, b: Blocking, zero: str, f: str) -> str:
@@ -336,18 +374,21 @@ def _portable_tile(t: str, b: Blocking, zero: str, f: str) -> str:
     into registers rather than once per FMA.  The tile goes out through a local
     array and ``_store``."""
     rows = range(b.mr)
+    mac = _macros(f)
     lines = ["// the tile c = alpha * ap @ bp + beta * c over kc (the inner loop: NR lanes, one vector FMA each);",
              "// inline: gcc 12, left to itself, clones the callers for their constant arguments and",
              "// keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)",
              _TILE_HEAD.format(f=f, t=t),
-             f"    {t} " + ", ".join(f"acc{r}[{b.nr}]" for r in rows) + f", ct[{b.mr * b.nr}];",
+             f"    {t} " + ", ".join(f"acc{r}[{b.nr}]" for r in rows) + ";",
              f"    for (int j = 0; j < {b.nr}; j++) {{",
              *[f"        acc{r}[j] = {zero};" for r in rows],
              "    }",
-             _offsets(b.mr),
-             "    for (int p = 0; p < kc; p++, a += acs) {",
+             f"    (void)ars, (void)acs, (void)bs;   // {mac['PACK_A']} 1, {mac['IN_PLACE']} 0: a and b packed",
+             "    (void)mr, (void)nr, (void)alpha, (void)beta, (void)c, (void)rs, (void)cs;   // the caller stores ct",
+             "    for (int p = 0; p < kc; p++) {",
              f"        const {t}* restrict brow = bp + (size_t)p * {b.nr};",
-             *[f"        const {t} a{r} = a[{_row(r)}];" for r in rows],
+             f"        const {t}* restrict acol = a + (size_t)p * {b.mr};",
+             *[f"        const {t} a{r} = acol[{r}];" for r in rows],
              f"        {t} bv[{b.nr}];",
              f"        for (int j = 0; j < {b.nr}; j++) bv[j] = brow[j];",
              f"        for (int j = 0; j < {b.nr}; j++) {{",
@@ -357,7 +398,7 @@ def _portable_tile(t: str, b: Blocking, zero: str, f: str) -> str:
              f"    for (int j = 0; j < {b.nr}; j++) {{",
              *[f"        ct[{r * b.nr} + j] = acc{r}[j];" for r in rows],
              "    }",
-             f"    {f}_store(mr, nr, alpha, ct, beta, c, rs, cs);",
+             "    return 0;",
              "}"]
     return "\n".join(lines)
 
@@ -387,24 +428,48 @@ def _vector_tile(dtype: str, isa: VectorIsa, f: str) -> str:
         return f"{base}{row}{col}"
 
     zero = real_literal(0, dtype)
-    lines = [f"// the {b.mr} x {b.nr} tile c = alpha * ap @ bp + beta * c over kc, {isa.name}: {b.mr * nv} accumulators;",
+
+    def row(r):
+        return "0" if r == 0 else ("ars" if r == 1 else f"{r} * ars")
+
+    def body(edge):
+        """Zeroed accumulators and the loop over k; on an edge, rows from mr on skipped."""
+        out = [f"    {V} " + ", ".join(f"{acc(r, v)} = {op('setzero')}()" for v in range(nv)) + ";"
+               for r in range(b.mr)]
+        out += [f"    for (int p = 0; p < kc; p++, a += acs, bp += bs) {{",
+                f"        const {V} " + ", ".join(f"b{v} = {op('loadu')}(bp{'' if v == 0 else f' + {v * w}'})"
+                                               for v in range(nv)) + ";",
+                f"        {V} av;"]
+        for r in range(b.mr):
+            fmas = "".join(f" {acc(r, v)} = {op('fmadd')}(av, b{v}, {acc(r, v)});" for v in range(nv))
+            if edge and r > 0:
+                out.append(f"        if (mr > {r}) {{ av = {op('set1')}(a[{row(r)}]);{fmas} }}")
+            else:
+                out.append(f"        av = {op('set1')}(a[{row(r)}]);{fmas}")
+        return out + ["    }"]
+
+    def through_ct():
+        out = []
+        for r in range(b.mr):
+            out.append("   " + "".join(f" {op('storeu')}(ct + {r * b.nr + v * w}, {acc(r, v)});" for v in range(nv)))
+        return out + ["    return 0;"]
+
+    head = "BP_GEMM_NOINLINE " + _TILE_HEAD.format(f=f, t=t).replace("static inline", "static")
+    lines = [f"// an edge tile, mr < {b.mr} rows, into ct: as {f}_tile, the FMAs of the rows from mr on skipped",
+             f"BP_GEMM_NOINLINE static int {f}_tile_edge({t}* restrict ct, int kc, const {t}* restrict a, "
+             "size_t ars, size_t acs,",
+             f"    const {t}* restrict bp, size_t bs, int mr)",
+             "{", *body(True), *through_ct(), "}", "",
+             f"// the {b.mr} x {b.nr} tile c = alpha * op(a) @ bp + beta * c over kc, {isa.name}: "
+             f"{b.mr * nv} accumulators;",
              "// out of line: gcc 12, inlining it into the loop nest, kept the B vectors on the stack",
              "// and read them back for every FMA (1.5-1.9x slower)",
-             "BP_GEMM_NOINLINE " + _TILE_HEAD.format(f=f, t=t).replace("static inline", "static")]
-    for r in range(b.mr):
-        lines.append(f"    {V} " + ", ".join(f"{acc(r, v)} = {op('setzero')}()" for v in range(nv)) + ";")
-    lines += [_offsets(b.mr),
-              f"    for (int p = 0; p < kc; p++, a += acs, bp += {b.nr}) {{",
-              f"        const {V} " + ", ".join(f"b{v} = {op('loadu')}(bp{'' if v == 0 else f' + {v * w}'})"
-                                           for v in range(nv)) + ";",
-              f"        {V} av;"]
-    for r in range(b.mr):
-        lines.append(f"        av = {op('set1')}(a[{_row(r)}]);"
-                     + "".join(f" {acc(r, v)} = {op('fmadd')}(av, b{v}, {acc(r, v)});" for v in range(nv)))
-    lines += ["    }",
-              f"    const {V} va = {op('set1')}(alpha);",
-              f"    if (mr == {b.mr} && nr == {b.nr} && cs == 1) {{",
-              f"        if (beta == {zero}) {{"]
+             head,
+             f"    if (mr < {b.mr}) return {f}_tile_edge(ct, kc, a, ars, acs, bp, bs, mr);",
+             *body(False),
+             f"    const {V} va = {op('set1')}(alpha);",
+             f"    if (nr == {b.nr} && cs == 1) {{   // a whole tile of c, row-major: from the registers",
+             f"        if (beta == {zero}) {{"]
     for r in range(b.mr):
         lines.append("           " + "".join(f" {op('storeu')}({at('c', r, v)}, {op('mul')}(va, {acc(r, v)}));"
                                              for v in range(nv)))
@@ -413,10 +478,7 @@ def _vector_tile(dtype: str, isa: VectorIsa, f: str) -> str:
         for v in range(nv):
             lines.append(f"            {op('storeu')}({at('c', r, v)}, "
                          f"{op('fmadd')}(vb, {op('loadu')}({at('c', r, v)}), {op('mul')}(va, {acc(r, v)})));")
-    lines += ["        }", "        return;", "    }", f"    {t} ct[{b.mr * b.nr}];"]
-    for r in range(b.mr):
-        lines.append("   " + "".join(f" {op('storeu')}(ct + {r * b.nr + v * w}, {acc(r, v)});" for v in range(nv)))
-    lines += [f"    {f}_store(mr, nr, alpha, ct, beta, c, rs, cs);", "}"]
+    lines += ["        }", "        return 1;", "    }", *through_ct(), "}"]
     return "\n".join(lines)
 
 
