@@ -3,24 +3,39 @@ blocked kernel of ours, or CBLAS when the file is built with ``-DBPC_CBLAS``)
 and ``gemm_call``, the line a language prints per contraction that is one GEMM
 (``contractions.Gemm``).
 
-The kernel is BLIS's loop nest written in plain C so that the compiler
-vectorises it: op(B) is packed, NC columns x KC rows at a time, into panels of
-NR columns; op(A), MR rows x KC at a time, into a sliver read one column (MR
-values) per step; the micro-kernel keeps an MR x NR tile of C in a local array
-whose inner loop (NR wide, a constant) the compiler turns into vector FMAs.
-Packing makes the four transpose cases one case, pads the edges with zeros (the
-micro-kernel always computes a whole tile) and the write-back alone looks at
-the edges.  Fewer rows than a tile (a batch of one) skip packing: a row of c
-at a time.  A narrow c (an output layer, n < NR) is computed as c^T =
-op(b)^T op(a)^T when that pads the tiles less.  The packed buffers live on the
+The kernel is BLIS's loop nest: op(B) is cut into panels of NR columns x KC
+rows (NC columns at a time), op(A) into slivers of MR rows, and the
+micro-kernel computes an MR x NR tile of C per (sliver, panel) as a sum over
+the KC rows: per row p, a broadcast of each of the MR values op(a)[r, p] times
+the NR values op(b)[p, :] (a few vectors).  The preprocessor picks the
+micro-kernel from the vector width the compiler targets (``ISAS``):
+``__AVX512F__`` or ``__FMA__`` (AVX2 machines), a micro-kernel in
+``<immintrin.h>`` intrinsics whose MR * NR / width accumulators are named
+vector variables (registers: no array between the FMAs), else plain C99 (a
+local array per row of the tile, whose NR-wide inner loop the compiler
+vectorises).  Each has its own block sizes (``BLOCKING``, macros in the C).
+
+With intrinsics, op(a) is read where it is (rows ``ars``, columns ``acs``
+apart: the four transpose cases are strides), an edge sliver (mr < MR rows)
+skips the FMAs of the missing rows, and whole panels of b (not transposed) are
+read in place when c has few rows (packing would not pay); other panels are
+packed (transposed, or an edge padded with zeros).  Plain C packs both, the
+edges with zeros: gcc vectorises its loop only over a packed sliver.  A whole
+row-major tile is written from the registers; an edge, or c transposed,
+through a local tile and ``_store``, the only place that looks at the edges.
+Fewer rows than ``ROWS`` (a batch of one) skip the blocking: a row of c at a
+time.  A narrow c (an output layer, n < NR) is computed as c^T = op(b)^T
+op(a)^T when that pads the panels less.  The packed buffers live on the
 stack, of fixed size (``stack_bytes``, 64 KiB and a little): no malloc,
 re-entrant, thread-safe.  Summation order is fixed: the same inputs give the
-same bits on every call of one build.
+same bits on every call of one build (the FMAs of the intrinsics are explicit:
+the same at any -ffp-contract).
 
 Speed needs the vector width and FMAs of the machine: ``-O3 -march=native``,
-and, with gcc in ``-std=c99`` mode (which turns floating contraction off),
-``-ffp-contract=fast``; at ``-O2`` gcc 12 vectorises little (its cheap cost model).
-See benchmarks/bench_c_gemm.py for what each build gives against OpenBLAS.
+and, for plain C under gcc in ``-std=c99`` mode (which turns floating
+contraction off), ``-ffp-contract=fast``; at ``-O2`` gcc 12 vectorises plain C
+little (its cheap cost model).  See benchmarks/bench_c_gemm.py for what each
+build gives against OpenBLAS, and ``BLOCKING`` for the figures.
 
 Built with ``-DBPC_CBLAS`` (and ``cblas.h`` plus a BLAS to link), the same
 functions forward to ``cblas_sgemm`` / ``cblas_dgemm``; only ``#ifdef``,
@@ -72,7 +87,22 @@ FMA = VectorIsa("AVX2/FMA", "__FMA__", 256)
 ISAS = (AVX512, FMA)      # tried in this order; neither: PORTABLE's plain C
 PORTABLE = "portable"
 
-# BLOCKING[dtype][isa name or PORTABLE].  placeholder, measured below
+# BLOCKING[dtype][isa name or PORTABLE].  Measured with benchmarks/bench_c_gemm.py
+# on an AMD EPYC Zen 4 (2 vCPUs, shared; gcc 12.2; OpenBLAS 0.3 of NumPy 2.4, one
+# thread), geomean over its 16 shapes of ours/C : blas/C, main before -> now:
+#   -O3 -march=native -ffp-contract=fast (AVX-512): 1.28 -> 0.97 (mnist 128x256x784
+#     float64 1.32 -> 0.97, deep thin 64^3 1.48 -> 1.07, digits 32x128x64 1.56 -> 1.05;
+#     float32 1.15 -> 0.94, 1.53 -> 1.03, 1.57 -> 1.02)
+#   -O3 -march=haswell -ffp-contract=fast (AVX2): 1.86 -> 1.01 against OpenBLAS's
+#     AVX-512 kernels, 0.79 against its Haswell ones (OPENBLAS_CORETYPE=Haswell)
+#   -O3 (plain C, SSE2): 3.08 -> 3.00 (the same kernel; within the noise per shape)
+# AVX-512: 8 x 16 double / 8 x 32 float, 16 zmm accumulators (of 32).  AVX2: 6 x 8 /
+# 6 x 16, 12 ymm (of 16); 4 x 8 / 4 x 16 were 5-10% slower, 4 x 12 / 4 x 24 up to
+# 1.4x.  KC x NC of 256 x 32 or 64 x 128 (double) gave the same as 128 x 64 within
+# the noise.  The packed B panel (KC x NC, 64 KiB) stays in L2 (1 MiB), a sliver
+# of A (MR x KC) and a panel of B (KC x NR) in L1.  Plain C: today's kernel, tuned
+# before (4 x 16 double, 8 x 16 float); reading A in place there made gcc's SSE2
+# code 2x slower.
 BLOCKING = {
     "float64": {
         AVX512.name: Blocking(mr=8, nr=16, kc=128, nc=64),
@@ -371,8 +401,9 @@ def _portable_tile(t: str, b: Blocking, zero: str, f: str) -> str:
     out, so that the only loop left to vectorise is the one over the NR columns
     (gcc, given the rows as a loop, vectorised across them instead, 5-10x slower);
     the row of B is copied to a local first, so that it is loaded once per step
-    into registers rather than once per FMA.  The tile goes out through a local
-    array and ``_store``."""
+    into registers rather than once per FMA.  The tile goes out through ``ct``,
+    which the caller stores (``_store`` called in here made gcc's SSE2 float code
+    1.4x slower); A and B come packed (``PACK_A`` 1, ``IN_PLACE`` 0)."""
     rows = range(b.mr)
     mac = _macros(f)
     lines = ["// the tile c = alpha * ap @ bp + beta * c over kc (the inner loop: NR lanes, one vector FMA each);",
@@ -405,10 +436,12 @@ def _portable_tile(t: str, b: Blocking, zero: str, f: str) -> str:
 
 def _vector_tile(dtype: str, isa: VectorIsa, f: str) -> str:
     """The micro-kernel in ``isa``'s intrinsics: the MR x NR tile in MR * NR / width
-    named vector variables (registers: no array between the FMAs), per step of k one
-    load per vector of the packed B row and one broadcast per row of the packed A
-    column; a whole row-major tile is stored from the registers, an edge (or c
-    transposed) through a local array and ``_store``.  The FMAs are explicit: the
+    named vector variables (registers: no array between the FMAs; objdump shows the
+    loop as loads, broadcasts and FMAs only), per step of k one load per vector of
+    the row of the B panel and one broadcast per row of the sliver of op(a) (read
+    where it is); a whole row-major tile is stored from the registers, an edge (or
+    c transposed) goes to ``ct`` for the caller's ``_store``; an edge sliver
+    (``_tile_edge``) skips the rows past the edge.  The FMAs are explicit: the
     summation order is the same at any -ffp-contract."""
     t = _TYPES[dtype][0]
     b = BLOCKING[dtype][isa.name]
