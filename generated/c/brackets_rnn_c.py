@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (2,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('tokens',), 'loss': ('tokens', 'label'), 'value_and_grad': ('tokens', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "938cb61bb72ff02428fb897d7faa47ad66c64201da689475eb49d804a27c7b1e"  # the .c this loader was generated with
+SOURCE_SHA256 = "3afd6f10199591397ce6a7fb9b608470901d3d154e1185e1de03c5c2b3c449e5"  # the .c this loader was generated with
 HEADER_SHA256 = "e1af7ca8853a41aafe15d6b22c36f3dbd84d018effec3e245c145cda6f8ac712"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

@@ -168,7 +168,6 @@ BP_GEMM_NOINLINE static int bp_dgemm_tile_edge(double* restrict ct, int kc, cons
         if (mr > 4) { av = _mm512_set1_pd(a[4 * ars]); c4_0 = _mm512_fmadd_pd(av, b0, c4_0); c4_1 = _mm512_fmadd_pd(av, b1, c4_1); }
         if (mr > 5) { av = _mm512_set1_pd(a[5 * ars]); c5_0 = _mm512_fmadd_pd(av, b0, c5_0); c5_1 = _mm512_fmadd_pd(av, b1, c5_1); }
         if (mr > 6) { av = _mm512_set1_pd(a[6 * ars]); c6_0 = _mm512_fmadd_pd(av, b0, c6_0); c6_1 = _mm512_fmadd_pd(av, b1, c6_1); }
-        if (mr > 7) { av = _mm512_set1_pd(a[7 * ars]); c7_0 = _mm512_fmadd_pd(av, b0, c7_0); c7_1 = _mm512_fmadd_pd(av, b1, c7_1); }
     }
     _mm512_storeu_pd(ct + 0, c0_0); _mm512_storeu_pd(ct + 8, c0_1);
     _mm512_storeu_pd(ct + 16, c1_0); _mm512_storeu_pd(ct + 24, c1_1);
@@ -270,7 +269,6 @@ BP_GEMM_NOINLINE static int bp_dgemm_tile_edge(double* restrict ct, int kc, cons
         if (mr > 2) { av = _mm256_set1_pd(a[2 * ars]); c2_0 = _mm256_fmadd_pd(av, b0, c2_0); c2_1 = _mm256_fmadd_pd(av, b1, c2_1); }
         if (mr > 3) { av = _mm256_set1_pd(a[3 * ars]); c3_0 = _mm256_fmadd_pd(av, b0, c3_0); c3_1 = _mm256_fmadd_pd(av, b1, c3_1); }
         if (mr > 4) { av = _mm256_set1_pd(a[4 * ars]); c4_0 = _mm256_fmadd_pd(av, b0, c4_0); c4_1 = _mm256_fmadd_pd(av, b1, c4_1); }
-        if (mr > 5) { av = _mm256_set1_pd(a[5 * ars]); c5_0 = _mm256_fmadd_pd(av, b0, c5_0); c5_1 = _mm256_fmadd_pd(av, b1, c5_1); }
     }
     _mm256_storeu_pd(ct + 0, c0_0); _mm256_storeu_pd(ct + 4, c0_1);
     _mm256_storeu_pd(ct + 8, c1_0); _mm256_storeu_pd(ct + 12, c1_1);

@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (10,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x',), 'loss': ('x', 'label'), 'value_and_grad': ('x', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "9f50becc018f8f80e6756a62ecf9377e33ff89e7ac46e94b19cf3781a5f10225"  # the .c this loader was generated with
+SOURCE_SHA256 = "966a0c9091cbf5425809b83fa585b8e4344772d628517e78340b652369f41331"  # the .c this loader was generated with
 HEADER_SHA256 = "370966318c6c2d515ade2b052f01de43a7d8e39172430859a332c1d343662a02"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (10,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x',), 'loss': ('x', 'label'), 'value_and_grad': ('x', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "d4a2999828ebb344c6732dc5b221b34e6d8170adc89fbd94328967dbb1a93c18"  # the .c this loader was generated with
+SOURCE_SHA256 = "fe692673ee562165c9c2df28c5147c27336e184db175d7770dad510692af4ae0"  # the .c this loader was generated with
 HEADER_SHA256 = "706b6a41375b582372c8c399001fe71d7e2dbc55366e72829f5049bd18f7f324"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x1', 'x2'), 'loss': ('x1', 'x2', 't'), 'value_and_grad': ('x1', 'x2', 't')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "48bf416e78af360c4d04230497a9b1c70f511b0efccfb3723c91a225328bb46b"  # the .c this loader was generated with
+SOURCE_SHA256 = "2d5718dda2e0cd658ed7d42850abb300041c1e7b881e1ed791b49cc25ff1dd0d"  # the .c this loader was generated with
 HEADER_SHA256 = "ec973bd3e2f358779613cc974b45aba6fe011e05b94d5cf96bb4cbceec7d5ac7"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

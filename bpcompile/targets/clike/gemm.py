@@ -134,7 +134,9 @@ def _prefix(dtype: str) -> str:
 def stack_bytes(dtype: str) -> int:
     """The most stack the kernel's buffers take, in bytes, over the instruction sets."""
     size = 8 if dtype == "float64" else 4
-    return max(size * (b.kc * b.nc + b.mr * b.nr) + ALIGN for b in BLOCKING[dtype].values())
+    # the packed B panels (aligned), a tile, and packed A (plain C only: PACK_A)
+    return max(size * (b.kc * b.nc + b.mr * b.nr + (b.mr * b.kc if isa == PORTABLE else 1)) + ALIGN
+               for isa, b in BLOCKING[dtype].items())
 
 
 _SIGNATURE = ("void {f}(int trans_a, int trans_b, int m, int n, int k, {t} alpha,\n"
@@ -473,7 +475,7 @@ def _vector_tile(dtype: str, isa: VectorIsa, f: str) -> str:
                 f"        const {V} " + ", ".join(f"b{v} = {op('loadu')}(bp{'' if v == 0 else f' + {v * w}'})"
                                                for v in range(nv)) + ";",
                 f"        {V} av;"]
-        for r in range(b.mr):
+        for r in range(b.mr - 1 if edge else b.mr):   # an edge has at most MR - 1 rows
             fmas = "".join(f" {acc(r, v)} = {op('fmadd')}(av, b{v}, {acc(r, v)});" for v in range(nv))
             if edge and r > 0:
                 out.append(f"        if (mr > {r}) {{ av = {op('set1')}(a[{row(r)}]);{fmas} }}")
