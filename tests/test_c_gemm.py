@@ -96,13 +96,15 @@ def check(fn, dtype, ta, tb, m, n, k, alpha=1.0, beta=0.0, pad=0, seed=0):
 
 def edge_shapes(dtype):
     """1 x 1 x 1, odd sizes, one row, one column, k = 1, and sizes around the blocks."""
-    b = BLOCKING[dtype]
     small = [(1, 1, 1), (1, 7, 1), (7, 1, 1), (1, 1, 9), (3, 5, 7), (1, 33, 17), (19, 1, 23),
-             (5, 3, 1), (1, 128, 64), (32, 1, 64), (13, 29, 31)]
-    around = [(b.mr + 1, b.nr + 1, 3), (b.mr - 1, b.nr - 1, b.kc + 1), (2 * b.mr + 3, b.nc + 1, b.kc - 1),
-              (b.mr, b.nr, b.kc), (b.mr * 3, b.nc * 2, b.kc * 2), (9, 2 * b.nc + 5, 2 * b.kc + 3)]
-    narrow = [(40, 5, 9), (33, b.mr, b.kc + 7), (2 * b.nr + 1, b.mr + 1, 2)]   # c^T computed
-    return small + around + narrow
+             (5, 3, 1), (1, 128, 64), (32, 1, 64), (13, 29, 31), (4, 9, 5), (5, 40, 0), (6, 17, 1)]
+    shapes = small + [(40, 5, 9)]   # narrow: c^T computed
+    for b in BLOCKING[dtype].values():   # the blocks of every instruction set's build
+        shapes += [(b.mr + 1, b.nr + 1, 3), (b.mr - 1, b.nr - 1, b.kc + 1), (2 * b.mr + 3, b.nc + 1, b.kc - 1),
+                   (b.mr, b.nr, b.kc), (b.mr * 3, b.nc * 2, b.kc * 2), (9, 2 * b.nc + 5, 2 * b.kc + 3),
+                   (b.mr, b.nr, 1), (2 * b.mr, 3 * b.nr - 1, b.kc), (b.mr + 1, 2 * b.nr, 2 * b.kc - 1),
+                   (33, b.mr, b.kc + 7), (2 * b.nr + 1, b.mr + 1, 2)]   # the last two: c^T computed
+    return list(dict.fromkeys(shapes))
 
 
 @pytest.fixture(scope="module")
@@ -153,19 +155,42 @@ def test_net_shapes(lib, dtype):
             check(fn, dtype, ta, tb, m, n, k)
 
 
-def _native_flags():
-    """The fast build (as bench_c_gemm.py measures it), where the compiler takes it."""
-    flags = ["-O3", "-march=native", "-ffp-contract=fast"]
+def _cpu_flags():
+    """The instruction-set flags of this CPU (Linux), or an empty set."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+
+
+def _takes(flags):
     r = subprocess.run([CC, *flags, "-x", "c", "-c", "-", "-o", os.devnull], input="int x;\n",
                        capture_output=True, text=True)
-    return flags if r.returncode == 0 else None
+    return r.returncode == 0
 
 
-@pytest.mark.skipif(_native_flags() is None, reason="the compiler takes no -march=native")
+# The builds that pick each of the kernel's micro-kernels (gemm.ISAS, then plain C):
+# (flags, the CPU flags the machine needs to run them)
+BUILDS = {
+    "native": (["-O3", "-march=native", "-ffp-contract=fast"], set()),
+    "avx512": (["-O3", "-mavx512f", "-mfma", "-ffp-contract=fast"], {"avx512f", "fma"}),
+    "avx2": (["-O3", "-mavx2", "-mfma", "-ffp-contract=fast"], {"avx2", "fma"}),
+    "portable": (["-O3", "-march=x86-64"] if os.uname().machine == "x86_64" else ["-O3"], set()),
+}
+
+
+@pytest.mark.parametrize("build_name", list(BUILDS))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fast_build(tmp_path, dtype):
-    """-O3 -march=native -ffp-contract=fast (vector width of the machine, FMAs): the same results."""
-    fn = bind(build(tmp_path, "gemm_native", _native_flags()), dtype)
+def test_fast_build(tmp_path, dtype, build_name):
+    """The fast builds (as bench_c_gemm.py measures them; each instruction set's
+    micro-kernel where this CPU runs it): the same results."""
+    flags, needs = BUILDS[build_name]
+    if not _takes(flags):
+        pytest.skip(f"the compiler takes no {' '.join(flags)}")
+    if not needs <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}")
+    fn = bind(build(tmp_path, f"gemm_{build_name}", flags), dtype)
     for ta, tb in itertools.product([False, True], repeat=2):
         for i, (m, n, k) in enumerate(edge_shapes(dtype) + [(32, 128, 64), (128, 256, 784)]):
             check(fn, dtype, ta, tb, m, n, k, alpha=1.0 if i % 2 else -0.75, beta=0.0 if i % 3 else 0.5,
@@ -268,11 +293,17 @@ print("sanitized ok")
 """
 
 
-def test_under_address_and_undefined_sanitizers(tmp_path):
+@pytest.mark.parametrize("build_name", ["portable", "native"])
+def test_under_address_and_undefined_sanitizers(tmp_path, build_name):
+    """Plain C, and the micro-kernel in intrinsics of this machine (-march=native)."""
     runtime = _sanitizer_runtime()
     if runtime is None:
         pytest.skip("no AddressSanitizer runtime for this compiler")
-    flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    arch = BUILDS[build_name][0][1:]
+    if not _takes(arch):
+        pytest.skip(f"the compiler takes no {' '.join(arch)}")
+    flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+             *arch]
     compile_lib(tmp_path, "gemm_san", flags)   # not loaded here: the ASan runtime must come first
     script = SANITIZED_CHECK.format(root=str(Path(__file__).resolve().parents[1]),
                                     tests=str(Path(__file__).resolve().parent), lib=str(tmp_path / "gemm_san.so"))

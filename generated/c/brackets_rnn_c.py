@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (2,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('tokens',), 'loss': ('tokens', 'label'), 'value_and_grad': ('tokens', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "2809adf1661ad6b134e0f4abd7731142dc85178d16c31338bc53ccc9bbfa8af3"  # the .c this loader was generated with
+SOURCE_SHA256 = "fbebcbaf09f23f21d4ef2d8db7743cba7a2b42733c95ffd90939d2e0eb3e1440"  # the .c this loader was generated with
 HEADER_SHA256 = "8d089b9132137bfbd97d3348d818d7695b9bb031bd4c3c6a32372eaf82428d48"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

@@ -27,61 +27,321 @@ static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha
                 m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 #else
+#include <stdint.h>
+#ifdef __GNUC__
+#define BP_GEMM_NOINLINE __attribute__((noinline))
+#else
+#define BP_GEMM_NOINLINE
+#endif
 
-// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of 16 columns:
-// bp[j0 * kc + p * 16 + j] = op(b)[p, j0 + j], zeros past column nc
-static void bp_dgemm_pack_b(int trans_b, int kc, int nc, const double* restrict b, int ldb, double* restrict bp)
+#ifdef __AVX512F__
+// AVX-512: 8 x 16 tiles, packed B panels of 128 x 64
+#include <immintrin.h>
+#define BP_DGEMM_MR 8
+#define BP_DGEMM_NR 16
+#define BP_DGEMM_KC 128
+#define BP_DGEMM_NC 64
+#define BP_DGEMM_IN_PLACE 64
+#define BP_DGEMM_PACK_A 0
+#else
+#ifdef __FMA__
+// AVX2/FMA: 6 x 8 tiles, packed B panels of 128 x 64
+#include <immintrin.h>
+#define BP_DGEMM_MR 6
+#define BP_DGEMM_NR 8
+#define BP_DGEMM_KC 128
+#define BP_DGEMM_NC 64
+#define BP_DGEMM_IN_PLACE 48
+#define BP_DGEMM_PACK_A 0
+#else
+// portable: 4 x 16 tiles, packed B panels of 128 x 64
+#define BP_DGEMM_MR 4
+#define BP_DGEMM_NR 16
+#define BP_DGEMM_KC 128
+#define BP_DGEMM_NC 64
+#define BP_DGEMM_IN_PLACE 0
+#define BP_DGEMM_PACK_A 1
+#endif
+#endif
+// fewer rows than this: bp_dgemm_rows; partial sums of a dot product there
+#define BP_DGEMM_ROWS 4
+#define BP_DGEMM_LANES 16
+
+// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of BP_DGEMM_NR columns:
+// bp[j0 * kc + p * BP_DGEMM_NR + j] = op(b)[p, j0 + j], zeros past column nc; in_place: the edge panel only
+static void bp_dgemm_pack_b(int trans_b, int in_place, int kc, int nc, const double* restrict b, int ldb, double* restrict bp)
 {
-    for (int j0 = 0; j0 < nc; j0 += 16) {
-        const int nr = nc - j0 < 16 ? nc - j0 : 16;
+    for (int j0 = 0; j0 < nc; j0 += BP_DGEMM_NR) {
+        const int nr = nc - j0 < BP_DGEMM_NR ? nc - j0 : BP_DGEMM_NR;
         double* restrict panel = bp + (size_t)j0 * kc;
+        if (in_place && nr == BP_DGEMM_NR) continue;   // read where it is (see bp_dgemm_blocked)
+        if (trans_b && nr == BP_DGEMM_NR) {   // a whole panel: written in order, read across BP_DGEMM_NR rows of b
+            const double* restrict src = b + (size_t)j0 * ldb;
+            for (int p = 0; p < kc; p++)
+                for (int j = 0; j < BP_DGEMM_NR; j++) panel[(size_t)p * BP_DGEMM_NR + j] = src[(size_t)j * ldb + p];
+            continue;
+        }
         if (trans_b) {   // read along the rows of b
             for (int j = 0; j < nr; j++) {
                 const double* restrict src = b + (size_t)(j0 + j) * ldb;
-                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = src[p];
+                for (int p = 0; p < kc; p++) panel[(size_t)p * BP_DGEMM_NR + j] = src[p];
             }
-            for (int j = nr; j < 16; j++)
-                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = 0.0;
+            for (int j = nr; j < BP_DGEMM_NR; j++)
+                for (int p = 0; p < kc; p++) panel[(size_t)p * BP_DGEMM_NR + j] = 0.0;
             continue;
         }
         for (int p = 0; p < kc; p++) {
-            double* restrict dst = panel + (size_t)p * 16;
+            double* restrict dst = panel + (size_t)p * BP_DGEMM_NR;
             const double* restrict src = b + (size_t)p * ldb + j0;
-            if (nr == 16) {
-                for (int j = 0; j < 16; j++) dst[j] = src[j];
+            if (nr == BP_DGEMM_NR) {
+                for (int j = 0; j < BP_DGEMM_NR; j++) dst[j] = src[j];
             } else {
                 for (int j = 0; j < nr; j++) dst[j] = src[j];
-                for (int j = nr; j < 16; j++) dst[j] = 0.0;
+                for (int j = nr; j < BP_DGEMM_NR; j++) dst[j] = 0.0;
             }
         }
     }
 }
 
-// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * 4 + r] = op(a)[r, p],
-// zeros past row mr
+// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * BP_DGEMM_MR + r] = op(a)[r, p],
+// zeros past row mr (for the plain-C micro-kernel only: BP_DGEMM_PACK_A)
 static void bp_dgemm_pack_a(int trans_a, int mr, int kc, const double* restrict a, int lda, double* restrict ap)
 {
-    if (mr == 4) {   // a whole sliver: loops of a constant length
+    if (mr == BP_DGEMM_MR) {   // a whole sliver: loops of a constant length
         if (trans_a) {
             for (int p = 0; p < kc; p++)
-                for (int r = 0; r < 4; r++) ap[(size_t)p * 4 + r] = a[(size_t)p * lda + r];
+                for (int r = 0; r < BP_DGEMM_MR; r++) ap[(size_t)p * BP_DGEMM_MR + r] = a[(size_t)p * lda + r];
         } else {
-            for (int r = 0; r < 4; r++)
-                for (int p = 0; p < kc; p++) ap[(size_t)p * 4 + r] = a[(size_t)r * lda + p];
+            for (int r = 0; r < BP_DGEMM_MR; r++)
+                for (int p = 0; p < kc; p++) ap[(size_t)p * BP_DGEMM_MR + r] = a[(size_t)r * lda + p];
         }
         return;
     }
     for (int p = 0; p < kc; p++) {
-        double* restrict dst = ap + (size_t)p * 4;
+        double* restrict dst = ap + (size_t)p * BP_DGEMM_MR;
         for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
-        for (int r = mr; r < 4; r++) dst[r] = 0.0;
+        for (int r = mr; r < BP_DGEMM_MR; r++) dst[r] = 0.0;
     }
 }
 
-// the 4 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0), ct a BP_DGEMM_MR x BP_DGEMM_NR
+// tile; c[r, j] is at c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see bp_dgemm)
+static void bp_dgemm_store(int mr, int nr, double alpha, const double* restrict ct, double beta, double* restrict c,
+    size_t rs, size_t cs)
+{
+    for (int r = 0; r < mr; r++) {
+        double* restrict crow = c + r * rs;
+        const double* restrict trow = ct + r * BP_DGEMM_NR;
+        if (nr == BP_DGEMM_NR && cs == 1) {
+            if (beta == 0.0) {
+                for (int j = 0; j < BP_DGEMM_NR; j++) crow[j] = alpha * trow[j];
+            } else {
+                for (int j = 0; j < BP_DGEMM_NR; j++) crow[j] = alpha * trow[j] + beta * crow[j];
+            }
+        } else {
+            for (int j = 0; j < nr; j++)
+                crow[j * cs] = beta == 0.0 ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
+        }
+    }
+}
+
+#ifdef __AVX512F__
+// an edge tile, mr < 8 rows, into ct: as bp_dgemm_tile, the FMAs of the rows from mr on skipped
+BP_GEMM_NOINLINE static int bp_dgemm_tile_edge(double* restrict ct, int kc, const double* restrict a, size_t ars, size_t acs,
+    const double* restrict bp, size_t bs, int mr)
+{
+    __m512d c0_0 = _mm512_setzero_pd(), c0_1 = _mm512_setzero_pd();
+    __m512d c1_0 = _mm512_setzero_pd(), c1_1 = _mm512_setzero_pd();
+    __m512d c2_0 = _mm512_setzero_pd(), c2_1 = _mm512_setzero_pd();
+    __m512d c3_0 = _mm512_setzero_pd(), c3_1 = _mm512_setzero_pd();
+    __m512d c4_0 = _mm512_setzero_pd(), c4_1 = _mm512_setzero_pd();
+    __m512d c5_0 = _mm512_setzero_pd(), c5_1 = _mm512_setzero_pd();
+    __m512d c6_0 = _mm512_setzero_pd(), c6_1 = _mm512_setzero_pd();
+    __m512d c7_0 = _mm512_setzero_pd(), c7_1 = _mm512_setzero_pd();
+    for (int p = 0; p < kc; p++, a += acs, bp += bs) {
+        const __m512d b0 = _mm512_loadu_pd(bp), b1 = _mm512_loadu_pd(bp + 8);
+        __m512d av;
+        av = _mm512_set1_pd(a[0]); c0_0 = _mm512_fmadd_pd(av, b0, c0_0); c0_1 = _mm512_fmadd_pd(av, b1, c0_1);
+        if (mr > 1) { av = _mm512_set1_pd(a[ars]); c1_0 = _mm512_fmadd_pd(av, b0, c1_0); c1_1 = _mm512_fmadd_pd(av, b1, c1_1); }
+        if (mr > 2) { av = _mm512_set1_pd(a[2 * ars]); c2_0 = _mm512_fmadd_pd(av, b0, c2_0); c2_1 = _mm512_fmadd_pd(av, b1, c2_1); }
+        if (mr > 3) { av = _mm512_set1_pd(a[3 * ars]); c3_0 = _mm512_fmadd_pd(av, b0, c3_0); c3_1 = _mm512_fmadd_pd(av, b1, c3_1); }
+        if (mr > 4) { av = _mm512_set1_pd(a[4 * ars]); c4_0 = _mm512_fmadd_pd(av, b0, c4_0); c4_1 = _mm512_fmadd_pd(av, b1, c4_1); }
+        if (mr > 5) { av = _mm512_set1_pd(a[5 * ars]); c5_0 = _mm512_fmadd_pd(av, b0, c5_0); c5_1 = _mm512_fmadd_pd(av, b1, c5_1); }
+        if (mr > 6) { av = _mm512_set1_pd(a[6 * ars]); c6_0 = _mm512_fmadd_pd(av, b0, c6_0); c6_1 = _mm512_fmadd_pd(av, b1, c6_1); }
+    }
+    _mm512_storeu_pd(ct + 0, c0_0); _mm512_storeu_pd(ct + 8, c0_1);
+    _mm512_storeu_pd(ct + 16, c1_0); _mm512_storeu_pd(ct + 24, c1_1);
+    _mm512_storeu_pd(ct + 32, c2_0); _mm512_storeu_pd(ct + 40, c2_1);
+    _mm512_storeu_pd(ct + 48, c3_0); _mm512_storeu_pd(ct + 56, c3_1);
+    _mm512_storeu_pd(ct + 64, c4_0); _mm512_storeu_pd(ct + 72, c4_1);
+    _mm512_storeu_pd(ct + 80, c5_0); _mm512_storeu_pd(ct + 88, c5_1);
+    _mm512_storeu_pd(ct + 96, c6_0); _mm512_storeu_pd(ct + 104, c6_1);
+    _mm512_storeu_pd(ct + 112, c7_0); _mm512_storeu_pd(ct + 120, c7_1);
+    return 0;
+}
+
+// the 8 x 16 tile c = alpha * op(a) @ bp + beta * c over kc, AVX-512: 16 accumulators;
+// out of line: gcc 12, inlining it into the loop nest, kept the B vectors on the stack
+// and read them back for every FMA (1.5-1.9x slower)
+BP_GEMM_NOINLINE static int bp_dgemm_tile(double* restrict ct, int kc, const double* restrict a, size_t ars, size_t acs,
+    const double* restrict bp, size_t bs, int mr, int nr, double alpha, double beta, double* restrict c, size_t rs, size_t cs)
+{
+    if (mr < 8) return bp_dgemm_tile_edge(ct, kc, a, ars, acs, bp, bs, mr);
+    __m512d c0_0 = _mm512_setzero_pd(), c0_1 = _mm512_setzero_pd();
+    __m512d c1_0 = _mm512_setzero_pd(), c1_1 = _mm512_setzero_pd();
+    __m512d c2_0 = _mm512_setzero_pd(), c2_1 = _mm512_setzero_pd();
+    __m512d c3_0 = _mm512_setzero_pd(), c3_1 = _mm512_setzero_pd();
+    __m512d c4_0 = _mm512_setzero_pd(), c4_1 = _mm512_setzero_pd();
+    __m512d c5_0 = _mm512_setzero_pd(), c5_1 = _mm512_setzero_pd();
+    __m512d c6_0 = _mm512_setzero_pd(), c6_1 = _mm512_setzero_pd();
+    __m512d c7_0 = _mm512_setzero_pd(), c7_1 = _mm512_setzero_pd();
+    for (int p = 0; p < kc; p++, a += acs, bp += bs) {
+        const __m512d b0 = _mm512_loadu_pd(bp), b1 = _mm512_loadu_pd(bp + 8);
+        __m512d av;
+        av = _mm512_set1_pd(a[0]); c0_0 = _mm512_fmadd_pd(av, b0, c0_0); c0_1 = _mm512_fmadd_pd(av, b1, c0_1);
+        av = _mm512_set1_pd(a[ars]); c1_0 = _mm512_fmadd_pd(av, b0, c1_0); c1_1 = _mm512_fmadd_pd(av, b1, c1_1);
+        av = _mm512_set1_pd(a[2 * ars]); c2_0 = _mm512_fmadd_pd(av, b0, c2_0); c2_1 = _mm512_fmadd_pd(av, b1, c2_1);
+        av = _mm512_set1_pd(a[3 * ars]); c3_0 = _mm512_fmadd_pd(av, b0, c3_0); c3_1 = _mm512_fmadd_pd(av, b1, c3_1);
+        av = _mm512_set1_pd(a[4 * ars]); c4_0 = _mm512_fmadd_pd(av, b0, c4_0); c4_1 = _mm512_fmadd_pd(av, b1, c4_1);
+        av = _mm512_set1_pd(a[5 * ars]); c5_0 = _mm512_fmadd_pd(av, b0, c5_0); c5_1 = _mm512_fmadd_pd(av, b1, c5_1);
+        av = _mm512_set1_pd(a[6 * ars]); c6_0 = _mm512_fmadd_pd(av, b0, c6_0); c6_1 = _mm512_fmadd_pd(av, b1, c6_1);
+        av = _mm512_set1_pd(a[7 * ars]); c7_0 = _mm512_fmadd_pd(av, b0, c7_0); c7_1 = _mm512_fmadd_pd(av, b1, c7_1);
+    }
+    const __m512d va = _mm512_set1_pd(alpha);
+    if (nr == 16 && cs == 1) {   // a whole tile of c, row-major: from the registers
+        if (beta == 0.0) {
+            _mm512_storeu_pd(c, _mm512_mul_pd(va, c0_0)); _mm512_storeu_pd(c + 8, _mm512_mul_pd(va, c0_1));
+            _mm512_storeu_pd(c + rs, _mm512_mul_pd(va, c1_0)); _mm512_storeu_pd(c + rs + 8, _mm512_mul_pd(va, c1_1));
+            _mm512_storeu_pd(c + 2 * rs, _mm512_mul_pd(va, c2_0)); _mm512_storeu_pd(c + 2 * rs + 8, _mm512_mul_pd(va, c2_1));
+            _mm512_storeu_pd(c + 3 * rs, _mm512_mul_pd(va, c3_0)); _mm512_storeu_pd(c + 3 * rs + 8, _mm512_mul_pd(va, c3_1));
+            _mm512_storeu_pd(c + 4 * rs, _mm512_mul_pd(va, c4_0)); _mm512_storeu_pd(c + 4 * rs + 8, _mm512_mul_pd(va, c4_1));
+            _mm512_storeu_pd(c + 5 * rs, _mm512_mul_pd(va, c5_0)); _mm512_storeu_pd(c + 5 * rs + 8, _mm512_mul_pd(va, c5_1));
+            _mm512_storeu_pd(c + 6 * rs, _mm512_mul_pd(va, c6_0)); _mm512_storeu_pd(c + 6 * rs + 8, _mm512_mul_pd(va, c6_1));
+            _mm512_storeu_pd(c + 7 * rs, _mm512_mul_pd(va, c7_0)); _mm512_storeu_pd(c + 7 * rs + 8, _mm512_mul_pd(va, c7_1));
+        } else {
+            const __m512d vb = _mm512_set1_pd(beta);
+            _mm512_storeu_pd(c, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c), _mm512_mul_pd(va, c0_0)));
+            _mm512_storeu_pd(c + 8, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 8), _mm512_mul_pd(va, c0_1)));
+            _mm512_storeu_pd(c + rs, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + rs), _mm512_mul_pd(va, c1_0)));
+            _mm512_storeu_pd(c + rs + 8, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + rs + 8), _mm512_mul_pd(va, c1_1)));
+            _mm512_storeu_pd(c + 2 * rs, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 2 * rs), _mm512_mul_pd(va, c2_0)));
+            _mm512_storeu_pd(c + 2 * rs + 8, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 2 * rs + 8), _mm512_mul_pd(va, c2_1)));
+            _mm512_storeu_pd(c + 3 * rs, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 3 * rs), _mm512_mul_pd(va, c3_0)));
+            _mm512_storeu_pd(c + 3 * rs + 8, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 3 * rs + 8), _mm512_mul_pd(va, c3_1)));
+            _mm512_storeu_pd(c + 4 * rs, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 4 * rs), _mm512_mul_pd(va, c4_0)));
+            _mm512_storeu_pd(c + 4 * rs + 8, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 4 * rs + 8), _mm512_mul_pd(va, c4_1)));
+            _mm512_storeu_pd(c + 5 * rs, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 5 * rs), _mm512_mul_pd(va, c5_0)));
+            _mm512_storeu_pd(c + 5 * rs + 8, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 5 * rs + 8), _mm512_mul_pd(va, c5_1)));
+            _mm512_storeu_pd(c + 6 * rs, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 6 * rs), _mm512_mul_pd(va, c6_0)));
+            _mm512_storeu_pd(c + 6 * rs + 8, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 6 * rs + 8), _mm512_mul_pd(va, c6_1)));
+            _mm512_storeu_pd(c + 7 * rs, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 7 * rs), _mm512_mul_pd(va, c7_0)));
+            _mm512_storeu_pd(c + 7 * rs + 8, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + 7 * rs + 8), _mm512_mul_pd(va, c7_1)));
+        }
+        return 1;
+    }
+    _mm512_storeu_pd(ct + 0, c0_0); _mm512_storeu_pd(ct + 8, c0_1);
+    _mm512_storeu_pd(ct + 16, c1_0); _mm512_storeu_pd(ct + 24, c1_1);
+    _mm512_storeu_pd(ct + 32, c2_0); _mm512_storeu_pd(ct + 40, c2_1);
+    _mm512_storeu_pd(ct + 48, c3_0); _mm512_storeu_pd(ct + 56, c3_1);
+    _mm512_storeu_pd(ct + 64, c4_0); _mm512_storeu_pd(ct + 72, c4_1);
+    _mm512_storeu_pd(ct + 80, c5_0); _mm512_storeu_pd(ct + 88, c5_1);
+    _mm512_storeu_pd(ct + 96, c6_0); _mm512_storeu_pd(ct + 104, c6_1);
+    _mm512_storeu_pd(ct + 112, c7_0); _mm512_storeu_pd(ct + 120, c7_1);
+    return 0;
+}
+#else
+#ifdef __FMA__
+// an edge tile, mr < 6 rows, into ct: as bp_dgemm_tile, the FMAs of the rows from mr on skipped
+BP_GEMM_NOINLINE static int bp_dgemm_tile_edge(double* restrict ct, int kc, const double* restrict a, size_t ars, size_t acs,
+    const double* restrict bp, size_t bs, int mr)
+{
+    __m256d c0_0 = _mm256_setzero_pd(), c0_1 = _mm256_setzero_pd();
+    __m256d c1_0 = _mm256_setzero_pd(), c1_1 = _mm256_setzero_pd();
+    __m256d c2_0 = _mm256_setzero_pd(), c2_1 = _mm256_setzero_pd();
+    __m256d c3_0 = _mm256_setzero_pd(), c3_1 = _mm256_setzero_pd();
+    __m256d c4_0 = _mm256_setzero_pd(), c4_1 = _mm256_setzero_pd();
+    __m256d c5_0 = _mm256_setzero_pd(), c5_1 = _mm256_setzero_pd();
+    for (int p = 0; p < kc; p++, a += acs, bp += bs) {
+        const __m256d b0 = _mm256_loadu_pd(bp), b1 = _mm256_loadu_pd(bp + 4);
+        __m256d av;
+        av = _mm256_set1_pd(a[0]); c0_0 = _mm256_fmadd_pd(av, b0, c0_0); c0_1 = _mm256_fmadd_pd(av, b1, c0_1);
+        if (mr > 1) { av = _mm256_set1_pd(a[ars]); c1_0 = _mm256_fmadd_pd(av, b0, c1_0); c1_1 = _mm256_fmadd_pd(av, b1, c1_1); }
+        if (mr > 2) { av = _mm256_set1_pd(a[2 * ars]); c2_0 = _mm256_fmadd_pd(av, b0, c2_0); c2_1 = _mm256_fmadd_pd(av, b1, c2_1); }
+        if (mr > 3) { av = _mm256_set1_pd(a[3 * ars]); c3_0 = _mm256_fmadd_pd(av, b0, c3_0); c3_1 = _mm256_fmadd_pd(av, b1, c3_1); }
+        if (mr > 4) { av = _mm256_set1_pd(a[4 * ars]); c4_0 = _mm256_fmadd_pd(av, b0, c4_0); c4_1 = _mm256_fmadd_pd(av, b1, c4_1); }
+    }
+    _mm256_storeu_pd(ct + 0, c0_0); _mm256_storeu_pd(ct + 4, c0_1);
+    _mm256_storeu_pd(ct + 8, c1_0); _mm256_storeu_pd(ct + 12, c1_1);
+    _mm256_storeu_pd(ct + 16, c2_0); _mm256_storeu_pd(ct + 20, c2_1);
+    _mm256_storeu_pd(ct + 24, c3_0); _mm256_storeu_pd(ct + 28, c3_1);
+    _mm256_storeu_pd(ct + 32, c4_0); _mm256_storeu_pd(ct + 36, c4_1);
+    _mm256_storeu_pd(ct + 40, c5_0); _mm256_storeu_pd(ct + 44, c5_1);
+    return 0;
+}
+
+// the 6 x 8 tile c = alpha * op(a) @ bp + beta * c over kc, AVX2/FMA: 12 accumulators;
+// out of line: gcc 12, inlining it into the loop nest, kept the B vectors on the stack
+// and read them back for every FMA (1.5-1.9x slower)
+BP_GEMM_NOINLINE static int bp_dgemm_tile(double* restrict ct, int kc, const double* restrict a, size_t ars, size_t acs,
+    const double* restrict bp, size_t bs, int mr, int nr, double alpha, double beta, double* restrict c, size_t rs, size_t cs)
+{
+    if (mr < 6) return bp_dgemm_tile_edge(ct, kc, a, ars, acs, bp, bs, mr);
+    __m256d c0_0 = _mm256_setzero_pd(), c0_1 = _mm256_setzero_pd();
+    __m256d c1_0 = _mm256_setzero_pd(), c1_1 = _mm256_setzero_pd();
+    __m256d c2_0 = _mm256_setzero_pd(), c2_1 = _mm256_setzero_pd();
+    __m256d c3_0 = _mm256_setzero_pd(), c3_1 = _mm256_setzero_pd();
+    __m256d c4_0 = _mm256_setzero_pd(), c4_1 = _mm256_setzero_pd();
+    __m256d c5_0 = _mm256_setzero_pd(), c5_1 = _mm256_setzero_pd();
+    for (int p = 0; p < kc; p++, a += acs, bp += bs) {
+        const __m256d b0 = _mm256_loadu_pd(bp), b1 = _mm256_loadu_pd(bp + 4);
+        __m256d av;
+        av = _mm256_set1_pd(a[0]); c0_0 = _mm256_fmadd_pd(av, b0, c0_0); c0_1 = _mm256_fmadd_pd(av, b1, c0_1);
+        av = _mm256_set1_pd(a[ars]); c1_0 = _mm256_fmadd_pd(av, b0, c1_0); c1_1 = _mm256_fmadd_pd(av, b1, c1_1);
+        av = _mm256_set1_pd(a[2 * ars]); c2_0 = _mm256_fmadd_pd(av, b0, c2_0); c2_1 = _mm256_fmadd_pd(av, b1, c2_1);
+        av = _mm256_set1_pd(a[3 * ars]); c3_0 = _mm256_fmadd_pd(av, b0, c3_0); c3_1 = _mm256_fmadd_pd(av, b1, c3_1);
+        av = _mm256_set1_pd(a[4 * ars]); c4_0 = _mm256_fmadd_pd(av, b0, c4_0); c4_1 = _mm256_fmadd_pd(av, b1, c4_1);
+        av = _mm256_set1_pd(a[5 * ars]); c5_0 = _mm256_fmadd_pd(av, b0, c5_0); c5_1 = _mm256_fmadd_pd(av, b1, c5_1);
+    }
+    const __m256d va = _mm256_set1_pd(alpha);
+    if (nr == 8 && cs == 1) {   // a whole tile of c, row-major: from the registers
+        if (beta == 0.0) {
+            _mm256_storeu_pd(c, _mm256_mul_pd(va, c0_0)); _mm256_storeu_pd(c + 4, _mm256_mul_pd(va, c0_1));
+            _mm256_storeu_pd(c + rs, _mm256_mul_pd(va, c1_0)); _mm256_storeu_pd(c + rs + 4, _mm256_mul_pd(va, c1_1));
+            _mm256_storeu_pd(c + 2 * rs, _mm256_mul_pd(va, c2_0)); _mm256_storeu_pd(c + 2 * rs + 4, _mm256_mul_pd(va, c2_1));
+            _mm256_storeu_pd(c + 3 * rs, _mm256_mul_pd(va, c3_0)); _mm256_storeu_pd(c + 3 * rs + 4, _mm256_mul_pd(va, c3_1));
+            _mm256_storeu_pd(c + 4 * rs, _mm256_mul_pd(va, c4_0)); _mm256_storeu_pd(c + 4 * rs + 4, _mm256_mul_pd(va, c4_1));
+            _mm256_storeu_pd(c + 5 * rs, _mm256_mul_pd(va, c5_0)); _mm256_storeu_pd(c + 5 * rs + 4, _mm256_mul_pd(va, c5_1));
+        } else {
+            const __m256d vb = _mm256_set1_pd(beta);
+            _mm256_storeu_pd(c, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c), _mm256_mul_pd(va, c0_0)));
+            _mm256_storeu_pd(c + 4, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + 4), _mm256_mul_pd(va, c0_1)));
+            _mm256_storeu_pd(c + rs, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + rs), _mm256_mul_pd(va, c1_0)));
+            _mm256_storeu_pd(c + rs + 4, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + rs + 4), _mm256_mul_pd(va, c1_1)));
+            _mm256_storeu_pd(c + 2 * rs, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + 2 * rs), _mm256_mul_pd(va, c2_0)));
+            _mm256_storeu_pd(c + 2 * rs + 4, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + 2 * rs + 4), _mm256_mul_pd(va, c2_1)));
+            _mm256_storeu_pd(c + 3 * rs, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + 3 * rs), _mm256_mul_pd(va, c3_0)));
+            _mm256_storeu_pd(c + 3 * rs + 4, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + 3 * rs + 4), _mm256_mul_pd(va, c3_1)));
+            _mm256_storeu_pd(c + 4 * rs, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + 4 * rs), _mm256_mul_pd(va, c4_0)));
+            _mm256_storeu_pd(c + 4 * rs + 4, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + 4 * rs + 4), _mm256_mul_pd(va, c4_1)));
+            _mm256_storeu_pd(c + 5 * rs, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + 5 * rs), _mm256_mul_pd(va, c5_0)));
+            _mm256_storeu_pd(c + 5 * rs + 4, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + 5 * rs + 4), _mm256_mul_pd(va, c5_1)));
+        }
+        return 1;
+    }
+    _mm256_storeu_pd(ct + 0, c0_0); _mm256_storeu_pd(ct + 4, c0_1);
+    _mm256_storeu_pd(ct + 8, c1_0); _mm256_storeu_pd(ct + 12, c1_1);
+    _mm256_storeu_pd(ct + 16, c2_0); _mm256_storeu_pd(ct + 20, c2_1);
+    _mm256_storeu_pd(ct + 24, c3_0); _mm256_storeu_pd(ct + 28, c3_1);
+    _mm256_storeu_pd(ct + 32, c4_0); _mm256_storeu_pd(ct + 36, c4_1);
+    _mm256_storeu_pd(ct + 40, c5_0); _mm256_storeu_pd(ct + 44, c5_1);
+    return 0;
+}
+#else
+// the tile c = alpha * ap @ bp + beta * c over kc (the inner loop: NR lanes, one vector FMA each);
 // inline: gcc 12, left to itself, clones the callers for their constant arguments and
 // keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
-static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double* restrict bp, double* restrict ct)
+static inline int bp_dgemm_tile(double* restrict ct, int kc, const double* restrict a, size_t ars, size_t acs,
+    const double* restrict bp, size_t bs, int mr, int nr, double alpha, double beta, double* restrict c, size_t rs, size_t cs)
 {
     double acc0[16], acc1[16], acc2[16], acc3[16];
     for (int j = 0; j < 16; j++) {
@@ -90,9 +350,11 @@ static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double
         acc2[j] = 0.0;
         acc3[j] = 0.0;
     }
+    (void)ars, (void)acs, (void)bs;   // BP_DGEMM_PACK_A 1, BP_DGEMM_IN_PLACE 0: a and b packed
+    (void)mr, (void)nr, (void)alpha, (void)beta, (void)c, (void)rs, (void)cs;   // the caller stores ct
     for (int p = 0; p < kc; p++) {
         const double* restrict brow = bp + (size_t)p * 16;
-        const double* restrict acol = ap + (size_t)p * 4;
+        const double* restrict acol = a + (size_t)p * 4;
         const double a0 = acol[0];
         const double a1 = acol[1];
         const double a2 = acol[2];
@@ -112,65 +374,64 @@ static inline void bp_dgemm_tile(int kc, const double* restrict ap, const double
         ct[32 + j] = acc2[j];
         ct[48 + j] = acc3[j];
     }
+    return 0;
 }
-
-// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0); c[r, j] is at
-// c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see bp_dgemm)
-static void bp_dgemm_store(int mr, int nr, double alpha, const double* restrict ct, double beta, double* restrict c,
-    size_t rs, size_t cs)
-{
-    for (int r = 0; r < mr; r++) {
-        double* restrict crow = c + r * rs;
-        const double* restrict trow = ct + r * 16;
-        if (nr == 16 && cs == 1) {
-            if (beta == 0.0) {
-                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j];
-            } else {
-                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j] + beta * crow[j];
-            }
-        } else {
-            for (int j = 0; j < nr; j++)
-                crow[j * cs] = beta == 0.0 ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
-        }
-    }
-}
+#endif
+#endif
 
 // the blocked product, c[i, j] at c[i * rs + j * cs]
 static void bp_dgemm_blocked(int trans_a, int trans_b, int m, int n, int k, double alpha,
     const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, size_t rs, size_t cs)
 {
-    // stack: 70144 bytes
-    double bp[128 * 64];
-    double ap[4 * 128];
-    double ct[4 * 16];
-    for (int j0 = 0; j0 < n; j0 += 64) {
-        const int nc = n - j0 < 64 ? n - j0 : 64;
-        for (int p0 = 0; p0 < k; p0 += 128) {
-            const int kc = k - p0 < 128 ? k - p0 : 128;
+    // the packed panels of op(b), on the stack, from a 64-byte boundary
+    double bp_space[BP_DGEMM_KC * BP_DGEMM_NC + 64 / sizeof(double)];
+    double* restrict bp = bp_space + (64 - (uintptr_t)bp_space % 64) % 64 / sizeof(double);
+    double ap[BP_DGEMM_PACK_A ? BP_DGEMM_MR * BP_DGEMM_KC : 1];   // op(a) packed, for the plain-C micro-kernel
+    double ct[BP_DGEMM_MR * BP_DGEMM_NR];   // a tile the micro-kernel leaves to bp_dgemm_store
+    // few rows of c (a panel of op(b) serves few tiles): whole panels of b (not transposed) are read
+    // where they are; more rows pay for the packing (a panel in a few cache sets, rows ldb apart,
+    // evicts itself from L1: AVX2 build, 256 rows: 1.3x slower unpacked)
+    const int in_place = !trans_b && m <= BP_DGEMM_IN_PLACE;
+    for (int j0 = 0; j0 < n; j0 += BP_DGEMM_NC) {
+        const int nc = n - j0 < BP_DGEMM_NC ? n - j0 : BP_DGEMM_NC;
+        for (int p0 = 0; p0 < k; p0 += BP_DGEMM_KC) {
+            const int kc = k - p0 < BP_DGEMM_KC ? k - p0 : BP_DGEMM_KC;
             const double beta_p = p0 == 0 ? beta : 1.0;   // later K blocks add to c
-            bp_dgemm_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
-            for (int i0 = 0; i0 < m; i0 += 4) {
-                const int mr = m - i0 < 4 ? m - i0 : 4;
-                bp_dgemm_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
-                for (int jr = 0; jr < nc; jr += 16) {
-                    bp_dgemm_tile(kc, ap, bp + (size_t)jr * kc, ct);
-                    bp_dgemm_store(mr, nc - jr < 16 ? nc - jr : 16, alpha, ct, beta_p,
-                              c + i0 * rs + (j0 + jr) * cs, rs, cs);
+            bp_dgemm_pack_b(trans_b, in_place, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
+            for (int i0 = 0; i0 < m; i0 += BP_DGEMM_MR) {
+                const int mr = m - i0 < BP_DGEMM_MR ? m - i0 : BP_DGEMM_MR;
+                // op(a)[i0 + r, p0 + p] = at[r * ars + p * acs], read where it is
+                const double* at = trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0;
+                size_t ars = trans_a ? 1 : (size_t)lda, acs = trans_a ? (size_t)lda : 1;
+                if (BP_DGEMM_PACK_A) {
+                    bp_dgemm_pack_a(trans_a, mr, kc, at, lda, ap);
+                    at = ap;
+                    ars = 1;
+                    acs = BP_DGEMM_MR;
+                }
+                for (int jr = 0; jr < nc; jr += BP_DGEMM_NR) {
+                    // op(b)[p0 + p, j0 + jr + j] = bt[p * bs + j]: packed, or a whole panel of b where it is
+                    const int nr = nc - jr < BP_DGEMM_NR ? nc - jr : BP_DGEMM_NR, here = in_place && nr == BP_DGEMM_NR;
+                    const double* bt = here ? b + (size_t)p0 * ldb + j0 + jr : bp + (size_t)jr * kc;
+                    double* restrict ctile = c + i0 * rs + (j0 + jr) * cs;
+                    if (!bp_dgemm_tile(ct, kc, at, ars, acs, bt, here ? (size_t)ldb : BP_DGEMM_NR, mr, nr, alpha, beta_p, ctile, rs, cs))
+                        bp_dgemm_store(mr, nr, alpha, ct, beta_p, ctile, rs, cs);
                 }
             }
         }
     }
 }
 
-// the tiles' padding when c [m x n] is cut into 4 x 16 tiles
+// the work of c [m x n] cut into BP_DGEMM_MR x BP_DGEMM_NR tiles: the columns padded to whole panels
+// (an edge tile's rows past the edge are skipped)
 static long long bp_dgemm_padded(int m, int n)
 {
-    return (long long)((m + 4 - 1) / 4 * 4) * ((n + 16 - 1) / 16 * 16);
+    return (long long)m * ((n + BP_DGEMM_NR - 1) / BP_DGEMM_NR * BP_DGEMM_NR);
 }
 
 // fewer rows than a tile (a batch of one): no packing, one row of c at a time;
-// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p (vector over the row);
-// op(b) = b^T: c[i, j] is a dot product, in 16 partial sums (lane q takes p = q mod 16)
+// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p, four p a pass (vector over the row);
+// op(b) = b^T: c[i, j] is a dot product, in BP_DGEMM_LANES partial sums (lane q takes p = q mod BP_DGEMM_LANES)
 static void bp_dgemm_rows(int trans_a, int trans_b, int m, int n, int k, double alpha,
     const double* restrict a, int lda, const double* restrict b, int ldb, double beta, double* restrict c, int ldc)
 {
@@ -178,7 +439,19 @@ static void bp_dgemm_rows(int trans_a, int trans_b, int m, int n, int k, double 
         double* restrict crow = c + (size_t)i * ldc;
         if (!trans_b) {
             for (int j = 0; j < n; j++) crow[j] = beta == 0.0 ? 0.0 : beta * crow[j];
-            for (int p = 0; p < k; p++) {
+            int p = 0;
+            for (; p + 4 <= k; p += 4) {   // four rows of b per pass over c[i, :]
+                const double* restrict b0 = b + (size_t)p * ldb;
+                const double* restrict b1 = b0 + ldb;
+                const double* restrict b2 = b1 + ldb;
+                const double* restrict b3 = b2 + ldb;
+                const double a0 = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
+                const double a1 = alpha * (trans_a ? a[(size_t)(p + 1) * lda + i] : a[(size_t)i * lda + p + 1]);
+                const double a2 = alpha * (trans_a ? a[(size_t)(p + 2) * lda + i] : a[(size_t)i * lda + p + 2]);
+                const double a3 = alpha * (trans_a ? a[(size_t)(p + 3) * lda + i] : a[(size_t)i * lda + p + 3]);
+                for (int j = 0; j < n; j++) crow[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+            }
+            for (; p < k; p++) {
                 const double ap = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
                 const double* restrict brow = b + (size_t)p * ldb;
                 for (int j = 0; j < n; j++) crow[j] += ap * brow[j];
@@ -187,17 +460,17 @@ static void bp_dgemm_rows(int trans_a, int trans_b, int m, int n, int k, double 
         }
         for (int j = 0; j < n; j++) {
             const double* restrict brow = b + (size_t)j * ldb;
-            double lane[16];
-            for (int q = 0; q < 16; q++) lane[q] = 0.0;
+            double lane[BP_DGEMM_LANES];
+            for (int q = 0; q < BP_DGEMM_LANES; q++) lane[q] = 0.0;
             int p = 0;
             if (!trans_a) {
                 const double* restrict arow = a + (size_t)i * lda;
-                for (; p + 16 <= k; p += 16)
-                    for (int q = 0; q < 16; q++) lane[q] += arow[p + q] * brow[p + q];
+                for (; p + BP_DGEMM_LANES <= k; p += BP_DGEMM_LANES)
+                    for (int q = 0; q < BP_DGEMM_LANES; q++) lane[q] += arow[p + q] * brow[p + q];
             }
-            for (; p < k; p++) lane[p % 16] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
+            for (; p < k; p++) lane[p % BP_DGEMM_LANES] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
             double sum = 0.0;
-            for (int q = 0; q < 16; q++) sum += lane[q];
+            for (int q = 0; q < BP_DGEMM_LANES; q++) sum += lane[q];
             crow[j] = beta == 0.0 ? alpha * sum : alpha * sum + beta * crow[j];
         }
     }
@@ -218,12 +491,12 @@ static void bp_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha
                 c[(size_t)i * ldc + j] = beta == 0.0 ? 0.0 : beta * c[(size_t)i * ldc + j];
         return;
     }
-    if (m < 4) {
+    if (m < BP_DGEMM_ROWS) {
         bp_dgemm_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
     // narrow c (an output layer): c^T = op(b)^T op(a)^T wastes less of the tiles
-    const int swap = n >= 4 && bp_dgemm_padded(n, m) < bp_dgemm_padded(m, n);
+    const int swap = n >= BP_DGEMM_ROWS && bp_dgemm_padded(n, m) < bp_dgemm_padded(m, n);
     bp_dgemm_blocked(swap ? !trans_b : trans_a, swap ? !trans_a : trans_b, swap ? n : m, swap ? m : n, k, alpha,
                 swap ? b : a, swap ? ldb : lda, swap ? a : b, swap ? lda : ldb, beta, c,
                 swap ? 1 : (size_t)ldc, swap ? (size_t)ldc : 1);

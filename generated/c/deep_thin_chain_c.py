@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x',), 'loss': ('x', 'y'), 'value_and_grad': ('x', 'y')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "b0155b5a7fb623c92004ccdc1a27fe93b36bc49f02b69105dc61dbd89b245e78"  # the .c this loader was generated with
+SOURCE_SHA256 = "41058670f666fbc82718325c1910699a5c1e9670f9b975c905d4b755244eeb6e"  # the .c this loader was generated with
 HEADER_SHA256 = "d6a54e79756e2c748253d84d23c4a08f79e105d6e02b811a7e3851e662640407"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (10,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x',), 'loss': ('x', 'label'), 'value_and_grad': ('x', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "eff676cb7fa04110cce2a5d57c1c57721dffb97d1f5510f59ef2ae6e8a607324"  # the .c this loader was generated with
+SOURCE_SHA256 = "e090f45e97a270e5dda52bc9fc763bcbc4aecc9bd30e3333825d9f6fdb6acc51"  # the .c this loader was generated with
 HEADER_SHA256 = "fcee755d60d38d07fbf893e100314b2fedfbeb05d9e510fd7d2293df1dcd9cbb"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

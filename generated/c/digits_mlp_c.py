@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (10,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x',), 'loss': ('x', 'label'), 'value_and_grad': ('x', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "a2fa75e5e0d934957c1083c0498f632d3e2aed8daececfdd3ba41d9ea4b15b61"  # the .c this loader was generated with
+SOURCE_SHA256 = "54caebcca9e0d880f6c87ecfb3787ca0c1396f532e2480650a6d3cdc857e2501"  # the .c this loader was generated with
 HEADER_SHA256 = "4305f869a94cc112e90d6d612ea509cb6c400d42dafbfe9bb8bd37ef368c4557"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

@@ -27,61 +27,321 @@ static void bp_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
                 m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 #else
+#include <stdint.h>
+#ifdef __GNUC__
+#define BP_GEMM_NOINLINE __attribute__((noinline))
+#else
+#define BP_GEMM_NOINLINE
+#endif
 
-// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of 16 columns:
-// bp[j0 * kc + p * 16 + j] = op(b)[p, j0 + j], zeros past column nc
-static void bp_sgemm_pack_b(int trans_b, int kc, int nc, const float* restrict b, int ldb, float* restrict bp)
+#ifdef __AVX512F__
+// AVX-512: 8 x 32 tiles, packed B panels of 128 x 128
+#include <immintrin.h>
+#define BP_SGEMM_MR 8
+#define BP_SGEMM_NR 32
+#define BP_SGEMM_KC 128
+#define BP_SGEMM_NC 128
+#define BP_SGEMM_IN_PLACE 64
+#define BP_SGEMM_PACK_A 0
+#else
+#ifdef __FMA__
+// AVX2/FMA: 6 x 16 tiles, packed B panels of 128 x 128
+#include <immintrin.h>
+#define BP_SGEMM_MR 6
+#define BP_SGEMM_NR 16
+#define BP_SGEMM_KC 128
+#define BP_SGEMM_NC 128
+#define BP_SGEMM_IN_PLACE 48
+#define BP_SGEMM_PACK_A 0
+#else
+// portable: 8 x 16 tiles, packed B panels of 128 x 128
+#define BP_SGEMM_MR 8
+#define BP_SGEMM_NR 16
+#define BP_SGEMM_KC 128
+#define BP_SGEMM_NC 128
+#define BP_SGEMM_IN_PLACE 0
+#define BP_SGEMM_PACK_A 1
+#endif
+#endif
+// fewer rows than this: bp_sgemm_rows; partial sums of a dot product there
+#define BP_SGEMM_ROWS 4
+#define BP_SGEMM_LANES 16
+
+// op(b)[0:kc, 0:nc] (b: its first element) packed into panels of BP_SGEMM_NR columns:
+// bp[j0 * kc + p * BP_SGEMM_NR + j] = op(b)[p, j0 + j], zeros past column nc; in_place: the edge panel only
+static void bp_sgemm_pack_b(int trans_b, int in_place, int kc, int nc, const float* restrict b, int ldb, float* restrict bp)
 {
-    for (int j0 = 0; j0 < nc; j0 += 16) {
-        const int nr = nc - j0 < 16 ? nc - j0 : 16;
+    for (int j0 = 0; j0 < nc; j0 += BP_SGEMM_NR) {
+        const int nr = nc - j0 < BP_SGEMM_NR ? nc - j0 : BP_SGEMM_NR;
         float* restrict panel = bp + (size_t)j0 * kc;
+        if (in_place && nr == BP_SGEMM_NR) continue;   // read where it is (see bp_sgemm_blocked)
+        if (trans_b && nr == BP_SGEMM_NR) {   // a whole panel: written in order, read across BP_SGEMM_NR rows of b
+            const float* restrict src = b + (size_t)j0 * ldb;
+            for (int p = 0; p < kc; p++)
+                for (int j = 0; j < BP_SGEMM_NR; j++) panel[(size_t)p * BP_SGEMM_NR + j] = src[(size_t)j * ldb + p];
+            continue;
+        }
         if (trans_b) {   // read along the rows of b
             for (int j = 0; j < nr; j++) {
                 const float* restrict src = b + (size_t)(j0 + j) * ldb;
-                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = src[p];
+                for (int p = 0; p < kc; p++) panel[(size_t)p * BP_SGEMM_NR + j] = src[p];
             }
-            for (int j = nr; j < 16; j++)
-                for (int p = 0; p < kc; p++) panel[(size_t)p * 16 + j] = 0.0f;
+            for (int j = nr; j < BP_SGEMM_NR; j++)
+                for (int p = 0; p < kc; p++) panel[(size_t)p * BP_SGEMM_NR + j] = 0.0f;
             continue;
         }
         for (int p = 0; p < kc; p++) {
-            float* restrict dst = panel + (size_t)p * 16;
+            float* restrict dst = panel + (size_t)p * BP_SGEMM_NR;
             const float* restrict src = b + (size_t)p * ldb + j0;
-            if (nr == 16) {
-                for (int j = 0; j < 16; j++) dst[j] = src[j];
+            if (nr == BP_SGEMM_NR) {
+                for (int j = 0; j < BP_SGEMM_NR; j++) dst[j] = src[j];
             } else {
                 for (int j = 0; j < nr; j++) dst[j] = src[j];
-                for (int j = nr; j < 16; j++) dst[j] = 0.0f;
+                for (int j = nr; j < BP_SGEMM_NR; j++) dst[j] = 0.0f;
             }
         }
     }
 }
 
-// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * 8 + r] = op(a)[r, p],
-// zeros past row mr
+// op(a)[0:mr, 0:kc] (a: its first element) packed by columns: ap[p * BP_SGEMM_MR + r] = op(a)[r, p],
+// zeros past row mr (for the plain-C micro-kernel only: BP_SGEMM_PACK_A)
 static void bp_sgemm_pack_a(int trans_a, int mr, int kc, const float* restrict a, int lda, float* restrict ap)
 {
-    if (mr == 8) {   // a whole sliver: loops of a constant length
+    if (mr == BP_SGEMM_MR) {   // a whole sliver: loops of a constant length
         if (trans_a) {
             for (int p = 0; p < kc; p++)
-                for (int r = 0; r < 8; r++) ap[(size_t)p * 8 + r] = a[(size_t)p * lda + r];
+                for (int r = 0; r < BP_SGEMM_MR; r++) ap[(size_t)p * BP_SGEMM_MR + r] = a[(size_t)p * lda + r];
         } else {
-            for (int r = 0; r < 8; r++)
-                for (int p = 0; p < kc; p++) ap[(size_t)p * 8 + r] = a[(size_t)r * lda + p];
+            for (int r = 0; r < BP_SGEMM_MR; r++)
+                for (int p = 0; p < kc; p++) ap[(size_t)p * BP_SGEMM_MR + r] = a[(size_t)r * lda + p];
         }
         return;
     }
     for (int p = 0; p < kc; p++) {
-        float* restrict dst = ap + (size_t)p * 8;
+        float* restrict dst = ap + (size_t)p * BP_SGEMM_MR;
         for (int r = 0; r < mr; r++) dst[r] = trans_a ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p];
-        for (int r = mr; r < 8; r++) dst[r] = 0.0f;
+        for (int r = mr; r < BP_SGEMM_MR; r++) dst[r] = 0.0f;
     }
 }
 
-// the 8 x 16 tile ct = ap @ bp over kc (the inner loop: 16 lanes, one vector FMA each);
+// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0), ct a BP_SGEMM_MR x BP_SGEMM_NR
+// tile; c[r, j] is at c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see bp_sgemm)
+static void bp_sgemm_store(int mr, int nr, float alpha, const float* restrict ct, float beta, float* restrict c,
+    size_t rs, size_t cs)
+{
+    for (int r = 0; r < mr; r++) {
+        float* restrict crow = c + r * rs;
+        const float* restrict trow = ct + r * BP_SGEMM_NR;
+        if (nr == BP_SGEMM_NR && cs == 1) {
+            if (beta == 0.0f) {
+                for (int j = 0; j < BP_SGEMM_NR; j++) crow[j] = alpha * trow[j];
+            } else {
+                for (int j = 0; j < BP_SGEMM_NR; j++) crow[j] = alpha * trow[j] + beta * crow[j];
+            }
+        } else {
+            for (int j = 0; j < nr; j++)
+                crow[j * cs] = beta == 0.0f ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
+        }
+    }
+}
+
+#ifdef __AVX512F__
+// an edge tile, mr < 8 rows, into ct: as bp_sgemm_tile, the FMAs of the rows from mr on skipped
+BP_GEMM_NOINLINE static int bp_sgemm_tile_edge(float* restrict ct, int kc, const float* restrict a, size_t ars, size_t acs,
+    const float* restrict bp, size_t bs, int mr)
+{
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps();
+    __m512 c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps();
+    __m512 c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps();
+    __m512 c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps();
+    __m512 c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps();
+    __m512 c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps();
+    __m512 c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps();
+    __m512 c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps();
+    for (int p = 0; p < kc; p++, a += acs, bp += bs) {
+        const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+        __m512 av;
+        av = _mm512_set1_ps(a[0]); c0_0 = _mm512_fmadd_ps(av, b0, c0_0); c0_1 = _mm512_fmadd_ps(av, b1, c0_1);
+        if (mr > 1) { av = _mm512_set1_ps(a[ars]); c1_0 = _mm512_fmadd_ps(av, b0, c1_0); c1_1 = _mm512_fmadd_ps(av, b1, c1_1); }
+        if (mr > 2) { av = _mm512_set1_ps(a[2 * ars]); c2_0 = _mm512_fmadd_ps(av, b0, c2_0); c2_1 = _mm512_fmadd_ps(av, b1, c2_1); }
+        if (mr > 3) { av = _mm512_set1_ps(a[3 * ars]); c3_0 = _mm512_fmadd_ps(av, b0, c3_0); c3_1 = _mm512_fmadd_ps(av, b1, c3_1); }
+        if (mr > 4) { av = _mm512_set1_ps(a[4 * ars]); c4_0 = _mm512_fmadd_ps(av, b0, c4_0); c4_1 = _mm512_fmadd_ps(av, b1, c4_1); }
+        if (mr > 5) { av = _mm512_set1_ps(a[5 * ars]); c5_0 = _mm512_fmadd_ps(av, b0, c5_0); c5_1 = _mm512_fmadd_ps(av, b1, c5_1); }
+        if (mr > 6) { av = _mm512_set1_ps(a[6 * ars]); c6_0 = _mm512_fmadd_ps(av, b0, c6_0); c6_1 = _mm512_fmadd_ps(av, b1, c6_1); }
+    }
+    _mm512_storeu_ps(ct + 0, c0_0); _mm512_storeu_ps(ct + 16, c0_1);
+    _mm512_storeu_ps(ct + 32, c1_0); _mm512_storeu_ps(ct + 48, c1_1);
+    _mm512_storeu_ps(ct + 64, c2_0); _mm512_storeu_ps(ct + 80, c2_1);
+    _mm512_storeu_ps(ct + 96, c3_0); _mm512_storeu_ps(ct + 112, c3_1);
+    _mm512_storeu_ps(ct + 128, c4_0); _mm512_storeu_ps(ct + 144, c4_1);
+    _mm512_storeu_ps(ct + 160, c5_0); _mm512_storeu_ps(ct + 176, c5_1);
+    _mm512_storeu_ps(ct + 192, c6_0); _mm512_storeu_ps(ct + 208, c6_1);
+    _mm512_storeu_ps(ct + 224, c7_0); _mm512_storeu_ps(ct + 240, c7_1);
+    return 0;
+}
+
+// the 8 x 32 tile c = alpha * op(a) @ bp + beta * c over kc, AVX-512: 16 accumulators;
+// out of line: gcc 12, inlining it into the loop nest, kept the B vectors on the stack
+// and read them back for every FMA (1.5-1.9x slower)
+BP_GEMM_NOINLINE static int bp_sgemm_tile(float* restrict ct, int kc, const float* restrict a, size_t ars, size_t acs,
+    const float* restrict bp, size_t bs, int mr, int nr, float alpha, float beta, float* restrict c, size_t rs, size_t cs)
+{
+    if (mr < 8) return bp_sgemm_tile_edge(ct, kc, a, ars, acs, bp, bs, mr);
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps();
+    __m512 c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps();
+    __m512 c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps();
+    __m512 c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps();
+    __m512 c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps();
+    __m512 c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps();
+    __m512 c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps();
+    __m512 c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps();
+    for (int p = 0; p < kc; p++, a += acs, bp += bs) {
+        const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+        __m512 av;
+        av = _mm512_set1_ps(a[0]); c0_0 = _mm512_fmadd_ps(av, b0, c0_0); c0_1 = _mm512_fmadd_ps(av, b1, c0_1);
+        av = _mm512_set1_ps(a[ars]); c1_0 = _mm512_fmadd_ps(av, b0, c1_0); c1_1 = _mm512_fmadd_ps(av, b1, c1_1);
+        av = _mm512_set1_ps(a[2 * ars]); c2_0 = _mm512_fmadd_ps(av, b0, c2_0); c2_1 = _mm512_fmadd_ps(av, b1, c2_1);
+        av = _mm512_set1_ps(a[3 * ars]); c3_0 = _mm512_fmadd_ps(av, b0, c3_0); c3_1 = _mm512_fmadd_ps(av, b1, c3_1);
+        av = _mm512_set1_ps(a[4 * ars]); c4_0 = _mm512_fmadd_ps(av, b0, c4_0); c4_1 = _mm512_fmadd_ps(av, b1, c4_1);
+        av = _mm512_set1_ps(a[5 * ars]); c5_0 = _mm512_fmadd_ps(av, b0, c5_0); c5_1 = _mm512_fmadd_ps(av, b1, c5_1);
+        av = _mm512_set1_ps(a[6 * ars]); c6_0 = _mm512_fmadd_ps(av, b0, c6_0); c6_1 = _mm512_fmadd_ps(av, b1, c6_1);
+        av = _mm512_set1_ps(a[7 * ars]); c7_0 = _mm512_fmadd_ps(av, b0, c7_0); c7_1 = _mm512_fmadd_ps(av, b1, c7_1);
+    }
+    const __m512 va = _mm512_set1_ps(alpha);
+    if (nr == 32 && cs == 1) {   // a whole tile of c, row-major: from the registers
+        if (beta == 0.0f) {
+            _mm512_storeu_ps(c, _mm512_mul_ps(va, c0_0)); _mm512_storeu_ps(c + 16, _mm512_mul_ps(va, c0_1));
+            _mm512_storeu_ps(c + rs, _mm512_mul_ps(va, c1_0)); _mm512_storeu_ps(c + rs + 16, _mm512_mul_ps(va, c1_1));
+            _mm512_storeu_ps(c + 2 * rs, _mm512_mul_ps(va, c2_0)); _mm512_storeu_ps(c + 2 * rs + 16, _mm512_mul_ps(va, c2_1));
+            _mm512_storeu_ps(c + 3 * rs, _mm512_mul_ps(va, c3_0)); _mm512_storeu_ps(c + 3 * rs + 16, _mm512_mul_ps(va, c3_1));
+            _mm512_storeu_ps(c + 4 * rs, _mm512_mul_ps(va, c4_0)); _mm512_storeu_ps(c + 4 * rs + 16, _mm512_mul_ps(va, c4_1));
+            _mm512_storeu_ps(c + 5 * rs, _mm512_mul_ps(va, c5_0)); _mm512_storeu_ps(c + 5 * rs + 16, _mm512_mul_ps(va, c5_1));
+            _mm512_storeu_ps(c + 6 * rs, _mm512_mul_ps(va, c6_0)); _mm512_storeu_ps(c + 6 * rs + 16, _mm512_mul_ps(va, c6_1));
+            _mm512_storeu_ps(c + 7 * rs, _mm512_mul_ps(va, c7_0)); _mm512_storeu_ps(c + 7 * rs + 16, _mm512_mul_ps(va, c7_1));
+        } else {
+            const __m512 vb = _mm512_set1_ps(beta);
+            _mm512_storeu_ps(c, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), _mm512_mul_ps(va, c0_0)));
+            _mm512_storeu_ps(c + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16), _mm512_mul_ps(va, c0_1)));
+            _mm512_storeu_ps(c + rs, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + rs), _mm512_mul_ps(va, c1_0)));
+            _mm512_storeu_ps(c + rs + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + rs + 16), _mm512_mul_ps(va, c1_1)));
+            _mm512_storeu_ps(c + 2 * rs, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 2 * rs), _mm512_mul_ps(va, c2_0)));
+            _mm512_storeu_ps(c + 2 * rs + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 2 * rs + 16), _mm512_mul_ps(va, c2_1)));
+            _mm512_storeu_ps(c + 3 * rs, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 3 * rs), _mm512_mul_ps(va, c3_0)));
+            _mm512_storeu_ps(c + 3 * rs + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 3 * rs + 16), _mm512_mul_ps(va, c3_1)));
+            _mm512_storeu_ps(c + 4 * rs, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 4 * rs), _mm512_mul_ps(va, c4_0)));
+            _mm512_storeu_ps(c + 4 * rs + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 4 * rs + 16), _mm512_mul_ps(va, c4_1)));
+            _mm512_storeu_ps(c + 5 * rs, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 5 * rs), _mm512_mul_ps(va, c5_0)));
+            _mm512_storeu_ps(c + 5 * rs + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 5 * rs + 16), _mm512_mul_ps(va, c5_1)));
+            _mm512_storeu_ps(c + 6 * rs, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 6 * rs), _mm512_mul_ps(va, c6_0)));
+            _mm512_storeu_ps(c + 6 * rs + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 6 * rs + 16), _mm512_mul_ps(va, c6_1)));
+            _mm512_storeu_ps(c + 7 * rs, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 7 * rs), _mm512_mul_ps(va, c7_0)));
+            _mm512_storeu_ps(c + 7 * rs + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 7 * rs + 16), _mm512_mul_ps(va, c7_1)));
+        }
+        return 1;
+    }
+    _mm512_storeu_ps(ct + 0, c0_0); _mm512_storeu_ps(ct + 16, c0_1);
+    _mm512_storeu_ps(ct + 32, c1_0); _mm512_storeu_ps(ct + 48, c1_1);
+    _mm512_storeu_ps(ct + 64, c2_0); _mm512_storeu_ps(ct + 80, c2_1);
+    _mm512_storeu_ps(ct + 96, c3_0); _mm512_storeu_ps(ct + 112, c3_1);
+    _mm512_storeu_ps(ct + 128, c4_0); _mm512_storeu_ps(ct + 144, c4_1);
+    _mm512_storeu_ps(ct + 160, c5_0); _mm512_storeu_ps(ct + 176, c5_1);
+    _mm512_storeu_ps(ct + 192, c6_0); _mm512_storeu_ps(ct + 208, c6_1);
+    _mm512_storeu_ps(ct + 224, c7_0); _mm512_storeu_ps(ct + 240, c7_1);
+    return 0;
+}
+#else
+#ifdef __FMA__
+// an edge tile, mr < 6 rows, into ct: as bp_sgemm_tile, the FMAs of the rows from mr on skipped
+BP_GEMM_NOINLINE static int bp_sgemm_tile_edge(float* restrict ct, int kc, const float* restrict a, size_t ars, size_t acs,
+    const float* restrict bp, size_t bs, int mr)
+{
+    __m256 c0_0 = _mm256_setzero_ps(), c0_1 = _mm256_setzero_ps();
+    __m256 c1_0 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps();
+    __m256 c2_0 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps();
+    __m256 c3_0 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps();
+    __m256 c4_0 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps();
+    __m256 c5_0 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps();
+    for (int p = 0; p < kc; p++, a += acs, bp += bs) {
+        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+        __m256 av;
+        av = _mm256_set1_ps(a[0]); c0_0 = _mm256_fmadd_ps(av, b0, c0_0); c0_1 = _mm256_fmadd_ps(av, b1, c0_1);
+        if (mr > 1) { av = _mm256_set1_ps(a[ars]); c1_0 = _mm256_fmadd_ps(av, b0, c1_0); c1_1 = _mm256_fmadd_ps(av, b1, c1_1); }
+        if (mr > 2) { av = _mm256_set1_ps(a[2 * ars]); c2_0 = _mm256_fmadd_ps(av, b0, c2_0); c2_1 = _mm256_fmadd_ps(av, b1, c2_1); }
+        if (mr > 3) { av = _mm256_set1_ps(a[3 * ars]); c3_0 = _mm256_fmadd_ps(av, b0, c3_0); c3_1 = _mm256_fmadd_ps(av, b1, c3_1); }
+        if (mr > 4) { av = _mm256_set1_ps(a[4 * ars]); c4_0 = _mm256_fmadd_ps(av, b0, c4_0); c4_1 = _mm256_fmadd_ps(av, b1, c4_1); }
+    }
+    _mm256_storeu_ps(ct + 0, c0_0); _mm256_storeu_ps(ct + 8, c0_1);
+    _mm256_storeu_ps(ct + 16, c1_0); _mm256_storeu_ps(ct + 24, c1_1);
+    _mm256_storeu_ps(ct + 32, c2_0); _mm256_storeu_ps(ct + 40, c2_1);
+    _mm256_storeu_ps(ct + 48, c3_0); _mm256_storeu_ps(ct + 56, c3_1);
+    _mm256_storeu_ps(ct + 64, c4_0); _mm256_storeu_ps(ct + 72, c4_1);
+    _mm256_storeu_ps(ct + 80, c5_0); _mm256_storeu_ps(ct + 88, c5_1);
+    return 0;
+}
+
+// the 6 x 16 tile c = alpha * op(a) @ bp + beta * c over kc, AVX2/FMA: 12 accumulators;
+// out of line: gcc 12, inlining it into the loop nest, kept the B vectors on the stack
+// and read them back for every FMA (1.5-1.9x slower)
+BP_GEMM_NOINLINE static int bp_sgemm_tile(float* restrict ct, int kc, const float* restrict a, size_t ars, size_t acs,
+    const float* restrict bp, size_t bs, int mr, int nr, float alpha, float beta, float* restrict c, size_t rs, size_t cs)
+{
+    if (mr < 6) return bp_sgemm_tile_edge(ct, kc, a, ars, acs, bp, bs, mr);
+    __m256 c0_0 = _mm256_setzero_ps(), c0_1 = _mm256_setzero_ps();
+    __m256 c1_0 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps();
+    __m256 c2_0 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps();
+    __m256 c3_0 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps();
+    __m256 c4_0 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps();
+    __m256 c5_0 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps();
+    for (int p = 0; p < kc; p++, a += acs, bp += bs) {
+        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+        __m256 av;
+        av = _mm256_set1_ps(a[0]); c0_0 = _mm256_fmadd_ps(av, b0, c0_0); c0_1 = _mm256_fmadd_ps(av, b1, c0_1);
+        av = _mm256_set1_ps(a[ars]); c1_0 = _mm256_fmadd_ps(av, b0, c1_0); c1_1 = _mm256_fmadd_ps(av, b1, c1_1);
+        av = _mm256_set1_ps(a[2 * ars]); c2_0 = _mm256_fmadd_ps(av, b0, c2_0); c2_1 = _mm256_fmadd_ps(av, b1, c2_1);
+        av = _mm256_set1_ps(a[3 * ars]); c3_0 = _mm256_fmadd_ps(av, b0, c3_0); c3_1 = _mm256_fmadd_ps(av, b1, c3_1);
+        av = _mm256_set1_ps(a[4 * ars]); c4_0 = _mm256_fmadd_ps(av, b0, c4_0); c4_1 = _mm256_fmadd_ps(av, b1, c4_1);
+        av = _mm256_set1_ps(a[5 * ars]); c5_0 = _mm256_fmadd_ps(av, b0, c5_0); c5_1 = _mm256_fmadd_ps(av, b1, c5_1);
+    }
+    const __m256 va = _mm256_set1_ps(alpha);
+    if (nr == 16 && cs == 1) {   // a whole tile of c, row-major: from the registers
+        if (beta == 0.0f) {
+            _mm256_storeu_ps(c, _mm256_mul_ps(va, c0_0)); _mm256_storeu_ps(c + 8, _mm256_mul_ps(va, c0_1));
+            _mm256_storeu_ps(c + rs, _mm256_mul_ps(va, c1_0)); _mm256_storeu_ps(c + rs + 8, _mm256_mul_ps(va, c1_1));
+            _mm256_storeu_ps(c + 2 * rs, _mm256_mul_ps(va, c2_0)); _mm256_storeu_ps(c + 2 * rs + 8, _mm256_mul_ps(va, c2_1));
+            _mm256_storeu_ps(c + 3 * rs, _mm256_mul_ps(va, c3_0)); _mm256_storeu_ps(c + 3 * rs + 8, _mm256_mul_ps(va, c3_1));
+            _mm256_storeu_ps(c + 4 * rs, _mm256_mul_ps(va, c4_0)); _mm256_storeu_ps(c + 4 * rs + 8, _mm256_mul_ps(va, c4_1));
+            _mm256_storeu_ps(c + 5 * rs, _mm256_mul_ps(va, c5_0)); _mm256_storeu_ps(c + 5 * rs + 8, _mm256_mul_ps(va, c5_1));
+        } else {
+            const __m256 vb = _mm256_set1_ps(beta);
+            _mm256_storeu_ps(c, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), _mm256_mul_ps(va, c0_0)));
+            _mm256_storeu_ps(c + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8), _mm256_mul_ps(va, c0_1)));
+            _mm256_storeu_ps(c + rs, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + rs), _mm256_mul_ps(va, c1_0)));
+            _mm256_storeu_ps(c + rs + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + rs + 8), _mm256_mul_ps(va, c1_1)));
+            _mm256_storeu_ps(c + 2 * rs, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 2 * rs), _mm256_mul_ps(va, c2_0)));
+            _mm256_storeu_ps(c + 2 * rs + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 2 * rs + 8), _mm256_mul_ps(va, c2_1)));
+            _mm256_storeu_ps(c + 3 * rs, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 3 * rs), _mm256_mul_ps(va, c3_0)));
+            _mm256_storeu_ps(c + 3 * rs + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 3 * rs + 8), _mm256_mul_ps(va, c3_1)));
+            _mm256_storeu_ps(c + 4 * rs, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 4 * rs), _mm256_mul_ps(va, c4_0)));
+            _mm256_storeu_ps(c + 4 * rs + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 4 * rs + 8), _mm256_mul_ps(va, c4_1)));
+            _mm256_storeu_ps(c + 5 * rs, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 5 * rs), _mm256_mul_ps(va, c5_0)));
+            _mm256_storeu_ps(c + 5 * rs + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 5 * rs + 8), _mm256_mul_ps(va, c5_1)));
+        }
+        return 1;
+    }
+    _mm256_storeu_ps(ct + 0, c0_0); _mm256_storeu_ps(ct + 8, c0_1);
+    _mm256_storeu_ps(ct + 16, c1_0); _mm256_storeu_ps(ct + 24, c1_1);
+    _mm256_storeu_ps(ct + 32, c2_0); _mm256_storeu_ps(ct + 40, c2_1);
+    _mm256_storeu_ps(ct + 48, c3_0); _mm256_storeu_ps(ct + 56, c3_1);
+    _mm256_storeu_ps(ct + 64, c4_0); _mm256_storeu_ps(ct + 72, c4_1);
+    _mm256_storeu_ps(ct + 80, c5_0); _mm256_storeu_ps(ct + 88, c5_1);
+    return 0;
+}
+#else
+// the tile c = alpha * ap @ bp + beta * c over kc (the inner loop: NR lanes, one vector FMA each);
 // inline: gcc 12, left to itself, clones the callers for their constant arguments and
 // keeps this out of line, where it vectorises worse (deep thin: 1.6x slower)
-static inline void bp_sgemm_tile(int kc, const float* restrict ap, const float* restrict bp, float* restrict ct)
+static inline int bp_sgemm_tile(float* restrict ct, int kc, const float* restrict a, size_t ars, size_t acs,
+    const float* restrict bp, size_t bs, int mr, int nr, float alpha, float beta, float* restrict c, size_t rs, size_t cs)
 {
     float acc0[16], acc1[16], acc2[16], acc3[16], acc4[16], acc5[16], acc6[16], acc7[16];
     for (int j = 0; j < 16; j++) {
@@ -94,9 +354,11 @@ static inline void bp_sgemm_tile(int kc, const float* restrict ap, const float* 
         acc6[j] = 0.0f;
         acc7[j] = 0.0f;
     }
+    (void)ars, (void)acs, (void)bs;   // BP_SGEMM_PACK_A 1, BP_SGEMM_IN_PLACE 0: a and b packed
+    (void)mr, (void)nr, (void)alpha, (void)beta, (void)c, (void)rs, (void)cs;   // the caller stores ct
     for (int p = 0; p < kc; p++) {
         const float* restrict brow = bp + (size_t)p * 16;
-        const float* restrict acol = ap + (size_t)p * 8;
+        const float* restrict acol = a + (size_t)p * 8;
         const float a0 = acol[0];
         const float a1 = acol[1];
         const float a2 = acol[2];
@@ -128,65 +390,64 @@ static inline void bp_sgemm_tile(int kc, const float* restrict ap, const float* 
         ct[96 + j] = acc6[j];
         ct[112 + j] = acc7[j];
     }
+    return 0;
 }
-
-// c[0:mr, 0:nr] = alpha * ct + beta * c (c not read when beta is 0); c[r, j] is at
-// c[r * rs + j * cs] (cs 1: c row-major; rs 1: c transposed, see bp_sgemm)
-static void bp_sgemm_store(int mr, int nr, float alpha, const float* restrict ct, float beta, float* restrict c,
-    size_t rs, size_t cs)
-{
-    for (int r = 0; r < mr; r++) {
-        float* restrict crow = c + r * rs;
-        const float* restrict trow = ct + r * 16;
-        if (nr == 16 && cs == 1) {
-            if (beta == 0.0f) {
-                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j];
-            } else {
-                for (int j = 0; j < 16; j++) crow[j] = alpha * trow[j] + beta * crow[j];
-            }
-        } else {
-            for (int j = 0; j < nr; j++)
-                crow[j * cs] = beta == 0.0f ? alpha * trow[j] : alpha * trow[j] + beta * crow[j * cs];
-        }
-    }
-}
+#endif
+#endif
 
 // the blocked product, c[i, j] at c[i * rs + j * cs]
 static void bp_sgemm_blocked(int trans_a, int trans_b, int m, int n, int k, float alpha,
     const float* restrict a, int lda, const float* restrict b, int ldb, float beta, float* restrict c, size_t rs, size_t cs)
 {
-    // stack: 70144 bytes
-    float bp[128 * 128];
-    float ap[8 * 128];
-    float ct[8 * 16];
-    for (int j0 = 0; j0 < n; j0 += 128) {
-        const int nc = n - j0 < 128 ? n - j0 : 128;
-        for (int p0 = 0; p0 < k; p0 += 128) {
-            const int kc = k - p0 < 128 ? k - p0 : 128;
+    // the packed panels of op(b), on the stack, from a 64-byte boundary
+    float bp_space[BP_SGEMM_KC * BP_SGEMM_NC + 64 / sizeof(float)];
+    float* restrict bp = bp_space + (64 - (uintptr_t)bp_space % 64) % 64 / sizeof(float);
+    float ap[BP_SGEMM_PACK_A ? BP_SGEMM_MR * BP_SGEMM_KC : 1];   // op(a) packed, for the plain-C micro-kernel
+    float ct[BP_SGEMM_MR * BP_SGEMM_NR];   // a tile the micro-kernel leaves to bp_sgemm_store
+    // few rows of c (a panel of op(b) serves few tiles): whole panels of b (not transposed) are read
+    // where they are; more rows pay for the packing (a panel in a few cache sets, rows ldb apart,
+    // evicts itself from L1: AVX2 build, 256 rows: 1.3x slower unpacked)
+    const int in_place = !trans_b && m <= BP_SGEMM_IN_PLACE;
+    for (int j0 = 0; j0 < n; j0 += BP_SGEMM_NC) {
+        const int nc = n - j0 < BP_SGEMM_NC ? n - j0 : BP_SGEMM_NC;
+        for (int p0 = 0; p0 < k; p0 += BP_SGEMM_KC) {
+            const int kc = k - p0 < BP_SGEMM_KC ? k - p0 : BP_SGEMM_KC;
             const float beta_p = p0 == 0 ? beta : 1.0f;   // later K blocks add to c
-            bp_sgemm_pack_b(trans_b, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
-            for (int i0 = 0; i0 < m; i0 += 8) {
-                const int mr = m - i0 < 8 ? m - i0 : 8;
-                bp_sgemm_pack_a(trans_a, mr, kc, trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0, lda, ap);
-                for (int jr = 0; jr < nc; jr += 16) {
-                    bp_sgemm_tile(kc, ap, bp + (size_t)jr * kc, ct);
-                    bp_sgemm_store(mr, nc - jr < 16 ? nc - jr : 16, alpha, ct, beta_p,
-                              c + i0 * rs + (j0 + jr) * cs, rs, cs);
+            bp_sgemm_pack_b(trans_b, in_place, kc, nc, trans_b ? b + (size_t)j0 * ldb + p0 : b + (size_t)p0 * ldb + j0, ldb, bp);
+            for (int i0 = 0; i0 < m; i0 += BP_SGEMM_MR) {
+                const int mr = m - i0 < BP_SGEMM_MR ? m - i0 : BP_SGEMM_MR;
+                // op(a)[i0 + r, p0 + p] = at[r * ars + p * acs], read where it is
+                const float* at = trans_a ? a + (size_t)p0 * lda + i0 : a + (size_t)i0 * lda + p0;
+                size_t ars = trans_a ? 1 : (size_t)lda, acs = trans_a ? (size_t)lda : 1;
+                if (BP_SGEMM_PACK_A) {
+                    bp_sgemm_pack_a(trans_a, mr, kc, at, lda, ap);
+                    at = ap;
+                    ars = 1;
+                    acs = BP_SGEMM_MR;
+                }
+                for (int jr = 0; jr < nc; jr += BP_SGEMM_NR) {
+                    // op(b)[p0 + p, j0 + jr + j] = bt[p * bs + j]: packed, or a whole panel of b where it is
+                    const int nr = nc - jr < BP_SGEMM_NR ? nc - jr : BP_SGEMM_NR, here = in_place && nr == BP_SGEMM_NR;
+                    const float* bt = here ? b + (size_t)p0 * ldb + j0 + jr : bp + (size_t)jr * kc;
+                    float* restrict ctile = c + i0 * rs + (j0 + jr) * cs;
+                    if (!bp_sgemm_tile(ct, kc, at, ars, acs, bt, here ? (size_t)ldb : BP_SGEMM_NR, mr, nr, alpha, beta_p, ctile, rs, cs))
+                        bp_sgemm_store(mr, nr, alpha, ct, beta_p, ctile, rs, cs);
                 }
             }
         }
     }
 }
 
-// the tiles' padding when c [m x n] is cut into 8 x 16 tiles
+// the work of c [m x n] cut into BP_SGEMM_MR x BP_SGEMM_NR tiles: the columns padded to whole panels
+// (an edge tile's rows past the edge are skipped)
 static long long bp_sgemm_padded(int m, int n)
 {
-    return (long long)((m + 8 - 1) / 8 * 8) * ((n + 16 - 1) / 16 * 16);
+    return (long long)m * ((n + BP_SGEMM_NR - 1) / BP_SGEMM_NR * BP_SGEMM_NR);
 }
 
 // fewer rows than a tile (a batch of one): no packing, one row of c at a time;
-// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p (vector over the row);
-// op(b) = b^T: c[i, j] is a dot product, in 16 partial sums (lane q takes p = q mod 16)
+// op(b) = b: c[i, :] accumulates alpha * a[i, p] * b[p, :] over p, four p a pass (vector over the row);
+// op(b) = b^T: c[i, j] is a dot product, in BP_SGEMM_LANES partial sums (lane q takes p = q mod BP_SGEMM_LANES)
 static void bp_sgemm_rows(int trans_a, int trans_b, int m, int n, int k, float alpha,
     const float* restrict a, int lda, const float* restrict b, int ldb, float beta, float* restrict c, int ldc)
 {
@@ -194,7 +455,19 @@ static void bp_sgemm_rows(int trans_a, int trans_b, int m, int n, int k, float a
         float* restrict crow = c + (size_t)i * ldc;
         if (!trans_b) {
             for (int j = 0; j < n; j++) crow[j] = beta == 0.0f ? 0.0f : beta * crow[j];
-            for (int p = 0; p < k; p++) {
+            int p = 0;
+            for (; p + 4 <= k; p += 4) {   // four rows of b per pass over c[i, :]
+                const float* restrict b0 = b + (size_t)p * ldb;
+                const float* restrict b1 = b0 + ldb;
+                const float* restrict b2 = b1 + ldb;
+                const float* restrict b3 = b2 + ldb;
+                const float a0 = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
+                const float a1 = alpha * (trans_a ? a[(size_t)(p + 1) * lda + i] : a[(size_t)i * lda + p + 1]);
+                const float a2 = alpha * (trans_a ? a[(size_t)(p + 2) * lda + i] : a[(size_t)i * lda + p + 2]);
+                const float a3 = alpha * (trans_a ? a[(size_t)(p + 3) * lda + i] : a[(size_t)i * lda + p + 3]);
+                for (int j = 0; j < n; j++) crow[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+            }
+            for (; p < k; p++) {
                 const float ap = alpha * (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]);
                 const float* restrict brow = b + (size_t)p * ldb;
                 for (int j = 0; j < n; j++) crow[j] += ap * brow[j];
@@ -203,17 +476,17 @@ static void bp_sgemm_rows(int trans_a, int trans_b, int m, int n, int k, float a
         }
         for (int j = 0; j < n; j++) {
             const float* restrict brow = b + (size_t)j * ldb;
-            float lane[16];
-            for (int q = 0; q < 16; q++) lane[q] = 0.0f;
+            float lane[BP_SGEMM_LANES];
+            for (int q = 0; q < BP_SGEMM_LANES; q++) lane[q] = 0.0f;
             int p = 0;
             if (!trans_a) {
                 const float* restrict arow = a + (size_t)i * lda;
-                for (; p + 16 <= k; p += 16)
-                    for (int q = 0; q < 16; q++) lane[q] += arow[p + q] * brow[p + q];
+                for (; p + BP_SGEMM_LANES <= k; p += BP_SGEMM_LANES)
+                    for (int q = 0; q < BP_SGEMM_LANES; q++) lane[q] += arow[p + q] * brow[p + q];
             }
-            for (; p < k; p++) lane[p % 16] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
+            for (; p < k; p++) lane[p % BP_SGEMM_LANES] += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) * brow[p];
             float sum = 0.0f;
-            for (int q = 0; q < 16; q++) sum += lane[q];
+            for (int q = 0; q < BP_SGEMM_LANES; q++) sum += lane[q];
             crow[j] = beta == 0.0f ? alpha * sum : alpha * sum + beta * crow[j];
         }
     }
@@ -234,12 +507,12 @@ static void bp_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
                 c[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(size_t)i * ldc + j];
         return;
     }
-    if (m < 8) {
+    if (m < BP_SGEMM_ROWS) {
         bp_sgemm_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
     // narrow c (an output layer): c^T = op(b)^T op(a)^T wastes less of the tiles
-    const int swap = n >= 8 && bp_sgemm_padded(n, m) < bp_sgemm_padded(m, n);
+    const int swap = n >= BP_SGEMM_ROWS && bp_sgemm_padded(n, m) < bp_sgemm_padded(m, n);
     bp_sgemm_blocked(swap ? !trans_b : trans_a, swap ? !trans_a : trans_b, swap ? n : m, swap ? m : n, k, alpha,
                 swap ? b : a, swap ? ldb : lda, swap ? a : b, swap ? lda : ldb, beta, c,
                 swap ? 1 : (size_t)ldc, swap ? (size_t)ldc : 1);

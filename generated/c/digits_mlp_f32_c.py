@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (10,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x',), 'loss': ('x', 'label'), 'value_and_grad': ('x', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "d2ceb20906c9e93853b411d5ebe8d70c09334a8e4f491ac82811760290dac929"  # the .c this loader was generated with
+SOURCE_SHA256 = "4f017c69507c99543dd6c7491c2a8d81020bdb740058e170e9daa5e456a38379"  # the .c this loader was generated with
 HEADER_SHA256 = "8ad25fdf1361dca25cdd3419b3b464d90ef8b7d5dc4a0c5ca7c71743e33f2038"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

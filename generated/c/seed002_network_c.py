@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x1', 'x2'), 'loss': ('x1', 'x2', 't'), 'value_and_grad': ('x1', 'x2', 't')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "e51ead701c7dacf5e99f8651f807c7edb959a60807b256bc5ee2e7098f7ca41a"  # the .c this loader was generated with
+SOURCE_SHA256 = "684ce94f3fdf601c5a82dcaa3dec930c6837c85f176f5b4dc214e9227a9619b6"  # the .c this loader was generated with
 HEADER_SHA256 = "f827426493b18949e3e5c7c5639d0444df78dfda05928e41cc9c9850bd7d0e6a"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, ())  # predict's output: (batched, per-example shape)
 READS = {'predict': ('x1', 'x2'), 'loss': ('x1', 'x2', 't'), 'value_and_grad': ('x1', 'x2', 't')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "ea28df0c23e545df6fcc626386ba27bb12e0815f81ca2762ae0ba542b8c30fc4"  # the .c this loader was generated with
+SOURCE_SHA256 = "e7c765e10102cf9d902b7adf86950743beb5bd5fe4762a33c891126ece648783"  # the .c this loader was generated with
 HEADER_SHA256 = "aa139597710620f595394060b8d5186beb57ff2f81a1f52c91a7cff1cf55c963"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

@@ -54,7 +54,7 @@ OUTPUT_SHAPE = (True, (3,))  # predict's output: (batched, per-example shape)
 READS = {'predict': ('h',), 'loss': ('h', 'label'), 'value_and_grad': ('h', 'label')}  # function -> the inputs it reads (the others may be None)
 SOURCE = Path(__file__).resolve().with_name(NAME + ".c")
 HEADER = SOURCE.with_name(NAME + ".h")
-SOURCE_SHA256 = "96b5a93328a37645ed02c9e0bc3e7da9ed9dde51900e33cb19023cb2d899a6ea"  # the .c this loader was generated with
+SOURCE_SHA256 = "444faa63a0fc7271f83bbd98df743ade4abcaccfe73d0d7f3ec13d5fd87f9a3e"  # the .c this loader was generated with
 HEADER_SHA256 = "d35022f33795c3c19ade1285b598ccdde3ec68ad33bfbd0170006a3a371dd730"  # and its .h
 PORTABLE_CFLAGS = "-O3"
 NATIVE_CFLAGS = "-O3 -march=native -ffp-contract=fast"   # the default where the compiler takes them

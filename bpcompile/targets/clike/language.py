@@ -263,8 +263,8 @@ def token(text: str) -> Code:
 
 
 # Preprocessor lines the .cu may hold: those of module.cu.j2, none with spec text.
-_DIRECTIVE = re.compile(r"#(?:include <[a-z_0-9]+\.h>|ifn?def [A-Z_]+|endif|else|"
-                        r"define [A-Z_]+(?:\([A-Za-z_, .]*\))?(?: .*)?)\Z")
+_DIRECTIVE = re.compile(r"#(?:include <[a-z_0-9]+\.h>|ifn?def [A-Z_][A-Z_0-9]*|endif|else|"
+                        r"define [A-Z_][A-Z_0-9]*(?:\([A-Za-z_, .]*\))?(?: .*)?)\Z")
 
 
 def check_c_source(text: str, what: str) -> None:
