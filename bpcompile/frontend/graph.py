@@ -221,6 +221,10 @@ class Graph:
     def __init__(self, dtype: str = "float64"):
         self.g = nx.DiGraph()
         self._ids: dict = {}
+        # node i's attribute dict, the one self.g holds, at index i (nodes are 0, 1, ...
+        # and never removed): a list index costs a tenth of self.g.nodes[i], which
+        # the compiler asks some 40 times per node
+        self._attrs: list = []
         # map(): (expression, constants) -> (folded, needs the composed check, the
         # argument positions it reads); (folded, renumbering) -> the node's expression
         self._maps: dict = {}
@@ -238,7 +242,8 @@ class Graph:
         self.macro_keywords: dict = {}
 
     def node(self, i: int) -> dict:
-        return self.g.nodes[i]
+        """Node i's attributes (the dict the DiGraph holds: changes show in both)."""
+        return self._attrs[i]
 
     def __len__(self):
         return self.g.number_of_nodes()
@@ -255,6 +260,7 @@ class Graph:
         self._ids[key] = i
         self.g.add_node(i, op=op, args=tuple(args), attrs=attrs, shape=tuple(shape),
                         batched=batched, dtype=dtype, rule=rule or op, names=[], key=self.key)
+        self._attrs.append(self.g.nodes[i])
         for pos, a in enumerate(args):
             if self.g.has_edge(a, i):
                 self.g.edges[a, i]["pos"] += (pos,)
