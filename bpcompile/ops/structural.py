@@ -144,6 +144,7 @@ class GemmForm:
                 or self.summed)
 
 
+@functools.lru_cache(maxsize=4096)   # a pure function of three strings, asked per product many times
 def gemm_form(sa: str, sb: str, so: str) -> GemmForm | None:
     """Classify einsum(sa, sb -> so) as in TTGT: batch, m, n and k indices.
 
