@@ -268,3 +268,21 @@ def test_gradients_share_one_block_without_overlapping(pairs):
     assert np.array_equal(kept, want[k])
     kept += 1.0
     assert np.array_equal(kept, want[k] + 1.0)
+
+
+def test_a_binding_that_does_not_build_leaves_ctypes(tmp_path, monkeypatch):
+    """The library builds, the binding does not (a compiler that refuses its source):
+    calls go through ctypes, and binding() quotes the compiler's error line."""
+    bpcompile.compile(ROOT / "examples" / "tanh_regression.yaml", target="c").write(tmp_path / "m")
+    monkeypatch.setenv("BPCOMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("BPCOMPILE_C_BINDING", raising=False)
+    monkeypatch.delenv("CFLAGS", raising=False)
+    wrapper = tmp_path / "cc-no-binding"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *bpc_binding.c*) echo "bpc_binding.c:1: error: refused" >&2; '
+                       f'exit 1;; esac\nexec {CC} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    m = import_file(tmp_path / "m" / "tanh_regression_c.py", "bp_test_binding_refused")
+    assert m.binding() == "ctypes: building bpc_binding failed (bpc_binding.c:1: error: refused)"
+    assert np.isfinite(m.loss(m.init_params(), x=np.ones((2, 3)), y=np.ones(2)))
+    assert not list((tmp_path / "cache").glob("bpc_binding-*"))

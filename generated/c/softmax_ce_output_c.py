@@ -302,41 +302,51 @@ def _cache_dir():
     return cache
 
 
-def _library_path(cache, source, header):
-    """The library in ``cache``, named by the SHA-256 of everything the build reads:
-    the .c, the .h, the command, the compiler (its path, size and time) and, for
-    a command with -march=native, the CPU (``_machine``)."""
-    probe = _build_command(Path("OUT"), Path("SRC"))
-    st = os.stat(probe[0])
-    key = hashlib.sha256(b"bpcompile c library\0")
-    machine = _machine() if any("native" in flag for flag in probe) else ""
-    for part in (source, header, "\0".join(probe).encode(), f"{st.st_size} {st.st_mtime_ns}".encode(),
-                 machine.encode()):
+def _cache_key(tag, command, parts):
+    """The SHA-256 of everything a build reads: ``parts`` (bytes: its sources), the
+    command, the compiler (its path, size and time) and, for a command with
+    -march=native, the CPU (``_machine``)."""
+    st = os.stat(command[0])
+    key = hashlib.sha256(tag)
+    machine = _machine() if any("native" in flag for flag in command) else ""
+    for part in (*parts, "\0".join(command).encode(), f"{st.st_size} {st.st_mtime_ns}".encode(), machine.encode()):
         key.update(len(part).to_bytes(8, "little") + part)
-    return cache / f"{NAME}-c-{key.hexdigest()}.so"
+    return key.hexdigest()
 
 
-def _build(path, source, header):
-    """Build the checked bytes ``source`` and ``header`` (private copies: the files
-    beside the loader may change while the compiler runs) in a private temporary
-    directory, then rename the library into place as ``path``."""
+def _library_path(cache, source, header):
+    """The library in ``cache``, named by ``_cache_key`` of the .c and the .h."""
+    key = _cache_key(b"bpcompile c library\0", _build_command(Path("OUT"), Path("SRC")), (source, header))
+    return cache / f"{NAME}-c-{key}.so"
+
+
+def _build(path, files, command):
+    """Build ``files`` ({name: bytes}, private copies: the files beside the loader
+    may change while the compiler runs; the first is the source compiled) with
+    ``command(out, source)`` in a private temporary directory, then rename the
+    library into place as ``path``.  CModuleError, with the compiler's first
+    lines, when it fails."""
     tmpdir = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        src = Path(tmpdir) / SOURCE.name
-        src.write_bytes(source)
-        (Path(tmpdir) / HEADER.name).write_bytes(header)
+        for name, data in files.items():
+            (Path(tmpdir) / name).write_bytes(data)
         out = Path(tmpdir) / "lib.so"
-        cmd = _build_command(out, src)
+        source = next(iter(files))
+        cmd = command(out, Path(tmpdir) / source)
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmpdir)
         except OSError as e:
             raise CModuleError(f"{NAME}: cannot run the C compiler {cmd[0]}: {e.strerror or e}") from None
         if r.returncode != 0 or not out.exists():
             first = "\n".join((r.stderr or r.stdout).strip().splitlines()[:12])
-            raise CModuleError(f"{NAME}: compiling {SOURCE.name} failed ({shlex.join(cmd)}):\n{first}")
+            raise CModuleError(f"{NAME}: compiling {source} failed ({shlex.join(cmd)}):\n{first}")
         os.replace(out, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _build_library(path, source, header):
+    _build(path, {SOURCE.name: source, HEADER.name: header}, _build_command)
 
 
 def _open(path):
@@ -367,7 +377,7 @@ def _load():
         path = _library_path(_cache_dir(), source, header)
         if not path.exists():
             try:
-                _build(path, source, header)
+                _build_library(path, source, header)
             except CModuleError:
                 # the default native flags passed the probe but not this file (an
                 # assembler older than the compiler's -march=native): the portable ones
@@ -376,14 +386,14 @@ def _load():
                 _native[tuple(_compiler())] = False
                 path = _library_path(_cache_dir(), source, header)
                 if not path.exists():
-                    _build(path, source, header)
+                    _build_library(path, source, header)
         try:
             lib = _open(path)
         except (OSError, AttributeError):
             # a library in the cache that does not load (truncated, another
             # architecture's, a stale file of the same name): build it again, once
             path.unlink(missing_ok=True)
-            _build(path, source, header)
+            _build_library(path, source, header)
             try:
                 lib = _open(path)
             except (OSError, AttributeError) as e:
@@ -409,19 +419,16 @@ def binding():
 
 
 def _binding_path(cache):
-    """The binding's library in ``cache``, named by the SHA-256 of what its build
-    reads: its source, the command (the include directories: Python's and NumPy's),
-    the compiler, the versions and, for -march=native, the CPU."""
+    """The binding's library in ``cache``, named by ``_cache_key`` of its source and
+    the versions of Python and NumPy it is built for (the command names their
+    include directories)."""
     import sys
     import sysconfig
-    probe = _binding_command(Path("OUT"), Path("SRC"))
-    st = os.stat(probe[0])
-    key = hashlib.sha256(b"bpcompile c binding\0")
-    machine = _machine() if any("native" in flag for flag in probe) else ""
-    for part in (BINDING_SOURCE.encode(), "\0".join(probe).encode(), f"{st.st_size} {st.st_mtime_ns}".encode(),
-                 f"{sys.version} {sysconfig.get_config_var('EXT_SUFFIX')} {np.__version__}".encode(), machine.encode()):
-        key.update(len(part).to_bytes(8, "little") + part)
-    return cache / f"bpc_binding-{key.hexdigest()[:32]}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    versions = f"{sys.version} {suffix} {np.__version__}".encode()
+    key = _cache_key(b"bpcompile c binding\0", _binding_command(Path("OUT"), Path("SRC")),
+                     (BINDING_SOURCE.encode(), versions))
+    return cache / f"bpc_binding-{key[:32]}{suffix}"
 
 
 def _binding_command(out, source):
@@ -447,24 +454,13 @@ def _binding_module():
         return None
     path = _binding_path(_cache_dir())
     if not path.exists():
-        tmpdir = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.")
         try:
-            src = Path(tmpdir) / "bpc_binding.c"
-            src.write_text(BINDING_SOURCE)
-            out = Path(tmpdir) / "binding.so"
-            cmd = _binding_command(out, src)
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmpdir)
-            if r.returncode != 0 or not out.exists():
-                lines = (r.stderr or r.stdout).strip().splitlines()
-                first = next((x for x in lines if "error" in x), lines[0] if lines else "no output")
-                _binding_note = f"building bpc_binding failed ({first.strip()})"
-                return None
-            os.replace(out, path)
-        except OSError as e:
-            _binding_note = f"building bpc_binding failed ({e})"
+            _build(path, {"bpc_binding.c": BINDING_SOURCE.encode()}, _binding_command)
+        except (CModuleError, OSError) as e:
+            lines = str(e).splitlines()
+            first = next((x for x in lines[1:] if "error" in x), lines[-1] if lines else "")
+            _binding_note = f"building bpc_binding failed ({first.strip()})"
             return None
-        finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
     try:
         spec = importlib.util.spec_from_file_location(
             "bpc_binding", path, loader=importlib.machinery.ExtensionFileLoader("bpc_binding", str(path)))
@@ -1009,6 +1005,20 @@ static int slot_dims(const Slot* s, npy_intp N, npy_intp* dims)
     return s->ndim + lead;
 }
 
+/* The bytes of slot s at batch size N, rounded up to a multiple of 64; -1 (an
+   exception set) when its dtype is unknown. */
+static npy_intp slot_bytes(const Slot* s, npy_intp N)
+{
+    npy_intp dims[MAX_RANK], bytes;
+    int j, rank = slot_dims(s, N, dims);
+    PyArray_Descr* descr = PyArray_DescrFromType(s->typenum);
+    if (descr == NULL) return -1;
+    bytes = PyDataType_ELSIZE(descr);
+    Py_DECREF(descr);
+    for (j = 0; j < rank; j++) bytes *= dims[j];
+    return (bytes + 63) / 64 * 64;
+}
+
 /* Fresh arrays for the n slots s at batch size N, written to o[0..n): views of one
    block of memory (each at a 64-byte offset), so that a call allocates once.  A
    gradient per allocation made glibc's malloc give the memory back to the system
@@ -1018,32 +1028,23 @@ static int slot_dims(const Slot* s, npy_intp N, npy_intp* dims)
    and the widest vector).  A view keeps the whole block alive. */
 static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
 {
-    npy_intp dims[MAX_RANK], total = 0, offset = 0;
+    npy_intp dims[MAX_RANK], total = 63, offset = 0;   /* 63: room to start at a 64-byte boundary */
     Py_ssize_t i;
     PyObject* block;
     char* base;
     for (i = 0; i < n; i++) {
-        int j, rank = slot_dims(&s[i], N, dims);
-        PyArray_Descr* descr = PyArray_DescrFromType(s[i].typenum);
-        npy_intp bytes;
-        if (descr == NULL) return -1;
-        bytes = PyDataType_ELSIZE(descr);
-        Py_DECREF(descr);
-        for (j = 0; j < rank; j++) bytes *= dims[j];
-        total += (bytes + 63) / 64 * 64;
+        npy_intp bytes = slot_bytes(&s[i], N);
+        if (bytes < 0) return -1;
+        total += bytes;
     }
-    total += 63;   /* room to start at a 64-byte boundary (malloc gives 16) */
     block = PyArray_SimpleNew(1, &total, NPY_UINT8);
     if (block == NULL) return -1;
     base = PyArray_DATA((PyArrayObject*)block);
-    base += (64 - (uintptr_t)base % 64) % 64;
+    base += (64 - (uintptr_t)base % 64) % 64;   /* malloc gives 16 */
     for (i = 0; i < n; i++) {
-        int j, rank = slot_dims(&s[i], N, dims);
+        int rank = slot_dims(&s[i], N, dims);
         PyArray_Descr* descr = PyArray_DescrFromType(s[i].typenum);   /* stolen below */
-        npy_intp bytes;
         if (descr == NULL) goto fail;
-        bytes = PyDataType_ELSIZE(descr);
-        for (j = 0; j < rank; j++) bytes *= dims[j];
         o[i] = PyArray_NewFromDescr(&PyArray_Type, descr, rank, dims, NULL, base + offset, NPY_ARRAY_CARRAY, NULL);
         if (o[i] == NULL) goto fail;
         Py_INCREF(block);
@@ -1051,7 +1052,7 @@ static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
             Py_DECREF(o[i]);
             goto fail;
         }
-        offset += (bytes + 63) / 64 * 64;
+        offset += slot_bytes(&s[i], N);
     }
     Py_DECREF(block);
     return 0;

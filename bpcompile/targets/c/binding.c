@@ -225,6 +225,20 @@ static int slot_dims(const Slot* s, npy_intp N, npy_intp* dims)
     return s->ndim + lead;
 }
 
+/* The bytes of slot s at batch size N, rounded up to a multiple of 64; -1 (an
+   exception set) when its dtype is unknown. */
+static npy_intp slot_bytes(const Slot* s, npy_intp N)
+{
+    npy_intp dims[MAX_RANK], bytes;
+    int j, rank = slot_dims(s, N, dims);
+    PyArray_Descr* descr = PyArray_DescrFromType(s->typenum);
+    if (descr == NULL) return -1;
+    bytes = PyDataType_ELSIZE(descr);
+    Py_DECREF(descr);
+    for (j = 0; j < rank; j++) bytes *= dims[j];
+    return (bytes + 63) / 64 * 64;
+}
+
 /* Fresh arrays for the n slots s at batch size N, written to o[0..n): views of one
    block of memory (each at a 64-byte offset), so that a call allocates once.  A
    gradient per allocation made glibc's malloc give the memory back to the system
@@ -234,32 +248,23 @@ static int slot_dims(const Slot* s, npy_intp N, npy_intp* dims)
    and the widest vector).  A view keeps the whole block alive. */
 static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
 {
-    npy_intp dims[MAX_RANK], total = 0, offset = 0;
+    npy_intp dims[MAX_RANK], total = 63, offset = 0;   /* 63: room to start at a 64-byte boundary */
     Py_ssize_t i;
     PyObject* block;
     char* base;
     for (i = 0; i < n; i++) {
-        int j, rank = slot_dims(&s[i], N, dims);
-        PyArray_Descr* descr = PyArray_DescrFromType(s[i].typenum);
-        npy_intp bytes;
-        if (descr == NULL) return -1;
-        bytes = PyDataType_ELSIZE(descr);
-        Py_DECREF(descr);
-        for (j = 0; j < rank; j++) bytes *= dims[j];
-        total += (bytes + 63) / 64 * 64;
+        npy_intp bytes = slot_bytes(&s[i], N);
+        if (bytes < 0) return -1;
+        total += bytes;
     }
-    total += 63;   /* room to start at a 64-byte boundary (malloc gives 16) */
     block = PyArray_SimpleNew(1, &total, NPY_UINT8);
     if (block == NULL) return -1;
     base = PyArray_DATA((PyArrayObject*)block);
-    base += (64 - (uintptr_t)base % 64) % 64;
+    base += (64 - (uintptr_t)base % 64) % 64;   /* malloc gives 16 */
     for (i = 0; i < n; i++) {
-        int j, rank = slot_dims(&s[i], N, dims);
+        int rank = slot_dims(&s[i], N, dims);
         PyArray_Descr* descr = PyArray_DescrFromType(s[i].typenum);   /* stolen below */
-        npy_intp bytes;
         if (descr == NULL) goto fail;
-        bytes = PyDataType_ELSIZE(descr);
-        for (j = 0; j < rank; j++) bytes *= dims[j];
         o[i] = PyArray_NewFromDescr(&PyArray_Type, descr, rank, dims, NULL, base + offset, NPY_ARRAY_CARRAY, NULL);
         if (o[i] == NULL) goto fail;
         Py_INCREF(block);
@@ -267,7 +272,7 @@ static int new_arrays(const Slot* s, Py_ssize_t n, npy_intp N, PyObject** o)
             Py_DECREF(o[i]);
             goto fail;
         }
-        offset += (bytes + 63) / 64 * 64;
+        offset += slot_bytes(&s[i], N);
     }
     Py_DECREF(block);
     return 0;

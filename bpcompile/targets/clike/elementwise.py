@@ -24,18 +24,20 @@ from .language import (broadcast_strides, count_expr, full_dims, line_comment, l
 class ElementwiseKernels:
     """The lowerings of kernels that compute each output element on its own."""
 
-    def elementwise(self, k: Kernel, hint, comment, inputs, body, out=None, counts=None):
+    def elementwise(self, k: Kernel, hint, comment, inputs, body, out=None, counts=None, before=(), sizes=()):
         """A kernel running ``body`` for each element ``_i`` of ``out`` (default
         k.out), and its launch; or, given ``counts`` (``loop_nest``'s), for each
         ``_i0``, ``_i1``, ... of a loop nest.  inputs: [(C parameter declaration,
-        host argument)]."""
+        host argument)]; ``before``: lines ahead of the loops; ``sizes``: more
+        long long parameters after ``_n``, [(name, host argument)]."""
         out = out or k.out
         self.need(out)
         n = count_expr(full_dims(out))
-        params = [self.out_param(out)] + [p for p, _ in inputs] + ["long long _n"]
+        params = [self.out_param(out)] + [p for p, _ in inputs] + ["long long _n"] + [f"long long {s}" for s, _ in sizes]
         loops = self.lang.nest("_n", counts, body) if counts else self.lang.loop("_i", "_n", body)
-        name = self.mod.kernels.add(hint, comment, params, loops)
-        self.lines.append(self.lang.launch(name, n, [self.c(out)] + [a for _, a in inputs] + [n], out))
+        name = self.mod.kernels.add(hint, comment, params, list(before) + loops)
+        self.lines.append(self.lang.launch(name, n, [self.c(out)] + [a for _, a in inputs] + [n]
+                                           + [a for _, a in sizes], out))
 
     @lowers("map")
     def lower_map(self, k: Kernel):
@@ -76,14 +78,10 @@ class ElementwiseKernels:
         self.need(total.out)
         body += [f"const real _v = {p.doprint(expr)};", f"{out}[{at[None]}] = _v;", f"{red}[{at['sum()']}] += _v;"]
         comment.append(f"and {red} = {self.reduction_of(total)[2]}, added up in the same loop")
-        n_red = count_expr(full_dims(total.out))
         inputs.append((self.out_param(total.out), red))
-        zero = self.lang.loop("_o", "_n_red", [f"{red}[_o] = 0;"])
-        self.need(k.out)
-        n = count_expr(full_dims(k.out))
-        params = [self.out_param(k.out)] + [d for d, _ in inputs] + ["long long _n", "long long _n_red"]
-        name = self.mod.kernels.add(out, comment, params, zero + self.lang.nest("_n", counts, body))
-        self.lines.append(self.lang.launch(name, n, [out] + [a for _, a in inputs] + [n, n_red], k.out))
+        self.elementwise(k, out, comment, inputs, body, counts=counts,
+                         before=self.lang.loop("_o", "_n_red", [f"{red}[_o] = 0;"]),
+                         sizes=[("_n_red", count_expr(full_dims(total.out)))])
 
     def indexing(self, out: Value, args, sum_strides=None) -> tuple:
         """(counts, {arg name: offset; None: the output's}) of an elementwise kernel
