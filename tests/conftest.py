@@ -75,6 +75,14 @@ SCALE = {"brackets_rnn": 0.3, "digits_cnn": 0.1}
 STEP = {"digits_cnn": 1e-6}
 
 
+def refusing_compiler(path: Path, pattern: str, message: str, cc: str) -> Path:
+    """A C compiler at ``path`` that fails, printing ``message`` to stderr, when its
+    arguments match the shell pattern ``pattern``, and is ``cc`` otherwise."""
+    path.write_text(f'#!/bin/sh\ncase "$*" in {pattern}) echo "{message}" >&2; exit 1;; esac\nexec {cc} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
 def random_point(module, n=4, seed=0, scale=None):
     """Random params (normal, of ``scale``: by default the module's in SCALE, else 1)
     and a batch of random inputs for a generated module."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, refusing_compiler
 from test_cuda_host import import_file
 
 import bpcompile
@@ -277,11 +277,8 @@ def test_a_binding_that_does_not_build_leaves_ctypes(tmp_path, monkeypatch):
     monkeypatch.setenv("BPCOMPILE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("BPCOMPILE_C_BINDING", raising=False)
     monkeypatch.delenv("CFLAGS", raising=False)
-    wrapper = tmp_path / "cc-no-binding"
-    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *bpc_binding.c*) echo "bpc_binding.c:1: error: refused" >&2; '
-                       f'exit 1;; esac\nexec {CC} "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("CC", str(wrapper))
+    cc = refusing_compiler(tmp_path / "cc-no-binding", "*bpc_binding.c*", "bpc_binding.c:1: error: refused", CC)
+    monkeypatch.setenv("CC", str(cc))
     m = import_file(tmp_path / "m" / "tanh_regression_c.py", "bp_test_binding_refused")
     assert m.binding() == "ctypes: building bpc_binding failed (bpc_binding.c:1: error: refused)"
     assert np.isfinite(m.loss(m.init_params(), x=np.ones((2, 3)), y=np.ones(2)))

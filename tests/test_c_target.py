@@ -24,7 +24,7 @@ import threading
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, assert_agrees, random_point, rel_error
+from conftest import ROOT, assert_agrees, random_point, refusing_compiler, rel_error
 from test_cuda_host import SPECS, import_file, load_spec
 from test_systematic import ALL_ROWS, call, draw_point, module_name, spec_text
 
@@ -709,11 +709,8 @@ def test_loader_falls_back_to_portable_flags(tmp_path, monkeypatch):
     file did not build) is retried with -O3 once; with CFLAGS set, it is an error."""
     monkeypatch.setenv("BPCOMPILE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CFLAGS", raising=False)
-    wrapper = tmp_path / "cc-no-native"
     # a compiler that takes -march=native for the probe but fails on the module
-    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *march=native*shared*) echo "no: $*" >&2; exit 1;; esac\n'
-                       f'exec {CC} "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = refusing_compiler(tmp_path / "cc-no-native", "*march=native*shared*", "no: $*", CC)
     monkeypatch.setenv("CC", str(wrapper))
     m = import_file(ROOT / "generated" / "c" / "tanh_regression_c.py", "bp_test_c_fallback")
     assert m.cflags() == m.NATIVE_CFLAGS

@@ -651,11 +651,11 @@ def _call(fn, params, inputs):
 
 def predict(params, *, tokens, label=None, check=True):
     """The output node, for a batch."""
-    inputs = {'tokens': tokens, 'label': label}
     batched = OUTPUT_SHAPE[0]
     out = _fast["predict"](params, tokens, label, check) if _fast and batched else NotImplemented
     if out is not NotImplemented:
         return out
+    inputs = {'tokens': tokens, 'label': label}
     if check:
         _check("predict", params, inputs)
     if not batched and all(v is None for v in inputs.values()):

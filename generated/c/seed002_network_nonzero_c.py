@@ -654,11 +654,11 @@ def _call(fn, params, inputs):
 
 def predict(params, *, x1, x2, t=None, check=True):
     """The output node, for a batch."""
-    inputs = {'x1': x1, 'x2': x2, 't': t}
     batched = OUTPUT_SHAPE[0]
     out = _fast["predict"](params, x1, x2, t, check) if _fast and batched else NotImplemented
     if out is not NotImplemented:
         return out
+    inputs = {'x1': x1, 'x2': x2, 't': t}
     if check:
         _check("predict", params, inputs)
     if not batched and all(v is None for v in inputs.values()):

@@ -645,11 +645,11 @@ def _call(fn, params, inputs):
 
 def predict(params, *, x, check=True):
     """The output node, for a batch."""
-    inputs = {'x': x}
     batched = OUTPUT_SHAPE[0]
     out = _fast["predict"](params, x, check) if _fast and batched else NotImplemented
     if out is not NotImplemented:
         return out
+    inputs = {'x': x}
     if check:
         _check("predict", params, inputs)
     if not batched and all(v is None for v in inputs.values()):
